@@ -1,0 +1,6 @@
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_a: Args) -> anyhow::Result<i32> {
+    anyhow::bail!("suture diff: not yet implemented")
+}
