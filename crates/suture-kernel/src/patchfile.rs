@@ -1,0 +1,309 @@
+//! Unified diffs as `git diff` and `diff -u` write them: parsed, checked and
+//! applied in memory. Pure: text in, text out.
+//!
+//! Applying is strict on purpose (no fuzz): a livepatch built from a hunk that
+//! landed somewhere its author did not mean is worse than no livepatch. Hunks may
+//! move by whole lines (the offset is reported), as GNU patch allows.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePatch {
+    /// Path relative to the tree root (the `a/`/`b/` prefix removed).
+    pub path: String,
+    pub kind: FileKind,
+    pub hunks: Vec<Hunk>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Modified,
+    Created,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hunk {
+    /// 1-based first line of the hunk in the old file (0 for an empty old side).
+    pub old_start: usize,
+    pub lines: Vec<HunkLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HunkLine {
+    Context(String),
+    Remove(String),
+    Add(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchError {
+    pub file: String,
+    pub msg: String,
+}
+
+impl fmt::Display for PatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file, self.msg)
+    }
+}
+
+impl std::error::Error for PatchError {}
+
+fn strip_prefix_path(raw: &str) -> Option<String> {
+    // `+++ b/fs/proc/cmdline.c\t2024-01-01 ...`: the path ends at a tab.
+    let p = raw.split('\t').next().unwrap_or(raw).trim_end();
+    if p == "/dev/null" {
+        return None;
+    }
+    let p = p
+        .strip_prefix("a/")
+        .or_else(|| p.strip_prefix("b/"))
+        .unwrap_or(p);
+    Some(p.to_string())
+}
+
+fn parse_range(s: &str) -> Option<(usize, usize)> {
+    let s = &s[1..];
+    match s.split_once(',') {
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+        None => Some((s.parse().ok()?, 1)),
+    }
+}
+
+/// Parses every file section of a unified diff. Text outside file sections
+/// (commit messages, `diff --git` lines, `index` lines) is skipped.
+pub fn parse(name: &str, text: &str) -> Result<Vec<FilePatch>, PatchError> {
+    let err = |line: usize, msg: String| PatchError {
+        file: name.to_string(),
+        msg: format!("line {line}: {msg}"),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(old) = lines[i].strip_prefix("--- ") else {
+            i += 1;
+            continue;
+        };
+        let Some(new) = lines.get(i + 1).and_then(|l| l.strip_prefix("+++ ")) else {
+            i += 1;
+            continue;
+        };
+        let (old_path, new_path) = (strip_prefix_path(old), strip_prefix_path(new));
+        let (path, kind) = match (old_path, new_path) {
+            (Some(_), Some(n)) => (n, FileKind::Modified),
+            (None, Some(n)) => (n, FileKind::Created),
+            (Some(o), None) => (o, FileKind::Deleted),
+            (None, None) => return Err(err(i + 1, "both sides are /dev/null".into())),
+        };
+        if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+            return Err(err(i + 1, format!("path {path:?} leaves the source tree")));
+        }
+        i += 2;
+        let mut hunks = Vec::new();
+        while i < lines.len() && lines[i].starts_with("@@ ") {
+            let header = lines[i];
+            let mut parts = header.split_whitespace().skip(1);
+            let (Some(o), Some(n)) = (parts.next(), parts.next()) else {
+                return Err(err(i + 1, format!("bad hunk header {header:?}")));
+            };
+            let (Some((old_start, mut old_n)), Some((_, mut new_n))) =
+                (parse_range(o), parse_range(n))
+            else {
+                return Err(err(i + 1, format!("bad hunk header {header:?}")));
+            };
+            i += 1;
+            let mut hl = Vec::new();
+            while old_n > 0 || new_n > 0 {
+                let Some(l) = lines.get(i) else {
+                    return Err(err(i, "hunk ends early (truncated patch?)".into()));
+                };
+                match l.as_bytes().first() {
+                    Some(b' ') => {
+                        hl.push(HunkLine::Context(l[1..].to_string()));
+                        old_n = old_n.saturating_sub(1);
+                        new_n = new_n.saturating_sub(1);
+                    }
+                    // Some editors strip the single space of an empty context line.
+                    None => {
+                        hl.push(HunkLine::Context(String::new()));
+                        old_n = old_n.saturating_sub(1);
+                        new_n = new_n.saturating_sub(1);
+                    }
+                    Some(b'-') => {
+                        hl.push(HunkLine::Remove(l[1..].to_string()));
+                        old_n = old_n.saturating_sub(1);
+                    }
+                    Some(b'+') => {
+                        hl.push(HunkLine::Add(l[1..].to_string()));
+                        new_n = new_n.saturating_sub(1);
+                    }
+                    Some(b'\\') => {}
+                    _ => return Err(err(i + 1, format!("unexpected line in hunk: {l:?}"))),
+                }
+                i += 1;
+            }
+            while i < lines.len() && lines[i].starts_with('\\') {
+                i += 1;
+            }
+            hunks.push(Hunk { old_start, lines: hl });
+        }
+        if hunks.is_empty() {
+            return Err(err(i, format!("no hunks for {path}")));
+        }
+        out.push(FilePatch { path, kind, hunks });
+    }
+    if out.is_empty() {
+        return Err(PatchError {
+            file: name.to_string(),
+            msg: "not a unified diff: no `--- a/FILE` / `+++ b/FILE` sections found".into(),
+        });
+    }
+    Ok(out)
+}
+
+/// How one hunk was placed: `offset` lines away from where its header said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub text: String,
+    pub offsets: Vec<isize>,
+}
+
+/// Applies one file's hunks to `old` (the file's current text; empty for a
+/// created file). Each hunk must match exactly; it may have moved.
+pub fn apply(fp: &FilePatch, old: &str) -> Result<Applied, PatchError> {
+    let had_final_newline = old.is_empty() || old.ends_with('\n');
+    let src: Vec<&str> = old.lines().collect();
+    if fp.kind == FileKind::Created && !src.is_empty() {
+        return Err(PatchError {
+            file: fp.path.clone(),
+            msg: "the patch creates this file, but it already exists".into(),
+        });
+    }
+    let mut offsets = Vec::new();
+    // Hunks apply top to bottom; none may start inside what an earlier one consumed.
+    let mut floor = 0usize;
+    let mut result: Vec<String> = Vec::with_capacity(src.len() + 16);
+    for (hi, h) in fp.hunks.iter().enumerate() {
+        let want: Vec<&str> = h
+            .lines
+            .iter()
+            .filter_map(|l| match l {
+                HunkLine::Context(s) | HunkLine::Remove(s) => Some(s.as_str()),
+                HunkLine::Add(_) => None,
+            })
+            .collect();
+        let nominal = (h.old_start.max(1) - 1) as isize;
+        let found = find_hunk(&src, &want, nominal, floor).ok_or_else(|| PatchError {
+            file: fp.path.clone(),
+            msg: format!(
+                "hunk {} (at line {}) does not apply: its context does not match the source of this kernel release",
+                hi + 1,
+                h.old_start
+            ),
+        })?;
+        offsets.push(found as isize - nominal);
+        result.extend(src[floor..found].iter().map(|s| s.to_string()));
+        for l in &h.lines {
+            if let HunkLine::Context(s) | HunkLine::Add(s) = l {
+                result.push(s.clone());
+            }
+        }
+        floor = found + want.len();
+    }
+    result.extend(src[floor..].iter().map(|s| s.to_string()));
+    if fp.kind == FileKind::Deleted {
+        return Ok(Applied { text: String::new(), offsets });
+    }
+    let mut text = result.join("\n");
+    if !result.is_empty() && had_final_newline {
+        text.push('\n');
+    }
+    Ok(Applied { text, offsets })
+}
+
+/// The position closest to `nominal` (and not before `floor`) where `want` matches.
+fn find_hunk(src: &[&str], want: &[&str], nominal: isize, floor: usize) -> Option<usize> {
+    if want.is_empty() {
+        return Some((nominal.max(floor as isize) as usize).min(src.len()));
+    }
+    let last = src.len().checked_sub(want.len())?;
+    let matches = |at: usize| at >= floor && at <= last && src[at..at + want.len()] == *want;
+    let nominal = nominal.clamp(0, last as isize) as usize;
+    for d in 0..=src.len() {
+        if matches(nominal + d) {
+            return Some(nominal + d);
+        }
+        if d <= nominal && matches(nominal - d) {
+            return Some(nominal - d);
+        }
+        if nominal + d > last && d > nominal {
+            break;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = "a\nb\nc\nd\ne\nf\n";
+
+    #[test]
+    fn parses_git_diff_and_applies() {
+        let p = "diff --git a/x.c b/x.c\nindex 1..2 100644\n--- a/x.c\n+++ b/x.c\n@@ -2,3 +2,3 @@\n b\n-c\n+C\n d\n";
+        let fps = parse("p", p).unwrap();
+        assert_eq!(fps.len(), 1);
+        assert_eq!(fps[0].path, "x.c");
+        assert_eq!(fps[0].kind, FileKind::Modified);
+        let a = apply(&fps[0], SRC).unwrap();
+        assert_eq!(a.text, "a\nb\nC\nd\ne\nf\n");
+        assert_eq!(a.offsets, vec![0]);
+    }
+
+    #[test]
+    fn moved_hunk_reports_offset() {
+        let p = "--- a/x.c\n+++ b/x.c\n@@ -1,2 +1,3 @@\n d\n+new\n e\n";
+        let a = apply(&parse("p", p).unwrap()[0], SRC).unwrap();
+        assert_eq!(a.text, "a\nb\nc\nd\nnew\ne\nf\n");
+        assert_eq!(a.offsets, vec![3]);
+    }
+
+    #[test]
+    fn mismatched_context_is_refused() {
+        let p = "--- a/x.c\n+++ b/x.c\n@@ -2,2 +2,2 @@\n b\n-zzz\n+C\n";
+        let e = apply(&parse("p", p).unwrap()[0], SRC).unwrap_err();
+        assert!(e.msg.contains("hunk 1"), "{e}");
+        assert!(e.msg.contains("does not apply"), "{e}");
+    }
+
+    #[test]
+    fn created_and_deleted_files() {
+        let p = "--- /dev/null\n+++ b/new.c\n@@ -0,0 +1,2 @@\n+int x;\n+int y;\n";
+        let fp = &parse("p", p).unwrap()[0];
+        assert_eq!(fp.kind, FileKind::Created);
+        assert_eq!(apply(fp, "").unwrap().text, "int x;\nint y;\n");
+        let d = "--- a/old.c\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-a\n-b\n";
+        let fp = &parse("p", d).unwrap()[0];
+        assert_eq!(fp.kind, FileKind::Deleted);
+        assert_eq!(apply(fp, "a\nb\n").unwrap().text, "");
+    }
+
+    #[test]
+    fn rejects_non_diffs_truncation_and_escaping_paths() {
+        assert!(parse("p", "hello\nworld\n").unwrap_err().msg.contains("not a unified diff"));
+        let t = "--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,3 @@\n a\n-b\n";
+        assert!(parse("p", t).unwrap_err().msg.contains("truncated"));
+        let esc = "--- a/../etc/passwd\n+++ b/../etc/passwd\n@@ -1 +1 @@\n-a\n+b\n";
+        assert!(parse("p", esc).unwrap_err().msg.contains("leaves the source tree"));
+    }
+
+    #[test]
+    fn two_hunks_in_order() {
+        let p = "--- a/x.c\n+++ b/x.c\n@@ -1,2 +1,2 @@\n-a\n+A\n b\n@@ -5,2 +5,2 @@\n e\n-f\n+F\n";
+        let a = apply(&parse("p", p).unwrap()[0], SRC).unwrap();
+        assert_eq!(a.text, "A\nb\nc\nd\ne\nF\n");
+    }
+}

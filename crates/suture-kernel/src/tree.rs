@@ -1,0 +1,412 @@
+//! The prepared source tree of one release, cached outside the repository, and
+//! compiling single translation units in it with kbuild.
+//!
+//! Layout under the cache root (`/var/cache/suture` unless `SUTURE_CACHE` says
+//! otherwise):
+//! ```text
+//! debs/linux-source-SERIES_VERSION/   source tarballs of releases whose source
+//!                                     package is not the installed one
+//! RELEASE/src/                        the tree: extracted, configured, `make prepare`d
+//! RELEASE/src/.suture-prepared        written last: the tree is complete
+//! RELEASE/lock                        flock: one build per release at a time
+//! RELEASE/journal.json                files a patch changed in src/, while it is applied
+//! RELEASE/backup/                     their original contents
+//! ```
+
+use crate::patchfile::{self, FileKind, FilePatch};
+use crate::release::Release;
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::Write;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Flags every object is compiled with, before and after the patch: one section
+/// per function and per data object is what lets the differ work function by function.
+pub const KCFLAGS: &str = "-ffunction-sections -fdata-sections";
+
+const STAMP: &str = ".suture-prepared";
+
+pub fn cache_root() -> PathBuf {
+    std::env::var_os("SUTURE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/suture"))
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Stamp {
+    release: String,
+    source_version: String,
+    cc_version_text: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Journal {
+    /// (path in the tree, original existed)
+    files: Vec<(String, bool)>,
+}
+
+/// A prepared tree, locked for the lifetime of this value.
+pub struct Tree {
+    pub release: Release,
+    pub dir: PathBuf,
+    base: PathBuf,
+    _lock: fs::File,
+}
+
+/// Where the tree's object for a source file ends up in the running kernel.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ObjectInfo {
+    /// `fs/proc/cmdline.o`
+    pub object: String,
+    /// `vmlinux`, or the module name as the kernel spells it.
+    pub objname: String,
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        let mut tail = String::from_utf8_lossy(&out.stderr).into_owned();
+        if tail.trim().is_empty() {
+            tail = String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        let lines: Vec<&str> = tail.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        bail!("{what} failed ({}):\n{tail}", out.status);
+    }
+    Ok(())
+}
+
+fn jobs() -> String {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .to_string()
+}
+
+impl Tree {
+    /// Locks the release's cache, repairs a tree left patched by a crash, and
+    /// prepares the tree if it is not there yet.
+    pub fn open(release: Release, cache: &Path, progress: &dyn Fn(&str)) -> Result<Tree> {
+        let base = cache.join(&release.name.release);
+        fs::create_dir_all(&base).with_context(|| {
+            format!("creating the cache {} (run as root, or set SUTURE_CACHE)", base.display())
+        })?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(base.join("lock"))
+            .with_context(|| format!("opening {}", base.join("lock").display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            progress("waiting for another suture build of this release to finish");
+            // SAFETY: as above.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                bail!("could not lock {}", base.join("lock").display());
+            }
+        }
+        let dir = base.join("src");
+        let tree = Tree { release, dir, base, _lock: lock };
+        tree.recover()?;
+        tree.prepare(cache, progress)?;
+        Ok(tree)
+    }
+
+    fn make(&self) -> Command {
+        let mut c = Command::new("make");
+        c.arg("-C")
+            .arg(&self.dir)
+            .arg(format!("-j{}", jobs()))
+            .arg(format!("CC={}", self.release.cc))
+            .arg(format!("LOCALVERSION={}", self.release.name.localversion))
+            .arg(format!("KCFLAGS={KCFLAGS}"));
+        c
+    }
+
+    fn wanted_stamp(&self) -> Stamp {
+        Stamp {
+            release: self.release.name.release.clone(),
+            source_version: self.release.source_version.clone(),
+            cc_version_text: self.release.cc_version_text.clone(),
+        }
+    }
+
+    fn prepare(&self, cache: &Path, progress: &dyn Fn(&str)) -> Result<()> {
+        let stamp_path = self.dir.join(STAMP);
+        if let Ok(s) = fs::read(&stamp_path) {
+            if serde_json::from_slice::<Stamp>(&s).ok() == Some(self.wanted_stamp()) {
+                return Ok(());
+            }
+            progress("the cached tree is for another build of this release: preparing it again");
+        }
+        let r = &self.release;
+        which(&r.cc).with_context(|| {
+            format!(
+                "{} was built with `{}`, which is not installed: apt-get install {}",
+                r.name.release, r.cc_version_text, r.cc
+            )
+        })?;
+        let tarball = source_tarball(r, cache, progress)?;
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing the stale tree {}", self.dir.display()))?;
+        }
+        fs::create_dir_all(&self.dir)?;
+        progress(&format!("extracting {}", tarball.display()));
+        run(
+            Command::new("tar")
+                .arg("-xf")
+                .arg(&tarball)
+                .arg("-C")
+                .arg(&self.dir)
+                .arg("--strip-components=1"),
+            "extracting the kernel source",
+        )?;
+        fs::copy(&r.config, self.dir.join(".config"))
+            .with_context(|| format!("copying {}", r.config.display()))?;
+        progress("configuring the tree with the release's config");
+        run(self.make().arg("-s").arg("olddefconfig"), "make olddefconfig")?;
+        let cfg = fs::read_to_string(self.dir.join(".config"))?;
+        let cc_text = crate::release::config_value(&cfg, "CONFIG_CC_VERSION_TEXT").unwrap_or_default();
+        if cc_text != r.cc_version_text {
+            bail!(
+                "the compiler here is `{cc_text}`, but {} was built with `{}`: objects would not match the running kernel.\n\
+                 Install the same compiler version (apt-get install {}) and try again.",
+                r.name.release, r.cc_version_text, r.cc
+            );
+        }
+        progress("make prepare (about 15 s)");
+        run(self.make().arg("prepare"), "make prepare")?;
+        let kr = Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(&self.dir)
+            .arg(format!("LOCALVERSION={}", r.name.localversion))
+            .arg("kernelrelease")
+            .output()?;
+        let got = String::from_utf8_lossy(&kr.stdout).trim().to_string();
+        if got != r.name.release {
+            bail!(
+                "the prepared tree reports release {got:?}, not {:?}: the source package does not match this release",
+                r.name.release
+            );
+        }
+        let mut f = fs::File::create(&stamp_path)?;
+        f.write_all(&serde_json::to_vec_pretty(&self.wanted_stamp())?)?;
+        f.sync_all()?;
+        Ok(())
+    }
+
+    /// Compiles `objects` (paths like `fs/proc/cmdline.o`) with kbuild.
+    pub fn compile(&self, objects: &[String]) -> Result<()> {
+        let mut c = self.make();
+        c.args(objects);
+        run(&mut c, &format!("compiling {}", objects.join(" ")))
+    }
+
+    /// What kbuild decided about an object it compiled: part of vmlinux or of a module.
+    pub fn object_info(&self, object: &str) -> Result<ObjectInfo> {
+        let p = Path::new(object);
+        let cmd = self.dir.join(p.parent().unwrap_or(Path::new(""))).join(format!(
+            ".{}.cmd",
+            p.file_name().and_then(|s| s.to_str()).unwrap_or("")
+        ));
+        let text = fs::read_to_string(&cmd)
+            .with_context(|| format!("kbuild left no command file {}", cmd.display()))?;
+        Ok(ObjectInfo {
+            object: object.to_string(),
+            objname: objname_from_cmd(&text).unwrap_or_else(|| "vmlinux".to_string()),
+        })
+    }
+
+    pub fn object_path(&self, object: &str) -> PathBuf {
+        self.dir.join(object)
+    }
+
+    /// Applies `patches` to the tree. The returned guard puts the original files
+    /// back when dropped; a crash in between is repaired by the next `open`.
+    pub fn apply(&self, patches: &[FilePatch]) -> Result<Applied<'_>> {
+        // Everything is checked in memory first: a patch that does not apply
+        // leaves the tree untouched.
+        let mut new_texts = Vec::new();
+        for fp in patches {
+            let path = self.dir.join(&fp.path);
+            let old = match fs::read(&path) {
+                Ok(b) => String::from_utf8(b)
+                    .with_context(|| format!("{} is not UTF-8 text", fp.path))?,
+                Err(_) if fp.kind == FileKind::Created => String::new(),
+                Err(e) => bail!(
+                    "{}: the patch changes this file, but the source of {} has no such file ({e})",
+                    fp.path,
+                    self.release.name.release
+                ),
+            };
+            let applied = patchfile::apply(fp, &old)?;
+            new_texts.push((fp, path, applied.text));
+        }
+        let backup = self.base.join("backup");
+        let _ = fs::remove_dir_all(&backup);
+        fs::create_dir_all(&backup)?;
+        let mut journal = Journal::default();
+        for (fp, path, _) in &new_texts {
+            let existed = path.exists();
+            if existed {
+                let b = backup.join(&fp.path);
+                fs::create_dir_all(b.parent().unwrap())?;
+                fs::copy(path, &b)?;
+            }
+            journal.files.push((fp.path.clone(), existed));
+        }
+        write_atomic(&self.base.join("journal.json"), &serde_json::to_vec(&journal)?)?;
+        let guard = Applied { tree: self };
+        for (fp, path, text) in &new_texts {
+            if fp.kind == FileKind::Deleted {
+                fs::remove_file(path)?;
+            } else {
+                fs::write(path, text)?;
+            }
+        }
+        Ok(guard)
+    }
+
+    fn recover(&self) -> Result<()> {
+        let jp = self.base.join("journal.json");
+        let Ok(bytes) = fs::read(&jp) else { return Ok(()) };
+        let journal: Journal = serde_json::from_slice(&bytes).unwrap_or_default();
+        for (rel, existed) in &journal.files {
+            let dst = self.dir.join(rel);
+            if *existed {
+                fs::copy(self.base.join("backup").join(rel), &dst)
+                    .with_context(|| format!("restoring {rel} after an interrupted build"))?;
+            } else {
+                let _ = fs::remove_file(&dst);
+            }
+        }
+        fs::remove_file(&jp)?;
+        Ok(())
+    }
+}
+
+/// The patch applied to the tree; dropping it restores the original sources.
+pub struct Applied<'a> {
+    tree: &'a Tree,
+}
+
+impl Applied<'_> {
+    pub fn restore(self) -> Result<()> {
+        let r = self.tree.recover();
+        std::mem::forget(self);
+        r
+    }
+}
+
+impl Drop for Applied<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.tree.recover() {
+            eprintln!("warning: could not restore the source tree: {e:#}");
+        }
+    }
+}
+
+/// `vmlinux` or the module name from a kbuild `.o.cmd` file: kbuild compiles
+/// module objects with `-DMODULE` and names the module in `KBUILD_MODNAME`.
+pub fn objname_from_cmd(cmd: &str) -> Option<String> {
+    let first = cmd.lines().next()?;
+    if !first.split_whitespace().any(|w| w == "-DMODULE") {
+        return None;
+    }
+    let at = first.find("-DKBUILD_MODNAME=")? + "-DKBUILD_MODNAME=".len();
+    let rest = &first[at..];
+    let name: String = rest
+        .trim_start_matches(['\'', '"', '\\'])
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    (!name.is_empty()).then(|| name.replace('-', "_"))
+}
+
+fn which(cmd: &str) -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("`{cmd}` not found on PATH"))
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The source tarball of the release's own source package version: the installed
+/// `linux-source-SERIES` if its version matches, else downloaded with apt.
+fn source_tarball(r: &Release, cache: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> {
+    let pkg = r.source_package();
+    let file = format!("{pkg}.tar.xz");
+    if let Ok(v) = crate::release::package_version(&pkg) {
+        if v == r.source_version {
+            let p = PathBuf::from("/usr/src").join(&file);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+    }
+    let dir = cache.join("debs").join(format!("{pkg}_{}", r.source_version));
+    let tarball = dir.join("usr/src").join(&file);
+    if tarball.exists() {
+        return Ok(tarball);
+    }
+    fs::create_dir_all(&dir)?;
+    progress(&format!(
+        "downloading {pkg}={} (the installed {pkg} is another version)",
+        r.source_version
+    ));
+    run(
+        Command::new("apt-get")
+            .current_dir(&dir)
+            .arg("download")
+            .arg(format!("{pkg}={}", r.source_version)),
+        &format!(
+            "apt-get download {pkg}={} (is it still in the archive? `apt-cache madison {pkg}` lists what is)",
+            r.source_version
+        ),
+    )?;
+    let deb = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow::anyhow!("apt-get download left no .deb in {}", dir.display()))?;
+    run(
+        Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir),
+        "unpacking the source package",
+    )?;
+    if !tarball.exists() {
+        bail!("{} does not contain usr/src/{file}", deb.display());
+    }
+    Ok(tarball)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objname_from_kbuild_cmd() {
+        let m = "cmd_fs/binfmt_misc.o := gcc -Wp,-MMD -DMODULE  -DKBUILD_BASENAME='\"binfmt_misc\"' -DKBUILD_MODNAME='\"binfmt_misc\"' -D__KBUILD_MODNAME=kmod_binfmt_misc -c -o fs/binfmt_misc.o fs/binfmt_misc.c\n";
+        assert_eq!(objname_from_cmd(m).as_deref(), Some("binfmt_misc"));
+        let b = "cmd_fs/proc/cmdline.o := gcc -Wp,-MMD -DKBUILD_MODNAME='\"cmdline\"' -c -o fs/proc/cmdline.o\n";
+        assert_eq!(objname_from_cmd(b), None);
+        let dash = "cmd_x.o := gcc -DMODULE -DKBUILD_MODNAME='\"snd-hda\"' -c\n";
+        assert_eq!(objname_from_cmd(dash).as_deref(), Some("snd_hda"));
+    }
+}
