@@ -1,1 +1,460 @@
-//! suture-elf
+//! suture-elf: an ELF64 little-endian x86_64 relocatable-object model, no I/O.
+//!
+//! [`Object::parse`] turns bytes into sections, symbols and relocations, checking
+//! every index and range so that corrupt input gives an [`ElfError`], never a panic.
+//! [`Builder`] writes a relocatable object with the symbol order, `st_shndx` and
+//! section flags exactly as the caller gives them (the differ needs that control:
+//! `ld -r` and the module loader are picky about both).
+
+use std::collections::HashMap;
+
+mod write;
+pub use write::{Builder, OutRela, OutSection, OutSymbol, SymSection};
+
+pub const ET_REL: u16 = 1;
+pub const EM_X86_64: u16 = 62;
+
+pub const SHT_NULL: u32 = 0;
+pub const SHT_PROGBITS: u32 = 1;
+pub const SHT_SYMTAB: u32 = 2;
+pub const SHT_STRTAB: u32 = 3;
+pub const SHT_RELA: u32 = 4;
+pub const SHT_NOBITS: u32 = 8;
+pub const SHT_REL: u32 = 9;
+pub const SHT_GROUP: u32 = 17;
+pub const SHT_SYMTAB_SHNDX: u32 = 18;
+
+pub const SHF_WRITE: u64 = 0x1;
+pub const SHF_ALLOC: u64 = 0x2;
+pub const SHF_EXECINSTR: u64 = 0x4;
+pub const SHF_MERGE: u64 = 0x10;
+pub const SHF_STRINGS: u64 = 0x20;
+pub const SHF_INFO_LINK: u64 = 0x40;
+pub const SHF_GROUP: u64 = 0x200;
+pub const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
+
+pub const SHN_UNDEF: u32 = 0;
+pub const SHN_LORESERVE: u32 = 0xff00;
+pub const SHN_LIVEPATCH: u32 = 0xff20;
+pub const SHN_ABS: u32 = 0xfff1;
+pub const SHN_COMMON: u32 = 0xfff2;
+pub const SHN_XINDEX: u32 = 0xffff;
+
+pub const STB_LOCAL: u8 = 0;
+pub const STB_GLOBAL: u8 = 1;
+pub const STB_WEAK: u8 = 2;
+
+pub const STT_NOTYPE: u8 = 0;
+pub const STT_OBJECT: u8 = 1;
+pub const STT_FUNC: u8 = 2;
+pub const STT_SECTION: u8 = 3;
+pub const STT_FILE: u8 = 4;
+pub const STT_TLS: u8 = 6;
+
+pub const R_X86_64_NONE: u32 = 0;
+pub const R_X86_64_64: u32 = 1;
+pub const R_X86_64_PC32: u32 = 2;
+pub const R_X86_64_PLT32: u32 = 4;
+pub const R_X86_64_32: u32 = 10;
+pub const R_X86_64_32S: u32 = 11;
+pub const R_X86_64_PC64: u32 = 24;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ElfError {
+    #[error("not an ELF file")]
+    NotElf,
+    #[error("unsupported ELF: {0}")]
+    Unsupported(String),
+    #[error("truncated or corrupt ELF: {0}")]
+    Corrupt(String),
+    #[error("cannot write ELF: {0}")]
+    Write(String),
+}
+
+fn corrupt<T>(msg: impl Into<String>) -> Result<T, ElfError> {
+    Err(ElfError::Corrupt(msg.into()))
+}
+
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub index: usize,
+    pub name: String,
+    pub sh_type: u32,
+    pub flags: u64,
+    pub addr: u64,
+    pub offset: u64,
+    pub size: u64,
+    pub link: u32,
+    pub info: u32,
+    pub addralign: u64,
+    pub entsize: u64,
+    /// File contents (empty for SHT_NOBITS; `size` still holds its memory size).
+    pub data: Vec<u8>,
+}
+
+impl Section {
+    pub fn is_exec(&self) -> bool {
+        self.flags & SHF_EXECINSTR != 0
+    }
+    pub fn is_alloc(&self) -> bool {
+        self.flags & SHF_ALLOC != 0
+    }
+    pub fn is_write(&self) -> bool {
+        self.flags & SHF_WRITE != 0
+    }
+    pub fn is_strings(&self) -> bool {
+        self.flags & SHF_STRINGS != 0
+    }
+    pub fn is_nobits(&self) -> bool {
+        self.sh_type == SHT_NOBITS
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Symbol {
+    pub index: usize,
+    pub name: String,
+    pub value: u64,
+    pub size: u64,
+    pub bind: u8,
+    pub typ: u8,
+    pub other: u8,
+    /// The section index, already resolved through SHT_SYMTAB_SHNDX when the raw
+    /// field is SHN_XINDEX; reserved values (SHN_ABS, SHN_COMMON...) kept as is.
+    pub shndx: u32,
+}
+
+impl Symbol {
+    /// The defining section, when it is a real section.
+    pub fn section(&self) -> Option<usize> {
+        if self.shndx == SHN_UNDEF || self.shndx >= SHN_LORESERVE {
+            None
+        } else {
+            Some(self.shndx as usize)
+        }
+    }
+    pub fn is_undef(&self) -> bool {
+        self.shndx == SHN_UNDEF
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rela {
+    pub offset: u64,
+    pub sym: usize,
+    pub rtype: u32,
+    pub addend: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub e_type: u16,
+    pub e_machine: u16,
+    pub e_flags: u32,
+    pub sections: Vec<Section>,
+    pub symbols: Vec<Symbol>,
+    /// Section index of the symbol table, if any.
+    pub symtab: Option<usize>,
+    /// Relocations by the section they apply to, sorted by offset.
+    pub relas: HashMap<usize, Vec<Rela>>,
+    /// The SHT_RELA section that applies to a section.
+    pub rela_section_of: HashMap<usize, usize>,
+    by_name: HashMap<String, usize>,
+    /// STT_SECTION symbol of each section.
+    secsym: HashMap<usize, usize>,
+}
+
+fn rd_u16(b: &[u8], off: usize) -> Result<u16, ElfError> {
+    b.get(off..off + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
+        .ok_or_else(|| ElfError::Corrupt(format!("read of 2 bytes at {off:#x} past the end")))
+}
+fn rd_u32(b: &[u8], off: usize) -> Result<u32, ElfError> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
+        .ok_or_else(|| ElfError::Corrupt(format!("read of 4 bytes at {off:#x} past the end")))
+}
+fn rd_u64(b: &[u8], off: usize) -> Result<u64, ElfError> {
+    b.get(off..off + 8)
+        .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+        .ok_or_else(|| ElfError::Corrupt(format!("read of 8 bytes at {off:#x} past the end")))
+}
+
+fn slice<'a>(b: &'a [u8], off: u64, size: u64, what: &str) -> Result<&'a [u8], ElfError> {
+    let end = off.checked_add(size).ok_or_else(|| ElfError::Corrupt(format!("{what}: offset overflow")))?;
+    if end > b.len() as u64 {
+        return corrupt(format!("{what}: range {off:#x}..{end:#x} past the end of the file ({:#x} bytes)", b.len()));
+    }
+    Ok(&b[off as usize..end as usize])
+}
+
+fn cstr(tab: &[u8], off: u64, what: &str) -> Result<String, ElfError> {
+    if off >= tab.len() as u64 {
+        if off == 0 {
+            return Ok(String::new());
+        }
+        return corrupt(format!("{what}: name offset {off:#x} outside its string table"));
+    }
+    let rest = &tab[off as usize..];
+    let end = rest
+        .iter()
+        .position(|&c| c == 0)
+        .ok_or_else(|| ElfError::Corrupt(format!("{what}: unterminated name")))?;
+    Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
+}
+
+impl Object {
+    pub fn parse(b: &[u8]) -> Result<Object, ElfError> {
+        if b.len() < 4 || &b[..4] != b"\x7fELF" {
+            return Err(ElfError::NotElf);
+        }
+        if b.len() < 64 {
+            return corrupt("ELF header truncated");
+        }
+        if b[4] != 2 {
+            return Err(ElfError::Unsupported("not ELF64".into()));
+        }
+        if b[5] != 1 {
+            return Err(ElfError::Unsupported("not little-endian".into()));
+        }
+        let e_type = rd_u16(b, 16)?;
+        let e_machine = rd_u16(b, 18)?;
+        if e_machine != EM_X86_64 {
+            return Err(ElfError::Unsupported(format!("machine {e_machine} is not x86_64 (62)")));
+        }
+        if e_type != ET_REL {
+            return Err(ElfError::Unsupported(format!("ELF type {e_type} is not a relocatable object (1)")));
+        }
+        let e_flags = rd_u32(b, 48)?;
+        let shoff = rd_u64(b, 40)?;
+        let shentsize = rd_u16(b, 58)? as u64;
+        let mut shnum = rd_u16(b, 60)? as u64;
+        let mut shstrndx = rd_u16(b, 62)? as u64;
+        if shoff == 0 {
+            return corrupt("no section header table");
+        }
+        if shentsize != 64 {
+            return corrupt(format!("section header size {shentsize}, expected 64"));
+        }
+        // Extended numbering: the real counts live in section header 0.
+        let sh0 = slice(b, shoff, 64, "section header 0")?;
+        if shnum == 0 {
+            shnum = rd_u64(sh0, 32)?;
+        }
+        if shstrndx == SHN_XINDEX as u64 {
+            shstrndx = rd_u32(sh0, 40)? as u64;
+        }
+        let table_size = shnum.checked_mul(64).ok_or_else(|| ElfError::Corrupt("section count overflow".into()))?;
+        let shdrs = slice(b, shoff, table_size, "section header table")?;
+        if shstrndx >= shnum {
+            return corrupt(format!("section name table index {shstrndx} out of range ({shnum} sections)"));
+        }
+        let mut sections = Vec::with_capacity(shnum as usize);
+        let mut raw_names = Vec::with_capacity(shnum as usize);
+        for i in 0..shnum as usize {
+            let h = &shdrs[i * 64..i * 64 + 64];
+            let sh_type = rd_u32(h, 4)?;
+            let size = rd_u64(h, 32)?;
+            let offset = rd_u64(h, 24)?;
+            let data = if sh_type == SHT_NOBITS || sh_type == SHT_NULL {
+                Vec::new()
+            } else {
+                slice(b, offset, size, &format!("section {i} contents"))?.to_vec()
+            };
+            raw_names.push(rd_u32(h, 0)? as u64);
+            sections.push(Section {
+                index: i,
+                name: String::new(),
+                sh_type,
+                flags: rd_u64(h, 8)?,
+                addr: rd_u64(h, 16)?,
+                offset,
+                size,
+                link: rd_u32(h, 40)?,
+                info: rd_u32(h, 44)?,
+                addralign: rd_u64(h, 48)?,
+                entsize: rd_u64(h, 56)?,
+                data,
+            });
+        }
+        if sections[shstrndx as usize].sh_type != SHT_STRTAB {
+            return corrupt("section name table is not a string table");
+        }
+        let shstr = sections[shstrndx as usize].data.clone();
+        for (i, s) in sections.iter_mut().enumerate() {
+            s.name = cstr(&shstr, raw_names[i], &format!("section {i}"))?;
+        }
+
+        let mut obj = Object {
+            e_type,
+            e_machine,
+            e_flags,
+            sections,
+            symbols: Vec::new(),
+            symtab: None,
+            relas: HashMap::new(),
+            rela_section_of: HashMap::new(),
+            by_name: HashMap::new(),
+            secsym: HashMap::new(),
+        };
+        obj.read_symbols()?;
+        obj.read_relas()?;
+        for s in &obj.sections {
+            obj.by_name.entry(s.name.clone()).or_insert(s.index);
+        }
+        Ok(obj)
+    }
+
+    fn read_symbols(&mut self) -> Result<(), ElfError> {
+        let symtabs: Vec<usize> =
+            self.sections.iter().filter(|s| s.sh_type == SHT_SYMTAB).map(|s| s.index).collect();
+        let Some(&st) = symtabs.first() else { return Ok(()) };
+        if symtabs.len() > 1 {
+            return corrupt("more than one symbol table");
+        }
+        let nsec = self.sections.len();
+        let sec = &self.sections[st];
+        if sec.entsize != 24 && sec.entsize != 0 {
+            return corrupt(format!("symbol table entry size {}, expected 24", sec.entsize));
+        }
+        if sec.data.len() % 24 != 0 {
+            return corrupt("symbol table size is not a multiple of 24");
+        }
+        let strndx = sec.link as usize;
+        if strndx >= nsec || self.sections[strndx].sh_type != SHT_STRTAB {
+            return corrupt("symbol table's string table index is invalid");
+        }
+        let shndx_tab = self
+            .sections
+            .iter()
+            .find(|s| s.sh_type == SHT_SYMTAB_SHNDX && s.link as usize == st)
+            .map(|s| s.data.clone());
+        let strtab = &self.sections[strndx].data;
+        let n = sec.data.len() / 24;
+        let mut syms = Vec::with_capacity(n);
+        for i in 0..n {
+            let e = &sec.data[i * 24..i * 24 + 24];
+            let name = cstr(strtab, rd_u32(e, 0)? as u64, &format!("symbol {i}"))?;
+            let info = e[4];
+            let other = e[5];
+            let raw_shndx = rd_u16(e, 6)? as u32;
+            let shndx = if raw_shndx == SHN_XINDEX {
+                let tab = shndx_tab
+                    .as_ref()
+                    .ok_or_else(|| ElfError::Corrupt(format!("symbol {i} uses SHN_XINDEX but there is no SHT_SYMTAB_SHNDX")))?;
+                rd_u32(tab, i * 4)?
+            } else {
+                raw_shndx
+            };
+            if shndx != SHN_UNDEF && shndx < SHN_LORESERVE && shndx as usize >= nsec {
+                return corrupt(format!("symbol {i} ({name}) refers to section {shndx}, out of range"));
+            }
+            syms.push(Symbol {
+                index: i,
+                name,
+                value: rd_u64(e, 8)?,
+                size: rd_u64(e, 16)?,
+                bind: info >> 4,
+                typ: info & 0xf,
+                other,
+                shndx,
+            });
+        }
+        for s in &syms {
+            if s.typ == STT_SECTION {
+                if let Some(sec) = s.section() {
+                    self.secsym.entry(sec).or_insert(s.index);
+                }
+            }
+        }
+        // Section symbols carry no name of their own: give them their section's,
+        // so that messages and comparisons can name them.
+        for s in syms.iter_mut() {
+            if s.typ == STT_SECTION && s.name.is_empty() {
+                if let Some(sec) = s.section() {
+                    s.name = self.sections[sec].name.clone();
+                }
+            }
+        }
+        self.symbols = syms;
+        self.symtab = Some(st);
+        Ok(())
+    }
+
+    fn read_relas(&mut self) -> Result<(), ElfError> {
+        let nsec = self.sections.len();
+        for s in &self.sections {
+            if s.sh_type == SHT_REL {
+                return Err(ElfError::Unsupported(format!("{}: SHT_REL relocations (x86_64 uses RELA)", s.name)));
+            }
+            if s.sh_type != SHT_RELA {
+                continue;
+            }
+            let target = s.info as usize;
+            if target == 0 || target >= nsec {
+                return corrupt(format!("{}: applies to section {target}, out of range", s.name));
+            }
+            if Some(s.link as usize) != self.symtab {
+                return corrupt(format!("{}: linked to section {}, not the symbol table", s.name, s.link));
+            }
+            if s.data.len() % 24 != 0 {
+                return corrupt(format!("{}: size is not a multiple of 24", s.name));
+            }
+            let tsize = self.sections[target].size;
+            let mut v = Vec::with_capacity(s.data.len() / 24);
+            for i in 0..s.data.len() / 24 {
+                let e = &s.data[i * 24..i * 24 + 24];
+                let offset = rd_u64(e, 0)?;
+                let info = rd_u64(e, 8)?;
+                let addend = rd_u64(e, 16)? as i64;
+                let sym = (info >> 32) as usize;
+                let rtype = info as u32;
+                if sym >= self.symbols.len() {
+                    return corrupt(format!("{}: relocation {i} refers to symbol {sym}, out of range", s.name));
+                }
+                if offset >= tsize {
+                    return corrupt(format!("{}: relocation {i} at {offset:#x} outside its section", s.name));
+                }
+                v.push(Rela { offset, sym, rtype, addend });
+            }
+            v.sort_by_key(|r| r.offset);
+            if self.rela_section_of.insert(target, s.index).is_some() {
+                return corrupt(format!("section {target} has two relocation sections"));
+            }
+            self.relas.insert(target, v);
+        }
+        Ok(())
+    }
+
+    pub fn section_by_name(&self, name: &str) -> Option<&Section> {
+        self.by_name.get(name).map(|&i| &self.sections[i])
+    }
+
+    /// Relocations that apply to section `sec` (empty when it has none).
+    pub fn relas_of(&self, sec: usize) -> &[Rela] {
+        self.relas.get(&sec).map(|v| v.as_slice()).unwrap_or(&[])
+    }
+
+    /// The STT_SECTION symbol of a section, if the object has one.
+    pub fn section_symbol(&self, sec: usize) -> Option<usize> {
+        self.secsym.get(&sec).copied()
+    }
+}
+
+/// Size in bytes of the field a relocation patches, for the types met in kernel objects.
+pub fn rela_width(rtype: u32) -> usize {
+    match rtype {
+        R_X86_64_64 | R_X86_64_PC64 => 8,
+        R_X86_64_NONE => 0,
+        _ => 4,
+    }
+}
+
+/// Whether a relocation type is PC-relative (the addend then compensates for the
+/// distance between the field and the end of the instruction).
+pub fn rela_is_pcrel(rtype: u32) -> bool {
+    matches!(rtype, R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_PC64 | 9 /* GOTPCREL */ | 41 | 42)
+}
+
+#[cfg(test)]
+mod tests;

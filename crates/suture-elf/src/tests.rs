@@ -1,0 +1,90 @@
+use super::*;
+
+fn sample() -> Vec<u8> {
+    let mut b = Builder::default();
+    b.sections.push(OutSection {
+        name: ".text.f".into(),
+        sh_type: SHT_PROGBITS,
+        flags: SHF_ALLOC | SHF_EXECINSTR,
+        addralign: 16,
+        entsize: 0,
+        data: vec![0xe8, 0, 0, 0, 0, 0xc3],
+        nobits_size: 0,
+        relas: vec![OutRela { offset: 1, sym: 3, rtype: R_X86_64_PLT32, addend: -4 }],
+        rela_flags: 0,
+    });
+    b.symbols.push(OutSymbol { name: String::new(), bind: STB_LOCAL, typ: STT_SECTION, other: 0, section: SymSection::Section(0), value: 0, size: 0 });
+    b.symbols.push(OutSymbol { name: "f".into(), bind: STB_LOCAL, typ: STT_FUNC, other: 0, section: SymSection::Section(0), value: 0, size: 6 });
+    b.symbols.push(OutSymbol { name: "__fentry__".into(), bind: STB_GLOBAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+    b.write().unwrap()
+}
+
+#[test]
+fn round_trip() {
+    let o = Object::parse(&sample()).unwrap();
+    let t = o.section_by_name(".text.f").unwrap();
+    assert_eq!(t.flags, SHF_ALLOC | SHF_EXECINSTR);
+    assert_eq!(t.addralign, 16);
+    assert_eq!(o.symbols.len(), 4);
+    assert_eq!(o.symbols[2].name, "f");
+    assert_eq!(o.symbols[2].section(), Some(t.index));
+    assert_eq!(o.symbols[1].name, ".text.f", "section symbols take their section's name");
+    let r = o.relas_of(t.index);
+    assert_eq!(r, &[Rela { offset: 1, sym: 3, rtype: R_X86_64_PLT32, addend: -4 }]);
+    assert_eq!(o.section_symbol(t.index), Some(1));
+    assert_eq!(o.sections[o.symtab.unwrap()].info, 3, "sh_info is the first global");
+}
+
+#[test]
+fn locals_after_globals_rejected() {
+    let mut b = Builder::default();
+    b.symbols.push(OutSymbol { name: "g".into(), bind: STB_GLOBAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+    b.symbols.push(OutSymbol { name: "l".into(), bind: STB_LOCAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+    assert!(matches!(b.write(), Err(ElfError::Write(_))));
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let full = sample();
+    for n in 0..full.len() {
+        assert!(Object::parse(&full[..n]).is_err(), "truncated to {n} bytes parsed");
+    }
+}
+
+#[test]
+fn garbage_and_bit_flips_never_panic() {
+    assert_eq!(Object::parse(b"hello world").unwrap_err(), ElfError::NotElf);
+    let full = sample();
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    for _ in 0..5000 {
+        let mut b = full.clone();
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = (seed as usize) % b.len();
+            b[i] = (seed >> 32) as u8;
+        }
+        let _ = Object::parse(&b);
+    }
+}
+
+#[test]
+fn wrong_machine() {
+    let mut b = sample();
+    b[18] = 183; // EM_AARCH64
+    match Object::parse(&b) {
+        Err(ElfError::Unsupported(m)) => assert!(m.contains("x86_64"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn out_of_range_symbol_in_relocation() {
+    let mut b = Builder::default();
+    b.sections.push(OutSection {
+        name: ".text".into(), sh_type: SHT_PROGBITS, flags: SHF_ALLOC | SHF_EXECINSTR, addralign: 1, entsize: 0,
+        data: vec![0; 8], nobits_size: 0, relas: vec![OutRela { offset: 0, sym: 1, rtype: R_X86_64_64, addend: 0 }], rela_flags: 0,
+    });
+    assert!(b.write().is_err(), "writer checks symbol indices");
+}
