@@ -477,6 +477,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn temp_dir_is_removed_on_drop() {
+        let t = TempDir::new().unwrap();
+        let p = t.0.clone();
+        std::fs::write(p.join("f"), b"x").unwrap();
+        drop(t);
+        assert!(!p.exists());
+    }
+
+    #[test]
     fn ldd_output_parses() {
         let out = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f)\n\
                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)\n\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n";
