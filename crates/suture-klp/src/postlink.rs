@@ -1,0 +1,203 @@
+//! ELF transforms around the kbuild link. Pure: bytes in, bytes out.
+//!
+//! - Before the link, [`add_aliases`] gives each replacement function (a LOCAL
+//!   symbol in the klp object) a GLOBAL alias the generated hook can name in
+//!   `klp_func.new_func`.
+//! - After the link, [`post_link`] turns the finished `.ko` into the livepatch
+//!   format (Documentation/livepatch/module-elf-format.rst): undefined
+//!   `.klp.sym.OBJ.NAME,POS` symbols become `SHN_LIVEPATCH` symbols, and every
+//!   relocation against them moves into a `.klp.rela.OBJ.SECTION` section
+//!   flagged `SHF_RELA_LIVEPATCH | SHF_INFO_LINK | SHF_ALLOC`. Linkers preserve
+//!   neither, which is why this runs last, on the final file.
+
+use crate::elf::{self, Elf, Rela, Shdr};
+use anyhow::{bail, ensure, Context, Result};
+use std::collections::{BTreeMap, HashMap};
+
+/// A parsed `.klp.sym.OBJ.NAME,POS` symbol name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KlpSym<'a> {
+    pub objname: &'a str,
+    pub name: &'a str,
+    pub pos: u64,
+}
+
+/// Parses a klp symbol name with the limits the kernel's `sscanf` applies
+/// (`.klp.sym.%55[^.].%511[^,],%lu`), so that what we emit is what it accepts.
+pub fn parse_klp_sym(s: &str) -> Option<KlpSym<'_>> {
+    let rest = s.strip_prefix(".klp.sym.")?;
+    let (objname, rest) = rest.split_once('.')?;
+    let (name, pos) = rest.rsplit_once(',')?;
+    if objname.is_empty() || objname.len() > 55 || name.is_empty() || name.len() > 511 {
+        return None;
+    }
+    if name.contains(',') || pos.is_empty() || !pos.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(KlpSym { objname, name, pos: pos.parse().ok()? })
+}
+
+pub fn klp_sym_name(objname: &str, name: &str, pos: u32) -> String {
+    format!(".klp.sym.{objname}.{name},{pos}")
+}
+
+/// Adds a GLOBAL FUNC alias for each `(existing symbol, alias)` pair.
+pub fn add_aliases(obj: &[u8], aliases: &[(String, String)]) -> Result<Vec<u8>> {
+    let mut e = Elf::parse(obj.to_vec())?;
+    let symtab = e.symtab()?;
+    let strtab = e.shdrs[symtab].link as usize;
+    ensure!(strtab < e.shdrs.len(), "symbol table links to a missing string table");
+    let syms = e.syms(symtab)?;
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in syms.iter().enumerate() {
+        if s.shndx != elf::SHN_UNDEF && s.shndx < elf::SHN_LORESERVE {
+            by_name.entry(e.str_at(strtab, s.name)?).or_insert(i);
+        }
+    }
+    let mut new_syms = Vec::new();
+    for (target, _) in aliases {
+        let i = *by_name
+            .get(target.as_str())
+            .with_context(|| format!("no defined symbol {target} to alias"))?;
+        new_syms.push(syms[i]);
+    }
+    let names: Vec<String> = aliases.iter().map(|(_, a)| a.clone()).collect();
+    let offs = e.add_strings(strtab, &names)?;
+    let mut data = e.data(symtab)?.to_vec();
+    for (mut s, off) in new_syms.into_iter().zip(offs) {
+        s.name = off;
+        s.info = (1 << 4) | 2; // STB_GLOBAL, STT_FUNC
+        s.other = 0; // STV_DEFAULT
+        data.extend_from_slice(&elf::encode_sym(&s));
+    }
+    let at = e.append(&data, 8);
+    let sh = &mut e.shdrs[symtab];
+    sh.offset = at;
+    sh.size = data.len() as u64;
+    e.finish()
+}
+
+/// What [`post_link`] did, for the build report and for tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PostLink {
+    /// Symbols marked `SHN_LIVEPATCH`, by name.
+    pub klp_syms: Vec<String>,
+    /// `.klp.rela.*` sections created, with their number of relocations.
+    pub klp_relas: Vec<(String, usize)>,
+}
+
+pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
+    let mut e = Elf::parse(ko.to_vec())?;
+    let symtab = e.symtab()?;
+    let strtab = e.shdrs[symtab].link as usize;
+    ensure!(strtab < e.shdrs.len(), "symbol table links to a missing string table");
+    let mut syms = e.syms(symtab)?;
+    let mut report = PostLink::default();
+    // symbol index → objname of its klp symbol
+    let mut klp_obj: HashMap<usize, String> = HashMap::new();
+    for (i, s) in syms.iter_mut().enumerate() {
+        let name = e.str_at(strtab, s.name)?;
+        if !name.starts_with(".klp.sym.") {
+            continue;
+        }
+        let k = parse_klp_sym(name)
+            .with_context(|| format!("malformed livepatch symbol name {name:?}"))?;
+        ensure!(
+            s.shndx == elf::SHN_UNDEF || s.shndx == elf::SHN_LIVEPATCH,
+            "livepatch symbol {name} is defined in the module; it must refer to the target"
+        );
+        klp_obj.insert(i, k.objname.to_string());
+        report.klp_syms.push(name.to_string());
+        s.shndx = elf::SHN_LIVEPATCH;
+    }
+    if klp_obj.is_empty() {
+        return Ok((ko.to_vec(), report));
+    }
+    // Rewrite the symbol table in place: same size, same order.
+    let st_off = e.shdrs[symtab].offset as usize;
+    for (i, s) in syms.iter().enumerate() {
+        let o = st_off + i * elf::SYM_SIZE;
+        e.bytes[o..o + elf::SYM_SIZE].copy_from_slice(&elf::encode_sym(s));
+    }
+    // (objname, target section) → relocations moved out of ordinary RELA sections.
+    let mut moved: BTreeMap<(String, u32), Vec<Rela>> = BTreeMap::new();
+    for sec in 0..e.shdrs.len() {
+        let sh = e.shdrs[sec];
+        if sh.kind != elf::SHT_RELA || sh.link as usize != symtab {
+            continue;
+        }
+        if sh.flags & elf::SHF_RELA_LIVEPATCH != 0 {
+            bail!("the module already has livepatch relocation sections: post-link ran twice?");
+        }
+        let relas = e.relas(sec)?;
+        let (klp, keep): (Vec<Rela>, Vec<Rela>) =
+            relas.into_iter().partition(|r| klp_obj.contains_key(&r.sym()));
+        if klp.is_empty() {
+            continue;
+        }
+        for r in klp {
+            moved
+                .entry((klp_obj[&r.sym()].clone(), sh.info))
+                .or_default()
+                .push(r);
+        }
+        let mut data = Vec::with_capacity(keep.len() * elf::RELA_SIZE);
+        for r in &keep {
+            data.extend_from_slice(&elf::encode_rela(r));
+        }
+        let o = sh.offset as usize;
+        e.bytes[o..o + data.len()].copy_from_slice(&data);
+        e.shdrs[sec].size = data.len() as u64;
+    }
+    let mut names = Vec::new();
+    let mut new_shdrs = Vec::new();
+    for ((objname, target), relas) in &moved {
+        let target_name = e.section_name(*target as usize)?;
+        let name = format!(".klp.rela.{objname}.{target_name}");
+        let mut data = Vec::with_capacity(relas.len() * elf::RELA_SIZE);
+        for r in relas {
+            data.extend_from_slice(&elf::encode_rela(r));
+        }
+        let at = e.append(&data, 8);
+        report.klp_relas.push((name.clone(), relas.len()));
+        names.push(name);
+        new_shdrs.push(Shdr {
+            name: 0,
+            kind: elf::SHT_RELA,
+            flags: elf::SHF_ALLOC | elf::SHF_INFO_LINK | elf::SHF_RELA_LIVEPATCH,
+            addr: 0,
+            offset: at,
+            size: data.len() as u64,
+            link: symtab as u32,
+            info: *target,
+            addralign: 8,
+            entsize: elf::RELA_SIZE as u64,
+        });
+    }
+    let shstrndx = e.shstrndx;
+    let offs = e.add_strings(shstrndx, &names)?;
+    for (mut sh, off) in new_shdrs.into_iter().zip(offs) {
+        sh.name = off;
+        e.shdrs.push(sh);
+    }
+    Ok((e.finish()?, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn klp_sym_names_round_trip_with_kernel_limits() {
+        let n = klp_sym_name("vmlinux", "saved_command_line", 0);
+        assert_eq!(n, ".klp.sym.vmlinux.saved_command_line,0");
+        let k = parse_klp_sym(&n).unwrap();
+        assert_eq!((k.objname, k.name, k.pos), ("vmlinux", "saved_command_line", 0));
+        let k = parse_klp_sym(".klp.sym.binfmt_misc.foo.isra.0,2").unwrap();
+        assert_eq!((k.objname, k.name, k.pos), ("binfmt_misc", "foo.isra.0", 2));
+        assert!(parse_klp_sym(".klp.sym.vmlinux.foo").is_none());
+        assert!(parse_klp_sym(".klp.sym.vmlinux.foo,x").is_none());
+        assert!(parse_klp_sym(&format!(".klp.sym.{}.f,0", "m".repeat(56))).is_none());
+        assert!(parse_klp_sym(".klp.sym..f,0").is_none());
+    }
+}
