@@ -1,1 +1,301 @@
-//! suture-build
+//! `suture build`: the whole pipeline, one way.
+//!
+//! release → source tree → objects (before and after the patch) → diff → klp
+//! objects → module. Each arrow is another crate; this one only sequences them,
+//! reports progress and decides the outcome.
+
+mod symbols;
+
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use suture_diff::{Outcome, Refusal};
+use suture_kernel::patchfile::{self, FileKind, FilePatch};
+use suture_kernel::{Release, Tree};
+
+pub use suture_kernel::tree::cache_root;
+pub use symbols::SymbolSource;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub patches: Vec<PathBuf>,
+    pub release: String,
+    pub output: Option<PathBuf>,
+    pub name: Option<String>,
+    /// A `/proc/kallsyms` copy from a host running the release, instead of the
+    /// symbol tables inside its image.
+    pub kallsyms: Option<PathBuf>,
+    pub replace: bool,
+    /// Root of the cache (prepared trees, extracted images).
+    pub cache: PathBuf,
+    /// Keep the work directory (objects, klp objects, kbuild dir) for inspection.
+    pub keep_work: bool,
+}
+
+/// One function the module replaces.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replaced {
+    pub objname: String,
+    pub function: String,
+    pub sympos: u32,
+    /// The source file the function is defined in.
+    pub source_file: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct BuildReport {
+    pub module: PathBuf,
+    pub name: String,
+    pub release: String,
+    pub replaced: Vec<Replaced>,
+    pub new_functions: Vec<String>,
+    pub symbol_source: String,
+    pub warnings: Vec<String>,
+}
+
+/// How a build ended when it did not produce a module. The binary maps these
+/// to exit statuses (2 refused, 3 no change).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{}", format_refusals(.0))]
+    Refused(Vec<(String, Refusal)>),
+    #[error("the patch makes no functional change to any function: nothing to build{}", if .0.is_empty() { String::new() } else { format!(" ({})", .0.join(", ")) })]
+    NoChange(Vec<String>),
+}
+
+fn format_refusals(r: &[(String, Refusal)]) -> String {
+    let mut s = String::from("this patch cannot be live-patched:");
+    for (file, x) in r {
+        s.push_str(&format!("\n  {file}: {}: {}", x.subject, x.reason));
+    }
+    s
+}
+
+/// What the patch asks to change, checked before any work: only C translation
+/// units can be live-patched from a source diff.
+pub fn objects_of(patches: &[FilePatch]) -> Result<Vec<String>> {
+    let mut objs = Vec::new();
+    for fp in patches {
+        let p = &fp.path;
+        if let Some(stem) = p.strip_suffix(".c") {
+            match fp.kind {
+                FileKind::Modified => objs.push(format!("{stem}.o")),
+                FileKind::Created => bail!(
+                    "{p}: the patch adds a new source file; a livepatch can only change translation units the running kernel already has. Put the new code into an existing file."
+                ),
+                FileKind::Deleted => bail!("{p}: the patch deletes a source file; that cannot be live-patched"),
+            }
+        } else if p.ends_with(".h") {
+            bail!(
+                "{p}: changes to headers are not supported yet: a header change may alter every object that includes it (and data layouts). Move the change into the .c files that need it."
+            );
+        } else if p.ends_with(".S") || p.ends_with(".s") {
+            bail!("{p}: assembly cannot be live-patched safely (no ftrace entry, no per-function sections)");
+        } else {
+            bail!("{p}: only C source files (.c) can be live-patched; this file is not one");
+        }
+    }
+    objs.sort();
+    objs.dedup();
+    Ok(objs)
+}
+
+pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport> {
+    let mut patches = Vec::new();
+    for p in &opts.patches {
+        let text = fs::read_to_string(p).with_context(|| format!("reading patch {}", p.display()))?;
+        patches.extend(patchfile::parse(&p.display().to_string(), &text)?);
+    }
+    let objects = objects_of(&patches)?;
+    let name = match &opts.name {
+        Some(n) => n.clone(),
+        None => suture_klp::default_module_name(&opts.patches[0]),
+    };
+    suture_klp::check_module_name(&name)?;
+    let output = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{name}.ko")));
+    if output.extension().is_none_or(|e| e != "ko") {
+        bail!("the output {} must end in .ko", output.display());
+    }
+
+    let release = Release::find(&opts.release, Path::new("/"))?;
+    progress(&format!(
+        "release {} (source {} {}, compiler {})",
+        release.name.release,
+        release.source_package(),
+        release.source_version,
+        release.cc
+    ));
+    let tree = Tree::open(release.clone(), &opts.cache, progress)?;
+    let work = tempdir_in(&opts.cache.join(&release.name.release), "work")?;
+    let result = build_in(opts, progress, &tree, &patches, &objects, &name, &output, work.path());
+    if opts.keep_work {
+        let kept = work.keep();
+        eprintln!("work directory kept: {}", kept.display());
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_in(
+    opts: &BuildOptions,
+    progress: &dyn Fn(&str),
+    tree: &Tree,
+    patches: &[FilePatch],
+    objects: &[String],
+    name: &str,
+    output: &Path,
+    work: &Path,
+) -> Result<BuildReport> {
+    let entry_sizes = tree.entry_sizes()?;
+    progress(&format!("compiling {} before the patch", objects.join(" ")));
+    tree.compile(objects)?;
+    let mut pairs = Vec::new();
+    for o in objects {
+        let info = tree.object_info(o)?;
+        let orig = fs::read(tree.object_path(o))
+            .with_context(|| format!("kbuild did not produce {o}: is it part of this kernel's config?"))?;
+        pairs.push((info, orig));
+    }
+    progress("applying the patch");
+    let applied = tree.apply(patches)?;
+    progress(&format!("compiling {} after the patch", objects.join(" ")));
+    let compiled = tree.compile(objects);
+    let mut patched = Vec::new();
+    if compiled.is_ok() {
+        for o in objects {
+            patched.push(fs::read(tree.object_path(o))?);
+        }
+    }
+    applied.restore()?;
+    compiled.context("the patched source does not compile")?;
+
+    let symbols = SymbolSource::open(tree, opts.kallsyms.as_deref(), &opts.cache, progress)?;
+    progress(&format!("diffing {} object(s) (symbols from {})", pairs.len(), symbols.describe()));
+    let mut refusals = Vec::new();
+    let mut by_obj: BTreeMap<String, (Vec<suture_klp::Func>, Vec<Vec<u8>>)> = BTreeMap::new();
+    let mut replaced = Vec::new();
+    let mut new_functions = Vec::new();
+    let mut warnings = Vec::new();
+    let mut unchanged = Vec::new();
+    for ((info, orig), patched) in pairs.iter().zip(&patched) {
+        let target = symbols.target(&info.objname, orig)?;
+        let dopts = suture_diff::Options {
+            entry_sizes: entry_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            target: Some(target),
+        };
+        let outcome = suture_diff::diff(orig, patched, &dopts)
+            .with_context(|| format!("diffing {}", info.object))?;
+        match outcome {
+            Outcome::Changes(p) => {
+                warnings.extend(p.report.warnings.iter().map(|w| format!("{}: {w}", info.object)));
+                new_functions.extend(p.report.new.iter().cloned());
+                let entry = by_obj.entry(info.objname.clone()).or_default();
+                for f in &p.replaced {
+                    replaced.push(Replaced {
+                        objname: info.objname.clone(),
+                        function: f.name.clone(),
+                        sympos: f.sympos,
+                        source_file: info.object.replace(".o", ".c"),
+                    });
+                    entry.0.push(suture_klp::Func {
+                        old_name: f.name.clone(),
+                        sympos: f.sympos,
+                        symbol: f.symbol.clone(),
+                    });
+                }
+                fs::write(work.join(info.object.replace('/', "_")), &p.object)?;
+                entry.1.push(p.object);
+            }
+            Outcome::NoChange(_) => unchanged.push(info.object.clone()),
+            Outcome::Refused(r) => {
+                refusals.extend(r.refusals.into_iter().map(|x| (info.object.replace(".o", ".c"), x)));
+            }
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(BuildError::Refused(refusals).into());
+    }
+    if replaced.is_empty() {
+        return Err(BuildError::NoChange(unchanged).into());
+    }
+
+    progress("linking the livepatch module with the release's kbuild");
+    let mut spec = suture_klp::ModuleSpec { name: name.to_string(), replace: opts.replace, objects: Vec::new() };
+    let mut klp_objects = Vec::new();
+    for (objname, (funcs, objs)) in by_obj {
+        let idx = spec.objects.len();
+        spec.objects.push(suture_klp::Object { objname, funcs });
+        klp_objects.extend(objs.into_iter().map(|o| (idx, o)));
+    }
+    let (ko, _post) = suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
+    let module = suture_klp::write_module(output, &ko)?;
+    Ok(BuildReport {
+        module,
+        name: name.to_string(),
+        release: tree.release.name.release.clone(),
+        replaced,
+        new_functions,
+        symbol_source: symbols.describe(),
+        warnings,
+    })
+}
+
+/// A scratch directory removed on drop unless kept.
+pub struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn keep(mut self) -> PathBuf {
+        self.keep = true;
+        self.path.clone()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn tempdir_in(base: &Path, prefix: &str) -> Result<TempDir> {
+    fs::create_dir_all(base)?;
+    let path = base.join(format!("{prefix}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&path);
+    fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(TempDir { path, keep: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(path: &str, kind: FileKind) -> FilePatch {
+        FilePatch { path: path.into(), kind, hunks: vec![] }
+    }
+
+    #[test]
+    fn only_existing_c_files_are_patchable() {
+        let ok = objects_of(&[fp("fs/proc/cmdline.c", FileKind::Modified), fp("fs/proc/cmdline.c", FileKind::Modified)]).unwrap();
+        assert_eq!(ok, vec!["fs/proc/cmdline.o"]);
+        for (p, k, want) in [
+            ("include/linux/x.h", FileKind::Modified, "headers"),
+            ("arch/x86/entry/entry_64.S", FileKind::Modified, "assembly"),
+            ("fs/new.c", FileKind::Created, "new source file"),
+            ("fs/Makefile", FileKind::Modified, "only C source"),
+        ] {
+            let e = objects_of(&[fp(p, k)]).unwrap_err().to_string();
+            assert!(e.contains(p) && e.contains(want), "{e}");
+        }
+    }
+}

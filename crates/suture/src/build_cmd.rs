@@ -1,6 +1,79 @@
-#[derive(clap::Args)]
-pub struct Args {}
+use std::path::PathBuf;
+use std::time::Instant;
+use suture_build::{BuildError, BuildOptions};
 
-pub fn run(_a: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("suture build: not yet implemented")
+#[derive(clap::Args)]
+pub struct Args {
+    /// Unified diffs against the release's kernel source (`git diff` style paths).
+    #[arg(required = true)]
+    patches: Vec<PathBuf>,
+    /// The Debian kernel release to build for, as `uname -r` prints it (6.1.0-56-amd64).
+    #[arg(long = "kernel", value_name = "RELEASE")]
+    kernel: String,
+    /// Where to write the module (default: NAME.ko in the current directory).
+    #[arg(short = 'o', long = "output", value_name = "FILE.ko")]
+    output: Option<PathBuf>,
+    /// Module name, and so /sys/kernel/livepatch/NAME (default: livepatch_ + the first patch's file name).
+    #[arg(long)]
+    name: Option<String>,
+    /// A copy of /proc/kallsyms from a host running RELEASE, used instead of the image's own tables.
+    #[arg(long, value_name = "FILE")]
+    kallsyms: Option<PathBuf>,
+    /// Build a patch that stacks on loaded patches instead of replacing them.
+    #[arg(long)]
+    no_replace: bool,
+    /// Keep the work directory (objects before and after, klp objects, kbuild files).
+    #[arg(long)]
+    keep_work: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let opts = BuildOptions {
+        patches: a.patches,
+        release: a.kernel,
+        output: a.output,
+        name: a.name,
+        kallsyms: a.kallsyms,
+        replace: !a.no_replace,
+        cache: suture_build::cache_root(),
+        keep_work: a.keep_work,
+    };
+    let start = Instant::now();
+    let progress = |msg: &str| eprintln!("[{:5.1}s] {msg}", start.elapsed().as_secs_f64());
+    match suture_build::build(&opts, &progress) {
+        Ok(r) => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("built {} in {:.1}s", r.module.display(), start.elapsed().as_secs_f64());
+                println!("  livepatch {} for {} (symbols: {})", r.name, r.release, r.symbol_source);
+                for f in &r.replaced {
+                    let pos = if f.sympos == 0 { String::new() } else { format!(",{}", f.sympos) };
+                    println!("  replaces {}:{}{} ({})", f.objname, f.function, pos, f.source_file);
+                }
+                for f in &r.new_functions {
+                    println!("  adds     {f}");
+                }
+            }
+            Ok(0)
+        }
+        Err(e) => match e.downcast_ref::<BuildError>() {
+            Some(be @ BuildError::Refused(_)) => {
+                eprintln!("error: {be}");
+                eprintln!("nothing was written. Shadow variables and callbacks can carry data changes: see docs/.");
+                Ok(2)
+            }
+            Some(be @ BuildError::NoChange(_)) => {
+                eprintln!("{be}");
+                Ok(3)
+            }
+            None => Err(e),
+        },
+    }
 }

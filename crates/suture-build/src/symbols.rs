@@ -1,0 +1,130 @@
+//! Where the target's symbols come from for one build: the release's image
+//! (decompressed once and cached beside the tree) or a `/proc/kallsyms` copy;
+//! modules from their shipped `.ko`; exports from the headers' `Module.symvers`.
+
+use anyhow::{bail, Context, Result};
+use std::cell::OnceCell;
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use suture_kernel::Tree;
+use suture_symbols::{Exports, Kallsyms, TargetImage};
+
+pub struct SymbolSource {
+    kallsyms: Kallsyms,
+    /// The extracted vmlinux, when symbols come from the image: its bytes decide
+    /// between same-named symbols.
+    vmlinux: Option<Vec<u8>>,
+    exports: Exports,
+    modules_dir: PathBuf,
+    describe: String,
+    module_index: OnceCell<HashMap<String, PathBuf>>,
+}
+
+impl SymbolSource {
+    pub fn open(tree: &Tree, kallsyms: Option<&Path>, cache: &Path, progress: &dyn Fn(&str)) -> Result<Self> {
+        let r = &tree.release;
+        let symvers = r.headers.join("Module.symvers");
+        let exports = Exports::parse(
+            &fs::read_to_string(&symvers).with_context(|| format!("reading {}", symvers.display()))?,
+        )?;
+        let (ks, vmlinux, describe) = match kallsyms {
+            Some(p) => {
+                let text = fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                let ks = suture_symbols::parse_proc_kallsyms(&text)
+                    .with_context(|| format!("{} is not a /proc/kallsyms copy", p.display()))?;
+                if !ks.addresses_known() {
+                    bail!(
+                        "{} has all-zero addresses: copy /proc/kallsyms as root (kptr_restrict hides them otherwise)",
+                        p.display()
+                    );
+                }
+                (ks, None, format!("kallsyms copy {}", p.display()))
+            }
+            None => {
+                let vmlinux = extracted_vmlinux(&r.image, &cache.join(&r.name.release), progress)?;
+                let ks = suture_symbols::kallsyms_from_vmlinux(&vmlinux).with_context(|| {
+                    format!(
+                        "reading the kallsyms tables of {} (pass --kallsyms FILE with a /proc/kallsyms copy from a host running {} instead)",
+                        r.image.display(),
+                        r.name.release
+                    )
+                })?;
+                (ks, Some(vmlinux), format!("the kallsyms tables inside {}", r.image.display()))
+            }
+        };
+        Ok(SymbolSource {
+            kallsyms: ks,
+            vmlinux,
+            exports,
+            modules_dir: r.modules.clone(),
+            describe,
+            module_index: OnceCell::new(),
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    /// The differ's view of `objname` for the translation unit `orig`.
+    pub fn target(&self, objname: &str, orig: &[u8]) -> Result<suture_diff::Target> {
+        if objname == "vmlinux" {
+            let image = TargetImage::Vmlinux { kallsyms: &self.kallsyms, vmlinux: self.vmlinux.as_deref() };
+            return Ok(suture_symbols::build_target(image, &self.exports, objname, orig)?);
+        }
+        let path = self.module_path(objname)?;
+        let ko = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(suture_symbols::build_target(TargetImage::Module { ko: &ko }, &self.exports, objname, orig)?)
+    }
+
+    fn module_path(&self, objname: &str) -> Result<PathBuf> {
+        let index = self.module_index.get_or_init(|| {
+            let mut m = HashMap::new();
+            walk(&self.modules_dir.join("kernel"), &mut m);
+            walk(&self.modules_dir.join("updates"), &mut m);
+            m
+        });
+        index.get(objname).cloned().with_context(|| {
+            format!(
+                "the object belongs to module {objname}, but {} has no {objname}.ko",
+                self.modules_dir.display()
+            )
+        })
+    }
+}
+
+fn walk(dir: &Path, out: &mut HashMap<String, PathBuf>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+            if let Some(stem) = n.strip_suffix(".ko") {
+                out.entry(stem.replace('-', "_")).or_insert(p);
+            }
+        }
+    }
+}
+
+/// The decompressed image, cached: decompressing 65 MB each build would cost
+/// seconds for nothing.
+fn extracted_vmlinux(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<u8>> {
+    let cached = dir.join("vmlinux");
+    let meta = fs::metadata(image).with_context(|| format!("reading {}", image.display()))?;
+    let key = format!("{} {} {:?}", image.display(), meta.len(), meta.modified().ok());
+    let key_file = dir.join("vmlinux.key");
+    if fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) {
+        if let Ok(b) = fs::read(&cached) {
+            return Ok(b);
+        }
+    }
+    progress(&format!("extracting vmlinux from {}", image.display()));
+    let bz = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    let v = suture_symbols::extract_vmlinux(&bz)?;
+    fs::create_dir_all(dir)?;
+    suture_kernel::tree::write_atomic(&cached, &v)?;
+    suture_kernel::tree::write_atomic(&key_file, key.as_bytes())?;
+    Ok(v)
+}
