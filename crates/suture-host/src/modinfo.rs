@@ -1,0 +1,150 @@
+//! What a `.ko` says about itself: the `.modinfo` key=value strings and, as a
+//! fallback for the name, `struct module` in `.gnu.linkonce.this_module`.
+
+use object::{Object, ObjectSection};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleInfo {
+    /// The name the kernel will register the module under.
+    pub name: String,
+    /// Full vermagic string, e.g. "6.1.0-56-amd64 SMP preempt mod_unload modversions ".
+    pub vermagic: Option<String>,
+    /// `MODULE_INFO(livepatch, "Y")` present.
+    pub livepatch: bool,
+    pub license: Option<String>,
+    pub srcversion: Option<String>,
+    pub depends: Vec<String>,
+}
+
+impl ModuleInfo {
+    /// The kernel release the module was built for: vermagic's first word.
+    pub fn release(&self) -> Option<&str> {
+        self.vermagic.as_deref().and_then(|v| v.split_whitespace().next())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModinfoError {
+    #[error("the file is {0}-compressed; decompress it first (e.g. `{1}`)")]
+    Compressed(&'static str, &'static str),
+    #[error("not an ELF kernel module: {0}")]
+    NotElf(String),
+    #[error("the module has no .modinfo section")]
+    NoModinfo,
+    #[error("cannot find the module's name (no `name=` in .modinfo and no .gnu.linkonce.this_module)")]
+    NoName,
+}
+
+/// `.modinfo` is a sequence of NUL-terminated "key=value" strings, possibly
+/// with padding NULs between them.
+pub fn parse_modinfo_strings(data: &[u8]) -> Vec<(String, String)> {
+    data.split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| {
+            let s = String::from_utf8_lossy(s);
+            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// `struct module` starts with `enum module_state state` (4 bytes, padded to
+/// 8) and `struct list_head list` (16 bytes) on 64-bit, then `char name[]`.
+const THIS_MODULE_NAME_OFFSET: usize = 24;
+const MODULE_NAME_LEN: usize = 56;
+
+pub fn parse_module(data: &[u8]) -> Result<ModuleInfo, ModinfoError> {
+    if data.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        return Err(ModinfoError::Compressed("xz", "unxz FILE.ko.xz"));
+    }
+    if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Err(ModinfoError::Compressed("zstd", "unzstd FILE.ko.zst"));
+    }
+    if data.starts_with(&[0x1f, 0x8b]) {
+        return Err(ModinfoError::Compressed("gzip", "gunzip FILE.ko.gz"));
+    }
+    let file = object::File::parse(data).map_err(|e| ModinfoError::NotElf(e.to_string()))?;
+    let modinfo = file
+        .section_by_name(".modinfo")
+        .ok_or(ModinfoError::NoModinfo)?
+        .data()
+        .map_err(|e| ModinfoError::NotElf(e.to_string()))?;
+    let kv = parse_modinfo_strings(modinfo);
+    let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let name = match get("name").filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => file
+            .section_by_name(".gnu.linkonce.this_module")
+            .and_then(|s| s.data().ok())
+            .and_then(|d| d.get(THIS_MODULE_NAME_OFFSET..THIS_MODULE_NAME_OFFSET + MODULE_NAME_LEN))
+            .map(|raw| String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or_default()).into_owned())
+            .filter(|n| !n.is_empty())
+            .ok_or(ModinfoError::NoName)?,
+    };
+    Ok(ModuleInfo {
+        name,
+        vermagic: get("vermagic"),
+        livepatch: get("livepatch").is_some_and(|v| v == "Y"),
+        license: get("license"),
+        srcversion: get("srcversion"),
+        depends: get("depends")
+            .map(|d| d.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::write::{Object as WObject, StandardSection};
+    use object::{Architecture, BinaryFormat, Endianness, SectionKind};
+
+    fn ko(modinfo: &[u8], this_module_name: Option<&str>) -> Vec<u8> {
+        let mut o = WObject::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let t = o.section_id(StandardSection::Text);
+        o.append_section_data(t, &[0xc3], 1);
+        let mi = o.add_section(vec![], b".modinfo".to_vec(), SectionKind::Data);
+        o.append_section_data(mi, modinfo, 1);
+        if let Some(n) = this_module_name {
+            let s = o.add_section(vec![], b".gnu.linkonce.this_module".to_vec(), SectionKind::Data);
+            let mut d = vec![0u8; 0x400];
+            d[24..24 + n.len()].copy_from_slice(n.as_bytes());
+            o.append_section_data(s, &d, 64);
+        }
+        o.write().unwrap()
+    }
+
+    #[test]
+    fn livepatch_module_fields() {
+        let data = ko(
+            b"livepatch=Y\0license=GPL\0\0\0depends=\0retpoline=Y\0name=livepatch_sample\0vermagic=6.1.0-56-amd64 SMP preempt mod_unload modversions \0",
+            None,
+        );
+        let m = parse_module(&data).unwrap();
+        assert_eq!(m.name, "livepatch_sample");
+        assert!(m.livepatch);
+        assert_eq!(m.release(), Some("6.1.0-56-amd64"));
+        assert_eq!(m.license.as_deref(), Some("GPL"));
+        assert!(m.depends.is_empty());
+    }
+
+    #[test]
+    fn name_falls_back_to_this_module_and_livepatch_needs_y() {
+        let data = ko(b"livepatch=N\0depends=a,b\0vermagic=6.1.0-1-amd64 SMP\0", Some("my_mod"));
+        let m = parse_module(&data).unwrap();
+        assert_eq!(m.name, "my_mod");
+        assert!(!m.livepatch);
+        assert_eq!(m.depends, ["a", "b"]);
+        assert_eq!(parse_module(&ko(b"license=GPL\0", None)), Err(ModinfoError::NoName));
+    }
+
+    #[test]
+    fn rejects_non_modules() {
+        assert!(matches!(parse_module(b"hello"), Err(ModinfoError::NotElf(_))));
+        assert!(matches!(parse_module(&[0xfd, b'7', b'z', b'X', b'Z', 0, 1]), Err(ModinfoError::Compressed("xz", _))));
+        let mut o = WObject::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let t = o.section_id(StandardSection::Text);
+        o.append_section_data(t, &[0xc3], 1);
+        assert_eq!(parse_module(&o.write().unwrap()), Err(ModinfoError::NoModinfo));
+    }
+}

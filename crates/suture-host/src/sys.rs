@@ -1,0 +1,90 @@
+//! The only place that talks to the kernel through syscalls. Everything else
+//! in this crate reads and writes files under a configurable root, so it can
+//! be exercised against a temporary directory tree with a fake [`Kernel`].
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// The syscalls `load`/`unload` need. A trait so the orchestration can be
+/// tested without loading anything into a real kernel.
+pub trait Kernel: Send + Sync {
+    /// `uname -r`.
+    fn release(&self) -> io::Result<String>;
+    /// Loads the module from an open file with the given parameter string.
+    fn finit_module(&self, file: &File, params: &str) -> io::Result<()>;
+    /// Removes a module without waiting for its references to drop
+    /// (`O_NONBLOCK`): a busy module is reported, never waited on in-kernel.
+    fn delete_module(&self, name: &str) -> io::Result<()>;
+    /// Recent kernel log lines that mention `needle`, best effort, for
+    /// turning an errno into the kernel's own explanation.
+    fn log_lines_mentioning(&self, needle: &str) -> Vec<String>;
+}
+
+/// The running kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SysKernel;
+
+impl Kernel for SysKernel {
+    fn release(&self) -> io::Result<String> {
+        let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        if unsafe { libc::uname(&mut u) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let bytes: Vec<u8> = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn finit_module(&self, file: &File, params: &str) -> io::Result<()> {
+        let params = std::ffi::CString::new(params).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let r = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn delete_module(&self, name: &str) -> io::Result<()> {
+        let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let r = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn log_lines_mentioning(&self, needle: &str) -> Vec<String> {
+        read_kmsg(needle).unwrap_or_default()
+    }
+}
+
+/// Reads the whole kernel log ring through `/dev/kmsg` (one record per
+/// read; `EAGAIN` marks the end in non-blocking mode) and keeps the last
+/// few messages containing `needle`.
+fn read_kmsg(needle: &str) -> io::Result<Vec<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg")?;
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                // "prio,seq,usec,flags;message\n continuation lines"
+                let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or(&rec);
+                let first = msg.lines().next().unwrap_or("").trim_end();
+                if first.contains(needle) {
+                    lines.push(first.to_string());
+                }
+            }
+            // EPIPE: the record we were at was overwritten; keep reading.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let keep = lines.len().saturating_sub(8);
+    Ok(lines.split_off(keep))
+}
