@@ -1,1 +1,53 @@
-//! suture-symbols
+//! Where the symbols of the kernel a patch targets come from, without the
+//! distribution's debug package:
+//!
+//! - the kernel image itself: [`extract_vmlinux`] decompresses the bzImage and
+//!   [`kallsyms_from_vmlinux`] decodes the kallsyms tables compiled into it;
+//! - a copy of `/proc/kallsyms` ([`parse_proc_kallsyms`]);
+//! - a module's own symbol table ([`module_symbols`]);
+//! - `Module.symvers` for what is exported ([`Exports`]).
+//!
+//! [`build_target`] turns those and the original object of one translation unit
+//! into the differ's [`suture_diff::Target`], deciding which of several
+//! same-named symbols belongs to that translation unit by comparing code bytes
+//! with the image ([`verify_function`] is the same comparison, used to refuse
+//! builds that do not reproduce the running kernel).
+
+mod exports;
+mod extract;
+mod image;
+mod kallsyms;
+mod module;
+mod obj;
+mod target;
+
+pub use exports::{Export, Exports};
+pub use extract::extract_vmlinux;
+pub use image::Image;
+pub use kallsyms::{decode_tables, kallsyms_from_vmlinux, parse_proc_kallsyms, Instance, KSym, Kallsyms};
+pub use module::{module_name, module_symbols};
+pub use target::{
+    build_target, build_target_report, verify_function, Decision, Mismatch, TargetImage, TargetReport,
+    Unresolved,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kernel image (bzImage or vmlinux) is not usable.
+    #[error("kernel image: {0}")]
+    Image(String),
+    /// No usable symbol table.
+    #[error("kallsyms: {0}")]
+    Kallsyms(String),
+    #[error("Module.symvers: {0}")]
+    Symvers(String),
+    /// An object file (ORIG.o or a .ko) is not usable.
+    #[error("{file}: {msg}")]
+    Object { file: String, msg: String },
+    /// Symbols of ORIG that have several instances in the target and that no
+    /// evidence ties to one of them.
+    #[error("cannot tell which instance belongs to this translation unit: {}", .0.iter().map(|u| format!("{} ({})", u.name, u.why)).collect::<Vec<_>>().join("; "))]
+    Ambiguous(Vec<Unresolved>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,112 @@
+//! What the kernel exports to modules, from `Module.symvers`.
+
+use std::collections::HashMap;
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// `vmlinux`, or the exporting module's name as the kernel spells it
+    /// (`fs/ext4/ext4` → `ext4`, dashes turned into underscores).
+    pub owner: String,
+    /// The symbol namespace (`EXPORT_SYMBOL_NS`), if any.
+    pub namespace: Option<String>,
+    pub gpl_only: bool,
+    pub crc: u32,
+}
+
+/// Exported symbols by name.
+#[derive(Debug, Clone, Default)]
+pub struct Exports {
+    map: HashMap<String, Export>,
+}
+
+impl Exports {
+    /// Parses `Module.symvers`: `CRC<TAB>SYMBOL<TAB>MODULE<TAB>EXPORT_TYPE<TAB>NAMESPACE`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut map = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            let bad = |why: &str| {
+                Error::Symvers(format!(
+                    "line {}: {why}: {line:?}; use the Module.symvers of the target release \
+                     (/usr/src/linux-headers-RELEASE/Module.symvers from linux-headers-RELEASE)",
+                    n + 1
+                ))
+            };
+            if f.len() < 4 {
+                return Err(bad("expected at least 4 tab-separated fields"));
+            }
+            let crc = u32::from_str_radix(f[0].trim_start_matches("0x"), 16).map_err(|_| bad("bad CRC"))?;
+            if f[1].is_empty() || f[2].is_empty() {
+                return Err(bad("empty symbol or module"));
+            }
+            let gpl_only = match f[3] {
+                "EXPORT_SYMBOL" => false,
+                "EXPORT_SYMBOL_GPL" | "EXPORT_SYMBOL_GPL_FUTURE" | "EXPORT_UNUSED_SYMBOL_GPL" => true,
+                "EXPORT_UNUSED_SYMBOL" => false,
+                _ => return Err(bad("unknown export type")),
+            };
+            let namespace = f.get(4).filter(|s| !s.is_empty()).map(|s| s.to_string());
+            let owner = if f[2] == "vmlinux" { "vmlinux".to_string() } else { crate::module_name(f[2]) };
+            map.insert(f[1].to_string(), Export { owner, namespace, gpl_only, crc });
+        }
+        Ok(Exports { map })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Export> {
+        self.map.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether code of `objname` reaches `name` through a normal relocation: it
+    /// is exported by someone other than `objname` itself (a module's own
+    /// exports are still reached through kallsyms, since the patch may load
+    /// before the module).
+    pub fn reachable_from(&self, objname: &str, name: &str) -> bool {
+        self.map.get(name).is_some_and(|e| e.owner == "vmlinux" || e.owner != objname)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_symvers() {
+        let t = "0x4c9d28b0\tphys_base\tvmlinux\tEXPORT_SYMBOL\t\n\
+                 0x84b45156\tinsert_resource_expand_to_fit\tvmlinux\tEXPORT_SYMBOL_GPL\tCXL\n\
+                 0x12345678\text4_thing\tfs/ext4/ext4\tEXPORT_SYMBOL\t\n\
+                 0x00000001\tsnd_x\tsound/core/snd-pcm\tEXPORT_SYMBOL_GPL\t\n";
+        let e = Exports::parse(t).unwrap();
+        assert_eq!(e.len(), 4);
+        assert_eq!(e.get("phys_base").unwrap().owner, "vmlinux");
+        assert!(!e.get("phys_base").unwrap().gpl_only);
+        let ns = e.get("insert_resource_expand_to_fit").unwrap();
+        assert_eq!(ns.namespace.as_deref(), Some("CXL"));
+        assert!(ns.gpl_only);
+        assert_eq!(e.get("ext4_thing").unwrap().owner, "ext4");
+        assert_eq!(e.get("snd_x").unwrap().owner, "snd_pcm");
+        assert!(e.reachable_from("vmlinux", "phys_base"));
+        assert!(e.reachable_from("snd_pcm", "ext4_thing"));
+        assert!(!e.reachable_from("ext4", "ext4_thing"));
+        assert!(!e.reachable_from("vmlinux", "not_exported"));
+    }
+
+    #[test]
+    fn bad_lines_are_errors() {
+        for t in ["zz\tx\tvmlinux\tEXPORT_SYMBOL\t", "0x1\tx\tvmlinux", "0x1\tx\tvmlinux\tEXPORT_WHAT\t"] {
+            assert!(Exports::parse(t).unwrap_err().to_string().contains("line 1"));
+        }
+    }
+}

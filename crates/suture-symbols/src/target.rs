@@ -1,0 +1,607 @@
+//! From the target's symbols and ORIG.o to the differ's `Target`: which
+//! instance of a duplicated name belongs to ORIG's translation unit.
+//!
+//! The evidence is the code itself. The target was built from the same source,
+//! config and compiler as ORIG, so each function of ORIG is byte-identical to
+//! its instance in the target once relocated fields are masked; and a function
+//! located that way tells, through its relocated fields, the addresses of what
+//! it references (static variables, static callees, string literals).
+
+use std::collections::{HashMap, HashSet};
+
+use object::elf;
+use suture_diff::{Target, TargetSym};
+
+use crate::exports::Exports;
+use crate::image::{u32_at, u64_at, Image};
+use crate::kallsyms::{Instance, Kallsyms};
+use crate::module::{kept_symbols, modinfo_name, module_key};
+use crate::obj::{Obj, Rel, Shn};
+use crate::{Error, Result};
+
+/// The object a patch targets, as far as it is known.
+#[derive(Debug, Clone, Copy)]
+pub enum TargetImage<'a> {
+    /// vmlinux: its kallsyms (decoded from the image or read from a
+    /// `/proc/kallsyms` copy) and, when available, the extracted ELF vmlinux,
+    /// whose bytes decide between same-named symbols.
+    Vmlinux { kallsyms: &'a Kallsyms, vmlinux: Option<&'a [u8]> },
+    /// A module, as its `.ko` file was shipped: its symtab gives the kallsyms
+    /// order, its bytes and relocations decide between same-named symbols.
+    Module { ko: &'a [u8] },
+}
+
+/// How one symbol with several instances in the target was pinned down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub name: String,
+    pub sympos: u32,
+    pub instances: usize,
+    /// `bytes` (only this instance matches ORIG's code), `bytes+relocations`
+    /// (several match the code, one matches what it references too), or
+    /// `referenced by FUNCTION` (the address a located function refers to).
+    pub how: String,
+}
+
+/// A symbol of ORIG with several instances in the target and no evidence for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    pub name: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TargetReport {
+    /// Symbols that could not be pinned down are absent from `target.symbols`.
+    pub target: Target,
+    pub decisions: Vec<Decision>,
+    /// Names ORIG defines or references that the target does not have at all
+    /// (discarded at link time, or a wrong target).
+    pub absent: Vec<String>,
+    pub unresolved: Vec<Unresolved>,
+    /// Functions of ORIG with a unique name whose bytes differ from the target's:
+    /// a sign that ORIG does not reproduce the target build.
+    pub mismatched: Vec<String>,
+}
+
+/// The differ's `Target` for every symbol ORIG defines or references; an error
+/// naming every symbol whose instance could not be decided.
+pub fn build_target(image: TargetImage, exports: &Exports, objname: &str, orig: &[u8]) -> Result<Target> {
+    let r = build_target_report(image, exports, objname, orig)?;
+    if !r.unresolved.is_empty() {
+        return Err(Error::Ambiguous(r.unresolved));
+    }
+    Ok(r.target)
+}
+
+/// The mapping in the image's address space (vmlinux: virtual addresses; a
+/// module: keys per section and offset, see `module_key`).
+trait Space {
+    fn instances(&self, name: &str) -> Vec<Instance>;
+    fn read(&self, addr: u64, len: usize) -> Option<&[u8]>;
+    /// The address ORIG's relocation symbol has in the target, read back from the
+    /// field linked into a located function at `func_addr` (the relocation sits
+    /// `rel_off` bytes into the function).
+    fn deref(&self, func_addr: u64, rel_off: u64, r: &Rel) -> Option<u64>;
+    fn can_read(&self) -> bool;
+}
+
+struct VmlinuxSpace<'a> {
+    kallsyms: &'a Kallsyms,
+    image: Option<Image<'a>>,
+}
+
+impl Space for VmlinuxSpace<'_> {
+    fn instances(&self, name: &str) -> Vec<Instance> {
+        self.kallsyms.instances("vmlinux", name)
+    }
+    fn read(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        self.image.as_ref()?.bytes_at(addr, len)
+    }
+    fn can_read(&self) -> bool {
+        self.image.is_some()
+    }
+    fn deref(&self, func_addr: u64, rel_off: u64, r: &Rel) -> Option<u64> {
+        if !r.invertible() {
+            return None;
+        }
+        let p = func_addr.checked_add(rel_off)?;
+        let f = self.read(p, r.width())?;
+        let field: u64 = match r.ty {
+            elf::R_X86_64_64 | elf::R_X86_64_PC64 => u64_at(f, 0)?,
+            elf::R_X86_64_32 => u32_at(f, 0)? as u64,
+            // PC32, PLT32 and 32S are sign-extended.
+            _ => u32_at(f, 0)? as i32 as i64 as u64,
+        };
+        let s = field.wrapping_sub(r.addend as u64);
+        Some(if r.pc_relative() { s.wrapping_add(p) } else { s })
+    }
+}
+
+struct ModuleSpace<'a> {
+    name: String,
+    obj: Obj<'a>,
+    kept: Vec<usize>,
+    by_name: HashMap<String, Vec<usize>>,
+}
+
+impl<'a> ModuleSpace<'a> {
+    fn new(ko: &'a [u8]) -> Result<Self> {
+        let obj = Obj::parse("target module", ko)?;
+        let kept = kept_symbols(&obj);
+        let name = modinfo_name(&obj).unwrap_or_default();
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (pos, &i) in kept.iter().enumerate() {
+            by_name.entry(obj.symbols[i].name.clone()).or_default().push(pos);
+        }
+        Ok(ModuleSpace { name, obj, kept, by_name })
+    }
+}
+
+impl Space for ModuleSpace<'_> {
+    fn instances(&self, name: &str) -> Vec<Instance> {
+        let Some(v) = self.by_name.get(name) else { return Vec::new() };
+        v.iter()
+            .enumerate()
+            .map(|(n, &pos)| {
+                let s = &self.obj.symbols[self.kept[pos]];
+                Instance { index: pos, sympos: n as u32 + 1, addr: module_key(s.sec().unwrap_or(0), s.value) }
+            })
+            .collect()
+    }
+    fn read(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let sec = ((addr >> 40) as usize).checked_sub(1)?;
+        let off = (addr & ((1 << 40) - 1)) as usize;
+        self.obj.sections.get(sec)?.data.get(off..off.checked_add(len)?)
+    }
+    fn can_read(&self) -> bool {
+        true
+    }
+    fn deref(&self, func_addr: u64, rel_off: u64, r: &Rel) -> Option<u64> {
+        // In a .ko the fields are still relocations: read the module's own
+        // relocation at that place. Same field value on both sides means
+        // S_orig + A_orig = S_ko + A_ko.
+        let sec = ((func_addr >> 40) as usize).checked_sub(1)?;
+        let at = (func_addr & ((1 << 40) - 1)) + rel_off;
+        let kr = self.obj.relocs_in(sec, at, at + 1).first()?;
+        if kr.ty != r.ty {
+            return None;
+        }
+        let ks = &self.obj.symbols[kr.sym];
+        let base = module_key(ks.sec()?, ks.value);
+        Some(base.wrapping_add(kr.addend as u64).wrapping_sub(r.addend as u64))
+    }
+}
+
+/// Does ORIG's function equal the target's bytes, relocated fields masked?
+/// `Err(offset)` gives the first differing byte.
+fn compare_masked(orig: &[u8], fstart: u64, rels: &[Rel], target: &[u8]) -> Result<(), usize> {
+    let mut masked = vec![false; orig.len()];
+    for r in rels {
+        let o = (r.offset - fstart) as usize;
+        for m in masked.iter_mut().skip(o).take(r.width()) {
+            *m = true;
+        }
+    }
+    match (0..orig.len()).find(|&i| !masked[i] && orig[i] != target[i]) {
+        Some(i) => Err(i),
+        None => Ok(()),
+    }
+}
+
+struct Resolver<'s, 'o> {
+    space: &'s dyn Space,
+    orig: &'s Obj<'o>,
+    /// Target address of ORIG's symbols, as far as known, with the function the
+    /// evidence came from.
+    addr_of: HashMap<usize, (u64, String)>,
+    section_base: HashMap<usize, (u64, String)>,
+    /// Addresses that evidence disagreed on: not used.
+    conflicted: HashSet<usize>,
+    conflicted_sec: HashSet<usize>,
+    /// Functions of ORIG whose instance is known and byte-verified.
+    located: HashMap<usize, u64>,
+    processed: HashSet<usize>,
+}
+
+impl<'s, 'o> Resolver<'s, 'o> {
+    fn note_sym(&mut self, sym: usize, addr: u64, from: &str) {
+        if self.conflicted.contains(&sym) {
+            return;
+        }
+        match self.addr_of.get(&sym) {
+            Some((a, _)) if *a != addr => {
+                self.addr_of.remove(&sym);
+                self.conflicted.insert(sym);
+            }
+            Some(_) => {}
+            None => {
+                self.addr_of.insert(sym, (addr, from.to_string()));
+            }
+        }
+    }
+    fn note_section(&mut self, sec: usize, base: u64, from: &str) {
+        if self.conflicted_sec.contains(&sec) {
+            return;
+        }
+        match self.section_base.get(&sec) {
+            Some((b, _)) if *b != base => {
+                self.section_base.remove(&sec);
+                self.conflicted_sec.insert(sec);
+            }
+            Some(_) => {}
+            None => {
+                self.section_base.insert(sec, (base, from.to_string()));
+            }
+        }
+    }
+
+    /// Where ORIG's symbol `sym` is in the target, if evidence says so.
+    fn known(&self, sym: usize) -> Option<(u64, &str)> {
+        if let Some((a, f)) = self.addr_of.get(&sym) {
+            return Some((*a, f));
+        }
+        let s = &self.orig.symbols[sym];
+        let sec = s.sec()?;
+        let (b, f) = self.section_base.get(&sec)?;
+        Some((b.wrapping_add(s.value), f))
+    }
+
+    /// Record what a located function references.
+    fn harvest(&mut self, func: usize, addr: u64) {
+        if !self.processed.insert(func) {
+            return;
+        }
+        let f = &self.orig.symbols[func];
+        let from = f.name.clone();
+        let rels: Vec<Rel> = self.orig.relocs_in(f.sec().unwrap(), f.value, f.value + f.size).to_vec();
+        for r in rels {
+            let Some(s) = self.space.deref(addr, r.offset - f.value, &r) else { continue };
+            let rs = &self.orig.symbols[r.sym];
+            if rs.st_type == elf::STT_SECTION {
+                let Some(sec) = rs.sec() else { continue };
+                // Merged strings do not keep their section's layout in the image.
+                let merged = self.orig.sections[sec].flags & elf::SHF_MERGE as u64 != 0;
+                if !merged {
+                    self.note_section(sec, s, &from);
+                }
+            } else {
+                self.note_sym(r.sym, s, &from);
+                if let Some(sec) = rs.sec() {
+                    if self.orig.sections[sec].flags & elf::SHF_MERGE as u64 == 0 {
+                        self.note_section(sec, s.wrapping_sub(rs.value), &from);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether every checkable relocation of ORIG's function `func` agrees with
+    /// the instance at `addr`: references to symbols located elsewhere must land
+    /// there, and string literals must read the same.
+    fn relocations_agree(&self, func: usize, addr: u64) -> (bool, usize) {
+        let f = &self.orig.symbols[func];
+        let mut checked = 0;
+        for r in self.orig.relocs_in(f.sec().unwrap(), f.value, f.value + f.size) {
+            let Some(s) = self.space.deref(addr, r.offset - f.value, r) else { continue };
+            let rs = &self.orig.symbols[r.sym];
+            let sec = rs.sec();
+            let merged_strings = sec.is_some_and(|i| {
+                let fl = self.orig.sections[i].flags;
+                fl & elf::SHF_MERGE as u64 != 0 && fl & elf::SHF_STRINGS as u64 != 0
+            });
+            if merged_strings {
+                // The literal referenced: the same bias k on both sides keeps the
+                // comparison right whatever the instruction's length after the field.
+                let k: i64 = if r.pc_relative() { 4 } else { 0 };
+                let sdata = self.orig.sections[sec.unwrap()].data;
+                let off = rs.value as i64 + r.addend + k;
+                let Some(lit) = usize::try_from(off).ok().and_then(|o| sdata.get(o..)) else { continue };
+                let lit = &lit[..lit.iter().position(|&b| b == 0).map_or(lit.len(), |n| n + 1)];
+                let at = s.wrapping_add(rs.value).wrapping_add((r.addend + k) as u64);
+                checked += 1;
+                if self.space.read(at, lit.len()) != Some(lit) {
+                    return (false, checked);
+                }
+            } else if rs.st_type == elf::STT_SECTION {
+                if let Some((b, _)) = sec.and_then(|i| self.section_base.get(&i)) {
+                    checked += 1;
+                    if *b != s {
+                        return (false, checked);
+                    }
+                }
+            } else if let Some((a, _)) = self.known(r.sym) {
+                checked += 1;
+                if a != s {
+                    return (false, checked);
+                }
+            }
+        }
+        (true, checked)
+    }
+}
+
+fn is_candidate(orig: &Obj, i: usize) -> bool {
+    let s = &orig.symbols[i];
+    if s.name.is_empty() || matches!(s.st_type, elf::STT_SECTION | elf::STT_FILE) {
+        return false;
+    }
+    match s.shn {
+        Shn::Undef | Shn::Common => true,
+        Shn::Sec(sec) => orig.sections[sec].flags & elf::SHF_ALLOC as u64 != 0 && !orig.sections[sec].name.starts_with(".discard"),
+        _ => false,
+    }
+}
+
+pub fn build_target_report(
+    image: TargetImage,
+    exports: &Exports,
+    objname: &str,
+    orig: &[u8],
+) -> Result<TargetReport> {
+    let orig = Obj::parse("ORIG", orig)?;
+    let vm;
+    let md;
+    let space: &dyn Space = match image {
+        TargetImage::Vmlinux { kallsyms, vmlinux } => {
+            vm = VmlinuxSpace { kallsyms, image: vmlinux.map(Image::parse).transpose()? };
+            &vm
+        }
+        TargetImage::Module { ko } => {
+            md = ModuleSpace::new(ko)?;
+            if !md.name.is_empty() && md.name != objname {
+                return Err(Error::Object {
+                    file: "target module".into(),
+                    msg: format!("is module {:?}, not {objname:?}; pass the .ko of the target module", md.name),
+                });
+            }
+            &md
+        }
+    };
+    resolve(space, &orig, exports, objname)
+}
+
+fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> Result<TargetReport> {
+    let mut rep = TargetReport { target: Target { objname: objname.to_string(), symbols: HashMap::new() }, ..Default::default() };
+    let mut rv = Resolver {
+        space,
+        orig,
+        addr_of: HashMap::new(),
+        section_base: HashMap::new(),
+        conflicted: HashSet::new(),
+        conflicted_sec: HashSet::new(),
+        located: HashMap::new(),
+        processed: HashSet::new(),
+    };
+    // Symbols still to decide: ORIG index and the target's instances.
+    let mut pending: Vec<(usize, Vec<Instance>)> = Vec::new();
+    let mut seen_names = HashSet::new();
+    for i in 0..orig.symbols.len() {
+        if !is_candidate(orig, i) {
+            continue;
+        }
+        let s = &orig.symbols[i];
+        if !seen_names.insert(s.name.clone()) {
+            continue;
+        }
+        let local = s.bind == elf::STB_LOCAL;
+        if !local && exports.reachable_from(objname, &s.name) {
+            rep.target.symbols.insert(s.name.clone(), TargetSym::Exported);
+            continue;
+        }
+        let inst = space.instances(&s.name);
+        match inst.len() {
+            0 => rep.absent.push(s.name.clone()),
+            1 => {
+                rep.target.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: 0 });
+                if s.sec().is_some() || s.shn == Shn::Undef {
+                    rv.addr_of.insert(i, (inst[0].addr, "its unique name".into()));
+                }
+                if let Some(sec) = s.sec() {
+                    if orig.sections[sec].flags & elf::SHF_MERGE as u64 == 0 {
+                        rv.note_section(sec, inst[0].addr.wrapping_sub(s.value), "its unique name");
+                    }
+                }
+            }
+            _ => pending.push((i, inst)),
+        }
+    }
+    // Unique functions: verify their bytes before trusting what they reference.
+    if space.can_read() {
+        let unique_funcs: Vec<(usize, u64)> = rv
+            .addr_of
+            .iter()
+            .filter(|(i, _)| orig.symbols[**i].is_func() && orig.symbols[**i].sec().is_some())
+            .map(|(i, (a, _))| (*i, *a))
+            .collect();
+        for (i, a) in unique_funcs {
+            let Some((bytes, rels)) = orig.function(i) else { continue };
+            let ok = space
+                .read(a, bytes.len())
+                .is_some_and(|t| compare_masked(bytes, orig.symbols[i].value, rels, t).is_ok());
+            if ok {
+                rv.located.insert(i, a);
+            } else {
+                rep.mismatched.push(orig.symbols[i].name.clone());
+            }
+        }
+        rep.mismatched.sort();
+    }
+    let located: Vec<(usize, u64)> = rv.located.iter().map(|(a, b)| (*a, *b)).collect();
+    for (i, a) in located {
+        rv.harvest(i, a);
+    }
+
+    // Byte matches per pending function, computed once.
+    let mut byte_matches: HashMap<usize, Vec<Instance>> = HashMap::new();
+    if space.can_read() {
+        for (i, inst) in &pending {
+            if !orig.symbols[*i].is_func() {
+                continue;
+            }
+            let Some((bytes, rels)) = orig.function(*i) else { continue };
+            if bytes.is_empty() {
+                continue;
+            }
+            let m = inst
+                .iter()
+                .filter(|c| {
+                    space
+                        .read(c.addr, bytes.len())
+                        .is_some_and(|t| compare_masked(bytes, orig.symbols[*i].value, rels, t).is_ok())
+                })
+                .copied()
+                .collect();
+            byte_matches.insert(*i, m);
+        }
+    }
+
+    loop {
+        let mut progress = false;
+        let mut still = Vec::new();
+        for (i, inst) in std::mem::take(&mut pending) {
+            let s = &orig.symbols[i];
+            let mut decided: Option<(Instance, String)> = None;
+            if let Some(m) = byte_matches.get(&i) {
+                if m.len() == 1 {
+                    decided = Some((m[0], "bytes".into()));
+                } else if m.len() > 1 {
+                    let agree: Vec<Instance> = m
+                        .iter()
+                        .filter(|c| {
+                            let (ok, n) = rv.relocations_agree(i, c.addr);
+                            ok && n > 0
+                        })
+                        .copied()
+                        .collect();
+                    if agree.len() == 1 {
+                        decided = Some((agree[0], "bytes+relocations".into()));
+                    }
+                }
+            }
+            if decided.is_none() {
+                if let Some((a, from)) = rv.known(i) {
+                    let hits: Vec<Instance> = inst.iter().filter(|c| c.addr == a).copied().collect();
+                    if let Some(&first) = hits.first() {
+                        // Byte-check a function found by reference before using it.
+                        let ok = !s.is_func()
+                            || byte_matches.get(&i).is_none_or(|m| m.iter().any(|c| c.addr == a));
+                        if ok {
+                            decided = Some((first, format!("referenced by {from}")));
+                        }
+                    }
+                }
+            }
+            match decided {
+                Some((c, how)) => {
+                    progress = true;
+                    rep.target.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: c.sympos });
+                    rep.decisions.push(Decision { name: s.name.clone(), sympos: c.sympos, instances: inst.len(), how });
+                    rv.addr_of.insert(i, (c.addr, s.name.clone()));
+                    if let Some(sec) = s.sec() {
+                        if orig.sections[sec].flags & elf::SHF_MERGE as u64 == 0 {
+                            rv.note_section(sec, c.addr.wrapping_sub(s.value), &s.name);
+                        }
+                    }
+                    if s.is_func() && s.sec().is_some() && space.can_read() {
+                        rv.located.insert(i, c.addr);
+                        rv.harvest(i, c.addr);
+                    }
+                }
+                None => still.push((i, inst)),
+            }
+        }
+        pending = still;
+        if !progress || pending.is_empty() {
+            break;
+        }
+    }
+
+    for (i, inst) in pending {
+        let s = &orig.symbols[i];
+        let why = if !space.can_read() {
+            format!(
+                "{} instances and no kernel image to compare code with; pass the target's \
+                 /boot/vmlinuz-RELEASE (install linux-image-RELEASE) as well",
+                inst.len()
+            )
+        } else if let Some(m) = byte_matches.get(&i) {
+            if m.is_empty() {
+                format!(
+                    "none of its {} instances matches ORIG's code: ORIG was not built from the \
+                     target's source, config and compiler",
+                    inst.len()
+                )
+            } else {
+                format!(
+                    "{} of its {} instances match ORIG's code and what it references does not tell them apart",
+                    m.len(),
+                    inst.len()
+                )
+            }
+        } else if s.sec().is_none() {
+            format!("{} instances and ORIG only references it, from no function located in the target", inst.len())
+        } else {
+            format!("{} instances and no function of ORIG located in the target references it", inst.len())
+        };
+        rep.unresolved.push(Unresolved { name: s.name.clone(), why });
+    }
+    rep.absent.sort();
+    rep.decisions.sort_by(|a, b| a.name.cmp(&b.name));
+    rep.unresolved.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(rep)
+}
+
+/// A function of ORIG that differs from its instance in the image.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{function}: {detail}")]
+pub struct Mismatch {
+    pub function: String,
+    pub detail: String,
+    /// The first differing byte (offset into the function), when the bytes differ.
+    pub offset: Option<usize>,
+}
+
+/// Checks that ORIG's `func_name` is, relocated fields masked, byte-identical to
+/// its instance in the on-disk vmlinux (the kernel patches its text at boot, the
+/// file is as linked). With several instances of the name, one must match.
+pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], func_name: &str) -> Result<(), Mismatch> {
+    let mm = |detail: String, offset| Mismatch { function: func_name.to_string(), detail, offset };
+    let img = Image::parse(vmlinux).map_err(|e| mm(e.to_string(), None))?;
+    let orig = Obj::parse("ORIG", orig_obj).map_err(|e| mm(e.to_string(), None))?;
+    let i = orig
+        .by_name
+        .get(func_name)
+        .and_then(|v| v.iter().copied().find(|&i| orig.symbols[i].is_func() && orig.symbols[i].sec().is_some()))
+        .ok_or_else(|| mm("ORIG does not define this function".into(), None))?;
+    let (bytes, rels) = orig.function(i).ok_or_else(|| mm("ORIG's symbol lies outside its section".into(), None))?;
+    let inst = kallsyms.instances("vmlinux", func_name);
+    if inst.is_empty() {
+        return Err(mm("the target kernel has no symbol of this name".into(), None));
+    }
+    let mut first_diff: Option<(usize, u64)> = None;
+    for c in &inst {
+        let Some(t) = img.bytes_at(c.addr, bytes.len()) else { continue };
+        match compare_masked(bytes, orig.symbols[i].value, rels, t) {
+            Ok(()) => return Ok(()),
+            Err(off) => {
+                if first_diff.is_none_or(|(o, _)| off > o) {
+                    first_diff = Some((off, c.addr));
+                }
+            }
+        }
+    }
+    match first_diff {
+        Some((off, addr)) => Err(mm(
+            format!(
+                "differs from the image ({} instance(s); closest at {addr:#x} first differs at +{off:#x}: \
+                 ORIG {:#04x}, image {:#04x}): rebuild with the target's source, config and compiler",
+                inst.len(),
+                bytes[off],
+                img.bytes_at(addr + off as u64, 1).map_or(0, |b| b[0])
+            ),
+            Some(off),
+        )),
+        None => Err(mm("the image has no bytes at the symbol's address (not in a loadable segment)".into(), None)),
+    }
+}
