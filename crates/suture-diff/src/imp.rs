@@ -1,9 +1,512 @@
-use crate::{Error, Explanation, Options, Outcome};
+//! The differ's stages: correlate, compare, include, special sections, output.
 
-pub fn diff(_orig: &[u8], _patched: &[u8], _opts: &Options) -> Result<Outcome, Error> {
-    Err(Error::Other("differ not yet implemented".into()))
+use std::collections::{HashMap, HashSet};
+
+use suture_elf::*;
+
+use crate::model::{fmt_sym, Key, Obj, Target};
+use crate::{EntrySize, Error, Explanation, Options, Outcome, Patch, Refusal, ReplacedFunc, Report, TargetSym};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Same,
+    Changed,
+    New,
 }
 
-pub fn explain(_orig: &[u8], _patched: &[u8], _func: &str, _opts: &Options) -> Result<Explanation, Error> {
-    Err(Error::Other("differ not yet implemented".into()))
+pub(crate) struct Diff<'a> {
+    pub o: Obj,
+    pub p: Obj,
+    pub opts: &'a Options,
+    /// PATCHED symbol → ORIG twin, and back.
+    pub twin_p: Vec<Option<usize>>,
+    pub twin_o: Vec<Option<usize>>,
+    pub status: Vec<Status>,
+    pub report: Report,
+    /// PATCHED functions that are `.cold`/`.part` pieces of another, with their parent.
+    pub parent_p: HashMap<usize, usize>,
+    pub children_p: HashMap<usize, Vec<usize>>,
+}
+
+fn load(bytes: &[u8], file: &'static str) -> Result<Obj, Error> {
+    let elf = Object::parse(bytes).map_err(|e| Error::Input { file, msg: e.to_string() })?;
+    if elf.symtab.is_none() {
+        return Err(Error::Input { file, msg: "no symbol table".into() });
+    }
+    Ok(Obj::new(elf))
+}
+
+pub fn diff(orig: &[u8], patched: &[u8], opts: &Options) -> Result<Outcome, Error> {
+    let mut d = Diff::new(orig, patched, opts)?;
+    d.compare();
+    let out = crate::include::run(&mut d)?;
+    Ok(out)
+}
+
+pub fn explain(orig: &[u8], patched: &[u8], func: &str, opts: &Options) -> Result<Explanation, Error> {
+    let d = Diff::new(orig, patched, opts)?;
+    Ok(crate::explain::explain(&d, func))
+}
+
+/// Parent of a `.cold`/`.part.N` piece: the name before the suffix.
+fn parent_name(name: &str) -> Option<&str> {
+    for pat in [".cold", ".part."] {
+        if let Some(i) = name.find(pat) {
+            if i > 0 {
+                return Some(&name[..i]);
+            }
+        }
+    }
+    None
+}
+
+const DATA_PREFIXES: &[&str] = &[".data", ".bss", ".rodata", ".init.data", ".init.rodata", ".ref.data", ".tdata", ".tbss", ".exit.data"];
+
+impl<'a> Diff<'a> {
+    pub fn new(orig: &[u8], patched: &[u8], opts: &'a Options) -> Result<Self, Error> {
+        let o = load(orig, "ORIG")?;
+        let p = load(patched, "PATCHED")?;
+        if o.elf.e_flags != p.elf.e_flags {
+            return Err(Error::Other("ORIG and PATCHED have different ELF header flags".into()));
+        }
+        let np = p.elf.symbols.len();
+        let no = o.elf.symbols.len();
+        let mut d = Diff {
+            o,
+            p,
+            opts,
+            twin_p: vec![None; np],
+            twin_o: vec![None; no],
+            status: vec![Status::Same; np],
+            report: Report::default(),
+            parent_p: HashMap::new(),
+            children_p: HashMap::new(),
+        };
+        d.check_related()?;
+        d.correlate();
+        d.find_children();
+        d.correlate_static_locals();
+        Ok(d)
+    }
+
+    fn check_related(&self) -> Result<(), Error> {
+        let files = |x: &Obj| -> HashSet<String> {
+            x.elf.symbols.iter().filter(|s| s.typ == STT_FILE).map(|s| s.name.clone()).collect()
+        };
+        let (fo, fp) = (files(&self.o), files(&self.p));
+        if !fo.is_empty() && !fp.is_empty() && fo.is_disjoint(&fp) {
+            let mut a: Vec<_> = fo.into_iter().collect();
+            let mut b: Vec<_> = fp.into_iter().collect();
+            a.sort();
+            b.sort();
+            return Err(Error::Other(format!(
+                "ORIG ({}) and PATCHED ({}) come from different source files: not a before/after pair",
+                a.join(", "),
+                b.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Symbols that take part in name correlation.
+    fn correlatable(x: &Obj, i: usize) -> bool {
+        let s = x.sym(i);
+        s.section().is_some()
+            && matches!(s.typ, STT_FUNC | STT_OBJECT | STT_NOTYPE | STT_TLS)
+            && !s.name.is_empty()
+            && !s.name.starts_with(".L")
+            && !x.special[i]
+            && !x.is_static_local(i)
+    }
+
+    fn pair(&mut self, o: usize, p: usize) {
+        self.twin_o[o] = Some(p);
+        self.twin_p[p] = Some(o);
+    }
+
+    /// By exact name first, then by mangled name, within one source file's locals
+    /// (an object may hold several files' statics of the same name).
+    fn correlate(&mut self) {
+        for exact in [true, false] {
+            let mut pool: HashMap<(String, String, u8), Vec<usize>> = HashMap::new();
+            for i in (0..self.o.elf.symbols.len()).rev() {
+                if self.twin_o[i].is_none() && Self::correlatable(&self.o, i) {
+                    let s = self.o.sym(i);
+                    let n = if exact { s.name.clone() } else { self.o.mangled[i].clone() };
+                    pool.entry((self.o.file_of[i].clone(), n, s.typ)).or_default().push(i);
+                }
+            }
+            for i in 0..self.p.elf.symbols.len() {
+                if self.twin_p[i].is_some() || !Self::correlatable(&self.p, i) {
+                    continue;
+                }
+                let s = self.p.sym(i);
+                let n = if exact { s.name.clone() } else { self.p.mangled[i].clone() };
+                if let Some(v) = pool.get_mut(&(self.p.file_of[i].clone(), n, s.typ)) {
+                    if let Some(o) = v.pop() {
+                        self.pair(o, i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn find_children(&mut self) {
+        let mut funcs: HashMap<(&str, &str), usize> = HashMap::new();
+        for s in &self.p.elf.symbols {
+            if s.typ == STT_FUNC && s.section().is_some() {
+                funcs.insert((self.p.file_of[s.index].as_str(), s.name.as_str()), s.index);
+            }
+        }
+        let mut links = Vec::new();
+        for s in &self.p.elf.symbols {
+            if s.typ != STT_FUNC || s.section().is_none() {
+                continue;
+            }
+            if let Some(pn) = parent_name(&s.name) {
+                let file = self.p.file_of[s.index].as_str();
+                let parent = funcs.get(&(file, pn)).or_else(|| funcs.get(&("", pn)));
+                if let Some(&par) = parent {
+                    links.push((s.index, par));
+                }
+            }
+        }
+        for (c, par) in links {
+            self.parent_p.insert(c, par);
+            self.children_p.entry(par).or_default().push(c);
+        }
+    }
+
+    /// Static locals referenced by a function (resolved through section symbols).
+    fn statics_used(x: &Obj, f: usize) -> Vec<usize> {
+        let s = x.sym(f);
+        let Some(sec) = s.section() else { return Vec::new() };
+        let mut v = Vec::new();
+        for r in x.relas_in(sec, s.value, s.value + s.size.max(1)) {
+            if let Target::Sym { sym, .. } = x.target(sec, r) {
+                if x.is_static_local(sym) && !v.contains(&sym) {
+                    v.push(sym);
+                }
+            }
+        }
+        v
+    }
+
+    /// `var.N` numbers are unstable, and two functions may each have a `count`:
+    /// pair statics through the correlated functions that use them.
+    fn correlate_static_locals(&mut self) {
+        let funcs: Vec<(usize, usize)> = (0..self.o.elf.symbols.len())
+            .filter(|&i| self.o.sym(i).typ == STT_FUNC)
+            .filter_map(|i| self.twin_o[i].map(|p| (i, p)))
+            .collect();
+        let mut uses = Vec::new();
+        for &(of, pf) in &funcs {
+            let ou = Self::statics_used(&self.o, of);
+            if ou.is_empty() {
+                continue;
+            }
+            let mut pu = Self::statics_used(&self.p, pf);
+            let mut family = self.children_p.get(&pf).cloned().unwrap_or_default();
+            if let Some(&par) = self.parent_p.get(&pf) {
+                family.push(par);
+            }
+            for c in family {
+                for s in Self::statics_used(&self.p, c) {
+                    if !pu.contains(&s) {
+                        pu.push(s);
+                    }
+                }
+            }
+            for &os in &ou {
+                if self.twin_o[os].is_none() {
+                    let cand = pu.iter().copied().find(|&ps| {
+                        self.twin_p[ps].is_none()
+                            && self.p.mangled[ps] == self.o.mangled[os]
+                            && self.p.sym(ps).typ == self.o.sym(os).typ
+                    });
+                    if let Some(ps) = cand {
+                        self.pair(os, ps);
+                    }
+                }
+            }
+            uses.push((of, pf, ou, pu));
+        }
+        // Statics no function pairs (used from data only): by name when unambiguous.
+        let mut count_o: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut count_p: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for i in 0..self.o.elf.symbols.len() {
+            if self.o.is_static_local(i) && self.o.sym(i).section().is_some() {
+                count_o.entry((self.o.file_of[i].clone(), self.o.mangled[i].clone())).or_default().push(i);
+            }
+        }
+        for i in 0..self.p.elf.symbols.len() {
+            if self.p.is_static_local(i) && self.p.sym(i).section().is_some() {
+                count_p.entry((self.p.file_of[i].clone(), self.p.mangled[i].clone())).or_default().push(i);
+            }
+        }
+        for (k, vo) in &count_o {
+            if let Some(vp) = count_p.get(k) {
+                if vo.len() == 1 && vp.len() == 1 && self.twin_o[vo[0]].is_none() && self.twin_p[vp[0]].is_none() {
+                    self.pair(vo[0], vp[0]);
+                }
+            }
+        }
+        // A use that disappears means the patched code no longer shares the
+        // running kernel's state: refuse rather than guess.
+        for (of, _pf, ou, pu) in uses {
+            for os in ou {
+                let ok = self.twin_o[os].map(|ps| pu.contains(&ps)).unwrap_or(false);
+                if !ok {
+                    self.report.refusals.push(Refusal {
+                        subject: self.o.sym(of).name.clone(),
+                        reason: format!(
+                            "the reference to static local variable {} was removed (or could not be matched) in the patched function; a livepatch cannot drop the use of existing state",
+                            self.o.sym(os).name
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Section name minus the symbol's own suffix (`.text.foo` → `.text`).
+    fn section_class(x: &Obj, i: usize) -> String {
+        let s = x.sym(i);
+        let n = &x.sec(s.section().unwrap()).name;
+        if let Some(base) = n.strip_suffix(&s.name).and_then(|b| b.strip_suffix('.')) {
+            if !base.is_empty() {
+                return base.to_string();
+            }
+        }
+        n.clone()
+    }
+
+    fn is_data_section(name: &str) -> bool {
+        DATA_PREFIXES.iter().any(|p| name.starts_with(p))
+    }
+
+    pub fn compare(&mut self) {
+        let np = self.p.elf.symbols.len();
+        for i in 0..np {
+            let s = self.p.sym(i);
+            if s.section().is_none() || !matches!(s.typ, STT_FUNC | STT_OBJECT | STT_NOTYPE | STT_TLS) {
+                continue;
+            }
+            let Some(t) = self.twin_p[i] else {
+                self.status[i] = Status::New;
+                continue;
+            };
+            let (oc, pc) = (Self::section_class(&self.o, t), Self::section_class(&self.p, i));
+            if oc != pc {
+                let text = |c: &str| matches!(c, ".text" | ".text.unlikely" | ".text.hot" | ".text.startup" | ".text.cold");
+                if !(text(&oc) && text(&pc)) {
+                    self.report.refusals.push(Refusal {
+                        subject: s.name.clone(),
+                        reason: format!("moved from section {oc} to {pc}, which a livepatch cannot follow"),
+                    });
+                    continue;
+                }
+            }
+            let st = match s.typ {
+                STT_FUNC => {
+                    if self.func_equal(t, i) {
+                        Status::Same
+                    } else {
+                        Status::Changed
+                    }
+                }
+                STT_OBJECT | STT_TLS => {
+                    let secname = &self.p.sec(s.section().unwrap()).name;
+                    if Self::is_data_section(secname) && !self.data_equal(t, i) {
+                        Status::Changed
+                    } else {
+                        Status::Same
+                    }
+                }
+                _ => Status::Same,
+            };
+            self.status[i] = st;
+        }
+        // Cold pieces have no ftrace hook: their change is their parent's.
+        let ups: Vec<usize> = self
+            .parent_p
+            .iter()
+            .filter(|(&c, &par)| self.status[c] != Status::Same && self.status[par] == Status::Same && self.twin_p[par].is_some())
+            .map(|(_, &par)| par)
+            .collect();
+        for par in ups {
+            self.status[par] = Status::Changed;
+        }
+    }
+
+    fn relas_equal(&self, oi: usize, pi: usize) -> bool {
+        let (os, ps) = (self.o.sym(oi), self.p.sym(pi));
+        let (osec, psec) = (os.section().unwrap(), ps.section().unwrap());
+        let or = self.o.relas_in(osec, os.value, os.value + os.size.max(1));
+        let pr = self.p.relas_in(psec, ps.value, ps.value + ps.size.max(1));
+        if or.len() != pr.len() {
+            return false;
+        }
+        or.iter().zip(pr).all(|(a, b)| {
+            a.offset - os.value == b.offset - ps.value
+                && a.rtype == b.rtype
+                && self.o.key(self.o.target(osec, a), a.rtype, osec) == self.p.key(self.p.target(psec, b), b.rtype, psec)
+        })
+    }
+
+    fn func_equal(&self, oi: usize, pi: usize) -> bool {
+        let (os, ps) = (self.o.sym(oi), self.p.sym(pi));
+        if os.size != ps.size || !self.relas_equal(oi, pi) {
+            return false;
+        }
+        let (ob, pb) = (self.o.bytes(oi), self.p.bytes(pi));
+        ob == pb || crate::insn::line_macro_only(&self.o, oi, &self.p, pi)
+    }
+
+    fn data_equal(&self, oi: usize, pi: usize) -> bool {
+        let (os, ps) = (self.o.sym(oi), self.p.sym(pi));
+        if os.size != ps.size {
+            return false;
+        }
+        let onb = self.o.sec(os.section().unwrap()).is_nobits();
+        let pnb = self.p.sec(ps.section().unwrap()).is_nobits();
+        if onb || pnb {
+            // .bss → .data with zeros is still the same value; anything else differs.
+            let zero = |x: &Obj, i: usize, nb: bool| nb || x.bytes(i).iter().all(|&b| b == 0);
+            return zero(&self.o, oi, onb) && zero(&self.p, pi, pnb) && self.relas_equal(oi, pi);
+        }
+        self.o.bytes(oi) == self.p.bytes(pi) && self.relas_equal(oi, pi)
+    }
+
+    /// Whether a function has an ftrace hook: its first relocation calls `__fentry__`.
+    pub fn fentry_offset(x: &Obj, f: usize) -> Option<u64> {
+        let s = x.sym(f);
+        let sec = s.section()?;
+        let r = x.relas_in(sec, s.value, s.value + s.size.max(1)).first()?;
+        let t = x.sym(r.sym);
+        (t.name == "__fentry__" && matches!(r.rtype, R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_NONE)).then(|| r.offset - s.value)
+    }
+
+    /// Position of an ORIG symbol among same-named local symbols, 0 when unique.
+    pub fn orig_sympos(&self, oi: usize) -> u32 {
+        let s = self.o.sym(oi);
+        if s.bind != STB_LOCAL {
+            return 0;
+        }
+        let same: Vec<usize> = self
+            .o
+            .elf
+            .symbols
+            .iter()
+            .filter(|x| x.bind == STB_LOCAL && x.name == s.name && x.section().is_some() && x.typ != STT_SECTION)
+            .map(|x| x.index)
+            .collect();
+        if same.len() <= 1 {
+            0
+        } else {
+            same.iter().position(|&x| x == oi).map(|p| p as u32 + 1).unwrap_or(0)
+        }
+    }
+
+    pub fn entry_size(&mut self, name: &str, sec: usize) -> Option<usize> {
+        let (size, source) = if let Some(&e) = self.opts.entry_sizes.get(name) {
+            (e, "given")
+        } else if self.p.sec(sec).entsize > 0 {
+            (self.p.sec(sec).entsize as usize, "sh_entsize")
+        } else if name == "__jump_table" {
+            let n = self.p.elf.relas_of(sec).len();
+            let total = self.p.sec(sec).size as usize;
+            if n > 0 && n % 3 == 0 && total % (n / 3) == 0 && matches!(total / (n / 3), 16 | 24) {
+                (total / (n / 3), "relocations")
+            } else {
+                return None;
+            }
+        } else {
+            (default_entry_size(name)?, "default")
+        };
+        self.report.entry_sizes.insert(name.to_string(), EntrySize { size, source });
+        Some(size)
+    }
+
+    /// The name a PATCHED symbol has in the running kernel.
+    pub fn orig_name(&self, pi: usize) -> &str {
+        match self.twin_p[pi] {
+            Some(o) => &self.o.sym(o).name,
+            None => &self.p.sym(pi).name,
+        }
+    }
+
+    /// How an unchanged symbol is reached: `None` for a plain (exported or
+    /// external) name, `Some(sympos)` for a `.klp.sym` reference; `Err` when a
+    /// target table is given and lacks a symbol ORIG defines.
+    pub fn lookup(&self, pi: usize) -> Result<Option<u32>, String> {
+        let name = self.orig_name(pi);
+        let twin = self.twin_p[pi];
+        let defined = twin.is_some();
+        match &self.opts.target {
+            None => {
+                if let Some(o) = twin {
+                    Ok(Some(self.orig_sympos(o)))
+                } else {
+                    Ok(None)
+                }
+            }
+            Some(t) => match t.symbols.get(name) {
+                Some(TargetSym::Exported) => Ok(None),
+                Some(TargetSym::Unexported { sympos }) => Ok(Some(*sympos)),
+                None if defined => Err(format!("{name} is defined in ORIG but not found in the symbols of {}", t.objname)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    pub fn objname(&self) -> &str {
+        match &self.opts.target {
+            Some(t) if !t.objname.is_empty() => &t.objname,
+            _ => "vmlinux",
+        }
+    }
+
+    pub fn describe_rela(x: &Obj, sec: usize, base: u64, r: &Rela) -> String {
+        format!("+{:#x} {} {}", r.offset - base, rtype_name(r.rtype), x.describe(x.target(sec, r)))
+    }
+
+    pub fn key_eq(&self, osec: usize, a: &Rela, psec: usize, b: &Rela) -> bool {
+        let ka: Key = self.o.key(self.o.target(osec, a), a.rtype, osec);
+        let kb: Key = self.p.key(self.p.target(psec, b), b.rtype, psec);
+        ka == kb
+    }
+}
+
+pub fn default_entry_size(name: &str) -> Option<usize> {
+    Some(match name {
+        ".parainstructions" => 16,
+        "__ex_table" => 12,
+        "__bug_table" => 12,
+        ".altinstructions" => 13,
+        ".orc_unwind" => 6,
+        ".orc_unwind_ip" => 4,
+        ".static_call_sites" => 8,
+        ".printk_index" => 8,
+        ".smp_locks" | ".return_sites" | ".retpoline_sites" | ".call_sites" | ".ibt_endbr_seal" | ".kcfi_traps" => 4,
+        _ => return None,
+    })
+}
+
+pub fn rtype_name(t: u32) -> String {
+    match t {
+        R_X86_64_NONE => "R_X86_64_NONE".into(),
+        R_X86_64_64 => "R_X86_64_64".into(),
+        R_X86_64_PC32 => "R_X86_64_PC32".into(),
+        R_X86_64_PLT32 => "R_X86_64_PLT32".into(),
+        R_X86_64_32 => "R_X86_64_32".into(),
+        R_X86_64_32S => "R_X86_64_32S".into(),
+        R_X86_64_PC64 => "R_X86_64_PC64".into(),
+        9 => "R_X86_64_GOTPCREL".into(),
+        n => format!("type {n}"),
+    }
+}
+
+pub(crate) fn fmt_target(name: &str, addend: i64) -> String {
+    fmt_sym(name, addend)
 }

@@ -22,7 +22,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+mod explain;
 mod imp;
+mod include;
+mod insn;
+mod model;
 
 pub use imp::{diff, explain};
 

@@ -1,0 +1,658 @@
+//! Inclusion, special-section slicing and the klp object.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use suture_elf::*;
+
+use crate::imp::{Diff, Status};
+use crate::model::Target;
+use crate::{Error, Outcome, Patch, Refusal, ReplacedFunc};
+
+/// Sections sliced entry by entry, keeping entries that point into included code.
+const SLICED: &[&str] = &[
+    "__bug_table",
+    "__ex_table",
+    "__jump_table",
+    ".altinstructions",
+    ".static_call_sites",
+    ".return_sites",
+    ".retpoline_sites",
+    ".call_sites",
+    ".smp_locks",
+    ".parainstructions",
+    ".printk_index",
+    ".ibt_endbr_seal",
+    ".kcfi_traps",
+];
+
+/// Sections that only make sense whole and only when a kept entry uses them.
+fn whole_on_demand(name: &str) -> bool {
+    matches!(name, ".fixup" | ".altinstr_replacement" | ".altinstr_aux" | ".text..refcount")
+}
+
+struct Inc<'d, 'a> {
+    d: &'d mut Diff<'a>,
+    /// PATCHED symbols defined in the output.
+    defs: HashSet<usize>,
+    /// PATCHED byte ranges copied, by section.
+    pieces: BTreeMap<usize, Vec<(u64, u64)>>,
+    queue: VecDeque<(usize, u64, u64)>,
+    /// Kept entries per sliced section (entry start offsets), and the entry size.
+    kept: BTreeMap<usize, (usize, Vec<u64>)>,
+    refusals: Vec<Refusal>,
+}
+
+impl<'d, 'a> Inc<'d, 'a> {
+    fn add_piece(&mut self, sec: usize, start: u64, end: u64) {
+        let v = self.pieces.entry(sec).or_default();
+        if v.iter().any(|&(a, b)| a <= start && end <= b) {
+            return;
+        }
+        v.push((start, end));
+        self.queue.push_back((sec, start, end));
+    }
+
+    fn define(&mut self, sym: usize) {
+        if !self.defs.insert(sym) {
+            return;
+        }
+        let s = self.d.p.sym(sym);
+        let sec = s.section().unwrap();
+        let (a, b) = (s.value, s.value + s.size);
+        self.add_piece(sec, a, b.max(a));
+    }
+
+    fn whole(&mut self, sec: usize) {
+        let size = self.d.p.sec(sec).size;
+        self.add_piece(sec, 0, size);
+    }
+
+    /// Whether an included reference to `sym` copies it into the patch.
+    fn must_define(&self, sym: usize) -> bool {
+        let d = &*self.d;
+        let s = d.p.sym(sym);
+        let Some(sec) = s.section() else { return false };
+        let secname = &d.p.sec(sec).name;
+        if secname.starts_with(".init.") || secname.starts_with(".exit.") || secname == ".modinfo" {
+            return false;
+        }
+        if d.p.special[sym] {
+            return true;
+        }
+        match d.status[sym] {
+            Status::New => matches!(s.typ, STT_FUNC | STT_OBJECT | STT_TLS) || d.twin_p[sym].is_none(),
+            Status::Changed => s.typ == STT_FUNC || !d.p.sec(sec).is_write(),
+            Status::Same => false,
+        }
+    }
+
+    fn visit(&mut self, in_sec: usize, r: &Rela) {
+        let t = self.d.p.target(in_sec, r);
+        match t {
+            Target::Sym { sym, .. } => {
+                if self.d.p.sym(sym).section().is_some() && self.must_define(sym) {
+                    self.define(sym);
+                }
+            }
+            Target::Sec { sec, off } => {
+                let s = self.d.p.sec(sec);
+                let new_section = self.d.o.elf.section_by_name(&s.name).is_none();
+                if s.is_strings() || !s.is_write() || s.is_exec() || new_section || whole_on_demand(&s.name) {
+                    self.whole(sec);
+                } else {
+                    self.refusals.push(Refusal {
+                        subject: s.name.clone(),
+                        reason: format!("included code refers to {}+{off:#x}, existing writable data no symbol names", s.name),
+                    });
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some((sec, a, b)) = self.queue.pop_front() {
+            let relas: Vec<Rela> = self.d.p.relas_in(sec, a, b).to_vec();
+            for r in &relas {
+                self.visit(sec, r);
+            }
+        }
+    }
+
+    fn included_code(&self, t: Target) -> bool {
+        match t {
+            Target::Sym { sym, .. } => self.defs.contains(&sym) && self.d.p.sym(sym).typ == STT_FUNC,
+            Target::Sec { .. } => false,
+        }
+    }
+
+    /// One pass over the sliced sections; returns whether anything new was kept.
+    fn slice_pass(&mut self) -> bool {
+        let mut grew = false;
+        let names: Vec<(usize, String)> =
+            self.d.p.elf.sections.iter().filter(|s| SLICED.contains(&s.name.as_str())).map(|s| (s.index, s.name.clone())).collect();
+        for (sec, name) in names {
+            let size = self.d.p.sec(sec).size;
+            let es = match self.kept.get(&sec) {
+                Some((e, _)) => *e,
+                None => match self.d.entry_size(&name, sec) {
+                    Some(e) if e > 0 && size % e as u64 == 0 => {
+                        self.kept.insert(sec, (e, Vec::new()));
+                        e
+                    }
+                    other => {
+                        let msg = match other {
+                            Some(e) => format!("entry size {e} does not divide its size {size}"),
+                            None => "its entry size is unknown (give --entry-size)".to_string(),
+                        };
+                        if name == ".printk_index" {
+                            self.d.report.warnings.push(format!("{name}: {msg}; the printk index of the patch is dropped"));
+                        } else if !self.refusals.iter().any(|r| r.subject == name) {
+                            self.refusals.push(Refusal { subject: name.clone(), reason: format!("cannot slice: {msg}") });
+                        }
+                        self.kept.insert(sec, (0, Vec::new()));
+                        0
+                    }
+                },
+            };
+            if es == 0 {
+                continue;
+            }
+            let relas = self.d.p.elf.relas_of(sec).to_vec();
+            let mut k = 0;
+            let mut start = 0u64;
+            while start < size {
+                let end = start + es as u64;
+                let a = k;
+                while k < relas.len() && relas[k].offset < end {
+                    k += 1;
+                }
+                let group = &relas[a..k];
+                let already = self.kept[&sec].1.contains(&start);
+                if !already && group.iter().any(|r| self.included_code(self.d.p.target(sec, r))) {
+                    self.kept.get_mut(&sec).unwrap().1.push(start);
+                    for r in group {
+                        self.visit(sec, r);
+                    }
+                    grew = true;
+                }
+                start = end;
+            }
+        }
+        // ORC: entry i of .orc_unwind belongs to the code .orc_unwind_ip entry i points at.
+        if let (Some(ip), Some(_)) = (self.d.p.elf.section_by_name(".orc_unwind_ip"), self.d.p.elf.section_by_name(".orc_unwind")) {
+            let ip = ip.index;
+            self.kept.entry(ip).or_insert((4, Vec::new()));
+            for r in self.d.p.elf.relas_of(ip).to_vec() {
+                let start = r.offset - r.offset % 4;
+                if !self.kept[&ip].1.contains(&start) && self.included_code(self.d.p.target(ip, &r)) {
+                    self.kept.get_mut(&ip).unwrap().1.push(start);
+                    grew = true;
+                }
+            }
+        }
+        grew
+    }
+}
+
+/// Output section index per PATCHED section, with where each piece landed.
+struct Layout {
+    out_of: HashMap<usize, usize>,
+    /// (src start, src end, out start) per PATCHED section.
+    map: HashMap<usize, Vec<(u64, u64, u64)>>,
+}
+
+impl Layout {
+    fn locate(&self, sec: usize, off: i64) -> Option<(usize, i64)> {
+        let v = self.map.get(&sec)?;
+        let o = off.max(0) as u64;
+        v.iter().find(|&&(a, b, _)| a <= o && o <= b).map(|&(a, _, out)| (self.out_of[&sec], out as i64 + (off - a as i64)))
+    }
+}
+
+pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
+    let np = d.p.elf.symbols.len();
+    let mut inc = Inc { d, defs: HashSet::new(), pieces: BTreeMap::new(), queue: VecDeque::new(), kept: BTreeMap::new(), refusals: Vec::new() };
+
+    // Changed functions (except __init/__exit code, which is refused) and new globals.
+    let mut roots = Vec::new();
+    for i in 0..np {
+        let s = inc.d.p.sym(i);
+        let Some(sec) = s.section() else { continue };
+        let secname = inc.d.p.sec(sec).name.clone();
+        let init = secname.starts_with(".init.") || secname.starts_with(".exit.");
+        match (inc.d.status[i], s.typ) {
+            (Status::Changed, STT_FUNC) if init => inc.refusals.push(Refusal {
+                subject: inc.d.orig_name(i).to_string(),
+                reason: format!(
+                    "changed {} function (in {secname}): init/exit code has already run or been discarded in the running kernel and cannot be live-patched",
+                    if secname.starts_with(".init.") { "__init" } else { "__exit" }
+                ),
+            }),
+            (Status::Changed, STT_FUNC) => roots.push(i),
+            (Status::Changed, _) => {
+                let sec = inc.d.p.sec(sec);
+                if sec.is_write() || secname.starts_with(".init.") {
+                    inc.refusals.push(Refusal {
+                        subject: inc.d.orig_name(i).to_string(),
+                        reason: format!(
+                            "existing data changed (size or initial contents, in {secname}): a livepatch cannot change data the running kernel already uses (use shadow variables or callbacks)"
+                        ),
+                    });
+                }
+            }
+            (Status::New, STT_FUNC) if s.bind != STB_LOCAL && !init => roots.push(i),
+            _ => {}
+        }
+    }
+    // A changed function needs an ftrace hook in the running kernel to be redirected.
+    for &i in &roots {
+        if inc.d.status[i] != Status::Changed {
+            continue;
+        }
+        if let Some(&par) = inc.d.parent_p.get(&i) {
+            if inc.d.status[par] == Status::Changed {
+                continue;
+            }
+        }
+        let o = inc.d.twin_p[i].unwrap();
+        if Diff::fentry_offset(&inc.d.o, o).is_none() {
+            inc.refusals.push(Refusal {
+                subject: inc.d.orig_name(i).to_string(),
+                reason: "changed, but has no ftrace hook (its first relocation is not a call to __fentry__: notrace or not traced): it cannot be redirected".into(),
+            });
+        }
+    }
+    for &i in &roots {
+        inc.define(i);
+    }
+    inc.drain();
+    loop {
+        let grew = inc.slice_pass();
+        inc.drain();
+        if !grew {
+            break;
+        }
+    }
+    // Changed read-only data that no included code copies would silently stay old.
+    for i in 0..np {
+        let s = inc.d.p.sym(i);
+        if inc.d.status[i] == Status::Changed && s.typ != STT_FUNC && !inc.defs.contains(&i) {
+            let sec = inc.d.p.sec(s.section().unwrap());
+            if !sec.is_write() && !sec.name.starts_with(".init.") {
+                inc.refusals.push(Refusal {
+                    subject: inc.d.orig_name(i).to_string(),
+                    reason: format!("read-only data changed (in {}) but no changed function uses it: the change cannot take effect", sec.name),
+                });
+            }
+        }
+    }
+
+    let mut refusals = std::mem::take(&mut inc.d.report.refusals);
+    refusals.append(&mut inc.refusals);
+    let defs = inc.defs;
+    let pieces = inc.pieces;
+    let kept = inc.kept;
+    let d = inc.d;
+
+    let mut func_defs: Vec<usize> = defs.iter().copied().filter(|&i| d.p.sym(i).typ == STT_FUNC).collect();
+    func_defs.sort();
+    let mut changed = Vec::new();
+    let mut new = Vec::new();
+    for &f in &func_defs {
+        match d.status[f] {
+            Status::Changed => changed.push(d.orig_name(f).to_string()),
+            Status::New => new.push(d.p.sym(f).name.clone()),
+            Status::Same => {}
+        }
+    }
+    d.report.changed = changed;
+    d.report.new = new;
+    if !refusals.is_empty() {
+        d.report.refusals = refusals;
+        return Ok(Outcome::Refused(std::mem::take(&mut d.report)));
+    }
+    if d.report.changed.is_empty() && d.report.new.is_empty() {
+        return Ok(Outcome::NoChange(std::mem::take(&mut d.report)));
+    }
+    let (object, replaced) = write(d, &defs, &pieces, &kept, &func_defs)?;
+    Ok(Outcome::Changes(Patch { object, report: std::mem::take(&mut d.report), replaced }))
+}
+
+fn align_up(x: u64, a: u64) -> u64 {
+    let a = a.max(1);
+    x.div_ceil(a) * a
+}
+
+struct Out<'x, 'a> {
+    d: &'x Diff<'a>,
+    b: Builder,
+    /// Builder symbol indexes are 0-based; relocations count from 1 (NULL).
+    secsym: HashMap<usize, usize>,
+    def_sym: HashMap<usize, usize>,
+    refs: HashMap<String, usize>,
+    locals: Vec<OutSymbol>,
+    globals: Vec<OutSymbol>,
+    errors: Vec<String>,
+}
+
+enum SymRef {
+    Local(usize),
+    Global(usize),
+}
+
+fn write(
+    d: &mut Diff,
+    defs: &HashSet<usize>,
+    pieces: &BTreeMap<usize, Vec<(u64, u64)>>,
+    kept: &BTreeMap<usize, (usize, Vec<u64>)>,
+    func_defs: &[usize],
+) -> Result<(Vec<u8>, Vec<ReplacedFunc>), Error> {
+    let dd: &Diff = d;
+    let mut layout = Layout { out_of: HashMap::new(), map: HashMap::new() };
+    let mut b = Builder::default();
+    let mut src_of_out: Vec<Option<usize>> = Vec::new();
+    for (&sec, v) in pieces {
+        let s = dd.p.sec(sec);
+        let mut v = v.clone();
+        v.sort();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, e) in v {
+            match merged.last_mut() {
+                Some(l) if a <= l.1 => l.1 = l.1.max(e),
+                _ => merged.push((a, e)),
+            }
+        }
+        let whole = merged.len() == 1 && merged[0] == (0, s.size);
+        let mut data = Vec::new();
+        let mut size = 0u64;
+        let mut m = Vec::new();
+        for (a, e) in merged {
+            // Keep each piece's alignment phase: code and data keep their layout.
+            let al = s.addralign.max(1);
+            let mut at = align_up(size, al) + (a % al);
+            if whole {
+                at = a;
+            }
+            m.push((a, e, at));
+            if !s.is_nobits() {
+                data.resize(at as usize, 0);
+                data.extend_from_slice(&s.data[a as usize..e as usize]);
+            }
+            size = at + (e - a);
+        }
+        layout.out_of.insert(sec, b.sections.len());
+        layout.map.insert(sec, m);
+        src_of_out.push(Some(sec));
+        b.sections.push(OutSection {
+            name: s.name.clone(),
+            sh_type: s.sh_type,
+            flags: s.flags & !SHF_GROUP,
+            addralign: s.addralign,
+            entsize: if whole { s.entsize } else { 0 },
+            data,
+            nobits_size: size,
+            relas: Vec::new(),
+            rela_flags: 0,
+        });
+        if !whole {
+            b.sections.last_mut().unwrap().flags &= !(SHF_MERGE | SHF_STRINGS);
+        }
+    }
+
+    let mut out = Out { d: dd, b, secsym: HashMap::new(), def_sym: HashMap::new(), refs: HashMap::new(), locals: Vec::new(), globals: Vec::new(), errors: Vec::new() };
+    // Symbols: FILE, section symbols, local definitions, then globals.
+    if let Some(f) = dd.p.elf.symbols.iter().find(|s| s.typ == STT_FILE) {
+        out.locals.push(OutSymbol { name: f.name.clone(), bind: STB_LOCAL, typ: STT_FILE, other: 0, section: SymSection::Reserved(SHN_ABS), value: 0, size: 0 });
+    }
+    let mut defs_sorted: Vec<usize> = defs.iter().copied().collect();
+    defs_sorted.sort();
+    let mut pending_defs = Vec::new();
+    for &i in &defs_sorted {
+        let s = dd.p.sym(i);
+        let sec = s.section().unwrap();
+        let Some((osec, off)) = layout.locate(sec, s.value as i64) else { continue };
+        let (name, bind) = match dd.twin_p[i] {
+            Some(_) => (dd.orig_name(i).to_string(), STB_LOCAL),
+            None => (s.name.clone(), s.bind),
+        };
+        let sym = OutSymbol { name, bind, typ: s.typ, other: s.other, section: SymSection::Section(osec), value: off as u64, size: s.size };
+        pending_defs.push((i, sym));
+    }
+    for (i, sym) in pending_defs {
+        let r = if sym.bind == STB_LOCAL { SymRef::Local(out.locals.len()) } else { SymRef::Global(out.globals.len()) };
+        if sym.bind == STB_LOCAL {
+            out.locals.push(sym);
+        } else {
+            out.globals.push(sym);
+        }
+        out.def_sym.insert(i, encode(r));
+    }
+
+    // Relocations of the copied pieces.
+    let mut all_relas: Vec<Vec<OutRela>> = vec![Vec::new(); out.b.sections.len()];
+    for (&sec, m) in &layout.map {
+        let oidx = layout.out_of[&sec];
+        for &(a, e, at) in m {
+            for r in dd.p.relas_in(sec, a, e) {
+                let offset = at + (r.offset - a);
+                if let Some(rr) = out.reloc(sec, r, offset, &layout, true) {
+                    all_relas[oidx].push(rr);
+                }
+            }
+        }
+    }
+    // Sliced special sections.
+    let mut specials: Vec<(OutSection, Vec<OutRela>)> = Vec::new();
+    let orc_ip = dd.p.elf.section_by_name(".orc_unwind_ip").map(|s| s.index);
+    for (&sec, (es, starts)) in kept {
+        if starts.is_empty() || *es == 0 {
+            continue;
+        }
+        let s = dd.p.sec(sec);
+        let mut starts = starts.clone();
+        starts.sort();
+        let mut data = Vec::new();
+        let mut relas = Vec::new();
+        for &st in &starts {
+            let at = data.len() as u64;
+            data.extend_from_slice(&s.data[st as usize..st as usize + es]);
+            for r in dd.p.relas_in(sec, st, st + *es as u64) {
+                if let Some(rr) = out.reloc(sec, r, at + (r.offset - st), &layout, false) {
+                    relas.push(rr);
+                }
+            }
+        }
+        specials.push((
+            OutSection { name: s.name.clone(), sh_type: s.sh_type, flags: s.flags & !SHF_GROUP, addralign: s.addralign, entsize: s.entsize, data, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+            relas,
+        ));
+        if Some(sec) == orc_ip {
+            if let Some(u) = dd.p.elf.section_by_name(".orc_unwind") {
+                let mut od = Vec::new();
+                for &st in &starts {
+                    let i = (st / 4) as usize * 6;
+                    if let Some(e) = u.data.get(i..i + 6) {
+                        od.extend_from_slice(e);
+                    }
+                }
+                specials.push((
+                    OutSection { name: u.name.clone(), sh_type: u.sh_type, flags: u.flags & !SHF_GROUP, addralign: u.addralign, entsize: u.entsize, data: od, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+                    Vec::new(),
+                ));
+            }
+        }
+    }
+    // ftrace call sites of the included traced functions, regenerated.
+    let mut mcount = Vec::new();
+    let mut mcount_relas = Vec::new();
+    for &f in func_defs {
+        if let Some(off) = Diff::fentry_offset(&dd.p, f) {
+            let target = out.def_sym[&f];
+            mcount_relas.push(OutRela { offset: mcount.len() as u64, sym: target, rtype: R_X86_64_64, addend: off as i64 - 1 });
+            mcount.extend_from_slice(&[0u8; 8]);
+        }
+    }
+    if !mcount.is_empty() {
+        specials.push((
+            OutSection { name: "__mcount_loc".into(), sh_type: SHT_PROGBITS, flags: SHF_ALLOC, addralign: 8, entsize: 0, data: mcount, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+            mcount_relas,
+        ));
+    }
+    // .modinfo: only the namespaces the patched code imports.
+    if let Some(mi) = dd.p.elf.section_by_name(".modinfo") {
+        let mut data = Vec::new();
+        for e in mi.data.split(|&c| c == 0) {
+            if e.starts_with(b"import_ns=") {
+                data.extend_from_slice(e);
+                data.push(0);
+            }
+        }
+        if !data.is_empty() {
+            specials.push((
+                OutSection { name: ".modinfo".into(), sh_type: SHT_PROGBITS, flags: mi.flags & !SHF_GROUP, addralign: 1, entsize: 0, data, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+                Vec::new(),
+            ));
+        }
+    }
+    specials.push((
+        OutSection { name: ".note.GNU-stack".into(), sh_type: SHT_PROGBITS, flags: 0, addralign: 1, entsize: 0, data: Vec::new(), nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+        Vec::new(),
+    ));
+    for (s, r) in specials {
+        out.b.sections.push(s);
+        all_relas.push(r);
+    }
+    if !out.errors.is_empty() {
+        return Err(Error::Other(format!("cannot build the patch object: {}", out.errors.join("; "))));
+    }
+
+    // Final symbol order: FILE and other locals, section symbols, globals.
+    let nsecsyms = out.secsym.len();
+    let mut secsyms: Vec<(usize, usize)> = out.secsym.iter().map(|(&s, &i)| (s, i)).collect();
+    secsyms.sort_by_key(|x| x.1);
+    let nlocals = out.locals.len();
+    let remap = |code: usize| -> usize {
+        // Codes: locals 2k, section symbols by order (tagged), globals 2k+1.
+        match code & 3 {
+            0 => code / 4 + 1,
+            1 => nlocals + nsecsyms + code / 4 + 1,
+            _ => nlocals + code / 4 + 1,
+        }
+    };
+    for rel in all_relas.iter_mut() {
+        for r in rel.iter_mut() {
+            r.sym = remap(r.sym);
+        }
+    }
+    for (i, rel) in all_relas.into_iter().enumerate() {
+        out.b.sections[i].relas = rel;
+    }
+    let mut symbols = std::mem::take(&mut out.locals);
+    for (sec, _) in &secsyms {
+        symbols.push(OutSymbol { name: String::new(), bind: STB_LOCAL, typ: STT_SECTION, other: 0, section: SymSection::Section(*sec), value: 0, size: 0 });
+    }
+    symbols.append(&mut out.globals);
+    out.b.symbols = symbols;
+    let bytes = out.b.write().map_err(|e| Error::Other(e.to_string()))?;
+
+    let mut replaced = Vec::new();
+    for &f in func_defs {
+        if dd.status[f] != Status::Changed {
+            continue;
+        }
+        if let Some(&par) = dd.parent_p.get(&f) {
+            if dd.status[par] == Status::Changed && dd.p.sym(f).name.contains(".cold") {
+                continue;
+            }
+        }
+        let name = dd.orig_name(f).to_string();
+        let sympos = match dd.lookup(f) {
+            Ok(Some(p)) => p,
+            _ => 0,
+        };
+        replaced.push(ReplacedFunc { name: name.clone(), sympos, symbol: name });
+    }
+    let _ = src_of_out;
+    Ok((bytes, replaced))
+}
+
+fn encode(r: SymRef) -> usize {
+    match r {
+        SymRef::Local(i) => i * 4,
+        SymRef::Global(i) => i * 4 + 1,
+    }
+}
+
+impl<'x, 'a> Out<'x, 'a> {
+    fn section_symbol(&mut self, osec: usize) -> usize {
+        let n = self.secsym.len();
+        *self.secsym.entry(osec).or_insert(n * 4 + 2)
+    }
+
+    /// An undefined symbol for an unchanged or external PATCHED symbol.
+    fn reference(&mut self, pi: usize) -> Option<usize> {
+        let s = self.d.p.sym(pi);
+        let (name, typ, bind) = if s.section().is_none() {
+            let n = s.name.clone();
+            match &self.d.opts.target {
+                Some(t) => match t.symbols.get(&n) {
+                    Some(crate::TargetSym::Unexported { sympos }) => {
+                        (format!(".klp.sym.{}.{},{}", self.d.objname(), n, sympos), s.typ, STB_GLOBAL)
+                    }
+                    _ => (n, s.typ, s.bind.max(STB_GLOBAL)),
+                },
+                None => (n, s.typ, s.bind.max(STB_GLOBAL)),
+            }
+        } else {
+            match self.d.lookup(pi) {
+                Ok(None) => (self.d.orig_name(pi).to_string(), s.typ, STB_GLOBAL),
+                Ok(Some(pos)) => (format!(".klp.sym.{}.{},{}", self.d.objname(), self.d.orig_name(pi), pos), s.typ, STB_GLOBAL),
+                Err(e) => {
+                    self.errors.push(e);
+                    return None;
+                }
+            }
+        };
+        if let Some(&c) = self.refs.get(&name) {
+            return Some(c);
+        }
+        let code = encode(SymRef::Global(self.globals.len()));
+        self.globals.push(OutSymbol { name: name.clone(), bind, typ, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+        self.refs.insert(name, code);
+        Some(code)
+    }
+
+    fn reloc(&mut self, in_sec: usize, r: &Rela, offset: u64, layout: &Layout, code_or_data: bool) -> Option<OutRela> {
+        let t = self.d.p.target(in_sec, r);
+        let (sym, addend) = match t {
+            Target::Sym { sym, addend } => {
+                let s = self.d.p.sym(sym);
+                // A function pointer taken in replacement code must still point to
+                // the original function, which stays valid after the patch is gone.
+                let fptr = code_or_data
+                    && r.rtype == R_X86_64_32S
+                    && addend == 0
+                    && s.typ == STT_FUNC
+                    && self.d.status[sym] == Status::Changed
+                    && !self.d.orig_name(sym).contains('.');
+                if let (Some(&c), false) = (self.def_sym.get(&sym), fptr) {
+                    (c, addend)
+                } else {
+                    (self.reference(sym)?, addend)
+                }
+            }
+            Target::Sec { sec, off } => match layout.locate(sec, off) {
+                Some((osec, o)) => (self.section_symbol(osec), o),
+                None => {
+                    self.errors.push(format!(
+                        "a relocation in {} points to {}+{off:#x}, which is not in the patch",
+                        self.d.p.sec(in_sec).name,
+                        self.d.p.sec(sec).name
+                    ));
+                    return None;
+                }
+            },
+        };
+        Some(OutRela { offset, sym, rtype: r.rtype, addend })
+    }
+}

@@ -1,0 +1,282 @@
+//! Per-object indexes the stages share: symbols by section and offset, mangled
+//! names, relocation targets resolved to symbols, string contents.
+
+use std::collections::HashMap;
+
+use suture_elf::*;
+
+/// One parsed input with the lookups the differ needs, all hash- or
+/// binary-search based (kernel objects reach tens of thousands of symbols).
+pub struct Obj {
+    pub elf: Object,
+    /// Function and object symbols of each section, sorted by value.
+    pub by_sec: HashMap<usize, Vec<usize>>,
+    pub mangled: Vec<String>,
+    /// Name of the STT_FILE symbol each local symbol follows ("" for globals).
+    pub file_of: Vec<String>,
+    pub special: Vec<bool>,
+}
+
+/// Where a relocation really points once section symbols are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A named symbol (never STT_SECTION), addend re-based to the symbol.
+    Sym { sym: usize, addend: i64 },
+    /// Somewhere in a section no symbol covers (strings, anonymous constants,
+    /// `.fixup` code...): `off` is the re-based offset (value + addend).
+    Sec { sec: usize, off: i64 },
+}
+
+/// Drop every `.<digits>` run: the numbers gcc and clang append to clones
+/// (`.isra.3`, `.constprop.0`, `.part.5`, `.cold.12`, `.llvm.123`) and statics
+/// (`__key.4567`) change with unrelated edits. `__UNIQUE_ID_<name><counter>`
+/// loses its counter too.
+pub fn mangle(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let b = name.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'.' && i + 1 < b.len() && b[i + 1].is_ascii_digit() {
+            let mut j = i + 1;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j == b.len() || b[j] == b'.' {
+                i = j;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    if let Some(rest) = out.strip_prefix("__UNIQUE_ID_") {
+        let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
+        return format!("__UNIQUE_ID_{trimmed}");
+    }
+    // clang: `<func>.__UNIQUE_ID_ddebug<counter>`
+    if let Some(p) = out.find(".__UNIQUE_ID_") {
+        let trimmed = out.trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+        if trimmed.len() > p {
+            return trimmed;
+        }
+    }
+    out
+}
+
+const SPECIAL_STATICS: &[&str] =
+    &["__key", "__warned", "__already_done", "__func__", "__FUNCTION__", "_rs", "CSWTCH", "_entry", "_entry_ptr", "__print_once", "__done"];
+
+fn is_special_name(name: &str) -> bool {
+    // gcc spells a function static `var.N`, clang `func.var`.
+    let first = name.split('.').next().unwrap_or("");
+    let last = name.rsplit('.').find(|p| !p.is_empty() && !p.bytes().all(|c| c.is_ascii_digit())).unwrap_or("");
+    SPECIAL_STATICS.iter().any(|s| *s == first || (name.contains('.') && *s == last))
+        || first == "descriptor"
+        || name.contains("__UNIQUE_ID_ddebug")
+}
+
+fn is_special_section(name: &str) -> bool {
+    name == "__verbose"
+        || name == "__dyndbg"
+        || name.starts_with(".data.once")
+        || name.starts_with(".data..once")
+        || name.starts_with(".data..L__unnamed")
+        || name.starts_with(".data.__unnamed")
+        || name.starts_with(".data..Lubsan")
+        || name.starts_with(".data.Lubsan")
+}
+
+impl Obj {
+    pub fn new(elf: Object) -> Obj {
+        let n = elf.symbols.len();
+        let mut by_sec: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut mangled = Vec::with_capacity(n);
+        let mut file_of = Vec::with_capacity(n);
+        let mut special = Vec::with_capacity(n);
+        let mut file = String::new();
+        for s in &elf.symbols {
+            if s.typ == STT_FILE {
+                file = s.name.clone();
+            }
+            mangled.push(mangle(&s.name));
+            file_of.push(if s.bind == STB_LOCAL { file.clone() } else { String::new() });
+            let sec = s.section();
+            let in_special_sec = sec.map(|x| is_special_section(&elf.sections[x].name)).unwrap_or(false);
+            special.push(
+                s.bind == STB_LOCAL
+                    && (s.typ == STT_OBJECT || s.typ == STT_NOTYPE)
+                    && !s.name.starts_with(".L")
+                    && (is_special_name(&s.name) || in_special_sec),
+            );
+            if let Some(x) = sec {
+                if matches!(s.typ, STT_FUNC | STT_OBJECT) || (s.typ == STT_NOTYPE && !s.name.is_empty() && !s.name.starts_with(".L")) {
+                    by_sec.entry(x).or_default().push(s.index);
+                }
+            }
+        }
+        for v in by_sec.values_mut() {
+            v.sort_by_key(|&i| (elf.symbols[i].value, std::cmp::Reverse(elf.symbols[i].size)));
+        }
+        Obj { elf, by_sec, mangled, file_of, special }
+    }
+
+    pub fn sym(&self, i: usize) -> &Symbol {
+        &self.elf.symbols[i]
+    }
+
+    pub fn sec(&self, i: usize) -> &Section {
+        &self.elf.sections[i]
+    }
+
+    /// A normal static local (`var.N`): correlated through the functions that
+    /// use it, not by name.
+    pub fn is_static_local(&self, i: usize) -> bool {
+        let s = self.sym(i);
+        s.bind == STB_LOCAL && s.typ == STT_OBJECT && s.name.contains('.') && !s.name.starts_with(".L") && !self.special[i]
+    }
+
+    /// The symbol covering `off` in section `sec`. A symbol of size zero covers
+    /// only its own address; an offset just past the last symbol belongs to it
+    /// (pointers to the end of an array).
+    pub fn containing(&self, sec: usize, off: i64) -> Option<usize> {
+        let v = self.by_sec.get(&sec)?;
+        if off < 0 {
+            return None;
+        }
+        let off = off as u64;
+        let idx = v.partition_point(|&i| self.elf.symbols[i].value <= off);
+        let mut label = None;
+        // Symbols may overlap (aliases, labels inside functions): look back a
+        // bounded number of entries for a covering function or object.
+        for &i in v[..idx].iter().rev().take(64) {
+            let s = &self.elf.symbols[i];
+            if off < s.value + s.size.max(1) {
+                if s.typ != STT_NOTYPE {
+                    return Some(i);
+                }
+                label.get_or_insert(i);
+            }
+        }
+        if label.is_some() {
+            return label;
+        }
+        if idx == v.len() && idx > 0 {
+            let s = &self.elf.symbols[v[idx - 1]];
+            if s.size > 0 && off == s.value + s.size && s.typ == STT_OBJECT {
+                return Some(v[idx - 1]);
+            }
+        }
+        None
+    }
+
+    /// Resolve a relocation applied in section `in_sec`.
+    pub fn target(&self, in_sec: usize, r: &Rela) -> Target {
+        let s = self.sym(r.sym);
+        let Some(sec) = s.section() else {
+            return Target::Sym { sym: r.sym, addend: r.addend };
+        };
+        let sectionish = s.typ == STT_SECTION
+            || (s.typ == STT_NOTYPE && s.bind == STB_LOCAL && (s.name.starts_with(".L") || s.name.is_empty()))
+            || self.sec(sec).is_strings();
+        if !sectionish {
+            return Target::Sym { sym: r.sym, addend: r.addend };
+        }
+        let off = s.value as i64 + r.addend;
+        if self.sec(sec).is_strings() {
+            return Target::Sec { sec, off };
+        }
+        // An instruction's PC-relative field is followed (usually) by 4 more bytes
+        // of instruction: the addend points 4 bytes before the real target.
+        let adj = if rela_is_pcrel(r.rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
+        match self.containing(sec, off + adj) {
+            Some(c) => Target::Sym { sym: c, addend: off - self.sym(c).value as i64 },
+            None => Target::Sec { sec, off },
+        }
+    }
+
+    /// The NUL-terminated string around `off` in a string section, and where
+    /// `off` sits in it.
+    pub fn string_at(&self, sec: usize, off: i64) -> (&[u8], i64) {
+        let d = &self.sec(sec).data;
+        if off < 0 || off as usize >= d.len() {
+            return (&[], off);
+        }
+        let o = off as usize;
+        let start = d[..o].iter().rposition(|&c| c == 0).map(|p| p + 1).unwrap_or(0);
+        let end = d[o..].iter().position(|&c| c == 0).map(|p| o + p).unwrap_or(d.len());
+        (&d[start..end], (o - start) as i64)
+    }
+
+    /// Relocations of section `sec` inside `[start, end)`.
+    pub fn relas_in(&self, sec: usize, start: u64, end: u64) -> &[Rela] {
+        let v = self.elf.relas_of(sec);
+        let a = v.partition_point(|r| r.offset < start);
+        let b = v.partition_point(|r| r.offset < end);
+        &v[a..b]
+    }
+
+    /// Bytes of symbol `i` (empty for NOBITS).
+    pub fn bytes(&self, i: usize) -> &[u8] {
+        let s = self.sym(i);
+        let Some(sec) = s.section() else { return &[] };
+        let d = &self.sec(sec).data;
+        let a = (s.value as usize).min(d.len());
+        let b = (s.value.saturating_add(s.size) as usize).min(d.len());
+        &d[a..b]
+    }
+
+    /// How a relocation target compares across the two objects: by mangled
+    /// name and addend, by string contents, or by constant bytes.
+    pub fn key(&self, t: Target, rtype: u32, in_sec: usize) -> Key {
+        match t {
+            Target::Sym { sym, addend } => Key::Name(self.mangled[sym].clone(), addend),
+            Target::Sec { sec, off } => {
+                let s = self.sec(sec);
+                if s.is_strings() {
+                    let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
+                    let (st, at) = self.string_at(sec, off + adj);
+                    Key::Str(st.to_vec(), at)
+                } else if s.flags & SHF_MERGE != 0 && s.entsize > 0 {
+                    let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
+                    let o = (off + adj).max(0) as usize;
+                    let e = (o + s.entsize as usize).min(s.data.len());
+                    Key::Bytes(s.data.get(o..e).unwrap_or(&[]).to_vec())
+                } else {
+                    Key::Name(s.name.clone(), off)
+                }
+            }
+        }
+    }
+
+    pub fn describe(&self, t: Target) -> String {
+        match t {
+            Target::Sym { sym, addend } => fmt_sym(&self.sym(sym).name, addend),
+            Target::Sec { sec, off } => {
+                let s = self.sec(sec);
+                if s.is_strings() {
+                    let (st, _) = self.string_at(sec, off);
+                    format!("{}+{:#x} {:?}", s.name, off, String::from_utf8_lossy(st))
+                } else {
+                    format!("{}+{:#x}", s.name, off)
+                }
+            }
+        }
+    }
+}
+
+pub fn fmt_sym(name: &str, addend: i64) -> String {
+    if addend == 0 {
+        name.to_string()
+    } else if addend < 0 {
+        format!("{name}-{:#x}", -(addend as i128))
+    } else {
+        format!("{name}+{addend:#x}")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Name(String, i64),
+    Str(Vec<u8>, i64),
+    Bytes(Vec<u8>),
+}

@@ -1,0 +1,204 @@
+//! Conformance: the 55 x86_64 object pairs of kpatch's unit tests, with the
+//! verdict, function count and extra property listed in EXPECTED.tsv.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use suture_diff::{diff, Options, Outcome};
+use suture_elf::*;
+
+fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/kpatch-unit-objs/x86_64")
+}
+
+struct Case {
+    name: String,
+    expect: String,
+    functions: Option<usize>,
+    jump: usize,
+    check: String,
+}
+
+fn cases() -> Vec<Case> {
+    let dir = corpus_dir();
+    let tsv = dir.join("EXPECTED.tsv");
+    let text = std::fs::read_to_string(&tsv).unwrap_or_else(|e| {
+        panic!("the object-pair corpus was not found: looked for {} ({e}); it lives in shared/kpatch-unit-objs beside the repository", tsv.display())
+    });
+    let mut v = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert!(f.len() >= 5, "bad EXPECTED.tsv line: {line}");
+        v.push(Case {
+            name: f[0].into(),
+            expect: f[1].into(),
+            functions: f[2].parse().ok(),
+            jump: f[3].parse().unwrap(),
+            check: f[4].into(),
+        });
+    }
+    v
+}
+
+fn options(jump: usize) -> Options {
+    let mut o = Options::default();
+    for (k, v) in [
+        (".parainstructions", 16),
+        ("__ex_table", 12),
+        ("__bug_table", 12),
+        (".altinstructions", 13),
+        (".orc_unwind", 6),
+        (".static_call_sites", 8),
+        (".printk_index", 44),
+        ("__jump_table", jump),
+    ] {
+        o.entry_sizes.insert(k.to_string(), v);
+    }
+    o
+}
+
+fn read_pair(name: &str) -> (Vec<u8>, Vec<u8>) {
+    let dir = corpus_dir();
+    let orig = std::fs::read(dir.join(format!("{name}.ORIG.o"))).unwrap();
+    let p = dir.join(format!("{name}.PATCHED.o"));
+    let p = if p.exists() { p } else { dir.join(format!("{name}.PATCHED.FAIL.o")) };
+    (orig, std::fs::read(p).unwrap())
+}
+
+/// What `nm` prints as `t`/`T`: defined, non-weak, non-section, non-file
+/// symbols in executable sections.
+fn nm_text_count(o: &Object) -> usize {
+    o.symbols
+        .iter()
+        .filter(|s| s.index != 0 && s.typ != STT_SECTION && s.typ != STT_FILE)
+        .filter(|s| matches!(s.bind, STB_LOCAL | STB_GLOBAL))
+        .filter(|s| s.section().map(|x| o.sections[x].is_exec()).unwrap_or(false))
+        .count()
+}
+
+fn relas_named<'a>(o: &'a Object, sec: &str) -> Vec<(&'a str, u32, i64)> {
+    let Some(s) = o.section_by_name(sec) else { return Vec::new() };
+    o.relas_of(s.index).iter().map(|r| (o.symbols[r.sym].name.as_str(), r.rtype, r.addend)).collect()
+}
+
+fn check(case: &Case, out: &Object) -> Result<(), String> {
+    match case.name.as_str() {
+        "convert-global-local" => {
+            let s = out.symbols.iter().find(|s| s.name == "__kmalloc" && s.section().is_some()).ok_or("__kmalloc not defined")?;
+            if s.bind != STB_LOCAL || s.typ != STT_FUNC {
+                return Err(format!("__kmalloc bind {} type {}", s.bind, s.typ));
+            }
+        }
+        "dynamic-debug-jump-label-issue-1253" => {
+            if let Some(s) = out.symbols.iter().find(|s| s.index != 0 && s.typ == STT_SECTION && s.is_undef()) {
+                return Err(format!("undefined section symbol #{}", s.index));
+            }
+        }
+        "import-ns" => {
+            let mi = out.section_by_name(".modinfo").ok_or("no .modinfo")?;
+            let n = mi.data.split(|&c| c == 0).filter(|e| e.starts_with(b"import_ns=")).count();
+            let others = mi.data.split(|&c| c == 0).filter(|e| !e.is_empty() && !e.starts_with(b"import_ns=")).count();
+            if n != 4 || others != 0 {
+                return Err(format!("{n} import_ns= entries and {others} others in .modinfo"));
+            }
+        }
+        "mcount_loc-issue-1102" => {
+            let r = relas_named(out, "__mcount_loc");
+            if !r.contains(&("netlbl_catmap_getlong", R_X86_64_64, 0)) {
+                return Err(format!("__mcount_loc relocations: {r:?}"));
+            }
+            let f = out.symbols.iter().find(|s| s.name == "netlbl_catmap_getlong").ok_or("no symbol")?;
+            if f.section().is_none() {
+                return Err("netlbl_catmap_getlong is not defined in the output".into());
+            }
+        }
+        "zero-page-rela-issue-1064" => {
+            let found = out.relas.iter().flat_map(|(_, v)| v).any(|r| {
+                out.symbols[r.sym].name == "empty_zero_page" && r.rtype == R_X86_64_64 && r.addend == 0x8000_0000
+            });
+            if !found {
+                return Err("no R_X86_64_64 empty_zero_page+0x80000000".into());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `ld -r` must accept the output: the next stage links it with kbuild.
+fn links(name: &str, bytes: &[u8]) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("suture-corpus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inp = dir.join(format!("{name}.o"));
+    let outp = dir.join(format!("{name}.ld.o"));
+    std::fs::write(&inp, bytes).unwrap();
+    let r = std::process::Command::new("ld").arg("-r").arg("-o").arg(&outp).arg(&inp).output();
+    match r {
+        Ok(o) if o.status.success() && o.stderr.is_empty() => Ok(()),
+        Ok(o) => Err(format!("ld -r: {}", String::from_utf8_lossy(&o.stderr))),
+        Err(e) => Err(format!("cannot run ld: {e}")),
+    }
+}
+
+#[test]
+fn corpus() {
+    let cases = cases();
+    assert_eq!(cases.len(), 55, "EXPECTED.tsv lists 55 cases");
+    let mut failures: HashMap<String, String> = HashMap::new();
+    let mut passed = 0;
+    for c in &cases {
+        let (o, p) = read_pair(&c.name);
+        let res = diff(&o, &p, &options(c.jump));
+        let r: Result<(), String> = match (&res, c.expect.as_str()) {
+            (Ok(Outcome::Changes(patch)), "changes") => (|| {
+                let out = Object::parse(&patch.object).map_err(|e| format!("output does not parse: {e}"))?;
+                let n = nm_text_count(&out);
+                if let Some(want) = c.functions {
+                    if n != want {
+                        return Err(format!("{n} functions, expected {want} (changed {:?}, new {:?})", patch.report.changed, patch.report.new));
+                    }
+                }
+                if n == 0 {
+                    return Err("patch defines no function".into());
+                }
+                check(c, &out)?;
+                links(&c.name, &patch.object)
+            })(),
+            (Ok(Outcome::Refused(rep)), "refuse") => {
+                if c.name.starts_with("meminfo-init") {
+                    if rep.refusals.iter().any(|r| r.subject == "proc_meminfo_init" && r.reason.contains("__init")) {
+                        Ok(())
+                    } else {
+                        Err(format!("refusals do not name the __init function: {:?}", rep.refusals))
+                    }
+                } else {
+                    Ok(())
+                }
+            }
+            (Ok(Outcome::NoChange(rep)), "no-change") => {
+                if rep.refusals.is_empty() && rep.changed.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{rep:?}"))
+                }
+            }
+            (Ok(Outcome::Changes(p)), _) => Err(format!("patch produced: changed {:?} new {:?}", p.report.changed, p.report.new)),
+            (Ok(Outcome::Refused(r)), _) => Err(format!("refused: {:?}", r.refusals)),
+            (Ok(Outcome::NoChange(_)), _) => Err("no change".into()),
+            (Err(e), _) => Err(format!("error: {e}")),
+        };
+        match r {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                failures.insert(c.name.clone(), e);
+            }
+        }
+    }
+    let mut names: Vec<_> = failures.keys().cloned().collect();
+    names.sort();
+    for n in &names {
+        eprintln!("FAIL {n}: {}", failures[n]);
+    }
+    eprintln!("corpus: {passed} of {} cases pass", cases.len());
+    assert!(failures.is_empty(), "{} corpus cases fail", failures.len());
+}
