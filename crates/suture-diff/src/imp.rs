@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet};
 
 use suture_elf::*;
 
-use crate::model::{fmt_sym, Key, Obj, Target};
-use crate::{EntrySize, Error, Explanation, Options, Outcome, Patch, Refusal, ReplacedFunc, Report, TargetSym};
+use crate::model::{Key, Obj, Target};
+use crate::{EntrySize, Error, Explanation, Options, Outcome, Refusal, Report, TargetSym};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
@@ -296,7 +296,7 @@ impl<'a> Diff<'a> {
                 self.status[i] = Status::New;
                 continue;
             };
-            let (oc, pc) = (Self::section_class(&self.o, t), Self::section_class(&self.p, i));
+            let (oc, pc) = (crate::model::mangle(&Self::section_class(&self.o, t)), crate::model::mangle(&Self::section_class(&self.p, i)));
             if oc != pc {
                 let text = |c: &str| matches!(c, ".text" | ".text.unlikely" | ".text.hot" | ".text.startup" | ".text.cold");
                 if !(text(&oc) && text(&pc)) {
@@ -408,22 +408,37 @@ impl<'a> Diff<'a> {
         }
     }
 
+    /// Entry size of a sliced section: given, `sh_entsize`, or default, as long
+    /// as the relocations repeat with that period; otherwise the smallest period
+    /// they do repeat with (old kernels' structs differ from today's defaults).
     pub fn entry_size(&mut self, name: &str, sec: usize) -> Option<usize> {
-        let (size, source) = if let Some(&e) = self.opts.entry_sizes.get(name) {
-            (e, "given")
-        } else if self.p.sec(sec).entsize > 0 {
-            (self.p.sec(sec).entsize as usize, "sh_entsize")
-        } else if name == "__jump_table" {
-            let n = self.p.elf.relas_of(sec).len();
-            let total = self.p.sec(sec).size as usize;
-            if n > 0 && n % 3 == 0 && total % (n / 3) == 0 && matches!(total / (n / 3), 16 | 24) {
-                (total / (n / 3), "relocations")
-            } else {
-                return None;
+        let total = self.p.sec(sec).size as usize;
+        let relas = self.p.elf.relas_of(sec);
+        // The last entry may lack its tail padding (kpatch met this too).
+        let fits = |e: usize| e > 0 && period_ok(relas, e, total);
+        let mut cands: Vec<(usize, &'static str)> = Vec::new();
+        if let Some(&e) = self.opts.entry_sizes.get(name) {
+            cands.push((e, "given"));
+        }
+        if self.p.sec(sec).entsize > 0 {
+            cands.push((self.p.sec(sec).entsize as usize, "sh_entsize"));
+        }
+        if let Some(e) = default_entry_size(name) {
+            cands.push((e, "default"));
+        }
+        let chosen = match cands.iter().find(|c| fits(c.0)) {
+            Some(&c) => Some(c),
+            None => {
+                let found = (1..=64).find(|&e| !relas.is_empty() && fits(e)).map(|e| (e, "relocations"));
+                if let (Some((e, _)), Some(&(c, src))) = (found, cands.first()) {
+                    self.report.warnings.push(format!(
+                        "{name}: the {src} entry size {c} does not match the layout of its relocations; using {e}"
+                    ));
+                }
+                found.or_else(|| cands.iter().find(|c| c.0 > 0 && total % c.0 == 0 && relas.is_empty()).copied())
             }
-        } else {
-            (default_entry_size(name)?, "default")
         };
+        let (size, source) = chosen?;
         self.report.entry_sizes.insert(name.to_string(), EntrySize { size, source });
         Some(size)
     }
@@ -507,6 +522,22 @@ pub fn rtype_name(t: u32) -> String {
     }
 }
 
-pub(crate) fn fmt_target(name: &str, addend: i64) -> String {
-    fmt_sym(name, addend)
+/// Every entry of `e` bytes carries relocations at the same relative offsets
+/// and of the same types.
+fn period_ok(relas: &[Rela], e: usize, total: usize) -> bool {
+    if relas.is_empty() {
+        return total % e == 0;
+    }
+    let n = total.div_ceil(e);
+    let first: Vec<(u64, u32)> = relas.iter().take_while(|r| (r.offset as usize) < e).map(|r| (r.offset, r.rtype)).collect();
+    if first.is_empty() || relas.len() != first.len() * n {
+        return false;
+    }
+    let extent = first.iter().map(|f| f.0 as usize + suture_elf::rela_width(f.1)).max().unwrap_or(0);
+    if total % e != 0 && total % e < extent {
+        return false;
+    }
+    relas.chunks(first.len()).enumerate().all(|(i, c)| {
+        c.iter().zip(&first).all(|(r, f)| r.offset as usize == i * e + f.0 as usize && r.rtype == f.1)
+    })
 }

@@ -97,7 +97,7 @@ impl<'d, 'a> Inc<'d, 'a> {
             Target::Sec { sec, off } => {
                 let s = self.d.p.sec(sec);
                 let new_section = self.d.o.elf.section_by_name(&s.name).is_none();
-                if s.is_strings() || !s.is_write() || s.is_exec() || new_section || whole_on_demand(&s.name) {
+                if crate::model::is_special_section(&s.name) || s.is_strings() || !s.is_write() || s.is_exec() || new_section || whole_on_demand(&s.name) {
                     self.whole(sec);
                 } else {
                     self.refusals.push(Refusal {
@@ -135,15 +135,13 @@ impl<'d, 'a> Inc<'d, 'a> {
             let es = match self.kept.get(&sec) {
                 Some((e, _)) => *e,
                 None => match self.d.entry_size(&name, sec) {
-                    Some(e) if e > 0 && size % e as u64 == 0 => {
+                    Some(e) if e > 0 => {
                         self.kept.insert(sec, (e, Vec::new()));
                         e
                     }
                     other => {
-                        let msg = match other {
-                            Some(e) => format!("entry size {e} does not divide its size {size}"),
-                            None => "its entry size is unknown (give --entry-size)".to_string(),
-                        };
+                        let _ = other;
+                        let msg = "no entry size fits the layout of its relocations (give --entry-size)".to_string();
                         if name == ".printk_index" {
                             self.d.report.warnings.push(format!("{name}: {msg}; the printk index of the patch is dropped"));
                         } else if !self.refusals.iter().any(|r| r.subject == name) {
@@ -455,7 +453,13 @@ fn write(
         let mut relas = Vec::new();
         for &st in &starts {
             let at = data.len() as u64;
-            data.extend_from_slice(&s.data[st as usize..st as usize + es]);
+            // A truncated last entry is padded: another entry may follow it here.
+            data.resize(at as usize, 0);
+            let end = (st as usize + es).min(s.data.len());
+            data.extend_from_slice(&s.data[st as usize..end]);
+            if starts.last() != Some(&st) {
+                data.resize(at as usize + es, 0);
+            }
             for r in dd.p.relas_in(sec, st, st + *es as u64) {
                 if let Some(rr) = out.reloc(sec, r, at + (r.offset - st), &layout, false) {
                     relas.push(rr);
@@ -501,10 +505,14 @@ fn write(
     // .modinfo: only the namespaces the patched code imports.
     if let Some(mi) = dd.p.elf.section_by_name(".modinfo") {
         let mut data = Vec::new();
+        // Built-in code spells them `<mod>.import_ns=NS`; modpost reads a
+        // module's own `import_ns=NS`.
         for e in mi.data.split(|&c| c == 0) {
-            if e.starts_with(b"import_ns=") {
-                data.extend_from_slice(e);
-                data.push(0);
+            if let Some(p) = e.windows(10).position(|w| w == b"import_ns=") {
+                if p == 0 || e[p - 1] == b'.' {
+                    data.extend_from_slice(&e[p..]);
+                    data.push(0);
+                }
             }
         }
         if !data.is_empty() {

@@ -75,7 +75,7 @@ fn is_special_name(name: &str) -> bool {
         || name.contains("__UNIQUE_ID_ddebug")
 }
 
-fn is_special_section(name: &str) -> bool {
+pub fn is_special_section(name: &str) -> bool {
     name == "__verbose"
         || name == "__dyndbg"
         || name.starts_with(".data.once")
@@ -188,10 +188,27 @@ impl Obj {
         // An instruction's PC-relative field is followed (usually) by 4 more bytes
         // of instruction: the addend points 4 bytes before the real target.
         let adj = if rela_is_pcrel(r.rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
-        match self.containing(sec, off + adj) {
-            Some(c) => Target::Sym { sym: c, addend: off - self.sym(c).value as i64 },
-            None => Target::Sec { sec, off },
+        // A section holding exactly one symbol (-fdata-sections, -ffunction-sections)
+        // needs no guessing about the instruction's length.
+        if let Some(v) = self.by_sec.get(&sec) {
+            let named: Vec<usize> = v.iter().copied().filter(|&i| self.sym(i).typ != STT_NOTYPE).collect();
+            if named.len() == 1 {
+                let c = named[0];
+                let cs = self.sym(c);
+                if cs.value == 0 && cs.size == self.sec(sec).size {
+                    return Target::Sym { sym: c, addend: off };
+                }
+            }
         }
+        // Otherwise the displacement may be followed by an immediate: try the
+        // usual 4 bytes, then longer tails.
+        let tries: &[i64] = if adj == 4 { &[4, 5, 6, 8, 12] } else { &[0] };
+        for &a in tries {
+            if let Some(c) = self.containing(sec, off + a) {
+                return Target::Sym { sym: c, addend: off - self.sym(c).value as i64 };
+            }
+        }
+        Target::Sec { sec, off }
     }
 
     /// The NUL-terminated string around `off` in a string section, and where

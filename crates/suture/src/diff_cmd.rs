@@ -1,6 +1,283 @@
-#[derive(clap::Args)]
-pub struct Args {}
+//! `suture diff`: compare two builds of one kernel object and write the klp object.
 
-pub fn run(_a: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("suture diff: not yet implemented")
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use suture_diff::{Options, Outcome, Report, Target, TargetSym};
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+Exit status: 0 a patch object was written; 3 no functional change (nothing written);
+2 the change cannot be live-patched (nothing written, reasons printed); 1 bad input.
+
+Without -o the patch is written beside PATCHED as <PATCHED stem>.klp.o
+(foo.PATCHED.o -> foo.PATCHED.klp.o), atomically (temporary file, then rename).")]
+pub struct Args {
+    /// The object compiled before the source patch (-ffunction-sections -fdata-sections).
+    pub orig: PathBuf,
+    /// The same object compiled after the source patch.
+    pub patched: PathBuf,
+    /// Where to write the klp object [default: <PATCHED stem>.klp.o beside PATCHED].
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// The target's symbols: an ELF object or module (its symbol table), or a copy
+    /// of /proc/kallsyms. Without it ORIG's own symbol table stands in.
+    #[arg(long, value_name = "FILE")]
+    pub symbols: Option<PathBuf>,
+    /// Object name the klp symbols use (vmlinux or a module name) [default: vmlinux,
+    /// or the module name when --symbols is a .ko].
+    #[arg(long)]
+    pub objname: Option<String>,
+    /// Entry size of a special section, e.g. __jump_table=16 (repeatable).
+    #[arg(long = "entry-size", value_name = "SECTION=BYTES")]
+    pub entry_size: Vec<String>,
+    /// Print the report as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+    /// Explain why FUNC counts as changed (first differing instruction or relocation).
+    #[arg(long, value_name = "FUNC")]
+    pub explain: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonOut<'a> {
+    outcome: &'static str,
+    exit_status: i32,
+    output: Option<String>,
+    #[serde(flatten)]
+    report: &'a Report,
+    replaced: Vec<suture_diff::ReplacedFunc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explanation: Option<suture_diff::Explanation>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+fn parse_entry_sizes(v: &[String]) -> anyhow::Result<HashMap<String, usize>> {
+    let mut m = HashMap::new();
+    for s in v {
+        let (k, n) = s.split_once('=').with_context(|| format!("--entry-size {s}: expected SECTION=BYTES"))?;
+        let n: usize = n.parse().with_context(|| format!("--entry-size {s}: {n} is not a number"))?;
+        anyhow::ensure!(n > 0, "--entry-size {s}: the size must be positive");
+        m.insert(k.to_string(), n);
+    }
+    Ok(m)
+}
+
+/// Symbols of the target from an ELF object/module or a kallsyms text copy.
+pub fn load_symbols(path: &Path, objname: Option<&str>) -> anyhow::Result<Target> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.starts_with(b"\x7fELF") {
+        symbols_from_elf(&bytes, path, objname)
+    } else {
+        let text = String::from_utf8(bytes).with_context(|| format!("{}: neither ELF nor text", path.display()))?;
+        symbols_from_kallsyms(&text, objname.unwrap_or("vmlinux"))
+            .with_context(|| format!("{}: not a kallsyms copy", path.display()))
+    }
+}
+
+fn symbols_from_elf(bytes: &[u8], path: &Path, objname: Option<&str>) -> anyhow::Result<Target> {
+    let o = suture_elf::Object::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let objname = match objname {
+        Some(n) => n.to_string(),
+        None if path.extension().is_some_and(|e| e == "ko") => {
+            path.file_stem().unwrap().to_string_lossy().replace('-', "_")
+        }
+        None => "vmlinux".to_string(),
+    };
+    // Exports are visible as __ksymtab_<name> entries.
+    let exported: std::collections::HashSet<&str> =
+        o.symbols.iter().filter_map(|s| s.name.strip_prefix("__ksymtab_")).collect();
+    let mut count: HashMap<&str, u32> = HashMap::new();
+    for s in o.symbols.iter().filter(|s| s.bind == suture_elf::STB_LOCAL && s.section().is_some()) {
+        *count.entry(s.name.as_str()).or_default() += 1;
+    }
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    let mut symbols = HashMap::new();
+    for s in &o.symbols {
+        if s.name.is_empty() || s.section().is_none() || matches!(s.typ, suture_elf::STT_SECTION | suture_elf::STT_FILE) {
+            continue;
+        }
+        let ts = if s.bind == suture_elf::STB_LOCAL {
+            let k = seen.entry(s.name.as_str()).or_default();
+            *k += 1;
+            TargetSym::Unexported { sympos: if count[s.name.as_str()] > 1 { *k } else { 0 } }
+        } else if exported.contains(s.name.as_str()) {
+            TargetSym::Exported
+        } else {
+            TargetSym::Unexported { sympos: 0 }
+        };
+        symbols.entry(s.name.clone()).or_insert(ts);
+    }
+    Ok(Target { objname, symbols })
+}
+
+/// `ADDR TYPE NAME [mod]` lines; positions count same-named symbols of the
+/// object in file order.
+pub fn symbols_from_kallsyms(text: &str, objname: &str) -> anyhow::Result<Target> {
+    let mut lines = Vec::new();
+    for (n, l) in text.lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = l.split_whitespace().collect();
+        anyhow::ensure!(f.len() >= 3 && f[1].len() == 1 && u64::from_str_radix(f[0], 16).is_ok(), "line {}: {l:?}", n + 1);
+        let module = f.get(3).and_then(|m| m.strip_prefix('[')).and_then(|m| m.strip_suffix(']'));
+        let owner = module.unwrap_or("vmlinux");
+        if owner == objname {
+            lines.push(f[2].to_string());
+        }
+    }
+    let mut count: HashMap<&str, u32> = HashMap::new();
+    for n in &lines {
+        *count.entry(n.as_str()).or_default() += 1;
+    }
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    let mut symbols = HashMap::new();
+    for n in &lines {
+        let k = seen.entry(n.as_str()).or_default();
+        *k += 1;
+        let pos = if count[n.as_str()] > 1 { *k } else { 0 };
+        symbols.entry(n.clone()).or_insert(TargetSym::Unexported { sympos: pos });
+    }
+    Ok(Target { objname: objname.to_string(), symbols })
+}
+
+fn default_output(patched: &Path) -> PathBuf {
+    let stem = patched.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "patch".into());
+    patched.with_file_name(format!("{stem}.klp.o"))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().context("output path has no file name")?.to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res.with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_report(r: &Report) {
+    for f in &r.changed {
+        println!("changed function: {f}");
+    }
+    for f in &r.new {
+        println!("new function: {f}");
+    }
+    for x in &r.refusals {
+        println!("refused: {}: {}", x.subject, x.reason);
+    }
+    for w in &r.warnings {
+        println!("warning: {w}");
+    }
+    for (k, e) in &r.entry_sizes {
+        println!("entry size: {k} = {} ({})", e.size, e.source);
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let fail = |json: bool, msg: String| -> anyhow::Result<i32> {
+        if json {
+            let r = Report::default();
+            let j = JsonOut { outcome: "error", exit_status: 1, output: None, report: &r, replaced: vec![], explanation: None, error: Some(msg) };
+            println!("{}", serde_json::to_string_pretty(&j)?);
+            Ok(1)
+        } else {
+            Err(anyhow::anyhow!(msg))
+        }
+    };
+    let orig = match std::fs::read(&args.orig) {
+        Ok(b) => b,
+        Err(e) => return fail(args.json, format!("{}: {e}", args.orig.display())),
+    };
+    let patched = match std::fs::read(&args.patched) {
+        Ok(b) => b,
+        Err(e) => return fail(args.json, format!("{}: {e}", args.patched.display())),
+    };
+    let mut opts = Options { entry_sizes: parse_entry_sizes(&args.entry_size)?, target: None };
+    if let Some(s) = &args.symbols {
+        match load_symbols(s, args.objname.as_deref()) {
+            Ok(t) => opts.target = Some(t),
+            Err(e) => return fail(args.json, format!("{e:#}")),
+        }
+    }
+    let explanation = match &args.explain {
+        Some(f) => match suture_diff::explain(&orig, &patched, f, &opts) {
+            Ok(x) => Some(x),
+            Err(e) => return fail(args.json, e.to_string()),
+        },
+        None => None,
+    };
+    let outcome = match suture_diff::diff(&orig, &patched, &opts) {
+        Ok(o) => o,
+        Err(e) => return fail(args.json, e.to_string()),
+    };
+    let (name, code, report, replaced, written) = match outcome {
+        Outcome::Changes(p) => {
+            let out = args.output.clone().unwrap_or_else(|| default_output(&args.patched));
+            write_atomic(&out, &p.object)?;
+            ("changes", 0, p.report, p.replaced, Some(out.display().to_string()))
+        }
+        Outcome::NoChange(r) => ("no-change", 3, r, vec![], None),
+        Outcome::Refused(r) => ("refused", 2, r, vec![], None),
+    };
+    if args.json {
+        let j = JsonOut { outcome: name, exit_status: code, output: written, report: &report, replaced, explanation, error: None };
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        if let Some(x) = &explanation {
+            println!("explain {}:", x.function);
+            for l in &x.lines {
+                println!("  {l}");
+            }
+        }
+        print_report(&report);
+        match code {
+            0 => println!("wrote {} ({} replaced function(s))", written.unwrap(), replaced.len()),
+            3 => println!("no functional change: nothing to patch"),
+            _ => println!("refused: {} unsupported change(s); nothing written", report.refusals.len()),
+        }
+    }
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kallsyms_positions_and_modules() {
+        let t = symbols_from_kallsyms(
+            "ffffffff81000000 T _stext\nffffffff81001000 t foo\nffffffff81002000 t foo\nffffffffc0000000 t foo\t[ext4]\nffffffff81003000 t bar\n",
+            "vmlinux",
+        )
+        .unwrap();
+        assert_eq!(t.symbols["foo"], TargetSym::Unexported { sympos: 1 });
+        assert_eq!(t.symbols["bar"], TargetSym::Unexported { sympos: 0 });
+        let m = symbols_from_kallsyms("ffffffffc0000000 t foo\t[ext4]\n", "ext4").unwrap();
+        assert_eq!(m.symbols["foo"], TargetSym::Unexported { sympos: 0 });
+        assert!(symbols_from_kallsyms("garbage\n", "vmlinux").is_err());
+    }
+
+    #[test]
+    fn entry_size_arguments() {
+        let m = parse_entry_sizes(&["__jump_table=16".into()]).unwrap();
+        assert_eq!(m["__jump_table"], 16);
+        assert!(parse_entry_sizes(&["__jump_table".into()]).is_err());
+        assert!(parse_entry_sizes(&["x=0".into()]).is_err());
+    }
+
+    #[test]
+    fn default_output_name() {
+        assert_eq!(default_output(Path::new("/a/foo.PATCHED.o")), PathBuf::from("/a/foo.PATCHED.klp.o"));
+    }
 }
