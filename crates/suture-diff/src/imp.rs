@@ -26,6 +26,8 @@ pub(crate) struct Diff<'a> {
     /// PATCHED functions that are `.cold`/`.part` pieces of another, with their parent.
     pub parent_p: HashMap<usize, usize>,
     pub children_p: HashMap<usize, Vec<usize>>,
+    /// PATCHED function → its `__pfx_`/`__cfi_` padding symbol.
+    pub pfx_p: HashMap<usize, usize>,
 }
 
 fn load(bytes: &[u8], file: &'static str) -> Result<Obj, Error> {
@@ -81,6 +83,7 @@ impl<'a> Diff<'a> {
             report: Report::default(),
             parent_p: HashMap::new(),
             children_p: HashMap::new(),
+            pfx_p: HashMap::new(),
         };
         d.check_related()?;
         d.correlate();
@@ -169,6 +172,14 @@ impl<'a> Diff<'a> {
                 if let Some(&par) = parent {
                     links.push((s.index, par));
                 }
+            }
+        }
+        for s in &self.p.elf.symbols {
+            let Some(base) = s.name.strip_prefix("__pfx_").or_else(|| s.name.strip_prefix("__cfi_")) else { continue };
+            let Some(sec) = s.section() else { continue };
+            let next = self.p.containing(sec, (s.value + s.size) as i64);
+            if let Some(f) = next.filter(|&f| self.p.sym(f).name == base) {
+                self.pfx_p.insert(f, s.index);
             }
         }
         for (c, par) in links {
@@ -327,6 +338,7 @@ impl<'a> Diff<'a> {
             };
             self.status[i] = st;
         }
+        self.apply_ignores();
         // Cold pieces have no ftrace hook: their change is their parent's.
         let ups: Vec<usize> = self
             .parent_p
@@ -336,6 +348,42 @@ impl<'a> Diff<'a> {
             .collect();
         for par in ups {
             self.status[par] = Status::Changed;
+        }
+    }
+
+    /// `KPATCH_IGNORE_FUNCTION()` / `KPATCH_IGNORE_SECTION()`: the patch author
+    /// says these changes are incidental (e.g. a different inlining decision).
+    fn apply_ignores(&mut self) {
+        let mut funcs = Vec::new();
+        let mut secs = Vec::new();
+        for (name, into_funcs) in [(".kpatch.ignore.functions", true), (".kpatch.ignore.sections", false)] {
+            let Some(sec) = self.p.elf.section_by_name(name).map(|s| s.index) else { continue };
+            for r in self.p.elf.relas_of(sec) {
+                match self.p.target(sec, r) {
+                    Target::Sym { sym, .. } if into_funcs => funcs.push(sym),
+                    Target::Sec { sec: s2, off } if !into_funcs => {
+                        let (st, at) = self.p.string_at(s2, off);
+                        if at == 0 {
+                            secs.push(String::from_utf8_lossy(st).into_owned());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for f in funcs {
+            self.status[f] = Status::Same;
+            for c in self.children_p.get(&f).cloned().unwrap_or_default() {
+                self.status[c] = Status::Same;
+            }
+            self.report.warnings.push(format!("{}: changes ignored (KPATCH_IGNORE_FUNCTION)", self.p.sym(f).name));
+        }
+        for name in secs {
+            let Some(sec) = self.p.elf.section_by_name(&name).map(|s| s.index) else { continue };
+            for &i in self.p.by_sec.get(&sec).map(|v| v.as_slice()).unwrap_or(&[]) {
+                self.status[i] = Status::Same;
+            }
+            self.report.warnings.push(format!("{name}: changes ignored (KPATCH_IGNORE_SECTION)"));
         }
     }
 

@@ -56,6 +56,10 @@ impl<'d, 'a> Inc<'d, 'a> {
         if !self.defs.insert(sym) {
             return;
         }
+        // The padding symbol before a function (CALL_PADDING) goes with it.
+        if let Some(&pfx) = self.d.pfx_p.get(&sym) {
+            self.define(pfx);
+        }
         let s = self.d.p.sym(sym);
         let sec = s.section().unwrap();
         let (a, b) = (s.value, s.value + s.size);
@@ -262,6 +266,11 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     }
     for &i in &roots {
         inc.define(i);
+    }
+    // Callbacks (KPATCH_PRE_PATCH_CALLBACK()...) travel with the patch.
+    let cb: Vec<usize> = inc.d.p.elf.sections.iter().filter(|s| s.name.starts_with(".kpatch.callbacks.")).map(|s| s.index).collect();
+    for sec in cb {
+        inc.whole(sec);
     }
     inc.drain();
     loop {

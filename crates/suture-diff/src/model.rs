@@ -258,6 +258,10 @@ impl Obj {
                     let o = (off + adj).max(0) as usize;
                     let e = (o + s.entsize as usize).min(s.data.len());
                     Key::Bytes(s.data.get(o..e).unwrap_or(&[]).to_vec())
+                } else if s.name == ".altinstr_aux" {
+                    // Alternative-instruction helper code: its layout moves with
+                    // unrelated alternatives, the branch into it does not matter.
+                    Key::Name(s.name.clone(), 0)
                 } else {
                     Key::Name(s.name.clone(), off)
                 }
