@@ -1,0 +1,202 @@
+//! End to end on the installed Debian kernel under QEMU: build the kernel's
+//! own sample livepatch out of tree, then `suture load`, `list`, `unload` it
+//! in the guest and check what `/proc/cmdline` prints at each step.
+//!
+//! Needs: linux-image-RELEASE, linux-headers-RELEASE, linux-source-6.1 (or
+//! an extracted tree in $SUTURE_LINUX_SRC or /tmp/exp/linux-source-6.1),
+//! gcc/make, qemu-system-x86, busybox-static. Skips only when the kernel
+//! image is absent and CI is unset; in CI every missing piece is a failure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const RELEASE: &str = "6.1.0-56-amd64";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Removes the build directory on every exit path.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    text
+}
+
+/// The sample's source: an extracted tree if there is one, else the one
+/// file pulled out of Debian's linux-source tarball.
+fn sample_source(scratch: &Path) -> PathBuf {
+    let rel = "samples/livepatch/livepatch-sample.c";
+    let mut trees: Vec<PathBuf> = std::env::var_os("SUTURE_LINUX_SRC").map(PathBuf::from).into_iter().collect();
+    trees.push("/tmp/exp/linux-source-6.1".into());
+    trees.push("/usr/src/linux-source-6.1".into());
+    if let Some(p) = trees.iter().map(|t| t.join(rel)).find(|p| p.is_file()) {
+        return p;
+    }
+    let tarball = Path::new("/usr/src/linux-source-6.1.tar.xz");
+    assert!(
+        tarball.is_file(),
+        "no kernel source for {rel}: install linux-source-6.1 (apt-get install linux-source-6.1) or set SUTURE_LINUX_SRC"
+    );
+    let member = format!("linux-source-6.1/{rel}");
+    run(Command::new("tar").arg("-xJf").arg(tarball).arg("-C").arg(scratch).arg(&member));
+    scratch.join(member)
+}
+
+/// Builds the sample livepatch and an ordinary module (the refusal case)
+/// against the release's headers.
+fn build_modules(scratch: &Path) -> (PathBuf, PathBuf) {
+    let headers = PathBuf::from(format!("/usr/src/linux-headers-{RELEASE}"));
+    assert!(headers.is_dir(), "{} missing: apt-get install linux-headers-{RELEASE}", headers.display());
+    let m = scratch.join("mod");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::copy(sample_source(scratch), m.join("livepatch-sample.c")).unwrap();
+    std::fs::write(
+        m.join("plain-mod.c"),
+        "#include <linux/module.h>\nstatic int __init plain_init(void) { return 0; }\n\
+         static void __exit plain_exit(void) { }\nmodule_init(plain_init);\nmodule_exit(plain_exit);\n\
+         MODULE_LICENSE(\"GPL\");\n",
+    )
+    .unwrap();
+    std::fs::write(m.join("Kbuild"), "obj-m := livepatch-sample.o plain-mod.o\n").unwrap();
+    run(Command::new("make").arg("-C").arg(&headers).arg(format!("M={}", m.display())).arg("-j1").arg("modules"));
+    (m.join("livepatch-sample.ko"), m.join("plain-mod.ko"))
+}
+
+/// `$SUTURE_BIN`, or the workspace's `suture` freshly built by cargo (an
+/// integration test of this crate gets no CARGO_BIN_EXE for another crate).
+fn suture_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("SUTURE_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo).current_dir(&root).args(["build", "-j1", "-p", "suture", "--bin", "suture"]));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let bin = target.join("debug/suture");
+    assert!(bin.is_file(), "cargo build did not produce {}", bin.display());
+    bin
+}
+
+/// Splits the guest's output into sections started by `== NAME` lines.
+fn sections(out: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            cur = Some(name.trim().to_string());
+            map.insert(name.trim().to_string(), String::new());
+        } else if let Some(c) = &cur {
+            let s = map.get_mut(c).unwrap();
+            s.push_str(line);
+            s.push('\n');
+        }
+    }
+    map
+}
+
+const SCRIPT: &str = r#"
+echo "== cmdline-before"; cat /proc/cmdline
+echo "== load"; suture load /root/livepatch-sample.ko; echo "rc=$?"
+echo "== cmdline-patched"; cat /proc/cmdline
+echo "== list-json"; suture list --json; echo "rc=$?"
+echo "== list-table"; suture list; echo "rc=$?"
+echo "== load-again"; suture load /root/livepatch-sample.ko; echo "rc=$?"
+echo "== unload"; suture unload livepatch_sample; echo "rc=$?"
+echo "== cmdline-after"; cat /proc/cmdline
+echo "== after-state"
+test -e /sys/kernel/livepatch/livepatch_sample && echo "sysfs=present" || echo "sysfs=gone"
+grep -q '^livepatch_sample ' /proc/modules && echo "module=loaded" || echo "module=gone"
+echo "== plain"; suture load /root/plain-mod.ko; echo "rc=$?"
+echo "== plain-state"
+grep -q '^plain_mod ' /proc/modules && echo "module=loaded" || echo "module=gone"
+echo "== load-json"; suture load --json /root/livepatch-sample.ko; echo "rc=$?"
+echo "== unload-json"; suture unload --json livepatch_sample; echo "rc=$?"
+echo "== end"
+"#;
+
+fn json_of(section: &str) -> serde_json::Value {
+    let start = section.find('{').unwrap_or_else(|| panic!("no JSON in:\n{section}"));
+    let end = section.rfind('}').unwrap_or_else(|| panic!("no JSON in:\n{section}"));
+    serde_json::from_str(&section[start..=end]).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{section}"))
+}
+
+#[test]
+fn sample_livepatch_load_list_unload_in_guest() {
+    if !suture_lab::require_kernel_or_skip(RELEASE).unwrap() {
+        return;
+    }
+    let scratch = Scratch(std::env::temp_dir().join(format!("suture-host-vm-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    std::fs::create_dir_all(&scratch.0).unwrap();
+    let (sample, plain) = build_modules(&scratch.0);
+    let suture = suture_binary();
+
+    let mut vm = suture_lab::Vm::new(RELEASE).unwrap();
+    vm.add_executable(&suture, "/bin/suture").unwrap();
+    vm.add_file(&sample, "/root/livepatch-sample.ko").unwrap();
+    vm.add_file(&plain, "/root/plain-mod.ko").unwrap();
+    let r = vm.run(SCRIPT).unwrap();
+    eprintln!("guest run took {:?}", r.duration);
+    let out = r.script_output();
+    let s = sections(out);
+    let sec = |k: &str| s.get(k).cloned().unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output));
+    assert!(s.contains_key("end"), "script did not finish; guest output:\n{}", r.output);
+
+    let before = sec("cmdline-before");
+    assert!(before.contains("console=ttyS0"), "{out}");
+    assert!(!before.contains("live patched"), "{out}");
+
+    let load = sec("load");
+    assert!(load.contains("loaded livepatch_sample") && load.ends_with("rc=0\n"), "load:\n{load}");
+    assert_eq!(sec("cmdline-patched").trim(), "this has been live patched", "{out}");
+
+    let list = json_of(&sec("list-json"));
+    assert_eq!(list["ok"], true, "{list}");
+    let patches = list["patches"].as_array().unwrap();
+    let p = patches.iter().find(|p| p["name"] == "livepatch_sample").unwrap_or_else(|| panic!("{list}"));
+    assert_eq!((p["active"].clone(), p["enabled"].clone(), p["transition"].clone()), (true.into(), true.into(), false.into()));
+    assert_eq!(p["objects"][0]["name"], "vmlinux");
+    // 6.1 has the per-object `patched` attribute but not `replace`.
+    assert_eq!(p["objects"][0]["patched"], true);
+    assert_eq!(p["replace"], serde_json::Value::Null);
+    assert_eq!(p["objects"][0]["functions"][0]["name"], "cmdline_proc_show");
+    assert!(p["module"]["taint"].as_str().is_some_and(|t| t.contains('K')), "{p}");
+
+    let table = sec("list-table");
+    assert!(table.contains("livepatch_sample") && table.contains("vmlinux(1)"), "table:\n{table}");
+
+    let again = sec("load-again");
+    assert!(again.contains("already loaded") && again.ends_with("rc=1\n"), "load-again:\n{again}");
+
+    let unload = sec("unload");
+    assert!(unload.contains("unloaded livepatch_sample") && unload.ends_with("rc=0\n"), "unload:\n{unload}");
+    assert_eq!(sec("cmdline-after"), before, "{out}");
+    let after = sec("after-state");
+    assert!(after.contains("sysfs=gone") && after.contains("module=gone"), "after:\n{after}");
+
+    let plain_out = sec("plain");
+    assert!(plain_out.contains("not a livepatch module"), "plain:\n{plain_out}");
+    assert!(!plain_out.ends_with("rc=0\n"), "plain:\n{plain_out}");
+    assert!(sec("plain-state").contains("module=gone"), "{out}");
+
+    let lj = json_of(&sec("load-json"));
+    assert_eq!(lj["ok"], true, "{lj}");
+    assert_eq!(lj["load"]["name"], "livepatch_sample");
+    assert!(lj["load"]["transition_ms"].as_f64().is_some(), "{lj}");
+    let uj = json_of(&sec("unload-json"));
+    assert_eq!((uj["ok"].clone(), uj["unload"]["was_enabled"].clone()), (true.into(), true.into()), "{uj}");
+    eprintln!(
+        "load: {} ms (transition {} ms); unload: {} ms",
+        lj["load"]["total_ms"], lj["load"]["transition_ms"], uj["unload"]["total_ms"]
+    );
+}
