@@ -570,22 +570,36 @@ pub fn rtype_name(t: u32) -> String {
     }
 }
 
-/// Every entry of `e` bytes carries relocations at the same relative offsets
-/// and of the same types.
+/// Every entry of `e` bytes carries a relocation of the same type at the same
+/// relative offset as the first entry's first one (the field that says where
+/// the entry belongs), and no relocation straddles two entries. Optional fields
+/// (an alternative without replacement) may be missing.
 fn period_ok(relas: &[Rela], e: usize, total: usize) -> bool {
     if relas.is_empty() {
         return total % e == 0;
     }
     let n = total.div_ceil(e);
-    let first: Vec<(u64, u32)> = relas.iter().take_while(|r| (r.offset as usize) < e).map(|r| (r.offset, r.rtype)).collect();
-    if first.is_empty() || relas.len() != first.len() * n {
+    let anchor = (relas[0].offset as usize, relas[0].rtype);
+    if anchor.0 >= e {
         return false;
     }
-    let extent = first.iter().map(|f| f.0 as usize + suture_elf::rela_width(f.1)).max().unwrap_or(0);
-    if total % e != 0 && total % e < extent {
-        return false;
+    let mut seen = 0usize;
+    let mut last_extent = 0usize;
+    for r in relas {
+        let (i, rel) = (r.offset as usize / e, r.offset as usize % e);
+        let ext = rel + suture_elf::rela_width(r.rtype);
+        if ext > e || i >= n {
+            return false;
+        }
+        if i == n - 1 {
+            last_extent = last_extent.max(ext);
+        }
+        if rel == anchor.0 && r.rtype == anchor.1 {
+            if i != seen {
+                return false;
+            }
+            seen += 1;
+        }
     }
-    relas.chunks(first.len()).enumerate().all(|(i, c)| {
-        c.iter().zip(&first).all(|(r, f)| r.offset as usize == i * e + f.0 as usize && r.rtype == f.1)
-    })
+    seen == n && (total % e == 0 || total % e >= last_extent)
 }
