@@ -471,6 +471,13 @@ impl<'a> Diff<'a> {
         if self.p.sec(sec).entsize > 0 {
             cands.push((self.p.sec(sec).entsize as usize, "sh_entsize"));
         }
+        if name == "__jump_table" {
+            // code, target, key: three relocations per entry.
+            let n = relas.len();
+            if n > 0 && n % 3 == 0 && total % (n / 3) == 0 {
+                cands.push((total / (n / 3), "relocations"));
+            }
+        }
         if let Some(e) = default_entry_size(name) {
             cands.push((e, "default"));
         }
