@@ -12,9 +12,6 @@ pub struct ReleaseName {
     pub release: String,
     /// `6.1`: names the source package (`linux-source-6.1`).
     pub series: String,
-    /// `-56-amd64`: what kbuild's `LOCALVERSION` must be for `uname -r` and
-    /// vermagic to come out as `release`.
-    pub localversion: String,
 }
 
 impl ReleaseName {
@@ -42,7 +39,6 @@ impl ReleaseName {
         Ok(ReleaseName {
             release: release.to_string(),
             series: format!("{major}.{minor}"),
-            localversion: format!("-{rest}"),
         })
     }
 }
@@ -145,10 +141,8 @@ mod tests {
     fn parses_debian_release_strings() {
         let r = ReleaseName::parse("6.1.0-56-amd64").unwrap();
         assert_eq!(r.series, "6.1");
-        assert_eq!(r.localversion, "-56-amd64");
         let r = ReleaseName::parse("6.12.12+deb12-amd64").unwrap();
         assert_eq!(r.series, "6.12");
-        assert_eq!(r.localversion, "-amd64");
     }
 
     #[test]

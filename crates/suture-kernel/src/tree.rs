@@ -124,7 +124,10 @@ impl Tree {
             .arg(&self.dir)
             .arg(format!("-j{}", jobs()))
             .arg(format!("CC={}", self.release.cc))
-            .arg(format!("LOCALVERSION={}", self.release.name.localversion))
+            // Debian builds with KERNELRELEASE on the command line (its
+            // kernel.release file says 6.1.192, its UTS_RELEASE 6.1.0-56-amd64);
+            // doing the same reproduces UTS_RELEASE and so every object using it.
+            .arg(format!("KERNELRELEASE={}", self.release.name.release))
             .arg(format!("KCFLAGS={KCFLAGS}"));
         c
     }
@@ -183,18 +186,13 @@ impl Tree {
         }
         progress("make prepare (about 15 s)");
         run(self.make().arg("prepare"), "make prepare")?;
-        let kr = Command::new("make")
-            .arg("-s")
-            .arg("-C")
-            .arg(&self.dir)
-            .arg(format!("LOCALVERSION={}", r.name.localversion))
-            .arg("kernelrelease")
-            .output()?;
-        let got = String::from_utf8_lossy(&kr.stdout).trim().to_string();
-        if got != r.name.release {
+        let ours = fs::read_to_string(self.dir.join("include/generated/utsrelease.h")).unwrap_or_default();
+        let theirs = fs::read_to_string(r.headers.join("include/generated/utsrelease.h")).unwrap_or_default();
+        if ours.trim() != theirs.trim() {
             bail!(
-                "the prepared tree reports release {got:?}, not {:?}: the source package does not match this release",
-                r.name.release
+                "the prepared tree's UTS_RELEASE ({}) differs from the release's headers ({}): the source package does not match this release",
+                ours.trim(),
+                theirs.trim()
             );
         }
         let mut f = fs::File::create(&stamp_path)?;
