@@ -68,6 +68,9 @@ impl std::fmt::Display for HostError {
                 t.patch_state,
                 t.blocking_function.as_deref().unwrap_or("?")
             )?;
+            if !t.patched_on_stack.is_empty() {
+                write!(f, ", patched function(s) on its stack: {}", t.patched_on_stack.join(", "))?;
+            }
         }
         if !self.kernel_log.is_empty() {
             write!(f, "\n  kernel log:")?;
@@ -334,7 +337,12 @@ impl Host {
     /// The patching transition did not finish: record who is stuck, reverse
     /// the transition, remove the module, and report.
     fn abort_load(&self, name: &str, opts: &LoadOptions) -> HostError {
-        let stalled = sysfs::stalled_tasks(&self.root, 1);
+        let patched = sysfs::read_patch(&self.root, name)
+            .ok()
+            .flatten()
+            .map(|p| sysfs::patched_function_names(&p))
+            .unwrap_or_default();
+        let stalled = sysfs::stalled_tasks(&self.root, 1, &patched);
         let mut msg = format!(
             "livepatch {name} did not finish its transition within {:?}: {} task(s) had not switched",
             opts.timeout,
@@ -410,6 +418,7 @@ impl Host {
         if pdir.is_dir() {
             let state = sysfs::read_patch(&self.root, name)
                 .map_err(|e| HostError::io(format!("reading {}", pdir.display()), &e))?;
+            let patched = state.as_ref().map(sysfs::patched_function_names).unwrap_or_default();
             was_enabled = state.as_ref().is_some_and(|s| s.enabled == Some(true));
             if was_enabled {
                 let enabled = pdir.join("enabled");
@@ -426,7 +435,7 @@ impl Host {
             if sysfs::wait_until(opts.timeout, opts.poll_interval, || sysfs::transition_done(&self.root, name))
                 == WaitOutcome::TimedOut
             {
-                let stalled = sysfs::stalled_tasks(&self.root, 0);
+                let stalled = sysfs::stalled_tasks(&self.root, 0, &patched);
                 let mut err = HostError::new(
                     ErrorKind::TransitionTimeout,
                     format!(

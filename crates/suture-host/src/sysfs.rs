@@ -192,9 +192,12 @@ pub struct StalledTask {
     pub tid: u32,
     pub comm: String,
     pub patch_state: i32,
-    /// The first frame of the kernel stack that is not a generic sleep
+    /// The first frame of the kernel stack that is not a generic scheduler
     /// primitive: where the task is waiting.
     pub blocking_function: Option<String>,
+    /// Functions of the patch found on the task's stack: why the kernel
+    /// could not switch it.
+    pub patched_on_stack: Vec<String>,
     pub stack: Vec<String>,
 }
 
@@ -211,11 +214,11 @@ const SLEEP_PRIMITIVES: &[&str] = &[
     "io_schedule_timeout",
     "preempt_schedule_common",
     "__cond_resched",
-    "do_nanosleep",
-    "hrtimer_nanosleep",
-    "__x64_sys_nanosleep",
-    "common_nsleep",
 ];
+
+fn frame_function(frame: &str) -> &str {
+    frame.split(['+', ' ']).next().unwrap_or(frame)
+}
 
 /// Parses `/proc/PID/stack` lines ("[<0>] do_wait+0x1e0/0x310") into frames
 /// and picks the blocking one.
@@ -231,18 +234,24 @@ pub fn parse_stack(text: &str) -> (Vec<String>, Option<String>) {
             (!f.is_empty()).then(|| f.to_string())
         })
         .collect();
-    let func = |f: &str| f.split(['+', ' ']).next().unwrap_or(f).to_string();
     let blocking = frames
         .iter()
-        .map(|f| func(f))
-        .find(|n| !SLEEP_PRIMITIVES.contains(&n.as_str()))
-        .or_else(|| frames.first().map(|f| func(f)));
+        .map(|f| frame_function(f))
+        .find(|n| !SLEEP_PRIMITIVES.contains(n))
+        .or_else(|| frames.first().map(|f| frame_function(f)))
+        .map(str::to_string);
     (frames, blocking)
 }
 
+/// The function names a patch replaces, from its sysfs directories.
+pub fn patched_function_names(patch: &PatchState) -> Vec<String> {
+    patch.objects.iter().flat_map(|o| o.functions.iter().map(|f| f.name.clone())).collect()
+}
+
 /// Walks `/proc/*/task/*/patch_state` for tasks whose state is neither the
-/// target nor -1 (no transition in progress for that task).
-pub fn stalled_tasks(root: &Root, target: i32) -> Vec<StalledTask> {
+/// target nor -1 (no transition in progress for that task). `patched` are
+/// the patch's function names, looked for on each stalled task's stack.
+pub fn stalled_tasks(root: &Root, target: i32, patched: &[String]) -> Vec<StalledTask> {
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir(root.proc_dir()) else { return out };
     let mut pids: Vec<u32> = procs.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
@@ -261,7 +270,15 @@ pub fn stalled_tasks(root: &Root, target: i32) -> Vec<StalledTask> {
                 continue;
             }
             let (stack, blocking_function) = parse_stack(&std::fs::read_to_string(t.join("stack")).unwrap_or_default());
+            let mut patched_on_stack: Vec<String> = stack
+                .iter()
+                .map(|f| frame_function(f))
+                .filter(|f| patched.iter().any(|p| p == f))
+                .map(str::to_string)
+                .collect();
+            patched_on_stack.dedup();
             out.push(StalledTask {
+                patched_on_stack,
                 pid,
                 tid,
                 comm: read_trim(&t.join("comm")).unwrap_or_default(),
@@ -405,13 +422,14 @@ mod tests {
         f.write("proc/42/task/43/patch_state", "-1\n");
         f.write("proc/self/task/1/patch_state", "0\n");
         f.mkdir("proc/sys");
-        let s = stalled_tasks(&f.root(), 1);
+        let s = stalled_tasks(&f.root(), 1, &["seq_read_iter".to_string(), "other".to_string()]);
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].pid, s[0].tid, s[0].comm.as_str(), s[0].patch_state), (42, 42, "stuck", 0));
         assert_eq!(s[0].blocking_function.as_deref(), Some("cmdline_proc_show"));
+        assert_eq!(s[0].patched_on_stack, ["seq_read_iter"]);
         assert_eq!(s[0].stack.len(), 4);
         // Unpatching: target 0, so the task in state 1 is the stalled one.
-        let s = stalled_tasks(&f.root(), 0);
+        let s = stalled_tasks(&f.root(), 0, &[]);
         assert_eq!(s.iter().map(|t| t.pid).collect::<Vec<_>>(), [1]);
         assert_eq!(s[0].blocking_function, None);
     }

@@ -222,6 +222,8 @@ fn load_timeout_reverses_removes_and_names_stalled_tasks() {
     assert_eq!(e.stalled_tasks[0].pid, 77);
     let text = e.to_string();
     assert!(text.contains("sleeper") && text.contains("cmdline_proc_show"), "{text}");
+    assert_eq!(e.stalled_tasks[0].patched_on_stack, ["cmdline_proc_show"]);
+    assert!(text.contains("patched function(s) on its stack: cmdline_proc_show"), "{text}");
     assert!(text.contains("reversed and the module removed"), "{text}");
     assert_eq!(*f.deleted.lock().unwrap(), ["lp_stall"]);
     assert!(!f.fake.0.join("sys/kernel/livepatch/lp_stall").exists());
