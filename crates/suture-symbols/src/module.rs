@@ -3,7 +3,7 @@
 use object::elf;
 
 use crate::kallsyms::{KSym, Kallsyms};
-use crate::obj::{Obj, Shn};
+use crate::obj::{Aligned, Obj, Shn};
 use crate::Result;
 
 /// The name the kernel gives a module file or Module.symvers entry:
@@ -82,7 +82,8 @@ pub(crate) fn modinfo_name(obj: &Obj) -> Option<String> {
 /// load addresses (unknown before loading) but keys unique per section and
 /// offset.
 pub fn module_symbols(ko: &[u8], fallback_name: &str) -> Result<Kallsyms> {
-    let obj = Obj::parse(fallback_name, ko)?;
+    let buf = Aligned::new(ko);
+    let obj = Obj::parse(fallback_name, buf.bytes())?;
     let name = modinfo_name(&obj).unwrap_or_else(|| module_name(fallback_name));
     let syms = kept_symbols(&obj)
         .into_iter()

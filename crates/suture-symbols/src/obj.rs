@@ -189,3 +189,34 @@ impl<'a> Obj<'a> {
         Some((bytes, self.relocs_in(s.sec()?, s.value, s.value + s.size)))
     }
 }
+
+/// A copy of a byte slice with 8-byte alignment, since the ELF reader casts
+/// headers in place and callers' buffers (`include_bytes!`, slices into larger
+/// files) need not be aligned. Borrowed as is when already aligned.
+pub(crate) enum Aligned<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u64>, usize),
+}
+
+impl<'a> Aligned<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        if (data.as_ptr() as usize) % 8 == 0 {
+            return Aligned::Borrowed(data);
+        }
+        let mut v = vec![0u64; data.len().div_ceil(8)];
+        for (w, c) in v.iter_mut().zip(data.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            *w = u64::from_ne_bytes(b);
+        }
+        Aligned::Owned(v, data.len())
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Aligned::Borrowed(d) => d,
+            // SAFETY: a u64 buffer viewed as bytes, within its length.
+            Aligned::Owned(v, n) => unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, *n) },
+        }
+    }
+}

@@ -16,7 +16,7 @@ use crate::exports::Exports;
 use crate::image::{u32_at, u64_at, Image};
 use crate::kallsyms::{Instance, Kallsyms};
 use crate::module::{kept_symbols, modinfo_name, module_key};
-use crate::obj::{Obj, Rel, Shn};
+use crate::obj::{Aligned, Obj, Rel, Shn};
 use crate::{Error, Result};
 
 /// The object a patch targets, as far as it is known.
@@ -39,7 +39,8 @@ pub struct Decision {
     pub instances: usize,
     /// `bytes` (only this instance matches ORIG's code), `bytes+relocations`
     /// (several match the code, one matches what it references too), or
-    /// `referenced by FUNCTION` (the address a located function refers to).
+    /// `referenced by SYMBOL` (the address a located function or initialised
+    /// object refers to, or the placement of a located symbol in the same section).
     pub how: String,
 }
 
@@ -247,16 +248,31 @@ impl<'s, 'o> Resolver<'s, 'o> {
         Some((b.wrapping_add(s.value), f))
     }
 
-    /// Record what a located function references.
-    fn harvest(&mut self, func: usize, addr: u64) {
-        if !self.processed.insert(func) {
-            return;
+    /// Checks ORIG's symbol `sym` (function or initialised data) against the
+    /// target at `addr`, relocated fields masked, and if it matches records
+    /// what its relocations point to. `false` if the bytes differ.
+    fn harvest(&mut self, sym: usize, addr: u64) -> bool {
+        if self.processed.contains(&sym) {
+            return true;
         }
-        let f = &self.orig.symbols[func];
-        let from = f.name.clone();
-        let rels: Vec<Rel> = self.orig.relocs_in(f.sec().unwrap(), f.value, f.value + f.size).to_vec();
-        for r in rels {
-            let Some(s) = self.space.deref(addr, r.offset - f.value, &r) else { continue };
+        let Some((bytes, rels)) = self.orig.function(sym) else { return true };
+        if bytes.is_empty() || !self.space.can_read() {
+            return true;
+        }
+        let f = &self.orig.symbols[sym];
+        let ok = self
+            .space
+            .read(addr, bytes.len())
+            .is_some_and(|t| compare_masked(bytes, f.value, rels, t).is_ok());
+        if !ok {
+            return false;
+        }
+        self.processed.insert(sym);
+        self.located.insert(sym, addr);
+        let from = format!("referenced by {}", f.name);
+        let fvalue = f.value;
+        for r in rels.to_vec() {
+            let Some(s) = self.space.deref(addr, r.offset - fvalue, &r) else { continue };
             let rs = &self.orig.symbols[r.sym];
             if rs.st_type == elf::STT_SECTION {
                 let Some(sec) = rs.sec() else { continue };
@@ -274,6 +290,7 @@ impl<'s, 'o> Resolver<'s, 'o> {
                 }
             }
         }
+        true
     }
 
     /// Whether every checkable relocation of ORIG's function `func` agrees with
@@ -323,7 +340,8 @@ impl<'s, 'o> Resolver<'s, 'o> {
 
 fn is_candidate(orig: &Obj, i: usize) -> bool {
     let s = &orig.symbols[i];
-    if s.name.is_empty() || matches!(s.st_type, elf::STT_SECTION | elf::STT_FILE) {
+    // `.L` names are assembler-local labels that no linked image lists.
+    if s.name.is_empty() || s.name.starts_with(".L") || matches!(s.st_type, elf::STT_SECTION | elf::STT_FILE) {
         return false;
     }
     match s.shn {
@@ -339,7 +357,9 @@ pub fn build_target_report(
     objname: &str,
     orig: &[u8],
 ) -> Result<TargetReport> {
-    let orig = Obj::parse("ORIG", orig)?;
+    let orig_buf = Aligned::new(orig);
+    let orig = Obj::parse("ORIG", orig_buf.bytes())?;
+    let ko_buf;
     let vm;
     let md;
     let space: &dyn Space = match image {
@@ -348,7 +368,8 @@ pub fn build_target_report(
             &vm
         }
         TargetImage::Module { ko } => {
-            md = ModuleSpace::new(ko)?;
+            ko_buf = Aligned::new(ko);
+            md = ModuleSpace::new(ko_buf.bytes())?;
             if !md.name.is_empty() && md.name != objname {
                 return Err(Error::Object {
                     file: "target module".into(),
@@ -385,52 +406,44 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
             continue;
         }
         let local = s.bind == elf::STB_LOCAL;
+        let inst = space.instances(&s.name);
         if !local && exports.reachable_from(objname, &s.name) {
             rep.target.symbols.insert(s.name.clone(), TargetSym::Exported);
+            // Still evidence: an exported function of ORIG, once located,
+            // tells where the statics it references are.
+            if let ([one], Some(_)) = (inst.as_slice(), s.sec()) {
+                rv.addr_of.insert(i, (one.addr, "unique name".into()));
+            }
             continue;
         }
-        let inst = space.instances(&s.name);
         match inst.len() {
             0 => rep.absent.push(s.name.clone()),
             1 => {
                 rep.target.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: 0 });
                 if s.sec().is_some() || s.shn == Shn::Undef {
-                    rv.addr_of.insert(i, (inst[0].addr, "its unique name".into()));
+                    rv.addr_of.insert(i, (inst[0].addr, "unique name".into()));
                 }
                 if let Some(sec) = s.sec() {
                     if orig.sections[sec].flags & elf::SHF_MERGE as u64 == 0 {
-                        rv.note_section(sec, inst[0].addr.wrapping_sub(s.value), "its unique name");
+                        let from = format!("in the same section as {} (unique name)", s.name);
+                        rv.note_section(sec, inst[0].addr.wrapping_sub(s.value), &from);
                     }
                 }
             }
             _ => pending.push((i, inst)),
         }
     }
-    // Unique functions: verify their bytes before trusting what they reference.
-    if space.can_read() {
-        let unique_funcs: Vec<(usize, u64)> = rv
-            .addr_of
-            .iter()
-            .filter(|(i, _)| orig.symbols[**i].is_func() && orig.symbols[**i].sec().is_some())
-            .map(|(i, (a, _))| (*i, *a))
-            .collect();
-        for (i, a) in unique_funcs {
-            let Some((bytes, rels)) = orig.function(i) else { continue };
-            let ok = space
-                .read(a, bytes.len())
-                .is_some_and(|t| compare_masked(bytes, orig.symbols[i].value, rels, t).is_ok());
-            if ok {
-                rv.located.insert(i, a);
-            } else {
-                rep.mismatched.push(orig.symbols[i].name.clone());
-            }
+    // Uniquely named symbols: their bytes are checked before what they
+    // reference is trusted.
+    let mut unique: Vec<(usize, u64)> =
+        rv.addr_of.iter().filter(|(i, _)| orig.symbols[**i].sec().is_some()).map(|(i, (a, _))| (*i, *a)).collect();
+    unique.sort();
+    for (i, a) in unique {
+        if !rv.harvest(i, a) && orig.symbols[i].is_func() {
+            rep.mismatched.push(orig.symbols[i].name.clone());
         }
-        rep.mismatched.sort();
     }
-    let located: Vec<(usize, u64)> = rv.located.iter().map(|(a, b)| (*a, *b)).collect();
-    for (i, a) in located {
-        rv.harvest(i, a);
-    }
+    rep.mismatched.sort();
 
     // Byte matches per pending function, computed once.
     let mut byte_matches: HashMap<usize, Vec<Instance>> = HashMap::new();
@@ -487,7 +500,7 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
                         let ok = !s.is_func()
                             || byte_matches.get(&i).is_none_or(|m| m.iter().any(|c| c.addr == a));
                         if ok {
-                            decided = Some((first, format!("referenced by {from}")));
+                            decided = Some((first, from.to_string()));
                         }
                     }
                 }
@@ -500,11 +513,11 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
                     rv.addr_of.insert(i, (c.addr, s.name.clone()));
                     if let Some(sec) = s.sec() {
                         if orig.sections[sec].flags & elf::SHF_MERGE as u64 == 0 {
-                            rv.note_section(sec, c.addr.wrapping_sub(s.value), &s.name);
+                            let from = format!("in the same section as {}", s.name);
+                            rv.note_section(sec, c.addr.wrapping_sub(s.value), &from);
                         }
                     }
-                    if s.is_func() && s.sec().is_some() && space.can_read() {
-                        rv.located.insert(i, c.addr);
+                    if s.sec().is_some() {
                         rv.harvest(i, c.addr);
                     }
                 }
@@ -540,9 +553,12 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
                 )
             }
         } else if s.sec().is_none() {
-            format!("{} instances and ORIG only references it, from no function located in the target", inst.len())
+            format!("{} instances and ORIG only references it, from nothing located in the target", inst.len())
         } else {
-            format!("{} instances and no function of ORIG located in the target references it", inst.len())
+            format!(
+                "{} instances and nothing of ORIG located in the target references it or shares its section",
+                inst.len()
+            )
         };
         rep.unresolved.push(Unresolved { name: s.name.clone(), why });
     }
@@ -568,7 +584,8 @@ pub struct Mismatch {
 pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], func_name: &str) -> Result<(), Mismatch> {
     let mm = |detail: String, offset| Mismatch { function: func_name.to_string(), detail, offset };
     let img = Image::parse(vmlinux).map_err(|e| mm(e.to_string(), None))?;
-    let orig = Obj::parse("ORIG", orig_obj).map_err(|e| mm(e.to_string(), None))?;
+    let orig_buf = Aligned::new(orig_obj);
+    let orig = Obj::parse("ORIG", orig_buf.bytes()).map_err(|e| mm(e.to_string(), None))?;
     let i = orig
         .by_name
         .get(func_name)

@@ -1,0 +1,251 @@
+//! Against Debian's installed 6.1.0-56-amd64 kernel image. Skipped (with a
+//! printed reason) only when the image is absent and `CI` is not set.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use suture_diff::TargetSym;
+use suture_symbols::*;
+
+const RELEASE: &str = "6.1.0-56-amd64";
+
+struct Real {
+    vmlinux: Vec<u8>,
+    kallsyms: Kallsyms,
+    exports: Exports,
+}
+
+fn real() -> Option<&'static Real> {
+    static R: OnceLock<Option<Real>> = OnceLock::new();
+    R.get_or_init(|| {
+        let image = format!("/boot/vmlinuz-{RELEASE}");
+        if !Path::new(&image).exists() {
+            if std::env::var("CI").is_ok_and(|v| !v.is_empty()) {
+                panic!("CI is set but {image} is missing: install linux-image-{RELEASE}");
+            }
+            eprintln!("SKIPPED: {image} absent (install linux-image-{RELEASE} to run these tests)");
+            return None;
+        }
+        let bz = std::fs::read(&image).expect("read image");
+        let vmlinux = extract_vmlinux(&bz).expect("extract");
+        let kallsyms = kallsyms_from_vmlinux(&vmlinux).expect("kallsyms");
+        let symvers = format!("/usr/src/linux-headers-{RELEASE}/Module.symvers");
+        let exports = Exports::parse(&std::fs::read_to_string(&symvers).unwrap_or_else(|e| {
+            panic!("{symvers}: {e}: install linux-headers-{RELEASE}")
+        }))
+        .expect("symvers");
+        Some(Real { vmlinux, kallsyms, exports })
+    })
+    .as_ref()
+}
+
+/// ORIG for drivers/tty/serial/serial_core.c, compiled in the 6.1.0-56 source
+/// tree with the Debian config and `-ffunction-sections -fdata-sections`
+/// (debug sections stripped to keep it small).
+const SERIAL_CORE_O: &[u8] = include_bytes!("data/serial_core.o");
+
+#[test]
+fn kallsyms_of_the_real_image() {
+    let Some(r) = real() else { return };
+    let k = &r.kallsyms;
+    eprintln!("{} symbols, build-id {:?}", k.len(), k.build_id);
+    assert!((50_000..400_000).contains(&k.len()), "{} symbols", k.len());
+    assert_eq!(k.unique_addr("_text"), Some(0xffffffff81000000));
+    assert_eq!(k.unique_addr("_stext"), Some(0xffffffff81000000));
+    assert_eq!(k.instances("vmlinux", "cmdline_proc_show").len(), 1);
+    for name in ["type_show", "name_show"] {
+        let inst = k.instances("vmlinux", name);
+        assert!(inst.len() >= 5, "{name}: {}", inst.len());
+        let mut addrs: Vec<u64> = inst.iter().map(|i| i.addr).collect();
+        addrs.dedup();
+        assert_eq!(addrs.len(), inst.len(), "{name} instances must have distinct addresses");
+    }
+    // kallsyms is sorted by address, the absolute percpu symbols first.
+    let syms = k.symbols();
+    let first_rel = syms.iter().position(|s| s.kind != 'A').unwrap();
+    assert!(syms[first_rel..].windows(2).all(|w| w[0].addr <= w[1].addr));
+    assert!(syms[..first_rel].iter().all(|s| s.addr < 0x100000));
+    let id = k.build_id.as_deref().expect("build-id");
+    assert_eq!(id.len(), 40);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+}
+
+/// Independent check of the decoded addresses: each `__ksymtab` entry holds
+/// (PREL32) the address and name of an exported symbol.
+#[test]
+fn addresses_agree_with_ksymtab() {
+    use object::{Object, ObjectSection};
+    let Some(r) = real() else { return };
+    let elf = object::File::parse(&*r.vmlinux).unwrap();
+    let img = Image::parse(&r.vmlinux).unwrap();
+    let mut checked = 0;
+    for secname in ["__ksymtab", "__ksymtab_gpl"] {
+        let sec = elf.section_by_name(secname).unwrap();
+        let data = sec.data().unwrap();
+        for (i, e) in data.chunks_exact(12).enumerate() {
+            let ea = sec.address() + 12 * i as u64;
+            let rel = |o: usize| i32::from_le_bytes(e[o..o + 4].try_into().unwrap()) as i64;
+            let value = ea.wrapping_add(rel(0) as u64);
+            let name_at = (ea + 4).wrapping_add(rel(4) as u64);
+            let name = img.bytes_at(name_at, 128).unwrap();
+            let name = std::str::from_utf8(&name[..name.iter().position(|&b| b == 0).unwrap()]).unwrap();
+            let inst = r.kallsyms.instances("vmlinux", name);
+            assert!(inst.iter().any(|i| i.addr == value), "{name}: ksymtab says {value:#x}, kallsyms {inst:?}");
+            checked += 1;
+        }
+    }
+    let vmlinux_exports = std::fs::read_to_string(format!("/usr/src/linux-headers-{RELEASE}/Module.symvers"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.split('\t').nth(2) == Some("vmlinux"))
+        .count();
+    eprintln!("{checked} ksymtab entries agree; Module.symvers has {vmlinux_exports} vmlinux exports");
+    assert_eq!(checked, vmlinux_exports);
+}
+
+/// Which instances of `name` call `callee` (a uniquely named function): read
+/// straight from the image's call instructions, independently of build_target.
+fn instances_calling(r: &Real, name: &str, callee: &str) -> Vec<u32> {
+    let img = Image::parse(&r.vmlinux).unwrap();
+    let target = r.kallsyms.unique_addr(callee).unwrap();
+    r.kallsyms
+        .instances("vmlinux", name)
+        .iter()
+        .filter(|i| {
+            let code = img.bytes_at(i.addr, 64).unwrap();
+            (0..60).any(|o| {
+                code[o] == 0xe8
+                    && i.addr.wrapping_add(o as u64 + 5).wrapping_add(
+                        i32::from_le_bytes(code[o + 1..o + 5].try_into().unwrap()) as i64 as u64,
+                    ) == target
+            })
+        })
+        .map(|i| i.sympos)
+        .collect()
+}
+
+#[test]
+fn build_target_picks_serial_cores_type_show() {
+    let Some(r) = real() else { return };
+    let rep = build_target_report(
+        TargetImage::Vmlinux { kallsyms: &r.kallsyms, vmlinux: Some(&r.vmlinux) },
+        &r.exports,
+        "vmlinux",
+        SERIAL_CORE_O,
+    )
+    .unwrap();
+    for d in &rep.decisions {
+        eprintln!("decided {} -> {} of {} by {}", d.name, d.sympos, d.instances, d.how);
+    }
+    eprintln!("unresolved {:?}\nabsent {:?}\nmismatched {:?}", rep.unresolved, rep.absent, rep.mismatched);
+    assert!(rep.unresolved.is_empty());
+    assert!(rep.mismatched.is_empty(), "{:?}", rep.mismatched);
+    let t = &rep.target.symbols;
+    for (name, callee) in [("type_show", "uart_get_info"), ("irq_show", "uart_get_info"), ("flags_show", "uart_get_info")] {
+        let calling = instances_calling(r, name, callee);
+        assert_eq!(calling.len(), 1, "{name}: {calling:?}");
+        assert_eq!(t[name], TargetSym::Unexported { sympos: calling[0] }, "{name}");
+    }
+    assert_eq!(t["uart_get_info"], TargetSym::Unexported { sympos: 0 });
+    assert_eq!(t["uart_write_wakeup"], TargetSym::Exported);
+    assert_eq!(t["sprintf"], TargetSym::Exported);
+}
+
+#[test]
+fn kallsyms_only_cannot_decide_and_says_why() {
+    let Some(r) = real() else { return };
+    let err = build_target(TargetImage::Vmlinux { kallsyms: &r.kallsyms, vmlinux: None }, &r.exports, "vmlinux", SERIAL_CORE_O)
+        .unwrap_err();
+    let Error::Ambiguous(list) = &err else { panic!("{err}") };
+    let ts = list.iter().find(|u| u.name == "type_show").expect("type_show listed");
+    assert!(ts.why.contains("17 instances") && ts.why.contains("vmlinuz"), "{}", ts.why);
+    assert!(err.to_string().contains("type_show"));
+}
+
+#[test]
+fn verify_function_against_the_image() {
+    use object::{Object, ObjectSection};
+    let Some(r) = real() else { return };
+    for f in ["uart_get_info", "type_show", "irq_show", "uart_update_timeout", "uart_proc_show.cold"] {
+        verify_function(&r.vmlinux, &r.kallsyms, SERIAL_CORE_O, f).unwrap_or_else(|m| panic!("{m}"));
+    }
+    // The same object with one instruction byte of type_show changed must be refused.
+    let aligned = SERIAL_CORE_O.to_vec();
+    let elf = object::File::parse(&*aligned).unwrap();
+    let sec = elf.section_by_name(".text.type_show").unwrap();
+    let (off, _) = sec.file_range().unwrap();
+    let mut bad = SERIAL_CORE_O.to_vec();
+    // Byte 0 is the first byte of the 5-byte __fentry__ call, not a relocated field.
+    bad[off as usize] ^= 0x01;
+    let m = verify_function(&r.vmlinux, &r.kallsyms, &bad, "type_show").unwrap_err();
+    assert_eq!(m.offset, Some(0), "{m}");
+    assert!(m.to_string().contains("rebuild"), "{m}");
+    let m = verify_function(&r.vmlinux, &r.kallsyms, SERIAL_CORE_O, "no_such_function").unwrap_err();
+    assert!(m.to_string().contains("does not define"), "{m}");
+}
+
+/// ORIG for drivers/platform/x86/dell/dell-wmi-sysman/int-attributes.c, one of
+/// five files of the dell-wmi-sysman module that each define static
+/// `current_value_show`, `display_name_show`, `type_show`, ...
+const DELL_INT_O: &[u8] = include_bytes!("data/dell-wmi-sysman-int-attributes.o");
+
+#[test]
+fn module_target_disambiguates_by_bytes_and_relocations() {
+    let Some(_) = real() else { return };
+    let path = format!("/lib/modules/{RELEASE}/kernel/drivers/platform/x86/dell/dell-wmi-sysman/dell-wmi-sysman.ko");
+    let ko = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let syms = module_symbols(&ko, &path).unwrap();
+    assert_eq!(syms.modules(), vec!["dell_wmi_sysman"]);
+    // .init.text symbols are freed after init and not listed; .exit.text ones are.
+    for init in ["sysman_init", "init_module", "__UNIQUE_ID___addressable_init_module276"] {
+        assert!(syms.instances("dell_wmi_sysman", init).is_empty(), "{init}");
+    }
+    for core in ["sysman_exit", "cleanup_module", "init_bios_attributes"] {
+        assert_eq!(syms.instances("dell_wmi_sysman", core).len(), 1, "{core}");
+    }
+    assert_eq!(syms.instances("dell_wmi_sysman", "current_value_show").len(), 3);
+
+    let exports = &real().unwrap().exports;
+    let rep = build_target_report(TargetImage::Module { ko: &ko }, exports, "dell_wmi_sysman", DELL_INT_O).unwrap();
+    for d in &rep.decisions {
+        eprintln!("decided {} -> {} of {} by {}", d.name, d.sympos, d.instances, d.how);
+    }
+    assert!(rep.unresolved.is_empty(), "{:?}", rep.unresolved);
+    assert!(rep.mismatched.is_empty(), "{:?}", rep.mismatched);
+    // Independent of the byte comparison: ld -r lays out int-attributes.c's
+    // .text as one block, after enum-attributes.c's exit_enum_attributes and
+    // ending with its own globals (alloc_int_data first).
+    let off = |name: &str| syms.instances("dell_wmi_sysman", name)[0].addr;
+    let (lo, hi) = (off("exit_enum_attributes"), off("alloc_int_data"));
+    let mut checked = 0;
+    for name in ["current_value_show", "display_name_show", "default_value_show", "type_show", "dell_modifier_show", "current_value_store"] {
+        let inside: Vec<u32> = syms
+            .instances("dell_wmi_sysman", name)
+            .iter()
+            .filter(|i| i.addr > lo && i.addr < hi)
+            .map(|i| i.sympos)
+            .collect();
+        assert_eq!(inside.len(), 1, "{name}");
+        assert_eq!(rep.target.symbols[name], TargetSym::Unexported { sympos: inside[0] }, "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
+    // The module's own globals are unique; vmlinux exports stay normal relocations.
+    assert_eq!(rep.target.symbols["alloc_int_data"], TargetSym::Unexported { sympos: 0 });
+    assert_eq!(rep.target.symbols["kstrtoint"], TargetSym::Exported);
+}
+
+#[test]
+fn proc_kallsyms_of_this_host_parses() {
+    // The host runs another kernel; its /proc/kallsyms is a sample of the format.
+    let Ok(text) = std::fs::read_to_string("/proc/kallsyms") else {
+        eprintln!("SKIPPED: no /proc/kallsyms");
+        return;
+    };
+    let k = parse_proc_kallsyms(&text).unwrap();
+    assert_eq!(k.len(), text.lines().count());
+    let vmlinux = k.symbols().iter().filter(|s| s.module.is_none()).count();
+    eprintln!("{} symbols, {vmlinux} of vmlinux, {} modules", k.len(), k.modules().len());
+    assert!(vmlinux > 10_000);
+    assert_eq!(k.instances("vmlinux", "_text").len(), 1);
+}
