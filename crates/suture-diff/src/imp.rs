@@ -28,6 +28,8 @@ pub(crate) struct Diff<'a> {
     pub children_p: HashMap<usize, Vec<usize>>,
     /// PATCHED function → its `__pfx_`/`__cfi_` padding symbol.
     pub pfx_p: HashMap<usize, usize>,
+    /// ORIG's defined local symbols by name, in file order (for sympos).
+    pub o_locals_named: HashMap<String, Vec<usize>>,
 }
 
 fn load(bytes: &[u8], file: &'static str) -> Result<Obj, Error> {
@@ -84,7 +86,13 @@ impl<'a> Diff<'a> {
             parent_p: HashMap::new(),
             children_p: HashMap::new(),
             pfx_p: HashMap::new(),
+            o_locals_named: HashMap::new(),
         };
+        for x in &d.o.elf.symbols {
+            if x.bind == STB_LOCAL && x.section().is_some() && x.typ != STT_SECTION && x.typ != STT_FILE {
+                d.o_locals_named.entry(x.name.clone()).or_default().push(x.index);
+            }
+        }
         d.check_related()?;
         d.correlate();
         d.find_children();
@@ -131,25 +139,30 @@ impl<'a> Diff<'a> {
     /// (an object may hold several files' statics of the same name).
     fn correlate(&mut self) {
         for exact in [true, false] {
-            let mut pool: HashMap<(String, String, u8), Vec<usize>> = HashMap::new();
+            let o = &self.o;
+            let mut pool: HashMap<(&str, &str, u8), Vec<usize>> = HashMap::new();
             for i in (0..self.o.elf.symbols.len()).rev() {
-                if self.twin_o[i].is_none() && Self::correlatable(&self.o, i) {
-                    let s = self.o.sym(i);
-                    let n = if exact { s.name.clone() } else { self.o.mangled[i].clone() };
-                    pool.entry((self.o.file_of[i].clone(), n, s.typ)).or_default().push(i);
+                if self.twin_o[i].is_none() && Self::correlatable(o, i) {
+                    let s = o.sym(i);
+                    let n = if exact { s.name.as_str() } else { o.mangled[i].as_str() };
+                    pool.entry((o.file(i), n, s.typ)).or_default().push(i);
                 }
             }
+            let mut pairs = Vec::new();
             for i in 0..self.p.elf.symbols.len() {
                 if self.twin_p[i].is_some() || !Self::correlatable(&self.p, i) {
                     continue;
                 }
                 let s = self.p.sym(i);
-                let n = if exact { s.name.clone() } else { self.p.mangled[i].clone() };
-                if let Some(v) = pool.get_mut(&(self.p.file_of[i].clone(), n, s.typ)) {
+                let n = if exact { s.name.as_str() } else { self.p.mangled[i].as_str() };
+                if let Some(v) = pool.get_mut(&(self.p.file(i), n, s.typ)) {
                     if let Some(o) = v.pop() {
-                        self.pair(o, i);
+                        pairs.push((o, i));
                     }
                 }
+            }
+            for (o, i) in pairs {
+                self.pair(o, i);
             }
         }
     }
@@ -158,7 +171,7 @@ impl<'a> Diff<'a> {
         let mut funcs: HashMap<(&str, &str), usize> = HashMap::new();
         for s in &self.p.elf.symbols {
             if s.typ == STT_FUNC && s.section().is_some() {
-                funcs.insert((self.p.file_of[s.index].as_str(), s.name.as_str()), s.index);
+                funcs.insert((self.p.file(s.index), s.name.as_str()), s.index);
             }
         }
         let mut links = Vec::new();
@@ -167,7 +180,7 @@ impl<'a> Diff<'a> {
                 continue;
             }
             if let Some(pn) = parent_name(&s.name) {
-                let file = self.p.file_of[s.index].as_str();
+                let file = self.p.file(s.index);
                 let parent = funcs.get(&(file, pn)).or_else(|| funcs.get(&("", pn)));
                 if let Some(&par) = parent {
                     links.push((s.index, par));
@@ -247,12 +260,12 @@ impl<'a> Diff<'a> {
         let mut count_p: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for i in 0..self.o.elf.symbols.len() {
             if self.o.is_static_local(i) && self.o.sym(i).section().is_some() {
-                count_o.entry((self.o.file_of[i].clone(), self.o.mangled[i].clone())).or_default().push(i);
+                count_o.entry((self.o.file(i).to_string(), self.o.mangled[i].clone())).or_default().push(i);
             }
         }
         for i in 0..self.p.elf.symbols.len() {
             if self.p.is_static_local(i) && self.p.sym(i).section().is_some() {
-                count_p.entry((self.p.file_of[i].clone(), self.p.mangled[i].clone())).or_default().push(i);
+                count_p.entry((self.p.file(i).to_string(), self.p.mangled[i].clone())).or_default().push(i);
             }
         }
         for (k, vo) in &count_o {
@@ -441,14 +454,7 @@ impl<'a> Diff<'a> {
         if s.bind != STB_LOCAL {
             return 0;
         }
-        let same: Vec<usize> = self
-            .o
-            .elf
-            .symbols
-            .iter()
-            .filter(|x| x.bind == STB_LOCAL && x.name == s.name && x.section().is_some() && x.typ != STT_SECTION)
-            .map(|x| x.index)
-            .collect();
+        let same = self.o_locals_named.get(s.name.as_str()).map(|v| v.as_slice()).unwrap_or(&[]);
         if same.len() <= 1 {
             0
         } else {

@@ -12,8 +12,10 @@ pub struct Obj {
     /// Function and object symbols of each section, sorted by value.
     pub by_sec: HashMap<usize, Vec<usize>>,
     pub mangled: Vec<String>,
-    /// Name of the STT_FILE symbol each local symbol follows ("" for globals).
-    pub file_of: Vec<String>,
+    /// Index into `files` of the STT_FILE symbol each local symbol follows
+    /// (0, the empty name, for globals).
+    pub file_of: Vec<u32>,
+    pub files: Vec<String>,
     pub special: Vec<bool>,
 }
 
@@ -93,13 +95,15 @@ impl Obj {
         let mut mangled = Vec::with_capacity(n);
         let mut file_of = Vec::with_capacity(n);
         let mut special = Vec::with_capacity(n);
-        let mut file = String::new();
+        let mut files = vec![String::new()];
+        let mut file = 0u32;
         for s in &elf.symbols {
             if s.typ == STT_FILE {
-                file = s.name.clone();
+                files.push(s.name.clone());
+                file = (files.len() - 1) as u32;
             }
             mangled.push(mangle(&s.name));
-            file_of.push(if s.bind == STB_LOCAL { file.clone() } else { String::new() });
+            file_of.push(if s.bind == STB_LOCAL { file } else { 0 });
             let sec = s.section();
             let in_special_sec = sec.map(|x| is_special_section(&elf.sections[x].name)).unwrap_or(false);
             special.push(
@@ -117,7 +121,11 @@ impl Obj {
         for v in by_sec.values_mut() {
             v.sort_by_key(|&i| (elf.symbols[i].value, std::cmp::Reverse(elf.symbols[i].size)));
         }
-        Obj { elf, by_sec, mangled, file_of, special }
+        Obj { elf, by_sec, mangled, file_of, files, special }
+    }
+
+    pub fn file(&self, i: usize) -> &str {
+        &self.files[self.file_of[i] as usize]
     }
 
     pub fn sym(&self, i: usize) -> &Symbol {
@@ -244,26 +252,26 @@ impl Obj {
 
     /// How a relocation target compares across the two objects: by mangled
     /// name and addend, by string contents, or by constant bytes.
-    pub fn key(&self, t: Target, rtype: u32, in_sec: usize) -> Key {
+    pub fn key(&self, t: Target, rtype: u32, in_sec: usize) -> Key<'_> {
         match t {
-            Target::Sym { sym, addend } => Key::Name(self.mangled[sym].clone(), addend),
+            Target::Sym { sym, addend } => Key::Name(&self.mangled[sym], addend),
             Target::Sec { sec, off } => {
                 let s = self.sec(sec);
                 if s.is_strings() {
                     let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
                     let (st, at) = self.string_at(sec, off + adj);
-                    Key::Str(st.to_vec(), at)
+                    Key::Str(st, at)
                 } else if s.flags & SHF_MERGE != 0 && s.entsize > 0 {
                     let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
                     let o = (off + adj).max(0) as usize;
                     let e = (o + s.entsize as usize).min(s.data.len());
-                    Key::Bytes(s.data.get(o..e).unwrap_or(&[]).to_vec())
+                    Key::Bytes(s.data.get(o..e).unwrap_or(&[]))
                 } else if s.name == ".altinstr_aux" {
                     // Alternative-instruction helper code: its layout moves with
                     // unrelated alternatives, the branch into it does not matter.
-                    Key::Name(s.name.clone(), 0)
+                    Key::Name(&s.name, 0)
                 } else {
-                    Key::Name(s.name.clone(), off)
+                    Key::Name(&s.name, off)
                 }
             }
         }
@@ -296,8 +304,8 @@ pub fn fmt_sym(name: &str, addend: i64) -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Key {
-    Name(String, i64),
-    Str(Vec<u8>, i64),
-    Bytes(Vec<u8>),
+pub enum Key<'a> {
+    Name(&'a str, i64),
+    Str(&'a [u8], i64),
+    Bytes(&'a [u8]),
 }
