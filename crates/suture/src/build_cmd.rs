@@ -66,7 +66,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         Err(e) => match e.downcast_ref::<BuildError>() {
             Some(be @ BuildError::Refused(_)) => {
                 eprintln!("error: {be}");
-                eprintln!("nothing was written. Shadow variables and callbacks can carry data changes: see docs/.");
+                eprintln!("nothing was written.");
                 Ok(2)
             }
             Some(be @ BuildError::NoChange(_)) => {

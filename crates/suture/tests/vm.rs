@@ -1,0 +1,227 @@
+//! End to end, on Debian's own kernel: `suture build` turns a source patch into a
+//! livepatch module, then a QEMU guest booted on that release runs `suture load`
+//! and `suture unload`, and each test checks what the kernel does before loading,
+//! after loading and after unloading. Nothing here is mocked: kbuild, gcc, the
+//! kernel image and the livepatch core are the real ones.
+//!
+//! The release is the one the README's setup installs (`SUTURE_TEST_RELEASE`
+//! overrides it). Without it installed the tests skip, except under `CI=true`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use suture_lab::Vm;
+
+fn release() -> String {
+    std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-56-amd64".to_string())
+}
+
+fn suture() -> &'static str {
+    env!("CARGO_BIN_EXE_suture")
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn ready() -> bool {
+    suture_lab::require_kernel_or_skip(&release()).expect("kernel for the VM tests")
+}
+
+// Builds of one release serialise on the cache lock anyway; booting guests one
+// at a time keeps each within its timeout on a 2-core machine.
+static VM_LOCK: Mutex<()> = Mutex::new(());
+
+struct Built {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn build(patch: &str, out: &Path, extra: &[&str]) -> Built {
+    let o = Command::new(suture())
+        .arg("build")
+        .arg(examples().join(patch))
+        .args(["--kernel", &release(), "-o"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("running suture build");
+    Built {
+        status: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn build_ok(patch: &str, dir: &Path) -> PathBuf {
+    let ko = dir.join(patch.replace(".patch", ".ko"));
+    let b = build(patch, &ko, &[]);
+    assert_eq!(b.status, 0, "suture build {patch} failed:\n{}\n{}", b.stdout, b.stderr);
+    assert!(ko.exists());
+    ko
+}
+
+fn vm() -> Vm {
+    let mut vm = Vm::new(&release()).unwrap();
+    vm.add_executable(Path::new(suture()), "/bin/suture").unwrap();
+    vm
+}
+
+/// The value after `KEY:` on its own line of the guest's output.
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {key}: line in guest output:\n{out}"))
+        .trim()
+}
+
+#[test]
+fn proc_cmdline_prints_the_patched_text_while_loaded() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ko = build_ok("cmdline.patch", tmp.path());
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/cmdline.ko").unwrap();
+    let run = vm
+        .run(
+            "echo BEFORE:$(cat /proc/cmdline)\n\
+             suture load /root/cmdline.ko || exit 10\n\
+             echo AFTER:$(cat /proc/cmdline)\n\
+             echo ENABLED:$(cat /sys/kernel/livepatch/livepatch_cmdline/enabled)\n\
+             suture list --json > /tmp/list.json || exit 11\n\
+             echo LIST:$(tr -d '\\n ' < /tmp/list.json)\n\
+             suture unload livepatch_cmdline || exit 12\n\
+             echo UNLOADED:$(cat /proc/cmdline)\n\
+             echo SYSFS:$(ls /sys/kernel/livepatch/)\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert!(!field(out, "BEFORE").contains("suture=live"), "{out}");
+    assert!(field(out, "AFTER").ends_with(" suture=live"), "{out}");
+    assert_eq!(field(out, "ENABLED"), "1");
+    assert!(field(out, "LIST").contains("livepatch_cmdline"), "{out}");
+    assert_eq!(field(out, "UNLOADED"), field(out, "BEFORE"), "{out}");
+    assert_eq!(field(out, "SYSFS"), "", "{out}");
+}
+
+#[test]
+fn a_changed_function_may_call_a_new_function() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ko = build_ok("cmdline-new-function.patch", tmp.path());
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    let run = vm
+        .run(
+            "echo BEFORE:$(cat /proc/cmdline)\n\
+             suture load /root/p.ko || exit 10\n\
+             echo AFTER:$(cat /proc/cmdline)\n\
+             echo NEWSYM:$(grep -c ' suture_cmdline_note' /proc/kallsyms)\n\
+             suture unload livepatch_cmdline_new_function || exit 12\n\
+             echo UNLOADED:$(cat /proc/cmdline)\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert!(!field(out, "BEFORE").contains("suture=new-function"), "{out}");
+    // The new function's text is what the kernel printed, and it lives in the module.
+    assert!(field(out, "AFTER").contains(" suture=new-function"), "{out}");
+    assert_eq!(field(out, "NEWSYM"), "1", "{out}");
+    assert_eq!(field(out, "UNLOADED"), field(out, "BEFORE"), "{out}");
+}
+
+#[test]
+fn a_module_function_is_patched_whether_the_module_loads_before_or_after() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ko = build_ok("binfmt-misc-status.patch", tmp.path());
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    vm.add_release_module("kernel/fs/binfmt_misc.ko").unwrap();
+    let bm = format!("/lib/modules/{}/kernel/fs/binfmt_misc.ko", release());
+    // Module loaded first, then the patch; then the patch first (late patching).
+    let script = format!(
+        "mkdir -p /bm\n\
+         insmod {bm} || exit 9\n\
+         mount -t binfmt_misc none /bm || exit 8\n\
+         echo BEFORE:$(cat /bm/status)\n\
+         suture load /root/p.ko || exit 10\n\
+         echo AFTER:$(cat /bm/status)\n\
+         echo 0 > /bm/status\n\
+         echo AFTER_DISABLED:$(cat /bm/status)\n\
+         echo 1 > /bm/status\n\
+         suture unload livepatch_binfmt_misc_status || exit 12\n\
+         echo UNLOADED:$(cat /bm/status)\n\
+         umount /bm; rmmod binfmt_misc || exit 13\n\
+         suture load /root/p.ko || exit 14\n\
+         insmod {bm} || exit 15\n\
+         mount -t binfmt_misc none /bm || exit 16\n\
+         echo LATE:$(cat /bm/status)\n\
+         echo LATE_PATCHED:$(cat /sys/kernel/livepatch/livepatch_binfmt_misc_status/binfmt_misc/patched)\n\
+         umount /bm; rmmod binfmt_misc || exit 17\n\
+         echo GONE_PATCHED:$(cat /sys/kernel/livepatch/livepatch_binfmt_misc_status/binfmt_misc/patched)\n\
+         suture unload livepatch_binfmt_misc_status || exit 18\n"
+    );
+    let run = vm.run(&script).unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_eq!(field(out, "BEFORE"), "enabled", "{out}");
+    assert_eq!(field(out, "AFTER"), "enabled (suture)", "{out}");
+    // The patched function really reads the module's own static variable.
+    assert_eq!(field(out, "AFTER_DISABLED"), "disabled (suture)", "{out}");
+    assert_eq!(field(out, "UNLOADED"), "enabled", "{out}");
+    assert_eq!(field(out, "LATE"), "enabled (suture)", "{out}");
+    assert_eq!(field(out, "LATE_PATCHED"), "1", "{out}");
+    assert_eq!(field(out, "GONE_PATCHED"), "0", "{out}");
+}
+
+#[test]
+fn refusals_name_the_problem_and_leave_nothing_behind() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.ko");
+
+    let b = build("cmdline-init.patch", &out, &[]);
+    assert_eq!(b.status, 2, "{}\n{}", b.stdout, b.stderr);
+    assert!(b.stderr.contains("proc_cmdline_init") || b.stderr.contains(".init.text"), "{}", b.stderr);
+    assert!(b.stderr.contains("__init") || b.stderr.contains("init"), "{}", b.stderr);
+    assert!(!out.exists());
+
+    let b = build("cmdline-does-not-apply.patch", &out, &[]);
+    assert_eq!(b.status, 1, "{}", b.stderr);
+    assert!(b.stderr.contains("fs/proc/cmdline.c") && b.stderr.contains("does not apply"), "{}", b.stderr);
+    assert!(!out.exists());
+
+    let b = build("cmdline-comment.patch", &out, &[]);
+    assert_eq!(b.status, 3, "{}", b.stderr);
+    assert!(b.stderr.contains("no functional change"), "{}", b.stderr);
+    assert!(!out.exists());
+
+    let o = Command::new(suture())
+        .arg("build")
+        .arg(examples().join("cmdline.patch"))
+        .args(["--kernel", "6.1.0-999-amd64", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("6.1.0-999-amd64") && err.contains("not installed"), "{err}");
+    assert!(!out.exists());
+    // The tree was left as it was: the next build of a good patch still works.
+    let b = build("cmdline.patch", &out, &[]);
+    assert_eq!(b.status, 0, "{}", b.stderr);
+}
