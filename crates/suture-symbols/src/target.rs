@@ -622,3 +622,186 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
         None => Err(mm("the image has no bytes at the symbol's address (not in a loadable segment)".into(), None)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kallsyms::KSym;
+    use object::write::{Object, Relocation, Symbol, SymbolSection};
+    use object::{Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind, SymbolScope};
+
+    const BASE: u64 = 0xffffffff81000000;
+
+    /// ORIG: `show` calls `helper`, loads the literal "two" and reads the
+    /// static `counter`; `twin` calls the exported `sysfs_emit`.
+    fn orig() -> Vec<u8> {
+        let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let func = |o: &mut Object, name: &str, code: &[u8]| {
+            let sec = o.add_section(vec![], format!(".text.{name}").into_bytes(), SectionKind::Text);
+            o.append_section_data(sec, code, 16);
+            let sym = o.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 0,
+                size: code.len() as u64,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Compilation,
+                weak: false,
+                section: SymbolSection::Section(sec),
+                flags: SymbolFlags::None,
+            });
+            (sec, sym)
+        };
+        let show_code = [0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x8b, 0x05, 0, 0, 0, 0, 0xc3];
+        let (show_sec, _) = func(&mut o, "show", &show_code);
+        let (_, helper) = func(&mut o, "helper", &[0xc3]);
+        let (twin_sec, _) = func(&mut o, "twin", &[0xe8, 0, 0, 0, 0, 0xc3]);
+        let strs = o.add_section(vec![], b".rodata.str1.1".to_vec(), SectionKind::ReadOnlyString);
+        o.append_section_data(strs, b"one\0two\0", 1);
+        let strs_sym = o.section_symbol(strs);
+        let bss = o.add_section(vec![], b".bss.counter".to_vec(), SectionKind::UninitializedData);
+        o.append_section_bss(bss, 4, 4);
+        let bss_sym = o.section_symbol(bss);
+        o.add_symbol(Symbol {
+            name: b"counter".to_vec(),
+            value: 0,
+            size: 4,
+            kind: SymbolKind::Data,
+            scope: SymbolScope::Compilation,
+            weak: false,
+            section: SymbolSection::Section(bss),
+            flags: SymbolFlags::None,
+        });
+        let emit = o.add_symbol(Symbol {
+            name: b"sysfs_emit".to_vec(),
+            value: 0,
+            size: 0,
+            kind: SymbolKind::Text,
+            scope: SymbolScope::Linkage,
+            weak: false,
+            section: SymbolSection::Undefined,
+            flags: SymbolFlags::None,
+        });
+        let rel = |o: &mut Object, sec, offset, symbol, addend, r_type| {
+            o.add_relocation(sec, Relocation { offset, symbol, addend, flags: RelocationFlags::Elf { r_type } }).unwrap()
+        };
+        rel(&mut o, show_sec, 1, helper, -4, elf::R_X86_64_PLT32);
+        // "two" is at offset 4: the addend is 4 - 4.
+        rel(&mut o, show_sec, 8, strs_sym, 0, elf::R_X86_64_PC32);
+        rel(&mut o, show_sec, 14, bss_sym, -4, elf::R_X86_64_PC32);
+        rel(&mut o, twin_sec, 1, emit, -4, elf::R_X86_64_PLT32);
+        o.write().unwrap()
+    }
+
+    /// A linked image: two byte-identical `show`s (the first calls `decoy` and
+    /// reads the first `counter`, the second calls `helper` and reads the
+    /// second), `helper`, `decoy`, two identical `twin`s, the literal, two counters.
+    fn image() -> (Vec<u8>, Kallsyms) {
+        let mut text = vec![0xccu8; 0x600];
+        let put_rel = |text: &mut Vec<u8>, at: u64, target: u64| {
+            let p = BASE + at;
+            let v = (target.wrapping_sub(p + 4)) as i32;
+            text[at as usize..at as usize + 4].copy_from_slice(&v.to_le_bytes());
+        };
+        for (a, call, ctr) in [(0x000u64, 0x300u64, 0x500u64), (0x100, 0x200, 0x504)] {
+            let code = [0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x8b, 0x05, 0, 0, 0, 0, 0xc3];
+            text[a as usize..a as usize + code.len()].copy_from_slice(&code);
+            put_rel(&mut text, a + 1, BASE + call);
+            put_rel(&mut text, a + 8, BASE + 0x400);
+            put_rel(&mut text, a + 14, BASE + ctr);
+        }
+        text[0x200] = 0xc3;
+        text[0x300] = 0xc3;
+        for a in [0x340u64, 0x380] {
+            text[a as usize..a as usize + 6].copy_from_slice(&[0xe8, 0, 0, 0, 0, 0xc3]);
+            put_rel(&mut text, a + 1, BASE + 0x3c0);
+        }
+        text[0x400..0x404].copy_from_slice(b"two\0");
+        let mut elf = vec![0u8; 0x1000];
+        elf[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
+        elf[0x10] = 2;
+        elf[0x12] = 0x3e;
+        elf[0x20] = 64;
+        elf[0x36] = 56;
+        elf[0x38] = 1;
+        let ph = 64;
+        elf[ph] = 1;
+        elf[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes());
+        elf[ph + 16..ph + 24].copy_from_slice(&BASE.to_le_bytes());
+        elf[ph + 32..ph + 40].copy_from_slice(&(text.len() as u64).to_le_bytes());
+        elf.extend_from_slice(&text);
+        let sym = |a: u64, n: &str| KSym { addr: BASE + a, kind: 't', name: n.into(), module: None };
+        let k = Kallsyms::from_symbols(vec![
+            sym(0x000, "show"),
+            sym(0x100, "show"),
+            sym(0x200, "helper"),
+            sym(0x300, "decoy"),
+            sym(0x340, "twin"),
+            sym(0x380, "twin"),
+            sym(0x3c0, "sysfs_emit"),
+            sym(0x500, "counter"),
+            sym(0x504, "counter"),
+        ]);
+        (elf, k)
+    }
+
+    #[test]
+    fn relocations_decide_between_identical_bytes_and_locate_data() {
+        let (img, k) = image();
+        let exports = Exports::parse("0x1\tsysfs_emit\tvmlinux\tEXPORT_SYMBOL_GPL\t\n").unwrap();
+        let o = orig();
+        let rep = build_target_report(TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&img) }, &exports, "vmlinux", &o)
+            .unwrap();
+        let t = &rep.target.symbols;
+        assert_eq!(t["show"], TargetSym::Unexported { sympos: 2 });
+        assert_eq!(t["counter"], TargetSym::Unexported { sympos: 2 });
+        assert_eq!(t["helper"], TargetSym::Unexported { sympos: 0 });
+        assert_eq!(t["sysfs_emit"], TargetSym::Exported);
+        let how: HashMap<&str, &str> = rep.decisions.iter().map(|d| (d.name.as_str(), d.how.as_str())).collect();
+        assert_eq!(how["show"], "bytes+relocations");
+        assert_eq!(how["counter"], "referenced by show");
+        // Identical code calling the same function: nothing tells them apart.
+        assert_eq!(rep.unresolved.len(), 1);
+        assert_eq!(rep.unresolved[0].name, "twin");
+        assert!(rep.unresolved[0].why.contains("2 of its 2 instances match"), "{}", rep.unresolved[0].why);
+        let e = build_target(TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&img) }, &exports, "vmlinux", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("twin"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_literal_rules_an_instance_out() {
+        let (mut img, k) = image();
+        // The literal now reads "tw!": no `show` agrees, helper alone cannot
+        // decide since the string check fails for both.
+        img[0x1000 + 0x402] = b'!';
+        let o = orig();
+        let rep = build_target_report(TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&img) }, &Exports::default(), "vmlinux", &o)
+            .unwrap();
+        assert!(rep.unresolved.iter().any(|u| u.name == "show"), "{:?}", rep.decisions);
+    }
+
+    #[test]
+    fn verify_function_reports_the_first_difference() {
+        let (mut img, k) = image();
+        let o = orig();
+        verify_function(&img, &k, &o, "show").unwrap();
+        for b in [0x1000 + 0x12usize, 0x1000 + 0x100 + 0x12] {
+            img[b] = 0x90;
+        }
+        let m = verify_function(&img, &k, &o, "show").unwrap_err();
+        assert_eq!(m.offset, Some(0x12));
+        let m = verify_function(&img[..0x800], &k, &o, "show").unwrap_err();
+        assert_eq!(m.offset, None, "{m}");
+    }
+
+    #[test]
+    fn bad_objects_are_errors() {
+        let (img, k) = image();
+        let t = TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&img) };
+        assert!(build_target(t, &Exports::default(), "vmlinux", b"\x7fELF").is_err());
+        assert!(build_target(t, &Exports::default(), "vmlinux", &img).is_err(), "an executable is not ORIG");
+        let bad = TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(b"junk") };
+        assert!(build_target(bad, &Exports::default(), "vmlinux", &orig()).is_err());
+    }
+}
