@@ -17,12 +17,28 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
 }
 
-/// Removes the build directory on every exit path.
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// What the guest needs, built once per test process: the tests run in
+/// parallel and would otherwise race on the same Kbuild directory.
+struct Artifacts {
+    sample: PathBuf,
+    plain: PathBuf,
+    stall: PathBuf,
+    suture: PathBuf,
+}
+
+fn artifacts() -> &'static Artifacts {
+    static A: std::sync::OnceLock<Artifacts> = std::sync::OnceLock::new();
+    A.get_or_init(|| {
+        // Under target/ rather than /tmp: kept for incremental rebuilds and
+        // removed by `cargo clean`, so nothing accumulates in /tmp.
+        let dir = target_dir().join("suture-host-vm");
+        let (sample, plain, stall) = build_modules(&dir);
+        Artifacts { sample, plain, stall, suture: suture_binary() }
+    })
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -52,9 +68,46 @@ fn sample_source(scratch: &Path) -> PathBuf {
     scratch.join(member)
 }
 
-/// Builds the sample livepatch and an ordinary module (the refusal case)
-/// against the release's headers.
-fn build_modules(scratch: &Path) -> (PathBuf, PathBuf) {
+/// A livepatch for `hrtimer_nanosleep`: a task sleeping in `sleep` keeps the
+/// old function on its stack, so the patching transition cannot finish
+/// until the kernel's fake signal (about 15 s in); a shorter load timeout
+/// sees a real stall. The replacement sleeps correctly, minus the restart
+/// bookkeeping, because `suture` itself sleeps through it while polling.
+const STALL_PATCH_C: &str = r#"#include <linux/module.h>
+#include <linux/kernel.h>
+#include <linux/livepatch.h>
+#include <linux/hrtimer.h>
+#include <linux/sched.h>
+
+static long stall_hrtimer_nanosleep(ktime_t rqtp, const enum hrtimer_mode mode,
+				    const clockid_t clockid)
+{
+	ktime_t expires = rqtp;
+
+	set_current_state(TASK_INTERRUPTIBLE);
+	if (schedule_hrtimeout_range_clock(&expires, current->timer_slack_ns, mode, clockid))
+		return -ERESTARTNOHAND;
+	return 0;
+}
+
+static struct klp_func funcs[] = {
+	{ .old_name = "hrtimer_nanosleep", .new_func = stall_hrtimer_nanosleep, },
+	{ }
+};
+static struct klp_object objs[] = { { .funcs = funcs, }, { } };
+static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, };
+
+static int stall_init(void) { return klp_enable_patch(&patch); }
+static void stall_exit(void) { }
+module_init(stall_init);
+module_exit(stall_exit);
+MODULE_LICENSE("GPL");
+MODULE_INFO(livepatch, "Y");
+"#;
+
+/// Builds the sample livepatch, an ordinary module (the refusal case) and
+/// the stalling patch against the release's headers.
+fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let headers = PathBuf::from(format!("/usr/src/linux-headers-{RELEASE}"));
     assert!(headers.is_dir(), "{} missing: apt-get install linux-headers-{RELEASE}", headers.display());
     let m = scratch.join("mod");
@@ -67,9 +120,10 @@ fn build_modules(scratch: &Path) -> (PathBuf, PathBuf) {
          MODULE_LICENSE(\"GPL\");\n",
     )
     .unwrap();
-    std::fs::write(m.join("Kbuild"), "obj-m := livepatch-sample.o plain-mod.o\n").unwrap();
+    std::fs::write(m.join("stall-patch.c"), STALL_PATCH_C).unwrap();
+    std::fs::write(m.join("Kbuild"), "obj-m := livepatch-sample.o plain-mod.o stall-patch.o\n").unwrap();
     run(Command::new("make").arg("-C").arg(&headers).arg(format!("M={}", m.display())).arg("-j1").arg("modules"));
-    (m.join("livepatch-sample.ko"), m.join("plain-mod.ko"))
+    (m.join("livepatch-sample.ko"), m.join("plain-mod.ko"), m.join("stall-patch.ko"))
 }
 
 /// `$SUTURE_BIN`, or the workspace's `suture` freshly built by cargo (an
@@ -81,8 +135,7 @@ fn suture_binary() -> PathBuf {
     let root = workspace_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     run(Command::new(cargo).current_dir(&root).args(["build", "-j1", "-p", "suture", "--bin", "suture"]));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let bin = target.join("debug/suture");
+    let bin = target_dir().join("debug/suture");
     assert!(bin.is_file(), "cargo build did not produce {}", bin.display());
     bin
 }
@@ -124,6 +177,16 @@ echo "== unload-json"; suture unload --json livepatch_sample; echo "rc=$?"
 echo "== end"
 "#;
 
+fn guest() -> suture_lab::Vm {
+    let a = artifacts();
+    let mut vm = suture_lab::Vm::new(RELEASE).unwrap();
+    vm.add_executable(&a.suture, "/bin/suture").unwrap();
+    vm.add_file(&a.sample, "/root/livepatch-sample.ko").unwrap();
+    vm.add_file(&a.plain, "/root/plain-mod.ko").unwrap();
+    vm.add_file(&a.stall, "/root/stall-patch.ko").unwrap();
+    vm
+}
+
 fn json_of(section: &str) -> serde_json::Value {
     let start = section.find('{').unwrap_or_else(|| panic!("no JSON in:\n{section}"));
     let end = section.rfind('}').unwrap_or_else(|| panic!("no JSON in:\n{section}"));
@@ -135,17 +198,7 @@ fn sample_livepatch_load_list_unload_in_guest() {
     if !suture_lab::require_kernel_or_skip(RELEASE).unwrap() {
         return;
     }
-    let scratch = Scratch(std::env::temp_dir().join(format!("suture-host-vm-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&scratch.0);
-    std::fs::create_dir_all(&scratch.0).unwrap();
-    let (sample, plain) = build_modules(&scratch.0);
-    let suture = suture_binary();
-
-    let mut vm = suture_lab::Vm::new(RELEASE).unwrap();
-    vm.add_executable(&suture, "/bin/suture").unwrap();
-    vm.add_file(&sample, "/root/livepatch-sample.ko").unwrap();
-    vm.add_file(&plain, "/root/plain-mod.ko").unwrap();
-    let r = vm.run(SCRIPT).unwrap();
+    let r = guest().run(SCRIPT).unwrap();
     eprintln!("guest run took {:?}", r.duration);
     let out = r.script_output();
     let s = sections(out);
@@ -199,4 +252,64 @@ fn sample_livepatch_load_list_unload_in_guest() {
         "load: {} ms (transition {} ms); unload: {} ms",
         lj["load"]["total_ms"], lj["load"]["transition_ms"], uj["unload"]["total_ms"]
     );
+}
+
+const STALL_SCRIPT: &str = r#"
+sleep 600 &
+SLEEPER=$!
+# Let the sleeper reach nanosleep before the patch arrives.
+sleep 1
+echo "== stall"; suture load --timeout 3 /root/stall-patch.ko; echo "rc=$?"
+echo "== stall-json"; suture load --json --timeout 2 /root/stall-patch.ko; echo "rc=$?"
+echo "== stall-after"
+echo "sleeper=$SLEEPER"
+test -e /sys/kernel/livepatch/stall_patch && echo "sysfs=present" || echo "sysfs=gone"
+grep -q '^stall_patch ' /proc/modules && echo "module=loaded" || echo "module=gone"
+kill $SLEEPER
+echo "== sample"; suture load /root/livepatch-sample.ko; echo "rc=$?"; cat /proc/cmdline
+suture unload livepatch_sample; echo "rc=$?"
+echo "== end"
+"#;
+
+/// A real stalled transition: the load must time out, name the sleeping
+/// task and the patched function on its stack, reverse the transition,
+/// remove the module, and leave the kernel able to take the next patch.
+#[test]
+fn stalled_transition_is_reversed_and_explained() {
+    if !suture_lab::require_kernel_or_skip(RELEASE).unwrap() {
+        return;
+    }
+    let r = guest().run(STALL_SCRIPT).unwrap();
+    eprintln!("guest run took {:?}", r.duration);
+    let out = r.script_output();
+    let s = sections(out);
+    let sec = |k: &str| s.get(k).cloned().unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output));
+    assert!(s.contains_key("end"), "script did not finish; guest output:\n{}", r.output);
+    let after = sec("stall-after");
+    let sleeper: u32 = after
+        .lines()
+        .find_map(|l| l.strip_prefix("sleeper="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sleeper pid in:\n{after}"));
+
+    let stall = sec("stall");
+    assert!(stall.ends_with("rc=1\n"), "stall:\n{stall}");
+    assert!(stall.contains("did not finish its transition within 3s"), "stall:\n{stall}");
+    assert!(stall.contains(&format!("task {sleeper} (tid {sleeper}) \"sleep\"")), "stall:\n{stall}");
+    assert!(stall.contains("patched function(s) on its stack: hrtimer_nanosleep"), "stall:\n{stall}");
+    assert!(stall.contains("reversed and the module removed"), "stall:\n{stall}");
+
+    let j = json_of(&sec("stall-json"));
+    assert_eq!(j["ok"], false, "{j}");
+    assert_eq!(j["error"]["kind"], "transition_timeout", "{j}");
+    let tasks = j["error"]["stalled_tasks"].as_array().unwrap_or_else(|| panic!("{j}"));
+    let t = tasks.iter().find(|t| t["pid"] == sleeper).unwrap_or_else(|| panic!("sleeper {sleeper} not listed: {j}"));
+    assert_eq!(t["comm"], "sleep");
+    assert_eq!(t["patch_state"], 0);
+    assert!(t["stack"].as_array().is_some_and(|st| st.iter().any(|f| f.as_str().is_some_and(|f| f.starts_with("hrtimer_nanosleep+")))), "{t}");
+
+    assert!(after.contains("sysfs=gone") && after.contains("module=gone"), "after:\n{after}");
+    let sample = sec("sample");
+    assert!(sample.contains("this has been live patched"), "sample:\n{sample}");
+    assert_eq!(sample.matches("rc=0").count(), 2, "sample:\n{sample}");
 }
