@@ -12,8 +12,20 @@ use std::process::Command;
 use std::sync::Mutex;
 use suture_lab::Vm;
 
+/// `SUTURE_TEST_RELEASE`, else the release `linux-image-amd64` depends on.
 fn release() -> String {
-    std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-56-amd64".to_string())
+    if let Ok(r) = std::env::var("SUTURE_TEST_RELEASE") {
+        return r;
+    }
+    let o = Command::new("dpkg-query")
+        .args(["-W", "-f=${Depends}", "linux-image-amd64"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    o.split([',', ' '])
+        .find_map(|w| w.strip_prefix("linux-image-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| "6.1.0-56-amd64".to_string())
 }
 
 fn suture() -> &'static str {
