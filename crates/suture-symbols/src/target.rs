@@ -63,6 +63,10 @@ pub struct TargetReport {
     /// Functions of ORIG with a unique name whose bytes differ from the target's:
     /// a sign that ORIG does not reproduce the target build.
     pub mismatched: Vec<String>,
+    /// Weak functions of ORIG whose name belongs to a strong definition
+    /// elsewhere in the target (their own code is unnamed there): left out of
+    /// `target.symbols`.
+    pub weak_overridden: Vec<String>,
 }
 
 /// The differ's `Target` for every symbol ORIG defines or references; an error
@@ -440,7 +444,14 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
     unique.sort();
     for (i, a) in unique {
         if !rv.harvest(i, a) && orig.symbols[i].is_func() {
-            rep.mismatched.push(orig.symbols[i].name.clone());
+            // A weak definition overridden at link time leaves its name to the
+            // strong one: a different function, not a failed reproduction.
+            if orig.symbols[i].bind == elf::STB_WEAK {
+                rep.weak_overridden.push(orig.symbols[i].name.clone());
+                rep.target.symbols.remove(&orig.symbols[i].name);
+            } else {
+                rep.mismatched.push(orig.symbols[i].name.clone());
+            }
         }
     }
     rep.mismatched.sort();
@@ -596,17 +607,41 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
     if inst.is_empty() {
         return Err(mm("the target kernel has no symbol of this name".into(), None));
     }
+    // Relocations to uniquely named symbols must land on them: same code
+    // shape calling another function is not the same function.
+    let space = VmlinuxSpace { kallsyms, image: Some(img) };
+    let fvalue = orig.symbols[i].value;
+    let wrong_target = |addr: u64| -> Option<String> {
+        rels.iter().find_map(|r| {
+            let rs = &orig.symbols[r.sym];
+            if rs.st_type == elf::STT_SECTION || rs.name.is_empty() {
+                return None;
+            }
+            let want = kallsyms.unique_addr(&rs.name)?;
+            let got = space.deref(addr, r.offset - fvalue, r)?;
+            (got != want).then(|| {
+                format!("the relocation at +{:#x} reaches {got:#x} in the image, not {} at {want:#x}", r.offset - fvalue, rs.name)
+            })
+        })
+    };
     let mut first_diff: Option<(usize, u64)> = None;
+    let mut reloc_diff = None;
     for c in &inst {
-        let Some(t) = img.bytes_at(c.addr, bytes.len()) else { continue };
-        match compare_masked(bytes, orig.symbols[i].value, rels, t) {
-            Ok(()) => return Ok(()),
+        let Some(t) = space.read(c.addr, bytes.len()) else { continue };
+        match compare_masked(bytes, fvalue, rels, t) {
+            Ok(()) => match wrong_target(c.addr) {
+                None => return Ok(()),
+                Some(why) => reloc_diff = Some(why),
+            },
             Err(off) => {
                 if first_diff.is_none_or(|(o, _)| off > o) {
                     first_diff = Some((off, c.addr));
                 }
             }
         }
+    }
+    if let Some(why) = reloc_diff {
+        return Err(mm(format!("{why}: rebuild with the target's source, config and compiler"), None));
     }
     match first_diff {
         Some((off, addr)) => Err(mm(
@@ -615,7 +650,7 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
                  ORIG {:#04x}, image {:#04x}): rebuild with the target's source, config and compiler",
                 inst.len(),
                 bytes[off],
-                img.bytes_at(addr + off as u64, 1).map_or(0, |b| b[0])
+                space.read(addr + off as u64, 1).map_or(0, |b| b[0])
             ),
             Some(off),
         )),
@@ -792,6 +827,12 @@ mod tests {
         let m = verify_function(&img, &k, &o, "show").unwrap_err();
         assert_eq!(m.offset, Some(0x12));
         let m = verify_function(&img[..0x800], &k, &o, "show").unwrap_err();
+        assert_eq!(m.offset, None, "{m}");
+        // Same bytes, but the call of the only byte-matching `show` goes to decoy.
+        let (img, k) = image();
+        let k2 = Kallsyms::from_symbols(k.symbols().iter().filter(|s| s.addr != BASE + 0x100).cloned().collect());
+        let m = verify_function(&img, &k2, &o, "show").unwrap_err();
+        assert!(m.to_string().contains("not helper"), "{m}");
         assert_eq!(m.offset, None, "{m}");
     }
 
