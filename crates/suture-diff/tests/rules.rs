@@ -1,0 +1,346 @@
+//! One rule per test, on small objects compiled at test time with the flags
+//! kernel objects get (-ffunction-sections -fdata-sections, ftrace's __fentry__
+//! call, the kernel code model).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use suture_diff::{diff, explain, Error, Options, Outcome, Patch, Report, Target, TargetSym};
+use suture_elf::*;
+
+fn compile(name: &str, src: &str) -> Vec<u8> {
+    // One directory per object, one source name for all: the STT_FILE symbol
+    // must match across a before/after pair.
+    let dir = std::env::temp_dir().join(format!("suture-rules-{}", std::process::id())).join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = dir.join("unit.c");
+    let o: PathBuf = dir.join("unit.o");
+    std::fs::write(&c, src).unwrap();
+    let out = Command::new("gcc")
+        .args([
+            "-c",
+            "-O2",
+            "-fno-pic",
+            "-mcmodel=kernel",
+            "-ffunction-sections",
+            "-fdata-sections",
+            "-pg",
+            "-mfentry",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-stack-protector",
+            "-fno-ipa-sra",
+            "-fno-ipa-cp",
+            "-o",
+        ])
+        .arg(&o)
+        .arg(&c)
+        .output()
+        .expect("gcc is needed to build the test objects");
+    assert!(out.status.success(), "gcc: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(&o).unwrap()
+}
+
+const BASE: &str = r#"
+extern int printk(const char *, ...);
+extern void warn_slowpath_fmt(const char *file, int line, const char *fmt, ...);
+extern int exported_thing(int);
+__attribute__((noinline)) static int helper(int x) { return x * 3 + printk("h %d\n", x); }
+int f(int a) {
+    static int count;
+    count++;
+    return helper(a) + count;
+}
+int g(int a) { static int count; count += a; return count + exported_thing(a); }
+int w(int a) {
+    if (a > 3)
+        warn_slowpath_fmt("a.c", __LINE__, "big");
+    return a;
+}
+int data_x = 1;
+__attribute__((no_instrument_function)) int nt(int a) { return a + 1; }
+__attribute__((section(".init.text"))) int ini(void) { return printk("init\n"); }
+"#;
+
+fn variant(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from}");
+    BASE.replacen(from, to, 1)
+}
+
+fn pair(name: &str, patched: &str) -> (Vec<u8>, Vec<u8>) {
+    (compile(&format!("{name}-orig"), BASE), compile(&format!("{name}-patched"), patched))
+}
+
+fn changes(o: &[u8], p: &[u8], opts: &Options) -> (Patch, Object) {
+    match diff(o, p, opts).unwrap() {
+        Outcome::Changes(p) => {
+            let obj = Object::parse(&p.object).unwrap();
+            (p, obj)
+        }
+        other => panic!("expected a patch, got {other:?}"),
+    }
+}
+
+fn refused(o: &[u8], p: &[u8]) -> Report {
+    match diff(o, p, &Options::default()).unwrap() {
+        Outcome::Refused(r) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn defined<'a>(o: &'a Object, name: &str) -> Option<&'a Symbol> {
+    o.symbols.iter().find(|s| s.name == name && s.section().is_some())
+}
+
+fn funcs_defined(o: &Object) -> Vec<String> {
+    let mut v: Vec<String> =
+        o.symbols.iter().filter(|s| s.typ == STT_FUNC && s.section().is_some()).map(|s| s.name.clone()).collect();
+    v.sort();
+    v
+}
+
+fn reloc_targets(o: &Object, sec: &str) -> Vec<(String, u32, i64)> {
+    let s = o.section_by_name(sec).unwrap_or_else(|| panic!("no section {sec}"));
+    o.relas_of(s.index).iter().map(|r| (o.symbols[r.sym].name.clone(), r.rtype, r.addend)).collect()
+}
+
+#[test]
+fn identical_objects_are_no_change() {
+    let o = compile("same", BASE);
+    assert!(matches!(diff(&o, &o, &Options::default()).unwrap(), Outcome::NoChange(_)));
+}
+
+#[test]
+fn changed_function_is_local_and_references_become_klp_symbols() {
+    let (o, p) = pair("changed", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let (patch, out) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["f"]);
+    assert!(patch.report.new.is_empty());
+    assert_eq!(funcs_defined(&out), vec!["f"]);
+    let f = defined(&out, "f").unwrap();
+    assert_eq!(f.bind, STB_LOCAL, "replacement functions are local");
+    assert_eq!(patch.replaced.len(), 1);
+    assert_eq!(patch.replaced[0].name, "f");
+    assert_eq!(patch.replaced[0].sympos, 0);
+    let r = reloc_targets(&out, ".text.f");
+    let names: Vec<&str> = r.iter().map(|x| x.0.as_str()).collect();
+    assert!(names.contains(&".klp.sym.vmlinux.helper,0"), "{names:?}");
+    assert!(names.contains(&"__fentry__"), "an external symbol stays a plain reference: {names:?}");
+    // The static local is the running kernel's: a klp reference to ORIG's name.
+    let count = names.iter().find(|n| n.starts_with(".klp.sym.vmlinux.count.")).expect("reference to count");
+    let orig = Object::parse(&o).unwrap();
+    let orig_count = orig.symbols.iter().filter(|s| s.name.starts_with("count.")).map(|s| s.name.clone()).collect::<Vec<_>>();
+    assert!(orig_count.iter().any(|c| *count == format!(".klp.sym.vmlinux.{c},0")), "{count} vs {orig_count:?}");
+    for s in out.symbols.iter().filter(|s| s.name.starts_with(".klp.sym.")) {
+        assert!(s.is_undef() && s.bind == STB_GLOBAL, "{} must be an undefined global", s.name);
+    }
+    assert!(!out.symbols.iter().any(|s| s.index != 0 && s.typ == STT_SECTION && s.is_undef()));
+}
+
+#[test]
+fn mcount_loc_is_regenerated_for_the_included_function() {
+    let (o, p) = pair("mcount", &variant("return helper(a) + count;", "return helper(a) - count;"));
+    let (_, out) = changes(&o, &p, &Options::default());
+    assert_eq!(reloc_targets(&out, "__mcount_loc"), vec![("f".to_string(), R_X86_64_64, 0)]);
+}
+
+#[test]
+fn new_function_is_included_with_its_binding() {
+    let src = variant("int f(int a) {", "__attribute__((noinline)) static int added(int x) { return printk(\"new %d\\n\", x); }\nint f(int a) {")
+        .replace("return helper(a) + count;", "return helper(a) + count + added(a);");
+    let (o, p) = pair("newfn", &src);
+    let (patch, out) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.new, vec!["added"]);
+    assert_eq!(funcs_defined(&out), vec!["added", "f"]);
+    assert_eq!(patch.replaced.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["f"], "new functions replace nothing");
+    assert!(out.section_by_name(".rodata.added.str1.1").is_some() || out.sections.iter().any(|s| s.is_strings()), "its string literal comes along");
+}
+
+#[test]
+fn moved_line_numbers_in_warn_calls_are_no_change() {
+    // Two blank lines before w(): only the __LINE__ immediate changes.
+    let (o, p) = pair("line", &variant("int w(int a) {", "\n\nint w(int a) {"));
+    match diff(&o, &p, &Options::default()).unwrap() {
+        Outcome::NoChange(r) => assert!(r.changed.is_empty()),
+        other => panic!("expected no change, got {other:?}"),
+    }
+    // The same immediate passed to a function that is not WARN-like is a change.
+    let src = BASE.replace("warn_slowpath_fmt(\"a.c\", __LINE__, \"big\")", "warn_other(\"a.c\", __LINE__, \"big\")")
+        .replace("extern int exported_thing", "extern void warn_other(const char *, int, const char *);\nextern int exported_thing");
+    let o2 = compile("line2-orig", &src);
+    let p2 = compile("line2-patched", &src.replacen("int w(int a) {", "\n\nint w(int a) {", 1));
+    assert!(matches!(diff(&o2, &p2, &Options::default()).unwrap(), Outcome::Changes(_)));
+}
+
+#[test]
+fn static_locals_correlate_through_their_functions() {
+    // A new static before f renumbers gcc's count.N; g's count must not be taken for f's.
+    let src = variant("int f(int a) {\n    static int count;", "int f(int a) {\n    static int before;\n    static int count;\n    before++;");
+    let (o, p) = pair("statics", &src);
+    let (_, out) = changes(&o, &p, &Options::default());
+    let orig = Object::parse(&o).unwrap();
+    // ORIG's f uses the count whose section is referenced from .text.f.
+    let ftext = orig.section_by_name(".text.f").unwrap().index;
+    let f_count = orig
+        .relas_of(ftext)
+        .iter()
+        .map(|r| &orig.symbols[r.sym])
+        .map(|s| if s.typ == STT_SECTION { orig.sections[s.section().unwrap()].name.trim_start_matches(".bss.").to_string() } else { s.name.clone() })
+        .find(|n| n.starts_with("count."))
+        .unwrap();
+    let names: Vec<String> = reloc_targets(&out, ".text.f").into_iter().map(|x| x.0).collect();
+    assert!(names.contains(&format!(".klp.sym.vmlinux.{f_count},0")), "{names:?} should use {f_count}");
+    // The new static is new state: defined in the patch.
+    assert!(out.symbols.iter().any(|s| s.name.starts_with("before.") && s.section().is_some()));
+}
+
+#[test]
+fn removed_static_local_reference_is_refused() {
+    let src = variant("    count++;\n    return helper(a) + count;", "    return helper(a);");
+    let (o, p) = pair("rmstatic", &src);
+    let r = refused(&o, &p);
+    assert!(r.refusals.iter().any(|x| x.subject == "f" && x.reason.contains("static local") && x.reason.contains("count")), "{r:?}");
+}
+
+#[test]
+fn changed_data_is_refused() {
+    let (o, p) = pair("data", &variant("int data_x = 1;", "int data_x = 2;"));
+    let r = refused(&o, &p);
+    assert!(r.refusals.iter().any(|x| x.subject == "data_x" && x.reason.contains("data")), "{r:?}");
+}
+
+#[test]
+fn changed_init_code_is_refused() {
+    let (o, p) = pair("init", &variant("printk(\"init\\n\")", "printk(\"init!\\n\")"));
+    let r = refused(&o, &p);
+    assert!(r.refusals.iter().any(|x| x.subject == "ini" && x.reason.contains("__init")), "{r:?}");
+}
+
+#[test]
+fn changed_notrace_function_is_refused() {
+    let (o, p) = pair("notrace", &variant("return a + 1;", "return a + 2;"));
+    let r = refused(&o, &p);
+    assert!(r.refusals.iter().any(|x| x.subject == "nt" && x.reason.contains("__fentry__")), "{r:?}");
+}
+
+#[test]
+fn function_moved_to_another_section_is_refused() {
+    let (o, p) = pair("moved", &variant("int g(int a) {", "__attribute__((section(\".sched.text\"))) int g(int a) {"));
+    let r = refused(&o, &p);
+    assert!(r.refusals.iter().any(|x| x.subject == "g" && x.reason.contains("moved")), "{r:?}");
+}
+
+#[test]
+fn special_statics_are_copied_not_correlated() {
+    let src = BASE.replace("int g(int a) { static int count;", "int g(int a) { static int __warned; if (!__warned) { __warned = 1; printk(\"once\\n\"); } static int count;");
+    let o = compile("special-orig", &src);
+    let p = compile("special-patched", &src.replace("count += a;", "count += a + 1;"));
+    let (_, out) = changes(&o, &p, &Options::default());
+    let w = out.symbols.iter().find(|s| s.name.starts_with("__warned")).expect("__warned referenced");
+    assert!(w.section().is_some(), "a special static is a new copy in the patch, not a klp reference");
+}
+
+#[test]
+fn target_table_decides_normal_or_klp_references() {
+    let (o, p) = pair("target", &variant("count += a; return count + exported_thing(a);", "count += a * 2; return count + exported_thing(a);"));
+    let mut t = Target { objname: "vmlinux".into(), symbols: Default::default() };
+    t.symbols.insert("g".into(), TargetSym::Unexported { sympos: 2 });
+    t.symbols.insert("exported_thing".into(), TargetSym::Exported);
+    let orig = Object::parse(&o).unwrap();
+    for s in orig.symbols.iter().filter(|s| s.name.starts_with("count.")) {
+        t.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: 3 });
+    }
+    let opts = Options { target: Some(t), ..Default::default() };
+    let (patch, out) = changes(&o, &p, &opts);
+    assert_eq!(patch.replaced[0].name, "g");
+    assert_eq!(patch.replaced[0].sympos, 2);
+    let names: Vec<String> = reloc_targets(&out, ".text.g").into_iter().map(|x| x.0).collect();
+    assert!(names.contains(&"exported_thing".to_string()), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with(".klp.sym.vmlinux.count.") && n.ends_with(",3")), "{names:?}");
+    // A target table lacking a symbol ORIG defines is an error, not a guess.
+    let opts = Options { target: Some(Target { objname: "vmlinux".into(), symbols: Default::default() }), ..Default::default() };
+    assert!(diff(&o, &p, &opts).is_err());
+}
+
+#[test]
+fn function_pointer_to_a_replaced_function_points_to_the_original() {
+    let src = BASE.replace("int data_x = 1;", "int data_x = 1;\nextern void take(int (*)(int));\nint h(int a) { take(g); return a; }");
+    let o = compile("fptr-orig", &src);
+    let p = compile("fptr-patched", &src.replace("count += a;", "count -= a;").replace("return a; }", "return a + 1; }"));
+    let (_, out) = changes(&o, &p, &Options::default());
+    let r = reloc_targets(&out, ".text.h");
+    assert!(r.iter().any(|x| x.0 == ".klp.sym.vmlinux.g,0" && x.1 == R_X86_64_32S), "{r:?}");
+}
+
+#[test]
+fn explain_names_the_first_difference() {
+    let (o, p) = pair("explain", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let e = explain(&o, &p, "f", &Options::default()).unwrap();
+    assert!(e.lines.iter().any(|l| l.contains("first differing")), "{:?}", e.lines);
+    let e = explain(&o, &p, "g", &Options::default()).unwrap();
+    assert!(e.lines.iter().any(|l| l.contains("no difference")), "{:?}", e.lines);
+}
+
+// ---- bad input ----
+
+fn input_error(r: Result<Outcome, Error>, file: &str) {
+    match r {
+        Err(Error::Input { file: f, msg }) => {
+            assert_eq!(f, file);
+            assert!(!msg.is_empty());
+        }
+        other => panic!("expected an input error for {file}, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_input_is_an_error() {
+    let o = compile("trunc", BASE);
+    for cut in [0, 10, 63, 64, o.len() / 2, o.len() - 1] {
+        input_error(diff(&o[..cut], &o, &Options::default()), "ORIG");
+        input_error(diff(&o, &o[..cut], &Options::default()), "PATCHED");
+    }
+}
+
+#[test]
+fn wrong_machine_is_an_error() {
+    let o = compile("machine", BASE);
+    let mut m = o.clone();
+    m[18] = 40; // EM_ARM
+    input_error(diff(&m, &o, &Options::default()), "ORIG");
+}
+
+#[test]
+fn garbage_is_an_error() {
+    input_error(diff(b"not an object at all", b"", &Options::default()), "ORIG");
+    let o = compile("garbage", BASE);
+    let mut seed = 88172645463325252u64;
+    for _ in 0..300 {
+        let mut b = o.clone();
+        for _ in 0..8 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = seed as usize % b.len();
+            b[i] = (seed >> 40) as u8;
+        }
+        // Any verdict is acceptable for a corrupted object; a panic is not.
+        let _ = diff(&o, &b, &Options::default());
+    }
+}
+
+#[test]
+fn unrelated_pair_is_an_error() {
+    let o = compile("one", BASE);
+    let p = {
+        let dir = std::env::temp_dir().join(format!("suture-rules-{}", std::process::id())).join("two");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("other.c"), "int other(int a) { return a; }\n").unwrap();
+        let st = Command::new("gcc").args(["-c", "-O2", "-o"]).arg(dir.join("other.o")).arg(dir.join("other.c")).status().unwrap();
+        assert!(st.success());
+        std::fs::read(dir.join("other.o")).unwrap()
+    };
+    match diff(&o, &p, &Options::default()) {
+        Err(Error::Other(m)) => assert!(m.contains("different source files"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}
