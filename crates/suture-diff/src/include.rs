@@ -95,6 +95,12 @@ impl<'d, 'a> Inc<'d, 'a> {
         match t {
             Target::Sym { sym, .. } => {
                 if self.d.p.sym(sym).section().is_some() && self.must_define(sym) {
+                    if !self.defs.contains(&sym) && self.d.p.is_static_local(sym) && self.d.twin_p[sym].is_none() {
+                        self.d.report.warnings.push(format!(
+                            "static local variable {} has no counterpart in ORIG: assuming it is new (it starts from its initial value)",
+                            self.d.p.sym(sym).name
+                        ));
+                    }
                     self.define(sym);
                 }
             }
