@@ -18,6 +18,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{name} pos {} addr {:#x} kind {}", i.sympos, i.addr, k.symbols()[i.index].kind);
         }
     }
+    // ORIG=path/to/object.o SYMVERS=Module.symvers: time build_target on it.
+    if let (Some(orig), Some(symvers)) = (std::env::var_os("ORIG"), std::env::var_os("SYMVERS")) {
+        let orig = std::fs::read(orig)?;
+        let exports = suture_symbols::Exports::parse(&std::fs::read_to_string(symvers)?)?;
+        let t = Instant::now();
+        let rep = suture_symbols::build_target_report(
+            suture_symbols::TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&vmlinux) },
+            &exports,
+            "vmlinux",
+            &orig,
+        )?;
+        eprintln!(
+            "build_target: {:?} ({} symbols, {} decided, {} unresolved, {} absent, {} mismatched)",
+            t.elapsed(),
+            rep.target.symbols.len(),
+            rep.decisions.len(),
+            rep.unresolved.len(),
+            rep.absent.len(),
+            rep.mismatched.len()
+        );
+        for d in &rep.decisions {
+            println!("{} -> {} of {} ({})", d.name, d.sympos, d.instances, d.how);
+        }
+        for m in &rep.mismatched {
+            println!("MISMATCHED {m}: {:?}", suture_symbols::verify_function(&vmlinux, &k, &orig, m).err());
+        }
+        if std::env::var_os("ABSENT").is_some() {
+            println!("ABSENT {:?}", rep.absent);
+        }
+        for u in &rep.unresolved {
+            println!("UNRESOLVED {}: {}", u.name, u.why);
+        }
+    }
     if std::env::var_os("DUMP").is_some() {
         for s in k.symbols() {
             println!("{:016x} {} {}", s.addr, s.kind, s.name);

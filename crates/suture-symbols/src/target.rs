@@ -178,19 +178,94 @@ impl Space for ModuleSpace<'_> {
     }
 }
 
-/// Does ORIG's function equal the target's bytes, relocated fields masked?
-/// `Err(offset)` gives the first differing byte.
-fn compare_masked(orig: &[u8], fstart: u64, rels: &[Rel], target: &[u8]) -> Result<(), usize> {
-    let mut masked = vec![false; orig.len()];
-    for r in rels {
-        let o = (r.offset - fstart) as usize;
-        for m in masked.iter_mut().skip(o).take(r.width()) {
-            *m = true;
+/// Where one relocation of ORIG ended up in the target's copy of the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Site {
+    /// The relocated field, at this offset from the start of the target's copy.
+    Field(u64),
+    /// A `jmp`/`jcc rel32` to another function of the same translation unit
+    /// that the assembler shortened to rel8 in the target, where both were in
+    /// one `.text` section (ORIG has one section per function, so it cannot):
+    /// no field left, only the jump's destination.
+    Relaxed(u64),
+}
+
+/// Does ORIG's code `orig` (starting at `fstart` in its section, relocations
+/// `rels`) equal the target's copy at `addr`, relocated fields masked and
+/// relaxed jumps allowed for? `Ok` gives where each relocation ended up;
+/// `Err(offset)` the first ORIG byte that differs (`usize::MAX`: no bytes at
+/// `addr`).
+fn match_code(space: &dyn Space, addr: u64, orig: &[u8], fstart: u64, rels: &[Rel]) -> Result<Vec<Site>, usize> {
+    // The target's copy is never longer; near the end of a segment it may be
+    // readable only in part.
+    let mut len = orig.len();
+    let img = loop {
+        if let Some(b) = space.read(addr, len) {
+            break b;
         }
+        if len == 0 || orig.len() - len >= 64 {
+            return Err(usize::MAX);
+        }
+        len -= 1;
+    };
+    let mut sites = Vec::with_capacity(rels.len());
+    let (mut i, mut j, mut k) = (0usize, 0usize, 0usize);
+    let field_at = |k: usize| rels.get(k).map(|r| (r.offset - fstart) as usize);
+    while i < orig.len() {
+        // Relocations overlapping already-consumed bytes (none in real code)
+        // get no site; their symbols are simply not learnt from.
+        while field_at(k).is_some_and(|o| o < i) {
+            sites.push(Site::Field(u64::MAX));
+            k += 1;
+        }
+        let next = field_at(k);
+        let rel32_jump = |r: &Rel| r.pc_relative() && r.width() == 4;
+        if next == Some(i + 1) && orig[i] == 0xe9 && rel32_jump(&rels[k]) {
+            let (&op, rest) = img.get(j..).and_then(|s| s.split_first()).ok_or(i)?;
+            if op == 0xeb {
+                let d = *rest.first().ok_or(i)? as i8 as i64;
+                sites.push(Site::Relaxed(addr.wrapping_add(j as u64 + 2).wrapping_add(d as u64)));
+                (i, j, k) = (i + 5, j + 2, k + 1);
+                continue;
+            }
+        }
+        if next == Some(i + 2) && orig[i] == 0x0f && orig[i + 1] & 0xf0 == 0x80 && rel32_jump(&rels[k]) {
+            let op = *img.get(j).ok_or(i)?;
+            if op == 0x70 | (orig[i + 1] & 0x0f) {
+                let d = *img.get(j + 1).ok_or(i)? as i8 as i64;
+                sites.push(Site::Relaxed(addr.wrapping_add(j as u64 + 2).wrapping_add(d as u64)));
+                (i, j, k) = (i + 6, j + 2, k + 1);
+                continue;
+            }
+        }
+        if next == Some(i) {
+            let w = rels[k].width().max(1);
+            if j + w > img.len() {
+                return Err(i);
+            }
+            sites.push(Site::Field(j as u64));
+            (i, j, k) = (i + w, j + w, k + 1);
+            continue;
+        }
+        if img.get(j) != Some(&orig[i]) {
+            return Err(i);
+        }
+        (i, j) = (i + 1, j + 1);
     }
-    match (0..orig.len()).find(|&i| !masked[i] && orig[i] != target[i]) {
-        Some(i) => Err(i),
-        None => Ok(()),
+    while sites.len() < rels.len() {
+        sites.push(Site::Field(u64::MAX));
+    }
+    Ok(sites)
+}
+
+/// The address ORIG's relocation symbol has in the target, from where the
+/// relocation ended up in a matched copy at `addr`.
+fn site_symbol(space: &dyn Space, addr: u64, site: Site, r: &Rel) -> Option<u64> {
+    match site {
+        Site::Field(u64::MAX) => None,
+        Site::Field(off) => space.deref(addr, off, r),
+        // The jump lands on S + A + 4 (the field is the instruction's last 4 bytes).
+        Site::Relaxed(dest) => Some(dest.wrapping_sub(r.addend.wrapping_add(4) as u64)),
     }
 }
 
@@ -264,19 +339,12 @@ impl<'s, 'o> Resolver<'s, 'o> {
             return true;
         }
         let f = &self.orig.symbols[sym];
-        let ok = self
-            .space
-            .read(addr, bytes.len())
-            .is_some_and(|t| compare_masked(bytes, f.value, rels, t).is_ok());
-        if !ok {
-            return false;
-        }
+        let Ok(sites) = match_code(self.space, addr, bytes, f.value, rels) else { return false };
         self.processed.insert(sym);
         self.located.insert(sym, addr);
         let from = format!("referenced by {}", f.name);
-        let fvalue = f.value;
-        for r in rels.to_vec() {
-            let Some(s) = self.space.deref(addr, r.offset - fvalue, &r) else { continue };
+        for (r, site) in rels.to_vec().into_iter().zip(sites) {
+            let Some(s) = site_symbol(self.space, addr, site, &r) else { continue };
             let rs = &self.orig.symbols[r.sym];
             if rs.st_type == elf::STT_SECTION {
                 let Some(sec) = rs.sec() else { continue };
@@ -300,11 +368,11 @@ impl<'s, 'o> Resolver<'s, 'o> {
     /// Whether every checkable relocation of ORIG's function `func` agrees with
     /// the instance at `addr`: references to symbols located elsewhere must land
     /// there, and string literals must read the same.
-    fn relocations_agree(&self, func: usize, addr: u64) -> (bool, usize) {
+    fn relocations_agree(&self, func: usize, addr: u64, sites: &[Site]) -> (bool, usize) {
         let f = &self.orig.symbols[func];
         let mut checked = 0;
-        for r in self.orig.relocs_in(f.sec().unwrap(), f.value, f.value + f.size) {
-            let Some(s) = self.space.deref(addr, r.offset - f.value, r) else { continue };
+        for (r, &site) in self.orig.relocs_in(f.sec().unwrap(), f.value, f.value + f.size).iter().zip(sites) {
+            let Some(s) = site_symbol(self.space, addr, site, r) else { continue };
             let rs = &self.orig.symbols[r.sym];
             let sec = rs.sec();
             let merged_strings = sec.is_some_and(|i| {
@@ -457,7 +525,7 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
     rep.mismatched.sort();
 
     // Byte matches per pending function, computed once.
-    let mut byte_matches: HashMap<usize, Vec<Instance>> = HashMap::new();
+    let mut byte_matches: HashMap<usize, Vec<(Instance, Vec<Site>)>> = HashMap::new();
     if space.can_read() {
         for (i, inst) in &pending {
             if !orig.symbols[*i].is_func() {
@@ -469,12 +537,7 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
             }
             let m = inst
                 .iter()
-                .filter(|c| {
-                    space
-                        .read(c.addr, bytes.len())
-                        .is_some_and(|t| compare_masked(bytes, orig.symbols[*i].value, rels, t).is_ok())
-                })
-                .copied()
+                .filter_map(|c| Some((*c, match_code(space, c.addr, bytes, orig.symbols[*i].value, rels).ok()?)))
                 .collect();
             byte_matches.insert(*i, m);
         }
@@ -488,15 +551,15 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
             let mut decided: Option<(Instance, String)> = None;
             if let Some(m) = byte_matches.get(&i) {
                 if m.len() == 1 {
-                    decided = Some((m[0], "bytes".into()));
+                    decided = Some((m[0].0, "bytes".into()));
                 } else if m.len() > 1 {
                     let agree: Vec<Instance> = m
                         .iter()
-                        .filter(|c| {
-                            let (ok, n) = rv.relocations_agree(i, c.addr);
+                        .filter(|(c, sites)| {
+                            let (ok, n) = rv.relocations_agree(i, c.addr, sites);
                             ok && n > 0
                         })
-                        .copied()
+                        .map(|(c, _)| *c)
                         .collect();
                     if agree.len() == 1 {
                         decided = Some((agree[0], "bytes+relocations".into()));
@@ -509,7 +572,7 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
                     if let Some(&first) = hits.first() {
                         // Byte-check a function found by reference before using it.
                         let ok = !s.is_func()
-                            || byte_matches.get(&i).is_none_or(|m| m.iter().any(|c| c.addr == a));
+                            || byte_matches.get(&i).is_none_or(|m| m.iter().any(|(c, _)| c.addr == a));
                         if ok {
                             decided = Some((first, from.to_string()));
                         }
@@ -611,14 +674,14 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
     // shape calling another function is not the same function.
     let space = VmlinuxSpace { kallsyms, image: Some(img) };
     let fvalue = orig.symbols[i].value;
-    let wrong_target = |addr: u64| -> Option<String> {
-        rels.iter().find_map(|r| {
+    let wrong_target = |addr: u64, sites: &[Site]| -> Option<String> {
+        rels.iter().zip(sites).find_map(|(r, &site)| {
             let rs = &orig.symbols[r.sym];
             if rs.st_type == elf::STT_SECTION || rs.name.is_empty() {
                 return None;
             }
             let want = kallsyms.unique_addr(&rs.name)?;
-            let got = space.deref(addr, r.offset - fvalue, r)?;
+            let got = site_symbol(&space, addr, site, r)?;
             (got != want).then(|| {
                 format!("the relocation at +{:#x} reaches {got:#x} in the image, not {} at {want:#x}", r.offset - fvalue, rs.name)
             })
@@ -627,12 +690,12 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
     let mut first_diff: Option<(usize, u64)> = None;
     let mut reloc_diff = None;
     for c in &inst {
-        let Some(t) = space.read(c.addr, bytes.len()) else { continue };
-        match compare_masked(bytes, fvalue, rels, t) {
-            Ok(()) => match wrong_target(c.addr) {
+        match match_code(&space, c.addr, bytes, fvalue, rels) {
+            Ok(sites) => match wrong_target(c.addr, &sites) {
                 None => return Ok(()),
                 Some(why) => reloc_diff = Some(why),
             },
+            Err(usize::MAX) => {}
             Err(off) => {
                 if first_diff.is_none_or(|(o, _)| off > o) {
                     first_diff = Some((off, c.addr));
@@ -646,11 +709,10 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
     match first_diff {
         Some((off, addr)) => Err(mm(
             format!(
-                "differs from the image ({} instance(s); closest at {addr:#x} first differs at +{off:#x}: \
-                 ORIG {:#04x}, image {:#04x}): rebuild with the target's source, config and compiler",
+                "differs from the image ({} instance(s); the closest, at {addr:#x}, first differs at \
+                 ORIG's byte +{off:#x} ({:#04x})): rebuild with the target's source, config and compiler",
                 inst.len(),
                 bytes[off],
-                space.read(addr + off as u64, 1).map_or(0, |b| b[0])
             ),
             Some(off),
         )),
@@ -690,6 +752,8 @@ mod tests {
         let (show_sec, _) = func(&mut o, "show", &show_code);
         let (_, helper) = func(&mut o, "helper", &[0xc3]);
         let (twin_sec, _) = func(&mut o, "twin", &[0xe8, 0, 0, 0, 0, 0xc3]);
+        // je helper; jmp helper: rel32 forms, one relocation each.
+        let (jumper_sec, _) = func(&mut o, "jumper", &[0x0f, 0x84, 0, 0, 0, 0, 0xe9, 0, 0, 0, 0]);
         let strs = o.add_section(vec![], b".rodata.str1.1".to_vec(), SectionKind::ReadOnlyString);
         o.append_section_data(strs, b"one\0two\0", 1);
         let strs_sym = o.section_symbol(strs);
@@ -724,6 +788,8 @@ mod tests {
         rel(&mut o, show_sec, 8, strs_sym, 0, elf::R_X86_64_PC32);
         rel(&mut o, show_sec, 14, bss_sym, -4, elf::R_X86_64_PC32);
         rel(&mut o, twin_sec, 1, emit, -4, elf::R_X86_64_PLT32);
+        rel(&mut o, jumper_sec, 2, helper, -4, elf::R_X86_64_PC32);
+        rel(&mut o, jumper_sec, 7, helper, -4, elf::R_X86_64_PLT32);
         o.write().unwrap()
     }
 
@@ -746,6 +812,12 @@ mod tests {
         }
         text[0x200] = 0xc3;
         text[0x300] = 0xc3;
+        // Two `jumper`s shortened to rel8 by the assembler: the first jumps to
+        // helper, the second to decoy.
+        for (a, dest) in [(0x210usize, 0x200usize), (0x2a0, 0x300)] {
+            let d = |next: usize| (dest as i64 - next as i64) as i8 as u8;
+            text[a..a + 4].copy_from_slice(&[0x74, d(a + 2), 0xeb, d(a + 4)]);
+        }
         for a in [0x340u64, 0x380] {
             text[a as usize..a as usize + 6].copy_from_slice(&[0xe8, 0, 0, 0, 0, 0xc3]);
             put_rel(&mut text, a + 1, BASE + 0x3c0);
@@ -769,6 +841,8 @@ mod tests {
             sym(0x000, "show"),
             sym(0x100, "show"),
             sym(0x200, "helper"),
+            sym(0x210, "jumper"),
+            sym(0x2a0, "jumper"),
             sym(0x300, "decoy"),
             sym(0x340, "twin"),
             sym(0x380, "twin"),
@@ -794,6 +868,8 @@ mod tests {
         let how: HashMap<&str, &str> = rep.decisions.iter().map(|d| (d.name.as_str(), d.how.as_str())).collect();
         assert_eq!(how["show"], "bytes+relocations");
         assert_eq!(how["counter"], "referenced by show");
+        assert_eq!(t["jumper"], TargetSym::Unexported { sympos: 1 });
+        assert_eq!(how["jumper"], "bytes+relocations");
         // Identical code calling the same function: nothing tells them apart.
         assert_eq!(rep.unresolved.len(), 1);
         assert_eq!(rep.unresolved[0].name, "twin");
@@ -832,6 +908,10 @@ mod tests {
         let (img, k) = image();
         let k2 = Kallsyms::from_symbols(k.symbols().iter().filter(|s| s.addr != BASE + 0x100).cloned().collect());
         let m = verify_function(&img, &k2, &o, "show").unwrap_err();
+        assert!(m.to_string().contains("not helper"), "{m}");
+        verify_function(&img, &k, &o, "jumper").unwrap();
+        let k3 = Kallsyms::from_symbols(k.symbols().iter().filter(|s| s.addr != BASE + 0x210).cloned().collect());
+        let m = verify_function(&img, &k3, &o, "jumper").unwrap_err();
         assert!(m.to_string().contains("not helper"), "{m}");
         assert_eq!(m.offset, None, "{m}");
     }

@@ -184,6 +184,35 @@ fn verify_function_against_the_image() {
     assert!(m.to_string().contains("does not define"), "{m}");
 }
 
+/// ORIG for kernel/irq/irqdesc.c: `generic_handle_irq` ends in a tail call
+/// `jmp handle_irq_desc`, a 5-byte jump with a relocation in ORIG (one section
+/// per function) that the assembler shortened to 2 bytes in Debian's build.
+const IRQDESC_O: &[u8] = include_bytes!("data/irqdesc.o");
+
+#[test]
+fn relaxed_jumps_match_and_still_tell_their_target() {
+    let Some(r) = real() else { return };
+    verify_function(&r.vmlinux, &r.kallsyms, IRQDESC_O, "generic_handle_irq").unwrap_or_else(|m| panic!("{m}"));
+    let rep = build_target_report(
+        TargetImage::Vmlinux { kallsyms: &r.kallsyms, vmlinux: Some(&r.vmlinux) },
+        &r.exports,
+        "vmlinux",
+        IRQDESC_O,
+    )
+    .unwrap();
+    assert!(rep.mismatched.is_empty() && rep.unresolved.is_empty(), "{:?} {:?}", rep.mismatched, rep.unresolved);
+    for name in ["type_show", "name_show", "wakeup_show"] {
+        let TargetSym::Unexported { sympos } = rep.target.symbols[name] else { panic!("{name}") };
+        // Independent of the byte comparison: the chosen instance lies in
+        // irqdesc.c's block of text, after the last function of the object
+        // linked before it (kernel/printk) and before irqdesc.c's first global.
+        let addr = r.kallsyms.instances("vmlinux", name)[sympos as usize - 1].addr;
+        let lo = r.kallsyms.unique_addr("prb_record_text_space").unwrap();
+        let hi = r.kallsyms.unique_addr("irq_free_descs").unwrap();
+        assert!(lo < addr && addr < hi, "{name} at {addr:#x} not in [{lo:#x}, {hi:#x}]");
+    }
+}
+
 /// ORIG for drivers/platform/x86/dell/dell-wmi-sysman/int-attributes.c, one of
 /// five files of the dell-wmi-sysman module that each define static
 /// `current_value_show`, `display_name_show`, `type_show`, ...
