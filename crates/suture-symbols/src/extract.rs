@@ -44,6 +44,24 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>> {
     )))
 }
 
+/// A module file as installed: `.ko` as is, `.ko.xz`, `.ko.zst` or `.ko.gz`
+/// decompressed (distributions compress modules whole, from byte 0).
+pub fn decompress_module(data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    if data.starts_with(ELF_MAGIC) {
+        return Ok(std::borrow::Cow::Borrowed(data));
+    }
+    for (fmt, magic) in FORMATS {
+        if data.starts_with(magic) {
+            let out = decompress(fmt, data).map_err(|e| Error::Image(format!("module: {fmt}: {e}")))?;
+            if !out.starts_with(ELF_MAGIC) {
+                return Err(Error::Image(format!("module: the {fmt} stream does not hold an ELF file")));
+            }
+            return Ok(std::borrow::Cow::Owned(out));
+        }
+    }
+    Err(Error::Image("module: neither an ELF file nor xz, zstd or gzip; pass the module's .ko file".into()))
+}
+
 fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
     let first = needle[0];
     let mut from = 0;
@@ -145,6 +163,19 @@ mod tests {
         let z = ruzstd::encoding::compress_to_vec(&elf[..], ruzstd::encoding::CompressionLevel::Fastest);
         let img = bzimage_around(&z);
         assert_eq!(extract_vmlinux(&img).unwrap(), elf);
+    }
+
+    #[test]
+    fn compressed_modules() {
+        let elf = fake_elf();
+        assert_eq!(&*decompress_module(&elf).unwrap(), &elf[..]);
+        let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
+        enc.write_all(&elf).unwrap();
+        assert_eq!(&*decompress_module(&enc.finish().unwrap()).unwrap(), &elf[..]);
+        let z = ruzstd::encoding::compress_to_vec(&elf[..], ruzstd::encoding::CompressionLevel::Fastest);
+        assert_eq!(&*decompress_module(&z).unwrap(), &elf[..]);
+        assert!(decompress_module(b"plain text").is_err());
+        assert!(decompress_module(&z[..z.len() / 2]).is_err());
     }
 
     #[test]

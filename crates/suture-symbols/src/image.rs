@@ -92,22 +92,66 @@ impl<'a> Image<'a> {
 
     /// The GNU build-id note, lower-case hex.
     pub fn build_id(&self) -> Option<String> {
-        for &(off, size) in &self.notes {
-            let mut p = off as usize;
-            let end = (off + size) as usize;
-            while p + 12 <= end {
-                let namesz = u32_at(self.data, p)? as usize;
-                let descsz = u32_at(self.data, p + 4)? as usize;
-                let ty = u32_at(self.data, p + 8)?;
-                let name = self.data.get(p + 12..p + 12 + namesz)?;
-                let desc_off = p + 12 + namesz.div_ceil(4) * 4;
-                let desc = self.data.get(desc_off..desc_off + descsz)?;
-                if ty == 3 && name == b"GNU\0" {
-                    return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
-                }
-                p = desc_off + descsz.div_ceil(4) * 4;
-            }
+        self.notes.iter().find_map(|&(off, size)| {
+            let start = usize::try_from(off).ok()?;
+            let end = start.checked_add(usize::try_from(size).ok()?)?;
+            notes_build_id(self.data.get(start..end)?)
+        })
+    }
+}
+
+/// The GNU build-id in a run of ELF notes, such as a `PT_NOTE` segment or a
+/// running kernel's `/sys/kernel/notes`, as lower-case hex. Compare it with the
+/// image's to make sure a `/proc/kallsyms` copy and an image are one build.
+pub fn notes_build_id(notes: &[u8]) -> Option<String> {
+    let mut p = 0usize;
+    while p + 12 <= notes.len() {
+        let namesz = u32_at(notes, p)? as usize;
+        let descsz = u32_at(notes, p + 4)? as usize;
+        let ty = u32_at(notes, p + 8)?;
+        let name = notes.get(p + 12..(p + 12).checked_add(namesz)?)?;
+        let desc_off = (p + 12).checked_add(namesz.div_ceil(4) * 4)?;
+        let desc = notes.get(desc_off..desc_off.checked_add(descsz)?)?;
+        if ty == 3 && name == b"GNU\0" {
+            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
         }
-        None
+        p = desc_off + descsz.div_ceil(4) * 4;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_id_among_other_notes() {
+        let mut n = Vec::new();
+        let mut note = |name: &[u8], ty: u32, desc: &[u8]| {
+            n.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+            n.extend_from_slice(&ty.to_le_bytes());
+            n.extend_from_slice(name);
+            n.resize(n.len().next_multiple_of(4), 0);
+            n.extend_from_slice(desc);
+            n.resize(n.len().next_multiple_of(4), 0);
+        };
+        note(b"Xen\0", 6, b"linux\0");
+        note(b"GNU\0", 3, &[0xeb, 0x4f, 0xbc, 0xd0, 0x37]);
+        assert_eq!(notes_build_id(&n).as_deref(), Some("eb4fbcd037"));
+        assert_eq!(notes_build_id(&n[..20]), None);
+        assert_eq!(notes_build_id(&[]), None);
+    }
+
+    #[test]
+    fn bad_images_are_errors() {
+        assert!(Image::parse(b"").is_err());
+        assert!(Image::parse(b"\x7fELF\x01\x01\x01").is_err());
+        let mut h = vec![0u8; 64];
+        h[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        h[0x20] = 64;
+        h[0x36] = 56;
+        h[0x38] = 3;
+        assert!(Image::parse(&h).is_err(), "program headers past the end");
     }
 }

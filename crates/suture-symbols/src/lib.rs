@@ -22,8 +22,8 @@ mod obj;
 mod target;
 
 pub use exports::{Export, Exports};
-pub use extract::extract_vmlinux;
-pub use image::Image;
+pub use extract::{decompress_module, extract_vmlinux};
+pub use image::{notes_build_id, Image};
 pub use kallsyms::{decode_tables, kallsyms_from_vmlinux, parse_proc_kallsyms, Instance, KSym, Kallsyms};
 pub use module::{module_name, module_symbols};
 pub use target::{
