@@ -407,6 +407,9 @@ impl Host {
     /// kernel to release the module, then removes it.
     pub fn unload(&self, name: &str, opts: &UnloadOptions) -> Result<UnloadReport, HostError> {
         let start = Instant::now();
+        // Module names are registered with '_' where the file has '-', as
+        // modprobe/rmmod accept either spelling.
+        let name = &name.replace('-', "_");
         let pdir = self.root.patch_dir(name);
         let module_loaded = self.root.module_dir(name).is_dir();
         if !pdir.is_dir() && !module_loaded {

@@ -236,7 +236,7 @@ fn unload_disables_waits_and_deletes() {
     simulate(f.fake.0.clone(), "lp_un".into(), true);
     let r = f
         .host
-        .unload("lp_un", &UnloadOptions { timeout: Duration::from_secs(5), poll_interval: Duration::from_millis(2) })
+        .unload("lp-un", &UnloadOptions { timeout: Duration::from_secs(5), poll_interval: Duration::from_millis(2) })
         .unwrap();
     assert!(r.was_enabled);
     assert_eq!(*f.deleted.lock().unwrap(), ["lp_un"]);

@@ -10,8 +10,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 
-const RELEASE: &str = "6.1.0-56-amd64";
+fn release() -> String {
+    suture_lab::test_release()
+}
+
+// One guest at a time: the stall test's timeouts assume the guest is not
+// sharing the two cores with another TCG guest.
+static VM_LOCK: Mutex<()> = Mutex::new(());
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -35,7 +42,7 @@ fn artifacts() -> &'static Artifacts {
     A.get_or_init(|| {
         // Under target/ rather than /tmp: kept for incremental rebuilds and
         // removed by `cargo clean`, so nothing accumulates in /tmp.
-        let dir = target_dir().join("suture-host-vm");
+        let dir = target_dir().join("suture-host-vm").join(release());
         let (sample, plain, stall) = build_modules(&dir);
         Artifacts { sample, plain, stall, suture: suture_binary() }
     })
@@ -108,8 +115,9 @@ MODULE_INFO(livepatch, "Y");
 /// Builds the sample livepatch, an ordinary module (the refusal case) and
 /// the stalling patch against the release's headers.
 fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let headers = PathBuf::from(format!("/usr/src/linux-headers-{RELEASE}"));
-    assert!(headers.is_dir(), "{} missing: apt-get install linux-headers-{RELEASE}", headers.display());
+    let release = release();
+    let headers = PathBuf::from(format!("/usr/src/linux-headers-{release}"));
+    assert!(headers.is_dir(), "{} missing: apt-get install linux-headers-{release}", headers.display());
     let m = scratch.join("mod");
     std::fs::create_dir_all(&m).unwrap();
     std::fs::copy(sample_source(scratch), m.join("livepatch-sample.c")).unwrap();
@@ -179,7 +187,7 @@ echo "== end"
 
 fn guest() -> suture_lab::Vm {
     let a = artifacts();
-    let mut vm = suture_lab::Vm::new(RELEASE).unwrap();
+    let mut vm = suture_lab::Vm::new(&release()).unwrap();
     vm.add_executable(&a.suture, "/bin/suture").unwrap();
     vm.add_file(&a.sample, "/root/livepatch-sample.ko").unwrap();
     vm.add_file(&a.plain, "/root/plain-mod.ko").unwrap();
@@ -195,10 +203,12 @@ fn json_of(section: &str) -> serde_json::Value {
 
 #[test]
 fn sample_livepatch_load_list_unload_in_guest() {
-    if !suture_lab::require_kernel_or_skip(RELEASE).unwrap() {
+    if !suture_lab::require_kernel_or_skip(&release()).unwrap() {
         return;
     }
-    let r = guest().run(SCRIPT).unwrap();
+    let vm = guest();
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let r = vm.run(SCRIPT).unwrap();
     eprintln!("guest run took {:?}", r.duration);
     let out = r.script_output();
     let s = sections(out);
@@ -257,8 +267,13 @@ fn sample_livepatch_load_list_unload_in_guest() {
 const STALL_SCRIPT: &str = r#"
 sleep 600 &
 SLEEPER=$!
-# Let the sleeper reach nanosleep before the patch arrives.
-sleep 1
+# The sleeper must be inside nanosleep before the patch arrives, or it
+# would switch on its way there and nothing would stall.
+i=0
+while ! grep -q hrtimer_nanosleep /proc/$SLEEPER/stack 2>/dev/null; do
+  i=$((i+1)); [ $i -gt 300 ] && echo "sleeper never reached nanosleep" && break
+  usleep 100000
+done
 echo "== stall"; suture load --timeout 3 /root/stall-patch.ko; echo "rc=$?"
 echo "== stall-json"; suture load --json --timeout 2 /root/stall-patch.ko; echo "rc=$?"
 echo "== stall-after"
@@ -276,10 +291,12 @@ echo "== end"
 /// remove the module, and leave the kernel able to take the next patch.
 #[test]
 fn stalled_transition_is_reversed_and_explained() {
-    if !suture_lab::require_kernel_or_skip(RELEASE).unwrap() {
+    if !suture_lab::require_kernel_or_skip(&release()).unwrap() {
         return;
     }
-    let r = guest().run(STALL_SCRIPT).unwrap();
+    let vm = guest();
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let r = vm.run(STALL_SCRIPT).unwrap();
     eprintln!("guest run took {:?}", r.duration);
     let out = r.script_output();
     let s = sections(out);

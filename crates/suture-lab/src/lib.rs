@@ -63,6 +63,26 @@ pub fn host_release() -> Result<String> {
     Ok(s.trim().to_string())
 }
 
+/// The kernel release VM tests boot: `$SUTURE_TEST_RELEASE` (set by
+/// `scripts/test.sh`), else the release Debian's `linux-image-amd64`
+/// depends on, else the one the project was developed against.
+pub fn test_release() -> String {
+    if let Some(r) = std::env::var("SUTURE_TEST_RELEASE").ok().filter(|r| !r.trim().is_empty()) {
+        return r.trim().to_string();
+    }
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Depends}", "linux-image-amd64"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split([',', ' ', '|'])
+                .find_map(|w| w.strip_prefix("linux-image-"))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "6.1.0-56-amd64".to_string())
+}
+
 /// Where Debian installs the image for `release`.
 pub fn kernel_image(release: &str) -> PathBuf {
     PathBuf::from(format!("/boot/vmlinuz-{release}"))
@@ -374,6 +394,15 @@ impl Vm {
         tree.insert("suture-lab-test.sh", 0o755, NodeKind::File(script.as_bytes().to_vec()));
         let initrd = tmp.0.join("initrd.gz");
         let gz = cpio::gzip(&tree.to_newc()).context("compressing the initramfs")?;
+        // The initramfs is unpacked into guest RAM; a size close to the
+        // memory given explains an otherwise puzzling boot failure.
+        eprintln!(
+            "suture-lab: booting {} with a {:.1} MiB initramfs, {} MiB RAM, timeout {:?}",
+            self.kernel.display(),
+            gz.len() as f64 / (1 << 20) as f64,
+            self.memory_mb,
+            self.timeout
+        );
         std::fs::write(&initrd, gz).with_context(|| format!("writing {}", initrd.display()))?;
 
         let mut cmd = Command::new(&self.qemu);
@@ -459,6 +488,7 @@ impl Vm {
                 qemu_err.trim()
             )
         })?;
+        eprintln!("suture-lab: guest powered off after {duration:.1?}, script exit status {exit_status}");
         Ok(RunOutput { output: text, exit_status, duration })
     }
 }

@@ -1,31 +1,38 @@
 //! Boots the installed Debian kernel under TCG. Skips (with a printed reason)
 //! only when the image is absent and CI is unset.
 
-use suture_lab::{require_kernel_or_skip, Vm};
+use std::sync::Mutex;
+use suture_lab::{require_kernel_or_skip, test_release, Vm};
 
-const RELEASE: &str = "6.1.0-56-amd64";
+// One guest at a time: parallel TCG guests on two cores make boot times,
+// and so the timeout test's margins, unpredictable.
+static VM_LOCK: Mutex<()> = Mutex::new(());
 
 #[test]
 fn guest_runs_installed_kernel_and_propagates_status() {
-    if !require_kernel_or_skip(RELEASE).unwrap() {
+    let release = test_release();
+    if !require_kernel_or_skip(&release).unwrap() {
         return;
     }
-    let vm = Vm::new(RELEASE).unwrap();
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let vm = Vm::new(&release).unwrap();
     let run = vm
         .run("echo \"guest-release=$(uname -r)\"\nexit 7\n")
         .unwrap();
     eprintln!("boot+run took {:?}", run.duration);
     let out = run.script_output();
-    assert!(out.contains(&format!("guest-release={RELEASE}\n")), "guest output:\n{}", run.output);
+    assert!(out.contains(&format!("guest-release={release}\n")), "guest output:\n{}", run.output);
     assert_eq!(run.exit_status, 7, "guest output:\n{}", run.output);
 }
 
 #[test]
 fn added_files_and_dynamic_executables_work_in_guest() {
-    if !require_kernel_or_skip(RELEASE).unwrap() {
+    let release = test_release();
+    if !require_kernel_or_skip(&release).unwrap() {
         return;
     }
-    let mut vm = Vm::new(RELEASE).unwrap();
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = Vm::new(&release).unwrap();
     vm.add_bytes("/root/data.txt", b"payload-42\n".to_vec(), 0o644);
     // A glibc-linked host program exercises the ldd copying; `env` from
     // coreutils is dynamically linked on Debian.
@@ -39,10 +46,12 @@ fn added_files_and_dynamic_executables_work_in_guest() {
 
 #[test]
 fn timeout_kills_guest_and_reports_output_so_far() {
-    if !require_kernel_or_skip(RELEASE).unwrap() {
+    let release = test_release();
+    if !require_kernel_or_skip(&release).unwrap() {
         return;
     }
-    let vm = Vm::new(RELEASE).unwrap().timeout(std::time::Duration::from_secs(25));
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let vm = Vm::new(&release).unwrap().timeout(std::time::Duration::from_secs(25));
     let err = vm.run("echo before-hang\nsleep 1000\n").unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("did not power off"), "{msg}");
