@@ -30,13 +30,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &orig,
         )?;
         eprintln!(
-            "build_target: {:?} ({} symbols, {} decided, {} unresolved, {} absent, {} mismatched)",
+            "build_target: {:?} ({} symbols, {} decided, {} unresolved, {} absent, {} mismatched, \
+             {} functions and {} objects verified)",
             t.elapsed(),
             rep.target.symbols.len(),
             rep.decisions.len(),
             rep.unresolved.len(),
             rep.absent.len(),
-            rep.mismatched.len()
+            rep.mismatched.len(),
+            rep.verified_functions,
+            rep.verified_objects
         );
         for d in &rep.decisions {
             println!("{} -> {} of {} ({})", d.name, d.sympos, d.instances, d.how);

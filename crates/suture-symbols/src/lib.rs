@@ -16,6 +16,7 @@
 mod exports;
 mod extract;
 mod image;
+mod io;
 mod kallsyms;
 mod module;
 mod obj;
@@ -24,6 +25,7 @@ mod target;
 pub use exports::{Export, Exports};
 pub use extract::{decompress_module, extract_vmlinux};
 pub use image::{notes_build_id, Image};
+pub use io::{load_proc_kallsyms, ReleasePaths};
 pub use kallsyms::{decode_tables, kallsyms_from_vmlinux, parse_proc_kallsyms, Instance, KSym, Kallsyms};
 pub use module::{module_name, module_symbols};
 pub use target::{

@@ -67,6 +67,11 @@ pub struct TargetReport {
     /// elsewhere in the target (their own code is unnamed there): left out of
     /// `target.symbols`.
     pub weak_overridden: Vec<String>,
+    /// How many of ORIG's functions were found byte-identical (relocated
+    /// fields masked) in the target.
+    pub verified_functions: usize,
+    /// Likewise for ORIG's initialised objects.
+    pub verified_objects: usize,
 }
 
 /// The differ's `Target` for every symbol ORIG defines or references; an error
@@ -636,6 +641,8 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
         };
         rep.unresolved.push(Unresolved { name: s.name.clone(), why });
     }
+    rep.verified_functions = rv.located.keys().filter(|&&i| orig.symbols[i].is_func()).count();
+    rep.verified_objects = rv.located.len() - rep.verified_functions;
     rep.absent.sort();
     rep.decisions.sort_by(|a, b| a.name.cmp(&b.name));
     rep.unresolved.sort_by(|a, b| a.name.cmp(&b.name));

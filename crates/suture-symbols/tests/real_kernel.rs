@@ -26,14 +26,9 @@ fn real() -> Option<&'static Real> {
             eprintln!("SKIPPED: {image} absent (install linux-image-{RELEASE} to run these tests)");
             return None;
         }
-        let bz = std::fs::read(&image).expect("read image");
-        let vmlinux = extract_vmlinux(&bz).expect("extract");
-        let kallsyms = kallsyms_from_vmlinux(&vmlinux).expect("kallsyms");
-        let symvers = format!("/usr/src/linux-headers-{RELEASE}/Module.symvers");
-        let exports = Exports::parse(&std::fs::read_to_string(&symvers).unwrap_or_else(|e| {
-            panic!("{symvers}: {e}: install linux-headers-{RELEASE}")
-        }))
-        .expect("symvers");
+        let paths = ReleasePaths::new(Path::new("/"), RELEASE);
+        let (vmlinux, kallsyms) = paths.load_vmlinux().unwrap_or_else(|e| panic!("{e}"));
+        let exports = paths.load_exports().unwrap_or_else(|e| panic!("{e}"));
         Some(Real { vmlinux, kallsyms, exports })
     })
     .as_ref()
@@ -153,6 +148,16 @@ fn build_target_picks_serial_cores_type_show() {
         eprintln!("decided {} -> {} of {} by {}", d.name, d.sympos, d.instances, d.how);
     }
     eprintln!("unresolved {:?}\nabsent {:?}\nmismatched {:?}", rep.unresolved, rep.absent, rep.mismatched);
+    // Every function of ORIG is in the image, byte-identical.
+    let funcs = {
+        use object::{Object, ObjectSymbol, SymbolKind};
+        let aligned = SERIAL_CORE_O.to_vec();
+        let elf = object::File::parse(&*aligned).unwrap();
+        let n = elf.symbols().filter(|s| s.kind() == SymbolKind::Text && s.is_definition()).count();
+        n
+    };
+    eprintln!("{} of ORIG's {funcs} functions verified, and {} objects", rep.verified_functions, rep.verified_objects);
+    assert_eq!(rep.verified_functions, funcs);
     assert!(rep.unresolved.is_empty());
     assert!(rep.mismatched.is_empty(), "{:?}", rep.mismatched);
     let t = &rep.target.symbols;
@@ -236,9 +241,8 @@ const DELL_INT_O: &[u8] = include_bytes!("data/dell-wmi-sysman-int-attributes.o"
 #[test]
 fn module_target_disambiguates_by_bytes_and_relocations() {
     let Some(_) = real() else { return };
-    let path = format!("/lib/modules/{RELEASE}/kernel/drivers/platform/x86/dell/dell-wmi-sysman/dell-wmi-sysman.ko");
-    let ko = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let syms = module_symbols(&ko, &path).unwrap();
+    let ko = ReleasePaths::new(Path::new("/"), RELEASE).load_module("dell-wmi-sysman").unwrap_or_else(|e| panic!("{e}"));
+    let syms = module_symbols(&ko, "dell-wmi-sysman.ko").unwrap();
     assert_eq!(syms.modules(), vec!["dell_wmi_sysman"]);
     // .init.text symbols are freed after init and not listed; .exit.text ones are.
     for init in ["sysman_init", "init_module", "__UNIQUE_ID___addressable_init_module276"] {
