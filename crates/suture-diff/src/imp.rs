@@ -439,13 +439,19 @@ impl<'a> Diff<'a> {
         self.o.bytes(oi) == self.p.bytes(pi) && self.relas_equal(oi, pi)
     }
 
-    /// Whether a function has an ftrace hook: its first relocation calls `__fentry__`.
+    /// Where a function's ftrace hook is, relative to the function: its first
+    /// relocation calls `__fentry__`, or (-mnop-mcount) `__mcount_loc` records a
+    /// site in its first bytes.
     pub fn fentry_offset(x: &Obj, f: usize) -> Option<u64> {
         let s = x.sym(f);
         let sec = s.section()?;
-        let r = x.relas_in(sec, s.value, s.value + s.size.max(1)).first()?;
-        let t = x.sym(r.sym);
-        (t.name == "__fentry__" && matches!(r.rtype, R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_NONE)).then(|| r.offset - s.value)
+        if let Some(r) = x.relas_in(sec, s.value, s.value + s.size.max(1)).first() {
+            let t = x.sym(r.sym);
+            if t.name == "__fentry__" && matches!(r.rtype, R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_NONE) {
+                return Some(r.offset - s.value);
+            }
+        }
+        (0..16).find(|k| x.mcount_sites.contains(&(sec, s.value + k))).map(|k| k + 1)
     }
 
     /// Position of an ORIG symbol among same-named local symbols, 0 when unique.

@@ -448,7 +448,18 @@ fn write(
         for &(a, e, at) in m {
             for r in dd.p.relas_in(sec, a, e) {
                 let offset = at + (r.offset - a);
-                if let Some(rr) = out.reloc(sec, r, offset, &layout, true) {
+                if let Some(mut rr) = out.reloc(sec, r, offset, &layout, true) {
+                    // -mnop-mcount objects carry a NOP and an R_X86_64_NONE where the
+                    // ftrace call goes; the module loader's ftrace expects the call.
+                    if r.rtype == R_X86_64_NONE && dd.p.sym(r.sym).name == "__fentry__" && dd.p.sec(sec).is_exec() {
+                        let d = &mut out.b.sections[oidx].data;
+                        let o = offset as usize;
+                        if o >= 1 && d.get(o - 1..o + 4) == Some(&[0x0f, 0x1f, 0x44, 0x00, 0x00][..]) {
+                            d[o - 1..o + 4].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
+                            rr.rtype = R_X86_64_PLT32;
+                            rr.addend = -4;
+                        }
+                    }
                     all_relas[oidx].push(rr);
                 }
             }
@@ -499,6 +510,25 @@ fn write(
                     Vec::new(),
                 ));
             }
+        }
+    }
+    // -mnop-mcount without a relocation: the call to __fentry__ is put back.
+    for &f in func_defs {
+        let Some(off) = Diff::fentry_offset(&dd.p, f) else { continue };
+        let s = dd.p.sym(f);
+        let sec = s.section().unwrap();
+        let site = s.value + off;
+        if dd.p.relas_in(sec, site, site + 4).iter().any(|r| dd.p.sym(r.sym).name == "__fentry__") {
+            continue;
+        }
+        let Some((oidx, o)) = layout.locate(sec, site as i64) else { continue };
+        let o = o as usize;
+        let d = &mut out.b.sections[oidx].data;
+        if o >= 1 && d.get(o - 1..o + 4) == Some(&[0x0f, 0x1f, 0x44, 0x00, 0x00][..]) {
+            d[o - 1..o + 4].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
+            let sym = out.plain("__fentry__");
+            all_relas[oidx].push(OutRela { offset: o as u64, sym, rtype: R_X86_64_PLT32, addend: -4 });
+            all_relas[oidx].sort_by_key(|r| r.offset);
         }
     }
     // ftrace call sites of the included traced functions, regenerated.
@@ -610,6 +640,17 @@ impl<'x, 'a> Out<'x, 'a> {
     fn section_symbol(&mut self, osec: usize) -> usize {
         let n = self.secsym.len();
         *self.secsym.entry(osec).or_insert(n * 4 + 2)
+    }
+
+    /// An undefined global symbol by plain name.
+    fn plain(&mut self, name: &str) -> usize {
+        if let Some(&c) = self.refs.get(name) {
+            return c;
+        }
+        let code = encode(SymRef::Global(self.globals.len()));
+        self.globals.push(OutSymbol { name: name.to_string(), bind: STB_GLOBAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+        self.refs.insert(name.to_string(), code);
+        code
     }
 
     /// An undefined symbol for an unchanged or external PATCHED symbol.

@@ -17,6 +17,8 @@ pub struct Obj {
     pub file_of: Vec<u32>,
     pub files: Vec<String>,
     pub special: Vec<bool>,
+    /// Call sites `__mcount_loc` records, as (section, offset).
+    pub mcount_sites: std::collections::HashSet<(usize, u64)>,
 }
 
 /// Where a relocation really points once section symbols are resolved.
@@ -121,7 +123,18 @@ impl Obj {
         for v in by_sec.values_mut() {
             v.sort_by_key(|&i| (elf.symbols[i].value, std::cmp::Reverse(elf.symbols[i].size)));
         }
-        Obj { elf, by_sec, mangled, file_of, files, special }
+        let mut o = Obj { elf, by_sec, mangled, file_of, files, special, mcount_sites: Default::default() };
+        if let Some(m) = o.elf.section_by_name("__mcount_loc").map(|s| s.index) {
+            let mut sites = std::collections::HashSet::new();
+            for r in o.elf.relas_of(m) {
+                let s = o.sym(r.sym);
+                if let Some(sec) = s.section() {
+                    sites.insert((sec, (s.value as i64 + r.addend) as u64));
+                }
+            }
+            o.mcount_sites = sites;
+        }
+        o
     }
 
     pub fn file(&self, i: usize) -> &str {

@@ -9,6 +9,10 @@ use suture_diff::{diff, explain, Error, Options, Outcome, Patch, Report, Target,
 use suture_elf::*;
 
 fn compile(name: &str, src: &str) -> Vec<u8> {
+    compile_with(name, src, &[])
+}
+
+fn compile_with(name: &str, src: &str, extra: &[&str]) -> Vec<u8> {
     // One directory per object, one source name for all: the STT_FILE symbol
     // must match across a before/after pair.
     let dir = std::env::temp_dir().join(format!("suture-rules-{}", std::process::id())).join(name);
@@ -30,8 +34,9 @@ fn compile(name: &str, src: &str) -> Vec<u8> {
             "-fno-stack-protector",
             "-fno-ipa-sra",
             "-fno-ipa-cp",
-            "-o",
         ])
+        .args(extra)
+        .arg("-o")
         .arg(&o)
         .arg(&c)
         .output()
@@ -140,6 +145,19 @@ fn changed_function_is_local_and_references_become_klp_symbols() {
 fn mcount_loc_is_regenerated_for_the_included_function() {
     let (o, p) = pair("mcount", &variant("return helper(a) + count;", "return helper(a) - count;"));
     let (_, out) = changes(&o, &p, &Options::default());
+    assert_eq!(reloc_targets(&out, "__mcount_loc"), vec![("f".to_string(), R_X86_64_64, 0)]);
+}
+
+#[test]
+fn nop_mcount_slot_becomes_a_call_to_fentry() {
+    let flags = ["-mrecord-mcount", "-mnop-mcount"];
+    let o = compile_with("nop-orig", BASE, &flags);
+    let p = compile_with("nop-patched", &variant("return helper(a) + count;", "return helper(a) ^ count;"), &flags);
+    let (_, out) = changes(&o, &p, &Options::default());
+    let text = out.section_by_name(".text.f").unwrap();
+    let r = out.relas_of(text.index).iter().find(|r| out.symbols[r.sym].name == "__fentry__").unwrap();
+    assert_eq!(r.rtype, R_X86_64_PLT32);
+    assert_eq!(text.data[r.offset as usize - 1], 0xe8, "a call instruction, not the NOP");
     assert_eq!(reloc_targets(&out, "__mcount_loc"), vec![("f".to_string(), R_X86_64_64, 0)]);
 }
 
