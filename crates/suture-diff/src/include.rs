@@ -135,6 +135,39 @@ impl<'d, 'a> Inc<'d, 'a> {
         }
     }
 
+    /// A module's special sections are set up before its klp relocations are
+    /// applied, so a patch for a module cannot keep a jump label or static call
+    /// whose key lives in that module: tracepoint ones are dropped (the patched
+    /// function then does not fire that tracepoint), others refused.
+    fn module_key_ok(&mut self, name: &str, group: &[Rela]) -> bool {
+        if self.d.objname() == "vmlinux" || !matches!(name, "__jump_table" | ".static_call_sites") {
+            return true;
+        }
+        let Some(key) = group.iter().skip(1).last() else { return true };
+        let sec = self.d.p.elf.section_by_name(name).map(|s| s.index).unwrap();
+        let Target::Sym { sym, .. } = self.d.p.target(sec, key) else { return true };
+        let s = self.d.p.sym(sym);
+        if s.is_undef() || self.must_define(sym) {
+            return true;
+        }
+        let kname = self.d.orig_name(sym).to_string();
+        if kname.starts_with("__tracepoint_") || kname.starts_with("__SCK__tp_func_") {
+            self.d.report.warnings.push(format!("{name}: entry keyed on {kname} dropped (tracepoint of the target module)"));
+            false
+        } else {
+            if !self.refusals.iter().any(|r| r.subject == kname) {
+                self.refusals.push(Refusal {
+                    subject: kname.clone(),
+                    reason: format!(
+                        "{name} entry of changed code uses the key {kname} of module {}: module special sections are initialised before klp relocations are applied",
+                        self.d.objname()
+                    ),
+                });
+            }
+            false
+        }
+    }
+
     /// One pass over the sliced sections; returns whether anything new was kept.
     fn slice_pass(&mut self) -> bool {
         let mut grew = false;
@@ -177,6 +210,10 @@ impl<'d, 'a> Inc<'d, 'a> {
                 let group = &relas[a..k];
                 let already = self.kept[&sec].1.contains(&start);
                 if !already && group.iter().any(|r| self.included_code(self.d.p.target(sec, r))) {
+                    if !self.module_key_ok(&name, group) {
+                        start = end;
+                        continue;
+                    }
                     self.kept.get_mut(&sec).unwrap().1.push(start);
                     for r in group {
                         self.visit(sec, r);

@@ -298,6 +298,54 @@ fn explain_names_the_first_difference() {
     assert!(e.lines.iter().any(|l| l.contains("no difference")), "{:?}", e.lines);
 }
 
+const JUMP: &str = r#"
+struct static_key { int enabled; };
+struct static_key mykey;
+extern int printk(const char *, ...);
+static inline __attribute__((always_inline)) int key_on(void) {
+    asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n"
+             ".pushsection __jump_table, \"aw\"\n.balign 8\n"
+             ".long 1b - ., %l[yes] - .\n.quad %c0 - .\n.popsection"
+             : : "i"(&mykey) : : yes);
+    return 0;
+yes:
+    return 1;
+}
+int j1(int a) { if (key_on()) printk("j1 %d\n", a); return a + 1; }
+int j2(int a) { if (key_on()) printk("j2 %d\n", a); return a + 2; }
+"#;
+
+#[test]
+fn jump_table_is_sliced_to_the_included_functions() {
+    let o = compile("jump-orig", JUMP);
+    let p = compile("jump-patched", &JUMP.replace("return a + 1;", "return a + 3;"));
+    let (patch, out) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["j1"]);
+    let jt = out.section_by_name("__jump_table").expect("the kept entry");
+    assert_eq!(jt.data.len(), 16, "one 16-byte entry of two");
+    let r = reloc_targets(&out, "__jump_table");
+    assert_eq!(r.len(), 3);
+    assert_eq!(r[0].0, "j1");
+    assert_eq!(r[2].0, ".klp.sym.vmlinux.mykey,0", "the key is the running kernel's");
+    assert_eq!(patch.report.entry_sizes["__jump_table"].size, 16);
+    assert_eq!(patch.report.entry_sizes["__jump_table"].source, "relocations");
+}
+
+#[test]
+fn module_static_key_in_kept_jump_entry_is_refused() {
+    let o = compile("jumpmod-orig", JUMP);
+    let p = compile("jumpmod-patched", &JUMP.replace("return a + 1;", "return a + 3;"));
+    let mut t = Target { objname: "mymod".into(), symbols: Default::default() };
+    for n in ["mykey", "j1", "j2"] {
+        t.symbols.insert(n.into(), TargetSym::Unexported { sympos: 0 });
+    }
+    let opts = Options { target: Some(t), ..Default::default() };
+    match diff(&o, &p, &opts).unwrap() {
+        Outcome::Refused(r) => assert!(r.refusals.iter().any(|x| x.subject == "mykey" && x.reason.contains("mymod")), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 // ---- bad input ----
 
 fn input_error(r: Result<Outcome, Error>, file: &str) {
