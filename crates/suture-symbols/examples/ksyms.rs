@@ -50,6 +50,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if std::env::var_os("ABSENT").is_some() {
             println!("ABSENT {:?}", rep.absent);
         }
+        for f in &rep.unverified_functions {
+            println!("UNVERIFIED {f}");
+        }
         for u in &rep.unresolved {
             println!("UNRESOLVED {}: {}", u.name, u.why);
         }

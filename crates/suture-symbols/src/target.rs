@@ -72,6 +72,9 @@ pub struct TargetReport {
     pub verified_functions: usize,
     /// Likewise for ORIG's initialised objects.
     pub verified_objects: usize,
+    /// Functions ORIG defines that the target has but that were neither
+    /// verified nor found to differ (their instance was not pinned down).
+    pub unverified_functions: Vec<String>,
 }
 
 /// The differ's `Target` for every symbol ORIG defines or references; an error
@@ -484,7 +487,11 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
         }
         let local = s.bind == elf::STB_LOCAL;
         let inst = space.instances(&s.name);
-        if !local && exports.reachable_from(objname, &s.name) {
+        // An exported function ORIG defines whose name other (static) symbols
+        // share needs its position anyway: klp_func.old_sympos must pick it
+        // out, and a klp relocation reaches an exported symbol as well as a
+        // normal one. So only unique or undefined exports stay `Exported`.
+        if !local && exports.reachable_from(objname, &s.name) && (inst.len() <= 1 || s.sec().is_none()) {
             rep.target.symbols.insert(s.name.clone(), TargetSym::Exported);
             // Still evidence: an exported function of ORIG, once located,
             // tells where the statics it references are.
@@ -643,6 +650,22 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
     }
     rep.verified_functions = rv.located.keys().filter(|&&i| orig.symbols[i].is_func()).count();
     rep.verified_objects = rv.located.len() - rep.verified_functions;
+    let absent: HashSet<&str> = rep.absent.iter().map(String::as_str).collect();
+    let skip: HashSet<&str> = rep.mismatched.iter().chain(&rep.weak_overridden).map(String::as_str).collect();
+    let mut seen = HashSet::new();
+    for (i, s) in orig.symbols.iter().enumerate() {
+        if s.is_func()
+            && s.sec().is_some()
+            && is_candidate(orig, i)
+            && !rv.located.contains_key(&i)
+            && !absent.contains(s.name.as_str())
+            && !skip.contains(s.name.as_str())
+            && seen.insert(s.name.as_str())
+        {
+            rep.unverified_functions.push(s.name.clone());
+        }
+    }
+    rep.unverified_functions.sort();
     rep.absent.sort();
     rep.decisions.sort_by(|a, b| a.name.cmp(&b.name));
     rep.unresolved.sort_by(|a, b| a.name.cmp(&b.name));
@@ -739,6 +762,10 @@ mod tests {
     /// ORIG: `show` calls `helper`, loads the literal "two" and reads the
     /// static `counter`; `twin` calls the exported `sysfs_emit`.
     fn orig() -> Vec<u8> {
+        orig_with(false)
+    }
+
+    fn orig_with(global_helper: bool) -> Vec<u8> {
         let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
         let func = |o: &mut Object, name: &str, code: &[u8]| {
             let sec = o.add_section(vec![], format!(".text.{name}").into_bytes(), SectionKind::Text);
@@ -748,7 +775,7 @@ mod tests {
                 value: 0,
                 size: code.len() as u64,
                 kind: SymbolKind::Text,
-                scope: SymbolScope::Compilation,
+                scope: if global_helper && name == "helper" { SymbolScope::Linkage } else { SymbolScope::Compilation },
                 weak: false,
                 section: SymbolSection::Section(sec),
                 flags: SymbolFlags::None,
@@ -885,6 +912,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("twin"), "{e}");
+    }
+
+    #[test]
+    fn exported_functions_sharing_a_name_get_their_position() {
+        let (img, k) = image();
+        let exports = Exports::parse("0x1\thelper\tvmlinux\tEXPORT_SYMBOL\t\n").unwrap();
+        let t = |k: &Kallsyms| {
+            build_target_report(TargetImage::Vmlinux { kallsyms: k, vmlinux: Some(&img) }, &exports, "vmlinux", &orig_with(true))
+                .unwrap()
+                .target
+                .symbols["helper"]
+        };
+        assert_eq!(t(&k), TargetSym::Exported);
+        // A static variable elsewhere is also called helper: klp_func.old_sympos
+        // for a patched helper must say which.
+        let mut syms = k.symbols().to_vec();
+        syms.push(KSym { addr: BASE + 0x508, kind: 'd', name: "helper".into(), module: None });
+        assert_eq!(t(&Kallsyms::from_symbols(syms)), TargetSym::Unexported { sympos: 1 });
     }
 
     #[test]
