@@ -182,13 +182,18 @@ fn build_in(
     let mut warnings = Vec::new();
     let mut unchanged = Vec::new();
     for ((info, orig), patched) in pairs.iter().zip(&patched) {
-        let target = symbols.target(&info.objname, orig)?;
+        let (target, undecided) = symbols.target(&info.objname, orig)?;
         let dopts = suture_diff::Options {
             entry_sizes: entry_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             target: Some(target),
         };
-        let outcome = suture_diff::diff(orig, patched, &dopts)
-            .with_context(|| format!("diffing {}", info.object))?;
+        let outcome = suture_diff::diff(orig, patched, &dopts).with_context(|| {
+            let mut c = format!("diffing {}", info.object);
+            if !undecided.is_empty() {
+                c.push_str(&format!(" (symbols of {} whose instance could not be decided: {})", info.objname, undecided.join("; ")));
+            }
+            c
+        })?;
         match outcome {
             Outcome::Changes(p) => {
                 warnings.extend(p.report.warnings.iter().map(|w| format!("{}: {w}", info.object)));

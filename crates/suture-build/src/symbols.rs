@@ -28,7 +28,9 @@ impl SymbolSource {
         let exports = Exports::parse(
             &fs::read_to_string(&symvers).with_context(|| format!("reading {}", symvers.display()))?,
         )?;
-        let (ks, vmlinux, describe) = match kallsyms {
+        // The image's bytes decide between same-named symbols either way.
+        let vmlinux = extracted_vmlinux(&r.image, &cache.join(&r.name.release), progress)?;
+        let (ks, describe) = match kallsyms {
             Some(p) => {
                 let text = fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
                 let ks = suture_symbols::parse_proc_kallsyms(&text)
@@ -39,10 +41,12 @@ impl SymbolSource {
                         p.display()
                     );
                 }
-                (ks, None, format!("kallsyms copy {}", p.display()))
+                let ks = unslide(ks, &vmlinux).with_context(|| {
+                    format!("{} does not come from a host running this build of {}", p.display(), r.name.release)
+                })?;
+                (ks, format!("kallsyms copy {}", p.display()))
             }
             None => {
-                let vmlinux = extracted_vmlinux(&r.image, &cache.join(&r.name.release), progress)?;
                 let ks = suture_symbols::kallsyms_from_vmlinux(&vmlinux).with_context(|| {
                     format!(
                         "reading the kallsyms tables of {} (pass --kallsyms FILE with a /proc/kallsyms copy from a host running {} instead)",
@@ -50,9 +54,10 @@ impl SymbolSource {
                         r.name.release
                     )
                 })?;
-                (ks, Some(vmlinux), format!("the kallsyms tables inside {}", r.image.display()))
+                (ks, format!("the kallsyms tables inside {}", r.image.display()))
             }
         };
+        let vmlinux = Some(vmlinux);
         Ok(SymbolSource {
             kallsyms: ks,
             vmlinux,
@@ -68,14 +73,20 @@ impl SymbolSource {
     }
 
     /// The differ's view of `objname` for the translation unit `orig`.
-    pub fn target(&self, objname: &str, orig: &[u8]) -> Result<suture_diff::Target> {
-        if objname == "vmlinux" {
+    /// Symbols whose instance could not be decided are left out of the target
+    /// and returned as reasons: they only matter if the patch references them,
+    /// which the differ then reports.
+    pub fn target(&self, objname: &str, orig: &[u8]) -> Result<(suture_diff::Target, Vec<String>)> {
+        let report = if objname == "vmlinux" {
             let image = TargetImage::Vmlinux { kallsyms: &self.kallsyms, vmlinux: self.vmlinux.as_deref() };
-            return Ok(suture_symbols::build_target(image, &self.exports, objname, orig)?);
-        }
-        let path = self.module_path(objname)?;
-        let ko = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(suture_symbols::build_target(TargetImage::Module { ko: &ko }, &self.exports, objname, orig)?)
+            suture_symbols::build_target_report(image, &self.exports, objname, orig)?
+        } else {
+            let path = self.module_path(objname)?;
+            let ko = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            suture_symbols::build_target_report(TargetImage::Module { ko: &ko }, &self.exports, objname, orig)?
+        };
+        let why = report.unresolved.iter().map(|u| format!("{}: {}", u.name, u.why)).collect();
+        Ok((report.target, why))
     }
 
     fn module_path(&self, objname: &str) -> Result<PathBuf> {
@@ -92,6 +103,37 @@ impl SymbolSource {
             )
         })
     }
+}
+
+/// Moves a running kernel's symbol addresses (KASLR slides them) back to the
+/// image's link-time addresses, checked on the symbols both name once.
+fn unslide(copy: Kallsyms, vmlinux: &[u8]) -> Result<Kallsyms> {
+    let image = suture_symbols::kallsyms_from_vmlinux(vmlinux)?;
+    let (Some(ours), Some(theirs)) = (copy.unique_addr("_text"), image.unique_addr("_text")) else {
+        bail!("no _text symbol to align the copy with the image");
+    };
+    let slide = ours.wrapping_sub(theirs);
+    let syms: Vec<suture_symbols::KSym> = copy
+        .symbols()
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            // Absolute (per-CPU) symbols do not move with the kernel.
+            if s.module.is_none() && !matches!(s.kind, 'a' | 'A') {
+                s.addr = s.addr.wrapping_sub(slide);
+            }
+            s
+        })
+        .collect();
+    let out = Kallsyms::from_symbols(syms);
+    for probe in ["_stext", "_etext", "start_kernel", "cmdline_proc_show", "klp_enable_patch"] {
+        if let (Some(a), Some(b)) = (out.unique_addr(probe), image.unique_addr(probe)) {
+            if a != b {
+                bail!("{probe} is at {a:#x} in the copy but at {b:#x} in the image");
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn walk(dir: &Path, out: &mut HashMap<String, PathBuf>) {

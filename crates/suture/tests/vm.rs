@@ -237,3 +237,110 @@ fn refusals_name_the_problem_and_leave_nothing_behind() {
     let b = build("cmdline.patch", &out, &[]);
     assert_eq!(b.status, 0, "{}", b.stderr);
 }
+
+#[test]
+fn a_function_whose_name_is_not_unique_calls_a_static_function_of_its_file() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ko = tmp.path().join("serial.ko");
+    // `type_show` is defined by many files of vmlinux; the patch must replace
+    // serial_core.c's, and reach serial_core.c's static `uart_get_info`.
+    let b = build("serial-type-show.patch", &ko, &["--json"]);
+    assert_eq!(b.status, 0, "{}\n{}", b.stdout, b.stderr);
+    let report: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    let f = &report["replaced"][0];
+    assert_eq!(f["function"], "type_show");
+    assert!(f["sympos"].as_u64().unwrap() > 0, "type_show is not unique: sympos must be set: {report}");
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    let run = vm
+        .run(
+            "echo BEFORE:$(cat /sys/class/tty/ttyS0/type)\n\
+             echo SIBLING_BEFORE:$(cat /sys/class/tty/ttyS1/type)\n\
+             suture load /root/p.ko || exit 10\n\
+             echo AFTER:$(cat /sys/class/tty/ttyS0/type)\n\
+             echo SIBLING_AFTER:$(cat /sys/class/tty/ttyS1/type)\n\
+             suture unload livepatch_serial_type_show || exit 12\n\
+             echo UNLOADED:$(cat /sys/class/tty/ttyS0/type)\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    let before = field(out, "BEFORE");
+    assert!(before.parse::<u32>().is_ok(), "{out}");
+    // The static callee ran: the port type it filled in is still printed.
+    assert_eq!(field(out, "AFTER"), format!("{before} (suture)"), "{out}");
+    assert_eq!(field(out, "SIBLING_AFTER"), format!("{} (suture)", field(out, "SIBLING_BEFORE")), "{out}");
+    assert_eq!(field(out, "UNLOADED"), before, "{out}");
+}
+
+/// `--kallsyms`: a copy of /proc/kallsyms taken in a guest running the release
+/// gives the same positions as the tables inside the image.
+#[test]
+fn a_proc_kallsyms_copy_stands_in_for_the_image() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = {
+        let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // Compressed, so that the serial console carries 1 MB instead of 5.
+        vm().run("echo KS-START; gzip -c /proc/kallsyms | base64; echo KS-END\n").unwrap()
+    };
+    assert_eq!(run.exit_status, 0);
+    let out = run.script_output();
+    let b64: String = out
+        .lines()
+        .skip_while(|l| l.trim() != "KS-START")
+        .skip(1)
+        .take_while(|l| l.trim() != "KS-END")
+        .collect::<Vec<_>>()
+        .join("\n");
+    let gz = tmp.path().join("kallsyms.gz");
+    std::fs::write(tmp.path().join("kallsyms.b64"), b64).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "base64 -d {0}/kallsyms.b64 > {1} && gunzip -c {1} > {0}/kallsyms",
+            tmp.path().display(),
+            gz.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let kallsyms = tmp.path().join("kallsyms");
+    let text = std::fs::read_to_string(&kallsyms).unwrap();
+    assert!(text.lines().count() > 50_000, "short kallsyms copy");
+
+    let via_copy = tmp.path().join("copy.ko");
+    let b = build("serial-type-show.patch", &via_copy, &["--json", "--kallsyms", kallsyms.to_str().unwrap()]);
+    assert_eq!(b.status, 0, "{}", b.stderr);
+    let from_copy: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    assert!(from_copy["symbol_source"].as_str().unwrap().contains("kallsyms copy"), "{from_copy}");
+
+    let via_image = tmp.path().join("image.ko");
+    let b = build("serial-type-show.patch", &via_image, &["--json"]);
+    assert_eq!(b.status, 0, "{}", b.stderr);
+    let from_image: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    assert!(from_image["symbol_source"].as_str().unwrap().contains("/boot/vmlinuz"), "{from_image}");
+    assert_eq!(from_copy["replaced"], from_image["replaced"]);
+    // Independent check of the position against the copy itself: type_show's
+    // instances in address order, and the one just after uart_get_info.
+    let mut entries: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+            let _kind = it.next()?;
+            let name = it.next()?;
+            (it.next().is_none() && (name == "type_show" || name == "uart_get_info")).then_some((addr, name))
+        })
+        .collect();
+    entries.sort();
+    let uart = entries.iter().position(|e| e.1 == "uart_get_info").unwrap();
+    let pos = entries[..uart].iter().filter(|e| e.1 == "type_show").count() + 1;
+    assert_eq!(from_copy["replaced"][0]["sympos"].as_u64().unwrap() as usize, pos);
+}
