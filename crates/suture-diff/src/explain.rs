@@ -32,8 +32,8 @@ pub fn explain(d: &Diff, func: &str) -> Explanation {
         lines.push(format!("size: ORIG {:#x} bytes, PATCHED {:#x} bytes", os.size, ps.size));
     }
     let (osec, psec) = (os.section().unwrap(), ps.section().unwrap());
-    let or = d.o.relas_in(osec, os.value, os.value + os.size.max(1));
-    let pr = d.p.relas_in(psec, ps.value, ps.value + ps.size.max(1));
+    let or = d.o.relas_in(osec, os.value, os.value.saturating_add(os.size.max(1)));
+    let pr = d.p.relas_in(psec, ps.value, ps.value.saturating_add(ps.size.max(1)));
     for k in 0..or.len().max(pr.len()) {
         match (or.get(k), pr.get(k)) {
             (Some(a), Some(b)) => {

@@ -190,7 +190,7 @@ impl<'a> Diff<'a> {
         for s in &self.p.elf.symbols {
             let Some(base) = s.name.strip_prefix("__pfx_").or_else(|| s.name.strip_prefix("__cfi_")) else { continue };
             let Some(sec) = s.section() else { continue };
-            let next = self.p.containing(sec, (s.value + s.size) as i64);
+            let next = self.p.containing(sec, s.value.saturating_add(s.size) as i64);
             if let Some(f) = next.filter(|&f| self.p.sym(f).name == base) {
                 self.pfx_p.insert(f, s.index);
             }
@@ -206,7 +206,7 @@ impl<'a> Diff<'a> {
         let s = x.sym(f);
         let Some(sec) = s.section() else { return Vec::new() };
         let mut v = Vec::new();
-        for r in x.relas_in(sec, s.value, s.value + s.size.max(1)) {
+        for r in x.relas_in(sec, s.value, s.value.saturating_add(s.size.max(1))) {
             if let Target::Sym { sym, .. } = x.target(sec, r) {
                 if x.is_static_local(sym) && !v.contains(&sym) {
                     v.push(sym);
@@ -403,8 +403,8 @@ impl<'a> Diff<'a> {
     fn relas_equal(&self, oi: usize, pi: usize) -> bool {
         let (os, ps) = (self.o.sym(oi), self.p.sym(pi));
         let (osec, psec) = (os.section().unwrap(), ps.section().unwrap());
-        let or = self.o.relas_in(osec, os.value, os.value + os.size.max(1));
-        let pr = self.p.relas_in(psec, ps.value, ps.value + ps.size.max(1));
+        let or = self.o.relas_in(osec, os.value, os.value.saturating_add(os.size.max(1)));
+        let pr = self.p.relas_in(psec, ps.value, ps.value.saturating_add(ps.size.max(1)));
         if or.len() != pr.len() {
             return false;
         }
@@ -445,13 +445,13 @@ impl<'a> Diff<'a> {
     pub fn fentry_offset(x: &Obj, f: usize) -> Option<u64> {
         let s = x.sym(f);
         let sec = s.section()?;
-        if let Some(r) = x.relas_in(sec, s.value, s.value + s.size.max(1)).first() {
+        if let Some(r) = x.relas_in(sec, s.value, s.value.saturating_add(s.size.max(1))).first() {
             let t = x.sym(r.sym);
             if t.name == "__fentry__" && matches!(r.rtype, R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_NONE) {
                 return Some(r.offset - s.value);
             }
         }
-        (0..16).find(|k| x.mcount_sites.contains(&(sec, s.value + k))).map(|k| k + 1)
+        (0..16u64).find(|&k| x.mcount_sites.contains(&(sec, s.value.saturating_add(k)))).map(|k| k + 1)
     }
 
     /// Position of an ORIG symbol among same-named local symbols, 0 when unique.

@@ -61,8 +61,11 @@ impl<'d, 'a> Inc<'d, 'a> {
             self.define(pfx);
         }
         let s = self.d.p.sym(sym);
-        let sec = s.section().unwrap();
-        let (a, b) = (s.value, s.value + s.size);
+        let Some(sec) = s.section() else { return };
+        // Corrupt symbols may claim bytes past their section.
+        let size = self.d.p.sec(sec).size;
+        let a = s.value.min(size);
+        let b = s.value.saturating_add(s.size).min(size);
         self.add_piece(sec, a, b.max(a));
     }
 
@@ -418,7 +421,7 @@ fn write(
         let mut m = Vec::new();
         for (a, e) in merged {
             // Keep each piece's alignment phase: code and data keep their layout.
-            let al = s.addralign.max(1);
+            let al = s.addralign.clamp(1, 4096);
             let mut at = align_up(size, al) + (a % al);
             if whole {
                 at = a;
@@ -426,7 +429,9 @@ fn write(
             m.push((a, e, at));
             if !s.is_nobits() {
                 data.resize(at as usize, 0);
-                data.extend_from_slice(&s.data[a as usize..e as usize]);
+                let (a2, e2) = ((a as usize).min(s.data.len()), (e as usize).min(s.data.len()));
+                data.extend_from_slice(&s.data[a2..e2]);
+                data.resize((at + (e - a)) as usize, 0);
             }
             size = at + (e - a);
         }
@@ -573,7 +578,7 @@ fn write(
     let mut mcount_relas = Vec::new();
     for &f in func_defs {
         if let Some(off) = Diff::fentry_offset(&dd.p, f) {
-            let target = out.def_sym[&f];
+            let Some(&target) = out.def_sym.get(&f) else { continue };
             mcount_relas.push(OutRela { offset: mcount.len() as u64, sym: target, rtype: R_X86_64_64, addend: off as i64 - 1 });
             mcount.extend_from_slice(&[0u8; 8]);
         }

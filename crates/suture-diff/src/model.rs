@@ -129,7 +129,7 @@ impl Obj {
             for r in o.elf.relas_of(m) {
                 let s = o.sym(r.sym);
                 if let Some(sec) = s.section() {
-                    sites.insert((sec, (s.value as i64 + r.addend) as u64));
+                    sites.insert((sec, (s.value as i64).wrapping_add(r.addend) as u64));
                 }
             }
             o.mcount_sites = sites;
@@ -171,7 +171,7 @@ impl Obj {
         // bounded number of entries for a covering function or object.
         for &i in v[..idx].iter().rev().take(64) {
             let s = &self.elf.symbols[i];
-            if off < s.value + s.size.max(1) {
+            if off < s.value.saturating_add(s.size.max(1)) {
                 if s.typ != STT_NOTYPE {
                     return Some(i);
                 }
@@ -183,7 +183,7 @@ impl Obj {
         }
         if idx == v.len() && idx > 0 {
             let s = &self.elf.symbols[v[idx - 1]];
-            if s.size > 0 && off == s.value + s.size && s.typ == STT_OBJECT {
+            if s.size > 0 && off == s.value.saturating_add(s.size) && s.typ == STT_OBJECT {
                 return Some(v[idx - 1]);
             }
         }
@@ -202,7 +202,7 @@ impl Obj {
         if !sectionish {
             return Target::Sym { sym: r.sym, addend: r.addend };
         }
-        let off = s.value as i64 + r.addend;
+        let off = (s.value as i64).wrapping_add(r.addend);
         if self.sec(sec).is_strings() {
             return Target::Sec { sec, off };
         }
@@ -225,7 +225,7 @@ impl Obj {
         // usual 4 bytes, then longer tails.
         let tries: &[i64] = if adj == 4 { &[4, 5, 6, 8, 12] } else { &[0] };
         for &a in tries {
-            if let Some(c) = self.containing(sec, off + a) {
+            if let Some(c) = self.containing(sec, off.wrapping_add(a)) {
                 return Target::Sym { sym: c, addend: off - self.sym(c).value as i64 };
             }
         }
@@ -249,7 +249,7 @@ impl Obj {
     pub fn relas_in(&self, sec: usize, start: u64, end: u64) -> &[Rela] {
         let v = self.elf.relas_of(sec);
         let a = v.partition_point(|r| r.offset < start);
-        let b = v.partition_point(|r| r.offset < end);
+        let b = v.partition_point(|r| r.offset < end).max(a);
         &v[a..b]
     }
 
@@ -272,11 +272,11 @@ impl Obj {
                 let s = self.sec(sec);
                 if s.is_strings() {
                     let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
-                    let (st, at) = self.string_at(sec, off + adj);
+                    let (st, at) = self.string_at(sec, off.wrapping_add(adj));
                     Key::Str(st, at)
                 } else if s.flags & SHF_MERGE != 0 && s.entsize > 0 {
                     let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
-                    let o = (off + adj).max(0) as usize;
+                    let o = off.wrapping_add(adj).max(0) as usize;
                     let e = (o + s.entsize as usize).min(s.data.len());
                     Key::Bytes(s.data.get(o..e).unwrap_or(&[]))
                 } else if s.name == ".altinstr_aux" {

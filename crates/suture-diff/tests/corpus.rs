@@ -227,3 +227,40 @@ fn corpus() {
     eprintln!("corpus: {passed} of {} cases pass", cases.len());
     assert!(failures.is_empty(), "{} corpus cases fail", failures.len());
 }
+
+/// Corrupted symbol tables and relocations (where damage is most likely to
+/// reach the differ's logic rather than the reader's checks) must give a
+/// verdict or an error, never a panic.
+#[test]
+fn corrupted_pairs_never_panic() {
+    for name in ["meminfo-string", "cold-add", "special-static"] {
+        let (o, p) = read_pair(name);
+        let elf = Object::parse(&p).unwrap();
+        let regions: Vec<(usize, usize)> = elf
+            .sections
+            .iter()
+            .filter(|s| matches!(s.sh_type, SHT_SYMTAB | SHT_RELA))
+            .map(|s| (s.offset as usize, s.size as usize))
+            .collect();
+        let mut seed = 0x9E3779B97F4A7C15u64 ^ name.len() as u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..150 {
+            let mut b = p.clone();
+            for _ in 0..4 {
+                let (off, size) = regions[next() as usize % regions.len()];
+                if size == 0 {
+                    continue;
+                }
+                let i = off + next() as usize % size;
+                b[i] = next() as u8;
+            }
+            let r = std::panic::catch_unwind(|| diff(&o, &b, &options(24)));
+            assert!(r.is_ok(), "{name}: mutation round {round} panicked");
+        }
+    }
+}
