@@ -20,6 +20,9 @@
 //!   relocations into `.klp.rela.<objname>.<section>` sections after linking,
 //!   because linkers do not preserve either.
 
+// The workspace's rust-version (1.80) predates `is_multiple_of` (1.87).
+#![allow(unknown_lints, clippy::manual_is_multiple_of)]
+
 use std::collections::{BTreeMap, HashMap};
 
 mod explain;

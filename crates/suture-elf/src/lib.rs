@@ -6,6 +6,9 @@
 //! section flags exactly as the caller gives them (the differ needs that control:
 //! `ld -r` and the module loader are picky about both).
 
+// The workspace's rust-version (1.80) predates `is_multiple_of` (1.87).
+#![allow(unknown_lints, clippy::manual_is_multiple_of)]
+
 use std::collections::HashMap;
 
 mod write;
