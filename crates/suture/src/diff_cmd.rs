@@ -277,6 +277,36 @@ mod tests {
     }
 
     #[test]
+    fn elf_symbols_locals_positions_and_exports() {
+        let dir = std::env::temp_dir().join(format!("suture-diffcmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = dir.join("t.c");
+        std::fs::write(
+            &c,
+            "static int dup(void) { return 1; }\nint use1(void) { return dup(); }\nint exp(void) { return 2; }\nint unexp(void) { return 3; }\nint __ksymtab_exp;\n",
+        )
+        .unwrap();
+        let c2 = dir.join("u.c");
+        std::fs::write(&c2, "static int dup(void) { return 4; }\nint use2(void) { return dup(); }\n").unwrap();
+        let o1 = dir.join("t.o");
+        let o2 = dir.join("u.o");
+        let o = dir.join("both.o");
+        for (src, obj) in [(&c, &o1), (&c2, &o2)] {
+            let st = std::process::Command::new("gcc").args(["-c", "-O0", "-o"]).arg(obj).arg(src).status().unwrap();
+            assert!(st.success());
+        }
+        let st = std::process::Command::new("ld").arg("-r").arg("-o").arg(&o).arg(&o1).arg(&o2).status().unwrap();
+        assert!(st.success());
+        let t = load_symbols(&o, None).unwrap();
+        assert_eq!(t.objname, "vmlinux");
+        assert_eq!(t.symbols["dup"], TargetSym::Unexported { sympos: 1 }, "two local dups: positions from 1");
+        assert_eq!(t.symbols["expd"], TargetSym::Exported);
+        assert_eq!(t.symbols["unexp"], TargetSym::Unexported { sympos: 0 });
+        let t = load_symbols(&o, Some("my_mod")).unwrap();
+        assert_eq!(t.objname, "my_mod");
+    }
+
+    #[test]
     fn default_output_name() {
         assert_eq!(default_output(Path::new("/a/foo.PATCHED.o")), PathBuf::from("/a/foo.PATCHED.klp.o"));
     }
