@@ -283,7 +283,7 @@ mod tests {
         let c = dir.join("t.c");
         std::fs::write(
             &c,
-            "static int dup(void) { return 1; }\nint use1(void) { return dup(); }\nint exp(void) { return 2; }\nint unexp(void) { return 3; }\nint __ksymtab_exp;\n",
+            "static int dup(void) { return 1; }\nint use1(void) { return dup(); }\nint expd(void) { return 2; }\nint unexp(void) { return 3; }\nint __ksymtab_expd;\n",
         )
         .unwrap();
         let c2 = dir.join("u.c");
