@@ -179,7 +179,7 @@ pub fn decode_tables(data: &[u8]) -> Result<Kallsyms> {
     let mut found = None;
     for (tt, ti) in find_token_tables(data) {
         let tokens = read_tokens(data, tt, ti).ok_or_else(not_found)?;
-        if let Some(l) = find_names(data, tt, ti, &tokens) {
+        if let Some(l) = find_names(data, tt, ti) {
             found = Some((l, tokens));
             break;
         }
@@ -279,10 +279,11 @@ fn walk_names(data: &[u8], names: usize, count: usize, markers: usize) -> Option
 }
 
 /// Finds `kallsyms_num_syms` below the token table: the candidate whose count
-/// makes the names, markers and (when present) seqs_of_names tables line up
-/// exactly with the token table.
-fn find_names(data: &[u8], tt: usize, ti: usize, tokens: &[Vec<u8>]) -> Option<TableLayout> {
-    let _ = tokens;
+/// makes the names and markers (and, in the 6.1 order, seqs_of_names) tables
+/// line up exactly with the token table; then the offsets table, which sits
+/// below num_syms up to 6.2 and after the token index from 6.3 on
+/// ("scripts/kallsyms: change the output order").
+fn find_names(data: &[u8], tt: usize, ti: usize) -> Option<TableLayout> {
     let lowest = tt.saturating_sub(256 << 20);
     let mut p = tt.checked_sub(16)? & !7;
     while p > lowest + 8 {
@@ -295,8 +296,8 @@ fn find_names(data: &[u8], tt: usize, ti: usize, tokens: &[Vec<u8>]) -> Option<T
         }
         let names = cand + 8;
         let markers_len = align8(4 * n.div_ceil(256));
-        for seqs in [true, false] {
-            let seqs_len = if seqs { align8(3 * n) } else { 0 };
+        for seqs_between in [true, false] {
+            let seqs_len = if seqs_between { align8(3 * n) } else { 0 };
             let Some(markers) = tt.checked_sub(seqs_len + markers_len) else { continue };
             if markers <= names || u32_at(data, markers) != Some(0) {
                 continue;
@@ -309,40 +310,83 @@ fn find_names(data: &[u8], tt: usize, ti: usize, tokens: &[Vec<u8>]) -> Option<T
             if align8(end) != markers {
                 continue;
             }
-            let relative_base = cand.checked_sub(8)?;
-            let offsets = relative_base.checked_sub(align8(4 * n))?;
-            return Some(TableLayout {
-                offsets,
-                relative_base,
+            let mut l = TableLayout {
+                offsets: 0,
+                relative_base: 0,
                 num_syms: cand,
                 names,
                 markers,
-                seqs_of_names: seqs.then_some(markers + markers_len),
+                seqs_of_names: seqs_between.then_some(markers + markers_len),
                 token_table: tt,
                 token_index: ti,
                 count: n,
-            });
+            };
+            // Up to 6.2: offsets, relative_base, num_syms, ...
+            let before = cand.checked_sub(8).and_then(|rb| Some((rb.checked_sub(align8(4 * n))?, rb)));
+            // From 6.3: ..., token_index, offsets, relative_base, seqs_of_names.
+            let after = {
+                let off = align8(ti + 512);
+                (off, off + align8(4 * n))
+            };
+            let mut best = None;
+            for (offsets, relative_base) in before.into_iter().chain([after]) {
+                l.offsets = offsets;
+                l.relative_base = relative_base;
+                if let Some(disorder) = address_disorder(data, &l) {
+                    if best.is_none_or(|(d, _)| disorder < d) {
+                        best = Some((disorder, l));
+                    }
+                }
+            }
+            // kallsyms is sorted by address: the right offsets table decodes to
+            // a sorted sequence.
+            if let Some((0, l)) = best {
+                return Some(l);
+            }
         }
     }
     None
 }
 
-fn decode_with_layout(data: &[u8], l: &TableLayout, tokens: &[Vec<u8>]) -> Result<Kallsyms> {
-    let trunc = || Error::Kallsyms("kallsyms tables run past the end of the image".into());
-    let base = u64_at(data, l.relative_base).ok_or_else(trunc)?;
-    let offs: Vec<i32> = (0..l.count)
-        .map(|i| u32_at(data, l.offsets + 4 * i).map(|v| v as i32))
-        .collect::<Option<_>>()
-        .ok_or_else(trunc)?;
-    // With KALLSYMS_ABSOLUTE_PERCPU (x86-64 SMP) every relocatable symbol is
+/// How often the decoded addresses go down: 0 for a real table.
+fn address_disorder(data: &[u8], l: &TableLayout) -> Option<usize> {
+    let addrs = addresses(data, l)?;
+    Some(addrs.windows(2).filter(|w| w[1] < w[0]).count())
+}
+
+/// Every symbol's address from the offsets table and the relative base, with
+/// the KALLSYMS_ABSOLUTE_PERCPU rule when the table uses it.
+fn addresses(data: &[u8], l: &TableLayout) -> Option<Vec<u64>> {
+    let base = u64_at(data, l.relative_base)?;
+    let offs: Vec<i32> =
+        (0..l.count).map(|i| u32_at(data, l.offsets + 4 * i).map(|v| v as i32)).collect::<Option<_>>()?;
+    // With ABSOLUTE_PERCPU (x86-64 SMP up to 6.14) every relocatable symbol is
     // stored as a negative offset from base-1 and only the percpu ones are
     // non-negative; without it every entry is an unsigned offset from base.
     let negatives = offs.iter().filter(|&&o| o < 0).count();
     let absolute_percpu = negatives * 2 > offs.len();
+    Some(
+        offs.iter()
+            .map(|&o| {
+                if !absolute_percpu {
+                    base.wrapping_add(o as u32 as u64)
+                } else if o >= 0 {
+                    o as u64
+                } else {
+                    base.wrapping_sub(1).wrapping_sub(o as i64 as u64)
+                }
+            })
+            .collect(),
+    )
+}
+
+fn decode_with_layout(data: &[u8], l: &TableLayout, tokens: &[Vec<u8>]) -> Result<Kallsyms> {
+    let trunc = || Error::Kallsyms("kallsyms tables run past the end of the image".into());
+    let addrs = addresses(data, l).ok_or_else(trunc)?;
     let mut syms = Vec::with_capacity(l.count);
     let mut off = l.names;
     let mut name = Vec::with_capacity(128);
-    for &o in &offs {
+    for &addr in &addrs {
         let b0 = *data.get(off).ok_or_else(trunc)? as usize;
         let (len, hdr) = if b0 & 0x80 != 0 {
             ((b0 & 0x7f) | ((*data.get(off + 1).ok_or_else(trunc)? as usize) << 7), 2)
@@ -358,13 +402,6 @@ fn decode_with_layout(data: &[u8], l: &TableLayout, tokens: &[Vec<u8>]) -> Resul
         let Some((&kind, rest)) = name.split_first() else {
             return Err(Error::Kallsyms("empty symbol in kallsyms_names".into()));
         };
-        let addr = if !absolute_percpu {
-            base.wrapping_add(o as u32 as u64)
-        } else if o >= 0 {
-            o as u64
-        } else {
-            base.wrapping_sub(1).wrapping_sub(o as i64 as u64)
-        };
         syms.push(KSym {
             addr,
             kind: kind as char,
@@ -375,16 +412,25 @@ fn decode_with_layout(data: &[u8], l: &TableLayout, tokens: &[Vec<u8>]) -> Resul
     Ok(Kallsyms::from_symbols(syms))
 }
 
-/// Lays out tables as `scripts/kallsyms.c` (6.1, `--base-relative
-/// --absolute-percpu`) does, for tests of the decoder. Symbols must come sorted
-/// by address; `percpu` says which are absolute. Tokens: every byte stands for
-/// itself except the codes given in `multi`.
+/// How `scripts/kallsyms.c` orders the tables.
 #[cfg(test)]
-pub(crate) fn encode_tables(
-    syms: &[(u64, char, &str, bool)],
-    multi: &[(u8, &str)],
-    seqs: bool,
-) -> (Vec<u8>, usize) {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Order {
+    /// 6.1: offsets, relative_base, num_syms, names, markers, [seqs_of_names,]
+    /// token_table, token_index.
+    V61 { seqs: bool },
+    /// 6.3 on: num_syms, names, markers, token_table, token_index, offsets,
+    /// relative_base, seqs_of_names.
+    V63,
+}
+
+/// Lays out tables as `scripts/kallsyms.c` (`--base-relative
+/// --absolute-percpu`) does, for tests of the decoder. Symbols must come sorted
+/// by address; the last field says which are absolute (percpu). Tokens: every
+/// byte stands for itself except the codes given in `multi`. Returns the data
+/// and the offset of the markers table.
+#[cfg(test)]
+pub(crate) fn encode_tables(syms: &[(u64, char, &str, bool)], multi: &[(u8, &str)], order: Order) -> (Vec<u8>, usize) {
     let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     for (code, s) in multi {
         tokens[*code as usize] = s.as_bytes().to_vec();
@@ -419,13 +465,22 @@ pub(crate) fn encode_tables(
         }
     };
     let base = syms.iter().find(|s| !s.3).map(|s| s.0).unwrap();
+    let offsets = |out: &mut Vec<u8>| {
+        for s in syms {
+            let o: i32 = if s.3 { s.0 as i32 } else { (base as i64 - s.0 as i64 - 1) as i32 };
+            out.extend_from_slice(&o.to_le_bytes());
+        }
+        pad(out);
+        out.extend_from_slice(&base.to_le_bytes());
+    };
+    let seqs_table = |out: &mut Vec<u8>| {
+        out.extend(std::iter::repeat(0x11).take(3 * syms.len()));
+        pad(out);
+    };
     let mut out = vec![0xaau8; 24]; // unrelated data before the tables
-    for s in syms {
-        let o: i32 = if s.3 { s.0 as i32 } else { (base as i64 - s.0 as i64 - 1) as i32 };
-        out.extend_from_slice(&o.to_le_bytes());
+    if let Order::V61 { .. } = order {
+        offsets(&mut out);
     }
-    pad(&mut out);
-    out.extend_from_slice(&base.to_le_bytes());
     out.extend_from_slice(&(syms.len() as u32).to_le_bytes());
     pad(&mut out);
     let names = out.len();
@@ -444,13 +499,13 @@ pub(crate) fn encode_tables(
         out.extend_from_slice(&e);
     }
     pad(&mut out);
+    let markers_at = out.len();
     for m in markers {
         out.extend_from_slice(&m.to_le_bytes());
     }
     pad(&mut out);
-    if seqs {
-        out.extend(std::iter::repeat(0x11).take(3 * syms.len()));
-        pad(&mut out);
+    if let Order::V61 { seqs: true } = order {
+        seqs_table(&mut out);
     }
     let tt = out.len();
     let mut idx = Vec::new();
@@ -463,8 +518,13 @@ pub(crate) fn encode_tables(
     for i in idx {
         out.extend_from_slice(&i.to_le_bytes());
     }
+    if let Order::V63 = order {
+        pad(&mut out);
+        offsets(&mut out);
+        seqs_table(&mut out);
+    }
     out.extend_from_slice(&[0x55; 40]);
-    (out, tt)
+    (out, markers_at)
 }
 
 #[cfg(test)]
@@ -488,16 +548,16 @@ mod tests {
         v
     }
 
-    fn encode(v: &[(u64, char, String, bool)], seqs: bool) -> (Vec<u8>, usize) {
+    fn encode(v: &[(u64, char, String, bool)], order: Order) -> (Vec<u8>, usize) {
         let r: Vec<(u64, char, &str, bool)> = v.iter().map(|s| (s.0, s.1, s.2.as_str(), s.3)).collect();
-        encode_tables(&r, &[(0x01, "_show"), (0x02, "func_"), (0xc3, "xxxx")], seqs)
+        encode_tables(&r, &[(0x01, "_show"), (0x02, "func_"), (0xc3, "xxxx")], order)
     }
 
     #[test]
     fn decodes_synthetic_tables_in_order() {
-        for seqs in [true, false] {
+        for order in [Order::V61 { seqs: true }, Order::V61 { seqs: false }, Order::V63] {
             let v = sample();
-            let (data, _) = encode(&v, seqs);
+            let (data, _) = encode(&v, order);
             let k = decode_tables(&data).unwrap();
             assert_eq!(k.len(), v.len());
             for (got, want) in k.symbols().iter().zip(&v) {
@@ -513,17 +573,23 @@ mod tests {
 
     #[test]
     fn absent_or_truncated_tables_are_errors() {
-        let (data, tt) = encode(&sample(), false);
-        assert_eq!(decode_tables(&data).unwrap().len(), 705);
         assert!(decode_tables(&[0u8; 4096]).is_err());
         assert!(decode_tables(&[]).is_err());
-        // Cut inside the names: the count no longer fits.
-        assert!(decode_tables(&data[..tt - 200]).is_err());
-        // Without seqs_of_names the markers (3 of them, padded to 16 bytes) end
-        // at the token table; a wrong second marker must make the layout fail.
-        let mut bad = data.clone();
-        bad[tt - 16 + 4] ^= 0x01;
-        assert!(decode_tables(&bad).is_err());
+        for order in [Order::V61 { seqs: false }, Order::V63] {
+            let (data, markers) = encode(&sample(), order);
+            assert_eq!(decode_tables(&data).unwrap().len(), 705);
+            // Cut inside the names: the count no longer fits.
+            assert!(decode_tables(&data[..markers - 200]).is_err());
+            // A wrong second marker must make the layout fail.
+            let mut bad = data.clone();
+            bad[markers + 4] ^= 0x01;
+            assert!(decode_tables(&bad).is_err(), "{order:?}");
+        }
+        // V63 keeps offsets and relative_base after the token index: cut
+        // inside relative_base (before 40 tail bytes and 2120 of seqs), no table.
+        let (data, _) = encode(&sample(), Order::V63);
+        assert!(decode_tables(&data[..data.len() - 40 - 2120 - 4]).is_err());
+        assert!(decode_tables(&data[..data.len() - 40 - 2120]).is_ok());
     }
 
     #[test]
