@@ -134,16 +134,51 @@ fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (m.join("livepatch-sample.ko"), m.join("plain-mod.ko"), m.join("stall-patch.ko"))
 }
 
-/// `$SUTURE_BIN`, or the workspace's `suture` freshly built by cargo (an
-/// integration test of this crate gets no CARGO_BIN_EXE for another crate).
+/// Newest modification time of the sources a `suture` build depends on.
+fn newest_source(root: &Path) -> std::time::SystemTime {
+    fn walk(dir: &Path, newest: &mut std::time::SystemTime) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            let name = e.file_name();
+            if p.is_dir() {
+                if name != "target" && !name.to_string_lossy().starts_with('.') {
+                    walk(&p, newest);
+                }
+            } else if p.extension().is_some_and(|x| x == "rs") || name == "Cargo.toml" {
+                if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                    *newest = (*newest).max(m);
+                }
+            }
+        }
+    }
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    walk(&root.join("crates"), &mut newest);
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        if let Ok(m) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
+            newest = newest.max(m);
+        }
+    }
+    newest
+}
+
+/// `$SUTURE_BIN`, else the workspace's `target/debug/suture` when it is
+/// newer than every source, else a fresh `cargo build` of it. An
+/// integration test of this crate gets no CARGO_BIN_EXE for another crate,
+/// and rebuilding unconditionally would not be free: `cargo build -p suture`
+/// unifies features differently from `cargo test --workspace` and so
+/// recompiles the suture crates even when nothing changed.
 fn suture_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("SUTURE_BIN") {
         return PathBuf::from(p);
     }
     let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    run(Command::new(cargo).current_dir(&root).args(["build", "-j1", "-p", "suture", "--bin", "suture"]));
     let bin = target_dir().join("debug/suture");
+    let fresh = std::fs::metadata(&bin).and_then(|m| m.modified()).is_ok_and(|built| built >= newest_source(&root));
+    if !fresh {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        run(Command::new(cargo).current_dir(&root).args(["build", "-j1", "-p", "suture", "--bin", "suture"]));
+    }
     assert!(bin.is_file(), "cargo build did not produce {}", bin.display());
     bin
 }
