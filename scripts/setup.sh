@@ -3,7 +3,15 @@
 # root): QEMU, Debian's current 6.1 kernel image with its headers and source,
 # a static busybox for the test guests, and the kernel build dependencies.
 # Idempotent. Prints the kernel release the demo and the tests use.
+#
+# --with-old: also install an older 6.1 release side by side (its image and
+# headers; suture fetches its own source package version), for the tests that
+# check each release is built from its own source.
 set -euo pipefail
+
+OLD_RELEASE=6.1.0-47-amd64
+with_old=false
+[ "${1:-}" = "--with-old" ] && with_old=true
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup.sh: run as root (it installs Debian packages)" >&2
@@ -20,6 +28,9 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+if $with_old && [ ! -e "/boot/vmlinuz-$OLD_RELEASE" ]; then
+  missing+=("linux-image-$OLD_RELEASE" "linux-headers-$OLD_RELEASE")
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive

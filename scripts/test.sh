@@ -5,9 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUTURE_TEST_RELEASE=$(bash scripts/setup.sh)
+SUTURE_TEST_RELEASE=$(bash scripts/setup.sh --with-old)
 export SUTURE_TEST_RELEASE
-echo "test.sh: kernel release under test: $SUTURE_TEST_RELEASE" >&2
+# The older release installed side by side (see setup.sh).
+SUTURE_TEST_RELEASE_OLD=6.1.0-47-amd64
+export SUTURE_TEST_RELEASE_OLD
+echo "test.sh: kernel releases under test: $SUTURE_TEST_RELEASE, $SUTURE_TEST_RELEASE_OLD" >&2
 
 corpus=../shared/kpatch-unit-objs/x86_64
 if [ ! -f "$corpus/EXPECTED.tsv" ]; then

@@ -344,3 +344,59 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image() {
     let pos = entries[..uart].iter().filter(|e| e.1 == "type_show").count() + 1;
     assert_eq!(from_copy["replaced"][0]["sympos"].as_u64().unwrap() as usize, pos);
 }
+
+/// Two releases installed side by side: each is built from the source of its
+/// own package version, never from the neighbour's, and its patch works on it.
+#[test]
+fn an_older_release_is_built_from_its_own_source() {
+    let Ok(old) = std::env::var("SUTURE_TEST_RELEASE_OLD") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set SUTURE_TEST_RELEASE_OLD (scripts/test.sh does)");
+        eprintln!("SKIP: SUTURE_TEST_RELEASE_OLD is not set");
+        return;
+    };
+    assert!(
+        suture_lab::require_kernel_or_skip(&old).unwrap(),
+        "SUTURE_TEST_RELEASE_OLD={old} names a release that is not installed"
+    );
+    let version = |pkg: &str| {
+        let o = Command::new("dpkg-query").args(["-W", "-f=${Version}", pkg]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    let (old_src, new_src) = (version(&format!("linux-headers-{old}")), version(&format!("linux-headers-{}", release())));
+    assert_ne!(old_src, new_src, "the two releases come from the same source version: nothing to test");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ko = tmp.path().join("old.ko");
+    let o = Command::new(suture())
+        .arg("build")
+        .arg(examples().join("cmdline.patch"))
+        .args(["--kernel", &old, "--json", "-o"])
+        .arg(&ko)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("linux-source-6.1 {old_src}")), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["release"], old.as_str());
+    // The module is for that release, and the kernel of that release runs it.
+    let modinfo = Command::new("modinfo").args(["-F", "vermagic"]).arg(&ko).output().unwrap();
+    assert!(String::from_utf8_lossy(&modinfo.stdout).starts_with(&format!("{old} ")));
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = Vm::new(&old).unwrap();
+    vm.add_executable(Path::new(suture()), "/bin/suture").unwrap();
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    let run = vm
+        .run(
+            "echo UNAME:$(uname -r)\n\
+             echo BEFORE:$(cat /proc/cmdline)\n\
+             suture load /root/p.ko || exit 10\n\
+             echo AFTER:$(cat /proc/cmdline)\n\
+             suture unload livepatch_cmdline || exit 12\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_eq!(field(out, "UNAME"), old);
+    assert_eq!(field(out, "AFTER"), format!("{} suture=live", field(out, "BEFORE")), "{out}");
+}
