@@ -38,7 +38,7 @@ struct Inc<'d, 'a> {
     pieces: BTreeMap<usize, Vec<(u64, u64)>>,
     queue: VecDeque<(usize, u64, u64)>,
     /// Kept entries per sliced section (entry start offsets), and the entry size.
-    kept: BTreeMap<usize, (usize, Vec<u64>)>,
+    kept: BTreeMap<usize, (usize, std::collections::BTreeSet<u64>)>,
     refusals: Vec<Refusal>,
 }
 
@@ -182,7 +182,7 @@ impl<'d, 'a> Inc<'d, 'a> {
                 Some((e, _)) => *e,
                 None => match self.d.entry_size(&name, sec) {
                     Some(e) if e > 0 => {
-                        self.kept.insert(sec, (e, Vec::new()));
+                        self.kept.insert(sec, (e, Default::default()));
                         e
                     }
                     other => {
@@ -193,7 +193,7 @@ impl<'d, 'a> Inc<'d, 'a> {
                         } else if !self.refusals.iter().any(|r| r.subject == name) {
                             self.refusals.push(Refusal { subject: name.clone(), reason: format!("cannot slice: {msg}") });
                         }
-                        self.kept.insert(sec, (0, Vec::new()));
+                        self.kept.insert(sec, (0, Default::default()));
                         0
                     }
                 },
@@ -217,7 +217,7 @@ impl<'d, 'a> Inc<'d, 'a> {
                         start = end;
                         continue;
                     }
-                    self.kept.get_mut(&sec).unwrap().1.push(start);
+                    self.kept.get_mut(&sec).unwrap().1.insert(start);
                     for r in group {
                         self.visit(sec, r);
                     }
@@ -229,11 +229,11 @@ impl<'d, 'a> Inc<'d, 'a> {
         // ORC: entry i of .orc_unwind belongs to the code .orc_unwind_ip entry i points at.
         if let (Some(ip), Some(_)) = (self.d.p.elf.section_by_name(".orc_unwind_ip"), self.d.p.elf.section_by_name(".orc_unwind")) {
             let ip = ip.index;
-            self.kept.entry(ip).or_insert((4, Vec::new()));
+            self.kept.entry(ip).or_insert((4, Default::default()));
             for r in self.d.p.elf.relas_of(ip).to_vec() {
                 let start = r.offset - r.offset % 4;
                 if !self.kept[&ip].1.contains(&start) && self.included_code(self.d.p.target(ip, &r)) {
-                    self.kept.get_mut(&ip).unwrap().1.push(start);
+                    self.kept.get_mut(&ip).unwrap().1.insert(start);
                     grew = true;
                 }
             }
@@ -397,7 +397,7 @@ fn write(
     d: &mut Diff,
     defs: &HashSet<usize>,
     pieces: &BTreeMap<usize, Vec<(u64, u64)>>,
-    kept: &BTreeMap<usize, (usize, Vec<u64>)>,
+    kept: &BTreeMap<usize, (usize, std::collections::BTreeSet<u64>)>,
     func_defs: &[usize],
 ) -> Result<(Vec<u8>, Vec<ReplacedFunc>), Error> {
     let dd: &Diff = d;
@@ -515,8 +515,7 @@ fn write(
             continue;
         }
         let s = dd.p.sec(sec);
-        let mut starts = starts.clone();
-        starts.sort();
+        let starts: Vec<u64> = starts.iter().copied().collect();
         let mut data = Vec::new();
         let mut relas = Vec::new();
         for &st in &starts {

@@ -125,12 +125,15 @@ pub struct Symbol {
     /// The section index, already resolved through SHT_SYMTAB_SHNDX when the raw
     /// field is SHN_XINDEX; reserved values (SHN_ABS, SHN_COMMON...) kept as is.
     pub shndx: u32,
+    /// `shndx` is a reserved value (SHN_ABS, SHN_COMMON, SHN_LIVEPATCH...), not a
+    /// section: with extended numbering a real index may exceed SHN_LORESERVE.
+    pub reserved: bool,
 }
 
 impl Symbol {
     /// The defining section, when it is a real section.
     pub fn section(&self) -> Option<usize> {
-        if self.shndx == SHN_UNDEF || self.shndx >= SHN_LORESERVE {
+        if self.shndx == SHN_UNDEF || self.reserved {
             None
         } else {
             Some(self.shndx as usize)
@@ -341,6 +344,7 @@ impl Object {
             let info = e[4];
             let other = e[5];
             let raw_shndx = rd_u16(e, 6)? as u32;
+            let reserved = raw_shndx >= SHN_LORESERVE && raw_shndx != SHN_XINDEX;
             let shndx = if raw_shndx == SHN_XINDEX {
                 let tab = shndx_tab
                     .as_ref()
@@ -349,7 +353,7 @@ impl Object {
             } else {
                 raw_shndx
             };
-            if shndx != SHN_UNDEF && shndx < SHN_LORESERVE && shndx as usize >= nsec {
+            if shndx != SHN_UNDEF && !reserved && shndx as usize >= nsec {
                 return corrupt(format!("symbol {i} ({name}) refers to section {shndx}, out of range"));
             }
             syms.push(Symbol {
@@ -361,6 +365,7 @@ impl Object {
                 typ: info & 0xf,
                 other,
                 shndx,
+                reserved,
             });
         }
         for s in &syms {

@@ -88,3 +88,34 @@ fn out_of_range_symbol_in_relocation() {
     });
     assert!(b.write().is_err(), "writer checks symbol indices");
 }
+
+#[test]
+fn extended_section_numbering_round_trips() {
+    // More sections than a 16-bit index holds: SHN_XINDEX, SHT_SYMTAB_SHNDX and
+    // the counts in section header 0.
+    let n = 0xff10;
+    let mut b = Builder::default();
+    for i in 0..n {
+        b.sections.push(OutSection {
+            name: format!(".data.v{i}"),
+            sh_type: SHT_PROGBITS,
+            flags: SHF_ALLOC | SHF_WRITE,
+            addralign: 1,
+            entsize: 0,
+            data: vec![i as u8],
+            nobits_size: 0,
+            relas: Vec::new(),
+            rela_flags: 0,
+        });
+    }
+    let last = n - 1;
+    b.symbols.push(OutSymbol { name: "last".into(), bind: STB_GLOBAL, typ: STT_OBJECT, other: 0, section: SymSection::Section(last), value: 0, size: 1 });
+    b.sections[last].relas.push(OutRela { offset: 0, sym: 1, rtype: R_X86_64_NONE, addend: 0 });
+    let bytes = b.write().unwrap();
+    let o = Object::parse(&bytes).unwrap();
+    let s = o.symbols.iter().find(|s| s.name == "last").unwrap();
+    let sec = s.section().expect("resolved through SHT_SYMTAB_SHNDX");
+    assert!(sec >= SHN_LORESERVE as usize);
+    assert_eq!(o.sections[sec].name, format!(".data.v{last}"));
+    assert_eq!(o.relas_of(sec).len(), 1);
+}
