@@ -29,6 +29,10 @@ pub enum TargetImage<'a> {
     /// A module, as its `.ko` file was shipped: its symtab gives the kallsyms
     /// order, its bytes and relocations decide between same-named symbols.
     Module { ko: &'a [u8] },
+    /// Symbols only, from a `/proc/kallsyms` copy: vmlinux's, or for a module
+    /// objname that module's entries. Names with several instances cannot be
+    /// told apart without code.
+    Kallsyms { kallsyms: &'a Kallsyms },
 }
 
 /// How one symbol with several instances in the target was pinned down.
@@ -102,11 +106,13 @@ trait Space {
 struct VmlinuxSpace<'a> {
     kallsyms: &'a Kallsyms,
     image: Option<Image<'a>>,
+    /// `vmlinux`, or a module when only its kallsyms entries are known.
+    objname: &'a str,
 }
 
 impl Space for VmlinuxSpace<'_> {
     fn instances(&self, name: &str) -> Vec<Instance> {
-        self.kallsyms.instances("vmlinux", name)
+        self.kallsyms.instances(self.objname, name)
     }
     fn read(&self, addr: u64, len: usize) -> Option<&[u8]> {
         self.image.as_ref()?.bytes_at(addr, len)
@@ -444,7 +450,17 @@ pub fn build_target_report(
     let md;
     let space: &dyn Space = match image {
         TargetImage::Vmlinux { kallsyms, vmlinux } => {
-            vm = VmlinuxSpace { kallsyms, image: vmlinux.map(Image::parse).transpose()? };
+            if objname != "vmlinux" {
+                return Err(Error::Image(format!(
+                    "the vmlinux image and its kallsyms are not the symbols of module {objname}; \
+                     pass the module's .ko"
+                )));
+            }
+            vm = VmlinuxSpace { kallsyms, image: vmlinux.map(Image::parse).transpose()?, objname: "vmlinux" };
+            &vm
+        }
+        TargetImage::Kallsyms { kallsyms } => {
+            vm = VmlinuxSpace { kallsyms, image: None, objname };
             &vm
         }
         TargetImage::Module { ko } => {
@@ -618,12 +634,14 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
 
     for (i, inst) in pending {
         let s = &orig.symbols[i];
-        let why = if !space.can_read() {
+        let why = if !space.can_read() && objname == "vmlinux" {
             format!(
                 "{} instances and no kernel image to compare code with; pass the target's \
                  /boot/vmlinuz-RELEASE (install linux-image-RELEASE) as well",
                 inst.len()
             )
+        } else if !space.can_read() {
+            format!("{} instances in {objname} and no code to compare with; pass the module's .ko file", inst.len())
         } else if let Some(m) = byte_matches.get(&i) {
             if m.is_empty() {
                 format!(
@@ -702,7 +720,7 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
     }
     // Relocations to uniquely named symbols must land on them: same code
     // shape calling another function is not the same function.
-    let space = VmlinuxSpace { kallsyms, image: Some(img) };
+    let space = VmlinuxSpace { kallsyms, image: Some(img), objname: "vmlinux" };
     let fvalue = orig.symbols[i].value;
     let wrong_target = |addr: u64, sites: &[Site]| -> Option<String> {
         rels.iter().zip(sites).find_map(|(r, &site)| {
@@ -930,6 +948,28 @@ mod tests {
         let mut syms = k.symbols().to_vec();
         syms.push(KSym { addr: BASE + 0x508, kind: 'd', name: "helper".into(), module: None });
         assert_eq!(t(&Kallsyms::from_symbols(syms)), TargetSym::Unexported { sympos: 1 });
+    }
+
+    #[test]
+    fn module_symbols_from_proc_kallsyms() {
+        let k = crate::parse_proc_kallsyms(
+            "ffffffff81000000 t show\n\
+             ffffffffc0000000 t show\t[mymod]\n\
+             ffffffffc0000100 t helper\t[mymod]\n\
+             ffffffffc0000200 t show\t[mymod]\n\
+             ffffffffc1000000 t helper\t[othermod]\n",
+        )
+        .unwrap();
+        let rep = build_target_report(TargetImage::Kallsyms { kallsyms: &k }, &Exports::default(), "mymod", &orig()).unwrap();
+        assert_eq!(rep.target.objname, "mymod");
+        assert_eq!(rep.target.symbols["helper"], TargetSym::Unexported { sympos: 0 });
+        let u = rep.unresolved.iter().find(|u| u.name == "show").unwrap();
+        assert!(u.why.contains("2 instances in mymod") && u.why.contains(".ko"), "{}", u.why);
+        assert!(rep.absent.contains(&"counter".to_string()));
+        // vmlinux's image says nothing about a module.
+        let (img, vk) = image();
+        let e = build_target(TargetImage::Vmlinux { kallsyms: &vk, vmlinux: Some(&img) }, &Exports::default(), "mymod", &orig());
+        assert!(e.unwrap_err().to_string().contains(".ko"));
     }
 
     #[test]
