@@ -1,4 +1,15 @@
 //! The differ's stages: correlate, compare, include, special sections, output.
+//!
+//! Comparison is per symbol, not per section: a function is its byte range and
+//! the relocations inside it, each relocation target resolved through section
+//! symbols to the symbol it lands in (or to string contents / constant bytes
+//! where no symbol covers it) and compared by mangled name and addend. The output
+//! is built from PATCHED byte ranges ("pieces") grouped per source section, so
+//! objects compiled without -ffunction-sections work too.
+//!
+//! Known simplifications: `.fixup`, `.altinstr_replacement` and `.altinstr_aux`
+//! are copied whole when a kept entry needs them (entries of excluded functions
+//! then resolve through klp references); debug sections are not carried over.
 
 use std::collections::{HashMap, HashSet};
 
