@@ -231,9 +231,10 @@ impl Host {
         }
 
         let file = std::fs::File::open(path).map_err(|e| HostError::io(format!("cannot open {}", path.display()), &e))?;
+        let mark = self.kernel.log_mark();
         let t0 = Instant::now();
         if let Err(e) = self.kernel.finit_module(&file, &opts.params) {
-            return Err(self.explain_load_errno(&name, &e));
+            return Err(self.explain_load_errno(&name, &e, self.kernel.log_since(mark)));
         }
         let load_time = t0.elapsed();
 
@@ -274,9 +275,8 @@ impl Host {
         })
     }
 
-    fn explain_load_errno(&self, name: &str, e: &io::Error) -> HostError {
+    fn explain_load_errno(&self, name: &str, e: &io::Error, log: Vec<String>) -> HostError {
         let errno = e.raw_os_error().unwrap_or(0);
-        let log = self.kernel.log_lines_mentioning(name);
         let log_has = |s: &str| log.iter().any(|l| l.contains(s));
         let mut err = match errno {
             libc::EEXIST => already_loaded(name),
@@ -310,6 +310,8 @@ impl Host {
             .hint("`dmesg` shows `Unknown symbol`; the module needs symbols this kernel does not export, or a module it depends on is not loaded"),
             libc::EKEYREJECTED => HostError::new(ErrorKind::Signature, format!("the kernel rejected the signature of {name}"))
                 .hint("sign the module with a key the kernel trusts (e.g. one enrolled with mokutil) or load it where signatures are not enforced"),
+            libc::EBADMSG => HostError::new(ErrorKind::Signature, format!("the signature appended to {name} is malformed"))
+                .hint("re-sign the module (scripts/sign-file) or strip the broken signature"),
             libc::EPERM | libc::EACCES => {
                 let disabled = std::fs::read_to_string(self.root.0.join("proc/sys/kernel/modules_disabled"))
                     .is_ok_and(|s| s.trim() == "1");

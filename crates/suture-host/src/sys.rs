@@ -16,9 +16,20 @@ pub trait Kernel: Send + Sync {
     /// Removes a module without waiting for its references to drop
     /// (`O_NONBLOCK`): a busy module is reported, never waited on in-kernel.
     fn delete_module(&self, name: &str) -> io::Result<()>;
-    /// Recent kernel log lines that mention `needle`, best effort, for
-    /// turning an errno into the kernel's own explanation.
-    fn log_lines_mentioning(&self, needle: &str) -> Vec<String>;
+    /// Marks the current end of the kernel log, so that the messages a
+    /// failed load produced can be read back with [`Kernel::log_since`].
+    fn log_mark(&self) -> LogMark;
+    /// Kernel log messages logged after `mark` (best effort, at most the
+    /// last 20): the kernel's own explanation of an errno.
+    fn log_since(&self, mark: LogMark) -> Vec<String>;
+}
+
+/// A position in the kernel log: an open `/dev/kmsg` seeked to its end on
+/// a real host, an index for fakes.
+#[derive(Debug)]
+pub struct LogMark {
+    pub kmsg: Option<File>,
+    pub index: usize,
 }
 
 /// The running kernel.
@@ -53,18 +64,26 @@ impl Kernel for SysKernel {
         Ok(())
     }
 
-    fn log_lines_mentioning(&self, needle: &str) -> Vec<String> {
-        read_kmsg(needle).unwrap_or_default()
+    fn log_mark(&self) -> LogMark {
+        use std::os::unix::fs::OpenOptionsExt;
+        let kmsg = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .ok()
+            .filter(|f| unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) } >= 0);
+        LogMark { kmsg, index: 0 }
+    }
+
+    fn log_since(&self, mark: LogMark) -> Vec<String> {
+        mark.kmsg.map(|f| read_kmsg(f).unwrap_or_default()).unwrap_or_default()
     }
 }
 
-/// Reads the whole kernel log ring through `/dev/kmsg` (one record per
-/// read; `EAGAIN` marks the end in non-blocking mode) and keeps the last
-/// few messages containing `needle`.
-fn read_kmsg(needle: &str) -> io::Result<Vec<String>> {
+/// Reads `/dev/kmsg` records from the file's position to the end (one
+/// record per read; `EAGAIN` marks the end in non-blocking mode).
+fn read_kmsg(mut f: File) -> io::Result<Vec<String>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg")?;
     let mut lines = Vec::new();
     let mut buf = vec![0u8; 8192];
     loop {
@@ -75,7 +94,7 @@ fn read_kmsg(needle: &str) -> io::Result<Vec<String>> {
                 // "prio,seq,usec,flags;message\n continuation lines"
                 let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or(&rec);
                 let first = msg.lines().next().unwrap_or("").trim_end();
-                if first.contains(needle) {
+                if !first.is_empty() {
                     lines.push(first.to_string());
                 }
             }
@@ -85,6 +104,6 @@ fn read_kmsg(needle: &str) -> io::Result<Vec<String>> {
             Err(e) => return Err(e),
         }
     }
-    let keep = lines.len().saturating_sub(8);
+    let keep = lines.len().saturating_sub(20);
     Ok(lines.split_off(keep))
 }

@@ -100,8 +100,13 @@ impl Kernel for FakeKernel {
         self.deleted.lock().unwrap().push(name.to_string());
         Ok(())
     }
-    fn log_lines_mentioning(&self, needle: &str) -> Vec<String> {
-        self.log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    fn log_mark(&self) -> sys::LogMark {
+        // Everything in `log` counts as logged during the load attempt
+        // except the first line, which predates the mark.
+        sys::LogMark { kmsg: None, index: 1.min(self.log.len()) }
+    }
+    fn log_since(&self, mark: sys::LogMark) -> Vec<String> {
+        self.log[mark.index..].to_vec()
     }
 }
 
@@ -185,6 +190,7 @@ fn kernel_errnos_are_translated() {
         (libc::EINVAL, ErrorKind::Incompatible, "dmesg"),
         (libc::ENOENT, ErrorKind::UnknownSymbol, "Unknown symbol"),
         (libc::EKEYREJECTED, ErrorKind::Signature, "sign"),
+        (libc::EBADMSG, ErrorKind::Signature, "malformed"),
         (libc::EPERM, ErrorKind::Signature, "signature"),
     ];
     for (errno, kind, needle) in cases {
@@ -195,11 +201,15 @@ fn kernel_errnos_are_translated() {
         assert!(e.to_string().contains(needle), "errno {errno}: {e}");
     }
     // The kernel log overrides a generic errno with the concrete cause.
-    let f = fixture("errno-log", Behaviour::Fails(libc::EINVAL), &["lp_sym: Unknown symbol foo_bar (err -2)", "unrelated"]);
+    let f = fixture(
+        "errno-log",
+        Behaviour::Fails(libc::EINVAL),
+        &["before the load", "lp_sym: Unknown symbol foo_bar (err -2)", "livepatch: failed to initialize patch"],
+    );
     let p = write_ko(&f, "lp.ko", &ko("lp_sym", true, REL));
     let e = f.host.load(&p, &quick()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnknownSymbol);
-    assert_eq!(e.kernel_log, ["lp_sym: Unknown symbol foo_bar (err -2)"]);
+    assert_eq!(e.kernel_log, ["lp_sym: Unknown symbol foo_bar (err -2)", "livepatch: failed to initialize patch"]);
     assert!(e.to_string().contains("foo_bar"));
     // modules_disabled makes EPERM a permission problem, not a signature one.
     let f = fixture("errno-disabled", Behaviour::Fails(libc::EPERM), &[]);

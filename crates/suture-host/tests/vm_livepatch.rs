@@ -34,6 +34,7 @@ struct Artifacts {
     sample: PathBuf,
     plain: PathBuf,
     stall: PathBuf,
+    missing: PathBuf,
     suture: PathBuf,
 }
 
@@ -43,8 +44,8 @@ fn artifacts() -> &'static Artifacts {
         // Under target/ rather than /tmp: kept for incremental rebuilds and
         // removed by `cargo clean`, so nothing accumulates in /tmp.
         let dir = target_dir().join("suture-host-vm").join(release());
-        let (sample, plain, stall) = build_modules(&dir);
-        Artifacts { sample, plain, stall, suture: suture_binary() }
+        let (sample, plain, stall, missing) = build_modules(&dir);
+        Artifacts { sample, plain, stall, missing, suture: suture_binary() }
     })
 }
 
@@ -112,9 +113,32 @@ MODULE_LICENSE("GPL");
 MODULE_INFO(livepatch, "Y");
 "#;
 
-/// Builds the sample livepatch, an ordinary module (the refusal case) and
-/// the stalling patch against the release's headers.
-fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// A livepatch for a function no kernel has: the livepatch core fails the
+/// load with EINVAL and says why only in the kernel log.
+const MISSING_PATCH_C: &str = r#"#include <linux/module.h>
+#include <linux/livepatch.h>
+
+static void missing_replacement(void) { }
+
+static struct klp_func funcs[] = {
+	{ .old_name = "suture_no_such_function", .new_func = missing_replacement, },
+	{ }
+};
+static struct klp_object objs[] = { { .funcs = funcs, }, { } };
+static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, };
+
+static int missing_init(void) { return klp_enable_patch(&patch); }
+static void missing_exit(void) { }
+module_init(missing_init);
+module_exit(missing_exit);
+MODULE_LICENSE("GPL");
+MODULE_INFO(livepatch, "Y");
+"#;
+
+/// Builds the sample livepatch, an ordinary module (the refusal case), the
+/// stalling patch and the missing-function patch against the release's
+/// headers.
+fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let release = release();
     let headers = PathBuf::from(format!("/usr/src/linux-headers-{release}"));
     assert!(headers.is_dir(), "{} missing: apt-get install linux-headers-{release}", headers.display());
@@ -129,9 +153,10 @@ fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .unwrap();
     std::fs::write(m.join("stall-patch.c"), STALL_PATCH_C).unwrap();
-    std::fs::write(m.join("Kbuild"), "obj-m := livepatch-sample.o plain-mod.o stall-patch.o\n").unwrap();
+    std::fs::write(m.join("missing-patch.c"), MISSING_PATCH_C).unwrap();
+    std::fs::write(m.join("Kbuild"), "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o\n").unwrap();
     run(Command::new("make").arg("-C").arg(&headers).arg(format!("M={}", m.display())).arg("-j1").arg("modules"));
-    (m.join("livepatch-sample.ko"), m.join("plain-mod.ko"), m.join("stall-patch.ko"))
+    (m.join("livepatch-sample.ko"), m.join("plain-mod.ko"), m.join("stall-patch.ko"), m.join("missing-patch.ko"))
 }
 
 /// Newest modification time of the sources a `suture` build depends on.
@@ -215,6 +240,9 @@ grep -q '^livepatch_sample ' /proc/modules && echo "module=loaded" || echo "modu
 echo "== plain"; suture load /root/plain-mod.ko; echo "rc=$?"
 echo "== plain-state"
 grep -q '^plain_mod ' /proc/modules && echo "module=loaded" || echo "module=gone"
+echo "== missing"; suture load --json /root/missing-patch.ko; echo "rc=$?"
+echo "== missing-state"
+grep -q '^missing_patch ' /proc/modules && echo "module=loaded" || echo "module=gone"
 echo "== load-json"; suture load --json /root/livepatch-sample.ko; echo "rc=$?"
 echo "== unload-json"; suture unload --json livepatch_sample; echo "rc=$?"
 echo "== end"
@@ -227,6 +255,7 @@ fn guest() -> suture_lab::Vm {
     vm.add_file(&a.sample, "/root/livepatch-sample.ko").unwrap();
     vm.add_file(&a.plain, "/root/plain-mod.ko").unwrap();
     vm.add_file(&a.stall, "/root/stall-patch.ko").unwrap();
+    vm.add_file(&a.missing, "/root/missing-patch.ko").unwrap();
     vm
 }
 
@@ -286,6 +315,20 @@ fn sample_livepatch_load_list_unload_in_guest() {
     assert!(plain_out.contains("not a livepatch module"), "plain:\n{plain_out}");
     assert!(!plain_out.ends_with("rc=0\n"), "plain:\n{plain_out}");
     assert!(sec("plain-state").contains("module=gone"), "{out}");
+
+    // The errno alone (EINVAL) does not say which function was missing;
+    // the kernel log lines captured during the attempt do.
+    let missing = sec("missing");
+    assert!(missing.ends_with("rc=1\n"), "missing:\n{missing}");
+    let mj = json_of(&missing);
+    assert_eq!(mj["error"]["kind"], "incompatible", "{mj}");
+    assert_eq!(mj["error"]["errno"], 22, "errno should be EINVAL: {mj}");
+    let log = mj["error"]["kernel_log"].as_array().unwrap_or_else(|| panic!("no kernel_log: {mj}"));
+    assert!(
+        log.iter().any(|l| l.as_str().is_some_and(|l| l.contains("suture_no_such_function"))),
+        "kernel log does not name the missing function: {mj}"
+    );
+    assert!(sec("missing-state").contains("module=gone"), "{out}");
 
     let lj = json_of(&sec("load-json"));
     assert_eq!(lj["ok"], true, "{lj}");
