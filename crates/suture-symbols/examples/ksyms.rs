@@ -12,10 +12,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("extract: {:?} ({} bytes)", t.elapsed(), vmlinux.len());
     let t = Instant::now();
     let k = suture_symbols::kallsyms_from_vmlinux(&vmlinux)?;
-    eprintln!("kallsyms: {:?} ({} symbols, build-id {:?})", t.elapsed(), k.len(), k.build_id);
+    eprintln!(
+        "kallsyms: {:?} ({} symbols, build-id {:?})",
+        t.elapsed(),
+        k.len(),
+        k.build_id
+    );
     for name in &args[1..] {
         for i in k.instances("vmlinux", name) {
-            println!("{name} pos {} addr {:#x} kind {}", i.sympos, i.addr, k.symbols()[i.index].kind);
+            println!(
+                "{name} pos {} addr {:#x} kind {}",
+                i.sympos,
+                i.addr,
+                k.symbols()[i.index].kind
+            );
         }
     }
     // ORIG=path/to/object.o SYMVERS=Module.symvers: time build_target on it.
@@ -24,7 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let exports = suture_symbols::Exports::parse(&std::fs::read_to_string(symvers)?)?;
         let t = Instant::now();
         let rep = suture_symbols::build_target_report(
-            suture_symbols::TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&vmlinux) },
+            suture_symbols::TargetImage::Vmlinux {
+                kallsyms: &k,
+                vmlinux: Some(&vmlinux),
+            },
             &exports,
             "vmlinux",
             &orig,
@@ -45,7 +58,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{} -> {} of {} ({})", d.name, d.sympos, d.instances, d.how);
         }
         for m in &rep.mismatched {
-            println!("MISMATCHED {m}: {:?}", suture_symbols::verify_function(&vmlinux, &k, &orig, m).err());
+            println!(
+                "MISMATCHED {m}: {:?}",
+                suture_symbols::verify_function(&vmlinux, &k, &orig, m).err()
+            );
         }
         if std::env::var_os("ABSENT").is_some() {
             println!("ABSENT {:?}", rep.absent);

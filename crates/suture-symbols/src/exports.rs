@@ -40,19 +40,34 @@ impl Exports {
             if f.len() < 4 {
                 return Err(bad("expected at least 4 tab-separated fields"));
             }
-            let crc = u32::from_str_radix(f[0].trim_start_matches("0x"), 16).map_err(|_| bad("bad CRC"))?;
+            let crc = u32::from_str_radix(f[0].trim_start_matches("0x"), 16)
+                .map_err(|_| bad("bad CRC"))?;
             if f[1].is_empty() || f[2].is_empty() {
                 return Err(bad("empty symbol or module"));
             }
             let gpl_only = match f[3] {
                 "EXPORT_SYMBOL" => false,
-                "EXPORT_SYMBOL_GPL" | "EXPORT_SYMBOL_GPL_FUTURE" | "EXPORT_UNUSED_SYMBOL_GPL" => true,
+                "EXPORT_SYMBOL_GPL" | "EXPORT_SYMBOL_GPL_FUTURE" | "EXPORT_UNUSED_SYMBOL_GPL" => {
+                    true
+                }
                 "EXPORT_UNUSED_SYMBOL" => false,
                 _ => return Err(bad("unknown export type")),
             };
             let namespace = f.get(4).filter(|s| !s.is_empty()).map(|s| s.to_string());
-            let owner = if f[2] == "vmlinux" { "vmlinux".to_string() } else { crate::module_name(f[2]) };
-            map.insert(f[1].to_string(), Export { owner, namespace, gpl_only, crc });
+            let owner = if f[2] == "vmlinux" {
+                "vmlinux".to_string()
+            } else {
+                crate::module_name(f[2])
+            };
+            map.insert(
+                f[1].to_string(),
+                Export {
+                    owner,
+                    namespace,
+                    gpl_only,
+                    crc,
+                },
+            );
         }
         Ok(Exports { map })
     }
@@ -74,7 +89,9 @@ impl Exports {
     /// exports are still reached through kallsyms, since the patch may load
     /// before the module).
     pub fn reachable_from(&self, objname: &str, name: &str) -> bool {
-        self.map.get(name).is_some_and(|e| e.owner == "vmlinux" || e.owner != objname)
+        self.map
+            .get(name)
+            .is_some_and(|e| e.owner == "vmlinux" || e.owner != objname)
     }
 }
 
@@ -105,8 +122,15 @@ mod tests {
 
     #[test]
     fn bad_lines_are_errors() {
-        for t in ["zz\tx\tvmlinux\tEXPORT_SYMBOL\t", "0x1\tx\tvmlinux", "0x1\tx\tvmlinux\tEXPORT_WHAT\t"] {
-            assert!(Exports::parse(t).unwrap_err().to_string().contains("line 1"));
+        for t in [
+            "zz\tx\tvmlinux\tEXPORT_SYMBOL\t",
+            "0x1\tx\tvmlinux",
+            "0x1\tx\tvmlinux\tEXPORT_WHAT\t",
+        ] {
+            assert!(Exports::parse(t)
+                .unwrap_err()
+                .to_string()
+                .contains("line 1"));
         }
     }
 }

@@ -52,14 +52,19 @@ pub fn decompress_module(data: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
     }
     for (fmt, magic) in FORMATS {
         if data.starts_with(magic) {
-            let out = decompress(fmt, data).map_err(|e| Error::Image(format!("module: {fmt}: {e}")))?;
+            let out =
+                decompress(fmt, data).map_err(|e| Error::Image(format!("module: {fmt}: {e}")))?;
             if !out.starts_with(ELF_MAGIC) {
-                return Err(Error::Image(format!("module: the {fmt} stream does not hold an ELF file")));
+                return Err(Error::Image(format!(
+                    "module: the {fmt} stream does not hold an ELF file"
+                )));
             }
             return Ok(std::borrow::Cow::Owned(out));
         }
     }
-    Err(Error::Image("module: neither an ELF file nor xz, zstd or gzip; pass the module's .ko file".into()))
+    Err(Error::Image(
+        "module: neither an ELF file nor xz, zstd or gzip; pass the module's .ko file".into(),
+    ))
 }
 
 fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
@@ -98,8 +103,14 @@ fn decompress(fmt: &str, data: &[u8]) -> std::result::Result<Vec<u8>, String> {
                     out.reserve(16 << 20);
                 }
                 let (in0, out0) = (st.total_in(), out.len());
-                let action = if input.is_empty() { Action::Finish } else { Action::Run };
-                let status = st.process_vec(input, &mut out, action).map_err(|e| e.to_string())?;
+                let action = if input.is_empty() {
+                    Action::Finish
+                } else {
+                    Action::Run
+                };
+                let status = st
+                    .process_vec(input, &mut out, action)
+                    .map_err(|e| e.to_string())?;
                 input = &input[(st.total_in() - in0) as usize..];
                 if status == Status::StreamEnd {
                     break;
@@ -160,7 +171,10 @@ mod tests {
     #[test]
     fn zstd_payload_with_trailing_size() {
         let elf = fake_elf();
-        let z = ruzstd::encoding::compress_to_vec(&elf[..], ruzstd::encoding::CompressionLevel::Fastest);
+        let z = ruzstd::encoding::compress_to_vec(
+            &elf[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
         let img = bzimage_around(&z);
         assert_eq!(extract_vmlinux(&img).unwrap(), elf);
     }
@@ -171,8 +185,14 @@ mod tests {
         assert_eq!(&*decompress_module(&elf).unwrap(), &elf[..]);
         let mut enc = xz2::write::XzEncoder::new(Vec::new(), 1);
         enc.write_all(&elf).unwrap();
-        assert_eq!(&*decompress_module(&enc.finish().unwrap()).unwrap(), &elf[..]);
-        let z = ruzstd::encoding::compress_to_vec(&elf[..], ruzstd::encoding::CompressionLevel::Fastest);
+        assert_eq!(
+            &*decompress_module(&enc.finish().unwrap()).unwrap(),
+            &elf[..]
+        );
+        let z = ruzstd::encoding::compress_to_vec(
+            &elf[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
         assert_eq!(&*decompress_module(&z).unwrap(), &elf[..]);
         assert!(decompress_module(b"plain text").is_err());
         assert!(decompress_module(&z[..z.len() / 2]).is_err());

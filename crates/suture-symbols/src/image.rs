@@ -35,7 +35,11 @@ pub(crate) fn u64_at(d: &[u8], off: usize) -> Option<u64> {
 
 impl<'a> Image<'a> {
     pub fn parse(data: &'a [u8]) -> Result<Self> {
-        let bad = |m: &str| Error::Image(format!("vmlinux: {m}; pass the ELF that extract_vmlinux produced"));
+        let bad = |m: &str| {
+            Error::Image(format!(
+                "vmlinux: {m}; pass the ELF that extract_vmlinux produced"
+            ))
+        };
         if !data.starts_with(b"\x7fELF") {
             return Err(bad("not an ELF file"));
         }
@@ -57,7 +61,11 @@ impl<'a> Image<'a> {
             let vaddr = u64_at(data, p + 16).ok_or_else(|| bad("truncated program headers"))?;
             let filesz = u64_at(data, p + 32).ok_or_else(|| bad("truncated program headers"))?;
             match ty {
-                1 => loads.push(Segment { vaddr, offset, filesz }),
+                1 => loads.push(Segment {
+                    vaddr,
+                    offset,
+                    filesz,
+                }),
                 4 => notes.push((offset, filesz)),
                 _ => {}
             }

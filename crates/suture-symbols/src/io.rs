@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{decompress_module, extract_vmlinux, kallsyms_from_vmlinux, parse_proc_kallsyms, Error, Exports, Kallsyms, Result};
+use crate::{
+    decompress_module, extract_vmlinux, kallsyms_from_vmlinux, parse_proc_kallsyms, Error, Exports,
+    Kallsyms, Result,
+};
 
 /// The files of one kernel release (`6.1.0-56-amd64`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +48,11 @@ impl ReleasePaths {
 
     pub fn load_exports(&self) -> Result<Exports> {
         let text = std::fs::read_to_string(&self.symvers).map_err(|e| {
-            Error::Symvers(format!("{}: {e}; install linux-headers-{}", self.symvers.display(), self.release))
+            Error::Symvers(format!(
+                "{}: {e}; install linux-headers-{}",
+                self.symvers.display(),
+                self.release
+            ))
         })?;
         Exports::parse(&text)
     }
@@ -54,9 +61,15 @@ impl ReleasePaths {
     /// kernel), decompressed.
     pub fn load_module(&self, name: &str) -> Result<Vec<u8>> {
         let want = crate::module_name(name);
-        let mut stack = vec![self.modules.join("kernel"), self.modules.join("updates"), self.modules.join("extra")];
+        let mut stack = vec![
+            self.modules.join("kernel"),
+            self.modules.join("updates"),
+            self.modules.join("extra"),
+        ];
         while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
             for ent in rd.flatten() {
                 let p = ent.path();
                 if ent.file_type().is_ok_and(|t| t.is_dir()) {
@@ -64,7 +77,9 @@ impl ReleasePaths {
                     continue;
                 }
                 let file = ent.file_name().to_string_lossy().into_owned();
-                let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|s| file.strip_suffix(s));
+                let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+                    .iter()
+                    .find_map(|s| file.strip_suffix(s));
                 if stem.is_some_and(|s| crate::module_name(s) == want) {
                     let data = std::fs::read(&p)
                         .map_err(|e| Error::Image(format!("{}: {e}", p.display())))?;
@@ -82,8 +97,12 @@ impl ReleasePaths {
 
 /// A copy of `/proc/kallsyms` (`--kallsyms FILE`).
 pub fn load_proc_kallsyms(path: &Path) -> Result<Kallsyms> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Kallsyms(format!("{}: {e}; copy /proc/kallsyms as root on the target host", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Kallsyms(format!(
+            "{}: {e}; copy /proc/kallsyms as root on the target host",
+            path.display()
+        ))
+    })?;
     let k = parse_proc_kallsyms(&text)?;
     if !k.addresses_known() {
         return Err(Error::Kallsyms(format!(
@@ -102,11 +121,17 @@ mod tests {
     fn missing_files_say_what_to_install() {
         let p = ReleasePaths::new(Path::new("/nonexistent"), "9.9.9-1-amd64");
         let e = p.load_vmlinux().unwrap_err().to_string();
-        assert!(e.contains("linux-image-9.9.9-1-amd64") && e.contains("--kallsyms"), "{e}");
+        assert!(
+            e.contains("linux-image-9.9.9-1-amd64") && e.contains("--kallsyms"),
+            "{e}"
+        );
         let e = p.load_exports().unwrap_err().to_string();
         assert!(e.contains("linux-headers-9.9.9-1-amd64"), "{e}");
         let e = p.load_module("snd-pcm").unwrap_err().to_string();
-        assert!(e.contains("snd-pcm") && e.contains("linux-image-9.9.9-1-amd64"), "{e}");
+        assert!(
+            e.contains("snd-pcm") && e.contains("linux-image-9.9.9-1-amd64"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -120,7 +145,10 @@ mod tests {
         assert!(p.load_module("snd_timer").is_err());
         let hidden = root.join("kallsyms");
         std::fs::write(&hidden, "0000000000000000 T _text\n").unwrap();
-        assert!(load_proc_kallsyms(&hidden).unwrap_err().to_string().contains("as root"));
+        assert!(load_proc_kallsyms(&hidden)
+            .unwrap_err()
+            .to_string()
+            .contains("as root"));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -44,7 +44,11 @@ impl Kallsyms {
         for (i, s) in symbols.iter().enumerate() {
             by_name.entry(s.name.clone()).or_default().push(i);
         }
-        Kallsyms { symbols, by_name, build_id: None }
+        Kallsyms {
+            symbols,
+            by_name,
+            build_id: None,
+        }
     }
 
     pub fn symbols(&self) -> &[KSym] {
@@ -61,12 +65,22 @@ impl Kallsyms {
 
     /// The instances of `name` in `objname` (`vmlinux` or a module name), in order.
     pub fn instances(&self, objname: &str, name: &str) -> Vec<Instance> {
-        let want = if objname == "vmlinux" { None } else { Some(objname) };
-        let Some(idx) = self.by_name.get(name) else { return Vec::new() };
+        let want = if objname == "vmlinux" {
+            None
+        } else {
+            Some(objname)
+        };
+        let Some(idx) = self.by_name.get(name) else {
+            return Vec::new();
+        };
         idx.iter()
             .filter(|&&i| self.symbols[i].module.as_deref() == want)
             .enumerate()
-            .map(|(n, &i)| Instance { index: i, sympos: n as u32 + 1, addr: self.symbols[i].addr })
+            .map(|(n, &i)| Instance {
+                index: i,
+                sympos: n as u32 + 1,
+                addr: self.symbols[i].addr,
+            })
             .collect()
     }
 
@@ -133,10 +147,17 @@ pub fn parse_proc_kallsyms(text: &str) -> Result<Kallsyms> {
         if it.next().is_some() {
             return Err(bad("too many fields"));
         }
-        syms.push(KSym { addr, kind, name: name.to_string(), module });
+        syms.push(KSym {
+            addr,
+            kind,
+            name: name.to_string(),
+            module,
+        });
     }
     if syms.is_empty() {
-        return Err(Error::Kallsyms("no symbols in the kallsyms file; copy /proc/kallsyms as root".into()));
+        return Err(Error::Kallsyms(
+            "no symbols in the kallsyms file; copy /proc/kallsyms as root".into(),
+        ));
     }
     Ok(Kallsyms::from_symbols(syms))
 }
@@ -192,45 +213,53 @@ pub fn decode_tables(data: &[u8]) -> Result<Kallsyms> {
 /// increasing u16 offsets starting at 0, each the start of a non-empty C string
 /// of a table that ends, padded to 8, exactly where the index begins.
 fn find_token_tables(data: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    (0..data.len().saturating_sub(512)).step_by(8).filter_map(move |ti| {
-        if u16_at(data, ti)? != 0 {
-            return None;
-        }
-        let mut prev = 0u16;
-        for i in 1..256 {
-            let v = u16_at(data, ti + 2 * i)?;
-            // Tokens are short: a gap over 64 bytes is not a token table.
-            if v <= prev || v - prev > 64 {
+    (0..data.len().saturating_sub(512))
+        .step_by(8)
+        .filter_map(move |ti| {
+            if u16_at(data, ti)? != 0 {
                 return None;
             }
-            prev = v;
-        }
-        let last = prev as usize;
-        // The table starts 8-aligned; the last token plus padding ends at `ti`.
-        let mut tt = ti.checked_sub(last + 2)? & !7;
-        while tt + last < ti {
-            if check_token_table(data, tt, ti) {
-                return Some((tt, ti));
+            let mut prev = 0u16;
+            for i in 1..256 {
+                let v = u16_at(data, ti + 2 * i)?;
+                // Tokens are short: a gap over 64 bytes is not a token table.
+                if v <= prev || v - prev > 64 {
+                    return None;
+                }
+                prev = v;
             }
-            tt = tt.checked_sub(8)?;
-            if ti - tt > last + 72 {
-                break;
+            let last = prev as usize;
+            // The table starts 8-aligned; the last token plus padding ends at `ti`.
+            let mut tt = ti.checked_sub(last + 2)? & !7;
+            while tt + last < ti {
+                if check_token_table(data, tt, ti) {
+                    return Some((tt, ti));
+                }
+                tt = tt.checked_sub(8)?;
+                if ti - tt > last + 72 {
+                    break;
+                }
             }
-        }
-        None
-    })
+            None
+        })
 }
 
 fn check_token_table(data: &[u8], tt: usize, ti: usize) -> bool {
     let mut end = 0;
     for i in 0..256 {
-        let Some(off) = u16_at(data, ti + 2 * i) else { return false };
+        let Some(off) = u16_at(data, ti + 2 * i) else {
+            return false;
+        };
         let start = tt + off as usize;
         if start != tt + end {
             return false;
         }
-        let Some(s) = data.get(start..ti) else { return false };
-        let Some(len) = s.iter().position(|&b| b == 0) else { return false };
+        let Some(s) = data.get(start..ti) else {
+            return false;
+        };
+        let Some(len) = s.iter().position(|&b| b == 0) else {
+            return false;
+        };
         if len == 0 || !s[..len].iter().all(|b| b.is_ascii_graphic()) {
             return false;
         }
@@ -263,7 +292,10 @@ fn walk_names(data: &[u8], names: usize, count: usize, markers: usize) -> Option
         }
         let b0 = *data.get(names + off)? as usize;
         let (len, hdr) = if b0 & 0x80 != 0 {
-            ((b0 & 0x7f) | ((*data.get(names + off + 1)? as usize) << 7), 2)
+            (
+                (b0 & 0x7f) | ((*data.get(names + off + 1)? as usize) << 7),
+                2,
+            )
         } else {
             (b0, 1)
         };
@@ -289,16 +321,20 @@ fn find_names(data: &[u8], tt: usize, ti: usize) -> Option<TableLayout> {
     while p > lowest + 8 {
         let cand = p;
         p -= 8;
-        let Some(n) = u32_at(data, cand) else { continue };
+        let Some(n) = u32_at(data, cand) else {
+            continue;
+        };
         let n = n as usize;
-        if n < 16 || n > (1 << 23) || u32_at(data, cand + 4) != Some(0) {
+        if !(16..=(1 << 23)).contains(&n) || u32_at(data, cand + 4) != Some(0) {
             continue;
         }
         let names = cand + 8;
         let markers_len = align8(4 * n.div_ceil(256));
         for seqs_between in [true, false] {
             let seqs_len = if seqs_between { align8(3 * n) } else { 0 };
-            let Some(markers) = tt.checked_sub(seqs_len + markers_len) else { continue };
+            let Some(markers) = tt.checked_sub(seqs_len + markers_len) else {
+                continue;
+            };
             if markers <= names || u32_at(data, markers) != Some(0) {
                 continue;
             }
@@ -306,7 +342,9 @@ fn find_names(data: &[u8], tt: usize, ti: usize) -> Option<TableLayout> {
             if markers - names < 2 * n {
                 continue;
             }
-            let Some(end) = walk_names(data, names, n, markers) else { continue };
+            let Some(end) = walk_names(data, names, n, markers) else {
+                continue;
+            };
             if align8(end) != markers {
                 continue;
             }
@@ -322,7 +360,9 @@ fn find_names(data: &[u8], tt: usize, ti: usize) -> Option<TableLayout> {
                 count: n,
             };
             // Up to 6.2: offsets, relative_base, num_syms, ...
-            let before = cand.checked_sub(8).and_then(|rb| Some((rb.checked_sub(align8(4 * n))?, rb)));
+            let before = cand
+                .checked_sub(8)
+                .and_then(|rb| Some((rb.checked_sub(align8(4 * n))?, rb)));
             // From 6.3: ..., token_index, offsets, relative_base, seqs_of_names.
             let after = {
                 let off = align8(ti + 512);
@@ -333,7 +373,7 @@ fn find_names(data: &[u8], tt: usize, ti: usize) -> Option<TableLayout> {
                 l.offsets = offsets;
                 l.relative_base = relative_base;
                 if let Some(disorder) = address_disorder(data, &l) {
-                    if best.is_none_or(|(d, _)| disorder < d) {
+                    if !matches!(best, Some((d, _)) if d <= disorder) {
                         best = Some((disorder, l));
                     }
                 }
@@ -358,8 +398,9 @@ fn address_disorder(data: &[u8], l: &TableLayout) -> Option<usize> {
 /// the KALLSYMS_ABSOLUTE_PERCPU rule when the table uses it.
 fn addresses(data: &[u8], l: &TableLayout) -> Option<Vec<u64>> {
     let base = u64_at(data, l.relative_base)?;
-    let offs: Vec<i32> =
-        (0..l.count).map(|i| u32_at(data, l.offsets + 4 * i).map(|v| v as i32)).collect::<Option<_>>()?;
+    let offs: Vec<i32> = (0..l.count)
+        .map(|i| u32_at(data, l.offsets + 4 * i).map(|v| v as i32))
+        .collect::<Option<_>>()?;
     // With ABSOLUTE_PERCPU (x86-64 SMP up to 6.14) every relocatable symbol is
     // stored as a negative offset from base-1 and only the percpu ones are
     // non-negative; without it every entry is an unsigned offset from base.
@@ -389,7 +430,10 @@ fn decode_with_layout(data: &[u8], l: &TableLayout, tokens: &[Vec<u8>]) -> Resul
     for &addr in &addrs {
         let b0 = *data.get(off).ok_or_else(trunc)? as usize;
         let (len, hdr) = if b0 & 0x80 != 0 {
-            ((b0 & 0x7f) | ((*data.get(off + 1).ok_or_else(trunc)? as usize) << 7), 2)
+            (
+                (b0 & 0x7f) | ((*data.get(off + 1).ok_or_else(trunc)? as usize) << 7),
+                2,
+            )
         } else {
             (b0, 1)
         };
@@ -430,7 +474,11 @@ pub(crate) enum Order {
 /// byte stands for itself except the codes given in `multi`. Returns the data
 /// and the offset of the markers table.
 #[cfg(test)]
-pub(crate) fn encode_tables(syms: &[(u64, char, &str, bool)], multi: &[(u8, &str)], order: Order) -> (Vec<u8>, usize) {
+pub(crate) fn encode_tables(
+    syms: &[(u64, char, &str, bool)],
+    multi: &[(u8, &str)],
+    order: Order,
+) -> (Vec<u8>, usize) {
     let mut tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     for (code, s) in multi {
         tokens[*code as usize] = s.as_bytes().to_vec();
@@ -460,21 +508,25 @@ pub(crate) fn encode_tables(syms: &[(u64, char, &str, bool)], multi: &[(u8, &str
         out
     };
     let pad = |v: &mut Vec<u8>| {
-        while v.len() % 8 != 0 {
+        while v.len() & 7 != 0 {
             v.push(0);
         }
     };
     let base = syms.iter().find(|s| !s.3).map(|s| s.0).unwrap();
     let offsets = |out: &mut Vec<u8>| {
         for s in syms {
-            let o: i32 = if s.3 { s.0 as i32 } else { (base as i64 - s.0 as i64 - 1) as i32 };
+            let o: i32 = if s.3 {
+                s.0 as i32
+            } else {
+                (base as i64 - s.0 as i64 - 1) as i32
+            };
             out.extend_from_slice(&o.to_le_bytes());
         }
         pad(out);
         out.extend_from_slice(&base.to_le_bytes());
     };
     let seqs_table = |out: &mut Vec<u8>| {
-        out.extend(std::iter::repeat(0x11).take(3 * syms.len()));
+        out.extend_from_slice(&vec![0x11; 3 * syms.len()]);
         pad(out);
     };
     let mut out = vec![0xaau8; 24]; // unrelated data before the tables
@@ -540,8 +592,17 @@ mod tests {
         ];
         // Enough symbols for several markers, with duplicated names.
         for i in 0..700u64 {
-            let name = if i % 100 == 7 { "type_show".to_string() } else { format!("func_{i}_show") };
-            v.push((0xffffffff81001000 + 0x40 * i, if i % 3 == 0 { 'T' } else { 't' }, name, false));
+            let name = if i % 100 == 7 {
+                "type_show".to_string()
+            } else {
+                format!("func_{i}_show")
+            };
+            v.push((
+                0xffffffff81001000 + 0x40 * i,
+                if i % 3 == 0 { 'T' } else { 't' },
+                name,
+                false,
+            ));
         }
         // One name long enough for a two-byte length.
         v.push((0xffffffff82000000, 'd', "x".repeat(200), false));
@@ -549,23 +610,38 @@ mod tests {
     }
 
     fn encode(v: &[(u64, char, String, bool)], order: Order) -> (Vec<u8>, usize) {
-        let r: Vec<(u64, char, &str, bool)> = v.iter().map(|s| (s.0, s.1, s.2.as_str(), s.3)).collect();
-        encode_tables(&r, &[(0x01, "_show"), (0x02, "func_"), (0xc3, "xxxx")], order)
+        let r: Vec<(u64, char, &str, bool)> =
+            v.iter().map(|s| (s.0, s.1, s.2.as_str(), s.3)).collect();
+        encode_tables(
+            &r,
+            &[(0x01, "_show"), (0x02, "func_"), (0xc3, "xxxx")],
+            order,
+        )
     }
 
     #[test]
     fn decodes_synthetic_tables_in_order() {
-        for order in [Order::V61 { seqs: true }, Order::V61 { seqs: false }, Order::V63] {
+        for order in [
+            Order::V61 { seqs: true },
+            Order::V61 { seqs: false },
+            Order::V63,
+        ] {
             let v = sample();
             let (data, _) = encode(&v, order);
             let k = decode_tables(&data).unwrap();
             assert_eq!(k.len(), v.len());
             for (got, want) in k.symbols().iter().zip(&v) {
-                assert_eq!((got.addr, got.kind, got.name.as_str()), (want.0, want.1, want.2.as_str()));
+                assert_eq!(
+                    (got.addr, got.kind, got.name.as_str()),
+                    (want.0, want.1, want.2.as_str())
+                );
             }
             let inst = k.instances("vmlinux", "type_show");
             assert_eq!(inst.len(), 7);
-            assert_eq!(inst.iter().map(|i| i.sympos).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
+            assert_eq!(
+                inst.iter().map(|i| i.sympos).collect::<Vec<_>>(),
+                (1..=7).collect::<Vec<_>>()
+            );
             assert_eq!(inst[2].addr, 0xffffffff81001000 + 0x40 * 207);
             assert_eq!(k.unique_addr("_text"), Some(0xffffffff81000000));
         }
@@ -604,7 +680,11 @@ mod tests {
                     ffffffffc0b00000 t bpf_prog_6deef7357e7b4530\t[bpf]\n";
         let k = parse_proc_kallsyms(text).unwrap();
         assert_eq!(k.len(), 8);
-        let v: Vec<_> = k.instances("vmlinux", "name_show").iter().map(|i| (i.sympos, i.addr)).collect();
+        let v: Vec<_> = k
+            .instances("vmlinux", "name_show")
+            .iter()
+            .map(|i| (i.sympos, i.addr))
+            .collect();
         assert_eq!(v, vec![(1, 0xffffffff811c0000), (2, 0xffffffff811c8000)]);
         let m = k.instances("snd_hda_core", "name_show");
         assert_eq!(m.len(), 1);
@@ -616,11 +696,22 @@ mod tests {
 
     #[test]
     fn proc_kallsyms_errors_name_the_line() {
-        for bad in ["zz T foo", "ffff TT foo", "ffff T", "ffff T foo bar", "ffff T foo [x] y", ""] {
+        for bad in [
+            "zz T foo",
+            "ffff TT foo",
+            "ffff T",
+            "ffff T foo bar",
+            "ffff T foo [x] y",
+            "",
+        ] {
             let e = parse_proc_kallsyms(bad).unwrap_err().to_string();
-            assert!(e.contains("line 1") || e.contains("no symbols"), "{bad}: {e}");
+            assert!(
+                e.contains("line 1") || e.contains("no symbols"),
+                "{bad}: {e}"
+            );
         }
-        let hidden = parse_proc_kallsyms("0000000000000000 T _text\n0000000000000000 t x\n").unwrap();
+        let hidden =
+            parse_proc_kallsyms("0000000000000000 T _text\n0000000000000000 t x\n").unwrap();
         assert!(!hidden.addresses_known());
     }
 }

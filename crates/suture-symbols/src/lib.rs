@@ -26,11 +26,13 @@ pub use exports::{Export, Exports};
 pub use extract::{decompress_module, extract_vmlinux};
 pub use image::{notes_build_id, Image};
 pub use io::{load_proc_kallsyms, ReleasePaths};
-pub use kallsyms::{decode_tables, kallsyms_from_vmlinux, parse_proc_kallsyms, Instance, KSym, Kallsyms};
+pub use kallsyms::{
+    decode_tables, kallsyms_from_vmlinux, parse_proc_kallsyms, Instance, KSym, Kallsyms,
+};
 pub use module::{module_name, module_symbols};
 pub use target::{
-    build_target, build_target_report, verify_function, Decision, Mismatch, TargetImage, TargetReport,
-    Unresolved,
+    build_target, build_target_report, verify_function, Decision, Mismatch, TargetImage,
+    TargetReport, Unresolved,
 };
 
 #[derive(Debug, thiserror::Error)]

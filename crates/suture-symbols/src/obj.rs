@@ -71,7 +71,11 @@ impl Rel {
     pub fn pc_relative(&self) -> bool {
         matches!(
             self.ty,
-            elf::R_X86_64_PC32 | elf::R_X86_64_PLT32 | elf::R_X86_64_PC64 | elf::R_X86_64_PC16 | elf::R_X86_64_PC8
+            elf::R_X86_64_PC32
+                | elf::R_X86_64_PLT32
+                | elf::R_X86_64_PC64
+                | elf::R_X86_64_PC16
+                | elf::R_X86_64_PC8
         )
     }
     /// Whether the linker writes `S + A` (or `S + A - P`) verbatim, so that the
@@ -79,7 +83,12 @@ impl Rel {
     pub fn invertible(&self) -> bool {
         matches!(
             self.ty,
-            elf::R_X86_64_PC32 | elf::R_X86_64_PLT32 | elf::R_X86_64_PC64 | elf::R_X86_64_32S | elf::R_X86_64_32 | elf::R_X86_64_64
+            elf::R_X86_64_PC32
+                | elf::R_X86_64_PLT32
+                | elf::R_X86_64_PC64
+                | elf::R_X86_64_32S
+                | elf::R_X86_64_32
+                | elf::R_X86_64_64
         )
     }
 }
@@ -96,8 +105,12 @@ pub(crate) struct Obj<'a> {
 
 impl<'a> Obj<'a> {
     pub fn parse(file: &str, data: &'a [u8]) -> Result<Self> {
-        let err = |msg: String| Error::Object { file: file.to_string(), msg };
-        let oe = |e: object::read::Error| err(format!("{e}; is it a relocatable x86-64 ELF object?"));
+        let err = |msg: String| Error::Object {
+            file: file.to_string(),
+            msg,
+        };
+        let oe =
+            |e: object::read::Error| err(format!("{e}; is it a relocatable x86-64 ELF object?"));
         let hdr = elf::FileHeader64::<LE>::parse(data).map_err(oe)?;
         let e = hdr.endian().map_err(oe)?;
         if hdr.e_type(e) != elf::ET_REL {
@@ -112,7 +125,11 @@ impl<'a> Obj<'a> {
         for s in table.iter() {
             let name = String::from_utf8_lossy(table.section_name(e, s).map_err(oe)?).into_owned();
             let ty = s.sh_type(e);
-            let sdata = if ty == elf::SHT_NOBITS { &[][..] } else { s.data(e, data).map_err(oe)? };
+            let sdata = if ty == elf::SHT_NOBITS {
+                &[][..]
+            } else {
+                s.data(e, data).map_err(oe)?
+            };
             if ty == elf::SHT_RELA {
                 let target = s.sh_info(e) as usize;
                 let rel: &[elf::Rela64<LE>] = s.data_as_array(e, data).map_err(oe)?;
@@ -126,7 +143,12 @@ impl<'a> Obj<'a> {
                     });
                 }
             }
-            sections.push(Sec { name, ty, flags: s.sh_flags(e), data: sdata });
+            sections.push(Sec {
+                name,
+                ty,
+                flags: s.sh_flags(e),
+                data: sdata,
+            });
         }
         for v in relocs.values_mut() {
             v.sort_by_key(|r| r.offset);
@@ -135,12 +157,16 @@ impl<'a> Obj<'a> {
         let mut symbols = Vec::with_capacity(symtab.len());
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, s) in symtab.symbols().iter().enumerate() {
-            let name = String::from_utf8_lossy(s.name(e, symtab.strings()).map_err(oe)?).into_owned();
+            let name =
+                String::from_utf8_lossy(s.name(e, symtab.strings()).map_err(oe)?).into_owned();
             let shn = match s.st_shndx(e) {
                 elf::SHN_UNDEF => Shn::Undef,
                 elf::SHN_ABS => Shn::Abs,
                 elf::SHN_COMMON => Shn::Common,
-                elf::SHN_XINDEX => match symtab.symbol_section(e, s, object::SymbolIndex(i)).map_err(oe)? {
+                elf::SHN_XINDEX => match symtab
+                    .symbol_section(e, s, object::SymbolIndex(i))
+                    .map_err(oe)?
+                {
                     Some(idx) => Shn::Sec(idx.0),
                     None => Shn::Undef,
                 },
@@ -169,11 +195,18 @@ impl<'a> Obj<'a> {
                 return Err(err("relocation section points outside the object".into()));
             }
         }
-        Ok(Obj { sections, symbols, relocs, by_name })
+        Ok(Obj {
+            sections,
+            symbols,
+            relocs,
+            by_name,
+        })
     }
 
     pub fn relocs_in(&self, sec: usize, from: u64, to: u64) -> &[Rel] {
-        let Some(v) = self.relocs.get(&sec) else { return &[] };
+        let Some(v) = self.relocs.get(&sec) else {
+            return &[];
+        };
         let a = v.partition_point(|r| r.offset < from);
         let b = v.partition_point(|r| r.offset < to);
         &v[a..b]
@@ -200,7 +233,7 @@ pub(crate) enum Aligned<'a> {
 
 impl<'a> Aligned<'a> {
     pub fn new(data: &'a [u8]) -> Self {
-        if (data.as_ptr() as usize) % 8 == 0 {
+        if (data.as_ptr() as usize) & 7 == 0 {
             return Aligned::Borrowed(data);
         }
         let mut v = vec![0u64; data.len().div_ceil(8)];
@@ -216,7 +249,9 @@ impl<'a> Aligned<'a> {
         match self {
             Aligned::Borrowed(d) => d,
             // SAFETY: a u64 buffer viewed as bytes, within its length.
-            Aligned::Owned(v, n) => unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, *n) },
+            Aligned::Owned(v, n) => unsafe {
+                std::slice::from_raw_parts(v.as_ptr() as *const u8, *n)
+            },
         }
     }
 }

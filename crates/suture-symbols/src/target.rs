@@ -25,7 +25,10 @@ pub enum TargetImage<'a> {
     /// vmlinux: its kallsyms (decoded from the image or read from a
     /// `/proc/kallsyms` copy) and, when available, the extracted ELF vmlinux,
     /// whose bytes decide between same-named symbols.
-    Vmlinux { kallsyms: &'a Kallsyms, vmlinux: Option<&'a [u8]> },
+    Vmlinux {
+        kallsyms: &'a Kallsyms,
+        vmlinux: Option<&'a [u8]>,
+    },
     /// A module, as its `.ko` file was shipped: its symtab gives the kallsyms
     /// order, its bytes and relocations decide between same-named symbols.
     Module { ko: &'a [u8] },
@@ -83,7 +86,12 @@ pub struct TargetReport {
 
 /// The differ's `Target` for every symbol ORIG defines or references; an error
 /// naming every symbol whose instance could not be decided.
-pub fn build_target(image: TargetImage, exports: &Exports, objname: &str, orig: &[u8]) -> Result<Target> {
+pub fn build_target(
+    image: TargetImage,
+    exports: &Exports,
+    objname: &str,
+    orig: &[u8],
+) -> Result<Target> {
     let r = build_target_report(image, exports, objname, orig)?;
     if !r.unresolved.is_empty() {
         return Err(Error::Ambiguous(r.unresolved));
@@ -133,7 +141,11 @@ impl Space for VmlinuxSpace<'_> {
             _ => u32_at(f, 0)? as i32 as i64 as u64,
         };
         let s = field.wrapping_sub(r.addend as u64);
-        Some(if r.pc_relative() { s.wrapping_add(p) } else { s })
+        Some(if r.pc_relative() {
+            s.wrapping_add(p)
+        } else {
+            s
+        })
     }
 }
 
@@ -151,27 +163,45 @@ impl<'a> ModuleSpace<'a> {
         let name = modinfo_name(&obj).unwrap_or_default();
         let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
         for (pos, &i) in kept.iter().enumerate() {
-            by_name.entry(obj.symbols[i].name.clone()).or_default().push(pos);
+            by_name
+                .entry(obj.symbols[i].name.clone())
+                .or_default()
+                .push(pos);
         }
-        Ok(ModuleSpace { name, obj, kept, by_name })
+        Ok(ModuleSpace {
+            name,
+            obj,
+            kept,
+            by_name,
+        })
     }
 }
 
 impl Space for ModuleSpace<'_> {
     fn instances(&self, name: &str) -> Vec<Instance> {
-        let Some(v) = self.by_name.get(name) else { return Vec::new() };
+        let Some(v) = self.by_name.get(name) else {
+            return Vec::new();
+        };
         v.iter()
             .enumerate()
             .map(|(n, &pos)| {
                 let s = &self.obj.symbols[self.kept[pos]];
-                Instance { index: pos, sympos: n as u32 + 1, addr: module_key(s.sec().unwrap_or(0), s.value) }
+                Instance {
+                    index: pos,
+                    sympos: n as u32 + 1,
+                    addr: module_key(s.sec().unwrap_or(0), s.value),
+                }
             })
             .collect()
     }
     fn read(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let sec = ((addr >> 40) as usize).checked_sub(1)?;
         let off = (addr & ((1 << 40) - 1)) as usize;
-        self.obj.sections.get(sec)?.data.get(off..off.checked_add(len)?)
+        self.obj
+            .sections
+            .get(sec)?
+            .data
+            .get(off..off.checked_add(len)?)
     }
     fn can_read(&self) -> bool {
         true
@@ -188,7 +218,10 @@ impl Space for ModuleSpace<'_> {
         }
         let ks = &self.obj.symbols[kr.sym];
         let base = module_key(ks.sec()?, ks.value);
-        Some(base.wrapping_add(kr.addend as u64).wrapping_sub(r.addend as u64))
+        Some(
+            base.wrapping_add(kr.addend as u64)
+                .wrapping_sub(r.addend as u64),
+        )
     }
 }
 
@@ -209,7 +242,13 @@ enum Site {
 /// relaxed jumps allowed for? `Ok` gives where each relocation ended up;
 /// `Err(offset)` the first ORIG byte that differs (`usize::MAX`: no bytes at
 /// `addr`).
-fn match_code(space: &dyn Space, addr: u64, orig: &[u8], fstart: u64, rels: &[Rel]) -> Result<Vec<Site>, usize> {
+fn match_code(
+    space: &dyn Space,
+    addr: u64,
+    orig: &[u8],
+    fstart: u64,
+    rels: &[Rel],
+) -> Result<Vec<Site>, usize> {
     // The target's copy is never longer; near the end of a segment it may be
     // readable only in part.
     let mut len = orig.len();
@@ -238,16 +277,24 @@ fn match_code(space: &dyn Space, addr: u64, orig: &[u8], fstart: u64, rels: &[Re
             let (&op, rest) = img.get(j..).and_then(|s| s.split_first()).ok_or(i)?;
             if op == 0xeb {
                 let d = *rest.first().ok_or(i)? as i8 as i64;
-                sites.push(Site::Relaxed(addr.wrapping_add(j as u64 + 2).wrapping_add(d as u64)));
+                sites.push(Site::Relaxed(
+                    addr.wrapping_add(j as u64 + 2).wrapping_add(d as u64),
+                ));
                 (i, j, k) = (i + 5, j + 2, k + 1);
                 continue;
             }
         }
-        if next == Some(i + 2) && orig[i] == 0x0f && orig[i + 1] & 0xf0 == 0x80 && rel32_jump(&rels[k]) {
+        if next == Some(i + 2)
+            && orig[i] == 0x0f
+            && orig[i + 1] & 0xf0 == 0x80
+            && rel32_jump(&rels[k])
+        {
             let op = *img.get(j).ok_or(i)?;
             if op == 0x70 | (orig[i + 1] & 0x0f) {
                 let d = *img.get(j + 1).ok_or(i)? as i8 as i64;
-                sites.push(Site::Relaxed(addr.wrapping_add(j as u64 + 2).wrapping_add(d as u64)));
+                sites.push(Site::Relaxed(
+                    addr.wrapping_add(j as u64 + 2).wrapping_add(d as u64),
+                ));
                 (i, j, k) = (i + 6, j + 2, k + 1);
                 continue;
             }
@@ -348,17 +395,23 @@ impl<'s, 'o> Resolver<'s, 'o> {
         if self.processed.contains(&sym) {
             return true;
         }
-        let Some((bytes, rels)) = self.orig.function(sym) else { return true };
+        let Some((bytes, rels)) = self.orig.function(sym) else {
+            return true;
+        };
         if bytes.is_empty() || !self.space.can_read() {
             return true;
         }
         let f = &self.orig.symbols[sym];
-        let Ok(sites) = match_code(self.space, addr, bytes, f.value, rels) else { return false };
+        let Ok(sites) = match_code(self.space, addr, bytes, f.value, rels) else {
+            return false;
+        };
         self.processed.insert(sym);
         self.located.insert(sym, addr);
         let from = format!("referenced by {}", f.name);
-        for (r, site) in rels.to_vec().into_iter().zip(sites) {
-            let Some(s) = site_symbol(self.space, addr, site, &r) else { continue };
+        for (r, site) in rels.iter().copied().zip(sites) {
+            let Some(s) = site_symbol(self.space, addr, site, &r) else {
+                continue;
+            };
             let rs = &self.orig.symbols[r.sym];
             if rs.st_type == elf::STT_SECTION {
                 let Some(sec) = rs.sec() else { continue };
@@ -385,8 +438,15 @@ impl<'s, 'o> Resolver<'s, 'o> {
     fn relocations_agree(&self, func: usize, addr: u64, sites: &[Site]) -> (bool, usize) {
         let f = &self.orig.symbols[func];
         let mut checked = 0;
-        for (r, &site) in self.orig.relocs_in(f.sec().unwrap(), f.value, f.value + f.size).iter().zip(sites) {
-            let Some(s) = site_symbol(self.space, addr, site, r) else { continue };
+        for (r, &site) in self
+            .orig
+            .relocs_in(f.sec().unwrap(), f.value, f.value + f.size)
+            .iter()
+            .zip(sites)
+        {
+            let Some(s) = site_symbol(self.space, addr, site, r) else {
+                continue;
+            };
             let rs = &self.orig.symbols[r.sym];
             let sec = rs.sec();
             let merged_strings = sec.is_some_and(|i| {
@@ -399,8 +459,13 @@ impl<'s, 'o> Resolver<'s, 'o> {
                 let k: i64 = if r.pc_relative() { 4 } else { 0 };
                 let sdata = self.orig.sections[sec.unwrap()].data;
                 let off = rs.value as i64 + r.addend + k;
-                let Some(lit) = usize::try_from(off).ok().and_then(|o| sdata.get(o..)) else { continue };
-                let lit = &lit[..lit.iter().position(|&b| b == 0).map_or(lit.len(), |n| n + 1)];
+                let Some(lit) = usize::try_from(off).ok().and_then(|o| sdata.get(o..)) else {
+                    continue;
+                };
+                let lit = &lit[..lit
+                    .iter()
+                    .position(|&b| b == 0)
+                    .map_or(lit.len(), |n| n + 1)];
                 let at = s.wrapping_add(rs.value).wrapping_add((r.addend + k) as u64);
                 checked += 1;
                 if self.space.read(at, lit.len()) != Some(lit) {
@@ -427,12 +492,18 @@ impl<'s, 'o> Resolver<'s, 'o> {
 fn is_candidate(orig: &Obj, i: usize) -> bool {
     let s = &orig.symbols[i];
     // `.L` names are assembler-local labels that no linked image lists.
-    if s.name.is_empty() || s.name.starts_with(".L") || matches!(s.st_type, elf::STT_SECTION | elf::STT_FILE) {
+    if s.name.is_empty()
+        || s.name.starts_with(".L")
+        || matches!(s.st_type, elf::STT_SECTION | elf::STT_FILE)
+    {
         return false;
     }
     match s.shn {
         Shn::Undef | Shn::Common => true,
-        Shn::Sec(sec) => orig.sections[sec].flags & elf::SHF_ALLOC as u64 != 0 && !orig.sections[sec].name.starts_with(".discard"),
+        Shn::Sec(sec) => {
+            orig.sections[sec].flags & elf::SHF_ALLOC as u64 != 0
+                && !orig.sections[sec].name.starts_with(".discard")
+        }
         _ => false,
     }
 }
@@ -456,11 +527,19 @@ pub fn build_target_report(
                      pass the module's .ko"
                 )));
             }
-            vm = VmlinuxSpace { kallsyms, image: vmlinux.map(Image::parse).transpose()?, objname: "vmlinux" };
+            vm = VmlinuxSpace {
+                kallsyms,
+                image: vmlinux.map(Image::parse).transpose()?,
+                objname: "vmlinux",
+            };
             &vm
         }
         TargetImage::Kallsyms { kallsyms } => {
-            vm = VmlinuxSpace { kallsyms, image: None, objname };
+            vm = VmlinuxSpace {
+                kallsyms,
+                image: None,
+                objname,
+            };
             &vm
         }
         TargetImage::Module { ko } => {
@@ -469,7 +548,10 @@ pub fn build_target_report(
             if !md.name.is_empty() && md.name != objname {
                 return Err(Error::Object {
                     file: "target module".into(),
-                    msg: format!("is module {:?}, not {objname:?}; pass the .ko of the target module", md.name),
+                    msg: format!(
+                        "is module {:?}, not {objname:?}; pass the .ko of the target module",
+                        md.name
+                    ),
                 });
             }
             &md
@@ -478,8 +560,19 @@ pub fn build_target_report(
     resolve(space, &orig, exports, objname)
 }
 
-fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> Result<TargetReport> {
-    let mut rep = TargetReport { target: Target { objname: objname.to_string(), symbols: HashMap::new() }, ..Default::default() };
+fn resolve(
+    space: &dyn Space,
+    orig: &Obj,
+    exports: &Exports,
+    objname: &str,
+) -> Result<TargetReport> {
+    let mut rep = TargetReport {
+        target: Target {
+            objname: objname.to_string(),
+            symbols: HashMap::new(),
+        },
+        ..Default::default()
+    };
     let mut rv = Resolver {
         space,
         orig,
@@ -507,8 +600,13 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
         // share needs its position anyway: klp_func.old_sympos must pick it
         // out, and a klp relocation reaches an exported symbol as well as a
         // normal one. So only unique or undefined exports stay `Exported`.
-        if !local && exports.reachable_from(objname, &s.name) && (inst.len() <= 1 || s.sec().is_none()) {
-            rep.target.symbols.insert(s.name.clone(), TargetSym::Exported);
+        if !local
+            && exports.reachable_from(objname, &s.name)
+            && (inst.len() <= 1 || s.sec().is_none())
+        {
+            rep.target
+                .symbols
+                .insert(s.name.clone(), TargetSym::Exported);
             // Still evidence: an exported function of ORIG, once located,
             // tells where the statics it references are.
             if let ([one], Some(_)) = (inst.as_slice(), s.sec()) {
@@ -519,7 +617,9 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
         match inst.len() {
             0 => rep.absent.push(s.name.clone()),
             1 => {
-                rep.target.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: 0 });
+                rep.target
+                    .symbols
+                    .insert(s.name.clone(), TargetSym::Unexported { sympos: 0 });
                 if s.sec().is_some() || s.shn == Shn::Undef {
                     rv.addr_of.insert(i, (inst[0].addr, "unique name".into()));
                 }
@@ -535,8 +635,12 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
     }
     // Uniquely named symbols: their bytes are checked before what they
     // reference is trusted.
-    let mut unique: Vec<(usize, u64)> =
-        rv.addr_of.iter().filter(|(i, _)| orig.symbols[**i].sec().is_some()).map(|(i, (a, _))| (*i, *a)).collect();
+    let mut unique: Vec<(usize, u64)> = rv
+        .addr_of
+        .iter()
+        .filter(|(i, _)| orig.symbols[**i].sec().is_some())
+        .map(|(i, (a, _))| (*i, *a))
+        .collect();
     unique.sort();
     for (i, a) in unique {
         if !rv.harvest(i, a) && orig.symbols[i].is_func() {
@@ -559,13 +663,20 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
             if !orig.symbols[*i].is_func() {
                 continue;
             }
-            let Some((bytes, rels)) = orig.function(*i) else { continue };
+            let Some((bytes, rels)) = orig.function(*i) else {
+                continue;
+            };
             if bytes.is_empty() {
                 continue;
             }
             let m = inst
                 .iter()
-                .filter_map(|c| Some((*c, match_code(space, c.addr, bytes, orig.symbols[*i].value, rels).ok()?)))
+                .filter_map(|c| {
+                    Some((
+                        *c,
+                        match_code(space, c.addr, bytes, orig.symbols[*i].value, rels).ok()?,
+                    ))
+                })
                 .collect();
             byte_matches.insert(*i, m);
         }
@@ -596,11 +707,14 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
             }
             if decided.is_none() {
                 if let Some((a, from)) = rv.known(i) {
-                    let hits: Vec<Instance> = inst.iter().filter(|c| c.addr == a).copied().collect();
+                    let hits: Vec<Instance> =
+                        inst.iter().filter(|c| c.addr == a).copied().collect();
                     if let Some(&first) = hits.first() {
                         // Byte-check a function found by reference before using it.
                         let ok = !s.is_func()
-                            || byte_matches.get(&i).is_none_or(|m| m.iter().any(|(c, _)| c.addr == a));
+                            || !byte_matches
+                                .get(&i)
+                                .is_some_and(|m| !m.iter().any(|(c, _)| c.addr == a));
                         if ok {
                             decided = Some((first, from.to_string()));
                         }
@@ -610,8 +724,15 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
             match decided {
                 Some((c, how)) => {
                     progress = true;
-                    rep.target.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: c.sympos });
-                    rep.decisions.push(Decision { name: s.name.clone(), sympos: c.sympos, instances: inst.len(), how });
+                    rep.target
+                        .symbols
+                        .insert(s.name.clone(), TargetSym::Unexported { sympos: c.sympos });
+                    rep.decisions.push(Decision {
+                        name: s.name.clone(),
+                        sympos: c.sympos,
+                        instances: inst.len(),
+                        how,
+                    });
                     rv.addr_of.insert(i, (c.addr, s.name.clone()));
                     if let Some(sec) = s.sec() {
                         if orig.sections[sec].flags & elf::SHF_MERGE as u64 == 0 {
@@ -641,7 +762,10 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
                 inst.len()
             )
         } else if !space.can_read() {
-            format!("{} instances in {objname} and no code to compare with; pass the module's .ko file", inst.len())
+            format!(
+                "{} instances in {objname} and no code to compare with; pass the module's .ko file",
+                inst.len()
+            )
         } else if let Some(m) = byte_matches.get(&i) {
             if m.is_empty() {
                 format!(
@@ -657,19 +781,34 @@ fn resolve(space: &dyn Space, orig: &Obj, exports: &Exports, objname: &str) -> R
                 )
             }
         } else if s.sec().is_none() {
-            format!("{} instances and ORIG only references it, from nothing located in the target", inst.len())
+            format!(
+                "{} instances and ORIG only references it, from nothing located in the target",
+                inst.len()
+            )
         } else {
             format!(
                 "{} instances and nothing of ORIG located in the target references it or shares its section",
                 inst.len()
             )
         };
-        rep.unresolved.push(Unresolved { name: s.name.clone(), why });
+        rep.unresolved.push(Unresolved {
+            name: s.name.clone(),
+            why,
+        });
     }
-    rep.verified_functions = rv.located.keys().filter(|&&i| orig.symbols[i].is_func()).count();
+    rep.verified_functions = rv
+        .located
+        .keys()
+        .filter(|&&i| orig.symbols[i].is_func())
+        .count();
     rep.verified_objects = rv.located.len() - rep.verified_functions;
     let absent: HashSet<&str> = rep.absent.iter().map(String::as_str).collect();
-    let skip: HashSet<&str> = rep.mismatched.iter().chain(&rep.weak_overridden).map(String::as_str).collect();
+    let skip: HashSet<&str> = rep
+        .mismatched
+        .iter()
+        .chain(&rep.weak_overridden)
+        .map(String::as_str)
+        .collect();
     let mut seen = HashSet::new();
     for (i, s) in orig.symbols.iter().enumerate() {
         if s.is_func()
@@ -703,24 +842,46 @@ pub struct Mismatch {
 /// Checks that ORIG's `func_name` is, relocated fields masked, byte-identical to
 /// its instance in the on-disk vmlinux (the kernel patches its text at boot, the
 /// file is as linked). With several instances of the name, one must match.
-pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], func_name: &str) -> Result<(), Mismatch> {
-    let mm = |detail: String, offset| Mismatch { function: func_name.to_string(), detail, offset };
+pub fn verify_function(
+    vmlinux: &[u8],
+    kallsyms: &Kallsyms,
+    orig_obj: &[u8],
+    func_name: &str,
+) -> Result<(), Mismatch> {
+    let mm = |detail: String, offset| Mismatch {
+        function: func_name.to_string(),
+        detail,
+        offset,
+    };
     let img = Image::parse(vmlinux).map_err(|e| mm(e.to_string(), None))?;
     let orig_buf = Aligned::new(orig_obj);
     let orig = Obj::parse("ORIG", orig_buf.bytes()).map_err(|e| mm(e.to_string(), None))?;
     let i = orig
         .by_name
         .get(func_name)
-        .and_then(|v| v.iter().copied().find(|&i| orig.symbols[i].is_func() && orig.symbols[i].sec().is_some()))
+        .and_then(|v| {
+            v.iter()
+                .copied()
+                .find(|&i| orig.symbols[i].is_func() && orig.symbols[i].sec().is_some())
+        })
         .ok_or_else(|| mm("ORIG does not define this function".into(), None))?;
-    let (bytes, rels) = orig.function(i).ok_or_else(|| mm("ORIG's symbol lies outside its section".into(), None))?;
+    let (bytes, rels) = orig
+        .function(i)
+        .ok_or_else(|| mm("ORIG's symbol lies outside its section".into(), None))?;
     let inst = kallsyms.instances("vmlinux", func_name);
     if inst.is_empty() {
-        return Err(mm("the target kernel has no symbol of this name".into(), None));
+        return Err(mm(
+            "the target kernel has no symbol of this name".into(),
+            None,
+        ));
     }
     // Relocations to uniquely named symbols must land on them: same code
     // shape calling another function is not the same function.
-    let space = VmlinuxSpace { kallsyms, image: Some(img), objname: "vmlinux" };
+    let space = VmlinuxSpace {
+        kallsyms,
+        image: Some(img),
+        objname: "vmlinux",
+    };
     let fvalue = orig.symbols[i].value;
     let wrong_target = |addr: u64, sites: &[Site]| -> Option<String> {
         rels.iter().zip(sites).find_map(|(r, &site)| {
@@ -731,7 +892,11 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
             let want = kallsyms.unique_addr(&rs.name)?;
             let got = site_symbol(&space, addr, site, r)?;
             (got != want).then(|| {
-                format!("the relocation at +{:#x} reaches {got:#x} in the image, not {} at {want:#x}", r.offset - fvalue, rs.name)
+                format!(
+                    "the relocation at +{:#x} reaches {got:#x} in the image, not {} at {want:#x}",
+                    r.offset - fvalue,
+                    rs.name
+                )
             })
         })
     };
@@ -745,14 +910,17 @@ pub fn verify_function(vmlinux: &[u8], kallsyms: &Kallsyms, orig_obj: &[u8], fun
             },
             Err(usize::MAX) => {}
             Err(off) => {
-                if first_diff.is_none_or(|(o, _)| off > o) {
+                if !matches!(first_diff, Some((o, _)) if o >= off) {
                     first_diff = Some((off, c.addr));
                 }
             }
         }
     }
     if let Some(why) = reloc_diff {
-        return Err(mm(format!("{why}: rebuild with the target's source, config and compiler"), None));
+        return Err(mm(
+            format!("{why}: rebuild with the target's source, config and compiler"),
+            None,
+        ));
     }
     match first_diff {
         Some((off, addr)) => Err(mm(
@@ -773,7 +941,10 @@ mod tests {
     use super::*;
     use crate::kallsyms::KSym;
     use object::write::{Object, Relocation, Symbol, SymbolSection};
-    use object::{Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind, SymbolScope};
+    use object::{
+        Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags,
+        SymbolKind, SymbolScope,
+    };
 
     const BASE: u64 = 0xffffffff81000000;
 
@@ -786,30 +957,52 @@ mod tests {
     fn orig_with(global_helper: bool) -> Vec<u8> {
         let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
         let func = |o: &mut Object, name: &str, code: &[u8]| {
-            let sec = o.add_section(vec![], format!(".text.{name}").into_bytes(), SectionKind::Text);
+            let sec = o.add_section(
+                vec![],
+                format!(".text.{name}").into_bytes(),
+                SectionKind::Text,
+            );
             o.append_section_data(sec, code, 16);
             let sym = o.add_symbol(Symbol {
                 name: name.as_bytes().to_vec(),
                 value: 0,
                 size: code.len() as u64,
                 kind: SymbolKind::Text,
-                scope: if global_helper && name == "helper" { SymbolScope::Linkage } else { SymbolScope::Compilation },
+                scope: if global_helper && name == "helper" {
+                    SymbolScope::Linkage
+                } else {
+                    SymbolScope::Compilation
+                },
                 weak: false,
                 section: SymbolSection::Section(sec),
                 flags: SymbolFlags::None,
             });
             (sec, sym)
         };
-        let show_code = [0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x8b, 0x05, 0, 0, 0, 0, 0xc3];
+        let show_code = [
+            0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x8b, 0x05, 0, 0, 0, 0, 0xc3,
+        ];
         let (show_sec, _) = func(&mut o, "show", &show_code);
         let (_, helper) = func(&mut o, "helper", &[0xc3]);
         let (twin_sec, _) = func(&mut o, "twin", &[0xe8, 0, 0, 0, 0, 0xc3]);
         // je helper; jmp helper: rel32 forms, one relocation each.
-        let (jumper_sec, _) = func(&mut o, "jumper", &[0x0f, 0x84, 0, 0, 0, 0, 0xe9, 0, 0, 0, 0]);
-        let strs = o.add_section(vec![], b".rodata.str1.1".to_vec(), SectionKind::ReadOnlyString);
+        let (jumper_sec, _) = func(
+            &mut o,
+            "jumper",
+            &[0x0f, 0x84, 0, 0, 0, 0, 0xe9, 0, 0, 0, 0],
+        );
+        let strs = o.add_section(
+            vec![],
+            b".rodata.str1.1".to_vec(),
+            SectionKind::ReadOnlyString,
+        );
         o.append_section_data(strs, b"one\0two\0", 1);
         let strs_sym = o.section_symbol(strs);
-        let bss = o.add_section(vec![], b".bss.counter".to_vec(), SectionKind::UninitializedData);
+        let bss = o.add_section(
+            vec![],
+            b".bss.counter".to_vec(),
+            SectionKind::UninitializedData,
+        );
         o.append_section_bss(bss, 4, 4);
         let bss_sym = o.section_symbol(bss);
         o.add_symbol(Symbol {
@@ -833,7 +1026,16 @@ mod tests {
             flags: SymbolFlags::None,
         });
         let rel = |o: &mut Object, sec, offset, symbol, addend, r_type| {
-            o.add_relocation(sec, Relocation { offset, symbol, addend, flags: RelocationFlags::Elf { r_type } }).unwrap()
+            o.add_relocation(
+                sec,
+                Relocation {
+                    offset,
+                    symbol,
+                    addend,
+                    flags: RelocationFlags::Elf { r_type },
+                },
+            )
+            .unwrap()
         };
         rel(&mut o, show_sec, 1, helper, -4, elf::R_X86_64_PLT32);
         // "two" is at offset 4: the addend is 4 - 4.
@@ -856,7 +1058,9 @@ mod tests {
             text[at as usize..at as usize + 4].copy_from_slice(&v.to_le_bytes());
         };
         for (a, call, ctr) in [(0x000u64, 0x300u64, 0x500u64), (0x100, 0x200, 0x504)] {
-            let code = [0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x8b, 0x05, 0, 0, 0, 0, 0xc3];
+            let code = [
+                0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x8b, 0x05, 0, 0, 0, 0, 0xc3,
+            ];
             text[a as usize..a as usize + code.len()].copy_from_slice(&code);
             put_rel(&mut text, a + 1, BASE + call);
             put_rel(&mut text, a + 8, BASE + 0x400);
@@ -888,7 +1092,12 @@ mod tests {
         elf[ph + 16..ph + 24].copy_from_slice(&BASE.to_le_bytes());
         elf[ph + 32..ph + 40].copy_from_slice(&(text.len() as u64).to_le_bytes());
         elf.extend_from_slice(&text);
-        let sym = |a: u64, n: &str| KSym { addr: BASE + a, kind: 't', name: n.into(), module: None };
+        let sym = |a: u64, n: &str| KSym {
+            addr: BASE + a,
+            kind: 't',
+            name: n.into(),
+            module: None,
+        };
         let k = Kallsyms::from_symbols(vec![
             sym(0x000, "show"),
             sym(0x100, "show"),
@@ -910,14 +1119,26 @@ mod tests {
         let (img, k) = image();
         let exports = Exports::parse("0x1\tsysfs_emit\tvmlinux\tEXPORT_SYMBOL_GPL\t\n").unwrap();
         let o = orig();
-        let rep = build_target_report(TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&img) }, &exports, "vmlinux", &o)
-            .unwrap();
+        let rep = build_target_report(
+            TargetImage::Vmlinux {
+                kallsyms: &k,
+                vmlinux: Some(&img),
+            },
+            &exports,
+            "vmlinux",
+            &o,
+        )
+        .unwrap();
         let t = &rep.target.symbols;
         assert_eq!(t["show"], TargetSym::Unexported { sympos: 2 });
         assert_eq!(t["counter"], TargetSym::Unexported { sympos: 2 });
         assert_eq!(t["helper"], TargetSym::Unexported { sympos: 0 });
         assert_eq!(t["sysfs_emit"], TargetSym::Exported);
-        let how: HashMap<&str, &str> = rep.decisions.iter().map(|d| (d.name.as_str(), d.how.as_str())).collect();
+        let how: HashMap<&str, &str> = rep
+            .decisions
+            .iter()
+            .map(|d| (d.name.as_str(), d.how.as_str()))
+            .collect();
         assert_eq!(how["show"], "bytes+relocations");
         assert_eq!(how["counter"], "referenced by show");
         assert_eq!(t["jumper"], TargetSym::Unexported { sympos: 1 });
@@ -925,10 +1146,22 @@ mod tests {
         // Identical code calling the same function: nothing tells them apart.
         assert_eq!(rep.unresolved.len(), 1);
         assert_eq!(rep.unresolved[0].name, "twin");
-        assert!(rep.unresolved[0].why.contains("2 of its 2 instances match"), "{}", rep.unresolved[0].why);
-        let e = build_target(TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&img) }, &exports, "vmlinux", &o)
-            .unwrap_err()
-            .to_string();
+        assert!(
+            rep.unresolved[0].why.contains("2 of its 2 instances match"),
+            "{}",
+            rep.unresolved[0].why
+        );
+        let e = build_target(
+            TargetImage::Vmlinux {
+                kallsyms: &k,
+                vmlinux: Some(&img),
+            },
+            &exports,
+            "vmlinux",
+            &o,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("twin"), "{e}");
     }
 
@@ -937,17 +1170,33 @@ mod tests {
         let (img, k) = image();
         let exports = Exports::parse("0x1\thelper\tvmlinux\tEXPORT_SYMBOL\t\n").unwrap();
         let t = |k: &Kallsyms| {
-            build_target_report(TargetImage::Vmlinux { kallsyms: k, vmlinux: Some(&img) }, &exports, "vmlinux", &orig_with(true))
-                .unwrap()
-                .target
-                .symbols["helper"]
+            build_target_report(
+                TargetImage::Vmlinux {
+                    kallsyms: k,
+                    vmlinux: Some(&img),
+                },
+                &exports,
+                "vmlinux",
+                &orig_with(true),
+            )
+            .unwrap()
+            .target
+            .symbols["helper"]
         };
         assert_eq!(t(&k), TargetSym::Exported);
         // A static variable elsewhere is also called helper: klp_func.old_sympos
         // for a patched helper must say which.
         let mut syms = k.symbols().to_vec();
-        syms.push(KSym { addr: BASE + 0x508, kind: 'd', name: "helper".into(), module: None });
-        assert_eq!(t(&Kallsyms::from_symbols(syms)), TargetSym::Unexported { sympos: 1 });
+        syms.push(KSym {
+            addr: BASE + 0x508,
+            kind: 'd',
+            name: "helper".into(),
+            module: None,
+        });
+        assert_eq!(
+            t(&Kallsyms::from_symbols(syms)),
+            TargetSym::Unexported { sympos: 1 }
+        );
     }
 
     #[test]
@@ -960,15 +1209,36 @@ mod tests {
              ffffffffc1000000 t helper\t[othermod]\n",
         )
         .unwrap();
-        let rep = build_target_report(TargetImage::Kallsyms { kallsyms: &k }, &Exports::default(), "mymod", &orig()).unwrap();
+        let rep = build_target_report(
+            TargetImage::Kallsyms { kallsyms: &k },
+            &Exports::default(),
+            "mymod",
+            &orig(),
+        )
+        .unwrap();
         assert_eq!(rep.target.objname, "mymod");
-        assert_eq!(rep.target.symbols["helper"], TargetSym::Unexported { sympos: 0 });
+        assert_eq!(
+            rep.target.symbols["helper"],
+            TargetSym::Unexported { sympos: 0 }
+        );
         let u = rep.unresolved.iter().find(|u| u.name == "show").unwrap();
-        assert!(u.why.contains("2 instances in mymod") && u.why.contains(".ko"), "{}", u.why);
+        assert!(
+            u.why.contains("2 instances in mymod") && u.why.contains(".ko"),
+            "{}",
+            u.why
+        );
         assert!(rep.absent.contains(&"counter".to_string()));
         // vmlinux's image says nothing about a module.
         let (img, vk) = image();
-        let e = build_target(TargetImage::Vmlinux { kallsyms: &vk, vmlinux: Some(&img) }, &Exports::default(), "mymod", &orig());
+        let e = build_target(
+            TargetImage::Vmlinux {
+                kallsyms: &vk,
+                vmlinux: Some(&img),
+            },
+            &Exports::default(),
+            "mymod",
+            &orig(),
+        );
         assert!(e.unwrap_err().to_string().contains(".ko"));
     }
 
@@ -979,9 +1249,21 @@ mod tests {
         // decide since the string check fails for both.
         img[0x1000 + 0x402] = b'!';
         let o = orig();
-        let rep = build_target_report(TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&img) }, &Exports::default(), "vmlinux", &o)
-            .unwrap();
-        assert!(rep.unresolved.iter().any(|u| u.name == "show"), "{:?}", rep.decisions);
+        let rep = build_target_report(
+            TargetImage::Vmlinux {
+                kallsyms: &k,
+                vmlinux: Some(&img),
+            },
+            &Exports::default(),
+            "vmlinux",
+            &o,
+        )
+        .unwrap();
+        assert!(
+            rep.unresolved.iter().any(|u| u.name == "show"),
+            "{:?}",
+            rep.decisions
+        );
     }
 
     #[test]
@@ -998,11 +1280,23 @@ mod tests {
         assert_eq!(m.offset, None, "{m}");
         // Same bytes, but the call of the only byte-matching `show` goes to decoy.
         let (img, k) = image();
-        let k2 = Kallsyms::from_symbols(k.symbols().iter().filter(|s| s.addr != BASE + 0x100).cloned().collect());
+        let k2 = Kallsyms::from_symbols(
+            k.symbols()
+                .iter()
+                .filter(|s| s.addr != BASE + 0x100)
+                .cloned()
+                .collect(),
+        );
         let m = verify_function(&img, &k2, &o, "show").unwrap_err();
         assert!(m.to_string().contains("not helper"), "{m}");
         verify_function(&img, &k, &o, "jumper").unwrap();
-        let k3 = Kallsyms::from_symbols(k.symbols().iter().filter(|s| s.addr != BASE + 0x210).cloned().collect());
+        let k3 = Kallsyms::from_symbols(
+            k.symbols()
+                .iter()
+                .filter(|s| s.addr != BASE + 0x210)
+                .cloned()
+                .collect(),
+        );
         let m = verify_function(&img, &k3, &o, "jumper").unwrap_err();
         assert!(m.to_string().contains("not helper"), "{m}");
         assert_eq!(m.offset, None, "{m}");
@@ -1011,10 +1305,19 @@ mod tests {
     #[test]
     fn bad_objects_are_errors() {
         let (img, k) = image();
-        let t = TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(&img) };
+        let t = TargetImage::Vmlinux {
+            kallsyms: &k,
+            vmlinux: Some(&img),
+        };
         assert!(build_target(t, &Exports::default(), "vmlinux", b"\x7fELF").is_err());
-        assert!(build_target(t, &Exports::default(), "vmlinux", &img).is_err(), "an executable is not ORIG");
-        let bad = TargetImage::Vmlinux { kallsyms: &k, vmlinux: Some(b"junk") };
+        assert!(
+            build_target(t, &Exports::default(), "vmlinux", &img).is_err(),
+            "an executable is not ORIG"
+        );
+        let bad = TargetImage::Vmlinux {
+            kallsyms: &k,
+            vmlinux: Some(b"junk"),
+        };
         assert!(build_target(bad, &Exports::default(), "vmlinux", &orig()).is_err());
     }
 }

@@ -29,7 +29,11 @@ fn real() -> Option<&'static Real> {
         let paths = ReleasePaths::new(Path::new("/"), RELEASE);
         let (vmlinux, kallsyms) = paths.load_vmlinux().unwrap_or_else(|e| panic!("{e}"));
         let exports = paths.load_exports().unwrap_or_else(|e| panic!("{e}"));
-        Some(Real { vmlinux, kallsyms, exports })
+        Some(Real {
+            vmlinux,
+            kallsyms,
+            exports,
+        })
     })
     .as_ref()
 }
@@ -53,7 +57,11 @@ fn kallsyms_of_the_real_image() {
         assert!(inst.len() >= 5, "{name}: {}", inst.len());
         let mut addrs: Vec<u64> = inst.iter().map(|i| i.addr).collect();
         addrs.dedup();
-        assert_eq!(addrs.len(), inst.len(), "{name} instances must have distinct addresses");
+        assert_eq!(
+            addrs.len(),
+            inst.len(),
+            "{name} instances must have distinct addresses"
+        );
     }
     // kallsyms is sorted by address, the absolute percpu symbols first.
     let syms = k.symbols();
@@ -63,7 +71,14 @@ fn kallsyms_of_the_real_image() {
     let id = k.build_id.as_deref().expect("build-id");
     use object::Object;
     let aligned = r.vmlinux.clone();
-    let want: String = object::File::parse(&*aligned).unwrap().build_id().unwrap().unwrap().iter().map(|b| format!("{b:02x}")).collect();
+    let want: String = object::File::parse(&*aligned)
+        .unwrap()
+        .build_id()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(id, want);
 }
 
@@ -71,11 +86,15 @@ fn kallsyms_of_the_real_image() {
 fn damaged_images_are_errors_not_panics() {
     let Some(r) = real() else { return };
     let bz = std::fs::read(format!("/boot/vmlinuz-{RELEASE}")).unwrap();
-    let e = extract_vmlinux(&bz[..bz.len() / 2]).unwrap_err().to_string();
+    let e = extract_vmlinux(&bz[..bz.len() / 2])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no compressed vmlinux"), "{e}");
     // Before .rodata there are no tables; inside them the layout no longer fits.
     for cut in [16 << 20, 0x1200000 + 0x300000] {
-        let e = kallsyms_from_vmlinux(&r.vmlinux[..cut]).unwrap_err().to_string();
+        let e = kallsyms_from_vmlinux(&r.vmlinux[..cut])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--kallsyms"), "{e}");
     }
 }
@@ -98,18 +117,25 @@ fn addresses_agree_with_ksymtab() {
             let value = ea.wrapping_add(rel(0) as u64);
             let name_at = (ea + 4).wrapping_add(rel(4) as u64);
             let name = img.bytes_at(name_at, 128).unwrap();
-            let name = std::str::from_utf8(&name[..name.iter().position(|&b| b == 0).unwrap()]).unwrap();
+            let name =
+                std::str::from_utf8(&name[..name.iter().position(|&b| b == 0).unwrap()]).unwrap();
             let inst = r.kallsyms.instances("vmlinux", name);
-            assert!(inst.iter().any(|i| i.addr == value), "{name}: ksymtab says {value:#x}, kallsyms {inst:?}");
+            assert!(
+                inst.iter().any(|i| i.addr == value),
+                "{name}: ksymtab says {value:#x}, kallsyms {inst:?}"
+            );
             checked += 1;
         }
     }
-    let vmlinux_exports = std::fs::read_to_string(format!("/usr/src/linux-headers-{RELEASE}/Module.symvers"))
-        .unwrap()
-        .lines()
-        .filter(|l| l.split('\t').nth(2) == Some("vmlinux"))
-        .count();
-    eprintln!("{checked} ksymtab entries agree; Module.symvers has {vmlinux_exports} vmlinux exports");
+    let vmlinux_exports =
+        std::fs::read_to_string(format!("/usr/src/linux-headers-{RELEASE}/Module.symvers"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.split('\t').nth(2) == Some("vmlinux"))
+            .count();
+    eprintln!(
+        "{checked} ksymtab entries agree; Module.symvers has {vmlinux_exports} vmlinux exports"
+    );
     assert_eq!(checked, vmlinux_exports);
 }
 
@@ -125,9 +151,11 @@ fn instances_calling(r: &Real, name: &str, callee: &str) -> Vec<u32> {
             let code = img.bytes_at(i.addr, 64).unwrap();
             (0..60).any(|o| {
                 code[o] == 0xe8
-                    && i.addr.wrapping_add(o as u64 + 5).wrapping_add(
-                        i32::from_le_bytes(code[o + 1..o + 5].try_into().unwrap()) as i64 as u64,
-                    ) == target
+                    && i.addr
+                        .wrapping_add(o as u64 + 5)
+                        .wrapping_add(i32::from_le_bytes(code[o + 1..o + 5].try_into().unwrap())
+                            as i64 as u64)
+                        == target
             })
         })
         .map(|i| i.sympos)
@@ -138,33 +166,56 @@ fn instances_calling(r: &Real, name: &str, callee: &str) -> Vec<u32> {
 fn build_target_picks_serial_cores_type_show() {
     let Some(r) = real() else { return };
     let rep = build_target_report(
-        TargetImage::Vmlinux { kallsyms: &r.kallsyms, vmlinux: Some(&r.vmlinux) },
+        TargetImage::Vmlinux {
+            kallsyms: &r.kallsyms,
+            vmlinux: Some(&r.vmlinux),
+        },
         &r.exports,
         "vmlinux",
         SERIAL_CORE_O,
     )
     .unwrap();
     for d in &rep.decisions {
-        eprintln!("decided {} -> {} of {} by {}", d.name, d.sympos, d.instances, d.how);
+        eprintln!(
+            "decided {} -> {} of {} by {}",
+            d.name, d.sympos, d.instances, d.how
+        );
     }
-    eprintln!("unresolved {:?}\nabsent {:?}\nmismatched {:?}", rep.unresolved, rep.absent, rep.mismatched);
+    eprintln!(
+        "unresolved {:?}\nabsent {:?}\nmismatched {:?}",
+        rep.unresolved, rep.absent, rep.mismatched
+    );
     // Every function of ORIG is in the image, byte-identical.
     let funcs = {
         use object::{Object, ObjectSymbol, SymbolKind};
         let aligned = SERIAL_CORE_O.to_vec();
         let elf = object::File::parse(&*aligned).unwrap();
-        let n = elf.symbols().filter(|s| s.kind() == SymbolKind::Text && s.is_definition()).count();
+        let n = elf
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.is_definition())
+            .count();
         n
     };
-    eprintln!("{} of ORIG's {funcs} functions verified, and {} objects", rep.verified_functions, rep.verified_objects);
+    eprintln!(
+        "{} of ORIG's {funcs} functions verified, and {} objects",
+        rep.verified_functions, rep.verified_objects
+    );
     assert_eq!(rep.verified_functions, funcs);
     assert!(rep.unresolved.is_empty());
     assert!(rep.mismatched.is_empty(), "{:?}", rep.mismatched);
     let t = &rep.target.symbols;
-    for (name, callee) in [("type_show", "uart_get_info"), ("irq_show", "uart_get_info"), ("flags_show", "uart_get_info")] {
+    for (name, callee) in [
+        ("type_show", "uart_get_info"),
+        ("irq_show", "uart_get_info"),
+        ("flags_show", "uart_get_info"),
+    ] {
         let calling = instances_calling(r, name, callee);
         assert_eq!(calling.len(), 1, "{name}: {calling:?}");
-        assert_eq!(t[name], TargetSym::Unexported { sympos: calling[0] }, "{name}");
+        assert_eq!(
+            t[name],
+            TargetSym::Unexported { sympos: calling[0] },
+            "{name}"
+        );
     }
     assert_eq!(t["uart_get_info"], TargetSym::Unexported { sympos: 0 });
     assert_eq!(t["uart_write_wakeup"], TargetSym::Exported);
@@ -174,11 +225,28 @@ fn build_target_picks_serial_cores_type_show() {
 #[test]
 fn kallsyms_only_cannot_decide_and_says_why() {
     let Some(r) = real() else { return };
-    let err = build_target(TargetImage::Vmlinux { kallsyms: &r.kallsyms, vmlinux: None }, &r.exports, "vmlinux", SERIAL_CORE_O)
-        .unwrap_err();
-    let Error::Ambiguous(list) = &err else { panic!("{err}") };
-    let ts = list.iter().find(|u| u.name == "type_show").expect("type_show listed");
-    assert!(ts.why.contains("17 instances") && ts.why.contains("vmlinuz"), "{}", ts.why);
+    let err = build_target(
+        TargetImage::Vmlinux {
+            kallsyms: &r.kallsyms,
+            vmlinux: None,
+        },
+        &r.exports,
+        "vmlinux",
+        SERIAL_CORE_O,
+    )
+    .unwrap_err();
+    let Error::Ambiguous(list) = &err else {
+        panic!("{err}")
+    };
+    let ts = list
+        .iter()
+        .find(|u| u.name == "type_show")
+        .expect("type_show listed");
+    assert!(
+        ts.why.contains("17 instances") && ts.why.contains("vmlinuz"),
+        "{}",
+        ts.why
+    );
     assert!(err.to_string().contains("type_show"));
 }
 
@@ -186,8 +254,15 @@ fn kallsyms_only_cannot_decide_and_says_why() {
 fn verify_function_against_the_image() {
     use object::{Object, ObjectSection};
     let Some(r) = real() else { return };
-    for f in ["uart_get_info", "type_show", "irq_show", "uart_update_timeout", "uart_proc_show.cold"] {
-        verify_function(&r.vmlinux, &r.kallsyms, SERIAL_CORE_O, f).unwrap_or_else(|m| panic!("{m}"));
+    for f in [
+        "uart_get_info",
+        "type_show",
+        "irq_show",
+        "uart_update_timeout",
+        "uart_proc_show.cold",
+    ] {
+        verify_function(&r.vmlinux, &r.kallsyms, SERIAL_CORE_O, f)
+            .unwrap_or_else(|m| panic!("{m}"));
     }
     // The same object with one instruction byte of type_show changed must be refused.
     let aligned = SERIAL_CORE_O.to_vec();
@@ -200,7 +275,8 @@ fn verify_function_against_the_image() {
     let m = verify_function(&r.vmlinux, &r.kallsyms, &bad, "type_show").unwrap_err();
     assert_eq!(m.offset, Some(0), "{m}");
     assert!(m.to_string().contains("rebuild"), "{m}");
-    let m = verify_function(&r.vmlinux, &r.kallsyms, SERIAL_CORE_O, "no_such_function").unwrap_err();
+    let m =
+        verify_function(&r.vmlinux, &r.kallsyms, SERIAL_CORE_O, "no_such_function").unwrap_err();
     assert!(m.to_string().contains("does not define"), "{m}");
 }
 
@@ -212,24 +288,38 @@ const IRQDESC_O: &[u8] = include_bytes!("data/irqdesc.o");
 #[test]
 fn relaxed_jumps_match_and_still_tell_their_target() {
     let Some(r) = real() else { return };
-    verify_function(&r.vmlinux, &r.kallsyms, IRQDESC_O, "generic_handle_irq").unwrap_or_else(|m| panic!("{m}"));
+    verify_function(&r.vmlinux, &r.kallsyms, IRQDESC_O, "generic_handle_irq")
+        .unwrap_or_else(|m| panic!("{m}"));
     let rep = build_target_report(
-        TargetImage::Vmlinux { kallsyms: &r.kallsyms, vmlinux: Some(&r.vmlinux) },
+        TargetImage::Vmlinux {
+            kallsyms: &r.kallsyms,
+            vmlinux: Some(&r.vmlinux),
+        },
         &r.exports,
         "vmlinux",
         IRQDESC_O,
     )
     .unwrap();
-    assert!(rep.mismatched.is_empty() && rep.unresolved.is_empty(), "{:?} {:?}", rep.mismatched, rep.unresolved);
+    assert!(
+        rep.mismatched.is_empty() && rep.unresolved.is_empty(),
+        "{:?} {:?}",
+        rep.mismatched,
+        rep.unresolved
+    );
     for name in ["type_show", "name_show", "wakeup_show"] {
-        let TargetSym::Unexported { sympos } = rep.target.symbols[name] else { panic!("{name}") };
+        let TargetSym::Unexported { sympos } = rep.target.symbols[name] else {
+            panic!("{name}")
+        };
         // Independent of the byte comparison: the chosen instance lies in
         // irqdesc.c's block of text, after the last function of the object
         // linked before it (kernel/printk) and before irqdesc.c's first global.
         let addr = r.kallsyms.instances("vmlinux", name)[sympos as usize - 1].addr;
         let lo = r.kallsyms.unique_addr("prb_record_text_space").unwrap();
         let hi = r.kallsyms.unique_addr("irq_free_descs").unwrap();
-        assert!(lo < addr && addr < hi, "{name} at {addr:#x} not in [{lo:#x}, {hi:#x}]");
+        assert!(
+            lo < addr && addr < hi,
+            "{name} at {addr:#x} not in [{lo:#x}, {hi:#x}]"
+        );
     }
 }
 
@@ -241,22 +331,41 @@ const DELL_INT_O: &[u8] = include_bytes!("data/dell-wmi-sysman-int-attributes.o"
 #[test]
 fn module_target_disambiguates_by_bytes_and_relocations() {
     let Some(_) = real() else { return };
-    let ko = ReleasePaths::new(Path::new("/"), RELEASE).load_module("dell-wmi-sysman").unwrap_or_else(|e| panic!("{e}"));
+    let ko = ReleasePaths::new(Path::new("/"), RELEASE)
+        .load_module("dell-wmi-sysman")
+        .unwrap_or_else(|e| panic!("{e}"));
     let syms = module_symbols(&ko, "dell-wmi-sysman.ko").unwrap();
     assert_eq!(syms.modules(), vec!["dell_wmi_sysman"]);
     // .init.text symbols are freed after init and not listed; .exit.text ones are.
-    for init in ["sysman_init", "init_module", "__UNIQUE_ID___addressable_init_module276"] {
+    for init in [
+        "sysman_init",
+        "init_module",
+        "__UNIQUE_ID___addressable_init_module276",
+    ] {
         assert!(syms.instances("dell_wmi_sysman", init).is_empty(), "{init}");
     }
     for core in ["sysman_exit", "cleanup_module", "init_bios_attributes"] {
         assert_eq!(syms.instances("dell_wmi_sysman", core).len(), 1, "{core}");
     }
-    assert_eq!(syms.instances("dell_wmi_sysman", "current_value_show").len(), 3);
+    assert_eq!(
+        syms.instances("dell_wmi_sysman", "current_value_show")
+            .len(),
+        3
+    );
 
     let exports = &real().unwrap().exports;
-    let rep = build_target_report(TargetImage::Module { ko: &ko }, exports, "dell_wmi_sysman", DELL_INT_O).unwrap();
+    let rep = build_target_report(
+        TargetImage::Module { ko: &ko },
+        exports,
+        "dell_wmi_sysman",
+        DELL_INT_O,
+    )
+    .unwrap();
     for d in &rep.decisions {
-        eprintln!("decided {} -> {} of {} by {}", d.name, d.sympos, d.instances, d.how);
+        eprintln!(
+            "decided {} -> {} of {} by {}",
+            d.name, d.sympos, d.instances, d.how
+        );
     }
     assert!(rep.unresolved.is_empty(), "{:?}", rep.unresolved);
     assert!(rep.mismatched.is_empty(), "{:?}", rep.mismatched);
@@ -266,7 +375,14 @@ fn module_target_disambiguates_by_bytes_and_relocations() {
     let off = |name: &str| syms.instances("dell_wmi_sysman", name)[0].addr;
     let (lo, hi) = (off("exit_enum_attributes"), off("alloc_int_data"));
     let mut checked = 0;
-    for name in ["current_value_show", "display_name_show", "default_value_show", "type_show", "dell_modifier_show", "current_value_store"] {
+    for name in [
+        "current_value_show",
+        "display_name_show",
+        "default_value_show",
+        "type_show",
+        "dell_modifier_show",
+        "current_value_store",
+    ] {
         let inside: Vec<u32> = syms
             .instances("dell_wmi_sysman", name)
             .iter()
@@ -274,12 +390,19 @@ fn module_target_disambiguates_by_bytes_and_relocations() {
             .map(|i| i.sympos)
             .collect();
         assert_eq!(inside.len(), 1, "{name}");
-        assert_eq!(rep.target.symbols[name], TargetSym::Unexported { sympos: inside[0] }, "{name}");
+        assert_eq!(
+            rep.target.symbols[name],
+            TargetSym::Unexported { sympos: inside[0] },
+            "{name}"
+        );
         checked += 1;
     }
     assert_eq!(checked, 6);
     // The module's own globals are unique; vmlinux exports stay normal relocations.
-    assert_eq!(rep.target.symbols["alloc_int_data"], TargetSym::Unexported { sympos: 0 });
+    assert_eq!(
+        rep.target.symbols["alloc_int_data"],
+        TargetSym::Unexported { sympos: 0 }
+    );
     assert_eq!(rep.target.symbols["kstrtoint"], TargetSym::Exported);
 }
 
@@ -293,7 +416,11 @@ fn proc_kallsyms_of_this_host_parses() {
     let k = parse_proc_kallsyms(&text).unwrap();
     assert_eq!(k.len(), text.lines().count());
     let vmlinux = k.symbols().iter().filter(|s| s.module.is_none()).count();
-    eprintln!("{} symbols, {vmlinux} of vmlinux, {} modules", k.len(), k.modules().len());
+    eprintln!(
+        "{} symbols, {vmlinux} of vmlinux, {} modules",
+        k.len(),
+        k.modules().len()
+    );
     assert!(vmlinux > 10_000);
     assert_eq!(k.instances("vmlinux", "_text").len(), 1);
 }

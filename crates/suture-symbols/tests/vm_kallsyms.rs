@@ -73,8 +73,13 @@ fn decoded_kallsyms_equal_the_running_kernels() {
         eprintln!("SKIPPED: {image} absent (install linux-image-{RELEASE})");
         return;
     }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"].into_iter().find(|p| Path::new(p).exists());
-    let qemu_ok = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let qemu_ok = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     let (Some(busybox), true) = (busybox, qemu_ok) else {
         eprintln!("SKIPPED: needs qemu-system-x86_64 and a static busybox (apt-get install qemu-system-x86 busybox-static)");
         return;
@@ -108,21 +113,50 @@ fn decoded_kallsyms_equal_the_running_kernels() {
     let initrd = dir.join("initrd.gz");
     std::fs::write(&initrd, cpio).unwrap();
     let out = Command::new("timeout")
-        .args(["300", "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "512", "-smp", "1"])
-        .args(["-nographic", "-no-reboot", "-nic", "none", "-kernel", &image, "-initrd"])
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "512",
+            "-smp",
+            "1",
+        ])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nic",
+            "none",
+            "-kernel",
+            &image,
+            "-initrd",
+        ])
         .arg(&initrd)
         .args(["-append", "console=ttyS0 quiet panic=-1 nokaslr"])
         .output()
         .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let log = String::from_utf8_lossy(&out.stdout);
-    let line = |tag: &str| log.lines().find_map(|l| l.split_once(tag).map(|(_, r)| r.trim().to_string()));
+    let line = |tag: &str| {
+        log.lines()
+            .find_map(|l| l.split_once(tag).map(|(_, r)| r.trim().to_string()))
+    };
     let sum = line("VMSUM ").unwrap_or_else(|| panic!("no VMSUM line; console:\n{log}"));
     let f: Vec<&str> = sum.split_whitespace().collect();
-    eprintln!("running kernel: {sum}; decoded: crc32 {:08x}, {} bytes, {} lines", want.0, want.1, want.2);
+    eprintln!(
+        "running kernel: {sum}; decoded: crc32 {:08x}, {} bytes, {} lines",
+        want.0, want.1, want.2
+    );
     // crc32 prints the file name after the sum.
     assert_eq!(f.len(), 4, "{sum}");
-    let got = (u32::from_str_radix(f[0], 16).unwrap(), f[2].parse::<usize>().unwrap(), f[3].parse::<usize>().unwrap());
+    let got = (
+        u32::from_str_radix(f[0], 16).unwrap(),
+        f[2].parse::<usize>().unwrap(),
+        f[3].parse::<usize>().unwrap(),
+    );
     assert_eq!(got, want);
     // The sysfs file the VM test elsewhere relies on is there.
     assert_eq!(line("VMTYPE ").as_deref(), Some("4"));
