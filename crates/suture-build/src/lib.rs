@@ -151,15 +151,8 @@ fn build_in(
     work: &Path,
 ) -> Result<BuildReport> {
     let entry_sizes = tree.entry_sizes()?;
-    progress(&format!("compiling {} before the patch", objects.join(" ")));
-    tree.compile(objects)?;
-    let mut pairs = Vec::new();
-    for o in objects {
-        let info = tree.object_info(o)?;
-        let orig = fs::read(tree.object_path(o))
-            .with_context(|| format!("kbuild did not produce {o}: is it part of this kernel's config?"))?;
-        pairs.push((info, orig));
-    }
+    progress(&format!("original objects: {}", objects.join(" ")));
+    let pairs = tree.original_objects(objects)?;
     progress("applying the patch");
     let applied = tree.apply(patches)?;
     progress(&format!("compiling {} after the patch", objects.join(" ")));

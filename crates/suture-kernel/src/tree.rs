@@ -224,6 +224,59 @@ impl Tree {
         Ok(sizes)
     }
 
+    /// The unpatched objects, compiled once and then kept in the cache keyed by
+    /// the source file's contents: a warm build compiles only the patched side.
+    /// (The tree's headers and config are fixed by the stamp, and header
+    /// changes are refused, so the source file decides the object.)
+    pub fn original_objects(&self, objects: &[String]) -> Result<Vec<(ObjectInfo, Vec<u8>)>> {
+        use sha2::{Digest, Sha256};
+        let store = self.base.join("objs");
+        let key_of = |o: &str| -> Result<String> {
+            let src = self.dir.join(o).with_extension("c");
+            let bytes = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            let mut h = Sha256::new();
+            h.update(KCFLAGS.as_bytes());
+            h.update([0]);
+            h.update(&bytes);
+            Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+        };
+        let cached = |o: &str, key: &str| -> Option<(ObjectInfo, Vec<u8>)> {
+            let dir = store.join(o);
+            if fs::read_to_string(dir.join("key")).ok()? != key {
+                return None;
+            }
+            let objname = fs::read_to_string(dir.join("objname")).ok()?;
+            let obj = fs::read(dir.join("object.o")).ok()?;
+            Some((ObjectInfo { object: o.to_string(), objname }, obj))
+        };
+        let keys = objects.iter().map(|o| key_of(o)).collect::<Result<Vec<_>>>()?;
+        let missing: Vec<String> = objects
+            .iter()
+            .zip(&keys)
+            .filter(|(o, k)| cached(o, k).is_none())
+            .map(|(o, _)| o.clone())
+            .collect();
+        if !missing.is_empty() {
+            self.compile(&missing)?;
+            for o in &missing {
+                let info = self.object_info(o)?;
+                let obj = fs::read(self.object_path(o))
+                    .with_context(|| format!("kbuild did not produce {o}: is it part of this kernel's config?"))?;
+                let dir = store.join(o);
+                fs::create_dir_all(&dir)?;
+                write_atomic(&dir.join("object.o"), &obj)?;
+                write_atomic(&dir.join("objname"), info.objname.as_bytes())?;
+                // The key goes last: it is what makes the entry valid.
+                write_atomic(&dir.join("key"), key_of(o)?.as_bytes())?;
+            }
+        }
+        objects
+            .iter()
+            .zip(&keys)
+            .map(|(o, k)| cached(o, k).with_context(|| format!("the cached original of {o} vanished")))
+            .collect()
+    }
+
     /// Compiles `objects` (paths like `fs/proc/cmdline.o`) with kbuild.
     pub fn compile(&self, objects: &[String]) -> Result<()> {
         let mut c = self.make();
