@@ -69,7 +69,11 @@ impl std::fmt::Display for HostError {
                 t.blocking_function.as_deref().unwrap_or("?")
             )?;
             if !t.patched_on_stack.is_empty() {
-                write!(f, ", patched function(s) on its stack: {}", t.patched_on_stack.join(", "))?;
+                write!(
+                    f,
+                    ", patched function(s) on its stack: {}",
+                    t.patched_on_stack.join(", ")
+                )?;
             }
         }
         if !self.kernel_log.is_empty() {
@@ -87,7 +91,14 @@ impl std::fmt::Display for HostError {
 
 impl HostError {
     fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        HostError { kind, message: message.into(), hint: None, kernel_log: vec![], stalled_tasks: vec![], errno: None }
+        HostError {
+            kind,
+            message: message.into(),
+            hint: None,
+            kernel_log: vec![],
+            stalled_tasks: vec![],
+            errno: None,
+        }
     }
     fn hint(mut self, h: impl Into<String>) -> Self {
         self.hint = Some(h.into());
@@ -115,7 +126,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { timeout: Duration::from_secs(60), poll_interval: Duration::from_millis(10), params: String::new() }
+        LoadOptions {
+            timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(10),
+            params: String::new(),
+        }
     }
 }
 
@@ -130,7 +145,10 @@ pub struct UnloadOptions {
 
 impl Default for UnloadOptions {
     fn default() -> Self {
-        UnloadOptions { timeout: Duration::from_secs(60), poll_interval: Duration::from_millis(10) }
+        UnloadOptions {
+            timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(10),
+        }
     }
 }
 
@@ -175,11 +193,17 @@ impl Default for Host {
 impl Host {
     /// The running system: `/sys`, `/proc`, real syscalls.
     pub fn system() -> Self {
-        Host { root: Root::default(), kernel: Box::new(SysKernel) }
+        Host {
+            root: Root::default(),
+            kernel: Box::new(SysKernel),
+        }
     }
 
     pub fn with(root: impl Into<PathBuf>, kernel: Box<dyn Kernel>) -> Self {
-        Host { root: Root(root.into()), kernel }
+        Host {
+            root: Root(root.into()),
+            kernel,
+        }
     }
 
     /// Checks, loads and waits for a livepatch module; on a transition
@@ -187,9 +211,13 @@ impl Host {
     /// tasks that did not switch.
     pub fn load(&self, path: &Path, opts: &LoadOptions) -> Result<LoadReport, HostError> {
         let start = Instant::now();
-        let data = std::fs::read(path).map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
+        let data = std::fs::read(path)
+            .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
         let info = modinfo::parse_module(&data).map_err(|e| {
-            HostError::new(ErrorKind::NotAModule, format!("{} is not a loadable kernel module: {e}", path.display()))
+            HostError::new(
+                ErrorKind::NotAModule,
+                format!("{} is not a loadable kernel module: {e}", path.display()),
+            )
         })?;
         if !info.livepatch {
             return Err(HostError::new(
@@ -202,7 +230,10 @@ impl Host {
             )
             .hint("suture only loads livepatch modules; use insmod or modprobe for ordinary modules"));
         }
-        let release = self.kernel.release().map_err(|e| HostError::io("uname".into(), &e))?;
+        let release = self
+            .kernel
+            .release()
+            .map_err(|e| HostError::io("uname".into(), &e))?;
         match info.release() {
             Some(r) if r == release => {}
             other => {
@@ -214,7 +245,9 @@ impl Host {
                         other.map_or("(no vermagic)".to_string(), |r| r.to_string())
                     ),
                 )
-                .hint(format!("build the patch against the {release} headers/source")));
+                .hint(format!(
+                    "build the patch against the {release} headers/source"
+                )));
             }
         }
         let name = info.name.clone();
@@ -230,7 +263,8 @@ impl Host {
             .hint("wait for it to finish (`suture list`), then retry"));
         }
 
-        let file = std::fs::File::open(path).map_err(|e| HostError::io(format!("cannot open {}", path.display()), &e))?;
+        let file = std::fs::File::open(path)
+            .map_err(|e| HostError::io(format!("cannot open {}", path.display()), &e))?;
         let mark = self.kernel.log_mark();
         let t0 = Instant::now();
         if let Err(e) = self.kernel.finit_module(&file, &opts.params) {
@@ -243,13 +277,20 @@ impl Host {
             // its absence means the module did not enable a patch.
             return Err(HostError::new(
                 ErrorKind::Kernel,
-                format!("module {name} loaded but {} did not appear", self.root.patch_dir(&name).display()),
+                format!(
+                    "module {name} loaded but {} did not appear",
+                    self.root.patch_dir(&name).display()
+                ),
             )
-            .hint(format!("check `dmesg`; remove the module with `rmmod {name}`")));
+            .hint(format!(
+                "check `dmesg`; remove the module with `rmmod {name}`"
+            )));
         }
 
         let t1 = Instant::now();
-        match sysfs::wait_until(opts.timeout, opts.poll_interval, || sysfs::transition_done(&self.root, &name)) {
+        match sysfs::wait_until(opts.timeout, opts.poll_interval, || {
+            sysfs::transition_done(&self.root, &name)
+        }) {
             WaitOutcome::Done(_) => {}
             WaitOutcome::TimedOut => return Err(self.abort_load(&name, opts)),
         }
@@ -261,8 +302,11 @@ impl Host {
                     .hint("another patch with atomic replace may have replaced it; see `suture list` and `dmesg`")
             })?;
         if state.enabled != Some(true) {
-            return Err(HostError::new(ErrorKind::Kernel, format!("livepatch {name} finished its transition disabled"))
-                .hint("someone disabled it concurrently; see `dmesg`"));
+            return Err(HostError::new(
+                ErrorKind::Kernel,
+                format!("livepatch {name} finished its transition disabled"),
+            )
+            .hint("someone disabled it concurrently; see `dmesg`"));
         }
         Ok(LoadReport {
             name,
@@ -352,17 +396,22 @@ impl Host {
         );
         let enabled = self.root.patch_dir(name).join("enabled");
         let cleanup = (|| -> Result<(), String> {
-            std::fs::write(&enabled, "0").map_err(|e| format!("writing 0 to {}: {e}", enabled.display()))?;
-            if sysfs::wait_until(opts.timeout, opts.poll_interval, || !self.root.patch_dir(name).is_dir())
-                == WaitOutcome::TimedOut
+            std::fs::write(&enabled, "0")
+                .map_err(|e| format!("writing 0 to {}: {e}", enabled.display()))?;
+            if sysfs::wait_until(opts.timeout, opts.poll_interval, || {
+                !self.root.patch_dir(name).is_dir()
+            }) == WaitOutcome::TimedOut
             {
                 return Err("the reversal did not finish either".into());
             }
-            self.remove_module(name, opts.timeout, opts.poll_interval).map_err(|e| e.message)
+            self.remove_module(name, opts.timeout, opts.poll_interval)
+                .map_err(|e| e.message)
         })();
         match cleanup {
             Ok(()) => msg.push_str("; the transition was reversed and the module removed"),
-            Err(e) => msg.push_str(&format!("; reversing it failed ({e}): the patch may still be in transition")),
+            Err(e) => msg.push_str(&format!(
+                "; reversing it failed ({e}): the patch may still be in transition"
+            )),
         }
         let mut err = HostError::new(ErrorKind::TransitionTimeout, msg).hint(
             "the listed tasks sleep in or above a patched function; retry when they are idle, or give a longer --timeout",
@@ -372,7 +421,12 @@ impl Host {
     }
 
     /// Waits for the module's reference count to drop, then deletes it.
-    fn remove_module(&self, name: &str, timeout: Duration, poll: Duration) -> Result<(), HostError> {
+    fn remove_module(
+        &self,
+        name: &str,
+        timeout: Duration,
+        poll: Duration,
+    ) -> Result<(), HostError> {
         let refcnt = self.root.module_dir(name).join("refcnt");
         let _ = sysfs::wait_until(timeout, poll, || {
             std::fs::read_to_string(&refcnt).map_or(true, |s| s.trim() == "0")
@@ -380,28 +434,38 @@ impl Host {
         let mut last = None;
         // The kernel drops the livepatch's module reference from a work item
         // after the sysfs directory goes; retry EAGAIN/EBUSY briefly.
-        let outcome = sysfs::wait_until(timeout, poll.max(Duration::from_millis(20)), || match self.kernel.delete_module(name) {
-            Ok(()) => true,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
-                last = Some(e);
-                false
-            }
-            Err(e) => {
-                last = Some(e);
-                true
-            }
-        });
+        let outcome =
+            sysfs::wait_until(timeout, poll.max(Duration::from_millis(20)), || match self
+                .kernel
+                .delete_module(name)
+            {
+                Ok(()) => true,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
+                    last = Some(e);
+                    false
+                }
+                Err(e) => {
+                    last = Some(e);
+                    true
+                }
+            });
         match (outcome, last) {
             (WaitOutcome::Done(_), None) => Ok(()),
             (WaitOutcome::Done(_), Some(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             (_, Some(e)) => {
-                let mut err = HostError::new(ErrorKind::ModuleInUse, format!("removing module {name} failed: {e}"));
+                let mut err = HostError::new(
+                    ErrorKind::ModuleInUse,
+                    format!("removing module {name} failed: {e}"),
+                );
                 err.errno = e.raw_os_error();
                 Err(err.hint(
                     "a livepatch whose transition was forced keeps its module reference forever; such a module can only go away with a reboot",
                 ))
             }
-            (WaitOutcome::TimedOut, None) => Err(HostError::new(ErrorKind::ModuleInUse, format!("removing module {name} timed out"))),
+            (WaitOutcome::TimedOut, None) => Err(HostError::new(
+                ErrorKind::ModuleInUse,
+                format!("removing module {name} timed out"),
+            )),
         }
     }
 
@@ -415,20 +479,29 @@ impl Host {
         let pdir = self.root.patch_dir(name);
         let module_loaded = self.root.module_dir(name).is_dir();
         if !pdir.is_dir() && !module_loaded {
-            return Err(HostError::new(ErrorKind::NotLoaded, format!("no livepatch or module named {name:?} is loaded"))
-                .hint("see `suture list` for loaded livepatches (module names use underscores)"));
+            return Err(HostError::new(
+                ErrorKind::NotLoaded,
+                format!("no livepatch or module named {name:?} is loaded"),
+            )
+            .hint("see `suture list` for loaded livepatches (module names use underscores)"));
         }
         let mut was_enabled = false;
         let mut transition_time = Duration::ZERO;
         if pdir.is_dir() {
             let state = sysfs::read_patch(&self.root, name)
                 .map_err(|e| HostError::io(format!("reading {}", pdir.display()), &e))?;
-            let patched = state.as_ref().map(sysfs::patched_function_names).unwrap_or_default();
+            let patched = state
+                .as_ref()
+                .map(sysfs::patched_function_names)
+                .unwrap_or_default();
             was_enabled = state.as_ref().is_some_and(|s| s.enabled == Some(true));
             if was_enabled {
                 let enabled = pdir.join("enabled");
                 if let Err(e) = std::fs::write(&enabled, "0") {
-                    let mut err = HostError::io(format!("disabling {name} (writing 0 to {})", enabled.display()), &e);
+                    let mut err = HostError::io(
+                        format!("disabling {name} (writing 0 to {})", enabled.display()),
+                        &e,
+                    );
                     if e.raw_os_error() == Some(libc::EBUSY) {
                         err.kind = ErrorKind::Busy;
                         err = err.hint("another livepatch is in transition; wait for it (`suture list`) and retry");
@@ -437,8 +510,9 @@ impl Host {
                 }
             }
             let t = Instant::now();
-            if sysfs::wait_until(opts.timeout, opts.poll_interval, || sysfs::transition_done(&self.root, name))
-                == WaitOutcome::TimedOut
+            if sysfs::wait_until(opts.timeout, opts.poll_interval, || {
+                sysfs::transition_done(&self.root, name)
+            }) == WaitOutcome::TimedOut
             {
                 let stalled = sysfs::stalled_tasks(&self.root, 0, &patched);
                 let mut err = HostError::new(
@@ -458,10 +532,15 @@ impl Host {
                 return Err(err);
             }
             transition_time = t.elapsed();
-            if sysfs::wait_until(opts.timeout, opts.poll_interval, || !pdir.is_dir()) == WaitOutcome::TimedOut {
+            if sysfs::wait_until(opts.timeout, opts.poll_interval, || !pdir.is_dir())
+                == WaitOutcome::TimedOut
+            {
                 return Err(HostError::new(
                     ErrorKind::Kernel,
-                    format!("{} still exists after the unpatching transition", pdir.display()),
+                    format!(
+                        "{} still exists after the unpatching transition",
+                        pdir.display()
+                    ),
                 )
                 .hint("check `dmesg`"));
             }
@@ -469,7 +548,12 @@ impl Host {
         if self.root.module_dir(name).is_dir() {
             self.remove_module(name, opts.timeout, opts.poll_interval)?;
         }
-        Ok(UnloadReport { name: name.to_string(), was_enabled, transition_ms: ms(transition_time), total_ms: ms(start.elapsed()) })
+        Ok(UnloadReport {
+            name: name.to_string(),
+            was_enabled,
+            transition_ms: ms(transition_time),
+            total_ms: ms(start.elapsed()),
+        })
     }
 
     /// Every active livepatch, plus loaded livepatch modules whose patch is
@@ -480,8 +564,13 @@ impl Host {
 }
 
 fn already_loaded(name: &str) -> HostError {
-    HostError::new(ErrorKind::AlreadyLoaded, format!("a module named {name} is already loaded"))
-        .hint(format!("see `suture list`; to replace it, `suture unload {name}` first"))
+    HostError::new(
+        ErrorKind::AlreadyLoaded,
+        format!("a module named {name} is already loaded"),
+    )
+    .hint(format!(
+        "see `suture list`; to replace it, `suture unload {name}` first"
+    ))
 }
 
 /// [`Host::load`] on the running system.
@@ -509,10 +598,22 @@ pub fn format_table(patches: &[PatchState]) -> String {
         Some(false) => "0",
         None => "-",
     };
-    let mut rows = vec![["NAME", "ENABLED", "TRANSITION", "OBJECTS (patched)", "FUNCTIONS", "MODULE"].map(String::from)];
+    let mut rows = vec![[
+        "NAME",
+        "ENABLED",
+        "TRANSITION",
+        "OBJECTS (patched)",
+        "FUNCTIONS",
+        "MODULE",
+    ]
+    .map(String::from)];
     for p in patches {
         let objects = if p.active {
-            p.objects.iter().map(|o| format!("{}({})", o.name, yn(o.patched))).collect::<Vec<_>>().join(",")
+            p.objects
+                .iter()
+                .map(|o| format!("{}({})", o.name, yn(o.patched)))
+                .collect::<Vec<_>>()
+                .join(",")
         } else {
             "disabled, module still loaded".to_string()
         };
@@ -536,10 +637,16 @@ pub fn format_table(patches: &[PatchState]) -> String {
             module.join(" "),
         ]);
     }
-    let widths: Vec<usize> = (0..6).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

@@ -20,7 +20,9 @@ pub struct ModuleInfo {
 impl ModuleInfo {
     /// The kernel release the module was built for: vermagic's first word.
     pub fn release(&self) -> Option<&str> {
-        self.vermagic.as_deref().and_then(|v| v.split_whitespace().next())
+        self.vermagic
+            .as_deref()
+            .and_then(|v| v.split_whitespace().next())
     }
 }
 
@@ -32,7 +34,9 @@ pub enum ModinfoError {
     NotElf(String),
     #[error("the module has no .modinfo section")]
     NoModinfo,
-    #[error("cannot find the module's name (no `name=` in .modinfo and no .gnu.linkonce.this_module)")]
+    #[error(
+        "cannot find the module's name (no `name=` in .modinfo and no .gnu.linkonce.this_module)"
+    )]
     NoName,
 }
 
@@ -43,7 +47,8 @@ pub fn parse_modinfo_strings(data: &[u8]) -> Vec<(String, String)> {
         .filter(|s| !s.is_empty())
         .filter_map(|s| {
             let s = String::from_utf8_lossy(s);
-            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect()
 }
@@ -77,7 +82,10 @@ pub fn parse_module(data: &[u8]) -> Result<ModuleInfo, ModinfoError> {
             .section_by_name(".gnu.linkonce.this_module")
             .and_then(|s| s.data().ok())
             .and_then(|d| d.get(THIS_MODULE_NAME_OFFSET..THIS_MODULE_NAME_OFFSET + MODULE_NAME_LEN))
-            .map(|raw| String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or_default()).into_owned())
+            .map(|raw| {
+                String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or_default())
+                    .into_owned()
+            })
             .filter(|n| !n.is_empty())
             .ok_or(ModinfoError::NoName)?,
     };
@@ -88,7 +96,12 @@ pub fn parse_module(data: &[u8]) -> Result<ModuleInfo, ModinfoError> {
         license: get("license"),
         srcversion: get("srcversion"),
         depends: get("depends")
-            .map(|d| d.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|d| {
+                d.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default(),
     })
 }
@@ -106,7 +119,11 @@ mod tests {
         let mi = o.add_section(vec![], b".modinfo".to_vec(), SectionKind::Data);
         o.append_section_data(mi, modinfo, 1);
         if let Some(n) = this_module_name {
-            let s = o.add_section(vec![], b".gnu.linkonce.this_module".to_vec(), SectionKind::Data);
+            let s = o.add_section(
+                vec![],
+                b".gnu.linkonce.this_module".to_vec(),
+                SectionKind::Data,
+            );
             let mut d = vec![0u8; 0x400];
             d[24..24 + n.len()].copy_from_slice(n.as_bytes());
             o.append_section_data(s, &d, 64);
@@ -130,21 +147,36 @@ mod tests {
 
     #[test]
     fn name_falls_back_to_this_module_and_livepatch_needs_y() {
-        let data = ko(b"livepatch=N\0depends=a,b\0vermagic=6.1.0-1-amd64 SMP\0", Some("my_mod"));
+        let data = ko(
+            b"livepatch=N\0depends=a,b\0vermagic=6.1.0-1-amd64 SMP\0",
+            Some("my_mod"),
+        );
         let m = parse_module(&data).unwrap();
         assert_eq!(m.name, "my_mod");
         assert!(!m.livepatch);
         assert_eq!(m.depends, ["a", "b"]);
-        assert_eq!(parse_module(&ko(b"license=GPL\0", None)), Err(ModinfoError::NoName));
+        assert_eq!(
+            parse_module(&ko(b"license=GPL\0", None)),
+            Err(ModinfoError::NoName)
+        );
     }
 
     #[test]
     fn rejects_non_modules() {
-        assert!(matches!(parse_module(b"hello"), Err(ModinfoError::NotElf(_))));
-        assert!(matches!(parse_module(&[0xfd, b'7', b'z', b'X', b'Z', 0, 1]), Err(ModinfoError::Compressed("xz", _))));
+        assert!(matches!(
+            parse_module(b"hello"),
+            Err(ModinfoError::NotElf(_))
+        ));
+        assert!(matches!(
+            parse_module(&[0xfd, b'7', b'z', b'X', b'Z', 0, 1]),
+            Err(ModinfoError::Compressed("xz", _))
+        ));
         let mut o = WObject::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
         let t = o.section_id(StandardSection::Text);
         o.append_section_data(t, &[0xc3], 1);
-        assert_eq!(parse_module(&o.write().unwrap()), Err(ModinfoError::NoModinfo));
+        assert_eq!(
+            parse_module(&o.write().unwrap()),
+            Err(ModinfoError::NoModinfo)
+        );
     }
 }

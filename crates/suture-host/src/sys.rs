@@ -42,13 +42,20 @@ impl Kernel for SysKernel {
         if unsafe { libc::uname(&mut u) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let bytes: Vec<u8> = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = u
+            .release
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     fn finit_module(&self, file: &File, params: &str) -> io::Result<()> {
-        let params = std::ffi::CString::new(params).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let r = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
+        let params = std::ffi::CString::new(params)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let r =
+            unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -56,7 +63,8 @@ impl Kernel for SysKernel {
     }
 
     fn delete_module(&self, name: &str) -> io::Result<()> {
-        let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let name = std::ffi::CString::new(name)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         let r = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
         if r != 0 {
             return Err(io::Error::last_os_error());
@@ -76,7 +84,9 @@ impl Kernel for SysKernel {
     }
 
     fn log_since(&self, mark: LogMark) -> Vec<String> {
-        mark.kmsg.map(|f| read_kmsg(f).unwrap_or_default()).unwrap_or_default()
+        mark.kmsg
+            .map(|f| read_kmsg(f).unwrap_or_default())
+            .unwrap_or_default()
     }
 }
 

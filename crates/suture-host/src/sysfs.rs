@@ -32,7 +32,9 @@ impl Root {
 }
 
 fn read_trim(p: &Path) -> Option<String> {
-    std::fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn read_bool(p: &Path) -> Option<bool> {
@@ -123,9 +125,16 @@ pub fn read_patch(root: &Root, name: &str) -> io::Result<Option<PatchState>> {
                 Some((n, p)) => (n.to_string(), p.parse().unwrap_or(0)),
                 None => (fname.clone(), 0),
             };
-            functions.push(PatchedFunction { name: n, sympos: pos });
+            functions.push(PatchedFunction {
+                name: n,
+                sympos: pos,
+            });
         }
-        objects.push(PatchObject { name: oname, patched: read_bool(&opath.join("patched")), functions });
+        objects.push(PatchObject {
+            name: oname,
+            patched: read_bool(&opath.join("patched")),
+            functions,
+        });
     }
     Ok(Some(PatchState {
         name: name.to_string(),
@@ -245,7 +254,11 @@ pub fn parse_stack(text: &str) -> (Vec<String>, Option<String>) {
 
 /// The function names a patch replaces, from its sysfs directories.
 pub fn patched_function_names(patch: &PatchState) -> Vec<String> {
-    patch.objects.iter().flat_map(|o| o.functions.iter().map(|f| f.name.clone())).collect()
+    patch
+        .objects
+        .iter()
+        .flat_map(|o| o.functions.iter().map(|f| f.name.clone()))
+        .collect()
 }
 
 /// Walks `/proc/*/task/*/patch_state` for tasks whose state is neither the
@@ -253,23 +266,34 @@ pub fn patched_function_names(patch: &PatchState) -> Vec<String> {
 /// the patch's function names, looked for on each stalled task's stack.
 pub fn stalled_tasks(root: &Root, target: i32, patched: &[String]) -> Vec<StalledTask> {
     let mut out = Vec::new();
-    let Ok(procs) = std::fs::read_dir(root.proc_dir()) else { return out };
-    let mut pids: Vec<u32> = procs.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    let Ok(procs) = std::fs::read_dir(root.proc_dir()) else {
+        return out;
+    };
+    let mut pids: Vec<u32> = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
     pids.sort_unstable();
     for pid in pids {
         let tdir = root.proc_dir().join(pid.to_string()).join("task");
-        let Ok(tasks) = std::fs::read_dir(&tdir) else { continue };
-        let mut tids: Vec<u32> = tasks.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        let Ok(tasks) = std::fs::read_dir(&tdir) else {
+            continue;
+        };
+        let mut tids: Vec<u32> = tasks
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
         tids.sort_unstable();
         for tid in tids {
             let t = tdir.join(tid.to_string());
             // Tasks exit while we walk; a missing file just means "gone".
-            let Some(state) = read_int(&t.join("patch_state")) else { continue };
+            let Some(state) = read_int(&t.join("patch_state")) else {
+                continue;
+            };
             let state = state as i32;
             if state == -1 || state == target {
                 continue;
             }
-            let (stack, blocking_function) = parse_stack(&std::fs::read_to_string(t.join("stack")).unwrap_or_default());
+            let (stack, blocking_function) =
+                parse_stack(&std::fs::read_to_string(t.join("stack")).unwrap_or_default());
             let mut patched_on_stack: Vec<String> = stack
                 .iter()
                 .map(|f| frame_function(f))
@@ -299,7 +323,11 @@ pub enum WaitOutcome {
 }
 
 /// Polls `cond` until it is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, poll: Duration, mut cond: impl FnMut() -> bool) -> WaitOutcome {
+pub fn wait_until(
+    timeout: Duration,
+    poll: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> WaitOutcome {
     let start = Instant::now();
     loop {
         if cond() {
@@ -308,7 +336,10 @@ pub fn wait_until(timeout: Duration, poll: Duration, mut cond: impl FnMut() -> b
         if start.elapsed() >= timeout {
             return WaitOutcome::TimedOut;
         }
-        std::thread::sleep(poll.min(timeout.saturating_sub(start.elapsed())).max(Duration::from_millis(1)));
+        std::thread::sleep(
+            poll.min(timeout.saturating_sub(start.elapsed()))
+                .max(Duration::from_millis(1)),
+        );
     }
 }
 
@@ -382,17 +413,32 @@ mod tests {
         f.write("sys/module/lp_old/taint", "K\n");
         f.write("sys/module/ext4/taint", "\n");
         let l = list_patches(&f.root()).unwrap();
-        assert_eq!(l.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["lp_a", "lp_b", "lp_old"]);
+        assert_eq!(
+            l.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["lp_a", "lp_b", "lp_old"]
+        );
         let a = &l[0];
-        assert_eq!((a.enabled, a.transition, a.replace, a.stack_order), (Some(true), Some(false), None, None));
+        assert_eq!(
+            (a.enabled, a.transition, a.replace, a.stack_order),
+            (Some(true), Some(false), None, None)
+        );
         assert_eq!(a.objects[0].name, "ext4");
         assert_eq!(a.objects[0].patched, None);
-        assert_eq!(a.objects[0].functions, [PatchedFunction { name: "ext4_foo".into(), sympos: 2 }]);
+        assert_eq!(
+            a.objects[0].functions,
+            [PatchedFunction {
+                name: "ext4_foo".into(),
+                sympos: 2
+            }]
+        );
         assert_eq!(a.objects[1].patched, Some(true));
         assert_eq!(a.module.refcnt, Some(1));
         assert_eq!(a.module.taint.as_deref(), Some("OEK"));
         assert_eq!(a.module.srcversion.as_deref(), Some("ABC123"));
-        assert_eq!((l[1].replace, l[1].stack_order, l[1].module.loaded), (Some(true), Some(2), false));
+        assert_eq!(
+            (l[1].replace, l[1].stack_order, l[1].module.loaded),
+            (Some(true), Some(2), false)
+        );
         assert!(!l[2].active && l[2].module.loaded);
         assert_eq!(patches_in_transition(&f.root()), ["lp_b"]);
         assert!(transition_done(&f.root(), "lp_a"));
@@ -422,9 +468,16 @@ mod tests {
         f.write("proc/42/task/43/patch_state", "-1\n");
         f.write("proc/self/task/1/patch_state", "0\n");
         f.mkdir("proc/sys");
-        let s = stalled_tasks(&f.root(), 1, &["seq_read_iter".to_string(), "other".to_string()]);
+        let s = stalled_tasks(
+            &f.root(),
+            1,
+            &["seq_read_iter".to_string(), "other".to_string()],
+        );
         assert_eq!(s.len(), 1);
-        assert_eq!((s[0].pid, s[0].tid, s[0].comm.as_str(), s[0].patch_state), (42, 42, "stuck", 0));
+        assert_eq!(
+            (s[0].pid, s[0].tid, s[0].comm.as_str(), s[0].patch_state),
+            (42, 42, "stuck", 0)
+        );
         assert_eq!(s[0].blocking_function.as_deref(), Some("cmdline_proc_show"));
         assert_eq!(s[0].patched_on_stack, ["seq_read_iter"]);
         assert_eq!(s[0].stack.len(), 4);
@@ -443,7 +496,12 @@ mod tests {
 
     #[test]
     fn wait_until_times_out_and_succeeds() {
-        assert_eq!(wait_until(Duration::from_millis(30), Duration::from_millis(5), || false), WaitOutcome::TimedOut);
+        assert_eq!(
+            wait_until(Duration::from_millis(30), Duration::from_millis(5), || {
+                false
+            }),
+            WaitOutcome::TimedOut
+        );
         let mut n = 0;
         assert!(matches!(
             wait_until(Duration::from_secs(5), Duration::from_millis(1), || {

@@ -65,7 +65,11 @@ fn lay_out_patch(root: &Path, name: &str, transition: bool) {
     let pd = root.join("sys/kernel/livepatch").join(name);
     std::fs::create_dir_all(pd.join("vmlinux/cmdline_proc_show,1")).unwrap();
     std::fs::write(pd.join("enabled"), "1\n").unwrap();
-    std::fs::write(pd.join("transition"), if transition { "1\n" } else { "0\n" }).unwrap();
+    std::fs::write(
+        pd.join("transition"),
+        if transition { "1\n" } else { "0\n" },
+    )
+    .unwrap();
     std::fs::write(pd.join("vmlinux/patched"), "1\n").unwrap();
     let md = root.join("sys/module").join(name);
     std::fs::create_dir_all(&md).unwrap();
@@ -85,7 +89,11 @@ impl Kernel for FakeKernel {
         io::Read::read_to_end(&mut &*file, &mut data)?;
         let name = modinfo::parse_module(&data).unwrap().name;
         lay_out_patch(&self.root, &name, true);
-        simulate(self.root.clone(), name, self.behaviour == Behaviour::Completes);
+        simulate(
+            self.root.clone(),
+            name,
+            self.behaviour == Behaviour::Completes,
+        );
         Ok(())
     }
     fn delete_module(&self, name: &str) -> io::Result<()> {
@@ -93,7 +101,11 @@ impl Kernel for FakeKernel {
         if !md.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
-        if std::fs::read_to_string(md.join("refcnt")).unwrap_or_default().trim() != "0" {
+        if std::fs::read_to_string(md.join("refcnt"))
+            .unwrap_or_default()
+            .trim()
+            != "0"
+        {
             return Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK));
         }
         std::fs::remove_dir_all(md)?;
@@ -103,7 +115,10 @@ impl Kernel for FakeKernel {
     fn log_mark(&self) -> sys::LogMark {
         // Everything in `log` counts as logged during the load attempt
         // except the first line, which predates the mark.
-        sys::LogMark { kmsg: None, index: 1.min(self.log.len()) }
+        sys::LogMark {
+            kmsg: None,
+            index: 1.min(self.log.len()),
+        }
     }
     fn log_since(&self, mark: sys::LogMark) -> Vec<String> {
         self.log[mark.index..].to_vec()
@@ -126,7 +141,11 @@ fn fixture(tag: &str, behaviour: Behaviour, log: &[&str]) -> Fixture {
         deleted: Arc::clone(&deleted),
     };
     let host = Host::with(fake.0.clone(), Box::new(kernel));
-    Fixture { fake, host, deleted }
+    Fixture {
+        fake,
+        host,
+        deleted,
+    }
 }
 
 fn write_ko(f: &Fixture, file: &str, data: &[u8]) -> PathBuf {
@@ -136,16 +155,33 @@ fn write_ko(f: &Fixture, file: &str, data: &[u8]) -> PathBuf {
 }
 
 fn quick() -> LoadOptions {
-    LoadOptions { timeout: Duration::from_millis(400), poll_interval: Duration::from_millis(2), params: String::new() }
+    LoadOptions {
+        timeout: Duration::from_millis(400),
+        poll_interval: Duration::from_millis(2),
+        params: String::new(),
+    }
 }
 
 #[test]
 fn load_waits_for_transition_and_reports_state() {
     let f = fixture("load-ok", Behaviour::Completes, &[]);
     let p = write_ko(&f, "lp.ko", &ko("lp_ok", true, REL));
-    let r = f.host.load(&p, &LoadOptions { timeout: Duration::from_secs(5), ..quick() }).unwrap();
+    let r = f
+        .host
+        .load(
+            &p,
+            &LoadOptions {
+                timeout: Duration::from_secs(5),
+                ..quick()
+            },
+        )
+        .unwrap();
     assert_eq!(r.name, "lp_ok");
-    assert!(r.transition_ms >= 20.0, "transition took {} ms; the fake needs ~30", r.transition_ms);
+    assert!(
+        r.transition_ms >= 20.0,
+        "transition took {} ms; the fake needs ~30",
+        r.transition_ms
+    );
     assert_eq!(r.state.enabled, Some(true));
     assert_eq!(r.state.transition, Some(false));
     assert_eq!(r.state.objects[0].functions[0].name, "cmdline_proc_show");
@@ -161,10 +197,19 @@ fn load_refuses_non_livepatch_and_wrong_release_without_loading() {
     let p = write_ko(&f, "old.ko", &ko("old", true, "6.1.0-47-amd64"));
     let e = f.host.load(&p, &quick()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::ReleaseMismatch);
-    assert!(e.message.contains("6.1.0-47-amd64") && e.message.contains(REL), "{e}");
+    assert!(
+        e.message.contains("6.1.0-47-amd64") && e.message.contains(REL),
+        "{e}"
+    );
     let p = write_ko(&f, "junk.ko", b"#!/bin/sh\n");
-    assert_eq!(f.host.load(&p, &quick()).unwrap_err().kind, ErrorKind::NotAModule);
-    let e = f.host.load(&f.fake.0.join("missing.ko"), &quick()).unwrap_err();
+    assert_eq!(
+        f.host.load(&p, &quick()).unwrap_err().kind,
+        ErrorKind::NotAModule
+    );
+    let e = f
+        .host
+        .load(&f.fake.0.join("missing.ko"), &quick())
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Io);
 }
 
@@ -173,7 +218,10 @@ fn load_refuses_when_already_loaded_or_another_in_transition() {
     let f = fixture("busy", Behaviour::Completes, &[]);
     let p = write_ko(&f, "lp.ko", &ko("lp_dup", true, REL));
     f.fake.mkdir("sys/module/lp_dup");
-    assert_eq!(f.host.load(&p, &quick()).unwrap_err().kind, ErrorKind::AlreadyLoaded);
+    assert_eq!(
+        f.host.load(&p, &quick()).unwrap_err().kind,
+        ErrorKind::AlreadyLoaded
+    );
     std::fs::remove_dir(f.fake.0.join("sys/module/lp_dup")).unwrap();
     f.fake.write("sys/kernel/livepatch/other/transition", "1\n");
     let e = f.host.load(&p, &quick()).unwrap_err();
@@ -204,18 +252,31 @@ fn kernel_errnos_are_translated() {
     let f = fixture(
         "errno-log",
         Behaviour::Fails(libc::EINVAL),
-        &["before the load", "lp_sym: Unknown symbol foo_bar (err -2)", "livepatch: failed to initialize patch"],
+        &[
+            "before the load",
+            "lp_sym: Unknown symbol foo_bar (err -2)",
+            "livepatch: failed to initialize patch",
+        ],
     );
     let p = write_ko(&f, "lp.ko", &ko("lp_sym", true, REL));
     let e = f.host.load(&p, &quick()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnknownSymbol);
-    assert_eq!(e.kernel_log, ["lp_sym: Unknown symbol foo_bar (err -2)", "livepatch: failed to initialize patch"]);
+    assert_eq!(
+        e.kernel_log,
+        [
+            "lp_sym: Unknown symbol foo_bar (err -2)",
+            "livepatch: failed to initialize patch"
+        ]
+    );
     assert!(e.to_string().contains("foo_bar"));
     // modules_disabled makes EPERM a permission problem, not a signature one.
     let f = fixture("errno-disabled", Behaviour::Fails(libc::EPERM), &[]);
     f.fake.write("proc/sys/kernel/modules_disabled", "1\n");
     let p = write_ko(&f, "lp.ko", &ko("lp_perm", true, REL));
-    assert_eq!(f.host.load(&p, &quick()).unwrap_err().kind, ErrorKind::Permission);
+    assert_eq!(
+        f.host.load(&p, &quick()).unwrap_err().kind,
+        ErrorKind::Permission
+    );
 }
 
 #[test]
@@ -223,7 +284,10 @@ fn load_timeout_reverses_removes_and_names_stalled_tasks() {
     let f = fixture("stall", Behaviour::Stalls, &[]);
     f.fake.write("proc/77/task/77/patch_state", "0\n");
     f.fake.write("proc/77/task/77/comm", "sleeper\n");
-    f.fake.write("proc/77/task/77/stack", "[<0>] __schedule+0x1/0x2\n[<0>] cmdline_proc_show+0x1/0x2\n");
+    f.fake.write(
+        "proc/77/task/77/stack",
+        "[<0>] __schedule+0x1/0x2\n[<0>] cmdline_proc_show+0x1/0x2\n",
+    );
     f.fake.write("proc/78/task/78/patch_state", "1\n");
     let p = write_ko(&f, "lp.ko", &ko("lp_stall", true, REL));
     let e = f.host.load(&p, &quick()).unwrap_err();
@@ -231,9 +295,15 @@ fn load_timeout_reverses_removes_and_names_stalled_tasks() {
     assert_eq!(e.stalled_tasks.len(), 1);
     assert_eq!(e.stalled_tasks[0].pid, 77);
     let text = e.to_string();
-    assert!(text.contains("sleeper") && text.contains("cmdline_proc_show"), "{text}");
+    assert!(
+        text.contains("sleeper") && text.contains("cmdline_proc_show"),
+        "{text}"
+    );
     assert_eq!(e.stalled_tasks[0].patched_on_stack, ["cmdline_proc_show"]);
-    assert!(text.contains("patched function(s) on its stack: cmdline_proc_show"), "{text}");
+    assert!(
+        text.contains("patched function(s) on its stack: cmdline_proc_show"),
+        "{text}"
+    );
     assert!(text.contains("reversed and the module removed"), "{text}");
     assert_eq!(*f.deleted.lock().unwrap(), ["lp_stall"]);
     assert!(!f.fake.0.join("sys/kernel/livepatch/lp_stall").exists());
@@ -246,12 +316,21 @@ fn unload_disables_waits_and_deletes() {
     simulate(f.fake.0.clone(), "lp_un".into(), true);
     let r = f
         .host
-        .unload("lp-un", &UnloadOptions { timeout: Duration::from_secs(5), poll_interval: Duration::from_millis(2) })
+        .unload(
+            "lp-un",
+            &UnloadOptions {
+                timeout: Duration::from_secs(5),
+                poll_interval: Duration::from_millis(2),
+            },
+        )
         .unwrap();
     assert!(r.was_enabled);
     assert_eq!(*f.deleted.lock().unwrap(), ["lp_un"]);
     assert!(!f.fake.0.join("sys/kernel/livepatch/lp_un").exists());
-    let e = f.host.unload("lp_un", &UnloadOptions::default()).unwrap_err();
+    let e = f
+        .host
+        .unload("lp_un", &UnloadOptions::default())
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotLoaded);
 }
 
@@ -266,7 +345,13 @@ fn unload_of_disabled_patch_only_removes_module_and_reports_forced_refcount() {
     f.fake.write("sys/module/lp_forced/refcnt", "1\n");
     let e = f
         .host
-        .unload("lp_forced", &UnloadOptions { timeout: Duration::from_millis(100), poll_interval: Duration::from_millis(5) })
+        .unload(
+            "lp_forced",
+            &UnloadOptions {
+                timeout: Duration::from_millis(100),
+                poll_interval: Duration::from_millis(5),
+            },
+        )
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::ModuleInUse);
     assert!(e.to_string().contains("reboot"), "{e}");
@@ -283,7 +368,13 @@ fn unload_timeout_names_tasks_still_patched() {
     f.fake.write("proc/5/task/6/comm", "worker\n");
     let e = f
         .host
-        .unload("lp_slow", &UnloadOptions { timeout: Duration::from_millis(100), poll_interval: Duration::from_millis(5) })
+        .unload(
+            "lp_slow",
+            &UnloadOptions {
+                timeout: Duration::from_millis(100),
+                poll_interval: Duration::from_millis(5),
+            },
+        )
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::TransitionTimeout);
     assert_eq!((e.stalled_tasks[0].pid, e.stalled_tasks[0].tid), (5, 6));
@@ -293,12 +384,18 @@ fn unload_timeout_names_tasks_still_patched() {
 #[test]
 fn table_and_json_render() {
     let f = fixture("table", Behaviour::Completes, &[]);
-    assert_eq!(format_table(&f.host.list().unwrap()), "no livepatches loaded\n");
+    assert_eq!(
+        format_table(&f.host.list().unwrap()),
+        "no livepatches loaded\n"
+    );
     lay_out_patch(&f.fake.0, "lp_t", false);
     let l = f.host.list().unwrap();
     let t = format_table(&l);
     assert!(t.lines().next().unwrap().starts_with("NAME"), "{t}");
-    assert!(t.contains("lp_t") && t.contains("vmlinux(1)") && t.contains("taint=OEK"), "{t}");
+    assert!(
+        t.contains("lp_t") && t.contains("vmlinux(1)") && t.contains("taint=OEK"),
+        "{t}"
+    );
     let j: serde_json::Value = serde_json::to_value(&l).unwrap();
     assert_eq!(j[0]["name"], "lp_t");
     assert_eq!(j[0]["enabled"], true);

@@ -21,11 +21,16 @@ fn release() -> String {
 static VM_LOCK: Mutex<()> = Mutex::new(());
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// What the guest needs, built once per test process: the tests run in
@@ -45,14 +50,30 @@ fn artifacts() -> &'static Artifacts {
         // removed by `cargo clean`, so nothing accumulates in /tmp.
         let dir = target_dir().join("suture-host-vm").join(release());
         let (sample, plain, stall, missing) = build_modules(&dir);
-        Artifacts { sample, plain, stall, missing, suture: suture_binary() }
+        Artifacts {
+            sample,
+            plain,
+            stall,
+            missing,
+            suture: suture_binary(),
+        }
     })
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -60,7 +81,10 @@ fn run(cmd: &mut Command) -> String {
 /// file pulled out of Debian's linux-source tarball.
 fn sample_source(scratch: &Path) -> PathBuf {
     let rel = "samples/livepatch/livepatch-sample.c";
-    let mut trees: Vec<PathBuf> = std::env::var_os("SUTURE_LINUX_SRC").map(PathBuf::from).into_iter().collect();
+    let mut trees: Vec<PathBuf> = std::env::var_os("SUTURE_LINUX_SRC")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
     trees.push("/tmp/exp/linux-source-6.1".into());
     trees.push("/usr/src/linux-source-6.1".into());
     if let Some(p) = trees.iter().map(|t| t.join(rel)).find(|p| p.is_file()) {
@@ -72,7 +96,12 @@ fn sample_source(scratch: &Path) -> PathBuf {
         "no kernel source for {rel}: install linux-source-6.1 (apt-get install linux-source-6.1) or set SUTURE_LINUX_SRC"
     );
     let member = format!("linux-source-6.1/{rel}");
-    run(Command::new("tar").arg("-xJf").arg(tarball).arg("-C").arg(scratch).arg(&member));
+    run(Command::new("tar")
+        .arg("-xJf")
+        .arg(tarball)
+        .arg("-C")
+        .arg(scratch)
+        .arg(&member));
     scratch.join(member)
 }
 
@@ -141,7 +170,11 @@ MODULE_INFO(livepatch, "Y");
 fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let release = release();
     let headers = PathBuf::from(format!("/usr/src/linux-headers-{release}"));
-    assert!(headers.is_dir(), "{} missing: apt-get install linux-headers-{release}", headers.display());
+    assert!(
+        headers.is_dir(),
+        "{} missing: apt-get install linux-headers-{release}",
+        headers.display()
+    );
     let m = scratch.join("mod");
     std::fs::create_dir_all(&m).unwrap();
     std::fs::copy(sample_source(scratch), m.join("livepatch-sample.c")).unwrap();
@@ -154,15 +187,31 @@ fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     .unwrap();
     std::fs::write(m.join("stall-patch.c"), STALL_PATCH_C).unwrap();
     std::fs::write(m.join("missing-patch.c"), MISSING_PATCH_C).unwrap();
-    std::fs::write(m.join("Kbuild"), "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o\n").unwrap();
-    run(Command::new("make").arg("-C").arg(&headers).arg(format!("M={}", m.display())).arg("-j1").arg("modules"));
-    (m.join("livepatch-sample.ko"), m.join("plain-mod.ko"), m.join("stall-patch.ko"), m.join("missing-patch.ko"))
+    std::fs::write(
+        m.join("Kbuild"),
+        "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o\n",
+    )
+    .unwrap();
+    run(Command::new("make")
+        .arg("-C")
+        .arg(&headers)
+        .arg(format!("M={}", m.display()))
+        .arg("-j1")
+        .arg("modules"));
+    (
+        m.join("livepatch-sample.ko"),
+        m.join("plain-mod.ko"),
+        m.join("stall-patch.ko"),
+        m.join("missing-patch.ko"),
+    )
 }
 
 /// Newest modification time of the sources a `suture` build depends on.
 fn newest_source(root: &Path) -> std::time::SystemTime {
     fn walk(dir: &Path, newest: &mut std::time::SystemTime) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.filter_map(|e| e.ok()) {
             let p = e.path();
             let name = e.file_name();
@@ -199,12 +248,20 @@ fn suture_binary() -> PathBuf {
     }
     let root = workspace_root();
     let bin = target_dir().join("debug/suture");
-    let fresh = std::fs::metadata(&bin).and_then(|m| m.modified()).is_ok_and(|built| built >= newest_source(&root));
+    let fresh = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .is_ok_and(|built| built >= newest_source(&root));
     if !fresh {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        run(Command::new(cargo).current_dir(&root).args(["build", "-j1", "-p", "suture", "--bin", "suture"]));
+        run(Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "-j1", "-p", "suture", "--bin", "suture"]));
     }
-    assert!(bin.is_file(), "cargo build did not produce {}", bin.display());
+    assert!(
+        bin.is_file(),
+        "cargo build did not produce {}",
+        bin.display()
+    );
     bin
 }
 
@@ -260,9 +317,14 @@ fn guest() -> suture_lab::Vm {
 }
 
 fn json_of(section: &str) -> serde_json::Value {
-    let start = section.find('{').unwrap_or_else(|| panic!("no JSON in:\n{section}"));
-    let end = section.rfind('}').unwrap_or_else(|| panic!("no JSON in:\n{section}"));
-    serde_json::from_str(&section[start..=end]).unwrap_or_else(|e| panic!("bad JSON ({e}):\n{section}"))
+    let start = section
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in:\n{section}"));
+    let end = section
+        .rfind('}')
+        .unwrap_or_else(|| panic!("no JSON in:\n{section}"));
+    serde_json::from_str(&section[start..=end])
+        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{section}"))
 }
 
 #[test]
@@ -276,43 +338,88 @@ fn sample_livepatch_load_list_unload_in_guest() {
     eprintln!("guest run took {:?}", r.duration);
     let out = r.script_output();
     let s = sections(out);
-    let sec = |k: &str| s.get(k).cloned().unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output));
-    assert!(s.contains_key("end"), "script did not finish; guest output:\n{}", r.output);
+    let sec = |k: &str| {
+        s.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output))
+    };
+    assert!(
+        s.contains_key("end"),
+        "script did not finish; guest output:\n{}",
+        r.output
+    );
 
     let before = sec("cmdline-before");
     assert!(before.contains("console=ttyS0"), "{out}");
     assert!(!before.contains("live patched"), "{out}");
 
     let load = sec("load");
-    assert!(load.contains("loaded livepatch_sample") && load.ends_with("rc=0\n"), "load:\n{load}");
-    assert_eq!(sec("cmdline-patched").trim(), "this has been live patched", "{out}");
+    assert!(
+        load.contains("loaded livepatch_sample") && load.ends_with("rc=0\n"),
+        "load:\n{load}"
+    );
+    assert_eq!(
+        sec("cmdline-patched").trim(),
+        "this has been live patched",
+        "{out}"
+    );
 
     let list = json_of(&sec("list-json"));
     assert_eq!(list["ok"], true, "{list}");
     let patches = list["patches"].as_array().unwrap();
-    let p = patches.iter().find(|p| p["name"] == "livepatch_sample").unwrap_or_else(|| panic!("{list}"));
-    assert_eq!((p["active"].clone(), p["enabled"].clone(), p["transition"].clone()), (true.into(), true.into(), false.into()));
+    let p = patches
+        .iter()
+        .find(|p| p["name"] == "livepatch_sample")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(
+        (
+            p["active"].clone(),
+            p["enabled"].clone(),
+            p["transition"].clone()
+        ),
+        (true.into(), true.into(), false.into())
+    );
     assert_eq!(p["objects"][0]["name"], "vmlinux");
     // 6.1 has the per-object `patched` attribute but not `replace`.
     assert_eq!(p["objects"][0]["patched"], true);
     assert_eq!(p["replace"], serde_json::Value::Null);
     assert_eq!(p["objects"][0]["functions"][0]["name"], "cmdline_proc_show");
-    assert!(p["module"]["taint"].as_str().is_some_and(|t| t.contains('K')), "{p}");
+    assert!(
+        p["module"]["taint"]
+            .as_str()
+            .is_some_and(|t| t.contains('K')),
+        "{p}"
+    );
 
     let table = sec("list-table");
-    assert!(table.contains("livepatch_sample") && table.contains("vmlinux(1)"), "table:\n{table}");
+    assert!(
+        table.contains("livepatch_sample") && table.contains("vmlinux(1)"),
+        "table:\n{table}"
+    );
 
     let again = sec("load-again");
-    assert!(again.contains("already loaded") && again.ends_with("rc=1\n"), "load-again:\n{again}");
+    assert!(
+        again.contains("already loaded") && again.ends_with("rc=1\n"),
+        "load-again:\n{again}"
+    );
 
     let unload = sec("unload");
-    assert!(unload.contains("unloaded livepatch_sample") && unload.ends_with("rc=0\n"), "unload:\n{unload}");
+    assert!(
+        unload.contains("unloaded livepatch_sample") && unload.ends_with("rc=0\n"),
+        "unload:\n{unload}"
+    );
     assert_eq!(sec("cmdline-after"), before, "{out}");
     let after = sec("after-state");
-    assert!(after.contains("sysfs=gone") && after.contains("module=gone"), "after:\n{after}");
+    assert!(
+        after.contains("sysfs=gone") && after.contains("module=gone"),
+        "after:\n{after}"
+    );
 
     let plain_out = sec("plain");
-    assert!(plain_out.contains("not a livepatch module"), "plain:\n{plain_out}");
+    assert!(
+        plain_out.contains("not a livepatch module"),
+        "plain:\n{plain_out}"
+    );
     assert!(!plain_out.ends_with("rc=0\n"), "plain:\n{plain_out}");
     assert!(sec("plain-state").contains("module=gone"), "{out}");
 
@@ -323,9 +430,13 @@ fn sample_livepatch_load_list_unload_in_guest() {
     let mj = json_of(&missing);
     assert_eq!(mj["error"]["kind"], "incompatible", "{mj}");
     assert_eq!(mj["error"]["errno"], 22, "errno should be EINVAL: {mj}");
-    let log = mj["error"]["kernel_log"].as_array().unwrap_or_else(|| panic!("no kernel_log: {mj}"));
+    let log = mj["error"]["kernel_log"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no kernel_log: {mj}"));
     assert!(
-        log.iter().any(|l| l.as_str().is_some_and(|l| l.contains("suture_no_such_function"))),
+        log.iter().any(|l| l
+            .as_str()
+            .is_some_and(|l| l.contains("suture_no_such_function"))),
         "kernel log does not name the missing function: {mj}"
     );
     assert!(sec("missing-state").contains("module=gone"), "{out}");
@@ -335,7 +446,11 @@ fn sample_livepatch_load_list_unload_in_guest() {
     assert_eq!(lj["load"]["name"], "livepatch_sample");
     assert!(lj["load"]["transition_ms"].as_f64().is_some(), "{lj}");
     let uj = json_of(&sec("unload-json"));
-    assert_eq!((uj["ok"].clone(), uj["unload"]["was_enabled"].clone()), (true.into(), true.into()), "{uj}");
+    assert_eq!(
+        (uj["ok"].clone(), uj["unload"]["was_enabled"].clone()),
+        (true.into(), true.into()),
+        "{uj}"
+    );
     eprintln!(
         "load: {} ms (transition {} ms); unload: {} ms",
         lj["load"]["total_ms"], lj["load"]["transition_ms"], uj["unload"]["total_ms"]
@@ -378,8 +493,16 @@ fn stalled_transition_is_reversed_and_explained() {
     eprintln!("guest run took {:?}", r.duration);
     let out = r.script_output();
     let s = sections(out);
-    let sec = |k: &str| s.get(k).cloned().unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output));
-    assert!(s.contains_key("end"), "script did not finish; guest output:\n{}", r.output);
+    let sec = |k: &str| {
+        s.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output))
+    };
+    assert!(
+        s.contains_key("end"),
+        "script did not finish; guest output:\n{}",
+        r.output
+    );
     let after = sec("stall-after");
     let sleeper: u32 = after
         .lines()
@@ -389,22 +512,50 @@ fn stalled_transition_is_reversed_and_explained() {
 
     let stall = sec("stall");
     assert!(stall.ends_with("rc=1\n"), "stall:\n{stall}");
-    assert!(stall.contains("did not finish its transition within 3s"), "stall:\n{stall}");
-    assert!(stall.contains(&format!("task {sleeper} (tid {sleeper}) \"sleep\"")), "stall:\n{stall}");
-    assert!(stall.contains("patched function(s) on its stack: hrtimer_nanosleep"), "stall:\n{stall}");
-    assert!(stall.contains("reversed and the module removed"), "stall:\n{stall}");
+    assert!(
+        stall.contains("did not finish its transition within 3s"),
+        "stall:\n{stall}"
+    );
+    assert!(
+        stall.contains(&format!("task {sleeper} (tid {sleeper}) \"sleep\"")),
+        "stall:\n{stall}"
+    );
+    assert!(
+        stall.contains("patched function(s) on its stack: hrtimer_nanosleep"),
+        "stall:\n{stall}"
+    );
+    assert!(
+        stall.contains("reversed and the module removed"),
+        "stall:\n{stall}"
+    );
 
     let j = json_of(&sec("stall-json"));
     assert_eq!(j["ok"], false, "{j}");
     assert_eq!(j["error"]["kind"], "transition_timeout", "{j}");
-    let tasks = j["error"]["stalled_tasks"].as_array().unwrap_or_else(|| panic!("{j}"));
-    let t = tasks.iter().find(|t| t["pid"] == sleeper).unwrap_or_else(|| panic!("sleeper {sleeper} not listed: {j}"));
+    let tasks = j["error"]["stalled_tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{j}"));
+    let t = tasks
+        .iter()
+        .find(|t| t["pid"] == sleeper)
+        .unwrap_or_else(|| panic!("sleeper {sleeper} not listed: {j}"));
     assert_eq!(t["comm"], "sleep");
     assert_eq!(t["patch_state"], 0);
-    assert!(t["stack"].as_array().is_some_and(|st| st.iter().any(|f| f.as_str().is_some_and(|f| f.starts_with("hrtimer_nanosleep+")))), "{t}");
+    assert!(
+        t["stack"].as_array().is_some_and(|st| st.iter().any(|f| f
+            .as_str()
+            .is_some_and(|f| f.starts_with("hrtimer_nanosleep+")))),
+        "{t}"
+    );
 
-    assert!(after.contains("sysfs=gone") && after.contains("module=gone"), "after:\n{after}");
+    assert!(
+        after.contains("sysfs=gone") && after.contains("module=gone"),
+        "after:\n{after}"
+    );
     let sample = sec("sample");
-    assert!(sample.contains("this has been live patched"), "sample:\n{sample}");
+    assert!(
+        sample.contains("this has been live patched"),
+        "sample:\n{sample}"
+    );
     assert_eq!(sample.matches("rc=0").count(), 2, "sample:\n{sample}");
 }

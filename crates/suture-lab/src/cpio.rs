@@ -13,7 +13,10 @@ pub enum NodeKind {
     Symlink(String),
     /// A character device node. `/dev/console` must exist before devtmpfs is
     /// mounted, otherwise the kernel starts `/init` without stdout.
-    CharDev { major: u32, minor: u32 },
+    CharDev {
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// One archive member: a guest path without the leading `/`, permission bits
@@ -36,7 +39,15 @@ fn pad4(out: &mut Vec<u8>) {
     }
 }
 
-fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, filesize: usize, rdev: (u32, u32), name: &str) {
+fn header(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    filesize: usize,
+    rdev: (u32, u32),
+    name: &str,
+) {
     let namesize = name.len() + 1;
     // newc: magic then 13 eight-digit hex fields; uid/gid 0 so the guest sees
     // root-owned files whatever user built the archive.
@@ -81,7 +92,15 @@ pub fn write_newc(entries: &[CpioEntry]) -> Vec<u8> {
                 pad4(&mut out);
             }
             NodeKind::Symlink(target) => {
-                header(&mut out, ino, S_IFLNK | 0o777, 1, target.len(), (0, 0), name);
+                header(
+                    &mut out,
+                    ino,
+                    S_IFLNK | 0o777,
+                    1,
+                    target.len(),
+                    (0, 0),
+                    name,
+                );
                 out.extend_from_slice(target.as_bytes());
                 pad4(&mut out);
             }
@@ -110,7 +129,10 @@ pub struct FileTree {
 }
 
 fn normalize(path: &str) -> String {
-    path.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 impl FileTree {
@@ -131,7 +153,9 @@ impl FileTree {
                 parent.push('/');
             }
             parent.push_str(c);
-            self.nodes.entry(parent.clone()).or_insert((0o755, NodeKind::Dir));
+            self.nodes
+                .entry(parent.clone())
+                .or_insert((0o755, NodeKind::Dir));
         }
         self.nodes.insert(path, (perm, kind));
     }
@@ -149,7 +173,11 @@ impl FileTree {
     pub fn entries(&self) -> Vec<CpioEntry> {
         self.nodes
             .iter()
-            .map(|(p, (perm, k))| CpioEntry { path: p.clone(), perm: *perm, kind: k.clone() })
+            .map(|(p, (perm, k))| CpioEntry {
+                path: p.clone(),
+                perm: *perm,
+                kind: k.clone(),
+            })
             .collect()
     }
 
@@ -169,12 +197,20 @@ mod tests {
         let start = data.as_ptr() as usize;
         loop {
             assert_eq!(&data[..6], b"070701");
-            let field = |i: usize| u32::from_str_radix(std::str::from_utf8(&data[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap();
+            let field = |i: usize| {
+                u32::from_str_radix(
+                    std::str::from_utf8(&data[6 + 8 * i..14 + 8 * i]).unwrap(),
+                    16,
+                )
+                .unwrap()
+            };
             let mode = field(1);
             let filesize = field(6) as usize;
             let rdevmaj = field(9);
             let namesize = field(11) as usize;
-            let name = std::str::from_utf8(&data[110..110 + namesize - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&data[110..110 + namesize - 1])
+                .unwrap()
+                .to_string();
             assert_eq!(data[110 + namesize - 1], 0);
             let mut off = 110 + namesize;
             let align = |off: usize, base: usize| {
@@ -199,13 +235,30 @@ mod tests {
         let mut t = FileTree::new();
         t.insert("/bin/busybox", 0o755, NodeKind::File(b"abcde".to_vec()));
         t.insert("/bin/sh", 0o777, NodeKind::Symlink("busybox".into()));
-        t.insert("dev/console", 0o600, NodeKind::CharDev { major: 5, minor: 1 });
+        t.insert(
+            "dev/console",
+            0o600,
+            NodeKind::CharDev { major: 5, minor: 1 },
+        );
         t.insert("/a/b/c/x", 0o644, NodeKind::File(vec![]));
         let bytes = t.to_newc();
         assert_eq!(bytes.len() % 4, 0);
         let got = parse(&bytes);
         let names: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
-        assert_eq!(names, ["a", "a/b", "a/b/c", "a/b/c/x", "bin", "bin/busybox", "bin/sh", "dev", "dev/console"]);
+        assert_eq!(
+            names,
+            [
+                "a",
+                "a/b",
+                "a/b/c",
+                "a/b/c/x",
+                "bin",
+                "bin/busybox",
+                "bin/sh",
+                "dev",
+                "dev/console"
+            ]
+        );
         let bb = got.iter().find(|g| g.0 == "bin/busybox").unwrap();
         assert_eq!(bb.1, 0o100755);
         assert_eq!(bb.4, b"abcde");
@@ -232,11 +285,17 @@ mod tests {
     #[test]
     fn gzip_roundtrips() {
         use std::io::Read;
-        let data = write_newc(&[CpioEntry { path: "x".into(), perm: 0o644, kind: NodeKind::File(vec![7; 1000]) }]);
+        let data = write_newc(&[CpioEntry {
+            path: "x".into(),
+            perm: 0o644,
+            kind: NodeKind::File(vec![7; 1000]),
+        }]);
         let gz = gzip(&data).unwrap();
         assert_eq!(&gz[..2], &[0x1f, 0x8b]);
         let mut back = Vec::new();
-        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut back).unwrap();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
         assert_eq!(back, data);
     }
 }

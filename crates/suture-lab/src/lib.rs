@@ -59,7 +59,8 @@ impl RunOutput {
 
 /// The release of the running host kernel (`uname -r`).
 pub fn host_release() -> Result<String> {
-    let s = std::fs::read_to_string("/proc/sys/kernel/osrelease").context("reading /proc/sys/kernel/osrelease")?;
+    let s = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading /proc/sys/kernel/osrelease")?;
     Ok(s.trim().to_string())
 }
 
@@ -67,7 +68,10 @@ pub fn host_release() -> Result<String> {
 /// `scripts/test.sh`), else the release Debian's `linux-image-amd64`
 /// depends on, else the one the project was developed against.
 pub fn test_release() -> String {
-    if let Some(r) = std::env::var("SUTURE_TEST_RELEASE").ok().filter(|r| !r.trim().is_empty()) {
+    if let Some(r) = std::env::var("SUTURE_TEST_RELEASE")
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+    {
         return r.trim().to_string();
     }
     Command::new("dpkg-query")
@@ -112,7 +116,9 @@ pub fn require_kernel_or_skip(release: &str) -> Result<bool> {
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Reads the ELF program headers and returns the `PT_INTERP` path, if any.
@@ -120,8 +126,14 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 /// loader a host binary names.
 pub fn elf_interpreter(data: &[u8]) -> Result<Option<String>> {
     let rd16 = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let rd32 = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let rd64 = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let rd32 = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let rd64 = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
         bail!("not a 64-bit little-endian ELF file");
     }
@@ -194,7 +206,10 @@ impl TempDir {
     fn new() -> Result<Self> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let p = std::env::temp_dir().join(format!(
             "suture-lab-{}-{}-{nanos}",
             std::process::id(),
@@ -250,7 +265,10 @@ impl Vm {
         let bb = std::fs::read(&busybox).map_err(|e| {
             anyhow!("cannot read {}: {e}; install a static busybox with `apt-get install busybox-static`", busybox.display())
         })?;
-        if elf_interpreter(&bb).with_context(|| format!("inspecting {}", busybox.display()))?.is_some() {
+        if elf_interpreter(&bb)
+            .with_context(|| format!("inspecting {}", busybox.display()))?
+            .is_some()
+        {
             bail!(
                 "{} is dynamically linked and would not run in the guest: install `busybox-static` \
                  (it replaces the `busybox` package)",
@@ -284,11 +302,19 @@ impl Vm {
             .output()
             .with_context(|| format!("running {} --list-full", self.busybox.display()))?;
         if !out.status.success() {
-            bail!("{} --list-full failed: {}", self.busybox.display(), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "{} --list-full failed: {}",
+                self.busybox.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         // The list names `bin/busybox` itself; linking it would make a loop.
         let listing = String::from_utf8_lossy(&out.stdout);
-        for applet in listing.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "bin/busybox") {
+        for applet in listing
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && *l != "bin/busybox")
+        {
             let depth = applet.matches('/').count();
             let target = format!("{}bin/busybox", "../".repeat(depth));
             t.insert(applet, 0o777, NodeKind::Symlink(target));
@@ -296,7 +322,11 @@ impl Vm {
         for d in ["proc", "sys", "dev", "tmp", "root", "etc"] {
             t.insert(d, 0o755, NodeKind::Dir);
         }
-        t.insert("dev/console", 0o600, NodeKind::CharDev { major: 5, minor: 1 });
+        t.insert(
+            "dev/console",
+            0o600,
+            NodeKind::CharDev { major: 5, minor: 1 },
+        );
         t.insert("dev/null", 0o666, NodeKind::CharDev { major: 1, minor: 3 });
         Ok(())
     }
@@ -339,7 +369,8 @@ impl Vm {
     /// Copies a host file (symlinks followed) into the guest, keeping its
     /// permission bits.
     pub fn add_file(&mut self, host: &Path, guest_path: &str) -> Result<&mut Self> {
-        let data = std::fs::read(host).with_context(|| format!("reading {} for the guest", host.display()))?;
+        let data = std::fs::read(host)
+            .with_context(|| format!("reading {} for the guest", host.display()))?;
         let perm = std::fs::metadata(host)?.permissions().mode() & 0o7777;
         self.tree.insert(guest_path, perm, NodeKind::File(data));
         Ok(self)
@@ -349,7 +380,9 @@ impl Vm {
     /// `ldd` lists for it (at the same paths) so it runs in the guest.
     pub fn add_executable(&mut self, host: &Path, guest_path: &str) -> Result<&mut Self> {
         let data = std::fs::read(host).with_context(|| format!("reading {}", host.display()))?;
-        let dynamic = elf_interpreter(&data).with_context(|| format!("inspecting {}", host.display()))?.is_some();
+        let dynamic = elf_interpreter(&data)
+            .with_context(|| format!("inspecting {}", host.display()))?
+            .is_some();
         self.tree.insert(guest_path, 0o755, NodeKind::File(data));
         if dynamic {
             let out = Command::new("ldd")
@@ -357,7 +390,11 @@ impl Vm {
                 .output()
                 .context("running ldd (install the libc-bin package)")?;
             if !out.status.success() {
-                bail!("ldd {} failed: {}", host.display(), String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "ldd {} failed: {}",
+                    host.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             for lib in parse_ldd(&String::from_utf8_lossy(&out.stdout))? {
                 if !self.tree.contains(&lib.to_string_lossy()) {
@@ -371,7 +408,11 @@ impl Vm {
 
     /// Copies `/lib/modules/RELEASE/REL_PATH` to the same guest path.
     pub fn add_release_module(&mut self, rel_path: &str) -> Result<&mut Self> {
-        let p = format!("/lib/modules/{}/{}", self.release, rel_path.trim_start_matches('/'));
+        let p = format!(
+            "/lib/modules/{}/{}",
+            self.release,
+            rel_path.trim_start_matches('/')
+        );
         self.add_file(Path::new(&p), &p)
     }
 
@@ -390,8 +431,16 @@ impl Vm {
     pub fn run(&self, script: &str) -> Result<RunOutput> {
         let tmp = TempDir::new()?;
         let mut tree = self.tree.clone();
-        tree.insert("init", 0o755, NodeKind::File(init_script("/suture-lab-test.sh").into_bytes()));
-        tree.insert("suture-lab-test.sh", 0o755, NodeKind::File(script.as_bytes().to_vec()));
+        tree.insert(
+            "init",
+            0o755,
+            NodeKind::File(init_script("/suture-lab-test.sh").into_bytes()),
+        );
+        tree.insert(
+            "suture-lab-test.sh",
+            0o755,
+            NodeKind::File(script.as_bytes().to_vec()),
+        );
         let initrd = tmp.0.join("initrd.gz");
         let gz = cpio::gzip(&tree.to_newc()).context("compressing the initramfs")?;
         // The initramfs is unpacked into guest RAM; a size close to the
@@ -406,18 +455,27 @@ impl Vm {
         std::fs::write(&initrd, gz).with_context(|| format!("writing {}", initrd.display()))?;
 
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-nographic", "-no-reboot"])
-            .arg("-m")
-            .arg(self.memory_mb.to_string())
-            .arg("-kernel")
-            .arg(&self.kernel)
-            .arg("-initrd")
-            .arg(&initrd)
-            .arg("-append")
-            .arg(self.command_line())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-m")
+        .arg(self.memory_mb.to_string())
+        .arg("-kernel")
+        .arg(&self.kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .arg("-append")
+        .arg(self.command_line())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         // If the test process dies without unwinding (SIGKILL, abort), the
         // kernel still kills QEMU: the Drop guard alone cannot cover that.
         unsafe {
@@ -427,7 +485,9 @@ impl Vm {
             });
         }
         let start = Instant::now();
-        let child = cmd.spawn().with_context(|| format!("starting {}", self.qemu.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.qemu.display()))?;
         let mut guard = QemuGuard(child);
 
         let output = Arc::new(Mutex::new(Vec::<u8>::new()));
@@ -444,7 +504,9 @@ impl Vm {
                     use std::io::Write;
                     let _ = std::io::stderr().write_all(&buf[..n]);
                 }
-                out2.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+                out2.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&buf[..n]);
             }
         });
         let mut stderr = guard.0.stderr.take().expect("stderr is piped");
@@ -479,7 +541,10 @@ impl Vm {
         let qemu_err = err_reader.join().unwrap_or_default();
         let text = snapshot(&output);
         if !status.success() {
-            bail!("QEMU exited with {status}: {}\nGuest output:\n{text}", qemu_err.trim());
+            bail!(
+                "QEMU exited with {status}: {}\nGuest output:\n{text}",
+                qemu_err.trim()
+            );
         }
         let exit_status = parse_end_marker(&text).ok_or_else(|| {
             anyhow!(
@@ -488,8 +553,14 @@ impl Vm {
                 qemu_err.trim()
             )
         })?;
-        eprintln!("suture-lab: guest powered off after {duration:.1?}, script exit status {exit_status}");
-        Ok(RunOutput { output: text, exit_status, duration })
+        eprintln!(
+            "suture-lab: guest powered off after {duration:.1?}, script exit status {exit_status}"
+        );
+        Ok(RunOutput {
+            output: text,
+            exit_status,
+            duration,
+        })
     }
 }
 
@@ -529,12 +600,17 @@ mod tests {
             ]
         );
         assert!(parse_ldd("\tlibfoo.so => not found\n").is_err());
-        assert!(parse_ldd("\tnot a dynamic executable\n").unwrap().is_empty());
+        assert!(parse_ldd("\tnot a dynamic executable\n")
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn end_marker_takes_last_and_ignores_garbage() {
-        assert_eq!(parse_end_marker("x\nSUTURE-LAB-END status=3\nSUTURE-LAB-END status=7\n[ 1.0] reboot"), Some(7));
+        assert_eq!(
+            parse_end_marker("x\nSUTURE-LAB-END status=3\nSUTURE-LAB-END status=7\n[ 1.0] reboot"),
+            Some(7)
+        );
         assert_eq!(parse_end_marker("no marker"), None);
         assert_eq!(parse_end_marker("SUTURE-LAB-END status=abc"), None);
     }
@@ -545,9 +621,16 @@ mod tests {
         // The test binary itself is dynamically linked against glibc.
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let interp = elf_interpreter(&me).unwrap();
-        assert!(interp.as_deref().is_some_and(|i| i.contains("ld-linux")), "{interp:?}");
+        assert!(
+            interp.as_deref().is_some_and(|i| i.contains("ld-linux")),
+            "{interp:?}"
+        );
         if let Ok(bb) = std::fs::read("/bin/busybox") {
-            if Command::new("dpkg").args(["-S", "/bin/busybox"]).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("busybox-static")) {
+            if Command::new("dpkg")
+                .args(["-S", "/bin/busybox"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("busybox-static"))
+            {
                 assert_eq!(elf_interpreter(&bb).unwrap(), None);
             }
         }

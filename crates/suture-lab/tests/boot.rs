@@ -21,7 +21,11 @@ fn guest_runs_installed_kernel_and_propagates_status() {
         .unwrap();
     eprintln!("boot+run took {:?}", run.duration);
     let out = run.script_output();
-    assert!(out.contains(&format!("guest-release={release}\n")), "guest output:\n{}", run.output);
+    assert!(
+        out.contains(&format!("guest-release={release}\n")),
+        "guest output:\n{}",
+        run.output
+    );
     assert_eq!(run.exit_status, 7, "guest output:\n{}", run.output);
 }
 
@@ -36,7 +40,11 @@ fn added_files_and_dynamic_executables_work_in_guest() {
     vm.add_bytes("/root/data.txt", b"payload-42\n".to_vec(), 0o644);
     // A glibc-linked host program exercises the ldd copying; `env` from
     // coreutils is dynamically linked on Debian.
-    vm.add_executable(std::path::Path::new("/usr/bin/env"), "/usr/local/bin/host-env").unwrap();
+    vm.add_executable(
+        std::path::Path::new("/usr/bin/env"),
+        "/usr/local/bin/host-env",
+    )
+    .unwrap();
     let run = vm.run("cat /root/data.txt\n/usr/local/bin/host-env FOO=bar /usr/local/bin/host-env | grep '^FOO='\n").unwrap();
     let out = run.script_output();
     assert!(out.contains("payload-42"), "guest output:\n{}", run.output);
@@ -51,7 +59,9 @@ fn timeout_kills_guest_and_reports_output_so_far() {
         return;
     }
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let vm = Vm::new(&release).unwrap().timeout(std::time::Duration::from_secs(25));
+    let vm = Vm::new(&release)
+        .unwrap()
+        .timeout(std::time::Duration::from_secs(25));
     let err = vm.run("echo before-hang\nsleep 1000\n").unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("did not power off"), "{msg}");

@@ -41,7 +41,9 @@ pub struct ListArgs {
 }
 
 fn timeout(secs: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(secs).map_err(|_| anyhow::anyhow!("--timeout must be a non-negative number of seconds, got {secs}"))
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        anyhow::anyhow!("--timeout must be a non-negative number of seconds, got {secs}")
+    })
 }
 
 fn exit_code(e: &HostError) -> i32 {
@@ -55,29 +57,46 @@ fn exit_code(e: &HostError) -> i32 {
 fn fail(op: &str, e: HostError, json: bool) -> anyhow::Result<i32> {
     eprintln!("error: suture {op}: {e}");
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": false, "error": e }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "ok": false, "error": e }))?
+        );
     }
     Ok(exit_code(&e))
 }
 
 pub fn load(a: LoadArgs) -> anyhow::Result<i32> {
-    let opts = LoadOptions { timeout: timeout(a.timeout)?, ..LoadOptions::default() };
+    let opts = LoadOptions {
+        timeout: timeout(a.timeout)?,
+        ..LoadOptions::default()
+    };
     match suture_host::load(&a.module, &opts) {
         Ok(r) => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "load": r }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "load": r }))?
+                );
             } else {
                 let funcs: Vec<String> = r
                     .state
                     .objects
                     .iter()
-                    .flat_map(|o| o.functions.iter().map(move |f| format!("{}:{}", o.name, f.name)))
+                    .flat_map(|o| {
+                        o.functions
+                            .iter()
+                            .map(move |f| format!("{}:{}", o.name, f.name))
+                    })
                     .collect();
                 println!(
                     "loaded {} on {}: patched {} in {:.1} ms (load {:.1} ms, transition {:.1} ms)",
                     r.name,
                     r.release,
-                    if funcs.is_empty() { "nothing".to_string() } else { funcs.join(", ") },
+                    if funcs.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        funcs.join(", ")
+                    },
                     r.total_ms,
                     r.load_ms,
                     r.transition_ms
@@ -90,11 +109,17 @@ pub fn load(a: LoadArgs) -> anyhow::Result<i32> {
 }
 
 pub fn unload(a: UnloadArgs) -> anyhow::Result<i32> {
-    let opts = UnloadOptions { timeout: timeout(a.timeout)?, ..UnloadOptions::default() };
+    let opts = UnloadOptions {
+        timeout: timeout(a.timeout)?,
+        ..UnloadOptions::default()
+    };
     match suture_host::unload(&a.name, &opts) {
         Ok(r) => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "unload": r }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "unload": r }))?
+                );
             } else if r.was_enabled {
                 println!(
                     "unloaded {}: unpatched in {:.1} ms, module removed ({:.1} ms total)",
@@ -113,7 +138,12 @@ pub fn list(a: ListArgs) -> anyhow::Result<i32> {
     match suture_host::list() {
         Ok(patches) => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "patches": patches }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "ok": true, "patches": patches })
+                    )?
+                );
             } else {
                 print!("{}", suture_host::format_table(&patches));
             }
