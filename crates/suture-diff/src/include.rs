@@ -339,6 +339,38 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
             }
         }
     }
+    // A copied constant is only seen by the patched code: functions left out of
+    // the patch keep reading the old one.
+    let copied: HashSet<usize> = inc
+        .defs
+        .iter()
+        .copied()
+        .filter(|&i| inc.d.status[i] == Status::Changed && inc.d.p.sym(i).typ != STT_FUNC)
+        .collect();
+    if !copied.is_empty() {
+        let mut stale: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for sec in inc.d.p.elf.sections.iter().filter(|s| s.is_exec()) {
+            for r in inc.d.p.elf.relas_of(sec.index) {
+                let Target::Sym { sym, .. } = inc.d.p.target(sec.index, r) else { continue };
+                if !copied.contains(&sym) {
+                    continue;
+                }
+                if let Some(f) = inc.d.p.containing(sec.index, r.offset as i64) {
+                    if !inc.defs.contains(&f) {
+                        stale.entry(inc.d.orig_name(sym).to_string()).or_default().push(inc.d.orig_name(f).to_string());
+                    }
+                }
+            }
+        }
+        for (obj, mut users) in stale {
+            users.sort();
+            users.dedup();
+            inc.d.report.warnings.push(format!(
+                "read-only {obj} changed: the patch carries a new copy for its functions, but {} keep using the old one",
+                users.join(", ")
+            ));
+        }
+    }
 
     let mut refusals = std::mem::take(&mut inc.d.report.refusals);
     refusals.append(&mut inc.refusals);

@@ -410,3 +410,24 @@ fn unrelated_pair_is_an_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn changed_constant_is_copied_and_other_users_are_named() {
+    let src = r#"
+extern int printk(const char *, ...);
+const int table[4] = { 1, 2, 3, 4 };
+int t1(int i) { return table[i & 3] + 1; }
+int t2(int i) { return table[i & 3] + 2; }
+"#;
+    let o = compile("const-orig", src);
+    let p = compile("const-patched", &src.replace("{ 1, 2, 3, 4 }", "{ 1, 2, 3, 5 }").replace("+ 1; }", "+ 7; }"));
+    let (patch, out) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["t1"]);
+    let t = defined(&out, "table").expect("a new copy of the table");
+    assert_eq!(t.bind, STB_LOCAL);
+    assert!(patch.report.warnings.iter().any(|w| w.contains("table") && w.contains("t2")), "{:?}", patch.report.warnings);
+    // Changing only the constant leaves no function to carry it: refused.
+    let p2 = compile("const-only", &src.replace("{ 1, 2, 3, 4 }", "{ 1, 2, 3, 5 }"));
+    let r = refused(&o, &p2);
+    assert!(r.refusals.iter().any(|x| x.subject == "table"), "{r:?}");
+}
