@@ -432,23 +432,32 @@ impl Host {
             std::fs::read_to_string(&refcnt).map_or(true, |s| s.trim() == "0")
         });
         let mut last = None;
-        // The kernel drops the livepatch's module reference from a work item
-        // after the sysfs directory goes; retry EAGAIN/EBUSY briefly.
+        // The reference can still be held for a moment after sysfs shows 0
+        // (the livepatch core drops it from a work item); retry EAGAIN/EBUSY
+        // briefly rather than for the whole timeout, which the refcount
+        // wait above already spent if someone really holds the module.
+        let retry_for = timeout.min(Duration::from_secs(5));
         let outcome =
-            sysfs::wait_until(timeout, poll.max(Duration::from_millis(20)), || match self
-                .kernel
-                .delete_module(name)
-            {
-                Ok(()) => true,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
-                    last = Some(e);
-                    false
-                }
-                Err(e) => {
-                    last = Some(e);
-                    true
-                }
-            });
+            sysfs::wait_until(
+                retry_for,
+                poll.max(Duration::from_millis(20)),
+                || match self.kernel.delete_module(name) {
+                    Ok(()) => {
+                        last = None;
+                        true
+                    }
+                    Err(e)
+                        if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) =>
+                    {
+                        last = Some(e);
+                        false
+                    }
+                    Err(e) => {
+                        last = Some(e);
+                        true
+                    }
+                },
+            );
         match (outcome, last) {
             (WaitOutcome::Done(_), None) => Ok(()),
             (WaitOutcome::Done(_), Some(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),

@@ -40,6 +40,7 @@ struct FakeKernel {
     behaviour: Behaviour,
     log: Vec<String>,
     deleted: Arc<Mutex<Vec<String>>>,
+    busy_once: std::sync::atomic::AtomicBool,
 }
 
 fn simulate(root: PathBuf, name: String, complete: bool) {
@@ -97,6 +98,14 @@ impl Kernel for FakeKernel {
         Ok(())
     }
     fn delete_module(&self, name: &str) -> io::Result<()> {
+        // The first attempt finds the reference still held, as the real
+        // kernel can right after the patch is freed.
+        if !self
+            .busy_once
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
         let md = self.root.join("sys/module").join(name);
         if !md.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
@@ -139,6 +148,7 @@ fn fixture(tag: &str, behaviour: Behaviour, log: &[&str]) -> Fixture {
         behaviour,
         log: log.iter().map(|s| s.to_string()).collect(),
         deleted: Arc::clone(&deleted),
+        busy_once: std::sync::atomic::AtomicBool::new(false),
     };
     let host = Host::with(fake.0.clone(), Box::new(kernel));
     Fixture {
