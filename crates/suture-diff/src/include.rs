@@ -40,6 +40,8 @@ struct Inc<'d, 'a> {
     /// Kept entries per sliced section (entry start offsets), and the entry size.
     kept: BTreeMap<usize, (usize, std::collections::BTreeSet<u64>)>,
     refusals: Vec<Refusal>,
+    /// Start offsets of the `.fixup` stubs (where `__ex_table` entries point), sorted.
+    fixup_starts: Option<Vec<u64>>,
 }
 
 impl<'d, 'a> Inc<'d, 'a> {
@@ -110,7 +112,9 @@ impl<'d, 'a> Inc<'d, 'a> {
             Target::Sec { sec, off } => {
                 let s = self.d.p.sec(sec);
                 let new_section = self.d.o.elf.section_by_name(&s.name).is_none();
-                if crate::model::is_special_section(&s.name) || s.is_strings() || !s.is_write() || s.is_exec() || new_section || whole_on_demand(&s.name) {
+                if s.name == ".fixup" {
+                    self.fixup_stub(sec, off);
+                } else if crate::model::is_special_section(&s.name) || s.is_strings() || !s.is_write() || s.is_exec() || new_section || whole_on_demand(&s.name) {
                     self.whole(sec);
                 } else {
                     self.refusals.push(Refusal {
@@ -120,6 +124,38 @@ impl<'d, 'a> Inc<'d, 'a> {
                 }
             }
         }
+    }
+
+    /// `.fixup` holds one stub per exception-table entry; copy only the stub an
+    /// entry of included code uses (it ends where the next stub starts).
+    fn fixup_stub(&mut self, sec: usize, off: i64) {
+        if self.fixup_starts.is_none() {
+            let mut v = Vec::new();
+            if let Some(ex) = self.d.p.elf.section_by_name("__ex_table").map(|s| s.index) {
+                for r in self.d.p.elf.relas_of(ex) {
+                    if let Target::Sec { sec: s2, off } = self.d.p.target(ex, r) {
+                        if s2 == sec && off >= 0 {
+                            v.push(off as u64);
+                        }
+                    }
+                }
+            }
+            v.sort_unstable();
+            v.dedup();
+            self.fixup_starts = Some(v);
+        }
+        let size = self.d.p.sec(sec).size;
+        let starts = self.fixup_starts.as_ref().unwrap();
+        let off = off.clamp(0, size as i64) as u64;
+        let i = starts.partition_point(|&x| x <= off);
+        if i == 0 {
+            // Not a known stub start: keep everything rather than guess.
+            self.whole(sec);
+            return;
+        }
+        let a = starts[i - 1];
+        let b = starts.get(i).copied().unwrap_or(size).min(size);
+        self.add_piece(sec, a, b.max(a));
     }
 
     fn drain(&mut self) {
@@ -259,7 +295,15 @@ impl Layout {
 
 pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     let np = d.p.elf.symbols.len();
-    let mut inc = Inc { d, defs: HashSet::new(), pieces: BTreeMap::new(), queue: VecDeque::new(), kept: BTreeMap::new(), refusals: Vec::new() };
+    let mut inc = Inc {
+        d,
+        defs: HashSet::new(),
+        pieces: BTreeMap::new(),
+        queue: VecDeque::new(),
+        kept: BTreeMap::new(),
+        refusals: Vec::new(),
+        fixup_starts: None,
+    };
 
     // Changed functions (except __init/__exit code, which is refused) and new globals.
     let mut roots = Vec::new();
