@@ -96,11 +96,21 @@ pub fn kernel_image(release: &str) -> PathBuf {
 /// When it is absent, returns `Ok(false)` after printing why the test skips,
 /// unless `CI` is set: CI must run VM tests, so there it is an error.
 pub fn require_kernel_or_skip(release: &str) -> Result<bool> {
-    let img = kernel_image(release);
-    if img.exists() {
+    kernel_gate(
+        release,
+        kernel_image(release).exists(),
+        std::env::var_os("CI"),
+    )
+}
+
+/// The decision behind [`require_kernel_or_skip`], apart from the
+/// environment so it can be tested.
+fn kernel_gate(release: &str, image_exists: bool, ci: Option<std::ffi::OsString>) -> Result<bool> {
+    if image_exists {
         return Ok(true);
     }
-    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+    let img = kernel_image(release);
+    if ci.is_some_and(|v| !v.is_empty()) {
         bail!(
             "{} is missing and CI is set, so the VM test cannot be skipped: install it with \
              `apt-get install linux-image-{release}`",
@@ -576,6 +586,30 @@ pub fn parse_end_marker(output: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_gate_skips_only_outside_ci() {
+        assert!(kernel_gate("r", true, Some("true".into())).unwrap());
+        assert!(kernel_gate("r", true, None).unwrap());
+        assert!(!kernel_gate("r", false, None).unwrap());
+        assert!(!kernel_gate("r", false, Some("".into())).unwrap());
+        let e = kernel_gate("9.9-x", false, Some("true".into())).unwrap_err();
+        assert!(e.to_string().contains("linux-image-9.9-x"), "{e}");
+    }
+
+    #[test]
+    fn missing_kernel_image_names_the_package() {
+        // Only meaningful where QEMU and busybox exist; otherwise Vm::new
+        // fails earlier, on those, which another message covers.
+        if find_in_path("qemu-system-x86_64").is_none() || !Path::new("/bin/busybox").exists() {
+            return;
+        }
+        let e = Vm::new("0.0.0-suture-none").unwrap_err().to_string();
+        assert!(
+            e.contains("apt-get install linux-image-0.0.0-suture-none"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn temp_dir_is_removed_on_drop() {
