@@ -7,7 +7,7 @@
 //! is built from PATCHED byte ranges ("pieces") grouped per source section, so
 //! objects compiled without -ffunction-sections work too.
 //!
-//! Known simplifications: `.fixup`, `.altinstr_replacement` and `.altinstr_aux`
+//! Known simplifications: `.altinstr_replacement` and `.altinstr_aux`
 //! are copied whole when a kept entry needs them (entries of excluded functions
 //! then resolve through klp references); debug sections are not carried over.
 
