@@ -11,7 +11,7 @@
 //! are copied whole when a kept entry needs them (entries of excluded functions
 //! then resolve through klp references); debug sections are not carried over.
 
-use std::collections::{HashMap, HashSet};
+use suture_elf::fx::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use suture_elf::*;
 
@@ -94,10 +94,10 @@ impl<'a> Diff<'a> {
             twin_o: vec![None; no],
             status: vec![Status::Same; np],
             report: Report::default(),
-            parent_p: HashMap::new(),
-            children_p: HashMap::new(),
-            pfx_p: HashMap::new(),
-            o_locals_named: HashMap::new(),
+            parent_p: HashMap::default(),
+            children_p: HashMap::default(),
+            pfx_p: HashMap::default(),
+            o_locals_named: HashMap::default(),
         };
         for x in &d.o.elf.symbols {
             if x.bind == STB_LOCAL && x.section().is_some() && x.typ != STT_SECTION && x.typ != STT_FILE {
@@ -151,11 +151,11 @@ impl<'a> Diff<'a> {
     fn correlate(&mut self) {
         for exact in [true, false] {
             let o = &self.o;
-            let mut pool: HashMap<(&str, &str, u8), Vec<usize>> = HashMap::new();
+            let mut pool: HashMap<(&str, &str, u8), Vec<usize>> = HashMap::default();
             for i in (0..self.o.elf.symbols.len()).rev() {
                 if self.twin_o[i].is_none() && Self::correlatable(o, i) {
                     let s = o.sym(i);
-                    let n = if exact { s.name.as_str() } else { o.mangled[i].as_str() };
+                    let n = if exact { s.name.as_str() } else { o.mangled(i) };
                     pool.entry((o.file(i), n, s.typ)).or_default().push(i);
                 }
             }
@@ -165,7 +165,7 @@ impl<'a> Diff<'a> {
                     continue;
                 }
                 let s = self.p.sym(i);
-                let n = if exact { s.name.as_str() } else { self.p.mangled[i].as_str() };
+                let n = if exact { s.name.as_str() } else { self.p.mangled(i) };
                 if let Some(v) = pool.get_mut(&(self.p.file(i), n, s.typ)) {
                     if let Some(o) = v.pop() {
                         pairs.push((o, i));
@@ -179,7 +179,7 @@ impl<'a> Diff<'a> {
     }
 
     fn find_children(&mut self) {
-        let mut funcs: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut funcs: HashMap<(&str, &str), usize> = HashMap::default();
         for s in &self.p.elf.symbols {
             if s.typ == STT_FUNC && s.section().is_some() {
                 funcs.insert((self.p.file(s.index), s.name.as_str()), s.index);
@@ -256,7 +256,7 @@ impl<'a> Diff<'a> {
                 if self.twin_o[os].is_none() {
                     let cand = pu.iter().copied().find(|&ps| {
                         self.twin_p[ps].is_none()
-                            && self.p.mangled[ps] == self.o.mangled[os]
+                            && self.p.mangled(ps) == self.o.mangled(os)
                             && self.p.sym(ps).typ == self.o.sym(os).typ
                     });
                     if let Some(ps) = cand {
@@ -267,16 +267,16 @@ impl<'a> Diff<'a> {
             uses.push((of, pf, ou, pu));
         }
         // Statics no function pairs (used from data only): by name when unambiguous.
-        let mut count_o: HashMap<(String, String), Vec<usize>> = HashMap::new();
-        let mut count_p: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut count_o: HashMap<(String, String), Vec<usize>> = HashMap::default();
+        let mut count_p: HashMap<(String, String), Vec<usize>> = HashMap::default();
         for i in 0..self.o.elf.symbols.len() {
             if self.o.is_static_local(i) && self.o.sym(i).section().is_some() {
-                count_o.entry((self.o.file(i).to_string(), self.o.mangled[i].clone())).or_default().push(i);
+                count_o.entry((self.o.file(i).to_string(), self.o.mangled(i).to_string())).or_default().push(i);
             }
         }
         for i in 0..self.p.elf.symbols.len() {
             if self.p.is_static_local(i) && self.p.sym(i).section().is_some() {
-                count_p.entry((self.p.file(i).to_string(), self.p.mangled[i].clone())).or_default().push(i);
+                count_p.entry((self.p.file(i).to_string(), self.p.mangled(i).to_string())).or_default().push(i);
             }
         }
         for (k, vo) in &count_o {

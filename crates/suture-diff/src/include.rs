@@ -1,6 +1,8 @@
 //! Inclusion, special-section slicing and the klp object.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use suture_elf::fx::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use suture_elf::*;
 
@@ -297,7 +299,7 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     let np = d.p.elf.symbols.len();
     let mut inc = Inc {
         d,
-        defs: HashSet::new(),
+        defs: HashSet::default(),
         pieces: BTreeMap::new(),
         queue: VecDeque::new(),
         kept: BTreeMap::new(),
@@ -477,7 +479,7 @@ fn write(
     func_defs: &[usize],
 ) -> Result<(Vec<u8>, Vec<ReplacedFunc>), Error> {
     let dd: &Diff = d;
-    let mut layout = Layout { out_of: HashMap::new(), map: HashMap::new() };
+    let mut layout = Layout { out_of: HashMap::default(), map: HashMap::default() };
     let mut b = Builder::default();
     let mut src_of_out: Vec<Option<usize>> = Vec::new();
     for (&sec, v) in pieces {
@@ -530,7 +532,7 @@ fn write(
         }
     }
 
-    let mut out = Out { d: dd, b, secsym: HashMap::new(), def_sym: HashMap::new(), refs: HashMap::new(), locals: Vec::new(), globals: Vec::new(), errors: Vec::new() };
+    let mut out = Out { d: dd, b, secsym: HashMap::default(), def_sym: HashMap::default(), refs: HashMap::default(), locals: Vec::new(), globals: Vec::new(), errors: Vec::new() };
     // Symbols: FILE, section symbols, local definitions, then globals.
     if let Some(f) = dd.p.elf.symbols.iter().find(|s| s.typ == STT_FILE) {
         out.locals.push(OutSymbol { name: f.name.clone(), bind: STB_LOCAL, typ: STT_FILE, other: 0, section: SymSection::Reserved(SHN_ABS), value: 0, size: 0 });

@@ -1,7 +1,7 @@
 //! Per-object indexes the stages share: symbols by section and offset, mangled
 //! names, relocation targets resolved to symbols, string contents.
 
-use std::collections::HashMap;
+use suture_elf::fx::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use suture_elf::*;
 
@@ -11,14 +11,15 @@ pub struct Obj {
     pub elf: Object,
     /// Function and object symbols of each section, sorted by value.
     pub by_sec: HashMap<usize, Vec<usize>>,
-    pub mangled: Vec<String>,
+    /// Mangled names, only where they differ from the symbol's own name.
+    mangled: Vec<Option<Box<str>>>,
     /// Index into `files` of the STT_FILE symbol each local symbol follows
     /// (0, the empty name, for globals).
     pub file_of: Vec<u32>,
     pub files: Vec<String>,
     pub special: Vec<bool>,
     /// Call sites `__mcount_loc` records, as (section, offset).
-    pub mcount_sites: std::collections::HashSet<(usize, u64)>,
+    pub mcount_sites: HashSet<(usize, u64)>,
 }
 
 /// Where a relocation really points once section symbols are resolved.
@@ -36,6 +37,10 @@ pub enum Target {
 /// (`__key.4567`) change with unrelated edits. `__UNIQUE_ID_<name><counter>`
 /// loses its counter too.
 pub fn mangle(name: &str) -> String {
+    let b = name.as_bytes();
+    if !b.windows(2).any(|w| w[0] == b'.' && w[1].is_ascii_digit()) && !name.contains("__UNIQUE_ID_") {
+        return name.to_string();
+    }
     let mut out = String::with_capacity(name.len());
     let b = name.as_bytes();
     let mut i = 0;
@@ -93,7 +98,7 @@ pub fn is_special_section(name: &str) -> bool {
 impl Obj {
     pub fn new(elf: Object) -> Obj {
         let n = elf.symbols.len();
-        let mut by_sec: HashMap<usize, Vec<usize>> = HashMap::new();
+        let mut by_sec: HashMap<usize, Vec<usize>> = HashMap::default();
         let mut mangled = Vec::with_capacity(n);
         let mut file_of = Vec::with_capacity(n);
         let mut special = Vec::with_capacity(n);
@@ -104,7 +109,8 @@ impl Obj {
                 files.push(s.name.clone());
                 file = (files.len() - 1) as u32;
             }
-            mangled.push(mangle(&s.name));
+            let m = mangle(&s.name);
+            mangled.push(if m == s.name { None } else { Some(m.into_boxed_str()) });
             file_of.push(if s.bind == STB_LOCAL { file } else { 0 });
             let sec = s.section();
             let in_special_sec = sec.map(|x| is_special_section(&elf.sections[x].name)).unwrap_or(false);
@@ -125,7 +131,7 @@ impl Obj {
         }
         let mut o = Obj { elf, by_sec, mangled, file_of, files, special, mcount_sites: Default::default() };
         if let Some(m) = o.elf.section_by_name("__mcount_loc").map(|s| s.index) {
-            let mut sites = std::collections::HashSet::new();
+            let mut sites = HashSet::default();
             for r in o.elf.relas_of(m) {
                 let s = o.sym(r.sym);
                 if let Some(sec) = s.section() {
@@ -135,6 +141,10 @@ impl Obj {
             o.mcount_sites = sites;
         }
         o
+    }
+
+    pub fn mangled(&self, i: usize) -> &str {
+        self.mangled[i].as_deref().unwrap_or(&self.elf.symbols[i].name)
     }
 
     pub fn file(&self, i: usize) -> &str {
@@ -267,7 +277,7 @@ impl Obj {
     /// name and addend, by string contents, or by constant bytes.
     pub fn key(&self, t: Target, rtype: u32, in_sec: usize) -> Key<'_> {
         match t {
-            Target::Sym { sym, addend } => Key::Name(&self.mangled[sym], addend),
+            Target::Sym { sym, addend } => Key::Name(self.mangled(sym), addend),
             Target::Sec { sec, off } => {
                 let s = self.sec(sec);
                 if s.is_strings() {

@@ -9,9 +9,9 @@
 // The workspace's rust-version (1.80) predates `is_multiple_of` (1.87).
 #![allow(unknown_lints, clippy::manual_is_multiple_of)]
 
-use std::collections::HashMap;
-
+pub mod fx;
 mod write;
+use fx::FxHashMap as HashMap;
 pub use write::{Builder, OutRela, OutSection, OutSymbol, SymSection};
 
 pub const ET_REL: u16 = 1;
@@ -298,10 +298,10 @@ impl Object {
             sections,
             symbols: Vec::new(),
             symtab: None,
-            relas: HashMap::new(),
-            rela_section_of: HashMap::new(),
-            by_name: HashMap::new(),
-            secsym: HashMap::new(),
+            relas: HashMap::default(),
+            rela_section_of: HashMap::default(),
+            by_name: HashMap::default(),
+            secsym: HashMap::default(),
         };
         obj.read_symbols()?;
         obj.read_relas()?;
@@ -425,7 +425,10 @@ impl Object {
                 }
                 v.push(Rela { offset, sym, rtype, addend });
             }
-            v.sort_by_key(|r| r.offset);
+            // Assemblers emit them in order; sort only what is not.
+            if !v.windows(2).all(|w| w[0].offset <= w[1].offset) {
+                v.sort_by_key(|r| r.offset);
+            }
             if self.rela_section_of.insert(target, s.index).is_some() {
                 return corrupt(format!("section {target} has two relocation sections"));
             }

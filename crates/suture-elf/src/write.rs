@@ -75,7 +75,7 @@ struct StrTab {
 }
 impl StrTab {
     fn new() -> Self {
-        StrTab { data: vec![0], map: HashMap::new() }
+        StrTab { data: vec![0], map: HashMap::default() }
     }
     fn add(&mut self, s: &str) -> u32 {
         if s.is_empty() {
