@@ -32,16 +32,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let (Some(orig), Some(symvers)) = (std::env::var_os("ORIG"), std::env::var_os("SYMVERS")) {
         let orig = std::fs::read(orig)?;
         let exports = suture_symbols::Exports::parse(&std::fs::read_to_string(symvers)?)?;
+        // MODULE=path/to/x.ko: ORIG belongs to that module instead.
+        let ko = std::env::var_os("MODULE").map(std::fs::read).transpose()?;
+        let (image, objname) = match &ko {
+            Some(ko) => {
+                let name =
+                    suture_symbols::module_symbols(ko, "module.ko")?.modules()[0].to_string();
+                (suture_symbols::TargetImage::Module { ko }, name)
+            }
+            None => (
+                suture_symbols::TargetImage::Vmlinux {
+                    kallsyms: &k,
+                    vmlinux: Some(&vmlinux),
+                },
+                "vmlinux".to_string(),
+            ),
+        };
         let t = Instant::now();
-        let rep = suture_symbols::build_target_report(
-            suture_symbols::TargetImage::Vmlinux {
-                kallsyms: &k,
-                vmlinux: Some(&vmlinux),
-            },
-            &exports,
-            "vmlinux",
-            &orig,
-        )?;
+        let rep = suture_symbols::build_target_report(image, &exports, &objname, &orig)?;
         eprintln!(
             "build_target: {:?} ({} symbols, {} decided, {} unresolved, {} absent, {} mismatched, \
              {} functions and {} objects verified)",

@@ -69,6 +69,9 @@ pub enum Error {
     /// An object file (ORIG.o or a .ko) is not usable.
     #[error("{file}: {msg}")]
     Object { file: String, msg: String },
+    /// ORIG does not belong to the target at all.
+    #[error("{0}")]
+    WrongTarget(String),
     /// Symbols of ORIG that have several instances in the target and that no
     /// evidence ties to one of them.
     #[error("cannot tell which instance belongs to this translation unit: {}", .0.iter().map(|u| format!("{} ({})", u.name, u.why)).collect::<Vec<_>>().join("; "))]

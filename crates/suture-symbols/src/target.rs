@@ -82,6 +82,10 @@ pub struct TargetReport {
     /// Functions ORIG defines that the target has but that were neither
     /// verified nor found to differ (their instance was not pinned down).
     pub unverified_functions: Vec<String>,
+    /// Functions ORIG defines (in allocated sections).
+    pub defined_functions: usize,
+    /// Whether code could be compared (an image or a .ko was given).
+    pub compared_code: bool,
 }
 
 /// The differ's `Target` for every symbol ORIG defines or references; an error
@@ -93,6 +97,17 @@ pub fn build_target(
     orig: &[u8],
 ) -> Result<Target> {
     let r = build_target_report(image, exports, objname, orig)?;
+    // Nothing of ORIG found at all: a wrong target, not a list of ambiguities.
+    if r.compared_code && r.defined_functions > 0 && r.verified_functions == 0 {
+        return Err(Error::WrongTarget(format!(
+            "none of ORIG's {} functions is in {objname} as ORIG has it ({} missing from its symbols, \
+             {} with different code): ORIG is not part of {objname}, or was not built from its source, \
+             config and compiler; for a module, pass the module's name and .ko",
+            r.defined_functions,
+            r.defined_functions - r.mismatched.len() - r.unverified_functions.len() - r.weak_overridden.len(),
+            r.mismatched.len() + r.unverified_functions.len(),
+        )));
+    }
     if !r.unresolved.is_empty() {
         return Err(Error::Ambiguous(r.unresolved));
     }
@@ -823,6 +838,17 @@ fn resolve(
         }
     }
     rep.unverified_functions.sort();
+    rep.compared_code = space.can_read();
+    let mut seen = HashSet::new();
+    rep.defined_functions = (0..orig.symbols.len())
+        .filter(|&i| {
+            let s = &orig.symbols[i];
+            s.is_func()
+                && s.sec().is_some()
+                && is_candidate(orig, i)
+                && seen.insert(s.name.as_str())
+        })
+        .count();
     rep.absent.sort();
     rep.decisions.sort_by(|a, b| a.name.cmp(&b.name));
     rep.unresolved.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1240,6 +1266,36 @@ mod tests {
             &orig(),
         );
         assert!(e.unwrap_err().to_string().contains(".ko"));
+    }
+
+    #[test]
+    fn an_object_of_another_target_is_refused_as_such() {
+        let (img, _) = image();
+        let other = Kallsyms::from_symbols(vec![KSym {
+            addr: BASE,
+            kind: 'T',
+            name: "_text".into(),
+            module: None,
+        }]);
+        let t = TargetImage::Vmlinux {
+            kallsyms: &other,
+            vmlinux: Some(&img),
+        };
+        let e = build_target(t, &Exports::default(), "vmlinux", &orig()).unwrap_err();
+        assert!(matches!(e, Error::WrongTarget(_)), "{e}");
+        assert!(e.to_string().contains("none of ORIG's 4 functions"), "{e}");
+        // Without code to compare, missing symbols are only listed as absent.
+        let rep = build_target_report(
+            TargetImage::Kallsyms { kallsyms: &other },
+            &Exports::default(),
+            "vmlinux",
+            &orig(),
+        )
+        .unwrap();
+        assert_eq!(
+            rep.absent,
+            ["counter", "helper", "jumper", "show", "sysfs_emit", "twin"]
+        );
     }
 
     #[test]

@@ -398,6 +398,15 @@ fn module_target_disambiguates_by_bytes_and_relocations() {
         checked += 1;
     }
     assert_eq!(checked, 6);
+    // serial_core.o is no part of this module: refused as such.
+    let e = build_target(
+        TargetImage::Module { ko: &ko },
+        exports,
+        "dell_wmi_sysman",
+        SERIAL_CORE_O,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::WrongTarget(_)), "{e}");
     // The module's own globals are unique; vmlinux exports stay normal relocations.
     assert_eq!(
         rep.target.symbols["alloc_int_data"],
