@@ -41,13 +41,35 @@ struct FakeKernel {
     log: Vec<String>,
     deleted: Arc<Mutex<Vec<String>>>,
     busy_once: std::sync::atomic::AtomicBool,
+    sims: Sims,
 }
 
-fn simulate(root: PathBuf, name: String, complete: bool) {
-    std::thread::spawn(move || {
+/// Simulator threads of one fixture; stopped and joined before the fake
+/// tree is removed, or their writes race with the removal and leave
+/// directories behind.
+#[derive(Default, Clone)]
+struct Sims {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+}
+
+impl Sims {
+    fn stop_all(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.lock().unwrap().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn simulate(sims: &Sims, root: PathBuf, name: String, complete: bool) {
+    let stop = Arc::clone(&sims.stop);
+    let t = std::thread::spawn(move || {
         let pd = root.join("sys/kernel/livepatch").join(&name);
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
+        while start.elapsed() < Duration::from_secs(10)
+            && !stop.load(std::sync::atomic::Ordering::Relaxed)
+        {
             std::thread::sleep(Duration::from_millis(5));
             let enabled = std::fs::read_to_string(pd.join("enabled")).unwrap_or_default();
             if enabled.trim() == "0" {
@@ -60,6 +82,7 @@ fn simulate(root: PathBuf, name: String, complete: bool) {
             }
         }
     });
+    sims.threads.lock().unwrap().push(t);
 }
 
 fn lay_out_patch(root: &Path, name: &str, transition: bool) {
@@ -91,6 +114,7 @@ impl Kernel for FakeKernel {
         let name = modinfo::parse_module(&data).unwrap().name;
         lay_out_patch(&self.root, &name, true);
         simulate(
+            &self.sims,
             self.root.clone(),
             name,
             self.behaviour == Behaviour::Completes,
@@ -138,23 +162,33 @@ struct Fixture {
     fake: FakeRoot,
     host: Host,
     deleted: Arc<Mutex<Vec<String>>>,
+    sims: Sims,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.sims.stop_all();
+    }
 }
 
 fn fixture(tag: &str, behaviour: Behaviour, log: &[&str]) -> Fixture {
     let fake = FakeRoot::new(tag);
     let deleted = Arc::new(Mutex::new(Vec::new()));
+    let sims = Sims::default();
     let kernel = FakeKernel {
         root: fake.0.clone(),
         behaviour,
         log: log.iter().map(|s| s.to_string()).collect(),
         deleted: Arc::clone(&deleted),
         busy_once: std::sync::atomic::AtomicBool::new(false),
+        sims: sims.clone(),
     };
     let host = Host::with(fake.0.clone(), Box::new(kernel));
     Fixture {
         fake,
         host,
         deleted,
+        sims,
     }
 }
 
@@ -323,7 +357,7 @@ fn load_timeout_reverses_removes_and_names_stalled_tasks() {
 fn unload_disables_waits_and_deletes() {
     let f = fixture("unload", Behaviour::Completes, &[]);
     lay_out_patch(&f.fake.0, "lp_un", false);
-    simulate(f.fake.0.clone(), "lp_un".into(), true);
+    simulate(&f.sims, f.fake.0.clone(), "lp_un".into(), true);
     let r = f
         .host
         .unload(
