@@ -49,21 +49,40 @@ pub(crate) fn kept_symbols(obj: &Obj) -> Vec<usize> {
         .collect()
 }
 
-fn type_letter(obj: &Obj, i: usize) -> char {
+/// The type letter the kernel's `elf_type` gives a module symbol (lower case;
+/// /proc/kallsyms shows the module's exported ones in upper case).
+fn type_letter(obj: &Obj, i: usize, pcpu: Option<usize>) -> char {
     let s = &obj.symbols[i];
-    let sec = s.sec().map(|i| &obj.sections[i]);
-    let c = match sec {
-        Some(sec) if sec.flags & elf::SHF_EXECINSTR as u64 != 0 => 't',
-        Some(sec) if sec.ty == elf::SHT_NOBITS => 'b',
-        Some(sec) if sec.flags & elf::SHF_WRITE as u64 != 0 => 'd',
-        Some(_) => 'r',
-        None => 'a',
+    if s.bind == elf::STB_WEAK {
+        return if s.st_type == elf::STT_OBJECT {
+            'v'
+        } else {
+            'w'
+        };
+    }
+    let idx = match s.shn {
+        Shn::Undef => return 'U',
+        Shn::Abs => return 'a',
+        Shn::Sec(idx) if Some(idx) == pcpu => return 'a',
+        Shn::Sec(idx) => idx,
+        Shn::Common | Shn::Other(_) => return '?',
     };
-    match s.bind {
-        elf::STB_LOCAL => c,
-        elf::STB_WEAK if c == 't' => 'W',
-        elf::STB_WEAK => 'V',
-        _ => c.to_ascii_uppercase(),
+    let sec = &obj.sections[idx];
+    let alloc = sec.flags & elf::SHF_ALLOC as u64 != 0;
+    if sec.flags & elf::SHF_EXECINSTR as u64 != 0 {
+        't'
+    } else if alloc && sec.ty != elf::SHT_NOBITS {
+        if sec.flags & elf::SHF_WRITE as u64 == 0 {
+            'r'
+        } else {
+            'd'
+        }
+    } else if sec.ty == elf::SHT_NOBITS {
+        'b'
+    } else if sec.name.starts_with(".debug") {
+        'n'
+    } else {
+        '?'
     }
 }
 
@@ -85,13 +104,14 @@ pub fn module_symbols(ko: &[u8], fallback_name: &str) -> Result<Kallsyms> {
     let buf = Aligned::new(ko);
     let obj = Obj::parse(fallback_name, buf.bytes())?;
     let name = modinfo_name(&obj).unwrap_or_else(|| module_name(fallback_name));
+    let pcpu = obj.sections.iter().position(|s| s.name == ".data..percpu");
     let syms = kept_symbols(&obj)
         .into_iter()
         .map(|i| {
             let s = &obj.symbols[i];
             KSym {
                 addr: module_key(s.sec().unwrap_or(0), s.value),
-                kind: type_letter(&obj, i),
+                kind: type_letter(&obj, i, pcpu),
                 name: s.name.clone(),
                 module: Some(name.clone()),
             }

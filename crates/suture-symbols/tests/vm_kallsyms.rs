@@ -98,8 +98,20 @@ fn decoded_kallsyms_equal_the_running_kernels() {
         /bin/busybox grep -v '\\[' /proc/kallsyms > /vmlinux.syms\n\
         echo \"VMSUM $(/bin/busybox crc32 /vmlinux.syms) $(/bin/busybox wc -c < /vmlinux.syms) $(/bin/busybox wc -l < /vmlinux.syms)\"\n\
         echo \"VMTYPE $(/bin/busybox cat /sys/class/tty/ttyS0/type)\"\n\
+        for m in nls_cp437 nls_cp850; do\n\
+          /bin/busybox insmod /$m.ko\n\
+          /bin/busybox grep \"\\[$m\\]\" /proc/kallsyms | /bin/busybox cut -d' ' -f2- | /bin/busybox cut -f1 \
+            | /bin/busybox tr A-Z a-z > /m.syms\n\
+          echo \"MODSUM $m $(/bin/busybox crc32 < /m.syms) $(/bin/busybox wc -l < /m.syms)\"\n\
+        done\n\
         /bin/busybox poweroff -f\n";
     let bb = std::fs::read(busybox).unwrap();
+    // Two modules that load without hardware; both define static
+    // `uni2char`/`char2uni`, and have .init/.exit code and tables.
+    let modules: Vec<(&str, Vec<u8>)> = ["nls_cp437", "nls_cp850"]
+        .iter()
+        .map(|m| (*m, paths.load_module(m).unwrap_or_else(|e| panic!("{e}"))))
+        .collect();
     let cpio = initramfs(&[
         ("bin", 0o40755, b""),
         ("proc", 0o40755, b""),
@@ -107,6 +119,8 @@ fn decoded_kallsyms_equal_the_running_kernels() {
         ("dev", 0o40755, b""),
         ("bin/busybox", 0o100755, &bb),
         ("init", 0o100755, init),
+        ("nls_cp437.ko", 0o100644, &modules[0].1),
+        ("nls_cp850.ko", 0o100644, &modules[1].1),
     ]);
     let dir = std::env::temp_dir().join(format!("suture-symbols-vm-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -158,6 +172,34 @@ fn decoded_kallsyms_equal_the_running_kernels() {
         f[3].parse::<usize>().unwrap(),
     );
     assert_eq!(got, want);
+    // Each loaded module's symbols, in order, with the kernel's type letters
+    // (folded to lower case: /proc/kallsyms upper-cases a module's exports).
+    for (file, ko) in &modules {
+        let name = suture_symbols::module_name(file);
+        let syms = suture_symbols::module_symbols(ko, file).unwrap();
+        let mut text = String::new();
+        for s in syms.symbols() {
+            text.push_str(&format!("{} {}\n", s.kind, s.name).to_lowercase());
+        }
+        let got = log
+            .lines()
+            .find_map(|l| {
+                l.split_once(&format!("MODSUM {name} "))
+                    .map(|(_, r)| r.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no MODSUM for {name}; console:\n{log}"));
+        eprintln!(
+            "{name}: running kernel {got}; from the .ko: {:08x} {}",
+            crc32(text.as_bytes()),
+            syms.len()
+        );
+        assert_eq!(
+            got,
+            format!("{:08x} {}", crc32(text.as_bytes()), syms.len()),
+            "{name}"
+        );
+        assert_eq!(syms.instances(&name, "uni2char").len(), 1);
+    }
     // The sysfs file the VM test elsewhere relies on is there.
     assert_eq!(line("VMTYPE ").as_deref(), Some("4"));
 }
