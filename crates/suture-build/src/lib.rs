@@ -174,11 +174,13 @@ fn build_in(
     let mut new_functions = Vec::new();
     let mut warnings = Vec::new();
     let mut unchanged = Vec::new();
+    let mut verified = 0;
     for ((info, orig), patched) in pairs.iter().zip(&patched) {
-        let (target, undecided) = symbols.target(&info.objname, orig)?;
+        let report = symbols.target(&info.objname, orig)?;
+        let undecided: Vec<String> = report.unresolved.iter().map(|u| format!("{}: {}", u.name, u.why)).collect();
         let dopts = suture_diff::Options {
             entry_sizes: entry_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            target: Some(target),
+            target: Some(report.target.clone()),
         };
         let outcome = suture_diff::diff(orig, patched, &dopts).with_context(|| {
             let mut c = format!("diffing {}", info.object);
@@ -189,6 +191,9 @@ fn build_in(
         })?;
         match outcome {
             Outcome::Changes(p) => {
+                let names: Vec<&str> = p.replaced.iter().map(|f| f.name.as_str()).collect();
+                reproduces(&report, &info.object, &info.objname, &names)?;
+                verified += names.len();
                 warnings.extend(p.report.warnings.iter().map(|w| format!("{}: {w}", info.object)));
                 new_functions.extend(p.report.new.iter().cloned());
                 let entry = by_obj.entry(info.objname.clone()).or_default();
@@ -229,6 +234,7 @@ fn build_in(
         spec.objects.push(suture_klp::Object { objname, funcs });
         klp_objects.extend(objs.into_iter().map(|o| (idx, o)));
     }
+    progress(&format!("{verified} replaced function(s) byte-identical to the running kernel's build (relocations masked)"));
     let (ko, _post) = suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
     let module = suture_klp::write_module(output, &ko)?;
     Ok(BuildReport {
@@ -240,6 +246,37 @@ fn build_in(
         symbol_source: symbols.describe(),
         warnings,
     })
+}
+
+/// Ksplice's run-pre check, at build time: every function the patch replaces
+/// must be byte-identical (relocated fields masked) to its instance in the
+/// release's image or module. Otherwise our tree does not reproduce the kernel
+/// (wrong source, config or compiler) and the replacement would be built
+/// against code the kernel does not run.
+pub fn reproduces(
+    report: &suture_symbols::TargetReport,
+    object: &str,
+    objname: &str,
+    replaced: &[&str],
+) -> Result<()> {
+    let mut bad = Vec::new();
+    for f in replaced {
+        if report.mismatched.iter().any(|m| m == f) {
+            bad.push(format!("{f}: its compiled original differs from the code of {objname}"));
+        } else if report.unverified_functions.iter().any(|m| m == f) {
+            bad.push(format!("{f}: its compiled original matches no instance of that name in {objname}"));
+        } else if !report.compared_code {
+            bad.push(format!("{f}: no code of {objname} to compare with"));
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "{object}: this build does not reproduce the running kernel, refusing to patch:\n  {}\n\
+             The source package, the config or the compiler differ from the ones that built {objname}.",
+            bad.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 /// A scratch directory removed on drop unless kept.

@@ -73,10 +73,11 @@ impl SymbolSource {
     }
 
     /// The differ's view of `objname` for the translation unit `orig`.
-    /// Symbols whose instance could not be decided are left out of the target
-    /// and returned as reasons: they only matter if the patch references them,
-    /// which the differ then reports.
-    pub fn target(&self, objname: &str, orig: &[u8]) -> Result<(suture_diff::Target, Vec<String>)> {
+    /// The differ's view of `objname` for the translation unit `orig`, with
+    /// what the comparison of ORIG's code with the image found. Symbols whose
+    /// instance could not be decided are left out of the target: they only
+    /// matter if the patch references them, which the differ then reports.
+    pub fn target(&self, objname: &str, orig: &[u8]) -> Result<suture_symbols::TargetReport> {
         let report = if objname == "vmlinux" {
             let image = TargetImage::Vmlinux { kallsyms: &self.kallsyms, vmlinux: self.vmlinux.as_deref() };
             suture_symbols::build_target_report(image, &self.exports, objname, orig)?
@@ -85,8 +86,7 @@ impl SymbolSource {
             let ko = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
             suture_symbols::build_target_report(TargetImage::Module { ko: &ko }, &self.exports, objname, orig)?
         };
-        let why = report.unresolved.iter().map(|u| format!("{}: {}", u.name, u.why)).collect();
-        Ok((report.target, why))
+        Ok(report)
     }
 
     fn module_path(&self, objname: &str) -> Result<PathBuf> {
