@@ -43,8 +43,10 @@ pub(crate) struct Diff<'a> {
     pub o_locals_named: HashMap<String, Vec<usize>>,
 }
 
-fn load(bytes: &[u8], file: &'static str) -> Result<Obj, Error> {
-    let elf = Object::parse(bytes).map_err(|e| Error::Input { file, msg: e.to_string() })?;
+fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
+    // Debug sections are not carried over: their relocations are not read.
+    let po = ParseOptions { debug_relocations: false };
+    let elf = Object::parse_shared(bytes, &po).map_err(|e| Error::Input { file, msg: e.to_string() })?;
     if elf.symtab.is_none() {
         return Err(Error::Input { file, msg: "no symbol table".into() });
     }
@@ -52,6 +54,11 @@ fn load(bytes: &[u8], file: &'static str) -> Result<Obj, Error> {
 }
 
 pub fn diff(orig: &[u8], patched: &[u8], opts: &Options) -> Result<Outcome, Error> {
+    diff_shared(std::sync::Arc::new(orig.to_vec()), std::sync::Arc::new(patched.to_vec()), opts)
+}
+
+/// [`diff`] on inputs the caller already holds (a `Vec` or a memory map): no copy.
+pub fn diff_shared(orig: Shared, patched: Shared, opts: &Options) -> Result<Outcome, Error> {
     let mut d = Diff::new(orig, patched, opts)?;
     d.compare();
     let out = crate::include::run(&mut d)?;
@@ -59,6 +66,10 @@ pub fn diff(orig: &[u8], patched: &[u8], opts: &Options) -> Result<Outcome, Erro
 }
 
 pub fn explain(orig: &[u8], patched: &[u8], func: &str, opts: &Options) -> Result<Explanation, Error> {
+    explain_shared(std::sync::Arc::new(orig.to_vec()), std::sync::Arc::new(patched.to_vec()), func, opts)
+}
+
+pub fn explain_shared(orig: Shared, patched: Shared, func: &str, opts: &Options) -> Result<Explanation, Error> {
     let d = Diff::new(orig, patched, opts)?;
     Ok(crate::explain::explain(&d, func))
 }
@@ -78,7 +89,7 @@ fn parent_name(name: &str) -> Option<&str> {
 const DATA_PREFIXES: &[&str] = &[".data", ".bss", ".rodata", ".init.data", ".init.rodata", ".ref.data", ".tdata", ".tbss", ".exit.data"];
 
 impl<'a> Diff<'a> {
-    pub fn new(orig: &[u8], patched: &[u8], opts: &'a Options) -> Result<Self, Error> {
+    pub fn new(orig: Shared, patched: Shared, opts: &'a Options) -> Result<Self, Error> {
         let o = load(orig, "ORIG")?;
         let p = load(patched, "PATCHED")?;
         if o.elf.e_flags != p.elf.e_flags {

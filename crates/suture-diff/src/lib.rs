@@ -31,7 +31,8 @@ mod include;
 mod insn;
 mod model;
 
-pub use imp::{diff, explain};
+pub use imp::{diff, diff_shared, explain, explain_shared};
+pub use suture_elf::Shared;
 
 /// How the object the patch targets (vmlinux or one module) exposes its symbols.
 #[derive(Debug, Clone, Default)]

@@ -12,6 +12,7 @@
 pub mod fx;
 mod write;
 use fx::FxHashMap as HashMap;
+use std::sync::Arc;
 pub use write::{Builder, OutRela, OutSection, OutSymbol, SymSection};
 
 pub const ET_REL: u16 = 1;
@@ -92,7 +93,67 @@ pub struct Section {
     pub addralign: u64,
     pub entsize: u64,
     /// File contents (empty for SHT_NOBITS; `size` still holds its memory size).
-    pub data: Vec<u8>,
+    pub data: Data,
+}
+
+/// The bytes a whole input file is read into, shared by its sections.
+pub type Shared = Arc<dyn AsRef<[u8]> + Send + Sync>;
+
+/// A section's contents: a range of the input, not a copy. Sharing matters for
+/// the differ's memory: a kernel object is mostly debug information nobody
+/// reads, and with a memory-mapped input those pages are never even loaded.
+#[derive(Clone)]
+pub struct Data {
+    buf: Shared,
+    start: usize,
+    len: usize,
+}
+
+impl Data {
+    pub fn empty() -> Data {
+        Data { buf: Arc::new(Vec::<u8>::new()), start: 0, len: 0 }
+    }
+}
+
+impl From<Vec<u8>> for Data {
+    fn from(v: Vec<u8>) -> Data {
+        let len = v.len();
+        Data { buf: Arc::new(v), start: 0, len }
+    }
+}
+
+impl std::ops::Deref for Data {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &(*self.buf).as_ref()[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for Data {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Data({} bytes)", self.len)
+    }
+}
+
+impl PartialEq for Data {
+    fn eq(&self, other: &Data) -> bool {
+        **self == **other
+    }
+}
+
+/// How much of an object to read.
+#[derive(Debug, Clone)]
+pub struct ParseOptions {
+    /// Read the relocations of `.debug*` sections. The differ does not carry
+    /// debug information over and skips them: in a kernel object they are
+    /// most of the relocations (and of the memory a full parse takes).
+    pub debug_relocations: bool,
+}
+
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions { debug_relocations: true }
+    }
 }
 
 impl Section {
@@ -210,7 +271,14 @@ fn cstr(tab: &[u8], off: u64, what: &str) -> Result<String, ElfError> {
 }
 
 impl Object {
+    /// Parses a copy of `b`.
     pub fn parse(b: &[u8]) -> Result<Object, ElfError> {
+        Self::parse_shared(Arc::new(b.to_vec()), &ParseOptions::default())
+    }
+
+    /// Parses `buf` without copying section contents out of it.
+    pub fn parse_shared(buf: Shared, opts: &ParseOptions) -> Result<Object, ElfError> {
+        let b: &[u8] = (*buf).as_ref();
         if b.len() < 4 || &b[..4] != b"\x7fELF" {
             return Err(ElfError::NotElf);
         }
@@ -263,9 +331,10 @@ impl Object {
             let size = rd_u64(h, 32)?;
             let offset = rd_u64(h, 24)?;
             let data = if sh_type == SHT_NOBITS || sh_type == SHT_NULL {
-                Vec::new()
+                Data::empty()
             } else {
-                slice(b, offset, size, &format!("section {i} contents"))?.to_vec()
+                slice(b, offset, size, &format!("section {i} contents"))?;
+                Data { buf: buf.clone(), start: offset as usize, len: size as usize }
             };
             raw_names.push(rd_u32(h, 0)? as u64);
             sections.push(Section {
@@ -304,7 +373,7 @@ impl Object {
             secsym: HashMap::default(),
         };
         obj.read_symbols()?;
-        obj.read_relas()?;
+        obj.read_relas(opts)?;
         for s in &obj.sections {
             obj.by_name.entry(s.name.clone()).or_insert(s.index);
         }
@@ -389,7 +458,7 @@ impl Object {
         Ok(())
     }
 
-    fn read_relas(&mut self) -> Result<(), ElfError> {
+    fn read_relas(&mut self, opts: &ParseOptions) -> Result<(), ElfError> {
         let nsec = self.sections.len();
         for s in &self.sections {
             if s.sh_type == SHT_REL {
@@ -401,6 +470,9 @@ impl Object {
             let target = s.info as usize;
             if target == 0 || target >= nsec {
                 return corrupt(format!("{}: applies to section {target}, out of range", s.name));
+            }
+            if !opts.debug_relocations && self.sections[target].name.starts_with(".debug") {
+                continue;
             }
             if Some(s.link as usize) != self.symtab {
                 return corrupt(format!("{}: linked to section {}, not the symbol table", s.name, s.link));

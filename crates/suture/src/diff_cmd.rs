@@ -184,6 +184,50 @@ fn print_report(r: &Report) {
     }
 }
 
+/// A read-only private mapping of an input object. Mapping instead of reading
+/// keeps the pages nobody looks at (most of a kernel object is debug
+/// information the differ skips) out of memory entirely.
+struct Map {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value until dropped.
+unsafe impl Send for Map {}
+unsafe impl Sync for Map {}
+
+impl AsRef<[u8]> for Map {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is a live PROT_READ mapping (see map_file).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Map {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what map_file mapped.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// The file's bytes: mapped when it is a non-empty regular file, read otherwise
+/// (pipes, empty files). A file truncated by someone else while mapped would
+/// fault; inputs of `suture diff` are build products nobody rewrites mid-run.
+fn map_file(path: &Path) -> std::io::Result<suture_diff::Shared> {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    if meta.is_file() && meta.len() > 0 {
+        let len = meta.len() as usize;
+        // SAFETY: a fresh private read-only mapping of an open file.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        if p != libc::MAP_FAILED {
+            return Ok(std::sync::Arc::new(Map { ptr: p as *const u8, len }));
+        }
+    }
+    Ok(std::sync::Arc::new(std::fs::read(path)?))
+}
+
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let fail = |json: bool, msg: String| -> anyhow::Result<i32> {
         if json {
@@ -195,11 +239,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             Err(anyhow::anyhow!(msg))
         }
     };
-    let orig = match std::fs::read(&args.orig) {
+    let orig = match map_file(&args.orig) {
         Ok(b) => b,
         Err(e) => return fail(args.json, format!("{}: {e}", args.orig.display())),
     };
-    let patched = match std::fs::read(&args.patched) {
+    let patched = match map_file(&args.patched) {
         Ok(b) => b,
         Err(e) => return fail(args.json, format!("{}: {e}", args.patched.display())),
     };
@@ -211,13 +255,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     let explanation = match &args.explain {
-        Some(f) => match suture_diff::explain(&orig, &patched, f, &opts) {
+        Some(f) => match suture_diff::explain_shared(orig.clone(), patched.clone(), f, &opts) {
             Ok(x) => Some(x),
             Err(e) => return fail(args.json, e.to_string()),
         },
         None => None,
     };
-    let outcome = match suture_diff::diff(&orig, &patched, &opts) {
+    let outcome = match suture_diff::diff_shared(orig, patched, &opts) {
         Ok(o) => o,
         Err(e) => return fail(args.json, e.to_string()),
     };

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Benchmark of `suture diff` on the conformance corpus, run as a user runs it:
+# one process per pair (release binary, entry sizes from EXPECTED.tsv, output to
+# a scratch file). Prints the total wall clock of the 55 processes (best of
+# ROUNDS rounds), the largest pair's time (best of 20), and the largest pair's
+# peak RSS next to the size of its two inputs (GNU time's "Maximum resident set size").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+corpus=${CORPUS:-../shared/kpatch-unit-objs/x86_64}
+rounds=${ROUNDS:-5}
+cargo build --release -q -p suture
+bin=target/release/suture
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+# One command line per case, built once so the loop measures only the processes.
+cmds=$out/cmds
+tail -n +2 "$corpus/EXPECTED.tsv" | while IFS=$'\t' read -r name _ _ jump _; do
+  p=$corpus/$name.PATCHED.o
+  [ -e "$p" ] || p=$corpus/$name.PATCHED.FAIL.o
+  echo "$corpus/$name.ORIG.o $p --entry-size __jump_table=$jump --entry-size .parainstructions=16 --entry-size __ex_table=12 --entry-size __bug_table=12 --entry-size .altinstructions=13 --entry-size .orc_unwind=6 --entry-size .static_call_sites=8 --entry-size .printk_index=44"
+done > "$cmds"
+n=$(wc -l < "$cmds")
+
+now() { date +%s%N; }
+best=
+for r in $(seq "$rounds"); do
+  t0=$(now)
+  while read -r args; do
+    # shellcheck disable=SC2086
+    "$bin" diff $args -o "$out/o.o" >/dev/null 2>&1 || true   # exit 2/3 are verdicts, not failures
+  done < "$cmds"
+  t=$(( ($(now) - t0) / 1000 ))
+  [ -z "$best" ] || [ "$t" -lt "$best" ] && best=$t
+done
+# The floor on this machine: the same loop starting /bin/true.
+t0=$(now); while read -r args; do /bin/true $args; done < "$cmds"; floor=$(( ($(now) - t0) / 1000 ))
+echo "floor: $n x /bin/true in the same loop: $(echo "scale=3; $floor/1000000" | bc) s"
+echo "corpus: $n pairs, one process each: best of $rounds rounds: $(echo "scale=3; $best/1000000" | bc) s"
+
+big=unique-id-pr-1314
+args=$(grep "/$big.ORIG.o" "$cmds")
+bestb=
+for r in $(seq 20); do
+  t0=$(now)
+  # shellcheck disable=SC2086
+  "$bin" diff $args -o "$out/o.o" >/dev/null 2>&1 || true
+  t=$(( ($(now) - t0) / 1000 ))
+  [ -z "$bestb" ] || [ "$t" -lt "$bestb" ] && bestb=$t
+done
+echo "largest pair ($big): best of 20: $(echo "scale=1; $bestb/1000" | bc) ms"
+# shellcheck disable=SC2086
+/usr/bin/time -o "$out/time" -f %M "$bin" diff $args -o "$out/o.o" >/dev/null 2>&1 || true
+rss=$(tail -1 "$out/time")
+set -- $args
+inputs=$(( ($(stat -c %s "$1") + $(stat -c %s "$2")) / 1024 ))
+echo "largest pair: peak RSS ${rss} KiB; inputs ${inputs} KiB; ratio $(echo "scale=2; $rss/$inputs" | bc)"
