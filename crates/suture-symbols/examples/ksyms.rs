@@ -33,7 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let orig = std::fs::read(orig)?;
         let exports = suture_symbols::Exports::parse(&std::fs::read_to_string(symvers)?)?;
         // MODULE=path/to/x.ko: ORIG belongs to that module instead.
-        let ko = std::env::var_os("MODULE").map(std::fs::read).transpose()?;
+        let ko = std::env::var_os("MODULE")
+            .filter(|v| !v.is_empty())
+            .map(std::fs::read)
+            .transpose()?;
         let (image, objname) = match &ko {
             Some(ko) => {
                 let name =
