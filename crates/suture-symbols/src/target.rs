@@ -670,6 +670,7 @@ fn resolve(
         }
     }
     rep.mismatched.sort();
+    rep.weak_overridden.sort();
 
     // Byte matches per pending function, computed once.
     let mut byte_matches: HashMap<usize, Vec<(Instance, Vec<Site>)>> = HashMap::new();
