@@ -481,3 +481,43 @@ fn identical_code_is_told_apart_by_what_it_references() {
         TargetSym::Unexported { sympos: 0 }
     );
 }
+
+/// ORIG for fs/proc/cmdline.c.
+const CMDLINE_O: &[u8] = include_bytes!("data/cmdline.o");
+
+/// The masked byte pattern of `cmdline_proc_show` occurs exactly once in the
+/// image's text, at the address kallsyms gives: a brute-force search,
+/// independent of the decoder and the resolver.
+#[test]
+fn cmdline_proc_show_occurs_once_in_the_image() {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let Some(r) = real() else { return };
+    verify_function(&r.vmlinux, &r.kallsyms, CMDLINE_O, "cmdline_proc_show")
+        .unwrap_or_else(|m| panic!("{m}"));
+    let aligned = CMDLINE_O.to_vec();
+    let orig = object::File::parse(&*aligned).unwrap();
+    let sec = orig.section_by_name(".text.cmdline_proc_show").unwrap();
+    let code = sec.data().unwrap();
+    let mut masked = vec![false; code.len()];
+    for (off, _) in sec.relocations() {
+        for m in masked.iter_mut().skip(off as usize).take(4) {
+            *m = true;
+        }
+    }
+    let vm = object::File::parse(&*r.vmlinux).unwrap();
+    let text = vm.section_by_name(".text").unwrap();
+    let t = text.data().unwrap();
+    let hits: Vec<u64> = (0..t.len() - code.len())
+        .filter(|&i| t[i] == code[0] && (1..code.len()).all(|j| masked[j] || t[i + j] == code[j]))
+        .map(|i| text.address() + i as u64)
+        .collect();
+    assert_eq!(
+        hits,
+        vec![r.kallsyms.unique_addr("cmdline_proc_show").unwrap()]
+    );
+    let sym = orig
+        .symbols()
+        .find(|s| s.name() == Ok("cmdline_proc_show"))
+        .unwrap();
+    assert_eq!(sym.size() as usize, code.len());
+}
