@@ -391,7 +391,12 @@ impl<'a> Diff<'a> {
     fn apply_ignores(&mut self) {
         let mut funcs = Vec::new();
         let mut secs = Vec::new();
-        for (name, into_funcs) in [(".kpatch.ignore.functions", true), (".kpatch.ignore.sections", false)] {
+        for (name, into_funcs) in [
+            (".kpatch.ignore.functions", true),
+            (".kpatch.ignore.sections", false),
+            (".suture.ignore.functions", true),
+            (".suture.ignore.sections", false),
+        ] {
             let Some(sec) = self.p.elf.section_by_name(name).map(|s| s.index) else { continue };
             for r in self.p.elf.relas_of(sec) {
                 match self.p.target(sec, r) {
@@ -411,15 +416,30 @@ impl<'a> Diff<'a> {
             for c in self.children_p.get(&f).cloned().unwrap_or_default() {
                 self.status[c] = Status::Same;
             }
-            self.report.warnings.push(format!("{}: changes ignored (KPATCH_IGNORE_FUNCTION)", self.p.sym(f).name));
+            self.report.warnings.push(format!("{}: changes ignored (SUTURE_IGNORE_FUNCTION)", self.p.sym(f).name));
         }
         for name in secs {
             let Some(sec) = self.p.elf.section_by_name(&name).map(|s| s.index) else { continue };
             for &i in self.p.by_sec.get(&sec).map(|v| v.as_slice()).unwrap_or(&[]) {
                 self.status[i] = Status::Same;
             }
-            self.report.warnings.push(format!("{name}: changes ignored (KPATCH_IGNORE_SECTION)"));
+            self.report.warnings.push(format!("{name}: changes ignored (SUTURE_IGNORE_SECTION)"));
         }
+    }
+
+    /// Functions a `.suture.*` (or `.kpatch.*`) annotation section points at, in
+    /// order: one 8-byte pointer per entry, resolved through its relocation.
+    pub fn annotated_functions(&self, section: &str) -> Vec<usize> {
+        let Some(sec) = self.p.elf.section_by_name(section).map(|s| s.index) else { return Vec::new() };
+        let mut v = Vec::new();
+        for r in self.p.elf.relas_of(sec) {
+            if let Target::Sym { sym, .. } = self.p.target(sec, r) {
+                if self.p.sym(sym).typ == STT_FUNC && !v.contains(&sym) {
+                    v.push(sym);
+                }
+            }
+        }
+        v
     }
 
     fn relas_equal(&self, oi: usize, pi: usize) -> bool {

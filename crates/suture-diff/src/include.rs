@@ -359,6 +359,30 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     for &i in &roots {
         inc.define(i);
     }
+    // SUTURE_*_CALLBACK(): the functions travel with the patch (the module's
+    // hook points `struct klp_callbacks` at them); the pointer sections do not.
+    let mut callbacks = Vec::new();
+    for kind in crate::CALLBACK_KINDS {
+        let sec = format!(".suture.callbacks.{kind}");
+        let fns = inc.d.annotated_functions(&sec);
+        if fns.len() > 1 {
+            let names: Vec<String> = fns.iter().map(|&f| inc.d.p.sym(f).name.clone()).collect();
+            inc.refusals.push(Refusal {
+                subject: sec.clone(),
+                reason: format!(
+                    "{} {kind} callbacks ({}): the kernel keeps one per patched object; call the others from one function",
+                    fns.len(),
+                    names.join(", ")
+                ),
+            });
+            continue;
+        }
+        for f in fns {
+            inc.define(f);
+            inc.d.report.callbacks.push(format!("{kind}: {}", inc.d.p.sym(f).name));
+            callbacks.push(crate::Callback { kind: kind.to_string(), symbol: inc.d.p.sym(f).name.clone() });
+        }
+    }
     // Callbacks (KPATCH_PRE_PATCH_CALLBACK()...) travel with the patch.
     let cb: Vec<usize> = inc.d.p.elf.sections.iter().filter(|s| s.name.starts_with(".kpatch.callbacks.")).map(|s| s.index).collect();
     for sec in cb {
@@ -420,6 +444,22 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
 
     let mut refusals = std::mem::take(&mut inc.d.report.refusals);
     refusals.append(&mut inc.refusals);
+    // SUTURE_FORCE_UNSAFE(fn): the author takes responsibility for what the
+    // differ would refuse about fn; each refusal is still said, as a warning.
+    let forced: Vec<String> = inc
+        .d
+        .annotated_functions(".suture.force_unsafe")
+        .into_iter()
+        .chain(inc.d.annotated_functions(".kpatch.force_unsafe"))
+        .map(|f| inc.d.orig_name(f).to_string())
+        .collect();
+    if !forced.is_empty() {
+        let (unsafe_ok, rest): (Vec<Refusal>, Vec<Refusal>) = refusals.into_iter().partition(|r| forced.contains(&r.subject));
+        for r in unsafe_ok {
+            inc.d.report.warnings.push(format!("UNSAFE, forced by SUTURE_FORCE_UNSAFE({}): {}", r.subject, r.reason));
+        }
+        refusals = rest;
+    }
     let defs = inc.defs;
     let pieces = inc.pieces;
     let kept = inc.kept;
@@ -446,7 +486,7 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         return Ok(Outcome::NoChange(std::mem::take(&mut d.report)));
     }
     let (object, replaced) = write(d, &defs, &pieces, &kept, &func_defs)?;
-    Ok(Outcome::Changes(Patch { object, report: std::mem::take(&mut d.report), replaced }))
+    Ok(Outcome::Changes(Patch { object, report: std::mem::take(&mut d.report), replaced, callbacks }))
 }
 
 fn align_up(x: u64, a: u64) -> u64 {

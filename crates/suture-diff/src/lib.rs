@@ -84,6 +84,8 @@ pub struct Report {
     pub new: Vec<String>,
     pub refusals: Vec<Refusal>,
     pub warnings: Vec<String>,
+    /// Callbacks declared with the `SUTURE_*_CALLBACK()` macros: `kind: function`.
+    pub callbacks: Vec<String>,
     /// Entry sizes of the special sections met, and where each came from.
     pub entry_sizes: BTreeMap<String, EntrySize>,
 }
@@ -110,6 +112,20 @@ pub struct Patch {
     pub report: Report,
     /// The functions the patch replaces in the target: one `klp_func` each.
     pub replaced: Vec<ReplacedFunc>,
+    /// Callbacks the patched source declared (`SUTURE_PRE_PATCH_CALLBACK()`...),
+    /// for the `klp_object` of this object's target.
+    pub callbacks: Vec<Callback>,
+}
+
+/// The four `struct klp_callbacks` members.
+pub const CALLBACK_KINDS: [&str; 4] = ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"];
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Callback {
+    /// One of [`CALLBACK_KINDS`].
+    pub kind: String,
+    /// The symbol in `Patch::object` that defines the callback function.
+    pub symbol: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

@@ -431,3 +431,68 @@ int t2(int i) { return table[i & 3] + 2; }
     let r = refused(&o, &p2);
     assert!(r.refusals.iter().any(|x| x.subject == "table"), "{r:?}");
 }
+
+// The annotations of include/suture.h, spelled out: the kernel headers the real
+// macros use are not available to these tests; the sections are what counts.
+const SUTURE_MACROS: &str = r#"
+struct klp_object;
+#define CB(kind, type, fn) static __typeof__(type) __suture_cb_##kind##_##fn __attribute__((used, section(".suture.callbacks." #kind))) = fn
+#define PTR(sec, tag, fn) static void *__suture_##tag##_##fn __attribute__((used, section(sec))) = (void *)(fn)
+"#;
+
+#[test]
+fn callbacks_are_included_and_reported_by_kind() {
+    let src = format!(
+        "{SUTURE_MACROS}{}",
+        variant("int data_x = 1;", "int data_x = 1;\nstatic int pre(struct klp_object *o) { return printk(\"pre\\n\"); }\nstatic void post(struct klp_object *o) { printk(\"post\\n\"); }\nCB(pre_patch, int (*)(struct klp_object *), pre);\nCB(post_unpatch, void (*)(struct klp_object *), post);\n")
+            .replace("return helper(a) + count;", "return helper(a) + count * 2;")
+    );
+    let (o, p) = pair("callbacks", &src);
+    let (patch, out) = changes(&o, &p, &Options::default());
+    let kinds: Vec<(&str, &str)> = patch.callbacks.iter().map(|c| (c.kind.as_str(), c.symbol.as_str())).collect();
+    assert_eq!(kinds, vec![("pre_patch", "pre"), ("post_unpatch", "post")]);
+    assert!(defined(&out, "pre").is_some() && defined(&out, "post").is_some(), "{:?}", funcs_defined(&out));
+    // The pointer sections stay out of the module: the hook refers to the functions.
+    assert!(out.sections.iter().all(|s| !s.name.starts_with(".suture")), "annotation sections leaked");
+}
+
+#[test]
+fn two_callbacks_of_one_kind_are_refused() {
+    let src = format!(
+        "{SUTURE_MACROS}{}",
+        variant("int data_x = 1;", "int data_x = 1;\nstatic int a1(struct klp_object *o) { return 1; }\nstatic int a2(struct klp_object *o) { return 2; }\nCB(pre_patch, int (*)(struct klp_object *), a1);\nCB(pre_patch, int (*)(struct klp_object *), a2);\n")
+    );
+    let (o, p) = pair("twocb", &src);
+    let r = refused(&o, &p);
+    assert!(r.refusals.iter().any(|x| x.subject == ".suture.callbacks.pre_patch" && x.reason.contains("a1") && x.reason.contains("a2")), "{r:?}");
+}
+
+#[test]
+fn force_unsafe_turns_refusals_about_the_function_into_warnings() {
+    let removed = variant("    count++;\n    return helper(a) + count;", "    return helper(a);");
+    let src = format!("{SUTURE_MACROS}{removed}\nPTR(\".suture.force_unsafe\", force, f);\n");
+    let (o, p) = pair("forced", &src);
+    let (patch, out) = changes(&o, &p, &Options::default());
+    assert!(defined(&out, "f").is_some());
+    assert!(
+        patch.report.warnings.iter().any(|w| w.contains("SUTURE_FORCE_UNSAFE(f)") && w.contains("count")),
+        "{:?}",
+        patch.report.warnings
+    );
+    // Without the annotation the same change is refused (the test above).
+    let r = refused(&o, &compile("forced-not", &format!("{SUTURE_MACROS}{removed}")));
+    assert!(r.refusals.iter().any(|x| x.subject == "f"));
+}
+
+#[test]
+fn ignored_function_is_left_out_with_a_warning() {
+    let src = format!(
+        "{SUTURE_MACROS}{}\nPTR(\".suture.ignore.functions\", ignore, g);\n",
+        variant("return count + exported_thing(a);", "return count + exported_thing(a + 1);")
+            .replace("return helper(a) + count;", "return helper(a) + count * 2;")
+    );
+    let (o, p) = pair("ignored", &src);
+    let (patch, _) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["f"]);
+    assert!(patch.report.warnings.iter().any(|w| w.contains("g: changes ignored (SUTURE_IGNORE_FUNCTION)")), "{:?}", patch.report.warnings);
+}

@@ -119,6 +119,11 @@ impl Tree {
     }
 
     fn make(&self) -> Command {
+        self.make_with("")
+    }
+
+    /// `make` with `extra` appended to KCFLAGS (e.g. `-I` of suture's own header).
+    fn make_with(&self, extra: &str) -> Command {
         let mut c = Command::new("make");
         c.arg("-C")
             .arg(&self.dir)
@@ -128,7 +133,7 @@ impl Tree {
             // kernel.release file says 6.1.192, its UTS_RELEASE 6.1.0-56-amd64);
             // doing the same reproduces UTS_RELEASE and so every object using it.
             .arg(format!("KERNELRELEASE={}", self.release.name.release))
-            .arg(format!("KCFLAGS={KCFLAGS}"));
+            .arg(format!("KCFLAGS={KCFLAGS}{}{extra}", if extra.is_empty() { "" } else { " " }));
         c
     }
 
@@ -280,6 +285,15 @@ impl Tree {
     /// Compiles `objects` (paths like `fs/proc/cmdline.o`) with kbuild.
     pub fn compile(&self, objects: &[String]) -> Result<()> {
         let mut c = self.make();
+        c.args(objects);
+        run(&mut c, &format!("compiling {}", objects.join(" ")))
+    }
+
+    /// [`Tree::compile`] with extra compiler flags (the patched side gets `-I`
+    /// of the directory holding `suture.h`; flags that change code would make
+    /// the two sides differ and must not be passed here).
+    pub fn compile_with(&self, objects: &[String], extra_kcflags: &str) -> Result<()> {
+        let mut c = self.make_with(extra_kcflags);
         c.args(objects);
         run(&mut c, &format!("compiling {}", objects.join(" ")))
     }
