@@ -668,6 +668,24 @@ mod tests {
         assert!(decode_tables(&data[..data.len() - 40 - 2120]).is_ok());
     }
 
+    /// Corrupted tables give errors or (wrong) tables, never panics.
+    #[test]
+    fn corrupted_tables_do_not_panic() {
+        let (data, _) = encode(&sample(), Order::V61 { seqs: true });
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..300 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut d = data.clone();
+            for k in 0..8 {
+                let i = (seed.rotate_left(k * 8) as usize) % d.len();
+                d[i] = (seed >> (k * 8)) as u8;
+            }
+            let _ = decode_tables(&d);
+        }
+    }
+
     #[test]
     fn parses_proc_kallsyms() {
         let text = "ffffffff81000000 T _text\n\

@@ -1299,6 +1299,46 @@ mod tests {
         );
     }
 
+    /// Corrupted objects and images give errors or reports, never panics.
+    #[test]
+    fn corrupted_inputs_do_not_panic() {
+        let (img, k) = image();
+        let o = orig();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..3000 {
+            let (mut o2, mut img2) = (o.clone(), img.clone());
+            for _ in 0..1 + rnd() % 4 {
+                let target = if round % 2 == 0 { &mut o2 } else { &mut img2 };
+                let i = (rnd() as usize) % target.len();
+                target[i] = rnd() as u8;
+            }
+            if round % 7 == 0 {
+                let n = (rnd() as usize) % o2.len();
+                o2.truncate(n);
+            }
+            let t = TargetImage::Vmlinux {
+                kallsyms: &k,
+                vmlinux: Some(&img2),
+            };
+            let _ = build_target_report(t, &Exports::default(), "vmlinux", &o2);
+            let _ = verify_function(&img2, &k, &o2, "show");
+            let _ = verify_function(&img2, &k, &o2, "jumper");
+            let _ = crate::module_symbols(&o2, "x.ko");
+            let _ = build_target_report(
+                TargetImage::Module { ko: &o2 },
+                &Exports::default(),
+                "x",
+                &o,
+            );
+        }
+    }
+
     #[test]
     fn a_wrong_literal_rules_an_instance_out() {
         let (mut img, k) = image();
