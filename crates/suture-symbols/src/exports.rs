@@ -72,8 +72,73 @@ impl Exports {
         Ok(Exports { map })
     }
 
+    /// vmlinux's exports read from the image itself (`__ksymtab`,
+    /// `__ksymtab_gpl`, `__kcrctab*`), for when Module.symvers (linux-headers)
+    /// is not at hand. Needs the extracted vmlinux's section headers and the
+    /// PREL32 `struct kernel_symbol` of x86-64 (value, name, namespace offsets).
+    pub fn from_vmlinux(vmlinux: &[u8]) -> Result<Self> {
+        use object::{Object, ObjectSection};
+        let bad = |m: String| {
+            Error::Symvers(format!(
+                "vmlinux: {m}; pass Module.symvers (install linux-headers-RELEASE)"
+            ))
+        };
+        let buf = crate::obj::Aligned::new(vmlinux);
+        let elf = object::File::parse(buf.bytes()).map_err(|e| bad(e.to_string()))?;
+        let img = crate::Image::parse(vmlinux)?;
+        let cstr = |addr: u64| -> Option<String> {
+            let mut n = Vec::new();
+            for i in 0..512u64 {
+                match img.bytes_at(addr + i, 1)?[0] {
+                    0 => return String::from_utf8(n).ok(),
+                    b => n.push(b),
+                }
+            }
+            None
+        };
+        let mut map = HashMap::new();
+        for (tab, crcs, gpl_only) in [
+            ("__ksymtab", "__kcrctab", false),
+            ("__ksymtab_gpl", "__kcrctab_gpl", true),
+        ] {
+            let Some(sec) = elf.section_by_name(tab) else {
+                return Err(bad(format!("no {tab} section")));
+            };
+            let data = sec.data().map_err(|e| bad(e.to_string()))?;
+            let crc_data = elf.section_by_name(crcs).and_then(|s| s.data().ok());
+            for (i, e) in data.chunks_exact(12).enumerate() {
+                let at = sec.address() + 12 * i as u64;
+                let rel =
+                    |o: usize| i32::from_le_bytes(e[o..o + 4].try_into().unwrap()) as i64 as u64;
+                let name = cstr((at + 4).wrapping_add(rel(4)))
+                    .ok_or_else(|| bad(format!("{tab} entry {i}: bad name")))?;
+                let namespace = match rel(8) {
+                    0 => None,
+                    off => cstr((at + 8).wrapping_add(off)).filter(|n| !n.is_empty()),
+                };
+                let crc = crc_data
+                    .and_then(|c| c.get(4 * i..4 * i + 4))
+                    .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()));
+                map.insert(
+                    name,
+                    Export {
+                        owner: "vmlinux".into(),
+                        namespace,
+                        gpl_only,
+                        crc,
+                    },
+                );
+            }
+        }
+        Ok(Exports { map })
+    }
+
     pub fn get(&self, name: &str) -> Option<&Export> {
         self.map.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Export)> {
+        self.map.iter().map(|(k, v)| (k.as_str(), v))
     }
 
     pub fn len(&self) -> usize {
