@@ -4,18 +4,21 @@
 //! from a configurable root so they are testable against a temporary tree.
 
 pub mod modinfo;
+pub mod report;
+pub mod state;
 pub mod sys;
 pub mod sysfs;
 
 use serde::Serialize;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sys::{Kernel, SysKernel};
-use sysfs::{Root, StalledTask, WaitOutcome};
+use sysfs::{Root, WaitOutcome};
 
 pub use modinfo::ModuleInfo;
-pub use sysfs::PatchState;
+pub use sysfs::{PatchState, StalledTask};
 
 /// What went wrong, as a category a caller (or a JSON consumer) can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -25,6 +28,7 @@ pub enum ErrorKind {
     NotAModule,
     NotLivepatch,
     ReleaseMismatch,
+    BuildIdMismatch,
     AlreadyLoaded,
     Busy,
     Incompatible,
@@ -90,7 +94,7 @@ impl std::fmt::Display for HostError {
 }
 
 impl HostError {
-    fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         HostError {
             kind,
             message: message.into(),
@@ -100,11 +104,11 @@ impl HostError {
             errno: None,
         }
     }
-    fn hint(mut self, h: impl Into<String>) -> Self {
+    pub fn hint(mut self, h: impl Into<String>) -> Self {
         self.hint = Some(h.into());
         self
     }
-    fn io(what: String, e: &io::Error) -> Self {
+    pub fn io(what: String, e: &io::Error) -> Self {
         let mut err = Self::new(ErrorKind::Io, format!("{what}: {e}"));
         err.errno = e.raw_os_error();
         if e.kind() == io::ErrorKind::PermissionDenied {
@@ -114,14 +118,48 @@ impl HostError {
     }
 }
 
+/// Asked when a transition has passed its deadline, with the patch name
+/// and the tasks that have not switched; `true` forces the transition
+/// (writes 1 to `force`) instead of reversing it. The caller decides how
+/// to get consent (a prompt, `--yes`); without one suture never forces.
+pub type ForceConfirm = Arc<dyn Fn(&str, &[StalledTask]) -> bool + Send + Sync>;
+
+/// Why forcing is dangerous, for prompts and warnings.
+pub const FORCE_WARNING: &str = "forcing marks every task as switched although the listed tasks may still be \
+running the old code: if the patch changes what those functions do together, the kernel can misbehave or crash. \
+The livepatch core then keeps the module's reference forever: the module can never be removed, only disabled, \
+until the next reboot; plan that reboot and apply no more livepatches meanwhile";
+
+/// How long the kernel (5.15+) waits between the fake signals it sends to
+/// tasks blocking a transition (`SIGNALS_TIMEOUT` in kernel/livepatch/transition.c).
+pub const KERNEL_SIGNAL_PERIOD: Duration = Duration::from_secs(15);
+
 /// Options for [`load`]. `Default` gives a 60 s transition timeout.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// How long the patching transition may take before it is reversed.
     pub timeout: Duration,
     pub poll_interval: Duration,
     /// Module parameters passed to `finit_module`.
     pub params: String,
+    /// Consent to force the transition on timeout; `None`: reverse it.
+    pub force: Option<ForceConfirm>,
+    /// Period of the fake signals suture sends itself on kernels that have
+    /// a per-patch `signal` attribute (5.1 to 5.14); newer kernels send
+    /// them on their own every [`KERNEL_SIGNAL_PERIOD`].
+    pub signal_every: Duration,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("timeout", &self.timeout)
+            .field("poll_interval", &self.poll_interval)
+            .field("params", &self.params)
+            .field("force", &self.force.is_some())
+            .field("signal_every", &self.signal_every)
+            .finish()
+    }
 }
 
 impl Default for LoadOptions {
@@ -130,17 +168,34 @@ impl Default for LoadOptions {
             timeout: Duration::from_secs(60),
             poll_interval: Duration::from_millis(10),
             params: String::new(),
+            force: None,
+            signal_every: KERNEL_SIGNAL_PERIOD,
         }
     }
 }
 
 /// Options for [`unload`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct UnloadOptions {
     /// Bound on each wait: the unpatching transition, the sysfs directory
     /// going away, the module reference dropping.
     pub timeout: Duration,
     pub poll_interval: Duration,
+    /// Consent to force the unpatching transition on timeout; `None`:
+    /// leave it running and report.
+    pub force: Option<ForceConfirm>,
+    pub signal_every: Duration,
+}
+
+impl std::fmt::Debug for UnloadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnloadOptions")
+            .field("timeout", &self.timeout)
+            .field("poll_interval", &self.poll_interval)
+            .field("force", &self.force.is_some())
+            .field("signal_every", &self.signal_every)
+            .finish()
+    }
 }
 
 impl Default for UnloadOptions {
@@ -148,8 +203,26 @@ impl Default for UnloadOptions {
         UnloadOptions {
             timeout: Duration::from_secs(60),
             poll_interval: Duration::from_millis(10),
+            force: None,
+            signal_every: KERNEL_SIGNAL_PERIOD,
         }
     }
+}
+
+/// What suture did about tasks that were slow to switch.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TransitionAid {
+    /// Fake signals suture sent through the `signal` attribute (kernels
+    /// that have it); 0 on 6.1, whose core sends them itself.
+    pub signals_sent: u32,
+    /// True when the kernel has no `signal` attribute and sends the fake
+    /// signal on its own every 15 s.
+    pub kernel_signals: bool,
+    /// The transition was forced: the module can never be removed.
+    pub forced: bool,
+    /// Tasks that had not switched when the transition was forced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forced_past: Vec<StalledTask>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -163,6 +236,12 @@ pub struct LoadReport {
     pub transition_ms: f64,
     pub total_ms: f64,
     pub state: PatchState,
+    pub aid: TransitionAid,
+    /// The running kernel's build-id and whether the module's recorded one
+    /// matched (`None`: the module records none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    pub build_id_checked: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,6 +251,9 @@ pub struct UnloadReport {
     pub was_enabled: bool,
     pub transition_ms: f64,
     pub total_ms: f64,
+    pub aid: TransitionAid,
+    /// False only after a forced transition: the kernel keeps the module.
+    pub module_removed: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -206,11 +288,10 @@ impl Host {
         }
     }
 
-    /// Checks, loads and waits for a livepatch module; on a transition
-    /// timeout the patch is reversed and removed, and the error names the
-    /// tasks that did not switch.
-    pub fn load(&self, path: &Path, opts: &LoadOptions) -> Result<LoadReport, HostError> {
-        let start = Instant::now();
+    /// The checks made before anything reaches the kernel: an ELF module,
+    /// tagged livepatch, built for the running release and, when the module
+    /// records it, for the running build of that release.
+    pub fn check_module(&self, path: &Path) -> Result<Checked, HostError> {
         let data = std::fs::read(path)
             .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
         let info = modinfo::parse_module(&data).map_err(|e| {
@@ -250,6 +331,57 @@ impl Host {
                 )));
             }
         }
+        let running = sysfs::running_build_id(&self.root);
+        let mut build_id_checked = false;
+        if let Some(want) = &info.suture.release_build_id {
+            match &running {
+                Some(have) if have == want => build_id_checked = true,
+                Some(have) => {
+                    return Err(HostError::new(
+                        ErrorKind::BuildIdMismatch,
+                        format!(
+                            "refusing to load {}: built for a {release} kernel with build-id {want}, but the running \
+                             {release} kernel has build-id {have} (another build of the same release)",
+                            path.display()
+                        ),
+                    )
+                    .hint(format!(
+                        "rebuild the patch from the image this host runs (/boot/vmlinuz-{release} of the installed \
+                         linux-image-{release} package), or boot the kernel it was built for"
+                    )));
+                }
+                None => {
+                    return Err(HostError::new(
+                        ErrorKind::BuildIdMismatch,
+                        format!(
+                            "cannot check {}: it was built for build-id {want}, but {} has no GNU build-id note",
+                            path.display(),
+                            self.root.0.join("sys/kernel/notes").display()
+                        ),
+                    )
+                    .hint("mount sysfs on /sys; without the running kernel's build-id the module cannot be matched to it"));
+                }
+            }
+        }
+        Ok(Checked {
+            info,
+            release,
+            running_build_id: running,
+            build_id_checked,
+        })
+    }
+
+    /// Checks, loads and waits for a livepatch module; on a transition
+    /// timeout the patch is reversed and removed (or forced, with consent),
+    /// and the error names the tasks that did not switch.
+    pub fn load(&self, path: &Path, opts: &LoadOptions) -> Result<LoadReport, HostError> {
+        let start = Instant::now();
+        let Checked {
+            info,
+            release,
+            running_build_id,
+            build_id_checked,
+        } = self.check_module(path)?;
         let name = info.name.clone();
         if self.root.module_dir(&name).is_dir() {
             return Err(already_loaded(&name));
@@ -288,11 +420,17 @@ impl Host {
         }
 
         let t1 = Instant::now();
-        match sysfs::wait_until(opts.timeout, opts.poll_interval, || {
-            sysfs::transition_done(&self.root, &name)
-        }) {
-            WaitOutcome::Done(_) => {}
-            WaitOutcome::TimedOut => return Err(self.abort_load(&name, opts)),
+        let mut aid = TransitionAid::default();
+        if self.wait_transition(&name, opts.timeout, opts.poll_interval, opts.signal_every, &mut aid)
+            == WaitOutcome::TimedOut
+        {
+            let stalled = self.stalled_for(&name, 1);
+            match &opts.force {
+                Some(confirm) if confirm(&name, &stalled) => {
+                    self.force_transition(&name, opts.poll_interval, &mut aid, stalled)?;
+                }
+                _ => return Err(self.abort_load(&name, opts, stalled, &aid)),
+            }
         }
         let transition_time = t1.elapsed();
         let state = sysfs::read_patch(&self.root, &name)
@@ -316,7 +454,80 @@ impl Host {
             transition_ms: ms(transition_time),
             total_ms: ms(start.elapsed()),
             state,
+            aid,
+            build_id: running_build_id,
+            build_id_checked,
         })
+    }
+
+    /// The tasks not yet in state `target` with the patch's functions
+    /// looked for on their stacks.
+    fn stalled_for(&self, name: &str, target: i32) -> Vec<StalledTask> {
+        let patched = sysfs::read_patch(&self.root, name)
+            .ok()
+            .flatten()
+            .map(|p| sysfs::patched_function_names(&p))
+            .unwrap_or_default();
+        sysfs::stalled_tasks(&self.root, target, &patched)
+    }
+
+    /// Waits for the transition of `name` to end. On kernels with a
+    /// per-patch `signal` attribute (5.1 to 5.14) suture sends the fake
+    /// signal itself every `signal_every`; later kernels, 6.1 included,
+    /// removed the attribute and signal stragglers on their own.
+    fn wait_transition(
+        &self,
+        name: &str,
+        timeout: Duration,
+        poll: Duration,
+        signal_every: Duration,
+        aid: &mut TransitionAid,
+    ) -> WaitOutcome {
+        let signal = self.root.patch_dir(name).join("signal");
+        let mut last_signal = Instant::now();
+        sysfs::wait_until(timeout, poll, || {
+            if sysfs::transition_done(&self.root, name) {
+                return true;
+            }
+            aid.kernel_signals = !signal.exists();
+            if !aid.kernel_signals
+                && last_signal.elapsed() >= signal_every
+                && std::fs::write(&signal, "1").is_ok()
+            {
+                aid.signals_sent += 1;
+                last_signal = Instant::now();
+            }
+            false
+        })
+    }
+
+    /// Writes 1 to `force` and waits for the kernel to finish the
+    /// transition it now considers complete.
+    fn force_transition(
+        &self,
+        name: &str,
+        poll: Duration,
+        aid: &mut TransitionAid,
+        stalled: Vec<StalledTask>,
+    ) -> Result<(), HostError> {
+        let force = self.root.patch_dir(name).join("force");
+        std::fs::write(&force, "1")
+            .map_err(|e| HostError::io(format!("forcing {name} (writing 1 to {})", force.display()), &e))?;
+        aid.forced = true;
+        aid.forced_past = stalled;
+        // The core completes a forced transition from its next retry (once a
+        // second); allow a few.
+        if sysfs::wait_until(Duration::from_secs(10), poll, || {
+            sysfs::transition_done(&self.root, name)
+        }) == WaitOutcome::TimedOut
+        {
+            return Err(HostError::new(
+                ErrorKind::Kernel,
+                format!("livepatch {name} is still in transition 10 s after it was forced"),
+            )
+            .hint("check `dmesg`"));
+        }
+        Ok(())
     }
 
     fn explain_load_errno(&self, name: &str, e: &io::Error, log: Vec<String>) -> HostError {
@@ -382,13 +593,13 @@ impl Host {
 
     /// The patching transition did not finish: record who is stuck, reverse
     /// the transition, remove the module, and report.
-    fn abort_load(&self, name: &str, opts: &LoadOptions) -> HostError {
-        let patched = sysfs::read_patch(&self.root, name)
-            .ok()
-            .flatten()
-            .map(|p| sysfs::patched_function_names(&p))
-            .unwrap_or_default();
-        let stalled = sysfs::stalled_tasks(&self.root, 1, &patched);
+    fn abort_load(
+        &self,
+        name: &str,
+        opts: &LoadOptions,
+        stalled: Vec<StalledTask>,
+        aid: &TransitionAid,
+    ) -> HostError {
         let mut msg = format!(
             "livepatch {name} did not finish its transition within {:?}: {} task(s) had not switched",
             opts.timeout,
@@ -413,9 +624,11 @@ impl Host {
                 "; reversing it failed ({e}): the patch may still be in transition"
             )),
         }
-        let mut err = HostError::new(ErrorKind::TransitionTimeout, msg).hint(
+        let mut err = HostError::new(ErrorKind::TransitionTimeout, msg).hint(signal_hint(
             "the listed tasks sleep in or above a patched function; retry when they are idle, or give a longer --timeout",
-        );
+            opts.timeout,
+            aid,
+        ));
         err.stalled_tasks = stalled;
         err
     }
@@ -496,13 +709,10 @@ impl Host {
         }
         let mut was_enabled = false;
         let mut transition_time = Duration::ZERO;
+        let mut aid = TransitionAid::default();
         if pdir.is_dir() {
             let state = sysfs::read_patch(&self.root, name)
                 .map_err(|e| HostError::io(format!("reading {}", pdir.display()), &e))?;
-            let patched = state
-                .as_ref()
-                .map(sysfs::patched_function_names)
-                .unwrap_or_default();
             was_enabled = state.as_ref().is_some_and(|s| s.enabled == Some(true));
             if was_enabled {
                 let enabled = pdir.join("enabled");
@@ -513,32 +723,42 @@ impl Host {
                     );
                     if e.raw_os_error() == Some(libc::EBUSY) {
                         err.kind = ErrorKind::Busy;
-                        err = err.hint("another livepatch is in transition; wait for it (`suture list`) and retry");
+                        err = err.hint("another livepatch is in transition; wait for it (`suture status`) and retry");
                     }
                     return Err(err);
                 }
             }
             let t = Instant::now();
-            if sysfs::wait_until(opts.timeout, opts.poll_interval, || {
-                sysfs::transition_done(&self.root, name)
-            }) == WaitOutcome::TimedOut
+            if self.wait_transition(name, opts.timeout, opts.poll_interval, opts.signal_every, &mut aid)
+                == WaitOutcome::TimedOut
             {
-                let stalled = sysfs::stalled_tasks(&self.root, 0, &patched);
-                let mut err = HostError::new(
-                    ErrorKind::TransitionTimeout,
-                    format!(
-                        "livepatch {name} did not finish unpatching within {:?}: {} task(s) still run patched code",
-                        opts.timeout,
-                        stalled.len()
-                    ),
-                )
-                .hint(format!(
-                    "the transition is still in progress and will finish when these tasks leave the patched functions; \
-                     run `suture unload {name}` again later, or write 1 to {} to re-enable (reverse) it",
-                    pdir.join("enabled").display()
-                ));
-                err.stalled_tasks = stalled;
-                return Err(err);
+                let stalled = self.stalled_for(name, 0);
+                match &opts.force {
+                    Some(confirm) if confirm(name, &stalled) => {
+                        self.force_transition(name, opts.poll_interval, &mut aid, stalled)?;
+                    }
+                    _ => {
+                        let mut err = HostError::new(
+                            ErrorKind::TransitionTimeout,
+                            format!(
+                                "livepatch {name} did not finish unpatching within {:?}: {} task(s) still run patched code",
+                                opts.timeout,
+                                stalled.len()
+                            ),
+                        )
+                        .hint(signal_hint(
+                            &format!(
+                                "the transition is still in progress and will finish when these tasks leave the patched functions; \
+                                 run `suture unload {name}` again later, or write 1 to {} to re-enable (reverse) it",
+                                pdir.join("enabled").display()
+                            ),
+                            opts.timeout,
+                            &aid,
+                        ));
+                        err.stalled_tasks = stalled;
+                        return Err(err);
+                    }
+                }
             }
             transition_time = t.elapsed();
             if sysfs::wait_until(opts.timeout, opts.poll_interval, || !pdir.is_dir())
@@ -554,14 +774,23 @@ impl Host {
                 .hint("check `dmesg`"));
             }
         }
-        if self.root.module_dir(name).is_dir() {
-            self.remove_module(name, opts.timeout, opts.poll_interval)?;
-        }
+        // After a forced transition the core never drops the module
+        // reference: waiting for it would only spend the timeout.
+        let module_removed = if aid.forced {
+            false
+        } else {
+            if self.root.module_dir(name).is_dir() {
+                self.remove_module(name, opts.timeout, opts.poll_interval)?;
+            }
+            true
+        };
         Ok(UnloadReport {
             name: name.to_string(),
             was_enabled,
             transition_ms: ms(transition_time),
             total_ms: ms(start.elapsed()),
+            aid,
+            module_removed,
         })
     }
 
@@ -570,6 +799,41 @@ impl Host {
     pub fn list(&self) -> Result<Vec<PatchState>, HostError> {
         sysfs::list_patches(&self.root).map_err(|e| HostError::io("listing livepatches".into(), &e))
     }
+}
+
+/// What [`Host::check_module`] found.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub info: ModuleInfo,
+    /// The running kernel's release (equal to the module's).
+    pub release: String,
+    pub running_build_id: Option<String>,
+    /// The module records a build-id and it equals the running kernel's.
+    pub build_id_checked: bool,
+}
+
+/// Adds to a timeout hint what the fake signal could and could not do.
+fn signal_hint(base: &str, timeout: Duration, aid: &TransitionAid) -> String {
+    let mut h = base.to_string();
+    if aid.kernel_signals && timeout < KERNEL_SIGNAL_PERIOD {
+        h.push_str(&format!(
+            "; the kernel sends blocking tasks a fake signal only every {} s, so a --timeout of {:?} gave them none",
+            KERNEL_SIGNAL_PERIOD.as_secs(),
+            timeout
+        ));
+    } else if aid.kernel_signals {
+        h.push_str(
+            "; the kernel's fake signal (every 15 s) did not move them: they sleep uninterruptibly (kthreads, D state) \
+             and only switch when they leave the patched function",
+        );
+    } else if aid.signals_sent > 0 {
+        h.push_str(&format!(
+            "; suture sent {} fake signal(s) through the signal attribute without effect",
+            aid.signals_sent
+        ));
+    }
+    h.push_str("; --force exists but is dangerous (see `suture load --help`)");
+    h
 }
 
 fn already_loaded(name: &str) -> HostError {

@@ -15,6 +15,79 @@ pub struct ModuleInfo {
     pub license: Option<String>,
     pub srcversion: Option<String>,
     pub depends: Vec<String>,
+    /// What `suture build` recorded about the patch (all empty for a
+    /// module built some other way).
+    pub suture: SutureMeta,
+}
+
+/// Build-time metadata `suture build` writes into `.modinfo`. Keys are
+/// `suture_NAME=VALUE` because `MODULE_INFO(tag, ...)` needs `tag` to be a C
+/// identifier; `suture.NAME` is accepted too. Repeatable keys (`suture_cve`,
+/// `suture_func`) appear once per value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SutureMeta {
+    /// `suture_description`, else the standard `description`
+    /// (`MODULE_DESCRIPTION`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// `suture_cve`, one per CVE id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cves: Vec<String>,
+    /// `suture_patch_sha256`: hex SHA-256 of the source patch file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_sha256: Option<String>,
+    /// `suture_release`: the kernel release the patch was built for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// `suture_release_build_id`: hex GNU build-id of that release's
+    /// vmlinux, as `/sys/kernel/notes` shows it on a host running it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_build_id: Option<String>,
+    /// `suture_version`: the suture that built the module.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `suture_func`, one per replaced function: `OBJ NAME SYMPOS`
+    /// (space-separated; OBJ is `vmlinux` or a module name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<String>,
+}
+
+impl SutureMeta {
+    fn from_pairs(kv: &[(String, String)]) -> Self {
+        let mut m = SutureMeta::default();
+        let mut plain_description = None;
+        for (k, v) in kv {
+            let v = v.trim().to_string();
+            if k == "description" {
+                plain_description.get_or_insert(v);
+                continue;
+            }
+            let Some(key) = k.strip_prefix("suture_").or_else(|| k.strip_prefix("suture.")) else {
+                continue;
+            };
+            match key {
+                "description" => m.description = Some(v),
+                "cve" => {
+                    // A single key may also carry a comma/space list.
+                    for c in v.split([',', ' ']).filter(|c| !c.is_empty()) {
+                        if !m.cves.iter().any(|x| x == c) {
+                            m.cves.push(c.to_string());
+                        }
+                    }
+                }
+                "patch_sha256" => m.patch_sha256 = Some(v.to_ascii_lowercase()),
+                "release" => m.release = Some(v),
+                "release_build_id" => m.release_build_id = Some(v.to_ascii_lowercase()),
+                "version" => m.version = Some(v),
+                "func" => m.functions.push(v),
+                _ => {}
+            }
+        }
+        if m.description.is_none() {
+            m.description = plain_description;
+        }
+        m
+    }
 }
 
 impl ModuleInfo {
@@ -103,6 +176,7 @@ pub fn parse_module(data: &[u8]) -> Result<ModuleInfo, ModinfoError> {
                     .collect()
             })
             .unwrap_or_default(),
+        suture: SutureMeta::from_pairs(&kv),
     })
 }
 
@@ -143,6 +217,27 @@ mod tests {
         assert_eq!(m.release(), Some("6.1.0-56-amd64"));
         assert_eq!(m.license.as_deref(), Some("GPL"));
         assert!(m.depends.is_empty());
+        assert_eq!(m.suture, SutureMeta::default());
+    }
+
+    #[test]
+    fn suture_metadata_keys() {
+        let data = ko(
+            b"name=fix\0livepatch=Y\0description=fallback\0suture_cve=CVE-2024-1\0suture.cve=CVE-2024-2,CVE-2024-1\0\
+              suture_release=6.1.0-56-amd64\0suture_release_build_id=EB4FBCD0\0suture_patch_sha256=AB12\0\
+              suture_version=0.1.0\0suture_func=vmlinux cmdline_proc_show 0\0suture_description=Fix cmdline\0",
+            None,
+        );
+        let m = parse_module(&data).unwrap().suture;
+        assert_eq!(m.cves, ["CVE-2024-1", "CVE-2024-2"]);
+        assert_eq!(m.release.as_deref(), Some("6.1.0-56-amd64"));
+        assert_eq!(m.release_build_id.as_deref(), Some("eb4fbcd0"));
+        assert_eq!(m.patch_sha256.as_deref(), Some("ab12"));
+        assert_eq!(m.version.as_deref(), Some("0.1.0"));
+        assert_eq!(m.functions, ["vmlinux cmdline_proc_show 0"]);
+        assert_eq!(m.description.as_deref(), Some("Fix cmdline"));
+        let m = parse_module(&ko(b"name=x\0description=Plain\0", None)).unwrap().suture;
+        assert_eq!(m.description.as_deref(), Some("Plain"));
     }
 
     #[test]

@@ -343,6 +343,53 @@ pub fn wait_until(
     }
 }
 
+/// The GNU build-id of the running kernel, from the ELF notes the kernel
+/// exports in `/sys/kernel/notes` (the same note `readelf -n vmlinux`
+/// shows). `None` when the file is missing or carries no build-id.
+pub fn running_build_id(root: &Root) -> Option<String> {
+    parse_build_id_notes(&std::fs::read(root.0.join("sys/kernel/notes")).ok()?)
+}
+
+/// Walks ELF note records (namesz, descsz, type, name, desc; 4-byte
+/// aligned) for `NT_GNU_BUILD_ID` (3) owned by "GNU".
+pub fn parse_build_id_notes(data: &[u8]) -> Option<String> {
+    const NT_GNU_BUILD_ID: u32 = 3;
+    let u32_at = |o: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?))
+    };
+    let align = |n: usize| (n + 3) & !3;
+    let mut off = 0;
+    while off + 12 <= data.len() {
+        let namesz = u32_at(off)? as usize;
+        let descsz = u32_at(off + 4)? as usize;
+        let ntype = u32_at(off + 8)?;
+        let name_off = off + 12;
+        let desc_off = name_off + align(namesz);
+        let name = data.get(name_off..name_off + namesz)?;
+        let desc = data.get(desc_off..desc_off + descsz)?;
+        if ntype == NT_GNU_BUILD_ID && name == b"GNU\0" && !desc.is_empty() {
+            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
+        }
+        off = desc_off + align(descsz);
+    }
+    None
+}
+
+/// The current boot's id (`/proc/sys/kernel/random/boot_id`): tells the
+/// boot that left a marker from the one reading it.
+pub fn boot_id(root: &Root) -> Option<String> {
+    read_trim(&root.proc_dir().join("sys/kernel/random/boot_id")).filter(|s| !s.is_empty())
+}
+
+/// Seconds since boot (`/proc/uptime`).
+pub fn uptime(root: &Root) -> Option<f64> {
+    read_trim(&root.proc_dir().join("uptime"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// True when the patch has no transition in progress (or is gone).
 pub fn transition_done(root: &Root, name: &str) -> bool {
     read_bool(&root.patch_dir(name).join("transition")) != Some(true)
@@ -485,6 +532,28 @@ mod tests {
         let s = stalled_tasks(&f.root(), 0, &[]);
         assert_eq!(s.iter().map(|t| t.pid).collect::<Vec<_>>(), [1]);
         assert_eq!(s[0].blocking_function, None);
+    }
+
+    #[test]
+    fn build_id_from_kernel_notes() {
+        // The first records of a real /sys/kernel/notes: a Xen note, then
+        // the GNU build-id, then a Linux note.
+        let mut d = Vec::new();
+        let mut note = |name: &[u8], ty: u32, desc: &[u8]| {
+            d.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            d.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+            d.extend_from_slice(&ty.to_le_bytes());
+            d.extend_from_slice(name);
+            d.resize(d.len().next_multiple_of(4), 0);
+            d.extend_from_slice(desc);
+            d.resize(d.len().next_multiple_of(4), 0);
+        };
+        note(b"Xen\0", 3, b"linux\0");
+        note(b"GNU\0", 3, &[0xeb, 0x4f, 0xbc, 0xd0, 0x37]);
+        note(b"Linux\0", 0x101, &[0; 4]);
+        assert_eq!(parse_build_id_notes(&d).as_deref(), Some("eb4fbcd037"));
+        assert_eq!(parse_build_id_notes(&d[..20]), None);
+        assert_eq!(parse_build_id_notes(b""), None);
     }
 
     #[test]

@@ -72,6 +72,17 @@ fn simulate(sims: &Sims, root: PathBuf, name: String, complete: bool) {
         {
             std::thread::sleep(Duration::from_millis(5));
             let enabled = std::fs::read_to_string(pd.join("enabled")).unwrap_or_default();
+            let forced = std::fs::read_to_string(pd.join("force")).is_ok_and(|f| f.trim() == "1");
+            if forced {
+                // The core completes the transition and keeps the module
+                // reference forever.
+                let _ = std::fs::write(pd.join("transition"), "0\n");
+                if enabled.trim() == "0" {
+                    let _ = std::fs::remove_dir_all(&pd);
+                    return;
+                }
+                continue;
+            }
             if enabled.trim() == "0" {
                 let _ = std::fs::remove_dir_all(&pd);
                 let _ = std::fs::write(root.join("sys/module").join(&name).join("refcnt"), "0\n");
@@ -202,7 +213,7 @@ fn quick() -> LoadOptions {
     LoadOptions {
         timeout: Duration::from_millis(400),
         poll_interval: Duration::from_millis(2),
-        params: String::new(),
+        ..LoadOptions::default()
     }
 }
 
@@ -365,6 +376,7 @@ fn unload_disables_waits_and_deletes() {
             &UnloadOptions {
                 timeout: Duration::from_secs(5),
                 poll_interval: Duration::from_millis(2),
+                ..UnloadOptions::default()
             },
         )
         .unwrap();
@@ -394,6 +406,7 @@ fn unload_of_disabled_patch_only_removes_module_and_reports_forced_refcount() {
             &UnloadOptions {
                 timeout: Duration::from_millis(100),
                 poll_interval: Duration::from_millis(5),
+                ..UnloadOptions::default()
             },
         )
         .unwrap_err();
@@ -417,6 +430,7 @@ fn unload_timeout_names_tasks_still_patched() {
             &UnloadOptions {
                 timeout: Duration::from_millis(100),
                 poll_interval: Duration::from_millis(5),
+                ..UnloadOptions::default()
             },
         )
         .unwrap_err();
@@ -445,4 +459,152 @@ fn table_and_json_render() {
     assert_eq!(j[0]["enabled"], true);
     assert_eq!(j[0]["objects"][0]["patched"], true);
     assert_eq!(j[0]["replace"], serde_json::Value::Null);
+}
+
+fn stalled_task_77(f: &Fixture) {
+    f.fake.write("proc/77/task/77/patch_state", "0\n");
+    f.fake.write("proc/77/task/77/comm", "sleeper\n");
+    f.fake.write(
+        "proc/77/task/77/stack",
+        "[<0>] __schedule+0x1/0x2\n[<0>] cmdline_proc_show+0x1/0x2\n",
+    );
+}
+
+/// A confirmation that records the tasks it was shown and answers `yes`.
+fn recording_confirm(yes: bool) -> (ForceConfirm, Arc<Mutex<Vec<(String, Vec<u32>)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = Arc::clone(&seen);
+    let c: ForceConfirm = Arc::new(move |name: &str, tasks: &[StalledTask]| {
+        s2.lock()
+            .unwrap()
+            .push((name.to_string(), tasks.iter().map(|t| t.pid).collect()));
+        yes
+    });
+    (c, seen)
+}
+
+#[test]
+fn load_forced_only_with_consent_and_the_module_stays() {
+    let f = fixture("force", Behaviour::Stalls, &[]);
+    stalled_task_77(&f);
+    let p = write_ko(&f, "lp.ko", &ko("lp_force", true, REL));
+    // Refused consent: the usual reversal.
+    let (no, seen) = recording_confirm(false);
+    let e = f
+        .host
+        .load(&p, &LoadOptions { force: Some(no), ..quick() })
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TransitionTimeout);
+    assert_eq!(*seen.lock().unwrap(), [("lp_force".to_string(), vec![77])]);
+    assert!(!f.fake.0.join("sys/kernel/livepatch/lp_force").exists());
+    assert!(e.hint.as_deref().unwrap().contains("--force"), "{e}");
+
+    let (yes, seen) = recording_confirm(true);
+    let r = f
+        .host
+        .load(&p, &LoadOptions { force: Some(yes), ..quick() })
+        .unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert!(r.aid.forced);
+    assert_eq!(r.aid.forced_past[0].pid, 77);
+    assert_eq!(
+        std::fs::read_to_string(f.fake.0.join("sys/kernel/livepatch/lp_force/force")).unwrap(),
+        "1"
+    );
+    assert_eq!(r.state.transition, Some(false));
+    // The forced module keeps its reference: unloading disables the patch
+    // but the module cannot go, and the error says only a reboot helps.
+    let e = f
+        .host
+        .unload(
+            "lp_force",
+            &UnloadOptions {
+                timeout: Duration::from_millis(150),
+                poll_interval: Duration::from_millis(2),
+                ..UnloadOptions::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ModuleInUse, "{e}");
+    assert!(e.to_string().contains("reboot"), "{e}");
+}
+
+#[test]
+fn unload_forced_reports_module_kept() {
+    let f = fixture("unload-force", Behaviour::Completes, &[]);
+    lay_out_patch(&f.fake.0, "lp_uf", false);
+    let pd = f.fake.0.join("sys/kernel/livepatch/lp_uf");
+    std::fs::write(pd.join("transition"), "1\n").unwrap();
+    // Simulate a stuck unpatching: the transition only ends when forced.
+    f.fake.write("proc/9/task/9/patch_state", "1\n");
+    f.fake.write("proc/9/task/9/comm", "kworker\n");
+    let root = f.fake.0.clone();
+    let stop = Arc::clone(&f.sims.stop);
+    f.sims.threads.lock().unwrap().push(std::thread::spawn(move || {
+        let pd = root.join("sys/kernel/livepatch/lp_uf");
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(3));
+            let forced = std::fs::read_to_string(pd.join("force")).is_ok_and(|f| f.trim() == "1");
+            if forced {
+                let _ = std::fs::remove_dir_all(&pd);
+                return;
+            }
+        }
+    }));
+    let (yes, seen) = recording_confirm(true);
+    let r = f
+        .host
+        .unload(
+            "lp_uf",
+            &UnloadOptions {
+                timeout: Duration::from_millis(200),
+                poll_interval: Duration::from_millis(2),
+                force: Some(yes),
+                ..UnloadOptions::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), [("lp_uf".to_string(), vec![9])]);
+    assert!(r.aid.forced && !r.module_removed);
+    assert!(f.deleted.lock().unwrap().is_empty(), "a forced module must not be deleted");
+    assert!(!pd.exists());
+}
+
+#[test]
+fn signal_attribute_is_used_when_the_kernel_has_it() {
+    let f = fixture("signal", Behaviour::Stalls, &[]);
+    stalled_task_77(&f);
+    // Kernels 5.1 to 5.14 have a per-patch `signal` attribute; the fake
+    // kernel creates the patch directory on load, so pre-create the file
+    // from a thread once it appears.
+    let pd = f.fake.0.join("sys/kernel/livepatch/lp_sig");
+    let stop = Arc::clone(&f.sims.stop);
+    let pd2 = pd.clone();
+    f.sims.threads.lock().unwrap().push(std::thread::spawn(move || {
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && !pd2.is_dir() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = std::fs::write(pd2.join("signal"), "0\n");
+    }));
+    let p = write_ko(&f, "lp.ko", &ko("lp_sig", true, REL));
+    let e = f
+        .host
+        .load(
+            &p,
+            &LoadOptions {
+                timeout: Duration::from_millis(300),
+                signal_every: Duration::from_millis(20),
+                ..quick()
+            },
+        )
+        .unwrap_err();
+    let hint = e.hint.clone().unwrap();
+    assert!(hint.contains("fake signal(s) through the signal attribute"), "{hint}");
+
+    // 6.1 has no attribute: the hint explains the kernel's 15 s period.
+    let f = fixture("nosignal", Behaviour::Stalls, &[]);
+    stalled_task_77(&f);
+    let p = write_ko(&f, "lp.ko", &ko("lp_nosig", true, REL));
+    let e = f.host.load(&p, &quick()).unwrap_err();
+    assert!(e.hint.as_deref().unwrap().contains("only every 15 s"), "{e}");
 }

@@ -1,0 +1,572 @@
+//! Installed patches and the crash-loop guard, kept under a state directory
+//! (`/var/lib/suture` on a host, a temporary directory in tests):
+//!
+//! ```text
+//! STATE/RELEASE/NAME.ko        the patch, loaded at boot on RELEASE
+//! STATE/RELEASE/NAME.json      when and in which order it was installed
+//! STATE/RELEASE/NAME.pending   loaded in boot B at uptime U, not yet proven
+//! STATE/RELEASE/NAME.skipped   set aside by the crash-loop guard, and why
+//! ```
+//!
+//! A patch is *pending* from the moment it is loaded until it has stayed
+//! loaded for a while in the same boot (`suture confirm`, run by a timer) or
+//! the system shuts down cleanly (`suture confirm --clean-shutdown`, the boot
+//! unit's `ExecStop`). A pending marker from another boot therefore means
+//! that boot ended abruptly with the patch freshly loaded: the next boot
+//! skips the patch instead of loading it into a crash loop.
+
+use crate::{sysfs, ErrorKind, Host, HostError, LoadOptions, UnloadOptions};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where installed patches live.
+#[derive(Debug, Clone)]
+pub struct StateDir(pub PathBuf);
+
+impl Default for StateDir {
+    fn default() -> Self {
+        StateDir(PathBuf::from("/var/lib/suture"))
+    }
+}
+
+/// `NAME.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRecord {
+    /// Load order at boot: patches are loaded oldest first, so a later
+    /// atomic-replace patch ends up the one in effect.
+    pub seq: u64,
+    /// Seconds since the epoch.
+    pub installed_at: u64,
+    /// Where it was installed from.
+    pub source: String,
+}
+
+/// `NAME.pending`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    pub boot_id: String,
+    /// `/proc/uptime` when the patch was loaded: the wall clock can jump at
+    /// boot, uptime cannot.
+    pub uptime_at_load: f64,
+}
+
+/// `NAME.skipped`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub reason: String,
+    /// The boot that skipped it.
+    pub boot_id: String,
+    /// The boot that loaded it and ended abruptly.
+    pub crashed_boot_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Installed {
+    pub name: String,
+    pub release: String,
+    pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<InstallRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Skipped>,
+    /// Build-time metadata from the file's `.modinfo`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<crate::modinfo::SutureMeta>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub srcversion: Option<String>,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+}
+
+/// Writes through a temporary file in the same directory and renames it,
+/// so a crash leaves either the old or the new content, never a torn file.
+pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself must reach the disk before a crash matters.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl StateDir {
+    pub fn release_dir(&self, release: &str) -> PathBuf {
+        self.0.join(release)
+    }
+    fn file(&self, release: &str, name: &str, ext: &str) -> PathBuf {
+        self.release_dir(release).join(format!("{name}.{ext}"))
+    }
+
+    /// Releases that have a directory here, sorted.
+    pub fn releases(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// The patches installed for `release`, in load order.
+    pub fn installed(&self, release: &str) -> Vec<Installed> {
+        let dir = self.release_dir(release);
+        let mut v: Vec<Installed> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let f = e.file_name().to_string_lossy().into_owned();
+                        let name = f.strip_suffix(".ko")?.to_string();
+                        Some(self.read_installed(release, &name))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by_key(|i| {
+            (
+                i.record.as_ref().map_or(u64::MAX, |r| r.seq),
+                i.name.clone(),
+            )
+        });
+        v
+    }
+
+    fn read_installed(&self, release: &str, name: &str) -> Installed {
+        let path = self.file(release, name, "ko");
+        let info = std::fs::read(&path)
+            .ok()
+            .and_then(|d| crate::modinfo::parse_module(&d).ok());
+        Installed {
+            name: name.to_string(),
+            release: release.to_string(),
+            record: read_json(&self.file(release, name, "json")),
+            pending: read_json(&self.file(release, name, "pending")),
+            skipped: read_json(&self.file(release, name, "skipped")),
+            srcversion: info.as_ref().and_then(|i| i.srcversion.clone()),
+            meta: info.map(|i| i.suture),
+            path,
+        }
+    }
+
+    pub fn get(&self, release: &str, name: &str) -> Option<Installed> {
+        self.file(release, name, "ko")
+            .is_file()
+            .then(|| self.read_installed(release, name))
+    }
+
+    /// Copies the module in and records its place in the load order. A
+    /// reinstall keeps nothing of the previous one (a skip included).
+    pub fn store(&self, release: &str, name: &str, src: &Path) -> io::Result<Installed> {
+        let dir = self.release_dir(release);
+        std::fs::create_dir_all(&dir)?;
+        let data = std::fs::read(src)?;
+        let seq = self
+            .installed(release)
+            .iter()
+            .filter(|i| i.name != name)
+            .filter_map(|i| i.record.as_ref().map(|r| r.seq))
+            .max()
+            .map_or(1, |m| m + 1);
+        write_atomic(&self.file(release, name, "ko"), &data)?;
+        let rec = InstallRecord {
+            seq,
+            installed_at: now_secs(),
+            source: src.display().to_string(),
+        };
+        write_atomic(
+            &self.file(release, name, "json"),
+            &serde_json::to_vec_pretty(&rec).map_err(io::Error::other)?,
+        )?;
+        let _ = std::fs::remove_file(self.file(release, name, "skipped"));
+        let _ = std::fs::remove_file(self.file(release, name, "pending"));
+        Ok(self.read_installed(release, name))
+    }
+
+    /// Removes every file of an installed patch; `false` if there was none.
+    pub fn remove(&self, release: &str, name: &str) -> io::Result<bool> {
+        let mut any = false;
+        for ext in ["ko", "json", "pending", "skipped"] {
+            match std::fs::remove_file(self.file(release, name, ext)) {
+                Ok(()) => any = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(any)
+    }
+
+    pub fn mark_pending(&self, release: &str, name: &str, p: &Pending) -> io::Result<()> {
+        write_atomic(
+            &self.file(release, name, "pending"),
+            &serde_json::to_vec_pretty(p).map_err(io::Error::other)?,
+        )
+    }
+
+    pub fn clear_pending(&self, release: &str, name: &str) -> io::Result<()> {
+        match std::fs::remove_file(self.file(release, name, "pending")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn mark_skipped(&self, release: &str, name: &str, s: &Skipped) -> io::Result<()> {
+        write_atomic(
+            &self.file(release, name, "skipped"),
+            &serde_json::to_vec_pretty(s).map_err(io::Error::other)?,
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    pub name: String,
+    pub release: String,
+    pub path: PathBuf,
+    /// `None` when the same module was already loaded and was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load: Option<crate::LoadReport>,
+    /// The systemd units written or enabled for boot-time loading.
+    pub units: UnitsReport,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UnitsReport {
+    pub written: Vec<PathBuf>,
+    pub enabled: Vec<PathBuf>,
+    /// Why boot-time loading is not set up, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// What `load --all` did with each installed patch of the running release.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BootReport {
+    pub release: String,
+    pub boot_id: Option<String>,
+    pub loaded: Vec<String>,
+    /// Already loaded before this run (the unit restarted, or `install`).
+    pub already_loaded: Vec<String>,
+    /// Set aside by the crash-loop guard, now or in an earlier boot.
+    pub skipped: Vec<SkipEntry>,
+    pub failed: Vec<FailEntry>,
+    /// Installed for other releases: left alone.
+    pub other_releases: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkipEntry {
+    pub name: String,
+    pub reason: String,
+    /// True when this run made the decision; false for an earlier skip.
+    pub new: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailEntry {
+    pub name: String,
+    pub error: HostError,
+}
+
+/// Where systemd unit files are read from and written to.
+#[derive(Debug, Clone)]
+pub struct UnitDirs {
+    /// Administrator units, where suture writes its own when no package
+    /// shipped them: `/etc/systemd/system`.
+    pub etc: PathBuf,
+    /// Package units, only read: `/lib/systemd/system`, `/usr/lib/systemd/system`.
+    pub lib: Vec<PathBuf>,
+    /// Present while systemd runs: `/run/systemd/system`.
+    pub running_marker: PathBuf,
+}
+
+impl Default for UnitDirs {
+    fn default() -> Self {
+        UnitDirs {
+            etc: "/etc/systemd/system".into(),
+            lib: vec!["/lib/systemd/system".into(), "/usr/lib/systemd/system".into()],
+            running_marker: "/run/systemd/system".into(),
+        }
+    }
+}
+
+/// The units shipped in the repository's `systemd/` directory, with the
+/// `[Install]` target each is enabled under.
+pub const UNITS: &[(&str, &str, Option<&str>)] = &[
+    (
+        "suture.service",
+        include_str!("../../../systemd/suture.service"),
+        Some("sysinit.target"),
+    ),
+    (
+        "suture-confirm.service",
+        include_str!("../../../systemd/suture-confirm.service"),
+        None,
+    ),
+    (
+        "suture-confirm.timer",
+        include_str!("../../../systemd/suture-confirm.timer"),
+        Some("timers.target"),
+    ),
+];
+
+/// Makes sure the boot units exist and are enabled: a unit a package
+/// shipped is used as is; otherwise suture writes its own copy to
+/// `dirs.etc`, pointing `ExecStart` at `exe`. Enabling is the symlink
+/// `systemctl enable` would make, so it also works in a chroot or image.
+pub fn enable_units(dirs: &UnitDirs, exe: &Path) -> io::Result<UnitsReport> {
+    let mut rep = UnitsReport::default();
+    for (unit, text, wanted_by) in UNITS {
+        let shipped = dirs.lib.iter().map(|d| d.join(unit)).find(|p| p.is_file());
+        let path = match shipped {
+            Some(p) => p,
+            None => {
+                let p = dirs.etc.join(unit);
+                let text = text.replace("/usr/bin/suture", &exe.display().to_string());
+                if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
+                    std::fs::create_dir_all(&dirs.etc)?;
+                    write_atomic(&p, text.as_bytes())?;
+                    rep.written.push(p.clone());
+                }
+                p
+            }
+        };
+        if let Some(target) = wanted_by {
+            let wants = dirs.etc.join(format!("{target}.wants"));
+            let link = wants.join(unit);
+            if std::fs::read_link(&link).ok().as_deref() != Some(path.as_path()) {
+                std::fs::create_dir_all(&wants)?;
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(&path, &link)?;
+                rep.enabled.push(link);
+            }
+        }
+    }
+    if dirs.running_marker.is_dir() && !rep.written.is_empty() {
+        // Best effort: a failure only delays systemd noticing new files
+        // until the next boot, which is when they matter.
+        let _ = std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status();
+    }
+    Ok(rep)
+}
+
+impl Host {
+    fn release(&self) -> Result<String, HostError> {
+        self.kernel
+            .release()
+            .map_err(|e| HostError::io("uname".into(), &e))
+    }
+
+    fn pending_now(&self) -> Pending {
+        Pending {
+            boot_id: sysfs::boot_id(&self.root).unwrap_or_default(),
+            uptime_at_load: sysfs::uptime(&self.root).unwrap_or(0.0),
+        }
+    }
+
+    /// Checks the module, stores it for its release, loads it (unless the
+    /// same build is loaded already), and marks it pending. A module that
+    /// fails to load is not kept: it would fail again at every boot.
+    pub fn install(
+        &self,
+        state: &StateDir,
+        path: &Path,
+        opts: &LoadOptions,
+    ) -> Result<(Installed, Option<crate::LoadReport>), HostError> {
+        let checked = self.check_module(path)?;
+        let name = checked.info.name.clone();
+        let release = checked.release.clone();
+        // Kept to put back if the new build fails to load.
+        let previous = ["ko", "json"].map(|ext| {
+            let f = state.file(&release, &name, ext);
+            std::fs::read(&f).ok().map(|d| (f, d))
+        });
+        let loaded = sysfs::module_state(&self.root, &name);
+        if loaded.loaded && loaded.srcversion.is_some() && loaded.srcversion != checked.info.srcversion {
+            return Err(HostError::new(
+                ErrorKind::AlreadyLoaded,
+                format!("another build of {name} is loaded (srcversion {} here, {} in {})",
+                    loaded.srcversion.as_deref().unwrap_or("?"),
+                    checked.info.srcversion.as_deref().unwrap_or("?"),
+                    path.display()),
+            )
+            .hint(format!("`suture unload {name}` first, or build the new patch under another --name")));
+        }
+        let installed = state.store(&release, &name, path).map_err(|e| {
+            HostError::io(format!("storing {} in {}", path.display(), state.release_dir(&release).display()), &e)
+        })?;
+        if loaded.loaded {
+            return Ok((installed, None));
+        }
+        let pending = self.pending_now();
+        let _ = state.mark_pending(&release, &name, &pending);
+        match self.load(&installed.path, opts) {
+            Ok(r) => Ok((state.get(&release, &name).unwrap_or(installed), Some(r))),
+            Err(e) => {
+                let _ = state.remove(&release, &name);
+                for (f, d) in previous.into_iter().flatten() {
+                    let _ = write_atomic(&f, &d);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Unloads the patch if it is loaded, then removes its files. On an
+    /// unload failure the files stay, so the state still says what runs.
+    pub fn uninstall(
+        &self,
+        state: &StateDir,
+        name: &str,
+        opts: &UnloadOptions,
+    ) -> Result<(bool, Option<crate::UnloadReport>), HostError> {
+        let name = name.replace('-', "_");
+        let release = self.release()?;
+        let installed = state.get(&release, &name).is_some();
+        let loaded = self.root.patch_dir(&name).is_dir() || self.root.module_dir(&name).is_dir();
+        if !installed && !loaded {
+            let elsewhere: Vec<String> = state
+                .releases()
+                .into_iter()
+                .filter(|r| state.get(r, &name).is_some())
+                .collect();
+            if !elsewhere.is_empty() {
+                // Uninstalling a patch for a kernel that is not running is
+                // only file removal: nothing to unload.
+                for r in &elsewhere {
+                    state
+                        .remove(r, &name)
+                        .map_err(|e| HostError::io(format!("removing {name} for {r}"), &e))?;
+                }
+                return Ok((true, None));
+            }
+            return Err(HostError::new(
+                ErrorKind::NotLoaded,
+                format!("no patch named {name:?} is installed or loaded"),
+            )
+            .hint("see `suture list`"));
+        }
+        let report = if loaded {
+            Some(self.unload(&name, opts)?)
+        } else {
+            None
+        };
+        state
+            .remove(&release, &name)
+            .map_err(|e| HostError::io(format!("removing {name} from {}", state.release_dir(&release).display()), &e))?;
+        Ok((installed, report))
+    }
+
+    /// The boot-time load: every installed patch of the running release in
+    /// install order, except those the crash-loop guard sets aside.
+    pub fn load_all(&self, state: &StateDir, opts: &LoadOptions) -> Result<BootReport, HostError> {
+        let release = self.release()?;
+        let boot = sysfs::boot_id(&self.root);
+        let mut rep = BootReport {
+            release: release.clone(),
+            boot_id: boot.clone(),
+            other_releases: state.releases().into_iter().filter(|r| *r != release).collect(),
+            ..Default::default()
+        };
+        for inst in state.installed(&release) {
+            let name = inst.name.clone();
+            if let Some(s) = &inst.skipped {
+                rep.skipped.push(SkipEntry { name, reason: s.reason.clone(), new: false });
+                continue;
+            }
+            if let (Some(p), Some(b)) = (&inst.pending, &boot) {
+                if &p.boot_id != b {
+                    let reason = format!(
+                        "loaded during boot {} (at {:.0} s uptime), which ended without a clean shutdown before the \
+                         patch was confirmed: suspected of crashing or hanging the system",
+                        p.boot_id, p.uptime_at_load
+                    );
+                    let _ = state.mark_skipped(
+                        &release,
+                        &name,
+                        &Skipped { reason: reason.clone(), boot_id: b.clone(), crashed_boot_id: p.boot_id.clone() },
+                    );
+                    let _ = state.clear_pending(&release, &name);
+                    rep.skipped.push(SkipEntry { name, reason, new: true });
+                    continue;
+                }
+            }
+            if self.root.module_dir(&name).is_dir() {
+                rep.already_loaded.push(name);
+                continue;
+            }
+            // The marker must be on disk before the kernel runs the patch:
+            // a crash during the load is exactly what it records.
+            let _ = state.mark_pending(&release, &name, &self.pending_now());
+            match self.load(&inst.path, opts) {
+                Ok(_) => rep.loaded.push(name),
+                Err(error) => {
+                    let _ = state.clear_pending(&release, &name);
+                    rep.failed.push(FailEntry { name, error });
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Clears pending markers of this boot: those loaded for at least
+    /// `min_loaded`, or all of them on a clean shutdown. Returns the names
+    /// confirmed. Markers of other boots are left for `load_all` to judge.
+    pub fn confirm(
+        &self,
+        state: &StateDir,
+        min_loaded: Duration,
+        clean_shutdown: bool,
+    ) -> Result<Vec<String>, HostError> {
+        let release = self.release()?;
+        let boot = sysfs::boot_id(&self.root);
+        let up = sysfs::uptime(&self.root).unwrap_or(0.0);
+        let mut done = Vec::new();
+        for inst in state.installed(&release) {
+            let Some(p) = &inst.pending else { continue };
+            if boot.as_deref() != Some(p.boot_id.as_str()) {
+                continue;
+            }
+            if clean_shutdown || up - p.uptime_at_load >= min_loaded.as_secs_f64() {
+                state
+                    .clear_pending(&release, &inst.name)
+                    .map_err(|e| HostError::io(format!("confirming {}", inst.name), &e))?;
+                done.push(inst.name);
+            }
+        }
+        Ok(done)
+    }
+}
