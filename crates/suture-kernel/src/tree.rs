@@ -190,7 +190,14 @@ impl Tree {
             );
         }
         progress("make prepare (about 15 s)");
-        run(self.make().arg("prepare"), "make prepare")?;
+        // The entry-size probe rides along: one kbuild start-up instead of two.
+        self.write_probe()?;
+        let prepared = run(self.make().arg("prepare").arg(PROBE_OBJECT), "make prepare");
+        if prepared.is_err() {
+            let _ = fs::remove_dir_all(self.dir.join("suture_probe"));
+        }
+        prepared?;
+        self.collect_probe(Ok(()))?;
         let ours = fs::read_to_string(self.dir.join("include/generated/utsrelease.h")).unwrap_or_default();
         let theirs = fs::read_to_string(r.headers.join("include/generated/utsrelease.h")).unwrap_or_default();
         if ours.trim() != theirs.trim() {
@@ -210,22 +217,31 @@ impl Tree {
     /// define the structures: measured once by compiling a probe object in the
     /// tree, then cached beside it.
     pub fn entry_sizes(&self) -> Result<BTreeMap<String, usize>> {
-        let cache = self.dir.join(".suture-entry-sizes.json");
-        if let Ok(b) = fs::read(&cache) {
+        if let Ok(b) = fs::read(self.dir.join(SIZES_CACHE)) {
             if let Ok(m) = serde_json::from_slice(&b) {
                 return Ok(m);
             }
         }
+        self.write_probe()?;
+        let r = self.compile(&[PROBE_OBJECT.to_string()]);
+        self.collect_probe(r)
+    }
+
+    fn write_probe(&self) -> Result<()> {
         let probe = self.dir.join("suture_probe");
         fs::create_dir_all(&probe)?;
         fs::write(probe.join("Makefile"), "obj-y := sizes.o\n")?;
         fs::write(probe.join("sizes.c"), SIZES_PROBE)?;
-        let r = self.compile(&["suture_probe/sizes.o".to_string()]);
+        Ok(())
+    }
+
+    fn collect_probe(&self, compiled: Result<()>) -> Result<BTreeMap<String, usize>> {
+        let probe = self.dir.join("suture_probe");
         let obj = fs::read(probe.join("sizes.o"));
         let _ = fs::remove_dir_all(&probe);
-        r.context("measuring special-section entry sizes")?;
+        compiled.context("measuring special-section entry sizes")?;
         let sizes = symbol_sizes(&obj?, "suture_size_")?;
-        write_atomic(&cache, &serde_json::to_vec_pretty(&sizes)?)?;
+        write_atomic(&self.dir.join(SIZES_CACHE), &serde_json::to_vec_pretty(&sizes)?)?;
         Ok(sizes)
     }
 
@@ -484,6 +500,9 @@ fn source_tarball(r: &Release, cache: &Path, progress: &dyn Fn(&str)) -> Result<
     }
     Ok(tarball)
 }
+
+const PROBE_OBJECT: &str = "suture_probe/sizes.o";
+const SIZES_CACHE: &str = ".suture-entry-sizes.json";
 
 /// Each array is as large as one entry of the section it is named after
 /// (`suture_size_<section>`, with `__` and `.` prefixes restored by `section_of`).
