@@ -468,7 +468,7 @@ impl Host {
             .flatten()
             .map(|p| sysfs::patched_function_names(&p))
             .unwrap_or_default();
-        sysfs::stalled_tasks(&self.root, target, &patched)
+        sysfs::stalled_tasks(&self.root, target, &patched, Some(name))
     }
 
     /// Waits for the transition of `name` to end. On kernels with a

@@ -81,7 +81,7 @@ impl Host {
                 transition = Some(TransitionStatus {
                     patch: p.name.clone(),
                     direction: if target == 1 { "patching" } else { "unpatching" }.into(),
-                    tasks: sysfs::stalled_tasks(&self.root, target, &names),
+                    tasks: sysfs::stalled_tasks(&self.root, target, &names, Some(&p.name)),
                 });
             }
             patches.push(PatchStatus {

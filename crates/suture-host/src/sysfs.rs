@@ -263,8 +263,16 @@ pub fn patched_function_names(patch: &PatchState) -> Vec<String> {
 
 /// Walks `/proc/*/task/*/patch_state` for tasks whose state is neither the
 /// target nor -1 (no transition in progress for that task). `patched` are
-/// the patch's function names, looked for on each stalled task's stack.
-pub fn stalled_tasks(root: &Root, target: i32, patched: &[String]) -> Vec<StalledTask> {
+/// the patch's function names, looked for on each stalled task's stack;
+/// frames of the patch module itself (`... [MODULE]`, its replacement
+/// functions, which block an unpatching transition) count too.
+pub fn stalled_tasks(
+    root: &Root,
+    target: i32,
+    patched: &[String],
+    module: Option<&str>,
+) -> Vec<StalledTask> {
+    let module_tag = module.map(|m| format!("[{m}]"));
     let mut out = Vec::new();
     let Ok(procs) = std::fs::read_dir(root.proc_dir()) else {
         return out;
@@ -296,9 +304,11 @@ pub fn stalled_tasks(root: &Root, target: i32, patched: &[String]) -> Vec<Stalle
                 parse_stack(&std::fs::read_to_string(t.join("stack")).unwrap_or_default());
             let mut patched_on_stack: Vec<String> = stack
                 .iter()
-                .map(|f| frame_function(f))
-                .filter(|f| patched.iter().any(|p| p == f))
-                .map(str::to_string)
+                .filter(|f| {
+                    patched.iter().any(|p| p == frame_function(f))
+                        || module_tag.as_deref().is_some_and(|t| f.trim_end().ends_with(t))
+                })
+                .map(|f| frame_function(f).to_string())
                 .collect();
             patched_on_stack.dedup();
             out.push(StalledTask {
@@ -519,6 +529,7 @@ mod tests {
             &f.root(),
             1,
             &["seq_read_iter".to_string(), "other".to_string()],
+            Some("lp"),
         );
         assert_eq!(s.len(), 1);
         assert_eq!(
@@ -529,9 +540,14 @@ mod tests {
         assert_eq!(s[0].patched_on_stack, ["seq_read_iter"]);
         assert_eq!(s[0].stack.len(), 4);
         // Unpatching: target 0, so the task in state 1 is the stalled one.
-        let s = stalled_tasks(&f.root(), 0, &[]);
+        f.write(
+            "proc/1/task/1/stack",
+            "[<0>] __schedule+0x2f0/0x870\n[<0>] new_cmdline_show+0x10/0x30 [lp]\n",
+        );
+        let s = stalled_tasks(&f.root(), 0, &[], Some("lp"));
+        assert_eq!(s[0].patched_on_stack, ["new_cmdline_show"]);
         assert_eq!(s.iter().map(|t| t.pid).collect::<Vec<_>>(), [1]);
-        assert_eq!(s[0].blocking_function, None);
+        assert_eq!(s[0].blocking_function.as_deref(), Some("new_cmdline_show"));
     }
 
     #[test]

@@ -10,6 +10,11 @@ use std::sync::{Arc, Mutex};
 const REL: &str = "6.1.0-56-amd64";
 
 fn ko(name: &str, livepatch: bool, release: &str) -> Vec<u8> {
+    ko_with(name, livepatch, release, "")
+}
+
+/// `extra` is more `.modinfo` strings, NUL-separated.
+fn ko_with(name: &str, livepatch: bool, release: &str, extra: &str) -> Vec<u8> {
     let mut o = WObject::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
     let t = o.section_id(StandardSection::Text);
     o.append_section_data(t, &[0xc3], 1);
@@ -18,6 +23,7 @@ fn ko(name: &str, livepatch: bool, release: &str) -> Vec<u8> {
     if livepatch {
         info.push_str("livepatch=Y\0");
     }
+    info.push_str(extra);
     o.append_section_data(mi, info.as_bytes(), 1);
     o.write().unwrap()
 }
@@ -67,6 +73,7 @@ fn simulate(sims: &Sims, root: PathBuf, name: String, complete: bool) {
     let t = std::thread::spawn(move || {
         let pd = root.join("sys/kernel/livepatch").join(&name);
         let start = Instant::now();
+        let mut completed = false;
         while start.elapsed() < Duration::from_secs(10)
             && !stop.load(std::sync::atomic::Ordering::Relaxed)
         {
@@ -76,7 +83,10 @@ fn simulate(sims: &Sims, root: PathBuf, name: String, complete: bool) {
             if forced {
                 // The core completes the transition and keeps the module
                 // reference forever.
-                let _ = std::fs::write(pd.join("transition"), "0\n");
+                if !completed {
+                    let _ = std::fs::write(pd.join("transition"), "0\n");
+                    completed = true;
+                }
                 if enabled.trim() == "0" {
                     let _ = std::fs::remove_dir_all(&pd);
                     return;
@@ -88,8 +98,11 @@ fn simulate(sims: &Sims, root: PathBuf, name: String, complete: bool) {
                 let _ = std::fs::write(root.join("sys/module").join(&name).join("refcnt"), "0\n");
                 return;
             }
-            if complete && start.elapsed() > Duration::from_millis(30) {
+            // Once: a rewrite truncates first, and a reader racing it would
+            // see an empty file (real sysfs attributes are atomic).
+            if complete && !completed && start.elapsed() > Duration::from_millis(30) {
                 let _ = std::fs::write(pd.join("transition"), "0\n");
+                completed = true;
             }
         }
     });
@@ -607,4 +620,212 @@ fn signal_attribute_is_used_when_the_kernel_has_it() {
     let p = write_ko(&f, "lp.ko", &ko("lp_nosig", true, REL));
     let e = f.host.load(&p, &quick()).unwrap_err();
     assert!(e.hint.as_deref().unwrap().contains("only every 15 s"), "{e}");
+}
+
+use crate::state::{enable_units, StateDir, UnitDirs};
+
+fn boot(f: &Fixture, id: &str, uptime: f64) {
+    f.fake.write("proc/sys/kernel/random/boot_id", &format!("{id}\n"));
+    f.fake.write("proc/uptime", &format!("{uptime:.2} 100.00\n"));
+}
+
+#[test]
+fn build_id_mismatch_is_refused_before_the_kernel() {
+    let f = fixture("buildid", Behaviour::Fails(libc::EFAULT), &[]);
+    let p = write_ko(
+        &f,
+        "lp.ko",
+        &ko_with("lp_b", true, REL, "suture_release_build_id=00ff\0"),
+    );
+    // No notes file: cannot be checked, so refused.
+    let e = f.host.load(&p, &quick()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BuildIdMismatch, "{e}");
+    // GNU build-id note 0xab 0xcd: another build.
+    let mut notes = vec![4, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0];
+    notes.extend_from_slice(b"GNU\0");
+    notes.extend_from_slice(&[0xab, 0xcd, 0, 0]);
+    std::fs::create_dir_all(f.fake.0.join("sys/kernel")).unwrap();
+    std::fs::write(f.fake.0.join("sys/kernel/notes"), &notes).unwrap();
+    let e = f.host.load(&p, &quick()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BuildIdMismatch);
+    let t = e.to_string();
+    assert!(t.contains("build-id 00ff") && t.contains("build-id abcd"), "{t}");
+    // The same build: the check passes and the kernel is called (the fake
+    // fails with EFAULT, proving the call happened).
+    let p = write_ko(&f, "ok.ko", &ko_with("lp_b", true, REL, "suture_release_build_id=ABCD\0"));
+    let c = f.host.check_module(&p).unwrap();
+    assert!(c.build_id_checked);
+    assert_eq!(f.host.load(&p, &quick()).unwrap_err().errno, Some(libc::EFAULT));
+}
+
+#[test]
+fn install_stores_loads_and_marks_pending_then_confirm_clears() {
+    let f = fixture("install", Behaviour::Completes, &[]);
+    boot(&f, "boot-a", 30.0);
+    let st = StateDir(f.fake.0.join("state"));
+    let p = write_ko(&f, "fix1.ko", &ko_with("fix1", true, REL, "suture_cve=CVE-2024-0001\0"));
+    let (inst, load) = f.host.install(&st, &p, &LoadOptions { timeout: Duration::from_secs(5), ..quick() }).unwrap();
+    assert!(load.is_some());
+    assert_eq!(inst.path, st.0.join(REL).join("fix1.ko"));
+    assert_eq!(std::fs::read(&inst.path).unwrap(), std::fs::read(&p).unwrap());
+    assert_eq!(inst.pending.as_ref().unwrap().boot_id, "boot-a");
+    assert_eq!(inst.record.as_ref().unwrap().seq, 1);
+    // Not yet up long enough in this boot.
+    boot(&f, "boot-a", 100.0);
+    assert!(f.host.confirm(&st, Duration::from_secs(300), false).unwrap().is_empty());
+    boot(&f, "boot-a", 400.0);
+    assert_eq!(f.host.confirm(&st, Duration::from_secs(300), false).unwrap(), ["fix1"]);
+    assert!(st.get(REL, "fix1").unwrap().pending.is_none());
+
+    // Status joins the loaded patch with the installed file's metadata.
+    let s = f.host.status(Some(&st)).unwrap();
+    assert_eq!(s.cves, ["CVE-2024-0001"]);
+    assert_eq!(s.effective_version, format!("{REL}+fix1"));
+    assert!(s.patches[0].applied && s.patches[0].installed);
+
+    // A second patch goes after it in load order; a failing install
+    // leaves nothing behind.
+    let p2 = write_ko(&f, "fix2.ko", &ko("fix2", true, REL));
+    f.host.install(&st, &p2, &LoadOptions { timeout: Duration::from_secs(5), ..quick() }).unwrap();
+    assert_eq!(
+        st.installed(REL).iter().map(|i| (i.name.as_str(), i.record.as_ref().unwrap().seq)).collect::<Vec<_>>(),
+        [("fix1", 1), ("fix2", 2)]
+    );
+    let bad = write_ko(&f, "bad.ko", &ko("bad", false, REL));
+    assert_eq!(f.host.install(&st, &bad, &quick()).unwrap_err().kind, ErrorKind::NotLivepatch);
+    assert!(st.get(REL, "bad").is_none());
+
+    // Uninstall unloads and removes the files.
+    let (was, rep) = f
+        .host
+        .uninstall(&st, "fix2", &UnloadOptions { timeout: Duration::from_secs(5), poll_interval: Duration::from_millis(2), ..Default::default() })
+        .unwrap();
+    assert!(was && rep.is_some());
+    assert!(st.get(REL, "fix2").is_none());
+    assert!(!f.fake.0.join("sys/kernel/livepatch/fix2").exists());
+    assert_eq!(
+        f.host.uninstall(&st, "nothing", &UnloadOptions::default()).unwrap_err().kind,
+        ErrorKind::NotLoaded
+    );
+}
+
+#[test]
+fn failed_install_of_a_new_build_restores_the_old_file() {
+    let f = fixture("reinstall", Behaviour::Fails(libc::EINVAL), &[]);
+    boot(&f, "b", 1.0);
+    let st = StateDir(f.fake.0.join("state"));
+    let old = ko_with("fixr", true, REL, "suture_cve=CVE-OLD\0");
+    st.store(REL, "fixr", &write_ko(&f, "old.ko", &old)).unwrap();
+    let newp = write_ko(&f, "new.ko", &ko_with("fixr", true, REL, "suture_cve=CVE-NEW\0"));
+    assert_eq!(f.host.install(&st, &newp, &quick()).unwrap_err().kind, ErrorKind::Incompatible);
+    assert_eq!(std::fs::read(st.0.join(REL).join("fixr.ko")).unwrap(), old);
+    assert_eq!(st.get(REL, "fixr").unwrap().record.unwrap().seq, 1);
+}
+
+#[test]
+fn crash_loop_guard_skips_a_patch_pending_from_an_earlier_boot() {
+    let f = fixture("guard", Behaviour::Completes, &[]);
+    let st = StateDir(f.fake.0.join("state"));
+    for n in ["good", "crashy"] {
+        st.store(REL, n, &write_ko(&f, &format!("{n}.ko"), &ko(n, true, REL))).unwrap();
+    }
+    st.store("5.10.0-30-amd64", "old", &write_ko(&f, "old.ko", &ko("old", true, "5.10.0-30-amd64"))).unwrap();
+    // Boot 1: both load, both pending; "good" gets confirmed, then the
+    // machine dies with "crashy" still pending.
+    boot(&f, "boot-1", 10.0);
+    let opts = LoadOptions { timeout: Duration::from_secs(5), ..quick() };
+    let r = f.host.load_all(&st, &opts).unwrap();
+    assert_eq!(r.loaded, ["good", "crashy"]);
+    assert_eq!(r.other_releases, ["5.10.0-30-amd64"]);
+    st.clear_pending(REL, "good").unwrap();
+    // Boot 2 (nothing loaded any more).
+    for n in ["good", "crashy"] {
+        let _ = std::fs::remove_dir_all(f.fake.0.join("sys/kernel/livepatch").join(n));
+        let _ = std::fs::remove_dir_all(f.fake.0.join("sys/module").join(n));
+    }
+    boot(&f, "boot-2", 5.0);
+    let r = f.host.load_all(&st, &opts).unwrap();
+    assert_eq!(r.loaded, ["good"]);
+    assert_eq!(r.skipped.len(), 1);
+    assert_eq!((r.skipped[0].name.as_str(), r.skipped[0].new), ("crashy", true));
+    assert!(r.skipped[0].reason.contains("boot-1"), "{}", r.skipped[0].reason);
+    assert!(!f.fake.0.join("sys/kernel/livepatch/crashy").exists());
+    let s = f.host.status(Some(&st)).unwrap();
+    assert_eq!(s.skipped[0].name, "crashy");
+    assert_eq!(s.skipped[0].skipped.as_ref().unwrap().crashed_boot_id, "boot-1");
+    assert!(crate::report::format_status(&s).contains("SKIPPED by the crash-loop guard: crashy"));
+    // The timer confirms "good" in boot 2; had it not, boot 3 would skip
+    // it too.
+    boot(&f, "boot-2", 400.0);
+    assert_eq!(f.host.confirm(&st, Duration::from_secs(300), false).unwrap(), ["good"]);
+    // Boot 3: still skipped (reported as an old decision), until reinstalled.
+    boot(&f, "boot-3", 5.0);
+    let r = f.host.load_all(&st, &opts).unwrap();
+    assert_eq!((r.skipped[0].name.as_str(), r.skipped[0].new), ("crashy", false));
+    assert_eq!(r.already_loaded, ["good"]);
+    // A clean shutdown confirms whatever this boot loaded.
+    st.mark_pending(REL, "good", &crate::state::Pending { boot_id: "boot-3".into(), uptime_at_load: 4.0 }).unwrap();
+    assert_eq!(f.host.confirm(&st, Duration::from_secs(300), true).unwrap(), ["good"]);
+}
+
+#[test]
+fn units_are_written_and_enabled_once() {
+    let f = FakeRoot::new("units");
+    let dirs = UnitDirs {
+        etc: f.0.join("etc/systemd/system"),
+        lib: vec![f.0.join("lib/systemd/system")],
+        running_marker: f.0.join("run/systemd/system"),
+    };
+    let r = enable_units(&dirs, Path::new("/opt/suture/bin/suture")).unwrap();
+    assert_eq!(r.written.len(), 3);
+    let svc = std::fs::read_to_string(dirs.etc.join("suture.service")).unwrap();
+    assert!(svc.contains("ExecStart=/opt/suture/bin/suture load --all"), "{svc}");
+    assert!(svc.contains("Before=sysinit.target"), "{svc}");
+    assert_eq!(
+        std::fs::read_link(dirs.etc.join("sysinit.target.wants/suture.service")).unwrap(),
+        dirs.etc.join("suture.service")
+    );
+    assert!(dirs.etc.join("timers.target.wants/suture-confirm.timer").exists());
+    let again = enable_units(&dirs, Path::new("/opt/suture/bin/suture")).unwrap();
+    assert!(again.written.is_empty() && again.enabled.is_empty());
+    // A unit shipped by a package wins over writing one.
+    let g = FakeRoot::new("units-pkg");
+    let dirs = UnitDirs {
+        etc: g.0.join("etc"),
+        lib: vec![g.0.join("lib")],
+        running_marker: g.0.join("run"),
+    };
+    g.write("lib/suture.service", "[Unit]\n");
+    let r = enable_units(&dirs, Path::new("/usr/bin/suture")).unwrap();
+    assert!(!dirs.etc.join("suture.service").exists());
+    assert_eq!(r.written.len(), 2);
+    assert_eq!(
+        std::fs::read_link(dirs.etc.join("sysinit.target.wants/suture.service")).unwrap(),
+        g.0.join("lib/suture.service")
+    );
+}
+
+#[test]
+fn status_shows_a_stalled_transition_and_prometheus_text() {
+    let f = fixture("status", Behaviour::Completes, &[]);
+    lay_out_patch(&f.fake.0, "lp_s", true);
+    stalled_task_77(&f);
+    f.fake.write("proc/1/task/1/patch_state", "1\n");
+    let s = f.host.status(None).unwrap();
+    let t = s.transition.as_ref().unwrap();
+    assert_eq!((t.patch.as_str(), t.direction.as_str()), ("lp_s", "patching"));
+    assert_eq!(t.tasks.iter().map(|t| t.pid).collect::<Vec<_>>(), [77]);
+    assert_eq!(t.tasks[0].patched_on_stack, ["cmdline_proc_show"]);
+    assert!(!s.patches[0].applied);
+    assert_eq!(s.effective_version, REL);
+    let text = crate::report::format_status(&s);
+    assert!(text.contains("lp_s is patching; 1 task(s)") && text.contains("cmdline_proc_show+0x1/0x2"), "{text}");
+    let prom = crate::report::prometheus_text(&s);
+    assert!(prom.contains("suture_transition_blocking_tasks 1\n"), "{prom}");
+    assert!(prom.contains("suture_patch_applied{patch=\"lp_s\",installed=\"false\"} 0\n"), "{prom}");
+    // Unpatching direction: enabled 0, the task in state 1 blocks.
+    f.fake.write("sys/kernel/livepatch/lp_s/enabled", "0\n");
+    let s = f.host.status(None).unwrap();
+    let t = s.transition.unwrap();
+    assert_eq!((t.direction.as_str(), t.tasks[0].pid), ("unpatching", 1));
 }

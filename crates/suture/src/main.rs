@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 mod build_cmd;
 mod diff_cmd;
 mod host_cmd;
+mod install_cmd;
+mod status_cmd;
 
 #[derive(Parser)]
 #[command(name = "suture", version, about = "Live kernel patching for Debian kernels")]
@@ -26,8 +28,16 @@ enum Cmd {
     Load(host_cmd::LoadArgs),
     /// Disable a loaded livepatch, wait for the transition, remove the module.
     Unload(host_cmd::UnloadArgs),
-    /// List loaded livepatches and their state.
+    /// List loaded and installed livepatches side by side.
     List(host_cmd::ListArgs),
+    /// Show the effective patch level, each patch, and a transition in progress.
+    Status(status_cmd::Args),
+    /// Store a livepatch for its release, load it, and load it at every boot.
+    Install(install_cmd::InstallArgs),
+    /// Unload an installed livepatch and remove it.
+    Uninstall(install_cmd::UninstallArgs),
+    /// Clear the crash-loop guard's pending marks of patches that stayed up.
+    Confirm(install_cmd::ConfirmArgs),
 }
 
 fn main() {
@@ -38,6 +48,10 @@ fn main() {
         Cmd::Load(a) => host_cmd::load(a),
         Cmd::Unload(a) => host_cmd::unload(a),
         Cmd::List(a) => host_cmd::list(a),
+        Cmd::Status(a) => status_cmd::run(a),
+        Cmd::Install(a) => install_cmd::install(a),
+        Cmd::Uninstall(a) => install_cmd::uninstall(a),
+        Cmd::Confirm(a) => install_cmd::confirm(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
