@@ -16,6 +16,7 @@ use suture_kernel::{Release, Tree};
 
 pub use suture_kernel::tree::cache_root;
 pub use symbols::SymbolSource;
+pub use suture_klp::{parse_state, State};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -31,7 +32,13 @@ pub struct BuildOptions {
     pub cache: PathBuf,
     /// Keep the work directory (objects, klp objects, kbuild dir) for inspection.
     pub keep_work: bool,
+    /// `klp_patch.states` (`--state ID:VERSION`).
+    pub states: Vec<suture_klp::State>,
 }
+
+/// `include/suture.h`, shipped inside the binary and written next to the
+/// build's objects so that a patch can `#include <suture.h>`.
+pub const SUTURE_H: &str = include_str!("../../../include/suture.h");
 
 /// One function the module replaces.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -52,6 +59,10 @@ pub struct BuildReport {
     pub new_functions: Vec<String>,
     pub symbol_source: String,
     pub warnings: Vec<String>,
+    /// Callbacks wired into the patch: `OBJNAME kind: function`.
+    pub callbacks: Vec<String>,
+    pub states: Vec<suture_klp::State>,
+    pub replace: bool,
 }
 
 /// How a build ended when it did not produce a module. The binary maps these
@@ -129,6 +140,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         release.source_version,
         release.cc
     ));
+    symbols::prefetch_vmlinux(&release.image, &opts.cache.join(&release.name.release));
     let tree = Tree::open(release.clone(), &opts.cache, progress)?;
     let work = tempdir_in(&opts.cache.join(&release.name.release), "work")?;
     let result = build_in(opts, progress, &tree, &patches, &objects, &name, &output, work.path());
@@ -156,7 +168,11 @@ fn build_in(
     progress("applying the patch");
     let applied = tree.apply(patches)?;
     progress(&format!("compiling {} after the patch", objects.join(" ")));
-    let compiled = tree.compile(objects);
+    // Only the patched side can include suture.h (the original source does not).
+    let include = work.join("include");
+    fs::create_dir_all(&include)?;
+    fs::write(include.join("suture.h"), SUTURE_H)?;
+    let compiled = tree.compile_with(objects, &format!("-I{}", include.display()));
     let mut patched = Vec::new();
     if compiled.is_ok() {
         for o in objects {
@@ -169,7 +185,8 @@ fn build_in(
     let symbols = SymbolSource::open(tree, opts.kallsyms.as_deref(), &opts.cache, progress)?;
     progress(&format!("diffing {} object(s) (symbols from {})", pairs.len(), symbols.describe()));
     let mut refusals = Vec::new();
-    let mut by_obj: BTreeMap<String, (Vec<suture_klp::Func>, Vec<Vec<u8>>)> = BTreeMap::new();
+    let mut by_obj: BTreeMap<String, (Vec<suture_klp::Func>, Vec<Vec<u8>>, Vec<(String, String)>)> = BTreeMap::new();
+    let mut callbacks = Vec::new();
     let mut replaced = Vec::new();
     let mut new_functions = Vec::new();
     let mut warnings = Vec::new();
@@ -210,6 +227,19 @@ fn build_in(
                         symbol: f.symbol.clone(),
                     });
                 }
+                for c in &p.callbacks {
+                    if let Some((_, other)) = entry.2.iter().find(|(k, _)| *k == c.kind) {
+                        bail!(
+                            "two {} callbacks for {} ({other} and {} in {}): the kernel keeps one per object; call the others from one function",
+                            c.kind,
+                            info.objname,
+                            c.symbol,
+                            info.object.replace(".o", ".c")
+                        );
+                    }
+                    callbacks.push(format!("{} {}: {}", info.objname, c.kind, c.symbol));
+                    entry.2.push((c.kind.clone(), c.symbol.clone()));
+                }
                 fs::write(work.join(info.object.replace('/', "_")), &p.object)?;
                 entry.1.push(p.object);
             }
@@ -222,16 +252,23 @@ fn build_in(
     if !refusals.is_empty() {
         return Err(BuildError::Refused(refusals).into());
     }
-    if replaced.is_empty() {
+    // A patch of callbacks alone (for example one that only sets up state for a
+    // later patch) is still a patch.
+    if replaced.is_empty() && callbacks.is_empty() {
         return Err(BuildError::NoChange(unchanged).into());
     }
 
     progress("linking the livepatch module with the release's kbuild");
-    let mut spec = suture_klp::ModuleSpec { name: name.to_string(), replace: opts.replace, objects: Vec::new() };
+    let mut spec = suture_klp::ModuleSpec {
+        name: name.to_string(),
+        replace: opts.replace,
+        objects: Vec::new(),
+        states: opts.states.clone(),
+    };
     let mut klp_objects = Vec::new();
-    for (objname, (funcs, objs)) in by_obj {
+    for (objname, (funcs, objs, cbs)) in by_obj {
         let idx = spec.objects.len();
-        spec.objects.push(suture_klp::Object { objname, funcs });
+        spec.objects.push(suture_klp::Object { objname, funcs, callbacks: cbs });
         klp_objects.extend(objs.into_iter().map(|o| (idx, o)));
     }
     progress(&format!("{verified} replaced function(s) byte-identical to the running kernel's build (relocations masked)"));
@@ -245,6 +282,9 @@ fn build_in(
         new_functions,
         symbol_source: symbols.describe(),
         warnings,
+        callbacks,
+        states: opts.states.clone(),
+        replace: opts.replace,
     })
 }
 

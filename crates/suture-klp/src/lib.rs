@@ -29,6 +29,34 @@ pub struct Object {
     /// `vmlinux` or a module name.
     pub objname: String,
     pub funcs: Vec<Func>,
+    /// `struct klp_callbacks` members: (kind, symbol in the klp object that
+    /// defines the function), kind one of `pre_patch`, `post_patch`,
+    /// `pre_unpatch`, `post_unpatch`, at most once each.
+    pub callbacks: Vec<(String, String)>,
+}
+
+/// One `struct klp_state`: the kernel refuses a later patch (with atomic
+/// replace) that lacks this id or carries a lower version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct State {
+    pub id: u64,
+    pub version: u32,
+}
+
+/// `ID:VERSION`, both decimal (or 0x-hex for the id); the id must not be 0
+/// (the kernel's list of states ends at id 0).
+pub fn parse_state(s: &str) -> Result<State> {
+    let (id, version) = s
+        .split_once(':')
+        .with_context(|| format!("state {s:?}: expected ID:VERSION, e.g. 1:2"))?;
+    let id = match id.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => id.parse(),
+    }
+    .with_context(|| format!("state {s:?}: the id is not a number"))?;
+    let version: u32 = version.parse().with_context(|| format!("state {s:?}: the version is not a number"))?;
+    ensure!(id != 0, "state {s:?}: the id must not be 0 (0 ends the kernel's list of states)");
+    Ok(State { id, version })
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +66,8 @@ pub struct ModuleSpec {
     /// Atomic replace: loading this patch disables every earlier one.
     pub replace: bool,
     pub objects: Vec<Object>,
+    /// `klp_patch.states`.
+    pub states: Vec<State>,
 }
 
 /// A name the kernel accepts for a module (and so for the livepatch directory).
@@ -73,6 +103,13 @@ pub fn alias_name(o: usize, i: usize) -> String {
     format!("__suture_new_{o}_{i}")
 }
 
+/// The global alias the hook uses for object `o`'s callback of `kind`.
+pub fn callback_alias(o: usize, kind: &str) -> String {
+    format!("__suture_cb_{o}_{kind}")
+}
+
+const CALLBACK_KINDS: [&str; 4] = ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"];
+
 fn c_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
@@ -102,6 +139,10 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
         for i in 0..obj.funcs.len() {
             let _ = writeln!(s, "extern char {}[];", alias_name(o, i));
         }
+        for (kind, _) in &obj.callbacks {
+            let ret = if kind == "pre_patch" { "int" } else { "void" };
+            let _ = writeln!(s, "extern {ret} {}(struct klp_object *);", callback_alias(o, kind));
+        }
     }
     s.push('\n');
     for (o, obj) in spec.objects.iter().enumerate() {
@@ -124,20 +165,38 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
         } else {
             c_string(&obj.objname)
         };
-        let _ = writeln!(s, "\t{{ .name = {name}, .funcs = suture_funcs_{o} }},");
+        let mut cbs = String::new();
+        for kind in CALLBACK_KINDS {
+            if obj.callbacks.iter().any(|(k, _)| k == kind) {
+                let _ = write!(cbs, " .{kind} = {},", callback_alias(o, kind));
+            }
+        }
+        if cbs.is_empty() {
+            let _ = writeln!(s, "\t{{ .name = {name}, .funcs = suture_funcs_{o} }},");
+        } else {
+            let _ = writeln!(s, "\t{{ .name = {name}, .funcs = suture_funcs_{o}, .callbacks = {{{cbs} }} }},");
+        }
     }
     s.push_str("\t{ }\n};\n\n");
+    if !spec.states.is_empty() {
+        s.push_str("static struct klp_state suture_states[] = {\n");
+        for st in &spec.states {
+            let _ = writeln!(s, "\t{{ .id = {}UL, .version = {} }},", st.id, st.version);
+        }
+        s.push_str("\t{ }\n};\n\n");
+    }
     let _ = write!(
         s,
         "static struct klp_patch suture_patch = {{\n\
          \t.mod = THIS_MODULE,\n\
-         \t.objs = suture_objs,\n\
+         \t.objs = suture_objs,\n{}\
          \t.replace = {},\n}};\n\n\
          static int __init suture_init(void)\n{{\n\treturn klp_enable_patch(&suture_patch);\n}}\n\n\
          static void __exit suture_exit(void)\n{{\n}}\n\n\
          module_init(suture_init);\nmodule_exit(suture_exit);\n\
          MODULE_LICENSE(\"GPL\");\nMODULE_INFO(livepatch, \"Y\");\n\
          MODULE_DESCRIPTION(\"suture livepatch {}\");\n",
+        if spec.states.is_empty() { "" } else { "\t.states = suture_states,\n" },
         if spec.replace { "true" } else { "false" },
         spec.name
     );
@@ -155,6 +214,23 @@ pub fn build_module(
 ) -> Result<(Vec<u8>, postlink::PostLink)> {
     check_module_name(&spec.name)?;
     ensure!(!spec.objects.is_empty(), "nothing to patch");
+    for obj in &spec.objects {
+        for kind in CALLBACK_KINDS {
+            let n = obj.callbacks.iter().filter(|(k, _)| k == kind).count();
+            ensure!(
+                n <= 1,
+                "{n} {kind} callbacks for {}: the kernel keeps one per object; call the others from one function",
+                obj.objname
+            );
+        }
+        for (kind, _) in &obj.callbacks {
+            ensure!(CALLBACK_KINDS.contains(&kind.as_str()), "unknown callback kind {kind}");
+        }
+    }
+    let mut ids: Vec<u64> = spec.states.iter().map(|s| s.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ensure!(ids.len() == spec.states.len(), "a state id is given twice");
     let dir = workdir.join("module");
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir)?;
@@ -169,6 +245,11 @@ pub fn build_module(
         for (i, f) in obj.funcs.iter().enumerate() {
             if has_defined_symbol(bytes, &f.symbol)? {
                 aliases.push((f.symbol.clone(), alias_name(*obj_index, i)));
+            }
+        }
+        for (kind, sym) in &obj.callbacks {
+            if has_defined_symbol(bytes, sym)? {
+                aliases.push((sym.clone(), callback_alias(*obj_index, kind)));
             }
         }
         let with_aliases = postlink::add_aliases(bytes, &aliases)?;
@@ -267,19 +348,44 @@ mod tests {
                 Object {
                     objname: "vmlinux".into(),
                     funcs: vec![Func { old_name: "type_show".into(), sympos: 3, symbol: "type_show".into() }],
+                    callbacks: vec![],
                 },
                 Object {
                     objname: "binfmt_misc".into(),
                     funcs: vec![Func { old_name: "bm_status_read".into(), sympos: 0, symbol: "bm_status_read".into() }],
+                    callbacks: vec![("pre_patch".into(), "pre".into()), ("post_unpatch".into(), "post".into())],
                 },
             ],
+            states: vec![],
         };
         let c = hook_source(&spec);
         assert!(c.contains(".old_name = \"type_show\", .new_func = __suture_new_0_0, .old_sympos = 3"), "{c}");
         assert!(c.contains("{ .name = NULL, .funcs = suture_funcs_0 }"), "{c}");
-        assert!(c.contains("{ .name = \"binfmt_misc\", .funcs = suture_funcs_1 }"), "{c}");
+        assert!(
+            c.contains("{ .name = \"binfmt_misc\", .funcs = suture_funcs_1, .callbacks = { .pre_patch = __suture_cb_1_pre_patch, .post_unpatch = __suture_cb_1_post_unpatch, } }"),
+            "{c}"
+        );
+        assert!(c.contains("extern int __suture_cb_1_pre_patch(struct klp_object *);"), "{c}");
+        assert!(c.contains("extern void __suture_cb_1_post_unpatch(struct klp_object *);"), "{c}");
         assert!(c.contains(".replace = true"));
+        assert!(!c.contains("states"), "no states asked for: {c}");
         assert!(c.contains("MODULE_INFO(livepatch, \"Y\");"));
+    }
+
+    #[test]
+    fn states_are_listed_and_parsed() {
+        let spec = ModuleSpec {
+            name: "livepatch_s".into(),
+            replace: true,
+            objects: vec![Object { objname: "vmlinux".into(), funcs: vec![], callbacks: vec![] }],
+            states: vec![parse_state("7:2").unwrap(), parse_state("0x10:1").unwrap()],
+        };
+        let c = hook_source(&spec);
+        assert!(c.contains("{ .id = 7UL, .version = 2 },\n\t{ .id = 16UL, .version = 1 },\n\t{ }"), "{c}");
+        assert!(c.contains(".states = suture_states,"), "{c}");
+        assert!(parse_state("0:1").is_err());
+        assert!(parse_state("1").is_err());
+        assert!(parse_state("x:1").is_err());
     }
 
     #[test]

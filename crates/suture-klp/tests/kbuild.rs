@@ -57,7 +57,9 @@ fn links_a_livepatch_module_in_klp_format() {
         objects: vec![Object {
             objname: "vmlinux".into(),
             funcs: vec![Func { old_name: "cmdline_proc_show".into(), sympos: 0, symbol: "cmdline_proc_show".into() }],
+            callbacks: vec![],
         }],
+        states: vec![],
     };
     let (ko, report) = build_module(&spec, &[(0, obj)], &headers, tmp.path()).unwrap();
     assert_eq!(report.klp_syms, vec![".klp.sym.vmlinux.saved_command_line,0".to_string()]);

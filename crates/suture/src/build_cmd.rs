@@ -22,12 +22,20 @@ pub struct Args {
     /// Build a patch that stacks on loaded patches instead of replacing them.
     #[arg(long)]
     no_replace: bool,
+    /// Record a livepatch state (struct klp_state) ID:VERSION in the patch; repeatable. The kernel then
+    /// refuses a later replacing patch that drops the state or lowers its version.
+    #[arg(long = "state", value_name = "ID:VERSION", value_parser = parse_state)]
+    states: Vec<suture_build::State>,
     /// Keep the work directory (objects before and after, klp objects, kbuild files).
     #[arg(long)]
     keep_work: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+fn parse_state(s: &str) -> Result<suture_build::State, String> {
+    suture_build::parse_state(s).map_err(|e| format!("{e:#}"))
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -40,6 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         replace: !a.no_replace,
         cache: suture_build::cache_root(),
         keep_work: a.keep_work,
+        states: a.states,
     };
     let start = Instant::now();
     let progress = |msg: &str| eprintln!("[{:5.1}s] {msg}", start.elapsed().as_secs_f64());
@@ -59,6 +68,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 }
                 for f in &r.new_functions {
                     println!("  adds     {f}");
+                }
+                for c in &r.callbacks {
+                    println!("  callback {c}");
+                }
+                for s in &r.states {
+                    println!("  state    {}:{}", s.id, s.version);
+                }
+                if !r.replace {
+                    println!("  stacks on loaded patches (--no-replace)");
                 }
             }
             Ok(0)
