@@ -145,3 +145,167 @@ fn shadow_variable_tags_tasks_at_fork_shows_them_and_frees_them_at_exit() {
     assert_eq!(field(out, "AFTER"), "0", "{out}");
     assert_eq!(field(out, "FREED"), "1", "{out}");
 }
+
+/// The `suture-cb:` lines of the kernel log, in order, without timestamps.
+fn callback_lines(out: &str) -> Vec<String> {
+    out.lines().filter_map(|l| l.find("suture-cb: ").map(|i| l[i + "suture-cb: ".len()..].trim().to_string())).collect()
+}
+
+#[test]
+fn callbacks_run_in_order_and_a_failing_pre_patch_callback_leaves_no_trace() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ko, b) = build_ok("callbacks.patch", "livepatch_cb", tmp.path(), &[]);
+    for k in ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"] {
+        assert!(b.stdout.contains(&format!("callback vmlinux {k}: suture_{k}")), "{}", b.stdout);
+    }
+    let (refuse, _) = build_ok("callbacks-refuse.patch", "livepatch_refuse", tmp.path(), &[]);
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/cb.ko").unwrap();
+    vm.add_file(&refuse, "/root/refuse.ko").unwrap();
+    // The kernel log goes to a file between the steps: `dmesg -c` empties the
+    // ring, so each CB* line lists what one step printed.
+    let run = vm
+        .run(
+            "dmesg -n 1; dmesg -c > /dev/null\n\
+             echo BEFORE:$(cat /proc/cmdline)\n\
+             suture load /root/cb.ko || exit 10\n\
+             echo LOADED:$(cat /proc/cmdline)\n\
+             dmesg -c > /tmp/load.log\n\
+             suture unload livepatch_cb || exit 12\n\
+             dmesg -c > /tmp/unload.log\n\
+             echo UNLOADED:$(cat /proc/cmdline)\n\
+             cat /tmp/load.log /tmp/unload.log | grep suture-cb:\n\
+             echo LOADCB:$(grep -c suture-cb: /tmp/load.log)\n\
+             suture load /root/refuse.ko; echo REFUSERC:$?\n\
+             dmesg -c > /tmp/refuse.log\n\
+             echo REFUSED:$(grep -c 'suture-cb: pre-patch refuses' /tmp/refuse.log)\n\
+             echo KERNELSAYS:$(grep -c \"pre-patch callback failed for object 'vmlinux'\" /tmp/refuse.log)\n\
+             echo MODULES:$(grep -c livepatch_ /proc/modules)\n\
+             echo SYSFS:$(ls /sys/kernel/livepatch/)\n\
+             echo FINAL:$(cat /proc/cmdline)\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    eprintln!("guest output:\n{out}");
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert!(field(out, "LOADED").ends_with(" suture=callbacks"), "{out}");
+    assert_eq!(field(out, "UNLOADED"), field(out, "BEFORE"), "{out}");
+    assert_eq!(
+        callback_lines(out),
+        vec!["pre-patch vmlinux", "post-patch vmlinux", "pre-unpatch vmlinux", "post-unpatch vmlinux"],
+        "{out}"
+    );
+    // pre-patch and post-patch both ran during the load, before suture load returned.
+    assert_eq!(field(out, "LOADCB"), "2", "{out}");
+    // The refusing patch: the load fails, its callback ran, the kernel said why,
+    // and nothing is left: no module, no sysfs directory, the old behaviour.
+    assert_ne!(field(out, "REFUSERC"), "0", "{out}");
+    assert_eq!(field(out, "REFUSED"), "1", "{out}");
+    assert_eq!(field(out, "KERNELSAYS"), "1", "{out}");
+    assert_eq!(field(out, "MODULES"), "0", "{out}");
+    assert_eq!(field(out, "SYSFS"), "", "{out}");
+    assert_eq!(field(out, "FINAL"), field(out, "BEFORE"), "{out}");
+}
+
+#[test]
+fn a_cumulative_patch_replaces_the_loaded_one_and_states_refuse_a_downgrade() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, b) = build_ok("cmdline.patch", "lp_one", tmp.path(), &["--state", "1:2"]);
+    assert!(b.stdout.contains("state    1:2"), "{}", b.stdout);
+    // Same code as lp_two, but it would take state 1 back to version 1.
+    let (down, _) = build_ok("cmdline-second.patch", "lp_down", tmp.path(), &["--state", "1:1"]);
+    let (two, _) = build_ok("cmdline-second.patch", "lp_two", tmp.path(), &["--state", "1:2"]);
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    for (ko, name) in [(&one, "one"), (&down, "down"), (&two, "two")] {
+        vm.add_file(ko, &format!("/root/{name}.ko")).unwrap();
+    }
+    let run = vm
+        .run(
+            "dmesg -n 1\n\
+             echo BEFORE:$(cat /proc/cmdline)\n\
+             suture load /root/one.ko || exit 10\n\
+             echo ONE:$(cat /proc/cmdline)\n\
+             dmesg -c > /dev/null\n\
+             suture load /root/down.ko > /tmp/down.out 2>&1; echo DOWNRC:$?\n\
+             cat /tmp/down.out\n\
+             echo DOWNMSG:$(dmesg | grep -c 'Livepatch patch (lp_down) is not compatible with the already installed livepatches')\n\
+             echo STILL:$(cat /proc/cmdline)\n\
+             echo DOWNMOD:$(grep -c '^lp_down ' /proc/modules)\n\
+             suture load /root/two.ko || exit 11\n\
+             echo TWO:$(cat /proc/cmdline)\n\
+             echo SYSFS2:$(ls /sys/kernel/livepatch/)\n\
+             echo ONEMOD:$(grep -c '^lp_one ' /proc/modules)\n\
+             rmmod lp_one; echo RMMOD:$?\n\
+             echo ONEGONE:$(grep -c '^lp_one ' /proc/modules)\n\
+             suture unload lp_two || exit 12\n\
+             echo UNLOADED:$(cat /proc/cmdline)\n\
+             echo SYSFS:$(ls /sys/kernel/livepatch/)\n\
+             echo MODULES:$(grep -c '^lp_' /proc/modules)\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    eprintln!("guest output:\n{out}");
+    assert_eq!(run.exit_status, 0, "{out}");
+    let before = field(out, "BEFORE");
+    assert!(field(out, "ONE").ends_with(" suture=live"), "{out}");
+    // The downgrade is refused by the kernel (klp_is_patch_compatible) and
+    // patch 1 keeps running.
+    assert_ne!(field(out, "DOWNRC"), "0", "{out}");
+    assert_eq!(field(out, "DOWNMSG"), "1", "{out}");
+    assert_eq!(field(out, "STILL"), field(out, "ONE"), "{out}");
+    assert_eq!(field(out, "DOWNMOD"), "0", "{out}");
+    // Patch 2 replaces patch 1 atomically: only its text, only its directory;
+    // patch 1's module stays loaded, disabled, and can be removed.
+    let two = field(out, "TWO");
+    assert!(two.ends_with(" suture=second") && !two.contains("suture=live"), "{out}");
+    assert_eq!(field(out, "SYSFS2"), "lp_two", "{out}");
+    assert_eq!(field(out, "ONEMOD"), "1", "{out}");
+    assert_eq!(field(out, "RMMOD"), "0", "{out}");
+    assert_eq!(field(out, "ONEGONE"), "0", "{out}");
+    // Unloading patch 2 restores the original, not patch 1.
+    assert_eq!(field(out, "UNLOADED"), before, "{out}");
+    assert_eq!(field(out, "SYSFS"), "", "{out}");
+    assert_eq!(field(out, "MODULES"), "0", "{out}");
+}
+
+#[test]
+fn a_system_call_is_patched_through_suture_syscall_define() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ko, b) = build_ok("uname-syscall.patch", "livepatch_uname", tmp.path(), &[]);
+    // The entry points are what gets redirected; the body is a new function.
+    assert!(b.stdout.contains("replaces vmlinux:__x64_sys_newuname "), "{}", b.stdout);
+    assert!(b.stdout.contains("adds     __suture_do_sys_newuname"), "{}", b.stdout);
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/uname.ko").unwrap();
+    let run = vm
+        .run(
+            "echo BEFORE:$(uname -s)\n\
+             echo RBEFORE:$(uname -r)\n\
+             suture load /root/uname.ko || exit 10\n\
+             echo AFTER:$(uname -s)\n\
+             echo RAFTER:$(uname -r)\n\
+             suture unload livepatch_uname || exit 12\n\
+             echo UNLOADED:$(uname -s)\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    eprintln!("guest output:\n{out}");
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_eq!(field(out, "BEFORE"), "Linux", "{out}");
+    assert_eq!(field(out, "AFTER"), "Suture", "{out}");
+    // Only the marker changed: the rest of the structure is still the kernel's.
+    assert_eq!(field(out, "RAFTER"), field(out, "RBEFORE"), "{out}");
+    assert_eq!(field(out, "UNLOADED"), "Linux", "{out}");
+}
