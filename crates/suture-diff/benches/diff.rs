@@ -1,4 +1,7 @@
-//! The largest corpus pairs, diffed in process (no process start-up, no file I/O).
+//! The largest corpus pairs, diffed in process (no process start-up, no file
+//! I/O): the whole differ, and the pipeline cut after each stage (`NAME/parse`,
+//! `/correlate`, `/compare`, `/include+write`; each includes the stages before
+//! it, so a stage costs the difference to the previous line).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::path::PathBuf;
@@ -19,6 +22,12 @@ fn bench(c: &mut Criterion) {
         };
         let opts = suture_diff::Options::default();
         c.bench_function(name, |b| b.iter(|| suture_diff::diff(&o, &p, &opts).unwrap()));
+        let (o, p): (suture_diff::Shared, suture_diff::Shared) = (std::sync::Arc::new(o), std::sync::Arc::new(p));
+        for (i, stage) in ["parse", "correlate", "compare", "include+write"].iter().enumerate() {
+            c.bench_function(&format!("{name}/{stage}"), |b| {
+                b.iter(|| suture_diff::run_stages(o.clone(), p.clone(), &opts, i as u8).unwrap())
+            });
+        }
     }
 }
 

@@ -65,6 +65,26 @@ pub fn diff_shared(orig: Shared, patched: Shared, opts: &Options) -> Result<Outc
     Ok(out)
 }
 
+/// The pipeline cut after each stage, for the Criterion benchmark of the
+/// stages (each includes the ones before it): 0 parse, 1 correlate, 2 compare,
+/// 3 include and write. Not an API.
+#[doc(hidden)]
+pub fn run_stages(orig: Shared, patched: Shared, opts: &Options, upto: u8) -> Result<(), Error> {
+    if upto == 0 {
+        load(orig, "ORIG")?;
+        load(patched, "PATCHED")?;
+        return Ok(());
+    }
+    let mut d = Diff::new(orig, patched, opts)?;
+    if upto >= 2 {
+        d.compare();
+    }
+    if upto >= 3 {
+        crate::include::run(&mut d)?;
+    }
+    Ok(())
+}
+
 pub fn explain(orig: &[u8], patched: &[u8], func: &str, opts: &Options) -> Result<Explanation, Error> {
     explain_shared(std::sync::Arc::new(orig.to_vec()), std::sync::Arc::new(patched.to_vec()), func, opts)
 }

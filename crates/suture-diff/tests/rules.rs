@@ -496,3 +496,23 @@ fn ignored_function_is_left_out_with_a_warning() {
     assert_eq!(patch.report.changed, vec!["f"]);
     assert!(patch.report.warnings.iter().any(|w| w.contains("g: changes ignored (SUTURE_IGNORE_FUNCTION)")), "{:?}", patch.report.warnings);
 }
+
+#[test]
+fn a_weak_default_missing_from_the_target_is_reached_by_name() {
+    // `void __weak release_thread()` in kernel/exit.c is overridden by x86's own:
+    // vmlinux has one release_thread, not this object's copy.
+    let weak = "__attribute__((weak, noinline)) void wk(int a) { asm volatile(\"\" :: \"r\"(a)); }\n";
+    let o = compile("weak-orig", &format!("{weak}{BASE}").replace("return count + exported_thing(a);", "wk(a); return count + exported_thing(a);"));
+    let p = compile("weak-patched", &format!("{weak}{BASE}").replace("return count + exported_thing(a);", "wk(a); return count * 2 + exported_thing(a);"));
+    let mut t = Target { objname: "vmlinux".into(), symbols: Default::default() };
+    t.symbols.insert("g".into(), TargetSym::Unexported { sympos: 0 });
+    t.symbols.insert("exported_thing".into(), TargetSym::Exported);
+    let orig = Object::parse(&o).unwrap();
+    for s in orig.symbols.iter().filter(|s| s.name.starts_with("count.")) {
+        t.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: 0 });
+    }
+    let opts = Options { target: Some(t), ..Default::default() };
+    let (_, out) = changes(&o, &p, &opts);
+    let names: Vec<String> = reloc_targets(&out, ".text.g").into_iter().map(|x| x.0).collect();
+    assert!(names.contains(&".klp.sym.vmlinux.wk,0".to_string()), "{names:?}");
+}
