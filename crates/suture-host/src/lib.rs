@@ -124,11 +124,22 @@ impl HostError {
 /// to get consent (a prompt, `--yes`); without one suture never forces.
 pub type ForceConfirm = Arc<dyn Fn(&str, &[StalledTask]) -> bool + Send + Sync>;
 
-/// Why forcing is dangerous, for prompts and warnings.
-pub const FORCE_WARNING: &str = "forcing marks every task as switched although the listed tasks may still be \
-running the old code: if the patch changes what those functions do together, the kernel can misbehave or crash. \
-The livepatch core then keeps the module's reference forever: the module can never be removed, only disabled, \
-until the next reboot; plan that reboot and apply no more livepatches meanwhile";
+/// Why forcing is dangerous, for prompts and warnings; `unpatching`
+/// picks the direction. The kernel (`klp_force_transition`) marks as forced,
+/// and so never releases the module of, the patch being disabled, or, when
+/// patching, the patches an atomic-replace patch supersedes.
+pub fn force_warning(unpatching: bool) -> &'static str {
+    if unpatching {
+        "forcing marks every task as switched although the listed tasks may still be running the patched code: \
+         if they return into it after its module is gone the kernel crashes, so the livepatch core never releases \
+         this module: it stays loaded (disabled) until the next reboot; plan that reboot"
+    } else {
+        "forcing marks every task as switched although the listed tasks may still be running the old code: if the \
+         patch changes what old and new functions do together, the kernel can misbehave or crash. The livepatch core \
+         then never releases the modules of the patches this one replaces (atomic replace): they can never be \
+         removed until the next reboot; plan that reboot and apply no more livepatches meanwhile"
+    }
+}
 
 /// How long the kernel (5.15+) waits between the fake signals it sends to
 /// tasks blocking a transition (`SIGNALS_TIMEOUT` in kernel/livepatch/transition.c).

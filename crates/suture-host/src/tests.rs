@@ -80,18 +80,20 @@ fn simulate(sims: &Sims, root: PathBuf, name: String, complete: bool) {
             std::thread::sleep(Duration::from_millis(5));
             let enabled = std::fs::read_to_string(pd.join("enabled")).unwrap_or_default();
             let forced = std::fs::read_to_string(pd.join("force")).is_ok_and(|f| f.trim() == "1");
-            if forced {
-                // The core completes the transition and keeps the module
-                // reference forever.
-                if !completed {
-                    let _ = std::fs::write(pd.join("transition"), "0\n");
-                    completed = true;
-                }
-                if enabled.trim() == "0" {
-                    let _ = std::fs::remove_dir_all(&pd);
-                    return;
-                }
-                continue;
+            if forced && enabled.trim() == "0" {
+                // A forced unpatching: the core frees the patch but keeps
+                // the module reference forever.
+                let _ = std::fs::remove_dir_all(&pd);
+                return;
+            }
+            if forced && !completed {
+                // A forced patching completes; the module stays removable
+                // (only patches it replaces would be pinned).
+                let _ = std::fs::write(pd.join("transition"), "0\n");
+                // `force` is write-only in sysfs; the fake forgets it so a
+                // later unpatching is not taken as forced too.
+                let _ = std::fs::write(pd.join("force"), "0");
+                completed = true;
             }
             if enabled.trim() == "0" {
                 let _ = std::fs::remove_dir_all(&pd);
@@ -497,7 +499,7 @@ fn recording_confirm(yes: bool) -> (ForceConfirm, Arc<Mutex<Vec<(String, Vec<u32
 }
 
 #[test]
-fn load_forced_only_with_consent_and_the_module_stays() {
+fn load_forced_only_with_consent() {
     let f = fixture("force", Behaviour::Stalls, &[]);
     stalled_task_77(&f);
     let p = write_ko(&f, "lp.ko", &ko("lp_force", true, REL));
@@ -520,26 +522,21 @@ fn load_forced_only_with_consent_and_the_module_stays() {
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert!(r.aid.forced);
     assert_eq!(r.aid.forced_past[0].pid, 77);
-    assert_eq!(
-        std::fs::read_to_string(f.fake.0.join("sys/kernel/livepatch/lp_force/force")).unwrap(),
-        "1"
-    );
     assert_eq!(r.state.transition, Some(false));
-    // The forced module keeps its reference: unloading disables the patch
-    // but the module cannot go, and the error says only a reboot helps.
-    let e = f
+    // Forcing a patching transition does not pin this module: it unloads.
+    let r = f
         .host
         .unload(
             "lp_force",
             &UnloadOptions {
-                timeout: Duration::from_millis(150),
+                timeout: Duration::from_secs(5),
                 poll_interval: Duration::from_millis(2),
                 ..UnloadOptions::default()
             },
         )
-        .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::ModuleInUse, "{e}");
-    assert!(e.to_string().contains("reboot"), "{e}");
+        .unwrap();
+    assert!(r.module_removed && !r.aid.forced);
+    assert_eq!(*f.deleted.lock().unwrap(), ["lp_force", "lp_force"]);
 }
 
 #[test]

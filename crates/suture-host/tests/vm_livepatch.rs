@@ -40,6 +40,7 @@ struct Artifacts {
     plain: PathBuf,
     stall: PathBuf,
     missing: PathBuf,
+    other_build: PathBuf,
     suture: PathBuf,
 }
 
@@ -51,6 +52,7 @@ fn artifacts() -> &'static Artifacts {
         let dir = target_dir().join("suture-host-vm").join(release());
         let (sample, plain, stall, missing) = build_modules(&dir);
         Artifacts {
+            other_build: dir.join("mod/other-build.ko"),
             sample,
             plain,
             stall,
@@ -164,6 +166,35 @@ MODULE_LICENSE("GPL");
 MODULE_INFO(livepatch, "Y");
 "#;
 
+/// The sample livepatch claiming, in the key `suture build` records, a
+/// build-id no kernel has: the same release, another build.
+const OTHER_BUILD_C: &str = r#"#include <linux/module.h>
+#include <linux/livepatch.h>
+#include <linux/seq_file.h>
+
+static int other_cmdline_proc_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "%s\n", "other build");
+	return 0;
+}
+
+static struct klp_func funcs[] = {
+	{ .old_name = "cmdline_proc_show", .new_func = other_cmdline_proc_show, },
+	{ }
+};
+static struct klp_object objs[] = { { .funcs = funcs, }, { } };
+static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, };
+
+static int other_init(void) { return klp_enable_patch(&patch); }
+static void other_exit(void) { }
+module_init(other_init);
+module_exit(other_exit);
+MODULE_LICENSE("GPL");
+MODULE_INFO(livepatch, "Y");
+MODULE_INFO(suture_release_build_id, "00112233445566778899aabbccddeeff00112233");
+MODULE_INFO(suture_cve, "CVE-2099-0001");
+"#;
+
 /// Builds the sample livepatch, an ordinary module (the refusal case), the
 /// stalling patch and the missing-function patch against the release's
 /// headers.
@@ -187,9 +218,10 @@ fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     .unwrap();
     std::fs::write(m.join("stall-patch.c"), STALL_PATCH_C).unwrap();
     std::fs::write(m.join("missing-patch.c"), MISSING_PATCH_C).unwrap();
+    std::fs::write(m.join("other-build.c"), OTHER_BUILD_C).unwrap();
     std::fs::write(
         m.join("Kbuild"),
-        "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o\n",
+        "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o other-build.o\n",
     )
     .unwrap();
     run(Command::new("make")
@@ -313,6 +345,7 @@ fn guest() -> suture_lab::Vm {
     vm.add_file(&a.plain, "/root/plain-mod.ko").unwrap();
     vm.add_file(&a.stall, "/root/stall-patch.ko").unwrap();
     vm.add_file(&a.missing, "/root/missing-patch.ko").unwrap();
+    vm.add_file(&a.other_build, "/root/other-build.ko").unwrap();
     vm
 }
 
@@ -558,4 +591,196 @@ fn stalled_transition_is_reversed_and_explained() {
         "sample:\n{sample}"
     );
     assert_eq!(sample.matches("rc=0").count(), 2, "sample:\n{sample}");
+}
+
+/// Everything after the first stall: status while a load waits, the
+/// kernel's fake signal finishing a transition, an unload stalled by a task
+/// inside the replacement function, `--force` refused without consent and
+/// applied with it, a build-id mismatch refused.
+const TRANSITION_SCRIPT: &str = r#"
+# $1: a function that must be on the new sleeper's stack.
+start_sleeper() {
+  sleep 600 &
+  SLEEPER=$!
+  i=0
+  while ! grep -q "$1" /proc/$SLEEPER/stack 2>/dev/null; do
+    i=$((i+1)); [ $i -gt 300 ] && echo "sleeper never reached $1" && break
+    usleep 100000
+  done
+}
+start_sleeper hrtimer_nanosleep
+S1=$SLEEPER
+echo "== ids"; echo "s1=$S1"
+T0=$(date +%s)
+suture load --timeout 60 /root/stall-patch.ko > /tmp/bg.out 2>&1 &
+BG=$!
+i=0
+while [ "$(cat /sys/kernel/livepatch/stall_patch/transition 2>/dev/null)" != 1 ]; do
+  i=$((i+1)); [ $i -gt 200 ] && echo "never in transition" && break
+  usleep 20000
+done
+echo "== status-json"; suture status --json; echo "rc=$?"
+echo "== status-text"; suture status; echo "rc=$?"
+echo "== status-prom"; suture status --prometheus /tmp/suture.prom > /dev/null; echo "rc=$?"; cat /tmp/suture.prom
+wait $BG; BGRC=$?
+echo "== bg-load"; cat /tmp/bg.out; echo "rc=$BGRC"; echo "waited=$(( $(date +%s) - T0 ))"
+echo "== applied-json"; suture status --json; echo "rc=$?"
+start_sleeper stall_hrtimer_nanosleep
+S3=$SLEEPER
+echo "== unload-stall"; echo "s3=$S3"; suture unload --timeout 3 stall_patch; echo "rc=$?"
+echo "== status-unpatching"; suture status --json; echo "rc=$?"
+T0=$(date +%s)
+echo "== unload-again"; suture unload --timeout 60 stall_patch; echo "rc=$?"; echo "waited=$(( $(date +%s) - T0 ))"
+grep -q '^stall_patch ' /proc/modules && echo "module=loaded" || echo "module=gone"
+start_sleeper hrtimer_nanosleep
+S4=$SLEEPER
+echo "== force-no-consent"; suture load --force --timeout 2 /root/stall-patch.ko < /dev/null; echo "rc=$?"
+grep -q '^stall_patch ' /proc/modules && echo "module=loaded" || echo "module=gone"
+echo "== force"; suture load --force --yes --timeout 2 --json /root/stall-patch.ko; echo "rc=$?"
+cat /sys/kernel/livepatch/stall_patch/enabled /sys/kernel/livepatch/stall_patch/transition
+# Forcing a patching transition pins only patches it replaces (none here).
+echo "== force-load-unload"; suture unload --timeout 10 stall_patch; echo "rc=$?"
+grep -q '^stall_patch ' /proc/modules && echo "module=loaded" || echo "module=gone"
+kill $S1 $S3 $S4
+usleep 200000
+suture load --timeout 30 /root/stall-patch.ko > /dev/null; echo "reload_rc=$?"
+start_sleeper stall_hrtimer_nanosleep
+echo "== force-unload"; suture unload --force --yes --timeout 2 stall_patch; echo "rc=$?"
+test -e /sys/kernel/livepatch/stall_patch && echo "sysfs=present" || echo "sysfs=gone"
+grep -q '^stall_patch ' /proc/modules && echo "module=loaded" || echo "module=gone"
+echo "== force-unload-again"; suture unload --timeout 2 stall_patch; echo "rc=$?"
+echo "== other-build"; suture load /root/other-build.ko; echo "rc=$?"
+grep -q '^other_build ' /proc/modules && echo "module=loaded" || echo "module=gone"
+echo "== end"
+"#;
+
+/// The GNU build-id of the release's vmlinux when suture's cache has the
+/// extracted image (`suture build` leaves it there).
+fn cached_vmlinux_build_id() -> Option<String> {
+    use object::{Object, ObjectSection};
+    let cache = std::env::var_os("SUTURE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/suture".into());
+    let data = std::fs::read(cache.join(release()).join("vmlinux")).ok()?;
+    let f = object::File::parse(&*data).ok()?;
+    let notes = f.section_by_name(".notes")?.data().ok()?.to_vec();
+    let mut off = 0;
+    while off + 12 <= notes.len() {
+        let rd = |o: usize| u32::from_le_bytes(notes[o..o + 4].try_into().unwrap()) as usize;
+        let (nsz, dsz, ty) = (rd(off), rd(off + 4), rd(off + 8));
+        let name = &notes[off + 12..off + 12 + nsz];
+        let d0 = off + 12 + ((nsz + 3) & !3);
+        if ty == 3 && name == b"GNU\0" {
+            return Some(notes[d0..d0 + dsz].iter().map(|b| format!("{b:02x}")).collect());
+        }
+        off = d0 + ((dsz + 3) & !3);
+    }
+    None
+}
+
+#[test]
+fn transitions_seen_signalled_forced_and_builds_checked_in_guest() {
+    if !suture_lab::require_kernel_or_skip(&release()).unwrap() {
+        return;
+    }
+    let vm = guest().timeout(std::time::Duration::from_secs(400));
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let r = vm.run(TRANSITION_SCRIPT).unwrap();
+    eprintln!("guest run took {:?}", r.duration);
+    let out = r.script_output();
+    let s = sections(out);
+    let sec = |k: &str| {
+        s.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output))
+    };
+    assert!(s.contains_key("end"), "script did not finish; guest output:\n{}", r.output);
+    let num = |sec: &str, key: &str| -> u64 {
+        sec.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in:\n{sec}"))
+    };
+    let s1 = num(&sec("ids"), "s1=");
+
+    // While the load waits: the patch in transition, the sleeper named
+    // with its stack and the patched function on it.
+    let st = json_of(&sec("status-json"));
+    assert_eq!(st["ok"], true, "{st}");
+    let status = &st["status"];
+    assert_eq!(status["release"], release());
+    let t = &status["transition"];
+    assert_eq!((t["patch"].clone(), t["direction"].clone()), ("stall_patch".into(), "patching".into()), "{st}");
+    let task = t["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["pid"] == s1)
+        .unwrap_or_else(|| panic!("sleeper {s1} not in {t}"));
+    assert_eq!(task["comm"], "sleep");
+    assert_eq!(task["patched_on_stack"][0], "hrtimer_nanosleep", "{task}");
+    assert!(task["stack"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("hrtimer_nanosleep+")), "{task}");
+    let p = &status["patches"][0];
+    assert_eq!((p["name"].clone(), p["applied"].clone()), ("stall_patch".into(), false.into()), "{st}");
+    // The running kernel's build-id, read from /sys/kernel/notes, is the
+    // one in the release's vmlinux.
+    let bid = status["build_id"].as_str().unwrap_or_else(|| panic!("no build_id: {st}"));
+    assert_eq!(bid.len(), 40, "{bid}");
+    if let Some(want) = cached_vmlinux_build_id() {
+        assert_eq!(bid, want);
+    }
+    let text = sec("status-text");
+    assert!(text.contains("stall_patch is patching") && text.contains(&format!("pid {s1} ")), "{text}");
+    let prom = sec("status-prom");
+    assert!(prom.starts_with("rc=0"), "{prom}");
+    assert!(prom.contains("suture_transition_in_progress 1"), "{prom}");
+    assert!(prom.contains("suture_patch_applied{patch=\"stall_patch\",installed=\"false\"} 0"), "{prom}");
+    assert!(prom.contains(&format!("build_id=\"{bid}\"")), "{prom}");
+
+    // The kernel's fake signal (every 15 s on 6.1) got the sleeper out of
+    // the old function; no attribute to write, suture only waited.
+    let bg = sec("bg-load");
+    assert!(bg.contains("loaded stall_patch") && bg.contains("rc=0"), "{bg}");
+    let waited = num(&bg, "waited=");
+    assert!((10..=45).contains(&waited), "the transition took {waited} s; the fake signal comes at 15 s:\n{bg}");
+    let applied = json_of(&sec("applied-json"));
+    assert_eq!(applied["status"]["patches"][0]["applied"], true, "{applied}");
+    assert_eq!(applied["status"]["effective_version"], format!("{}+stall_patch", release()));
+    assert!(applied["status"].get("transition").is_none(), "{applied}");
+
+    // The other direction: a task asleep in the replacement function.
+    let us = sec("unload-stall");
+    let s3 = num(&us, "s3=");
+    assert!(us.ends_with("rc=1\n") && us.contains("did not finish unpatching within 3s"), "{us}");
+    assert!(us.contains(&format!("task {s3} (tid {s3}) \"sleep\"")), "{us}");
+    assert!(us.contains("on its stack: stall_hrtimer_nanosleep"), "{us}");
+    let su = json_of(&sec("status-unpatching"));
+    let t = &su["status"]["transition"];
+    assert_eq!(t["direction"], "unpatching", "{su}");
+    assert!(t["tasks"].as_array().unwrap().iter().any(|x| x["pid"] == s3), "{su}");
+    let again = sec("unload-again");
+    assert!(again.contains("removed module stall_patch") || again.contains("unloaded stall_patch"), "{again}");
+    assert!(again.contains("rc=0") && again.contains("module=gone"), "{again}");
+
+    // --force: refused without a terminal or --yes, before loading.
+    let nc = sec("force-no-consent");
+    assert!(nc.contains("add --yes") && nc.contains("rc=1") && nc.contains("module=gone"), "{nc}");
+    let f = sec("force");
+    let fj = json_of(&f);
+    assert_eq!(fj["load"]["aid"]["forced"], true, "{fj}");
+    assert_eq!(fj["load"]["aid"]["kernel_signals"], true, "{fj}");
+    assert!(f.contains("rc=0\n1\n0\n"), "forced patch enabled, transition over:\n{f}");
+    assert!(f.contains("replaces") && f.contains("can never be"), "{f}");
+    let flu = sec("force-load-unload");
+    assert!(flu.contains("unloaded stall_patch") && flu.contains("rc=0") && flu.contains("module=gone"), "{flu}");
+    let fu = sec("force-unload");
+    assert!(fu.contains("reload_rc=0") || sec("force-load-unload").contains("reload_rc=0"), "{out}");
+    assert!(fu.contains("FORCED") && fu.contains("stays loaded until reboot") && fu.contains("rc=0"), "{fu}");
+    assert!(fu.contains("sysfs=gone") && fu.contains("module=loaded"), "{fu}");
+    let fa = sec("force-unload-again");
+    assert!(fa.contains("rc=1") && fa.contains("reboot"), "{fa}");
+
+    let ob = sec("other-build");
+    assert!(ob.contains("another build of the same release") && ob.contains("00112233445566778899aabbccddeeff00112233"), "{ob}");
+    assert!(ob.contains("rc=2") && ob.contains("module=gone"), "{ob}");
 }

@@ -18,8 +18,8 @@ use suture_host::state::StateDir;
 use suture_host::{ErrorKind, ForceConfirm, Host, HostError, LoadOptions, StalledTask, UnloadOptions};
 
 const FORCE_HELP: &str = "If the transition has not finished at the deadline, force it instead of reversing it \
-(asks first, unless --yes). Dangerous: tasks still running the old code are declared switched, and the module \
-can never be removed until reboot.";
+(asks first, unless --yes). Dangerous: tasks still running the code being replaced are declared switched, and the \
+kernel never releases the module being disabled (unload) or the modules of replaced patches (load) until reboot.";
 
 #[derive(clap::Args)]
 pub struct LoadArgs {
@@ -111,7 +111,7 @@ pub fn force_confirm(force: bool, yes: bool, op: &'static str) -> anyhow::Result
             eprintln!(
                 "warning: suture {op}: forcing the transition of {name} past {} task(s) (--force --yes): {}",
                 tasks.len(),
-                suture_host::FORCE_WARNING
+                suture_host::force_warning(op != "load")
             );
             true
         })));
@@ -119,7 +119,7 @@ pub fn force_confirm(force: bool, yes: bool, op: &'static str) -> anyhow::Result
     if !std::io::stdin().is_terminal() {
         anyhow::bail!(
             "--force needs a confirmation and stdin is not a terminal; add --yes if you accept that {}",
-            suture_host::FORCE_WARNING
+            suture_host::force_warning(op != "load")
         );
     }
     Ok(Some(Arc::new(move |name: &str, tasks: &[StalledTask]| {
@@ -133,7 +133,7 @@ pub fn force_confirm(force: bool, yes: bool, op: &'static str) -> anyhow::Result
                 if t.patched_on_stack.is_empty() { "-".to_string() } else { t.patched_on_stack.join(", ") }
             );
         }
-        eprintln!("\n{}.", suture_host::FORCE_WARNING);
+        eprintln!("\n{}.", suture_host::force_warning(op != "load"));
         eprint!("Type \"force\" to force the transition, anything else to reverse it: ");
         let mut line = String::new();
         let _ = std::io::stdin().read_line(&mut line);
@@ -214,7 +214,7 @@ pub fn load(a: LoadArgs) -> anyhow::Result<i32> {
                     eprintln!(
                         "warning: the transition was FORCED past {} task(s); {}",
                         r.aid.forced_past.len(),
-                        suture_host::FORCE_WARNING
+                        suture_host::force_warning(false)
                     );
                 }
             }
