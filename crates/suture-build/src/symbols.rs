@@ -150,9 +150,36 @@ fn walk(dir: &Path, out: &mut HashMap<String, PathBuf>) {
     }
 }
 
+type Pending = (PathBuf, std::thread::JoinHandle<Result<Vec<u8>>>);
+
+/// A decompression of the image running in the background (see [`prefetch_vmlinux`]).
+static PREFETCH: std::sync::Mutex<Option<Pending>> = std::sync::Mutex::new(None);
+
+/// Starts decompressing (or reading the cached copy of) the release's image on
+/// another thread, so that on a cold build it overlaps with extracting and
+/// preparing the source tree, which keep only one core busy much of the time.
+pub fn prefetch_vmlinux(image: &Path, dir: &Path) {
+    let (image, dir) = (image.to_path_buf(), dir.to_path_buf());
+    let key = image.clone();
+    let handle = std::thread::spawn(move || extracted_vmlinux_now(&image, &dir, &|_| {}));
+    *PREFETCH.lock().unwrap_or_else(|e| e.into_inner()) = Some((key, handle));
+}
+
+fn extracted_vmlinux(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<u8>> {
+    let pending = PREFETCH.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some((key, handle)) = pending {
+        if key == image {
+            if let Ok(r) = handle.join() {
+                return r;
+            }
+        }
+    }
+    extracted_vmlinux_now(image, dir, progress)
+}
+
 /// The decompressed image, cached: decompressing 65 MB each build would cost
 /// seconds for nothing.
-fn extracted_vmlinux(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<u8>> {
+fn extracted_vmlinux_now(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<u8>> {
     let cached = dir.join("vmlinux");
     let meta = fs::metadata(image).with_context(|| format!("reading {}", image.display()))?;
     let key = format!("{} {} {:?}", image.display(), meta.len(), meta.modified().ok());
