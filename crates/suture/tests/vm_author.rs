@@ -309,3 +309,44 @@ fn a_system_call_is_patched_through_suture_syscall_define() {
     assert_eq!(field(out, "RAFTER"), field(out, "RBEFORE"), "{out}");
     assert_eq!(field(out, "UNLOADED"), "Linux", "{out}");
 }
+
+#[test]
+fn a_module_patched_before_it_loads_runs_its_callbacks_when_it_loads() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ko, b) = build_ok("module-callbacks.patch", "livepatch_bmcb", tmp.path(), &[]);
+    assert!(b.stdout.contains("callback binfmt_misc pre_patch: suture_bm_pre_patch"), "{}", b.stdout);
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    vm.add_release_module("kernel/fs/binfmt_misc.ko").unwrap();
+    let bm = format!("/lib/modules/{}/kernel/fs/binfmt_misc.ko", release());
+    let script = format!(
+        "dmesg -n 1; dmesg -c > /dev/null; mkdir -p /bm\n\
+         suture load /root/p.ko || exit 10\n\
+         echo ATLOAD:$(dmesg -c | grep -c suture-cb:)\n\
+         insmod {bm} || exit 11\n\
+         dmesg -c > /tmp/insmod.log\n\
+         mount -t binfmt_misc none /bm || exit 12\n\
+         echo STATUS:$(cat /bm/status)\n\
+         umount /bm; rmmod binfmt_misc || exit 13\n\
+         dmesg -c > /tmp/rmmod.log\n\
+         echo INSMOD:$(grep suture-cb: /tmp/insmod.log | sed 's/.*suture-cb: //' | tr '\\n' ,)\n\
+         echo RMMOD:$(grep suture-cb: /tmp/rmmod.log | sed 's/.*suture-cb: //' | tr '\\n' ,)\n\
+         suture unload livepatch_bmcb || exit 14\n\
+         echo ATUNLOAD:$(dmesg -c | grep -c suture-cb:)\n"
+    );
+    let run = vm.run(&script).unwrap();
+    let out = run.script_output();
+    eprintln!("guest output:\n{out}");
+    assert_eq!(run.exit_status, 0, "{out}");
+    // The module is not there at load: its object's callbacks wait for it.
+    assert_eq!(field(out, "ATLOAD"), "0", "{out}");
+    assert_eq!(field(out, "INSMOD"), "pre-patch binfmt_misc,post-patch binfmt_misc,", "{out}");
+    assert_eq!(field(out, "STATUS"), "enabled (suture)", "{out}");
+    assert_eq!(field(out, "RMMOD"), "pre-unpatch binfmt_misc,post-unpatch binfmt_misc,", "{out}");
+    // Module gone: unloading the patch has no module callbacks left to run.
+    assert_eq!(field(out, "ATUNLOAD"), "0", "{out}");
+}
