@@ -41,6 +41,8 @@ struct Artifacts {
     stall: PathBuf,
     missing: PathBuf,
     other_build: PathBuf,
+    stallkt: PathBuf,
+    kt_patch: PathBuf,
     suture: PathBuf,
 }
 
@@ -53,6 +55,8 @@ fn artifacts() -> &'static Artifacts {
         let (sample, plain, stall, missing) = build_modules(&dir);
         Artifacts {
             other_build: dir.join("mod/other-build.ko"),
+            stallkt: dir.join("mod/stallkt.ko"),
+            kt_patch: dir.join("mod/kt-patch.ko"),
             sample,
             plain,
             stall,
@@ -195,6 +199,82 @@ MODULE_INFO(suture_release_build_id, "00112233445566778899aabbccddeeff00112233")
 MODULE_INFO(suture_cve, "CVE-2099-0001");
 "#;
 
+/// A module whose kthread sleeps uninterruptibly in `stallkt_wait` until
+/// `release` is set, then idles in `stallkt_idle`. The kernel's fake
+/// signal only wakes interruptible kthreads, so nothing but the release
+/// gets it out of the function a patch replaces.
+const STALLKT_C: &str = r#"#include <linux/module.h>
+#include <linux/kthread.h>
+#include <linux/wait.h>
+#include <linux/sched.h>
+
+static DECLARE_WAIT_QUEUE_HEAD(wq);
+static bool release_flag;
+static struct task_struct *kt;
+
+static int set_release(const char *val, const struct kernel_param *kp)
+{
+	int r = param_set_bool(val, kp);
+	wake_up(&wq);
+	return r;
+}
+static const struct kernel_param_ops release_ops = { .set = set_release, .get = param_get_bool, };
+module_param_cb(release, &release_ops, &release_flag, 0644);
+
+noinline void stallkt_wait(void)
+{
+	wait_event(wq, READ_ONCE(release_flag) || kthread_should_stop());
+}
+
+noinline void stallkt_idle(void)
+{
+	while (!kthread_should_stop())
+		schedule_timeout_interruptible(HZ / 10);
+}
+
+static int stallkt_fn(void *data)
+{
+	stallkt_wait();
+	stallkt_idle();
+	return 0;
+}
+
+static int __init stallkt_init(void)
+{
+	kt = kthread_run(stallkt_fn, NULL, "suture_stall");
+	return IS_ERR(kt) ? PTR_ERR(kt) : 0;
+}
+static void __exit stallkt_exit(void)
+{
+	WRITE_ONCE(release_flag, true);
+	kthread_stop(kt);
+}
+module_init(stallkt_init);
+module_exit(stallkt_exit);
+MODULE_LICENSE("GPL");
+"#;
+
+/// Replaces `stallkt_wait` in the stallkt module.
+const KT_PATCH_C: &str = r#"#include <linux/module.h>
+#include <linux/livepatch.h>
+
+static void new_stallkt_wait(void) { }
+
+static struct klp_func funcs[] = {
+	{ .old_name = "stallkt_wait", .new_func = new_stallkt_wait, },
+	{ }
+};
+static struct klp_object objs[] = { { .name = "stallkt", .funcs = funcs, }, { } };
+static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, };
+
+static int kt_patch_init(void) { return klp_enable_patch(&patch); }
+static void kt_patch_exit(void) { }
+module_init(kt_patch_init);
+module_exit(kt_patch_exit);
+MODULE_LICENSE("GPL");
+MODULE_INFO(livepatch, "Y");
+"#;
+
 /// Builds the sample livepatch, an ordinary module (the refusal case), the
 /// stalling patch and the missing-function patch against the release's
 /// headers.
@@ -219,9 +299,11 @@ fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     std::fs::write(m.join("stall-patch.c"), STALL_PATCH_C).unwrap();
     std::fs::write(m.join("missing-patch.c"), MISSING_PATCH_C).unwrap();
     std::fs::write(m.join("other-build.c"), OTHER_BUILD_C).unwrap();
+    std::fs::write(m.join("stallkt.c"), STALLKT_C).unwrap();
+    std::fs::write(m.join("kt-patch.c"), KT_PATCH_C).unwrap();
     std::fs::write(
         m.join("Kbuild"),
-        "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o other-build.o\n",
+        "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o other-build.o stallkt.o kt-patch.o\n",
     )
     .unwrap();
     run(Command::new("make")
@@ -346,6 +428,8 @@ fn guest() -> suture_lab::Vm {
     vm.add_file(&a.stall, "/root/stall-patch.ko").unwrap();
     vm.add_file(&a.missing, "/root/missing-patch.ko").unwrap();
     vm.add_file(&a.other_build, "/root/other-build.ko").unwrap();
+    vm.add_file(&a.stallkt, "/root/stallkt.ko").unwrap();
+    vm.add_file(&a.kt_patch, "/root/kt-patch.ko").unwrap();
     vm
 }
 
@@ -783,4 +867,79 @@ fn transitions_seen_signalled_forced_and_builds_checked_in_guest() {
     let ob = sec("other-build");
     assert!(ob.contains("another build of the same release") && ob.contains("00112233445566778899aabbccddeeff00112233"), "{ob}");
     assert!(ob.contains("rc=2") && ob.contains("module=gone"), "{ob}");
+}
+
+const KTHREAD_SCRIPT: &str = r#"
+insmod /root/stallkt.ko || echo "insmod failed"
+KT=
+for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = suture_stall ] && KT=${d#/proc/}; done
+i=0
+while ! grep -q stallkt_wait /proc/$KT/stack 2>/dev/null; do
+  i=$((i+1)); [ $i -gt 100 ] && echo "kthread never reached stallkt_wait" && break
+  usleep 50000
+done
+echo "== ids"; echo "kt=$KT"
+T0=$(date +%s)
+echo "== kt-stall"; suture load --timeout 17 /root/kt-patch.ko; echo "rc=$?"; echo "waited=$(( $(date +%s) - T0 ))"
+test -e /sys/kernel/livepatch/kt_patch && echo "sysfs=present" || echo "sysfs=gone"
+grep -q '^kt_patch ' /proc/modules && echo "module=loaded" || echo "module=gone"
+grep -q stallkt_wait /proc/$KT/stack && echo "kthread=in-old-function"
+echo 1 > /sys/module/stallkt/parameters/release
+i=0
+while ! grep -q stallkt_idle /proc/$KT/stack 2>/dev/null; do
+  i=$((i+1)); [ $i -gt 100 ] && echo "kthread never left stallkt_wait" && break
+  usleep 50000
+done
+echo "== kt-load"; suture load --timeout 30 /root/kt-patch.ko; echo "rc=$?"
+cat /sys/kernel/livepatch/kt_patch/stallkt/patched
+echo "== kt-unload"; suture unload kt_patch; echo "rc=$?"
+rmmod stallkt; echo "rmmod_rc=$?"
+echo "== end"
+"#;
+
+/// Issue 4's stall: a kthread asleep uninterruptibly in the function the
+/// patch replaces. The kernel's fake signal (sent at 15 s) cannot wake it,
+/// so a 17 s load fails naming the kthread and leaves the old code in
+/// place; once the kthread has left the function, the same load succeeds.
+#[test]
+fn kthread_in_uninterruptible_sleep_blocks_until_it_leaves() {
+    if !suture_lab::require_kernel_or_skip(&release()).unwrap() {
+        return;
+    }
+    let vm = guest().timeout(std::time::Duration::from_secs(300));
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let r = vm.run(KTHREAD_SCRIPT).unwrap();
+    eprintln!("guest run took {:?}", r.duration);
+    let out = r.script_output();
+    let s = sections(out);
+    let sec = |k: &str| {
+        s.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output))
+    };
+    assert!(s.contains_key("end"), "script did not finish; guest output:\n{}", r.output);
+    let kt: u32 = sec("ids")
+        .trim()
+        .strip_prefix("kt=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no kthread pid:\n{out}"));
+    let st = sec("kt-stall");
+    assert!(st.contains("rc=1") && st.contains("did not finish its transition within 17s"), "{st}");
+    assert!(st.contains(&format!("task {kt} (tid {kt}) \"suture_stall\"")), "{st}");
+    assert!(st.contains("patched function(s) on its stack: stallkt_wait"), "{st}");
+    assert!(st.contains("sleep uninterruptibly"), "the hint should say why the fake signal did not help:\n{st}");
+    assert!(
+        st.contains("sysfs=gone") && st.contains("module=gone") && st.contains("kthread=in-old-function"),
+        "{st}"
+    );
+    let waited: u64 = st
+        .lines()
+        .find_map(|l| l.strip_prefix("waited="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!(waited >= 17, "{st}");
+    let ld = sec("kt-load");
+    assert!(ld.contains("loaded kt_patch") && ld.contains("stallkt:stallkt_wait") && ld.contains("rc=0\n1\n"), "{ld}");
+    let ul = sec("kt-unload");
+    assert!(ul.contains("rc=0") && ul.contains("rmmod_rc=0"), "{ul}");
 }
