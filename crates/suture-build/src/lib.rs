@@ -34,6 +34,9 @@ pub struct BuildOptions {
     pub keep_work: bool,
     /// `klp_patch.states` (`--state ID:VERSION`).
     pub states: Vec<suture_klp::State>,
+    /// Sign the module with this private key and certificate (PEM), for hosts
+    /// that enforce module signatures.
+    pub sign: Option<(PathBuf, PathBuf)>,
 }
 
 /// `include/suture.h`, shipped inside the binary and written next to the
@@ -272,7 +275,11 @@ fn build_in(
         klp_objects.extend(objs.into_iter().map(|o| (idx, o)));
     }
     progress(&format!("{verified} replaced function(s) byte-identical to the running kernel's build (relocations masked)"));
-    let (ko, _post) = suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
+    let (mut ko, _post) = suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
+    if let Some((key, cert)) = &opts.sign {
+        progress("signing the module with the release's scripts/sign-file");
+        ko = suture_klp::sign::sign(&ko, &tree.release.headers.join("scripts/sign-file"), key, cert, work)?;
+    }
     let module = suture_klp::write_module(output, &ko)?;
     Ok(BuildReport {
         module,

@@ -29,6 +29,12 @@ pub struct Args {
     /// Keep the work directory (objects before and after, klp objects, kbuild files).
     #[arg(long)]
     keep_work: bool,
+    /// Sign the module with this PEM private key (needs --sign-cert).
+    #[arg(long, value_name = "KEY.pem", requires = "sign_cert")]
+    sign_key: Option<PathBuf>,
+    /// The X.509 certificate (PEM or DER) that goes with --sign-key.
+    #[arg(long, value_name = "CERT.pem", requires = "sign_key")]
+    sign_cert: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -49,6 +55,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cache: suture_build::cache_root(),
         keep_work: a.keep_work,
         states: a.states,
+        sign: a.sign_key.zip(a.sign_cert),
     };
     let start = Instant::now();
     let progress = |msg: &str| eprintln!("[{:5.1}s] {msg}", start.elapsed().as_secs_f64());
