@@ -146,9 +146,14 @@ fn shadow_variable_tags_tasks_at_fork_shows_them_and_frees_them_at_exit() {
     assert_eq!(field(out, "FREED"), "1", "{out}");
 }
 
-/// The `suture-cb:` lines of the kernel log, in order, without timestamps.
-fn callback_lines(out: &str) -> Vec<String> {
-    out.lines().filter_map(|l| l.find("suture-cb: ").map(|i| l[i + "suture-cb: ".len()..].trim().to_string())).collect()
+/// The `suture-cb:` lines of the kernel log, in order, without timestamps,
+/// printed between the line starting with `from` and the one starting with `to`.
+fn callback_lines(out: &str, from: &str, to: &str) -> Vec<String> {
+    out.lines()
+        .skip_while(|l| !l.starts_with(from))
+        .take_while(|l| !l.starts_with(to))
+        .filter_map(|l| l.find("suture-cb: ").map(|i| l[i + "suture-cb: ".len()..].trim().to_string()))
+        .collect()
 }
 
 #[test]
@@ -195,7 +200,7 @@ fn callbacks_run_in_order_and_a_failing_pre_patch_callback_leaves_no_trace() {
     assert!(field(out, "LOADED").ends_with(" suture=callbacks"), "{out}");
     assert_eq!(field(out, "UNLOADED"), field(out, "BEFORE"), "{out}");
     assert_eq!(
-        callback_lines(out),
+        callback_lines(out, "UNLOADED:", "LOADCB:"),
         vec!["pre-patch vmlinux", "post-patch vmlinux", "pre-unpatch vmlinux", "post-unpatch vmlinux"],
         "{out}"
     );
