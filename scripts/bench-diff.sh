@@ -36,7 +36,27 @@ done
 # The floor on this machine: the same loop starting /bin/true.
 t0=$(now); while read -r args; do /bin/true $args; done < "$cmds"; floor=$(( ($(now) - t0) / 1000 ))
 echo "floor: $n x /bin/true in the same loop: $(echo "scale=3; $floor/1000000" | bc) s"
+# The binary's own start-up (dynamic loading, argument parsing), best of ROUNDS.
+sbest=
+for r in $(seq "$rounds"); do
+  t0=$(now); while read -r args; do "$bin" --version >/dev/null; done < "$cmds"; t=$(( ($(now) - t0) / 1000 ))
+  [ -z "$sbest" ] || [ "$t" -lt "$sbest" ] && sbest=$t
+done
+echo "start-up: $n x suture --version: $(echo "scale=3; $sbest/1000000" | bc) s"
 echo "corpus: $n pairs, one process each: best of $rounds rounds: $(echo "scale=3; $best/1000000" | bc) s"
+# The same processes two at a time (the machine's 2 cores), best of ROUNDS.
+pbest=
+for r in $(seq "$rounds"); do
+  t0=$(now)
+  xargs -P2 -L1 sh -c '"$0" diff "$@" -o "$(mktemp -u "'"$out"'/o.XXXXXX")" >/dev/null 2>&1; true' "$bin" < "$cmds"
+  t=$(( ($(now) - t0) / 1000 ))
+  [ -z "$pbest" ] || [ "$t" -lt "$pbest" ] && pbest=$t
+done
+echo "corpus: $n pairs, one process each, 2 at a time: best of $rounds rounds: $(echo "scale=3; $pbest/1000000" | bc) s"
+# CPU time of one sequential round (user + system, all 55 processes).
+/usr/bin/time -o "$out/cpu" -f "%U %S" bash -c 'while read -r args; do "$0" diff $args -o "$1/o.o" >/dev/null 2>&1 || true; done < "$2"' "$bin" "$out" "$cmds"
+read -r u s < "$out/cpu"
+echo "corpus CPU time (user+system) of one round: $(echo "$u + $s" | bc) s"
 
 big=unique-id-pr-1314
 args=$(grep "/$big.ORIG.o" "$cmds")

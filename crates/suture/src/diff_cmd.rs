@@ -173,6 +173,9 @@ fn print_report(r: &Report) {
     for f in &r.new {
         println!("new function: {f}");
     }
+    for c in &r.callbacks {
+        println!("callback: {c}");
+    }
     for x in &r.refusals {
         println!("refused: {}: {}", x.subject, x.reason);
     }
