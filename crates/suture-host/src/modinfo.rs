@@ -86,7 +86,11 @@ impl SutureMeta {
         if m.description.is_none() {
             m.description = plain_description;
         }
+        // The linker may emit .modinfo strings in any order; sorted ids
+        // make reports stable.
+        m.cves.sort();
         m
+
     }
 }
 
