@@ -3,6 +3,7 @@
 //! `delete_module`, isolated in [`sys`]); the decisions are made on data read
 //! from a configurable root so they are testable against a temporary tree.
 
+pub mod kcore;
 pub mod modinfo;
 pub mod report;
 pub mod state;

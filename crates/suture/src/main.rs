@@ -10,6 +10,7 @@ mod diff_cmd;
 mod host_cmd;
 mod install_cmd;
 mod status_cmd;
+mod verify_cmd;
 
 #[derive(Parser)]
 #[command(name = "suture", version, about = "Live kernel patching for Debian kernels")]
@@ -38,6 +39,8 @@ enum Cmd {
     Uninstall(install_cmd::UninstallArgs),
     /// Clear the crash-loop guard's pending marks of patches that stayed up.
     Confirm(install_cmd::ConfirmArgs),
+    /// Check a livepatch against the running kernel (release, build, code bytes) without loading it.
+    Verify(verify_cmd::Args),
 }
 
 fn main() {
@@ -52,6 +55,7 @@ fn main() {
         Cmd::Install(a) => install_cmd::install(a),
         Cmd::Uninstall(a) => install_cmd::uninstall(a),
         Cmd::Confirm(a) => install_cmd::confirm(a),
+        Cmd::Verify(a) => verify_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -1,0 +1,362 @@
+//! `suture verify`: compares the functions a patch replaces with the running
+//! kernel's memory, read through `/proc/kcore` at the addresses
+//! `/proc/kallsyms` gives. Ksplice's run-pre check, on the host: a patch
+//! built from other sources, another config or another compiler replaces
+//! functions whose bytes differ from what runs, and is refused.
+//!
+//! What to compare comes from the module: one `suture_func` string per
+//! replaced function, `OBJ NAME SYMPOS LEN SHA256 MASK`, where LEN bytes
+//! from the function's start, with the MASK ranges (`OFF+LEN,...`, or `-`)
+//! zeroed, hash to SHA256 (hex). The build masks what legitimately differs
+//! in memory: relocated fields and the sites the kernel rewrites at boot or
+//! at run time (the fentry call, alternatives, retpoline and return-thunk
+//! sites, jump labels, static calls).
+
+use crate::sysfs::Root;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// One `suture_func` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FuncSpec {
+    pub object: String,
+    pub name: String,
+    pub sympos: u32,
+    /// Present when the build recorded what to compare.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<FuncCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FuncCheck {
+    pub len: usize,
+    pub sha256: String,
+    pub mask: Vec<(usize, usize)>,
+}
+
+/// Parses `OBJ NAME SYMPOS [LEN SHA256 MASK]`.
+pub fn parse_func(s: &str) -> Result<FuncSpec, String> {
+    let w: Vec<&str> = s.split_whitespace().collect();
+    let bad = || format!("malformed suture_func {s:?}: want `OBJ NAME SYMPOS [LEN SHA256 MASK]`");
+    if w.len() != 3 && w.len() != 6 {
+        return Err(bad());
+    }
+    let sympos = w[2].parse().map_err(|_| bad())?;
+    let check = if w.len() == 6 {
+        let len = w[3].parse().map_err(|_| bad())?;
+        let sha = w[4].to_ascii_lowercase();
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut mask = Vec::new();
+        if w[5] != "-" {
+            for r in w[5].split(',') {
+                let (o, l) = r.split_once('+').ok_or_else(bad)?;
+                let (o, l): (usize, usize) =
+                    (o.parse().map_err(|_| bad())?, l.parse().map_err(|_| bad())?);
+                if o + l > len {
+                    return Err(format!("{}: mask {o}+{l} reaches past the function's {len} bytes", bad()));
+                }
+                mask.push((o, l));
+            }
+        }
+        Some(FuncCheck { len, sha256: sha, mask })
+    } else {
+        None
+    };
+    Ok(FuncSpec {
+        object: w[0].to_string(),
+        name: w[1].to_string(),
+        sympos,
+        check,
+    })
+}
+
+/// Zeroes the masked ranges and hashes.
+pub fn masked_sha256(bytes: &[u8], mask: &[(usize, usize)]) -> String {
+    let mut b = bytes.to_vec();
+    for &(o, l) in mask {
+        let end = (o + l).min(b.len());
+        if o < end {
+            b[o..end].fill(0);
+        }
+    }
+    Sha256::digest(&b).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A symbol's address in the running kernel, and the distance to the next
+/// symbol (an upper bound on its size). `sympos` counts same-named symbols
+/// of the object in kallsyms order from 1; 0 means the name must be unique.
+pub fn kallsyms_lookup(root: &Root, object: &str, name: &str, sympos: u32) -> io::Result<(u64, Option<u64>)> {
+    let text = std::fs::read_to_string(root.proc_dir().join("kallsyms"))?;
+    let mut addrs: Vec<u64> = Vec::new();
+    let mut hits = Vec::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let (Some(a), Some(_ty), Some(n)) = (w.next(), w.next(), w.next()) else { continue };
+        let Ok(a) = u64::from_str_radix(a, 16) else { continue };
+        let module = w.next().map(|m| m.trim_start_matches('[').trim_end_matches(']'));
+        let in_obj = match module {
+            None => object == "vmlinux",
+            Some(m) => m == object,
+        };
+        if in_obj {
+            addrs.push(a);
+            if n == name {
+                hits.push(a);
+            }
+        }
+    }
+    if hits.iter().all(|&a| a == 0) && !hits.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "/proc/kallsyms shows zero addresses: run as root (kernel.kptr_restrict hides them otherwise)",
+        ));
+    }
+    let addr = match (sympos, hits.len()) {
+        (_, 0) => {
+            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{object}:{name} is not in /proc/kallsyms")))
+        }
+        (0, 1) => hits[0],
+        (0, n) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{object}:{name} is defined {n} times and the module gives no position"),
+            ))
+        }
+        (p, n) if (p as usize) <= n => hits[p as usize - 1],
+        (p, n) => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{object}:{name} has {n} definition(s), the module wants number {p}"),
+            ))
+        }
+    };
+    addrs.sort_unstable();
+    let next = addrs.iter().find(|&&a| a > addr).map(|&a| a - addr);
+    Ok((addr, next))
+}
+
+/// Reads `len` bytes of kernel memory at virtual address `addr` from
+/// `/proc/kcore` (an ELF core file whose `PT_LOAD` segments map kernel
+/// virtual addresses to file offsets).
+pub fn read_kcore(root: &Root, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+    let path = root.proc_dir().join("kcore");
+    let f = std::fs::File::open(&path)?;
+    let mut eh = [0u8; 64];
+    f.read_exact_at(&mut eh, 0)?;
+    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a 64-bit little-endian ELF core", path.display())));
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(&eh, 0x20), u16_at(&eh, 0x36), u16_at(&eh, 0x38));
+    let mut ph = vec![0u8; (phentsize * phnum) as usize];
+    f.read_exact_at(&mut ph, phoff)?;
+    for i in 0..phnum as usize {
+        let p = &ph[i * phentsize as usize..];
+        if u32_at(p, 0) != 1 {
+            continue; // PT_LOAD only
+        }
+        let (off, vaddr, filesz) = (u64_at(p, 8), u64_at(p, 16), u64_at(p, 32));
+        if addr >= vaddr && addr.saturating_add(len as u64) <= vaddr.saturating_add(filesz) {
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, off + (addr - vaddr))?;
+            return Ok(buf);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{addr:#x}+{len} is in no PT_LOAD segment of {}", path.display()),
+    ))
+}
+
+/// What `verify` found for one function.
+#[derive(Debug, Clone, Serialize)]
+pub struct FuncResult {
+    #[serde(flatten)]
+    pub spec: FuncSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `match`, `differs`, `unchecked` (the module records no hash),
+    /// `absent` (the object is not loaded: nothing runs to compare),
+    /// or `error`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Compares each function against memory.
+pub fn verify_functions(root: &Root, specs: &[FuncSpec]) -> Vec<FuncResult> {
+    specs
+        .iter()
+        .map(|spec| {
+            let mut r = FuncResult { spec: spec.clone(), address: None, outcome: "error".into(), detail: None };
+            if spec.object != "vmlinux" && !root.module_dir(&spec.object).is_dir() {
+                r.outcome = "absent".into();
+                r.detail = Some(format!("module {} is not loaded; it is checked when it is", spec.object));
+                return r;
+            }
+            let (addr, _) = match kallsyms_lookup(root, &spec.object, &spec.name, spec.sympos) {
+                Ok(a) => a,
+                Err(e) => {
+                    r.detail = Some(e.to_string());
+                    return r;
+                }
+            };
+            r.address = Some(format!("{addr:#x}"));
+            let Some(c) = &spec.check else {
+                r.outcome = "unchecked".into();
+                r.detail = Some("the module records no bytes to compare (rebuild it with a suture that writes them)".into());
+                return r;
+            };
+            match read_kcore(root, addr, c.len) {
+                Ok(bytes) => {
+                    let got = masked_sha256(&bytes, &c.mask);
+                    if got == c.sha256 {
+                        r.outcome = "match".into();
+                    } else {
+                        r.outcome = "differs".into();
+                        r.detail = Some(format!("masked sha256 in memory {got}, at build {}", c.sha256));
+                    }
+                }
+                Err(e) => r.detail = Some(format!("reading /proc/kcore: {e}")),
+            }
+            r
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sysfs::testutil::FakeRoot;
+
+    /// An ELF64 core with one PT_LOAD mapping `vaddr` to the bytes `data`.
+    fn fake_kcore(vaddr: u64, data: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 64 + 56];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2;
+        f[5] = 1;
+        f[0x10..0x12].copy_from_slice(&4u16.to_le_bytes()); // ET_CORE
+        f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        f[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        let p = 64;
+        f[p..p + 4].copy_from_slice(&1u32.to_le_bytes());
+        f[p + 8..p + 16].copy_from_slice(&(120u64).to_le_bytes());
+        f[p + 16..p + 24].copy_from_slice(&vaddr.to_le_bytes());
+        f[p + 32..p + 40].copy_from_slice(&(data.len() as u64).to_le_bytes());
+        f.extend_from_slice(data);
+        f
+    }
+
+    #[test]
+    fn parses_func_records() {
+        let s = parse_func("vmlinux cmdline_proc_show 0").unwrap();
+        assert_eq!((s.object.as_str(), s.sympos, s.check), ("vmlinux", 0, None));
+        let h = "ab".repeat(32);
+        let s = parse_func(&format!("ext4 ext4_foo 2 64 {h} 0+5,20+4")).unwrap();
+        assert_eq!(s.check.unwrap().mask, [(0, 5), (20, 4)]);
+        assert!(parse_func("vmlinux f").is_err());
+        assert!(parse_func(&format!("vmlinux f 0 8 {h} 6+4")).unwrap_err().contains("past"));
+        assert!(parse_func("vmlinux f 0 8 nothex -").is_err());
+    }
+
+    #[test]
+    fn finds_functions_in_kcore_and_compares_masked_bytes() {
+        let f = FakeRoot::new("kcore");
+        let base = 0xffff_ffff_8100_0000u64;
+        let mut mem = vec![0xccu8; 0x100];
+        // "function" at base+0x40: a 5-byte nop (the fentry site), a call
+        // with a relocated field, ret.
+        let func = [0x0f, 0x1f, 0x44, 0x00, 0x00, 0xe8, 1, 2, 3, 4, 0xc3, 0xcc];
+        mem[0x40..0x40 + func.len()].copy_from_slice(&func);
+        std::fs::write(f.0.join("proc/kcore"), fake_kcore(base, &mem)).unwrap();
+        f.write(
+            "proc/kallsyms",
+            &format!(
+                "{base:016x} T _text\n{:016x} t dup\n{:016x} t target\n{:016x} t dup\n{:016x} t dup\t[ext4]\n",
+                base + 0x20,
+                base + 0x40,
+                base + 0x4c,
+                base + 0x80
+            ),
+        );
+        let root = f.root();
+        assert_eq!(kallsyms_lookup(&root, "vmlinux", "target", 0).unwrap(), (base + 0x40, Some(0xc)));
+        assert_eq!(kallsyms_lookup(&root, "vmlinux", "dup", 2).unwrap().0, base + 0x4c);
+        assert_eq!(kallsyms_lookup(&root, "ext4", "dup", 1).unwrap().0, base + 0x80);
+        assert!(kallsyms_lookup(&root, "vmlinux", "dup", 0).is_err());
+        assert!(kallsyms_lookup(&root, "vmlinux", "dup", 3).is_err());
+        assert_eq!(read_kcore(&root, base + 0x40, 12).unwrap(), func);
+        assert!(read_kcore(&root, base + 0xf8, 16).is_err());
+
+        // The build's view: the call target differs (relocated) and the
+        // fentry site holds a call instead of the nop; both masked.
+        let mut built = func;
+        built[..5].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
+        built[6..10].fill(0);
+        let mask = [(0, 5), (6, 4)];
+        let good = FuncSpec {
+            object: "vmlinux".into(),
+            name: "target".into(),
+            sympos: 0,
+            check: Some(FuncCheck { len: 12, sha256: masked_sha256(&built, &mask), mask: mask.to_vec() }),
+        };
+        let mut other = built;
+        other[10] = 0x90; // a different instruction outside the masks
+        let bad = FuncSpec {
+            check: Some(FuncCheck { len: 12, sha256: masked_sha256(&other, &mask), mask: mask.to_vec() }),
+            ..good.clone()
+        };
+        let gone = FuncSpec { object: "xfs".into(), ..good.clone() };
+        let r = verify_functions(&root, &[good, bad, gone]);
+        assert_eq!(r.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(), ["match", "differs", "absent"]);
+        assert_eq!(r[0].address.as_deref(), Some("0xffffffff81000040"));
+    }
+}
+
+/// `suture verify`'s answer for one module.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub name: String,
+    pub release: String,
+    /// The running kernel's build-id and whether the module's matched
+    /// (`false` when the module records none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    pub build_id_checked: bool,
+    pub functions: Vec<FuncResult>,
+    /// Every function with recorded bytes matched and at least one had them.
+    pub verified: bool,
+}
+
+impl crate::Host {
+    /// The load-time checks (livepatch, release, build-id), then each
+    /// replaced function's bytes against `/proc/kcore`. Loads nothing.
+    pub fn verify(&self, path: &std::path::Path) -> Result<VerifyReport, crate::HostError> {
+        let c = self.check_module(path)?;
+        let mut specs = Vec::new();
+        for f in &c.info.suture.functions {
+            specs.push(parse_func(f).map_err(|e| {
+                crate::HostError::new(crate::ErrorKind::NotAModule, format!("{}: {e}", path.display()))
+                    .hint("the module's suture_func records are damaged; rebuild it")
+            })?);
+        }
+        let functions = verify_functions(&self.root, &specs);
+        let verified = functions.iter().any(|f| f.outcome == "match")
+            && functions.iter().all(|f| matches!(f.outcome.as_str(), "match" | "absent"));
+        Ok(VerifyReport {
+            name: c.info.name,
+            release: c.release,
+            build_id: c.running_build_id,
+            build_id_checked: c.build_id_checked,
+            functions,
+            verified,
+        })
+    }
+}
