@@ -7,9 +7,10 @@
 //! is built from PATCHED byte ranges ("pieces") grouped per source section, so
 //! objects compiled without -ffunction-sections work too.
 //!
-//! Known simplifications: `.altinstr_replacement` and `.altinstr_aux`
-//! are copied whole when a kept entry needs them (entries of excluded functions
-//! then resolve through klp references); debug sections are not carried over.
+//! `.fixup` and `.altinstr_replacement` are sliced to the stubs kept entries
+//! use (a stub ends where the next one starts). Known simplifications:
+//! `.altinstr_aux` is copied whole when a kept entry needs it; debug sections
+//! are not carried over (their relocations are not even read).
 
 use suture_elf::fx::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -39,6 +40,10 @@ pub(crate) struct Diff<'a> {
     pub children_p: HashMap<usize, Vec<usize>>,
     /// PATCHED function → its `__pfx_`/`__cfi_` padding symbol.
     pub pfx_p: HashMap<usize, usize>,
+    /// PATCHED function → bytes of CALL_PADDING before it that no `__pfx_`
+    /// symbol names (objtool, which adds those symbols, runs on vmlinux.o, not
+    /// on single vmlinux objects, when the kernel has IBT).
+    pub pad_p: HashMap<usize, u64>,
     /// ORIG's defined local symbols by name, in file order (for sympos).
     pub o_locals_named: HashMap<String, Vec<usize>>,
 }
@@ -128,6 +133,7 @@ impl<'a> Diff<'a> {
             parent_p: HashMap::default(),
             children_p: HashMap::default(),
             pfx_p: HashMap::default(),
+            pad_p: HashMap::default(),
             o_locals_named: HashMap::default(),
         };
         for x in &d.o.elf.symbols {
@@ -237,9 +243,54 @@ impl<'a> Diff<'a> {
                 self.pfx_p.insert(f, s.index);
             }
         }
+        self.find_padding();
         for (c, par) in links {
             self.parent_p.insert(c, par);
             self.children_p.entry(par).or_default().push(c);
+        }
+    }
+
+    /// CALL_PADDING (`-fpatchable-function-entry=N,N`): the compiler puts N NOPs
+    /// before each function and records where they start in
+    /// `__patchable_function_entries`. The kernel writes its call-depth
+    /// accounting thunk into those bytes (for module code too, when the module
+    /// is loaded) and checks that they are NOPs first, so a function copied
+    /// into the patch must keep them.
+    fn find_padding(&mut self) {
+        let secs: Vec<usize> =
+            self.p.elf.sections.iter().filter(|s| s.name == "__patchable_function_entries").map(|s| s.index).collect();
+        for pfe in secs {
+            for r in self.p.elf.relas_of(pfe) {
+                let s = self.p.sym(r.sym);
+                let Some(sec) = s.section() else { continue };
+                let start = (s.value as i64).wrapping_add(r.addend);
+                if start < 0 {
+                    continue;
+                }
+                let start = start as u64;
+                // The function is the first one that starts after the record,
+                // within the largest padding the kernel configures (64 bytes).
+                let Some(&f) = self.p.by_sec.get(&sec).and_then(|v| {
+                    v.iter().find(|&&i| {
+                        let x = self.p.sym(i);
+                        x.typ == STT_FUNC && x.value > start && x.value <= start + 64
+                    })
+                }) else {
+                    continue;
+                };
+                if self.pfx_p.contains_key(&f) {
+                    continue;
+                }
+                let v = self.p.sym(f).value;
+                let data = &self.p.sec(sec).data;
+                let pad = data.get(start as usize..v as usize).unwrap_or(&[]);
+                // Only NOPs, and no other symbol in between: anything else is
+                // not padding and stays out.
+                let covered = self.p.containing(sec, start as i64).is_some_and(|c| c != f);
+                if !pad.is_empty() && pad.iter().all(|&b| b == 0x90) && !covered {
+                    self.pad_p.insert(f, v - start);
+                }
+            }
         }
     }
 

@@ -42,8 +42,10 @@ struct Inc<'d, 'a> {
     /// Kept entries per sliced section (entry start offsets), and the entry size.
     kept: BTreeMap<usize, (usize, std::collections::BTreeSet<u64>)>,
     refusals: Vec<Refusal>,
-    /// Start offsets of the `.fixup` stubs (where `__ex_table` entries point), sorted.
-    fixup_starts: Option<Vec<u64>>,
+    /// Start offsets of the stubs of `.fixup` (where `__ex_table` entries point)
+    /// and of `.altinstr_replacement` (where `.altinstructions` entries point),
+    /// sorted, by section.
+    stub_starts: HashMap<usize, Vec<u64>>,
 }
 
 impl<'d, 'a> Inc<'d, 'a> {
@@ -68,7 +70,9 @@ impl<'d, 'a> Inc<'d, 'a> {
         let Some(sec) = s.section() else { return };
         // Corrupt symbols may claim bytes past their section.
         let size = self.d.p.sec(sec).size;
-        let a = s.value.min(size);
+        // Unnamed CALL_PADDING goes with its function, like a `__pfx_` symbol.
+        let pad = self.d.pad_p.get(&sym).copied().unwrap_or(0);
+        let a = s.value.saturating_sub(pad).min(size);
         let b = s.value.saturating_add(s.size).min(size);
         self.add_piece(sec, a, b.max(a));
     }
@@ -115,7 +119,9 @@ impl<'d, 'a> Inc<'d, 'a> {
                 let s = self.d.p.sec(sec);
                 let new_section = self.d.o.elf.section_by_name(&s.name).is_none();
                 if s.name == ".fixup" {
-                    self.fixup_stub(sec, off);
+                    self.stub(sec, off, "__ex_table");
+                } else if s.name == ".altinstr_replacement" {
+                    self.stub(sec, off, ".altinstructions");
                 } else if crate::model::is_special_section(&s.name) || s.is_strings() || !s.is_write() || s.is_exec() || new_section || whole_on_demand(&s.name) {
                     self.whole(sec);
                 } else {
@@ -128,14 +134,16 @@ impl<'d, 'a> Inc<'d, 'a> {
         }
     }
 
-    /// `.fixup` holds one stub per exception-table entry; copy only the stub an
-    /// entry of included code uses (it ends where the next stub starts).
-    fn fixup_stub(&mut self, sec: usize, off: i64) {
-        if self.fixup_starts.is_none() {
+    /// `.fixup` holds one stub per exception-table entry, `.altinstr_replacement`
+    /// one replacement per alternative: copy only the stub an entry of included
+    /// code uses (it ends where the next stub starts), not the code of every
+    /// function of the object.
+    fn stub(&mut self, sec: usize, off: i64, table: &str) {
+        if !self.stub_starts.contains_key(&sec) {
             let mut v = Vec::new();
-            if let Some(ex) = self.d.p.elf.section_by_name("__ex_table").map(|s| s.index) {
-                for r in self.d.p.elf.relas_of(ex) {
-                    if let Target::Sec { sec: s2, off } = self.d.p.target(ex, r) {
+            if let Some(t) = self.d.p.elf.section_by_name(table).map(|s| s.index) {
+                for r in self.d.p.elf.relas_of(t) {
+                    if let Target::Sec { sec: s2, off } = self.d.p.target(t, r) {
                         if s2 == sec && off >= 0 {
                             v.push(off as u64);
                         }
@@ -144,10 +152,10 @@ impl<'d, 'a> Inc<'d, 'a> {
             }
             v.sort_unstable();
             v.dedup();
-            self.fixup_starts = Some(v);
+            self.stub_starts.insert(sec, v);
         }
         let size = self.d.p.sec(sec).size;
-        let starts = self.fixup_starts.as_ref().unwrap();
+        let starts = &self.stub_starts[&sec];
         let off = off.clamp(0, size as i64) as u64;
         let i = starts.partition_point(|&x| x <= off);
         if i == 0 {
@@ -304,7 +312,7 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         queue: VecDeque::new(),
         kept: BTreeMap::new(),
         refusals: Vec::new(),
-        fixup_starts: None,
+        stub_starts: HashMap::default(),
     };
 
     // Changed functions (except __init/__exit code, which is refused) and new globals.

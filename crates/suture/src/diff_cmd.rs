@@ -157,7 +157,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        // No fsync: the rename is what keeps readers from seeing a partial
+        // object; durability across a power cut is not a build tool's job (gcc
+        // and ld do not sync their outputs either), and a sync costs more than
+        // the whole diff of a small object.
         std::fs::rename(&tmp, path)
     })();
     if res.is_err() {
