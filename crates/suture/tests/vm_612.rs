@@ -1,0 +1,280 @@
+//! End to end on Debian's 6.12 series: a kernel built with `X86_KERNEL_IBT`,
+//! `CALL_PADDING` (16 NOPs and a `__pfx_` symbol before every function),
+//! call-depth tracking and return thunks. Same shape as `vm.rs`: the real
+//! `suture build`, then a QEMU guest booted on that release runs `suture load`
+//! and `suture unload`, checking what the kernel does before, while loaded and
+//! after.
+//!
+//! The guest boots with `retbleed=force,stuff spectre_v2=retpoline`, which turns
+//! call-depth tracking on even on QEMU's CPU model: the kernel then rewrites the
+//! module's calls (`.call_sites`) to go through accounting thunks it writes into
+//! the callees' padding, and refuses ("Invalid padding area") a callee whose 16
+//! bytes before the entry are not NOPs. (TCG does not implement CET, so IBT
+//! itself is not enforced in the guest; the module's layout is checked instead.)
+//!
+//! The release comes from `SUTURE_TEST_RELEASE_612` (`scripts/test.sh` sets it
+//! from `scripts/setup.sh --with-612`). Unset, the tests skip with a message,
+//! except under `CI`, where they must run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use suture_lab::Vm;
+
+/// The 6.12 release under test, or `None` (after saying why) when the tests
+/// skip. Under `CI` a missing release is a failure, not a skip.
+fn release() -> Option<String> {
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    let Ok(r) = std::env::var("SUTURE_TEST_RELEASE_612") else {
+        assert!(!ci, "CI must set SUTURE_TEST_RELEASE_612 (scripts/test.sh does, from setup.sh --with-612)");
+        eprintln!("SKIP: SUTURE_TEST_RELEASE_612 is not set (bash scripts/setup.sh --with-612 installs a 6.12 release and prints it)");
+        return None;
+    };
+    assert!(r.starts_with("6.12."), "SUTURE_TEST_RELEASE_612={r} is not a 6.12 release");
+    if !suture_lab::require_kernel_or_skip(&r).expect("kernel for the 6.12 VM tests") {
+        return None;
+    }
+    Some(r)
+}
+
+fn suture() -> &'static str {
+    env!("CARGO_BIN_EXE_suture")
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+static VM_LOCK: Mutex<()> = Mutex::new(());
+
+/// Command-line switches that make the guest kernel use call-depth tracking.
+const CALL_DEPTH: [&str; 2] = ["retbleed=force,stuff", "spectre_v2=retpoline"];
+
+fn build_ok(release: &str, patch: &str, dir: &Path) -> (PathBuf, serde_json::Value) {
+    let ko = dir.join(patch.replace(".patch", ".ko"));
+    let o = Command::new(suture())
+        .arg("build")
+        .arg(examples().join(patch))
+        .args(["--kernel", release, "--json", "-o"])
+        .arg(&ko)
+        .output()
+        .expect("running suture build");
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "suture build {patch} for {release} failed:\n{out}\n{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("--json report");
+    assert_eq!(report["release"], release);
+    (ko, report)
+}
+
+fn vm(release: &str) -> Vm {
+    let mut vm = Vm::new(release).unwrap();
+    for a in CALL_DEPTH {
+        vm = vm.append(a);
+    }
+    vm.add_executable(Path::new(suture()), "/bin/suture").unwrap();
+    vm
+}
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("no {key}: line in guest output:\n{out}"))
+        .trim()
+}
+
+/// What the kernel logged that would mean the module's code is not laid out
+/// or marked the way an IBT/call-thunk kernel expects.
+fn layout_complaints(dmesg: &str) -> Vec<&str> {
+    const BAD: [&str; 6] = [
+        "Invalid padding area",
+        "Unpatched return thunk",
+        "Missing ENDBR",
+        "missing ENDBR",
+        "control protection",
+        "Oops",
+    ];
+    dmesg.lines().filter(|l| BAD.iter().any(|b| l.contains(b))).collect()
+}
+
+/// Empties the kernel log before the first load: what the kernel says about
+/// its own image at boot (some of its assembly functions have no padding) is
+/// not about the module.
+const CLEAR: &str = "dmesg -c > /dev/null\n";
+
+/// The script lines that print the guest's dmesg between markers.
+const DMESG: &str = "echo DMESG-START; dmesg; echo DMESG-END\n";
+
+fn dmesg_of(out: &str) -> String {
+    out.lines()
+        .skip_while(|l| l.trim() != "DMESG-START")
+        .skip(1)
+        .take_while(|l| l.trim() != "DMESG-END")
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every function the module defines in executable sections (the
+/// replacements, new functions, the hook) starts where the kernel expects on
+/// this series: 16 NOPs before it (where call-depth accounting goes), and
+/// `endbr64` first when the module takes its address (`new_funcs` are
+/// reached through `klp_func.new_func`).
+fn check_module_layout(ko: &Path, funcs: &[&str]) {
+    // suture-klp's reader: the finished module has `.klp.rela.*` sections
+    // beside the ordinary ones, which the differ's reader rejects.
+    use suture_klp::elf::{Elf, SHN_LORESERVE, SHN_UNDEF};
+    let elf = Elf::parse(std::fs::read(ko).unwrap()).unwrap();
+    let symtab = elf.symtab().unwrap();
+    let strtab = elf.shdrs[symtab].link as usize;
+    let syms: Vec<(String, suture_klp::elf::Sym)> = elf
+        .syms(symtab)
+        .unwrap()
+        .into_iter()
+        .map(|s| (elf.str_at(strtab, s.name).unwrap().to_string(), s))
+        .collect();
+    for name in funcs {
+        let (_, s) = syms
+            .iter()
+            .find(|(n, s)| n == name && s.info & 0xf == 2 && s.shndx != SHN_UNDEF && s.shndx < SHN_LORESERVE)
+            .unwrap_or_else(|| panic!("{} defines no function {name}", ko.display()));
+        let data = elf.data(s.shndx as usize).unwrap();
+        let v = s.value as usize;
+        assert!(v >= 16, "{name} starts {v} bytes into its section: no room for its 16-byte padding");
+        assert_eq!(&data[v - 16..v], &[0x90u8; 16][..], "{name}: the 16 bytes before it are not CALL_PADDING NOPs");
+        assert_eq!(&data[v..v + 4], &[0xf3, 0x0f, 0x1e, 0xfa][..], "{name} does not start with endbr64");
+        let pfx = format!("__pfx_{name}");
+        assert!(
+            syms.iter().any(|(n, p)| *n == pfx && p.value + 16 == s.value && p.shndx == s.shndx),
+            "{name} has no {pfx} symbol over its padding"
+        );
+    }
+}
+
+#[test]
+fn proc_cmdline_is_patched_on_612() {
+    let Some(release) = release() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (ko, report) = build_ok(&release, "cmdline.patch", tmp.path());
+    assert_eq!(report["replaced"][0]["function"], "cmdline_proc_show", "{report}");
+    check_module_layout(&ko, &["cmdline_proc_show"]);
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm(&release);
+    vm.add_file(&ko, "/root/cmdline.ko").unwrap();
+    let run = vm
+        .run(&format!(
+            "echo UNAME:$(uname -r)\n\
+             echo RETBLEED:$(cat /sys/devices/system/cpu/vulnerabilities/retbleed)\n\
+             echo BEFORE:$(cat /proc/cmdline)\n\
+             {CLEAR}suture load /root/cmdline.ko || exit 10\n\
+             echo AFTER:$(cat /proc/cmdline)\n\
+             echo ENABLED:$(cat /sys/kernel/livepatch/livepatch_cmdline/enabled)\n\
+             suture unload livepatch_cmdline || exit 12\n\
+             echo UNLOADED:$(cat /proc/cmdline)\n\
+             echo SYSFS:$(ls /sys/kernel/livepatch/)\n\
+             {DMESG}"
+        ))
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_eq!(field(out, "UNAME"), release);
+    // The guest really runs with call-depth tracking: the module's calls went
+    // through the kernel's call-thunk patching.
+    assert!(field(out, "RETBLEED").contains("Stuffing"), "call-depth tracking is not on in the guest: {out}");
+    let before = field(out, "BEFORE");
+    assert!(!before.contains("suture=live"), "{out}");
+    assert_eq!(field(out, "AFTER"), format!("{before} suture=live"), "{out}");
+    assert_eq!(field(out, "ENABLED"), "1");
+    assert_eq!(field(out, "UNLOADED"), before, "{out}");
+    assert_eq!(field(out, "SYSFS"), "", "{out}");
+    let dmesg = dmesg_of(out);
+    assert!(dmesg.contains("livepatch_cmdline"), "no livepatch messages in dmesg:\n{dmesg}");
+    assert!(layout_complaints(&dmesg).is_empty(), "{:?}", layout_complaints(&dmesg));
+}
+
+/// The new function is called from the replacement inside the module: with
+/// call-depth tracking the kernel writes an accounting thunk into the new
+/// function's padding at load time, which only works if the padding is there.
+#[test]
+fn a_changed_function_may_call_a_new_function_on_612() {
+    let Some(release) = release() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (ko, report) = build_ok(&release, "cmdline-new-function.patch", tmp.path());
+    assert!(report["new_functions"].to_string().contains("suture_cmdline_note"), "{report}");
+    check_module_layout(&ko, &["cmdline_proc_show"]);
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm(&release);
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    let run = vm
+        .run(&format!(
+            "echo BEFORE:$(cat /proc/cmdline)\n\
+             {CLEAR}suture load /root/p.ko || exit 10\n\
+             echo AFTER:$(cat /proc/cmdline)\n\
+             echo NEWSYM:$(grep -c ' suture_cmdline_note' /proc/kallsyms)\n\
+             echo PFX:$(grep -c ' __pfx_suture_cmdline_note' /proc/kallsyms)\n\
+             suture unload livepatch_cmdline_new_function || exit 12\n\
+             echo UNLOADED:$(cat /proc/cmdline)\n\
+             {DMESG}"
+        ))
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    let before = field(out, "BEFORE");
+    assert!(field(out, "AFTER").contains(" suture=new-function"), "{out}");
+    assert_eq!(field(out, "NEWSYM"), "1", "{out}");
+    // objtool named the padding of the new function when kbuild linked the module.
+    assert_eq!(field(out, "PFX"), "1", "{out}");
+    assert_eq!(field(out, "UNLOADED"), before, "{out}");
+    let dmesg = dmesg_of(out);
+    assert!(layout_complaints(&dmesg).is_empty(), "{:?}", layout_complaints(&dmesg));
+}
+
+/// Module code on 6.12 (modules ship xz-compressed): patched with the module
+/// loaded first, and with the patch loaded first (late patching).
+#[test]
+fn a_module_function_is_patched_before_and_after_the_module_loads_on_612() {
+    let Some(release) = release() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (ko, _) = build_ok(&release, "binfmt-misc-status.patch", tmp.path());
+    check_module_layout(&ko, &["bm_status_read"]);
+    // busybox insmod takes an uncompressed module.
+    let xz = format!("/lib/modules/{release}/kernel/fs/binfmt_misc.ko.xz");
+    let plain = Command::new("xz").args(["-dc", &xz]).output().expect("running xz");
+    assert!(plain.status.success(), "xz -dc {xz}: {}", String::from_utf8_lossy(&plain.stderr));
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm(&release);
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    vm.add_bytes("/root/binfmt_misc.ko", plain.stdout, 0o644);
+    let bm = "/root/binfmt_misc.ko";
+    let script = format!(
+        "mkdir -p /bm\n\
+         insmod {bm} || exit 9\n\
+         mount -t binfmt_misc none /bm || exit 8\n\
+         echo BEFORE:$(cat /bm/status)\n\
+         {CLEAR}suture load /root/p.ko || exit 10\n\
+         echo AFTER:$(cat /bm/status)\n\
+         echo 0 > /bm/status\n\
+         echo AFTER_DISABLED:$(cat /bm/status)\n\
+         echo 1 > /bm/status\n\
+         suture unload livepatch_binfmt_misc_status || exit 12\n\
+         echo UNLOADED:$(cat /bm/status)\n\
+         umount /bm; rmmod binfmt_misc || exit 13\n\
+         suture load /root/p.ko || exit 14\n\
+         insmod {bm} || exit 15\n\
+         mount -t binfmt_misc none /bm || exit 16\n\
+         echo LATE:$(cat /bm/status)\n\
+         echo LATE_PATCHED:$(cat /sys/kernel/livepatch/livepatch_binfmt_misc_status/binfmt_misc/patched)\n\
+         umount /bm; rmmod binfmt_misc || exit 17\n\
+         suture unload livepatch_binfmt_misc_status || exit 18\n\
+         {DMESG}"
+    );
+    let run = vm.run(&script).unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_eq!(field(out, "BEFORE"), "enabled", "{out}");
+    assert_eq!(field(out, "AFTER"), "enabled (suture)", "{out}");
+    assert_eq!(field(out, "AFTER_DISABLED"), "disabled (suture)", "{out}");
+    assert_eq!(field(out, "UNLOADED"), "enabled", "{out}");
+    assert_eq!(field(out, "LATE"), "enabled (suture)", "{out}");
+    assert_eq!(field(out, "LATE_PATCHED"), "1", "{out}");
+    let dmesg = dmesg_of(out);
+    assert!(layout_complaints(&dmesg).is_empty(), "{:?}", layout_complaints(&dmesg));
+}
