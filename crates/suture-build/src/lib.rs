@@ -154,6 +154,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     result
 }
 
+/// What one klp_object collects across translation units: its functions, the
+/// klp objects that define them, and its callbacks (kind, symbol).
+type ObjectParts = (Vec<suture_klp::Func>, Vec<Vec<u8>>, Vec<(String, String)>);
+
 #[allow(clippy::too_many_arguments)]
 fn build_in(
     opts: &BuildOptions,
@@ -188,7 +192,7 @@ fn build_in(
     let symbols = SymbolSource::open(tree, opts.kallsyms.as_deref(), &opts.cache, progress)?;
     progress(&format!("diffing {} object(s) (symbols from {})", pairs.len(), symbols.describe()));
     let mut refusals = Vec::new();
-    let mut by_obj: BTreeMap<String, (Vec<suture_klp::Func>, Vec<Vec<u8>>, Vec<(String, String)>)> = BTreeMap::new();
+    let mut by_obj: BTreeMap<String, ObjectParts> = BTreeMap::new();
     let mut callbacks = Vec::new();
     let mut replaced = Vec::new();
     let mut new_functions = Vec::new();
