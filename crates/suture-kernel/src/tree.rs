@@ -173,11 +173,6 @@ impl Tree {
             tar.arg("--use-compress-program=xz -T0");
         }
         tar.arg("-xf").arg(&tarball).arg("-C").arg(&self.dir).arg("--strip-components=1");
-        // Never read by an x86 build (other architectures' Kconfig files are:
-        // crypto/Kconfig sources them), and a tenth of what would be written.
-        for skip in ["Documentation/*/*", "tools/perf", "tools/testing", "arch/*/boot/dts"] {
-            tar.arg(format!("--exclude=*/{skip}"));
-        }
         run(
             &mut tar,
             "extracting the kernel source",
