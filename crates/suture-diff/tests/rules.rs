@@ -516,3 +516,19 @@ fn a_weak_default_missing_from_the_target_is_reached_by_name() {
     let names: Vec<String> = reloc_targets(&out, ".text.g").into_iter().map(|x| x.0).collect();
     assert!(names.contains(&".klp.sym.vmlinux.wk,0".to_string()), "{names:?}");
 }
+
+/// Found by `cargo fuzz run diff_pair`: a PATCHED section with a corrupt
+/// 2^31 alignment made the writer pad the output to gigabytes (out of memory).
+#[test]
+fn absurd_section_alignment_is_an_error_not_gigabytes_of_padding() {
+    let (o, mut p) = pair("align", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let obj = Object::parse(&p).unwrap();
+    let idx = obj.section_by_name(".text.f").unwrap().index;
+    let shoff = u64::from_le_bytes(p[40..48].try_into().unwrap()) as usize;
+    let at = shoff + idx * 64 + 48;
+    p[at..at + 8].copy_from_slice(&(1u64 << 31).to_le_bytes());
+    match diff(&o, &p, &Options::default()) {
+        Err(e) => assert!(e.to_string().contains("alignment 2147483648"), "{e}"),
+        Ok(x) => panic!("expected an error, got {x:?}"),
+    }
+}

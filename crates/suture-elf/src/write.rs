@@ -35,6 +35,10 @@ pub struct OutRela {
     pub addend: i64,
 }
 
+/// The largest section alignment the writer accepts (64 KiB; kernel objects
+/// use at most a page).
+pub const MAX_ALIGN: u64 = 1 << 16;
+
 #[derive(Debug, Clone)]
 pub struct OutSection {
     pub name: String,
@@ -105,6 +109,11 @@ struct Hdr {
 }
 
 impl Builder {
+    /// The name of output section header `hi` (user sections come first, after NULL).
+    fn section_name(&self, hi: usize) -> String {
+        hi.checked_sub(1).and_then(|i| self.sections.get(i)).map(|s| s.name.clone()).unwrap_or_else(|| format!("#{hi}"))
+    }
+
     pub fn write(&self) -> Result<Vec<u8>, ElfError> {
         let nuser = self.sections.len();
         let nrela = self.sections.iter().filter(|s| !s.relas.is_empty()).count();
@@ -270,9 +279,16 @@ impl Builder {
         let mut out = vec![0u8; 64];
         for (hi, data) in &blobs {
             let align = hdrs[*hi].align.max(1);
-            while out.len() as u64 % align != 0 {
-                out.push(0);
+            // The file offset honours the alignment, so an absurd one (from a
+            // corrupt input: the fuzzer found 2^31) would mean gigabytes of
+            // padding. Kernel objects use at most a page.
+            if !align.is_power_of_two() || align > MAX_ALIGN {
+                return Err(ElfError::Write(format!(
+                    "section {}: alignment {align} is not a power of two up to {MAX_ALIGN}",
+                    self.section_name(*hi)
+                )));
             }
+            out.resize(out.len().next_multiple_of(align as usize), 0);
             hdrs[*hi].offset = out.len() as u64;
             out.extend_from_slice(data);
         }
