@@ -445,6 +445,30 @@ impl Host {
         }
     }
 
+    /// Stores a patch for the release it was built for without loading it:
+    /// for a kernel installed but not running yet (a package installed
+    /// before the reboot into its kernel). Only the livepatch tag is
+    /// checked; release and build are checked when it loads at boot.
+    pub fn install_for_boot(&self, state: &StateDir, path: &Path) -> Result<Installed, HostError> {
+        let data = std::fs::read(path)
+            .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
+        let info = crate::modinfo::parse_module(&data).map_err(|e| {
+            HostError::new(ErrorKind::NotAModule, format!("{} is not a loadable kernel module: {e}", path.display()))
+        })?;
+        if !info.livepatch {
+            return Err(HostError::new(
+                ErrorKind::NotLivepatch,
+                format!("refusing to install {}: module {:?} is not a livepatch module", path.display(), info.name),
+            ));
+        }
+        let release = info.release().map(str::to_string).ok_or_else(|| {
+            HostError::new(ErrorKind::ReleaseMismatch, format!("{} has no vermagic: cannot tell its kernel release", path.display()))
+        })?;
+        state.store(&release, &info.name, path).map_err(|e| {
+            HostError::io(format!("storing {} in {}", path.display(), state.release_dir(&release).display()), &e)
+        })
+    }
+
     /// Unloads the patch if it is loaded, then removes its files. On an
     /// unload failure the files stay, so the state still says what runs.
     pub fn uninstall(

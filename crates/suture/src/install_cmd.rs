@@ -30,6 +30,10 @@ pub struct InstallArgs {
     /// Do not write or enable the boot units.
     #[arg(long)]
     pub no_enable: bool,
+    /// Only store the patch for the release it was built for, to be loaded
+    /// when that kernel boots (no release or build check now).
+    #[arg(long)]
+    pub no_load: bool,
     /// Print one JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -45,6 +49,9 @@ pub struct UninstallArgs {
     pub force: bool,
     #[arg(long, requires = "force")]
     pub yes: bool,
+    /// Succeed when no such patch is installed or loaded (package scripts).
+    #[arg(long)]
+    pub missing_ok: bool,
     #[command(flatten)]
     pub state: StateArgs,
     /// Print one JSON document on stdout.
@@ -73,7 +80,12 @@ pub fn install(a: InstallArgs) -> anyhow::Result<i32> {
         timeout: timeout(a.timeout)?,
         ..LoadOptions::default()
     };
-    let (inst, load) = match host().install(&st, &a.module, &opts) {
+    let result = if a.no_load {
+        host().install_for_boot(&st, &a.module).map(|i| (i, None))
+    } else {
+        host().install(&st, &a.module, &opts)
+    };
+    let (inst, load) = match result {
         Ok(r) => r,
         Err(e) => return fail("install", e, a.json),
     };
@@ -111,7 +123,11 @@ pub fn install(a: InstallArgs) -> anyhow::Result<i32> {
             inst.name,
             inst.release,
             inst.path.display(),
-            if load.is_some() { "loaded" } else { "already loaded" }
+            match (&load, a.no_load) {
+                (Some(_), _) => "loaded",
+                (None, true) => "to be loaded when that kernel boots",
+                (None, false) => "already loaded",
+            }
         );
         for u in &units.enabled {
             println!("enabled {}", u.display());
@@ -149,6 +165,14 @@ pub fn uninstall(a: UninstallArgs) -> anyhow::Result<i32> {
                     a.name,
                     if was_installed { "" } else { " (it was loaded but not installed)" }
                 );
+            }
+            Ok(0)
+        }
+        Err(e) if a.missing_ok && e.kind == suture_host::ErrorKind::NotLoaded => {
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "uninstall": null }))?);
+            } else {
+                println!("{} is not installed or loaded: nothing to do", a.name);
             }
             Ok(0)
         }

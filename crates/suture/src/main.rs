@@ -9,6 +9,7 @@ mod build_cmd;
 mod diff_cmd;
 mod host_cmd;
 mod install_cmd;
+mod package_cmd;
 mod status_cmd;
 mod verify_cmd;
 
@@ -41,6 +42,8 @@ enum Cmd {
     Confirm(install_cmd::ConfirmArgs),
     /// Check a livepatch against the running kernel (release, build, code bytes) without loading it.
     Verify(verify_cmd::Args),
+    /// Build a Debian package that installs a livepatch on hosts running its release.
+    Package(package_cmd::Args),
 }
 
 fn main() {
@@ -56,6 +59,7 @@ fn main() {
         Cmd::Uninstall(a) => install_cmd::uninstall(a),
         Cmd::Confirm(a) => install_cmd::confirm(a),
         Cmd::Verify(a) => verify_cmd::run(a),
+        Cmd::Package(a) => package_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
