@@ -943,3 +943,167 @@ fn kthread_in_uninterruptible_sleep_blocks_until_it_leaves() {
     let ul = sec("kt-unload");
     assert!(ul.contains("rc=0") && ul.contains("rmmod_rc=0"), "{ul}");
 }
+
+/// The release's vmlinux from suture's cache (`suture build` extracts it).
+fn cached_vmlinux() -> Option<Vec<u8>> {
+    let cache = std::env::var_os("SUTURE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/suture".into());
+    std::fs::read(cache.join(release()).join("vmlinux")).ok()
+}
+
+/// The fields of a function that legitimately differ between the image
+/// file and memory: every 5-byte rel32 call/jmp whole (the fentry call is
+/// nopped at boot, return-thunk and retpoline sites are rewritten by
+/// alternatives), and every 32-bit displacement or immediate (relocated
+/// addresses).
+fn runtime_mask(code: &[u8], ip: u64) -> Vec<(usize, usize)> {
+    use iced_x86::{Decoder, DecoderOptions};
+    let mut mask = Vec::new();
+    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    while d.can_decode() {
+        let off = d.position();
+        let insn = d.decode();
+        let c = d.get_constant_offsets(&insn);
+        if insn.len() == 5 && matches!(code[off], 0xe8 | 0xe9) {
+            mask.push((off, 5));
+            continue;
+        }
+        if c.has_displacement() && c.displacement_size() == 4 {
+            mask.push((off + c.displacement_offset(), 4));
+        }
+        if c.has_immediate() && c.immediate_size() == 4 {
+            mask.push((off + c.immediate_offset(), 4));
+        }
+    }
+    mask
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    // Same hash as suture_host::kcore::masked_sha256 with no mask.
+    suture_host::kcore::masked_sha256(b, &[])
+}
+
+const DUMP_SCRIPT: &str = r#"
+echo "== text"; grep ' _text$' /proc/kallsyms
+echo "== before"; suture verify --json --dump vmlinux:cmdline_proc_show; echo "rc=$?"
+suture load /root/livepatch-sample.ko > /dev/null; echo "load_rc=$?"
+echo "== patched"; suture verify --json --dump vmlinux:cmdline_proc_show; echo "rc=$?"
+echo "== end"
+"#;
+
+const VERIFY_SCRIPT: &str = r#"
+echo "== good"; suture verify /root/verify-good.ko; echo "rc=$?"
+echo "== bad"; suture verify --json /root/verify-bad.ko; echo "rc=$?"
+echo "== nohash"; suture verify /root/livepatch-sample.ko; echo "rc=$?"
+suture load /root/livepatch-sample.ko > /dev/null; echo "load_rc=$?"
+echo "== good-while-patched"; suture verify /root/verify-good.ko; echo "rc=$?"
+echo "== end"
+"#;
+
+/// Ksplice's run-pre check on the host: the bytes of `cmdline_proc_show`
+/// read through /proc/kcore are the image's (masked as the build would),
+/// also while a livepatch has rewritten its fentry site; a record whose
+/// bytes do not match is refused.
+#[test]
+fn verify_compares_functions_with_kernel_memory() {
+    if !suture_lab::require_kernel_or_skip(&release()).unwrap() {
+        return;
+    }
+    let Some(vmlinux) = cached_vmlinux() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no extracted vmlinux in suture's cache: run `suture build examples/cmdline.patch --kernel {}` first",
+            release()
+        );
+        eprintln!("SKIP: no cached vmlinux for {} (run suture build once)", release());
+        return;
+    };
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let r = guest().run(DUMP_SCRIPT).unwrap();
+    let s = sections(r.script_output());
+    assert!(s.contains_key("end"), "{}", r.output);
+    let guest_text = u64::from_str_radix(s["text"].split_whitespace().next().unwrap(), 16).unwrap();
+    let before = json_of(&s["before"]);
+    let patched = json_of(&s["patched"]);
+    let hex = |v: &serde_json::Value| -> Vec<u8> {
+        let h = v["bytes"].as_str().unwrap_or_else(|| panic!("{v}"));
+        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+    };
+    let (mem, mem_patched) = (hex(&before), hex(&patched));
+    assert_eq!(before["address"], patched["address"]);
+    // Booted, the fentry site is a 5-byte nop; patched, a call into the
+    // ftrace trampoline; nothing else changes.
+    assert_eq!(&mem[..5], &[0x0f, 0x1f, 0x44, 0x00, 0x00], "{before}");
+    assert_eq!(mem_patched[0], 0xe8, "{patched}");
+    assert_eq!(&mem[5..], &mem_patched[5..]);
+
+    // The same function in the image file, at the same offset from _text.
+    use object::{Object, ObjectSection};
+    let addr = u64::from_str_radix(before["address"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let elf = object::File::parse(&*vmlinux).unwrap();
+    let text = elf.section_by_name(".text").unwrap();
+    let static_addr = text.address() + (addr - guest_text);
+    let (foff, _) = text.file_range().unwrap();
+    let start = (foff + static_addr - text.address()) as usize;
+    let file = &vmlinux[start..start + mem.len()];
+    let mask = runtime_mask(file, static_addr);
+    assert!(mask.contains(&(0, 5)), "the fentry call must be the first instruction: {mask:?}");
+    let masked = |b: &[u8]| suture_host::kcore::masked_sha256(b, &mask);
+    assert_eq!(masked(file), masked(&mem), "the running function is not the image's");
+    // The mask hides only what it must: unmasked, the bytes differ.
+    assert_ne!(sha256_hex(file), sha256_hex(&mem));
+
+    // Modules carrying the record `suture build` is to write: the right
+    // hash, and one for a build whose code differs in one unmasked byte.
+    let mask_s = mask.iter().map(|(o, l)| format!("{o}+{l}")).collect::<Vec<_>>().join(",");
+    let mut wrong = file.to_vec();
+    let spot = (0..wrong.len()).find(|i| !mask.iter().any(|(o, l)| (o..&(o + l)).contains(&i))).unwrap();
+    wrong[spot] ^= 0xff;
+    let rec = |bytes: &[u8]| {
+        format!(
+            "vmlinux cmdline_proc_show 0 {} {} {mask_s}",
+            bytes.len(),
+            suture_host::kcore::masked_sha256(bytes, &mask)
+        )
+    };
+    let dir = target_dir().join("suture-host-vm").join(release()).join("verify");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, r) in [("verify-good", rec(file)), ("verify-bad", rec(&wrong))] {
+        std::fs::write(
+            dir.join(format!("{name}.c")),
+            format!(
+                "#include <linux/module.h>\n#include <linux/livepatch.h>\n\
+                 static void repl(void) {{ }}\n\
+                 static struct klp_func funcs[] = {{ {{ .old_name = \"cmdline_proc_show\", .new_func = repl, }}, {{ }} }};\n\
+                 static struct klp_object objs[] = {{ {{ .funcs = funcs, }}, {{ }} }};\n\
+                 static struct klp_patch patch = {{ .mod = THIS_MODULE, .objs = objs, }};\n\
+                 static int i(void) {{ return klp_enable_patch(&patch); }}\nstatic void e(void) {{ }}\n\
+                 module_init(i);\nmodule_exit(e);\nMODULE_LICENSE(\"GPL\");\nMODULE_INFO(livepatch, \"Y\");\n\
+                 MODULE_INFO(suture_func, \"{r}\");\n"
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("Kbuild"), "obj-m := verify-good.o verify-bad.o\n").unwrap();
+    run(Command::new("make")
+        .arg("-C")
+        .arg(format!("/usr/src/linux-headers-{}", release()))
+        .arg(format!("M={}", dir.display()))
+        .args(["-j1", "modules"]));
+    let mut vm = guest();
+    vm.add_file(&dir.join("verify-good.ko"), "/root/verify-good.ko").unwrap();
+    vm.add_file(&dir.join("verify-bad.ko"), "/root/verify-bad.ko").unwrap();
+    let r = vm.run(VERIFY_SCRIPT).unwrap();
+    let s = sections(r.script_output());
+    assert!(s.contains_key("end"), "{}", r.output);
+    let good = &s["good"];
+    assert!(good.contains(": match") && good.contains("verified") && good.ends_with("rc=0\n"), "{good}");
+    let bad = json_of(&s["bad"]);
+    assert_eq!(bad["verify"]["functions"][0]["outcome"], "differs", "{bad}");
+    assert!(s["bad"].ends_with("rc=2\n"), "{}", s["bad"]);
+    let nohash = &s["nohash"];
+    assert!(nohash.contains("nothing was compared") && nohash.contains("rc=3\nload_rc=0\n"), "{nohash}");
+    let gp = &s["good-while-patched"];
+    assert!(gp.contains(": match") && gp.ends_with("rc=0\n"), "{gp}");
+}
