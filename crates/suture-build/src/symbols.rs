@@ -143,7 +143,8 @@ fn walk(dir: &Path, out: &mut HashMap<String, PathBuf>) {
         if p.is_dir() {
             walk(&p, out);
         } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
-            if let Some(stem) = n.strip_suffix(".ko") {
+            // Debian's 6.12 series ships its modules as `.ko.xz`.
+            if let Some(stem) = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|s| n.strip_suffix(s)) {
                 out.entry(stem.replace('-', "_")).or_insert(p);
             }
         }

@@ -531,6 +531,7 @@ pub fn build_target_report(
 ) -> Result<TargetReport> {
     let orig_buf = Aligned::new(orig);
     let orig = Obj::parse("ORIG", orig_buf.bytes())?;
+    let ko_plain;
     let ko_buf;
     let vm;
     let md;
@@ -558,7 +559,9 @@ pub fn build_target_report(
             &vm
         }
         TargetImage::Module { ko } => {
-            ko_buf = Aligned::new(ko);
+            // Distributions ship modules compressed (6.12's are `.ko.xz`).
+            ko_plain = crate::decompress_module(ko)?;
+            ko_buf = Aligned::new(&ko_plain);
             md = ModuleSpace::new(ko_buf.bytes())?;
             if !md.name.is_empty() && md.name != objname {
                 return Err(Error::Object {

@@ -47,20 +47,65 @@ fn examples() -> PathBuf {
 
 static VM_LOCK: Mutex<()> = Mutex::new(());
 
+/// `examples/cmdline-new-function.patch` and `examples/binfmt-misc-status.patch`
+/// for 6.12's sources, whose context differs from 6.1's (cmdline.c includes
+/// "internal.h"; binfmt_misc keeps `enabled` per namespace since 6.7).
+const CMDLINE_NEW_FUNCTION_612: &str = r#"--- a/fs/proc/cmdline.c
++++ b/fs/proc/cmdline.c
+@@ -5,9 +5,16 @@
+ #include <linux/seq_file.h>
+ #include "internal.h"
+ 
++/* Out of line on purpose: the livepatch must carry it as a function of its own. */
++static noinline void suture_cmdline_note(struct seq_file *m)
++{
++	seq_puts(m, " suture=new-function");
++}
++
+ static int cmdline_proc_show(struct seq_file *m, void *v)
+ {
+ 	seq_puts(m, saved_command_line);
++	suture_cmdline_note(m);
+ 	seq_putc(m, '\n');
+ 	return 0;
+ }
+"#;
+
+const BINFMT_MISC_STATUS_612: &str = r#"--- a/fs/binfmt_misc.c
++++ b/fs/binfmt_misc.c
+@@ -910,7 +910,7 @@
+ 	char *s;
+ 
+ 	misc = i_binfmt_misc(file_inode(file));
+-	s = misc->enabled ? "enabled\n" : "disabled\n";
++	s = misc->enabled ? "enabled (suture)\n" : "disabled (suture)\n";
+ 	return simple_read_from_buffer(buf, nbytes, ppos, s, strlen(s));
+ }
+ 
+"#;
+
+/// A patch given as text, written under `dir` with the file name the module
+/// name derives from (`livepatch_` + stem).
+fn patch_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
 /// Command-line switches that make the guest kernel use call-depth tracking.
 const CALL_DEPTH: [&str; 2] = ["retbleed=force,stuff", "spectre_v2=retpoline"];
 
-fn build_ok(release: &str, patch: &str, dir: &Path) -> (PathBuf, serde_json::Value) {
-    let ko = dir.join(patch.replace(".patch", ".ko"));
+fn build_ok(release: &str, patch: &Path, dir: &Path) -> (PathBuf, serde_json::Value) {
+    let ko = dir.join(patch.file_name().unwrap()).with_extension("ko");
     let o = Command::new(suture())
         .arg("build")
-        .arg(examples().join(patch))
+        .arg(patch)
         .args(["--kernel", release, "--json", "-o"])
         .arg(&ko)
         .output()
         .expect("running suture build");
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.status.code(), Some(0), "suture build {patch} for {release} failed:\n{out}\n{err}");
+    assert_eq!(o.status.code(), Some(0), "suture build {patch} for {release} failed:\n{out}\n{err}", patch = patch.display());
     let report: serde_json::Value = serde_json::from_str(&out).expect("--json report");
     assert_eq!(report["release"], release);
     (ko, report)
@@ -113,12 +158,11 @@ fn dmesg_of(out: &str) -> String {
         .join("\n")
 }
 
-/// Every function the module defines in executable sections (the
-/// replacements, new functions, the hook) starts where the kernel expects on
-/// this series: 16 NOPs before it (where call-depth accounting goes), and
-/// `endbr64` first when the module takes its address (`new_funcs` are
-/// reached through `klp_func.new_func`).
-fn check_module_layout(ko: &Path, funcs: &[&str]) {
+/// Each of `funcs` (name, whether the module takes its address) starts where
+/// the kernel expects on this series: 16 NOPs before it (where call-depth
+/// accounting goes) named by a `__pfx_` symbol, and `endbr64` first when it
+/// can be reached indirectly (replacements are, through `klp_func.new_func`).
+fn check_module_layout(ko: &Path, funcs: &[(&str, bool)]) {
     // suture-klp's reader: the finished module has `.klp.rela.*` sections
     // beside the ordinary ones, which the differ's reader rejects.
     use suture_klp::elf::{Elf, SHN_LORESERVE, SHN_UNDEF};
@@ -131,7 +175,7 @@ fn check_module_layout(ko: &Path, funcs: &[&str]) {
         .into_iter()
         .map(|s| (elf.str_at(strtab, s.name).unwrap().to_string(), s))
         .collect();
-    for name in funcs {
+    for &(name, indirect) in funcs {
         let (_, s) = syms
             .iter()
             .find(|(n, s)| n == name && s.info & 0xf == 2 && s.shndx != SHN_UNDEF && s.shndx < SHN_LORESERVE)
@@ -140,7 +184,9 @@ fn check_module_layout(ko: &Path, funcs: &[&str]) {
         let v = s.value as usize;
         assert!(v >= 16, "{name} starts {v} bytes into its section: no room for its 16-byte padding");
         assert_eq!(&data[v - 16..v], &[0x90u8; 16][..], "{name}: the 16 bytes before it are not CALL_PADDING NOPs");
-        assert_eq!(&data[v..v + 4], &[0xf3, 0x0f, 0x1e, 0xfa][..], "{name} does not start with endbr64");
+        if indirect {
+            assert_eq!(&data[v..v + 4], &[0xf3, 0x0f, 0x1e, 0xfa][..], "{name} does not start with endbr64");
+        }
         let pfx = format!("__pfx_{name}");
         assert!(
             syms.iter().any(|(n, p)| *n == pfx && p.value + 16 == s.value && p.shndx == s.shndx),
@@ -153,9 +199,9 @@ fn check_module_layout(ko: &Path, funcs: &[&str]) {
 fn proc_cmdline_is_patched_on_612() {
     let Some(release) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (ko, report) = build_ok(&release, "cmdline.patch", tmp.path());
+    let (ko, report) = build_ok(&release, &examples().join("cmdline.patch"), tmp.path());
     assert_eq!(report["replaced"][0]["function"], "cmdline_proc_show", "{report}");
-    check_module_layout(&ko, &["cmdline_proc_show"]);
+    check_module_layout(&ko, &[("cmdline_proc_show", true)]);
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm(&release);
     vm.add_file(&ko, "/root/cmdline.ko").unwrap();
@@ -197,9 +243,10 @@ fn proc_cmdline_is_patched_on_612() {
 fn a_changed_function_may_call_a_new_function_on_612() {
     let Some(release) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (ko, report) = build_ok(&release, "cmdline-new-function.patch", tmp.path());
+    let (ko, report) = build_ok(&release, &patch_file(tmp.path(), "cmdline-new-function.patch", CMDLINE_NEW_FUNCTION_612), tmp.path());
     assert!(report["new_functions"].to_string().contains("suture_cmdline_note"), "{report}");
-    check_module_layout(&ko, &["cmdline_proc_show"]);
+    // The new function is only called directly: its padding is what matters.
+    check_module_layout(&ko, &[("cmdline_proc_show", true), ("suture_cmdline_note", false)]);
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm(&release);
     vm.add_file(&ko, "/root/p.ko").unwrap();
@@ -233,8 +280,8 @@ fn a_changed_function_may_call_a_new_function_on_612() {
 fn a_module_function_is_patched_before_and_after_the_module_loads_on_612() {
     let Some(release) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (ko, _) = build_ok(&release, "binfmt-misc-status.patch", tmp.path());
-    check_module_layout(&ko, &["bm_status_read"]);
+    let (ko, _) = build_ok(&release, &patch_file(tmp.path(), "binfmt-misc-status.patch", BINFMT_MISC_STATUS_612), tmp.path());
+    check_module_layout(&ko, &[("bm_status_read", true)]);
     // busybox insmod takes an uncompressed module.
     let xz = format!("/lib/modules/{release}/kernel/fs/binfmt_misc.ko.xz");
     let plain = Command::new("xz").args(["-dc", &xz]).output().expect("running xz");
