@@ -7,11 +7,23 @@
 # --with-old: also install an older 6.1 release side by side (its image and
 # headers; suture fetches its own source package version), for the tests that
 # check each release is built from its own source.
+#
+# --with-612: also install the newest release of Debian's 6.12 series
+# (linux-image-6.12.N+deb12-amd64, an IBT/CALL_PADDING kernel) whose
+# linux-source-6.12 version is in the archive, with its headers and that
+# source, for the 6.12 tests. The flags combine; stdout stays the main release.
 set -euo pipefail
 
 OLD_RELEASE=6.1.0-47-amd64
 with_old=false
-[ "${1:-}" = "--with-old" ] && with_old=true
+with_612=false
+for arg in "$@"; do
+  case "$arg" in
+    --with-old) with_old=true ;;
+    --with-612) with_612=true ;;
+    *) echo "setup.sh: unknown option $arg (known: --with-old, --with-612)" >&2; exit 1 ;;
+  esac
+done
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup.sh: run as root (it installs Debian packages)" >&2
@@ -30,6 +42,38 @@ for p in "${packages[@]}"; do
 done
 if $with_old && [ ! -e "/boot/vmlinuz-$OLD_RELEASE" ]; then
   missing+=("linux-image-$OLD_RELEASE" "linux-headers-$OLD_RELEASE")
+fi
+if $with_612; then
+  export LC_ALL=C
+  candidates=$(apt-cache search --names-only '^linux-image-6\.12\..*\+deb12-amd64$' | awk '{print $1}')
+  if [ -z "$candidates" ]; then
+    apt-get update -qq >&2
+    candidates=$(apt-cache search --names-only '^linux-image-6\.12\..*\+deb12-amd64$' | awk '{print $1}')
+  fi
+  # Versions of linux-source-6.12 the archive has: suture builds each release
+  # from the source of its own version, so a release without one is useless.
+  sources=$(apt-cache madison linux-source-6.12 | awk -F'|' '{gsub(/ /, "", $2); print $2}')
+  release_612=""
+  version_612=""
+  for pkg in $(printf '%s\n' $candidates | sort -V -r); do
+    v=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
+    if [ -n "$v" ] && [ "$v" != "(none)" ] && grep -qxF "$v" <<< "$sources"; then
+      release_612=${pkg#linux-image-}
+      version_612=$v
+      break
+    fi
+  done
+  if [ -z "$release_612" ]; then
+    echo "setup.sh: no linux-image-6.12.*+deb12-amd64 whose linux-source-6.12 version is in the archive (apt-cache madison linux-source-6.12)" >&2
+    exit 1
+  fi
+  echo "setup.sh: 6.12 release $release_612 (source $version_612)" >&2
+  if [ ! -e "/boot/vmlinuz-$release_612" ] || [ ! -e "/usr/src/linux-headers-$release_612/Module.symvers" ]; then
+    missing+=("linux-image-$release_612" "linux-headers-$release_612")
+  fi
+  if [ "$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null || true)" != "$version_612" ]; then
+    missing+=("linux-source-6.12=$version_612")
+  fi
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup.sh: installing ${missing[*]}" >&2

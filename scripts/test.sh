@@ -5,12 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUTURE_TEST_RELEASE=$(bash scripts/setup.sh --with-old)
+SUTURE_TEST_RELEASE=$(bash scripts/setup.sh --with-old --with-612)
 export SUTURE_TEST_RELEASE
 # The older release installed side by side (see setup.sh).
 SUTURE_TEST_RELEASE_OLD=6.1.0-47-amd64
 export SUTURE_TEST_RELEASE_OLD
-echo "test.sh: kernel releases under test: $SUTURE_TEST_RELEASE, $SUTURE_TEST_RELEASE_OLD" >&2
+# The 6.12 release setup.sh installed: the newest one with its headers installed.
+SUTURE_TEST_RELEASE_612=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 'linux-headers-6.12.*+deb12-amd64' 2>/dev/null \
+  | awk '$1 == "ii" {sub(/^linux-headers-/, "", $2); print $2}' | sort -V | tail -n1)
+if [ -z "$SUTURE_TEST_RELEASE_612" ]; then
+  echo "test.sh: setup.sh --with-612 left no 6.12 release installed" >&2
+  exit 1
+fi
+export SUTURE_TEST_RELEASE_612
+echo "test.sh: kernel releases under test: $SUTURE_TEST_RELEASE, $SUTURE_TEST_RELEASE_OLD, $SUTURE_TEST_RELEASE_612" >&2
 
 corpus=../shared/kpatch-unit-objs/x86_64
 if [ ! -f "$corpus/EXPECTED.tsv" ]; then
