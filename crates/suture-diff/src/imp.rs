@@ -55,6 +55,21 @@ fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
     if elf.symtab.is_none() {
         return Err(Error::Input { file, msg: "no symbol table".into() });
     }
+    // Code and data live in PROGBITS/NOBITS (and the like); a symbol inside a
+    // relocation, symbol or string table is corruption, and copying such a
+    // section into the output would make a table nothing can parse (the
+    // fuzzer found `.rela.text.x` copied as a RELA section applying to section 0).
+    for x in &elf.symbols {
+        if let Some(sec) = x.section() {
+            let t = elf.sections[sec].sh_type;
+            if matches!(t, SHT_NULL | SHT_SYMTAB | SHT_STRTAB | SHT_RELA | SHT_REL | SHT_GROUP | SHT_SYMTAB_SHNDX | 11) {
+                return Err(Error::Input {
+                    file,
+                    msg: format!("symbol {} ({}) is defined in {}, a section of type {t} that holds no code or data", x.index, x.name, elf.sections[sec].name),
+                });
+            }
+        }
+    }
     Ok(Obj::new(elf))
 }
 

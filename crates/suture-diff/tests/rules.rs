@@ -532,3 +532,22 @@ fn absurd_section_alignment_is_an_error_not_gigabytes_of_padding() {
         Ok(x) => panic!("expected an error, got {x:?}"),
     }
 }
+
+/// Found by `cargo fuzz run diff_pair`: a symbol pointing into a relocation
+/// section had that table copied into the output as a RELA section applying
+/// to section 0, which nothing could parse. Now bad input, named.
+#[test]
+fn a_symbol_inside_a_relocation_table_is_bad_input() {
+    let (o, mut p) = pair("symrela", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let obj = Object::parse(&p).unwrap();
+    let rela = obj.section_by_name(".rela.text.f").unwrap().index as u16;
+    let f = obj.symbols.iter().find(|s| s.name == "f").unwrap().index;
+    let st = obj.symtab.unwrap();
+    let symoff = {
+        let shoff = u64::from_le_bytes(p[40..48].try_into().unwrap()) as usize;
+        u64::from_le_bytes(p[shoff + st * 64 + 24..shoff + st * 64 + 32].try_into().unwrap()) as usize
+    };
+    let at = symoff + f * 24 + 6;
+    p[at..at + 2].copy_from_slice(&rela.to_le_bytes());
+    input_error(diff(&o, &p, &Options::default()), "PATCHED");
+}
