@@ -265,6 +265,8 @@ pub struct InstallReport {
 pub struct UnitsReport {
     pub written: Vec<PathBuf>,
     pub enabled: Vec<PathBuf>,
+    /// `suture.service` was started (systemd runs).
+    pub started: bool,
     /// Why boot-time loading is not set up, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
@@ -373,12 +375,30 @@ pub fn enable_units(dirs: &UnitDirs, exe: &Path) -> io::Result<UnitsReport> {
             }
         }
     }
-    if dirs.running_marker.is_dir() && !rep.written.is_empty() {
-        // Best effort: a failure only delays systemd noticing new files
-        // until the next boot, which is when they matter.
-        let _ = std::process::Command::new("systemctl")
-            .arg("daemon-reload")
-            .status();
+    if dirs.running_marker.is_dir() {
+        if !rep.written.is_empty() {
+            let _ = std::process::Command::new("systemctl")
+                .arg("daemon-reload")
+                .status();
+        }
+        // Started now, not only at the next boot: the unit's stop action is
+        // what confirms a freshly installed patch on an orderly shutdown;
+        // without it a reboot soon after an install would look like a
+        // crash. Starting runs `load --all`, which finds the patch loaded.
+        match std::process::Command::new("systemctl")
+            .args(["start", "suture.service", "suture-confirm.timer"])
+            .output()
+        {
+            Ok(o) if o.status.success() => rep.started = true,
+            Ok(o) => {
+                rep.warning = Some(format!(
+                    "systemctl start suture.service failed: {}; an orderly reboot before the patch is confirmed \
+                     (see suture-confirm.timer) would make the next boot skip it",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ))
+            }
+            Err(e) => rep.warning = Some(format!("cannot run systemctl: {e}")),
+        }
     }
     Ok(rep)
 }

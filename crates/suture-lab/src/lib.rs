@@ -13,6 +13,7 @@
 //! ```
 
 pub mod cpio;
+pub mod debian;
 
 use anyhow::{anyhow, bail, Context, Result};
 use cpio::{FileTree, NodeKind};
