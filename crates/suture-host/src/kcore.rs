@@ -57,12 +57,19 @@ pub fn parse_func(s: &str) -> Result<FuncSpec, String> {
                 let (o, l): (usize, usize) =
                     (o.parse().map_err(|_| bad())?, l.parse().map_err(|_| bad())?);
                 if o + l > len {
-                    return Err(format!("{}: mask {o}+{l} reaches past the function's {len} bytes", bad()));
+                    return Err(format!(
+                        "{}: mask {o}+{l} reaches past the function's {len} bytes",
+                        bad()
+                    ));
                 }
                 mask.push((o, l));
             }
         }
-        Some(FuncCheck { len, sha256: sha, mask })
+        Some(FuncCheck {
+            len,
+            sha256: sha,
+            mask,
+        })
     } else {
         None
     };
@@ -83,21 +90,35 @@ pub fn masked_sha256(bytes: &[u8], mask: &[(usize, usize)]) -> String {
             b[o..end].fill(0);
         }
     }
-    Sha256::digest(&b).iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(&b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 /// A symbol's address in the running kernel, and the distance to the next
 /// symbol (an upper bound on its size). `sympos` counts same-named symbols
 /// of the object in kallsyms order from 1; 0 means the name must be unique.
-pub fn kallsyms_lookup(root: &Root, object: &str, name: &str, sympos: u32) -> io::Result<(u64, Option<u64>)> {
+pub fn kallsyms_lookup(
+    root: &Root,
+    object: &str,
+    name: &str,
+    sympos: u32,
+) -> io::Result<(u64, Option<u64>)> {
     let text = std::fs::read_to_string(root.proc_dir().join("kallsyms"))?;
     let mut addrs: Vec<u64> = Vec::new();
     let mut hits = Vec::new();
     for line in text.lines() {
         let mut w = line.split_whitespace();
-        let (Some(a), Some(_ty), Some(n)) = (w.next(), w.next(), w.next()) else { continue };
-        let Ok(a) = u64::from_str_radix(a, 16) else { continue };
-        let module = w.next().map(|m| m.trim_start_matches('[').trim_end_matches(']'));
+        let (Some(a), Some(_ty), Some(n)) = (w.next(), w.next(), w.next()) else {
+            continue;
+        };
+        let Ok(a) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        let module = w
+            .next()
+            .map(|m| m.trim_start_matches('[').trim_end_matches(']'));
         let in_obj = match module {
             None => object == "vmlinux",
             Some(m) => m == object,
@@ -117,7 +138,10 @@ pub fn kallsyms_lookup(root: &Root, object: &str, name: &str, sympos: u32) -> io
     }
     let addr = match (sympos, hits.len()) {
         (_, 0) => {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{object}:{name} is not in /proc/kallsyms")))
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{object}:{name} is not in /proc/kallsyms"),
+            ))
         }
         (0, 1) => hits[0],
         (0, n) => {
@@ -148,7 +172,10 @@ pub fn read_kcore(root: &Root, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut eh = [0u8; 64];
     f.read_exact_at(&mut eh, 0)?;
     if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is not a 64-bit little-endian ELF core", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a 64-bit little-endian ELF core", path.display()),
+        ));
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
     let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
@@ -170,7 +197,10 @@ pub fn read_kcore(root: &Root, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     }
     Err(io::Error::new(
         io::ErrorKind::NotFound,
-        format!("{addr:#x}+{len} is in no PT_LOAD segment of {}", path.display()),
+        format!(
+            "{addr:#x}+{len} is in no PT_LOAD segment of {}",
+            path.display()
+        ),
     ))
 }
 
@@ -262,7 +292,9 @@ mod tests {
         let s = parse_func(&format!("ext4 ext4_foo 2 64 {h} 0+5,20+4")).unwrap();
         assert_eq!(s.check.unwrap().mask, [(0, 5), (20, 4)]);
         assert!(parse_func("vmlinux f").is_err());
-        assert!(parse_func(&format!("vmlinux f 0 8 {h} 6+4")).unwrap_err().contains("past"));
+        assert!(parse_func(&format!("vmlinux f 0 8 {h} 6+4"))
+            .unwrap_err()
+            .contains("past"));
         assert!(parse_func("vmlinux f 0 8 nothex -").is_err());
     }
 
@@ -287,9 +319,18 @@ mod tests {
             ),
         );
         let root = f.root();
-        assert_eq!(kallsyms_lookup(&root, "vmlinux", "target", 0).unwrap(), (base + 0x40, Some(0xc)));
-        assert_eq!(kallsyms_lookup(&root, "vmlinux", "dup", 2).unwrap().0, base + 0x4c);
-        assert_eq!(kallsyms_lookup(&root, "ext4", "dup", 1).unwrap().0, base + 0x80);
+        assert_eq!(
+            kallsyms_lookup(&root, "vmlinux", "target", 0).unwrap(),
+            (base + 0x40, Some(0xc))
+        );
+        assert_eq!(
+            kallsyms_lookup(&root, "vmlinux", "dup", 2).unwrap().0,
+            base + 0x4c
+        );
+        assert_eq!(
+            kallsyms_lookup(&root, "ext4", "dup", 1).unwrap().0,
+            base + 0x80
+        );
         assert!(kallsyms_lookup(&root, "vmlinux", "dup", 0).is_err());
         assert!(kallsyms_lookup(&root, "vmlinux", "dup", 3).is_err());
         assert_eq!(read_kcore(&root, base + 0x40, 12).unwrap(), func);
@@ -305,17 +346,31 @@ mod tests {
             object: "vmlinux".into(),
             name: "target".into(),
             sympos: 0,
-            check: Some(FuncCheck { len: 12, sha256: masked_sha256(&built, &mask), mask: mask.to_vec() }),
+            check: Some(FuncCheck {
+                len: 12,
+                sha256: masked_sha256(&built, &mask),
+                mask: mask.to_vec(),
+            }),
         };
         let mut other = built;
         other[10] = 0x90; // a different instruction outside the masks
         let bad = FuncSpec {
-            check: Some(FuncCheck { len: 12, sha256: masked_sha256(&other, &mask), mask: mask.to_vec() }),
+            check: Some(FuncCheck {
+                len: 12,
+                sha256: masked_sha256(&other, &mask),
+                mask: mask.to_vec(),
+            }),
             ..good.clone()
         };
-        let gone = FuncSpec { object: "xfs".into(), ..good.clone() };
+        let gone = FuncSpec {
+            object: "xfs".into(),
+            ..good.clone()
+        };
         let r = verify_functions(&root, &[good, bad, gone]);
-        assert_eq!(r.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(), ["match", "differs", "absent"]);
+        assert_eq!(
+            r.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(),
+            ["match", "differs", "absent"]
+        );
         assert_eq!(r[0].address.as_deref(), Some("0xffffffff81000040"));
     }
 }
@@ -343,13 +398,18 @@ impl crate::Host {
         let mut specs = Vec::new();
         for f in &c.info.suture.functions {
             specs.push(parse_func(f).map_err(|e| {
-                crate::HostError::new(crate::ErrorKind::NotAModule, format!("{}: {e}", path.display()))
-                    .hint("the module's suture_func records are damaged; rebuild it")
+                crate::HostError::new(
+                    crate::ErrorKind::NotAModule,
+                    format!("{}: {e}", path.display()),
+                )
+                .hint("the module's suture_func records are damaged; rebuild it")
             })?);
         }
         let functions = verify_functions(&self.root, &specs);
         let verified = functions.iter().any(|f| f.outcome == "match")
-            && functions.iter().all(|f| matches!(f.outcome.as_str(), "match" | "absent"));
+            && functions
+                .iter()
+                .all(|f| matches!(f.outcome.as_str(), "match" | "absent"));
         Ok(VerifyReport {
             name: c.info.name,
             release: c.release,

@@ -433,8 +433,13 @@ impl Host {
 
         let t1 = Instant::now();
         let mut aid = TransitionAid::default();
-        if self.wait_transition(&name, opts.timeout, opts.poll_interval, opts.signal_every, &mut aid)
-            == WaitOutcome::TimedOut
+        if self.wait_transition(
+            &name,
+            opts.timeout,
+            opts.poll_interval,
+            opts.signal_every,
+            &mut aid,
+        ) == WaitOutcome::TimedOut
         {
             let stalled = self.stalled_for(&name, 1);
             match &opts.force {
@@ -523,8 +528,12 @@ impl Host {
         stalled: Vec<StalledTask>,
     ) -> Result<(), HostError> {
         let force = self.root.patch_dir(name).join("force");
-        std::fs::write(&force, "1")
-            .map_err(|e| HostError::io(format!("forcing {name} (writing 1 to {})", force.display()), &e))?;
+        std::fs::write(&force, "1").map_err(|e| {
+            HostError::io(
+                format!("forcing {name} (writing 1 to {})", force.display()),
+                &e,
+            )
+        })?;
         aid.forced = true;
         aid.forced_past = stalled;
         // The core completes a forced transition from its next retry (once a
@@ -741,8 +750,13 @@ impl Host {
                 }
             }
             let t = Instant::now();
-            if self.wait_transition(name, opts.timeout, opts.poll_interval, opts.signal_every, &mut aid)
-                == WaitOutcome::TimedOut
+            if self.wait_transition(
+                name,
+                opts.timeout,
+                opts.poll_interval,
+                opts.signal_every,
+                &mut aid,
+            ) == WaitOutcome::TimedOut
             {
                 let stalled = self.stalled_for(name, 0);
                 match &opts.force {

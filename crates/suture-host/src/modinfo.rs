@@ -62,7 +62,10 @@ impl SutureMeta {
                 plain_description.get_or_insert(v);
                 continue;
             }
-            let Some(key) = k.strip_prefix("suture_").or_else(|| k.strip_prefix("suture.")) else {
+            let Some(key) = k
+                .strip_prefix("suture_")
+                .or_else(|| k.strip_prefix("suture."))
+            else {
                 continue;
             };
             match key {
@@ -90,7 +93,6 @@ impl SutureMeta {
         // make reports stable.
         m.cves.sort();
         m
-
     }
 }
 
@@ -240,7 +242,9 @@ mod tests {
         assert_eq!(m.version.as_deref(), Some("0.1.0"));
         assert_eq!(m.functions, ["vmlinux cmdline_proc_show 0"]);
         assert_eq!(m.description.as_deref(), Some("Fix cmdline"));
-        let m = parse_module(&ko(b"name=x\0description=Plain\0", None)).unwrap().suture;
+        let m = parse_module(&ko(b"name=x\0description=Plain\0", None))
+            .unwrap()
+            .suture;
         assert_eq!(m.description.as_deref(), Some("Plain"));
     }
 

@@ -80,7 +80,12 @@ impl Host {
                 let names = sysfs::patched_function_names(&p);
                 transition = Some(TransitionStatus {
                     patch: p.name.clone(),
-                    direction: if target == 1 { "patching" } else { "unpatching" }.into(),
+                    direction: if target == 1 {
+                        "patching"
+                    } else {
+                        "unpatching"
+                    }
+                    .into(),
                     tasks: sysfs::stalled_tasks(&self.root, target, &names, Some(&p.name)),
                 });
             }
@@ -115,7 +120,11 @@ impl Host {
             cves,
             installed_not_loaded: installed
                 .iter()
-                .filter(|i| !patches.iter().any(|p| p.state.name == i.name && p.state.module.loaded))
+                .filter(|i| {
+                    !patches
+                        .iter()
+                        .any(|p| p.state.name == i.name && p.state.module.loaded)
+                })
                 .map(|i| i.name.clone())
                 .collect(),
             pending: installed
@@ -123,7 +132,10 @@ impl Host {
                 .filter(|i| i.pending.is_some())
                 .map(|i| i.name.clone())
                 .collect(),
-            skipped: installed.into_iter().filter(|i| i.skipped.is_some()).collect(),
+            skipped: installed
+                .into_iter()
+                .filter(|i| i.skipped.is_some())
+                .collect(),
             patches,
             release,
         })
@@ -146,7 +158,11 @@ pub fn prometheus_text(s: &Status) -> String {
         let _ = writeln!(o, "# HELP {name} {help}");
         let _ = writeln!(o, "# TYPE {name} gauge");
     };
-    family(&mut o, "suture_kernel_info", "Running kernel release, build-id and effective patch level.");
+    family(
+        &mut o,
+        "suture_kernel_info",
+        "Running kernel release, build-id and effective patch level.",
+    );
     let _ = writeln!(
         o,
         "suture_kernel_info{{release=\"{}\",build_id=\"{}\",effective_version=\"{}\"}} 1",
@@ -154,9 +170,21 @@ pub fn prometheus_text(s: &Status) -> String {
         label(s.build_id.as_deref().unwrap_or("")),
         label(&s.effective_version)
     );
-    family(&mut o, "suture_patches_applied", "Livepatches enabled with their transition finished.");
-    let _ = writeln!(o, "suture_patches_applied {}", s.patches.iter().filter(|p| p.applied).count());
-    family(&mut o, "suture_patch_applied", "1 when the livepatch is enabled and its transition finished, else 0.");
+    family(
+        &mut o,
+        "suture_patches_applied",
+        "Livepatches enabled with their transition finished.",
+    );
+    let _ = writeln!(
+        o,
+        "suture_patches_applied {}",
+        s.patches.iter().filter(|p| p.applied).count()
+    );
+    family(
+        &mut o,
+        "suture_patch_applied",
+        "1 when the livepatch is enabled and its transition finished, else 0.",
+    );
     for p in &s.patches {
         let _ = writeln!(
             o,
@@ -166,25 +194,62 @@ pub fn prometheus_text(s: &Status) -> String {
             u8::from(p.applied)
         );
     }
-    family(&mut o, "suture_cve_fixed", "CVE fixed by an applied livepatch (from its build metadata).");
+    family(
+        &mut o,
+        "suture_cve_fixed",
+        "CVE fixed by an applied livepatch (from its build metadata).",
+    );
     for p in s.patches.iter().filter(|p| p.applied) {
         for c in p.meta.iter().flat_map(|m| &m.cves) {
-            let _ = writeln!(o, "suture_cve_fixed{{cve=\"{}\",patch=\"{}\"}} 1", label(c), label(&p.state.name));
+            let _ = writeln!(
+                o,
+                "suture_cve_fixed{{cve=\"{}\",patch=\"{}\"}} 1",
+                label(c),
+                label(&p.state.name)
+            );
         }
     }
-    family(&mut o, "suture_transition_in_progress", "1 while a livepatch transition is in progress.");
-    let _ = writeln!(o, "suture_transition_in_progress {}", u8::from(s.transition.is_some()));
-    family(&mut o, "suture_transition_blocking_tasks", "Tasks not yet switched by the transition in progress.");
+    family(
+        &mut o,
+        "suture_transition_in_progress",
+        "1 while a livepatch transition is in progress.",
+    );
+    let _ = writeln!(
+        o,
+        "suture_transition_in_progress {}",
+        u8::from(s.transition.is_some())
+    );
+    family(
+        &mut o,
+        "suture_transition_blocking_tasks",
+        "Tasks not yet switched by the transition in progress.",
+    );
     let _ = writeln!(
         o,
         "suture_transition_blocking_tasks {}",
         s.transition.as_ref().map_or(0, |t| t.tasks.len())
     );
-    family(&mut o, "suture_patches_installed_not_loaded", "Installed for the running release but not loaded.");
-    let _ = writeln!(o, "suture_patches_installed_not_loaded {}", s.installed_not_loaded.len());
-    family(&mut o, "suture_patches_skipped", "Installed patches set aside by the crash-loop guard.");
+    family(
+        &mut o,
+        "suture_patches_installed_not_loaded",
+        "Installed for the running release but not loaded.",
+    );
+    let _ = writeln!(
+        o,
+        "suture_patches_installed_not_loaded {}",
+        s.installed_not_loaded.len()
+    );
+    family(
+        &mut o,
+        "suture_patches_skipped",
+        "Installed patches set aside by the crash-loop guard.",
+    );
     let _ = writeln!(o, "suture_patches_skipped {}", s.skipped.len());
-    family(&mut o, "suture_patches_pending", "Installed patches loaded but not yet confirmed by the crash-loop guard.");
+    family(
+        &mut o,
+        "suture_patches_pending",
+        "Installed patches loaded but not yet confirmed by the crash-loop guard.",
+    );
     let _ = writeln!(o, "suture_patches_pending {}", s.pending.len());
     o
 }
@@ -192,12 +257,21 @@ pub fn prometheus_text(s: &Status) -> String {
 /// Human-readable status.
 pub fn format_status(s: &Status) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "kernel:    {} (build-id {})", s.release, s.build_id.as_deref().unwrap_or("unknown"));
+    let _ = writeln!(
+        o,
+        "kernel:    {} (build-id {})",
+        s.release,
+        s.build_id.as_deref().unwrap_or("unknown")
+    );
     let _ = writeln!(o, "effective: {}", s.effective_version);
     let _ = writeln!(
         o,
         "CVEs fixed: {}",
-        if s.cves.is_empty() { "none recorded".to_string() } else { s.cves.join(", ") }
+        if s.cves.is_empty() {
+            "none recorded".to_string()
+        } else {
+            s.cves.join(", ")
+        }
     );
     if s.patches.is_empty() {
         let _ = writeln!(o, "patches:   none loaded");
@@ -206,7 +280,11 @@ pub fn format_status(s: &Status) -> String {
         let state = if !p.state.active {
             "disabled (module still loaded)"
         } else if p.state.transition == Some(true) {
-            if p.state.enabled == Some(true) { "patching (in transition)" } else { "unpatching (in transition)" }
+            if p.state.enabled == Some(true) {
+                "patching (in transition)"
+            } else {
+                "unpatching (in transition)"
+            }
         } else if p.applied {
             "applied"
         } else {
@@ -227,7 +305,13 @@ pub fn format_status(s: &Status) -> String {
         o.push('\n');
     }
     if let Some(t) = &s.transition {
-        let _ = writeln!(o, "transition: {} is {}; {} task(s) not yet switched:", t.patch, t.direction, t.tasks.len());
+        let _ = writeln!(
+            o,
+            "transition: {} is {}; {} task(s) not yet switched:",
+            t.patch,
+            t.direction,
+            t.tasks.len()
+        );
         for task in &t.tasks {
             let _ = writeln!(
                 o,

@@ -317,7 +317,10 @@ impl Default for UnitDirs {
     fn default() -> Self {
         UnitDirs {
             etc: "/etc/systemd/system".into(),
-            lib: vec!["/lib/systemd/system".into(), "/usr/lib/systemd/system".into()],
+            lib: vec![
+                "/lib/systemd/system".into(),
+                "/usr/lib/systemd/system".into(),
+            ],
             running_marker: "/run/systemd/system".into(),
         }
     }
@@ -435,18 +438,32 @@ impl Host {
             std::fs::read(&f).ok().map(|d| (f, d))
         });
         let loaded = sysfs::module_state(&self.root, &name);
-        if loaded.loaded && loaded.srcversion.is_some() && loaded.srcversion != checked.info.srcversion {
+        if loaded.loaded
+            && loaded.srcversion.is_some()
+            && loaded.srcversion != checked.info.srcversion
+        {
             return Err(HostError::new(
                 ErrorKind::AlreadyLoaded,
-                format!("another build of {name} is loaded (srcversion {} here, {} in {})",
+                format!(
+                    "another build of {name} is loaded (srcversion {} here, {} in {})",
                     loaded.srcversion.as_deref().unwrap_or("?"),
                     checked.info.srcversion.as_deref().unwrap_or("?"),
-                    path.display()),
+                    path.display()
+                ),
             )
-            .hint(format!("`suture unload {name}` first, or build the new patch under another --name")));
+            .hint(format!(
+                "`suture unload {name}` first, or build the new patch under another --name"
+            )));
         }
         let installed = state.store(&release, &name, path).map_err(|e| {
-            HostError::io(format!("storing {} in {}", path.display(), state.release_dir(&release).display()), &e)
+            HostError::io(
+                format!(
+                    "storing {} in {}",
+                    path.display(),
+                    state.release_dir(&release).display()
+                ),
+                &e,
+            )
         })?;
         if loaded.loaded {
             return Ok((installed, None));
@@ -473,19 +490,39 @@ impl Host {
         let data = std::fs::read(path)
             .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
         let info = crate::modinfo::parse_module(&data).map_err(|e| {
-            HostError::new(ErrorKind::NotAModule, format!("{} is not a loadable kernel module: {e}", path.display()))
+            HostError::new(
+                ErrorKind::NotAModule,
+                format!("{} is not a loadable kernel module: {e}", path.display()),
+            )
         })?;
         if !info.livepatch {
             return Err(HostError::new(
                 ErrorKind::NotLivepatch,
-                format!("refusing to install {}: module {:?} is not a livepatch module", path.display(), info.name),
+                format!(
+                    "refusing to install {}: module {:?} is not a livepatch module",
+                    path.display(),
+                    info.name
+                ),
             ));
         }
         let release = info.release().map(str::to_string).ok_or_else(|| {
-            HostError::new(ErrorKind::ReleaseMismatch, format!("{} has no vermagic: cannot tell its kernel release", path.display()))
+            HostError::new(
+                ErrorKind::ReleaseMismatch,
+                format!(
+                    "{} has no vermagic: cannot tell its kernel release",
+                    path.display()
+                ),
+            )
         })?;
         state.store(&release, &info.name, path).map_err(|e| {
-            HostError::io(format!("storing {} in {}", path.display(), state.release_dir(&release).display()), &e)
+            HostError::io(
+                format!(
+                    "storing {} in {}",
+                    path.display(),
+                    state.release_dir(&release).display()
+                ),
+                &e,
+            )
         })
     }
 
@@ -528,9 +565,15 @@ impl Host {
         } else {
             None
         };
-        state
-            .remove(&release, &name)
-            .map_err(|e| HostError::io(format!("removing {name} from {}", state.release_dir(&release).display()), &e))?;
+        state.remove(&release, &name).map_err(|e| {
+            HostError::io(
+                format!(
+                    "removing {name} from {}",
+                    state.release_dir(&release).display()
+                ),
+                &e,
+            )
+        })?;
         Ok((installed, report))
     }
 
@@ -542,13 +585,21 @@ impl Host {
         let mut rep = BootReport {
             release: release.clone(),
             boot_id: boot.clone(),
-            other_releases: state.releases().into_iter().filter(|r| *r != release).collect(),
+            other_releases: state
+                .releases()
+                .into_iter()
+                .filter(|r| *r != release)
+                .collect(),
             ..Default::default()
         };
         for inst in state.installed(&release) {
             let name = inst.name.clone();
             if let Some(s) = &inst.skipped {
-                rep.skipped.push(SkipEntry { name, reason: s.reason.clone(), new: false });
+                rep.skipped.push(SkipEntry {
+                    name,
+                    reason: s.reason.clone(),
+                    new: false,
+                });
                 continue;
             }
             if let (Some(p), Some(b)) = (&inst.pending, &boot) {
@@ -561,10 +612,18 @@ impl Host {
                     let _ = state.mark_skipped(
                         &release,
                         &name,
-                        &Skipped { reason: reason.clone(), boot_id: b.clone(), crashed_boot_id: p.boot_id.clone() },
+                        &Skipped {
+                            reason: reason.clone(),
+                            boot_id: b.clone(),
+                            crashed_boot_id: p.boot_id.clone(),
+                        },
                     );
                     let _ = state.clear_pending(&release, &name);
-                    rep.skipped.push(SkipEntry { name, reason, new: true });
+                    rep.skipped.push(SkipEntry {
+                        name,
+                        reason,
+                        new: true,
+                    });
                     continue;
                 }
             }

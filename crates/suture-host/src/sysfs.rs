@@ -306,7 +306,9 @@ pub fn stalled_tasks(
                 .iter()
                 .filter(|f| {
                     patched.iter().any(|p| p == frame_function(f))
-                        || module_tag.as_deref().is_some_and(|t| f.trim_end().ends_with(t))
+                        || module_tag
+                            .as_deref()
+                            .is_some_and(|t| f.trim_end().ends_with(t))
                 })
                 .map(|f| frame_function(f).to_string())
                 .collect();

@@ -485,8 +485,11 @@ fn stalled_task_77(f: &Fixture) {
     );
 }
 
+/// What a confirmation was asked: patch name and the pids shown.
+type Asked = Arc<Mutex<Vec<(String, Vec<u32>)>>>;
+
 /// A confirmation that records the tasks it was shown and answers `yes`.
-fn recording_confirm(yes: bool) -> (ForceConfirm, Arc<Mutex<Vec<(String, Vec<u32>)>>>) {
+fn recording_confirm(yes: bool) -> (ForceConfirm, Asked) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = Arc::clone(&seen);
     let c: ForceConfirm = Arc::new(move |name: &str, tasks: &[StalledTask]| {
@@ -507,7 +510,13 @@ fn load_forced_only_with_consent() {
     let (no, seen) = recording_confirm(false);
     let e = f
         .host
-        .load(&p, &LoadOptions { force: Some(no), ..quick() })
+        .load(
+            &p,
+            &LoadOptions {
+                force: Some(no),
+                ..quick()
+            },
+        )
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::TransitionTimeout);
     assert_eq!(*seen.lock().unwrap(), [("lp_force".to_string(), vec![77])]);
@@ -517,7 +526,13 @@ fn load_forced_only_with_consent() {
     let (yes, seen) = recording_confirm(true);
     let r = f
         .host
-        .load(&p, &LoadOptions { force: Some(yes), ..quick() })
+        .load(
+            &p,
+            &LoadOptions {
+                force: Some(yes),
+                ..quick()
+            },
+        )
         .unwrap();
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert!(r.aid.forced);
@@ -550,17 +565,22 @@ fn unload_forced_reports_module_kept() {
     f.fake.write("proc/9/task/9/comm", "kworker\n");
     let root = f.fake.0.clone();
     let stop = Arc::clone(&f.sims.stop);
-    f.sims.threads.lock().unwrap().push(std::thread::spawn(move || {
-        let pd = root.join("sys/kernel/livepatch/lp_uf");
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(3));
-            let forced = std::fs::read_to_string(pd.join("force")).is_ok_and(|f| f.trim() == "1");
-            if forced {
-                let _ = std::fs::remove_dir_all(&pd);
-                return;
+    f.sims
+        .threads
+        .lock()
+        .unwrap()
+        .push(std::thread::spawn(move || {
+            let pd = root.join("sys/kernel/livepatch/lp_uf");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(3));
+                let forced =
+                    std::fs::read_to_string(pd.join("force")).is_ok_and(|f| f.trim() == "1");
+                if forced {
+                    let _ = std::fs::remove_dir_all(&pd);
+                    return;
+                }
             }
-        }
-    }));
+        }));
     let (yes, seen) = recording_confirm(true);
     let r = f
         .host
@@ -576,7 +596,10 @@ fn unload_forced_reports_module_kept() {
         .unwrap();
     assert_eq!(*seen.lock().unwrap(), [("lp_uf".to_string(), vec![9])]);
     assert!(r.aid.forced && !r.module_removed);
-    assert!(f.deleted.lock().unwrap().is_empty(), "a forced module must not be deleted");
+    assert!(
+        f.deleted.lock().unwrap().is_empty(),
+        "a forced module must not be deleted"
+    );
     assert!(!pd.exists());
 }
 
@@ -590,12 +613,16 @@ fn signal_attribute_is_used_when_the_kernel_has_it() {
     let pd = f.fake.0.join("sys/kernel/livepatch/lp_sig");
     let stop = Arc::clone(&f.sims.stop);
     let pd2 = pd.clone();
-    f.sims.threads.lock().unwrap().push(std::thread::spawn(move || {
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) && !pd2.is_dir() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let _ = std::fs::write(pd2.join("signal"), "0\n");
-    }));
+    f.sims
+        .threads
+        .lock()
+        .unwrap()
+        .push(std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && !pd2.is_dir() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = std::fs::write(pd2.join("signal"), "0\n");
+        }));
     let p = write_ko(&f, "lp.ko", &ko("lp_sig", true, REL));
     let e = f
         .host
@@ -609,21 +636,29 @@ fn signal_attribute_is_used_when_the_kernel_has_it() {
         )
         .unwrap_err();
     let hint = e.hint.clone().unwrap();
-    assert!(hint.contains("fake signal(s) through the signal attribute"), "{hint}");
+    assert!(
+        hint.contains("fake signal(s) through the signal attribute"),
+        "{hint}"
+    );
 
     // 6.1 has no attribute: the hint explains the kernel's 15 s period.
     let f = fixture("nosignal", Behaviour::Stalls, &[]);
     stalled_task_77(&f);
     let p = write_ko(&f, "lp.ko", &ko("lp_nosig", true, REL));
     let e = f.host.load(&p, &quick()).unwrap_err();
-    assert!(e.hint.as_deref().unwrap().contains("only every 15 s"), "{e}");
+    assert!(
+        e.hint.as_deref().unwrap().contains("only every 15 s"),
+        "{e}"
+    );
 }
 
 use crate::state::{enable_units, StateDir, UnitDirs};
 
 fn boot(f: &Fixture, id: &str, uptime: f64) {
-    f.fake.write("proc/sys/kernel/random/boot_id", &format!("{id}\n"));
-    f.fake.write("proc/uptime", &format!("{uptime:.2} 100.00\n"));
+    f.fake
+        .write("proc/sys/kernel/random/boot_id", &format!("{id}\n"));
+    f.fake
+        .write("proc/uptime", &format!("{uptime:.2} 100.00\n"));
 }
 
 #[test]
@@ -646,13 +681,23 @@ fn build_id_mismatch_is_refused_before_the_kernel() {
     let e = f.host.load(&p, &quick()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::BuildIdMismatch);
     let t = e.to_string();
-    assert!(t.contains("build-id 00ff") && t.contains("build-id abcd"), "{t}");
+    assert!(
+        t.contains("build-id 00ff") && t.contains("build-id abcd"),
+        "{t}"
+    );
     // The same build: the check passes and the kernel is called (the fake
     // fails with EFAULT, proving the call happened).
-    let p = write_ko(&f, "ok.ko", &ko_with("lp_b", true, REL, "suture_release_build_id=ABCD\0"));
+    let p = write_ko(
+        &f,
+        "ok.ko",
+        &ko_with("lp_b", true, REL, "suture_release_build_id=ABCD\0"),
+    );
     let c = f.host.check_module(&p).unwrap();
     assert!(c.build_id_checked);
-    assert_eq!(f.host.load(&p, &quick()).unwrap_err().errno, Some(libc::EFAULT));
+    assert_eq!(
+        f.host.load(&p, &quick()).unwrap_err().errno,
+        Some(libc::EFAULT)
+    );
 }
 
 #[test]
@@ -660,18 +705,44 @@ fn install_stores_loads_and_marks_pending_then_confirm_clears() {
     let f = fixture("install", Behaviour::Completes, &[]);
     boot(&f, "boot-a", 30.0);
     let st = StateDir(f.fake.0.join("state"));
-    let p = write_ko(&f, "fix1.ko", &ko_with("fix1", true, REL, "suture_cve=CVE-2024-0001\0"));
-    let (inst, load) = f.host.install(&st, &p, &LoadOptions { timeout: Duration::from_secs(5), ..quick() }).unwrap();
+    let p = write_ko(
+        &f,
+        "fix1.ko",
+        &ko_with("fix1", true, REL, "suture_cve=CVE-2024-0001\0"),
+    );
+    let (inst, load) = f
+        .host
+        .install(
+            &st,
+            &p,
+            &LoadOptions {
+                timeout: Duration::from_secs(5),
+                ..quick()
+            },
+        )
+        .unwrap();
     assert!(load.is_some());
     assert_eq!(inst.path, st.0.join(REL).join("fix1.ko"));
-    assert_eq!(std::fs::read(&inst.path).unwrap(), std::fs::read(&p).unwrap());
+    assert_eq!(
+        std::fs::read(&inst.path).unwrap(),
+        std::fs::read(&p).unwrap()
+    );
     assert_eq!(inst.pending.as_ref().unwrap().boot_id, "boot-a");
     assert_eq!(inst.record.as_ref().unwrap().seq, 1);
     // Not yet up long enough in this boot.
     boot(&f, "boot-a", 100.0);
-    assert!(f.host.confirm(&st, Duration::from_secs(300), false).unwrap().is_empty());
+    assert!(f
+        .host
+        .confirm(&st, Duration::from_secs(300), false)
+        .unwrap()
+        .is_empty());
     boot(&f, "boot-a", 400.0);
-    assert_eq!(f.host.confirm(&st, Duration::from_secs(300), false).unwrap(), ["fix1"]);
+    assert_eq!(
+        f.host
+            .confirm(&st, Duration::from_secs(300), false)
+            .unwrap(),
+        ["fix1"]
+    );
     assert!(st.get(REL, "fix1").unwrap().pending.is_none());
 
     // Status joins the loaded patch with the installed file's metadata.
@@ -683,25 +754,51 @@ fn install_stores_loads_and_marks_pending_then_confirm_clears() {
     // A second patch goes after it in load order; a failing install
     // leaves nothing behind.
     let p2 = write_ko(&f, "fix2.ko", &ko("fix2", true, REL));
-    f.host.install(&st, &p2, &LoadOptions { timeout: Duration::from_secs(5), ..quick() }).unwrap();
+    f.host
+        .install(
+            &st,
+            &p2,
+            &LoadOptions {
+                timeout: Duration::from_secs(5),
+                ..quick()
+            },
+        )
+        .unwrap();
     assert_eq!(
-        st.installed(REL).iter().map(|i| (i.name.as_str(), i.record.as_ref().unwrap().seq)).collect::<Vec<_>>(),
+        st.installed(REL)
+            .iter()
+            .map(|i| (i.name.as_str(), i.record.as_ref().unwrap().seq))
+            .collect::<Vec<_>>(),
         [("fix1", 1), ("fix2", 2)]
     );
     let bad = write_ko(&f, "bad.ko", &ko("bad", false, REL));
-    assert_eq!(f.host.install(&st, &bad, &quick()).unwrap_err().kind, ErrorKind::NotLivepatch);
+    assert_eq!(
+        f.host.install(&st, &bad, &quick()).unwrap_err().kind,
+        ErrorKind::NotLivepatch
+    );
     assert!(st.get(REL, "bad").is_none());
 
     // Uninstall unloads and removes the files.
     let (was, rep) = f
         .host
-        .uninstall(&st, "fix2", &UnloadOptions { timeout: Duration::from_secs(5), poll_interval: Duration::from_millis(2), ..Default::default() })
+        .uninstall(
+            &st,
+            "fix2",
+            &UnloadOptions {
+                timeout: Duration::from_secs(5),
+                poll_interval: Duration::from_millis(2),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert!(was && rep.is_some());
     assert!(st.get(REL, "fix2").is_none());
     assert!(!f.fake.0.join("sys/kernel/livepatch/fix2").exists());
     assert_eq!(
-        f.host.uninstall(&st, "nothing", &UnloadOptions::default()).unwrap_err().kind,
+        f.host
+            .uninstall(&st, "nothing", &UnloadOptions::default())
+            .unwrap_err()
+            .kind,
         ErrorKind::NotLoaded
     );
 }
@@ -712,9 +809,17 @@ fn failed_install_of_a_new_build_restores_the_old_file() {
     boot(&f, "b", 1.0);
     let st = StateDir(f.fake.0.join("state"));
     let old = ko_with("fixr", true, REL, "suture_cve=CVE-OLD\0");
-    st.store(REL, "fixr", &write_ko(&f, "old.ko", &old)).unwrap();
-    let newp = write_ko(&f, "new.ko", &ko_with("fixr", true, REL, "suture_cve=CVE-NEW\0"));
-    assert_eq!(f.host.install(&st, &newp, &quick()).unwrap_err().kind, ErrorKind::Incompatible);
+    st.store(REL, "fixr", &write_ko(&f, "old.ko", &old))
+        .unwrap();
+    let newp = write_ko(
+        &f,
+        "new.ko",
+        &ko_with("fixr", true, REL, "suture_cve=CVE-NEW\0"),
+    );
+    assert_eq!(
+        f.host.install(&st, &newp, &quick()).unwrap_err().kind,
+        ErrorKind::Incompatible
+    );
     assert_eq!(std::fs::read(st.0.join(REL).join("fixr.ko")).unwrap(), old);
     assert_eq!(st.get(REL, "fixr").unwrap().record.unwrap().seq, 1);
 }
@@ -724,13 +829,22 @@ fn crash_loop_guard_skips_a_patch_pending_from_an_earlier_boot() {
     let f = fixture("guard", Behaviour::Completes, &[]);
     let st = StateDir(f.fake.0.join("state"));
     for n in ["good", "crashy"] {
-        st.store(REL, n, &write_ko(&f, &format!("{n}.ko"), &ko(n, true, REL))).unwrap();
+        st.store(REL, n, &write_ko(&f, &format!("{n}.ko"), &ko(n, true, REL)))
+            .unwrap();
     }
-    st.store("5.10.0-30-amd64", "old", &write_ko(&f, "old.ko", &ko("old", true, "5.10.0-30-amd64"))).unwrap();
+    st.store(
+        "5.10.0-30-amd64",
+        "old",
+        &write_ko(&f, "old.ko", &ko("old", true, "5.10.0-30-amd64")),
+    )
+    .unwrap();
     // Boot 1: both load, both pending; "good" gets confirmed, then the
     // machine dies with "crashy" still pending.
     boot(&f, "boot-1", 10.0);
-    let opts = LoadOptions { timeout: Duration::from_secs(5), ..quick() };
+    let opts = LoadOptions {
+        timeout: Duration::from_secs(5),
+        ..quick()
+    };
     let r = f.host.load_all(&st, &opts).unwrap();
     assert_eq!(r.loaded, ["good", "crashy"]);
     assert_eq!(r.other_releases, ["5.10.0-30-amd64"]);
@@ -744,25 +858,54 @@ fn crash_loop_guard_skips_a_patch_pending_from_an_earlier_boot() {
     let r = f.host.load_all(&st, &opts).unwrap();
     assert_eq!(r.loaded, ["good"]);
     assert_eq!(r.skipped.len(), 1);
-    assert_eq!((r.skipped[0].name.as_str(), r.skipped[0].new), ("crashy", true));
-    assert!(r.skipped[0].reason.contains("boot-1"), "{}", r.skipped[0].reason);
+    assert_eq!(
+        (r.skipped[0].name.as_str(), r.skipped[0].new),
+        ("crashy", true)
+    );
+    assert!(
+        r.skipped[0].reason.contains("boot-1"),
+        "{}",
+        r.skipped[0].reason
+    );
     assert!(!f.fake.0.join("sys/kernel/livepatch/crashy").exists());
     let s = f.host.status(Some(&st)).unwrap();
     assert_eq!(s.skipped[0].name, "crashy");
-    assert_eq!(s.skipped[0].skipped.as_ref().unwrap().crashed_boot_id, "boot-1");
+    assert_eq!(
+        s.skipped[0].skipped.as_ref().unwrap().crashed_boot_id,
+        "boot-1"
+    );
     assert!(crate::report::format_status(&s).contains("SKIPPED by the crash-loop guard: crashy"));
     // The timer confirms "good" in boot 2; had it not, boot 3 would skip
     // it too.
     boot(&f, "boot-2", 400.0);
-    assert_eq!(f.host.confirm(&st, Duration::from_secs(300), false).unwrap(), ["good"]);
+    assert_eq!(
+        f.host
+            .confirm(&st, Duration::from_secs(300), false)
+            .unwrap(),
+        ["good"]
+    );
     // Boot 3: still skipped (reported as an old decision), until reinstalled.
     boot(&f, "boot-3", 5.0);
     let r = f.host.load_all(&st, &opts).unwrap();
-    assert_eq!((r.skipped[0].name.as_str(), r.skipped[0].new), ("crashy", false));
+    assert_eq!(
+        (r.skipped[0].name.as_str(), r.skipped[0].new),
+        ("crashy", false)
+    );
     assert_eq!(r.already_loaded, ["good"]);
     // A clean shutdown confirms whatever this boot loaded.
-    st.mark_pending(REL, "good", &crate::state::Pending { boot_id: "boot-3".into(), uptime_at_load: 4.0 }).unwrap();
-    assert_eq!(f.host.confirm(&st, Duration::from_secs(300), true).unwrap(), ["good"]);
+    st.mark_pending(
+        REL,
+        "good",
+        &crate::state::Pending {
+            boot_id: "boot-3".into(),
+            uptime_at_load: 4.0,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        f.host.confirm(&st, Duration::from_secs(300), true).unwrap(),
+        ["good"]
+    );
 }
 
 #[test]
@@ -776,13 +919,19 @@ fn units_are_written_and_enabled_once() {
     let r = enable_units(&dirs, Path::new("/opt/suture/bin/suture")).unwrap();
     assert_eq!(r.written.len(), 3);
     let svc = std::fs::read_to_string(dirs.etc.join("suture.service")).unwrap();
-    assert!(svc.contains("ExecStart=/opt/suture/bin/suture load --all"), "{svc}");
+    assert!(
+        svc.contains("ExecStart=/opt/suture/bin/suture load --all"),
+        "{svc}"
+    );
     assert!(svc.contains("Before=sysinit.target"), "{svc}");
     assert_eq!(
         std::fs::read_link(dirs.etc.join("sysinit.target.wants/suture.service")).unwrap(),
         dirs.etc.join("suture.service")
     );
-    assert!(dirs.etc.join("timers.target.wants/suture-confirm.timer").exists());
+    assert!(dirs
+        .etc
+        .join("timers.target.wants/suture-confirm.timer")
+        .exists());
     let again = enable_units(&dirs, Path::new("/opt/suture/bin/suture")).unwrap();
     assert!(again.written.is_empty() && again.enabled.is_empty());
     // A unit shipped by a package wins over writing one.
@@ -810,16 +959,28 @@ fn status_shows_a_stalled_transition_and_prometheus_text() {
     f.fake.write("proc/1/task/1/patch_state", "1\n");
     let s = f.host.status(None).unwrap();
     let t = s.transition.as_ref().unwrap();
-    assert_eq!((t.patch.as_str(), t.direction.as_str()), ("lp_s", "patching"));
+    assert_eq!(
+        (t.patch.as_str(), t.direction.as_str()),
+        ("lp_s", "patching")
+    );
     assert_eq!(t.tasks.iter().map(|t| t.pid).collect::<Vec<_>>(), [77]);
     assert_eq!(t.tasks[0].patched_on_stack, ["cmdline_proc_show"]);
     assert!(!s.patches[0].applied);
     assert_eq!(s.effective_version, REL);
     let text = crate::report::format_status(&s);
-    assert!(text.contains("lp_s is patching; 1 task(s)") && text.contains("cmdline_proc_show+0x1/0x2"), "{text}");
+    assert!(
+        text.contains("lp_s is patching; 1 task(s)") && text.contains("cmdline_proc_show+0x1/0x2"),
+        "{text}"
+    );
     let prom = crate::report::prometheus_text(&s);
-    assert!(prom.contains("suture_transition_blocking_tasks 1\n"), "{prom}");
-    assert!(prom.contains("suture_patch_applied{patch=\"lp_s\",installed=\"false\"} 0\n"), "{prom}");
+    assert!(
+        prom.contains("suture_transition_blocking_tasks 1\n"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("suture_patch_applied{patch=\"lp_s\",installed=\"false\"} 0\n"),
+        "{prom}"
+    );
     // Unpatching direction: enabled 0, the task in state 1 blocks.
     f.fake.write("sys/kernel/livepatch/lp_s/enabled", "0\n");
     let s = f.host.status(None).unwrap();

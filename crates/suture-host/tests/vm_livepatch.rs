@@ -755,7 +755,12 @@ fn cached_vmlinux_build_id() -> Option<String> {
         let name = &notes[off + 12..off + 12 + nsz];
         let d0 = off + 12 + ((nsz + 3) & !3);
         if ty == 3 && name == b"GNU\0" {
-            return Some(notes[d0..d0 + dsz].iter().map(|b| format!("{b:02x}")).collect());
+            return Some(
+                notes[d0..d0 + dsz]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            );
         }
         off = d0 + ((dsz + 3) & !3);
     }
@@ -778,7 +783,11 @@ fn transitions_seen_signalled_forced_and_builds_checked_in_guest() {
             .cloned()
             .unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output))
     };
-    assert!(s.contains_key("end"), "script did not finish; guest output:\n{}", r.output);
+    assert!(
+        s.contains_key("end"),
+        "script did not finish; guest output:\n{}",
+        r.output
+    );
     let num = |sec: &str, key: &str| -> u64 {
         sec.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -794,7 +803,11 @@ fn transitions_seen_signalled_forced_and_builds_checked_in_guest() {
     let status = &st["status"];
     assert_eq!(status["release"], release());
     let t = &status["transition"];
-    assert_eq!((t["patch"].clone(), t["direction"].clone()), ("stall_patch".into(), "patching".into()), "{st}");
+    assert_eq!(
+        (t["patch"].clone(), t["direction"].clone()),
+        ("stall_patch".into(), "patching".into()),
+        "{st}"
+    );
     let task = t["tasks"]
         .as_array()
         .unwrap()
@@ -803,69 +816,141 @@ fn transitions_seen_signalled_forced_and_builds_checked_in_guest() {
         .unwrap_or_else(|| panic!("sleeper {s1} not in {t}"));
     assert_eq!(task["comm"], "sleep");
     assert_eq!(task["patched_on_stack"][0], "hrtimer_nanosleep", "{task}");
-    assert!(task["stack"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("hrtimer_nanosleep+")), "{task}");
+    assert!(
+        task["stack"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().starts_with("hrtimer_nanosleep+")),
+        "{task}"
+    );
     let p = &status["patches"][0];
-    assert_eq!((p["name"].clone(), p["applied"].clone()), ("stall_patch".into(), false.into()), "{st}");
+    assert_eq!(
+        (p["name"].clone(), p["applied"].clone()),
+        ("stall_patch".into(), false.into()),
+        "{st}"
+    );
     // The running kernel's build-id, read from /sys/kernel/notes, is the
     // one in the release's vmlinux.
-    let bid = status["build_id"].as_str().unwrap_or_else(|| panic!("no build_id: {st}"));
+    let bid = status["build_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no build_id: {st}"));
     assert_eq!(bid.len(), 40, "{bid}");
     if let Some(want) = cached_vmlinux_build_id() {
         assert_eq!(bid, want);
     }
     let text = sec("status-text");
-    assert!(text.contains("stall_patch is patching") && text.contains(&format!("pid {s1} ")), "{text}");
+    assert!(
+        text.contains("stall_patch is patching") && text.contains(&format!("pid {s1} ")),
+        "{text}"
+    );
     let prom = sec("status-prom");
     assert!(prom.starts_with("rc=0"), "{prom}");
     assert!(prom.contains("suture_transition_in_progress 1"), "{prom}");
-    assert!(prom.contains("suture_patch_applied{patch=\"stall_patch\",installed=\"false\"} 0"), "{prom}");
+    assert!(
+        prom.contains("suture_patch_applied{patch=\"stall_patch\",installed=\"false\"} 0"),
+        "{prom}"
+    );
     assert!(prom.contains(&format!("build_id=\"{bid}\"")), "{prom}");
 
     // The kernel's fake signal (every 15 s on 6.1) got the sleeper out of
     // the old function; no attribute to write, suture only waited.
     let bg = sec("bg-load");
-    assert!(bg.contains("loaded stall_patch") && bg.contains("rc=0"), "{bg}");
+    assert!(
+        bg.contains("loaded stall_patch") && bg.contains("rc=0"),
+        "{bg}"
+    );
     let waited = num(&bg, "waited=");
-    assert!((10..=45).contains(&waited), "the transition took {waited} s; the fake signal comes at 15 s:\n{bg}");
+    assert!(
+        (10..=45).contains(&waited),
+        "the transition took {waited} s; the fake signal comes at 15 s:\n{bg}"
+    );
     let applied = json_of(&sec("applied-json"));
-    assert_eq!(applied["status"]["patches"][0]["applied"], true, "{applied}");
-    assert_eq!(applied["status"]["effective_version"], format!("{}+stall_patch", release()));
+    assert_eq!(
+        applied["status"]["patches"][0]["applied"], true,
+        "{applied}"
+    );
+    assert_eq!(
+        applied["status"]["effective_version"],
+        format!("{}+stall_patch", release())
+    );
     assert!(applied["status"].get("transition").is_none(), "{applied}");
 
     // The other direction: a task asleep in the replacement function.
     let us = sec("unload-stall");
     let s3 = num(&us, "s3=");
-    assert!(us.ends_with("rc=1\n") && us.contains("did not finish unpatching within 3s"), "{us}");
-    assert!(us.contains(&format!("task {s3} (tid {s3}) \"sleep\"")), "{us}");
+    assert!(
+        us.ends_with("rc=1\n") && us.contains("did not finish unpatching within 3s"),
+        "{us}"
+    );
+    assert!(
+        us.contains(&format!("task {s3} (tid {s3}) \"sleep\"")),
+        "{us}"
+    );
     assert!(us.contains("on its stack: stall_hrtimer_nanosleep"), "{us}");
     let su = json_of(&sec("status-unpatching"));
     let t = &su["status"]["transition"];
     assert_eq!(t["direction"], "unpatching", "{su}");
-    assert!(t["tasks"].as_array().unwrap().iter().any(|x| x["pid"] == s3), "{su}");
+    assert!(
+        t["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["pid"] == s3),
+        "{su}"
+    );
     let again = sec("unload-again");
-    assert!(again.contains("removed module stall_patch") || again.contains("unloaded stall_patch"), "{again}");
-    assert!(again.contains("rc=0") && again.contains("module=gone"), "{again}");
+    assert!(
+        again.contains("removed module stall_patch") || again.contains("unloaded stall_patch"),
+        "{again}"
+    );
+    assert!(
+        again.contains("rc=0") && again.contains("module=gone"),
+        "{again}"
+    );
 
     // --force: refused without a terminal or --yes, before loading.
     let nc = sec("force-no-consent");
-    assert!(nc.contains("add --yes") && nc.contains("rc=1") && nc.contains("module=gone"), "{nc}");
+    assert!(
+        nc.contains("add --yes") && nc.contains("rc=1") && nc.contains("module=gone"),
+        "{nc}"
+    );
     let f = sec("force");
     let fj = json_of(&f);
     assert_eq!(fj["load"]["aid"]["forced"], true, "{fj}");
     assert_eq!(fj["load"]["aid"]["kernel_signals"], true, "{fj}");
-    assert!(f.contains("rc=0\n1\n0\n"), "forced patch enabled, transition over:\n{f}");
+    assert!(
+        f.contains("rc=0\n1\n0\n"),
+        "forced patch enabled, transition over:\n{f}"
+    );
     assert!(f.contains("replaces") && f.contains("can never be"), "{f}");
     let flu = sec("force-load-unload");
-    assert!(flu.contains("unloaded stall_patch") && flu.contains("rc=0") && flu.contains("module=gone"), "{flu}");
+    assert!(
+        flu.contains("unloaded stall_patch") && flu.contains("rc=0") && flu.contains("module=gone"),
+        "{flu}"
+    );
     let fu = sec("force-unload");
-    assert!(fu.contains("reload_rc=0") || sec("force-load-unload").contains("reload_rc=0"), "{out}");
-    assert!(fu.contains("FORCED") && fu.contains("stays loaded until reboot") && fu.contains("rc=0"), "{fu}");
-    assert!(fu.contains("sysfs=gone") && fu.contains("module=loaded"), "{fu}");
+    assert!(
+        fu.contains("reload_rc=0") || sec("force-load-unload").contains("reload_rc=0"),
+        "{out}"
+    );
+    assert!(
+        fu.contains("FORCED") && fu.contains("stays loaded until reboot") && fu.contains("rc=0"),
+        "{fu}"
+    );
+    assert!(
+        fu.contains("sysfs=gone") && fu.contains("module=loaded"),
+        "{fu}"
+    );
     let fa = sec("force-unload-again");
     assert!(fa.contains("rc=1") && fa.contains("reboot"), "{fa}");
 
     let ob = sec("other-build");
-    assert!(ob.contains("another build of the same release") && ob.contains("00112233445566778899aabbccddeeff00112233"), "{ob}");
+    assert!(
+        ob.contains("another build of the same release")
+            && ob.contains("00112233445566778899aabbccddeeff00112233"),
+        "{ob}"
+    );
     assert!(ob.contains("rc=2") && ob.contains("module=gone"), "{ob}");
 }
 
@@ -917,19 +1002,37 @@ fn kthread_in_uninterruptible_sleep_blocks_until_it_leaves() {
             .cloned()
             .unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output))
     };
-    assert!(s.contains_key("end"), "script did not finish; guest output:\n{}", r.output);
+    assert!(
+        s.contains_key("end"),
+        "script did not finish; guest output:\n{}",
+        r.output
+    );
     let kt: u32 = sec("ids")
         .trim()
         .strip_prefix("kt=")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no kthread pid:\n{out}"));
     let st = sec("kt-stall");
-    assert!(st.contains("rc=1") && st.contains("did not finish its transition within 17s"), "{st}");
-    assert!(st.contains(&format!("task {kt} (tid {kt}) \"suture_stall\"")), "{st}");
-    assert!(st.contains("patched function(s) on its stack: stallkt_wait"), "{st}");
-    assert!(st.contains("sleep uninterruptibly"), "the hint should say why the fake signal did not help:\n{st}");
     assert!(
-        st.contains("sysfs=gone") && st.contains("module=gone") && st.contains("kthread=in-old-function"),
+        st.contains("rc=1") && st.contains("did not finish its transition within 17s"),
+        "{st}"
+    );
+    assert!(
+        st.contains(&format!("task {kt} (tid {kt}) \"suture_stall\"")),
+        "{st}"
+    );
+    assert!(
+        st.contains("patched function(s) on its stack: stallkt_wait"),
+        "{st}"
+    );
+    assert!(
+        st.contains("sleep uninterruptibly"),
+        "the hint should say why the fake signal did not help:\n{st}"
+    );
+    assert!(
+        st.contains("sysfs=gone")
+            && st.contains("module=gone")
+            && st.contains("kthread=in-old-function"),
         "{st}"
     );
     let waited: u64 = st
@@ -939,7 +1042,12 @@ fn kthread_in_uninterruptible_sleep_blocks_until_it_leaves() {
         .unwrap();
     assert!(waited >= 17, "{st}");
     let ld = sec("kt-load");
-    assert!(ld.contains("loaded kt_patch") && ld.contains("stallkt:stallkt_wait") && ld.contains("rc=0\n1\n"), "{ld}");
+    assert!(
+        ld.contains("loaded kt_patch")
+            && ld.contains("stallkt:stallkt_wait")
+            && ld.contains("rc=0\n1\n"),
+        "{ld}"
+    );
     let ul = sec("kt-unload");
     assert!(ul.contains("rc=0") && ul.contains("rmmod_rc=0"), "{ul}");
 }
@@ -1016,7 +1124,10 @@ fn verify_compares_functions_with_kernel_memory() {
             "no extracted vmlinux in suture's cache: run `suture build examples/cmdline.patch --kernel {}` first",
             release()
         );
-        eprintln!("SKIP: no cached vmlinux for {} (run suture build once)", release());
+        eprintln!(
+            "SKIP: no cached vmlinux for {} (run suture build once)",
+            release()
+        );
         return;
     };
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -1028,7 +1139,10 @@ fn verify_compares_functions_with_kernel_memory() {
     let patched = json_of(&s["patched"]);
     let hex = |v: &serde_json::Value| -> Vec<u8> {
         let h = v["bytes"].as_str().unwrap_or_else(|| panic!("{v}"));
-        (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap()).collect()
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+            .collect()
     };
     let (mem, mem_patched) = (hex(&before), hex(&patched));
     assert_eq!(before["address"], patched["address"]);
@@ -1040,7 +1154,11 @@ fn verify_compares_functions_with_kernel_memory() {
 
     // The same function in the image file, at the same offset from _text.
     use object::{Object, ObjectSection};
-    let addr = u64::from_str_radix(before["address"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let addr = u64::from_str_radix(
+        before["address"].as_str().unwrap().trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
     let elf = object::File::parse(&*vmlinux).unwrap();
     let text = elf.section_by_name(".text").unwrap();
     let static_addr = text.address() + (addr - guest_text);
@@ -1048,17 +1166,30 @@ fn verify_compares_functions_with_kernel_memory() {
     let start = (foff + static_addr - text.address()) as usize;
     let file = &vmlinux[start..start + mem.len()];
     let mask = runtime_mask(file, static_addr);
-    assert!(mask.contains(&(0, 5)), "the fentry call must be the first instruction: {mask:?}");
+    assert!(
+        mask.contains(&(0, 5)),
+        "the fentry call must be the first instruction: {mask:?}"
+    );
     let masked = |b: &[u8]| suture_host::kcore::masked_sha256(b, &mask);
-    assert_eq!(masked(file), masked(&mem), "the running function is not the image's");
+    assert_eq!(
+        masked(file),
+        masked(&mem),
+        "the running function is not the image's"
+    );
     // The mask hides only what it must: unmasked, the bytes differ.
     assert_ne!(sha256_hex(file), sha256_hex(&mem));
 
     // Modules carrying the record `suture build` is to write: the right
     // hash, and one for a build whose code differs in one unmasked byte.
-    let mask_s = mask.iter().map(|(o, l)| format!("{o}+{l}")).collect::<Vec<_>>().join(",");
+    let mask_s = mask
+        .iter()
+        .map(|(o, l)| format!("{o}+{l}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut wrong = file.to_vec();
-    let spot = (0..wrong.len()).find(|i| !mask.iter().any(|(o, l)| (o..&(o + l)).contains(&i))).unwrap();
+    let spot = (0..wrong.len())
+        .find(|i| !mask.iter().any(|(o, l)| (o..&(o + l)).contains(&i)))
+        .unwrap();
     wrong[spot] ^= 0xff;
     let rec = |bytes: &[u8]| {
         format!(
@@ -1067,7 +1198,10 @@ fn verify_compares_functions_with_kernel_memory() {
             suture_host::kcore::masked_sha256(bytes, &mask)
         )
     };
-    let dir = target_dir().join("suture-host-vm").join(release()).join("verify");
+    let dir = target_dir()
+        .join("suture-host-vm")
+        .join(release())
+        .join("verify");
     std::fs::create_dir_all(&dir).unwrap();
     for (name, r) in [("verify-good", rec(file)), ("verify-bad", rec(&wrong))] {
         std::fs::write(
@@ -1092,18 +1226,26 @@ fn verify_compares_functions_with_kernel_memory() {
         .arg(format!("M={}", dir.display()))
         .args(["-j1", "modules"]));
     let mut vm = guest();
-    vm.add_file(&dir.join("verify-good.ko"), "/root/verify-good.ko").unwrap();
-    vm.add_file(&dir.join("verify-bad.ko"), "/root/verify-bad.ko").unwrap();
+    vm.add_file(&dir.join("verify-good.ko"), "/root/verify-good.ko")
+        .unwrap();
+    vm.add_file(&dir.join("verify-bad.ko"), "/root/verify-bad.ko")
+        .unwrap();
     let r = vm.run(VERIFY_SCRIPT).unwrap();
     let s = sections(r.script_output());
     assert!(s.contains_key("end"), "{}", r.output);
     let good = &s["good"];
-    assert!(good.contains(": match") && good.contains("verified") && good.ends_with("rc=0\n"), "{good}");
+    assert!(
+        good.contains(": match") && good.contains("verified") && good.ends_with("rc=0\n"),
+        "{good}"
+    );
     let bad = json_of(&s["bad"]);
     assert_eq!(bad["verify"]["functions"][0]["outcome"], "differs", "{bad}");
     assert!(s["bad"].ends_with("rc=2\n"), "{}", s["bad"]);
     let nohash = &s["nohash"];
-    assert!(nohash.contains("nothing was compared") && nohash.contains("rc=3\nload_rc=0\n"), "{nohash}");
+    assert!(
+        nohash.contains("nothing was compared") && nohash.contains("rc=3\nload_rc=0\n"),
+        "{nohash}"
+    );
     let gp = &s["good-while-patched"];
     assert!(gp.contains(": match") && gp.ends_with("rc=0\n"), "{gp}");
 }

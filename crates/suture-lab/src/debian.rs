@@ -98,11 +98,18 @@ pub fn base_image() -> Result<PathBuf> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let rootfs = dir.join("rootfs");
     if !dir.join("rootfs.done").is_file() {
-        if Command::new("debootstrap").arg("--version").output().is_err() {
+        if Command::new("debootstrap")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             bail!("debootstrap not found: apt-get install debootstrap");
         }
         let _ = std::fs::remove_dir_all(&rootfs);
-        eprintln!("suture-lab: debootstrap bookworm into {} (about 2 minutes, once)", rootfs.display());
+        eprintln!(
+            "suture-lab: debootstrap bookworm into {} (about 2 minutes, once)",
+            rootfs.display()
+        );
         sh(Command::new("debootstrap")
             .args([
                 "--variant=minbase",
@@ -121,7 +128,11 @@ pub fn base_image() -> Result<PathBuf> {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))?;
         Ok(())
     };
-    w("etc/fstab", "/dev/vda / ext4 rw,errors=remount-ro 0 1\n", 0o644)?;
+    w(
+        "etc/fstab",
+        "/dev/vda / ext4 rw,errors=remount-ro 0 1\n",
+        0o644,
+    )?;
     w("etc/hostname", "suture-guest\n", 0o644)?;
     w("etc/systemd/system/suture-lab.service", LAB_UNIT, 0o644)?;
     w("usr/local/sbin/suture-lab-run", LAB_RUN, 0o755)?;
@@ -141,8 +152,11 @@ pub fn base_image() -> Result<PathBuf> {
     let tmp = dir.join(format!(".base-v{IMAGE_VERSION}.img.tmp"));
     let _ = std::fs::remove_file(&tmp);
     sh(Command::new("truncate").args(["-s", "3G"]).arg(&tmp))?;
-    sh(Command::new("mkfs.ext4").args(["-q", "-F", "-L", "suture-root", "-d"]).arg(&rootfs).arg(&tmp))
-        .context("mkfs.ext4 -d (e2fsprogs 1.43 or newer)")?;
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "suture-root", "-d"])
+        .arg(&rootfs)
+        .arg(&tmp))
+    .context("mkfs.ext4 -d (e2fsprogs 1.43 or newer)")?;
     std::fs::rename(&tmp, &img)?;
     Ok(img)
 }
@@ -162,19 +176,26 @@ pub struct DebianGuest {
 impl DebianGuest {
     /// A fresh disk from the cached base image (built on first use).
     pub fn new(release: &str) -> Result<Self> {
-        let qemu = crate::find_in_path("qemu-system-x86_64")
-            .ok_or_else(|| anyhow!("qemu-system-x86_64 not found: apt-get install qemu-system-x86"))?;
+        let qemu = crate::find_in_path("qemu-system-x86_64").ok_or_else(|| {
+            anyhow!("qemu-system-x86_64 not found: apt-get install qemu-system-x86")
+        })?;
         let kernel = crate::kernel_image(release);
         let initrd = PathBuf::from(format!("/boot/initrd.img-{release}"));
         for p in [&kernel, &initrd] {
             if !p.is_file() {
-                bail!("{} not found: apt-get install linux-image-{release}", p.display());
+                bail!(
+                    "{} not found: apt-get install linux-image-{release}",
+                    p.display()
+                );
             }
         }
         let base = base_image()?;
         let dir = crate::TempDir::new()?;
         let disk = dir.0.join("root.img");
-        sh(Command::new("cp").arg("--sparse=always").arg(&base).arg(&disk))?;
+        sh(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&base)
+            .arg(&disk))?;
         Ok(DebianGuest {
             release: release.to_string(),
             kernel,
@@ -200,39 +221,66 @@ impl DebianGuest {
         std::fs::create_dir_all(&lab)?;
         let mut size = 16u64 << 20;
         for (host, name) in files {
-            std::fs::copy(host, lab.join(name)).with_context(|| format!("copying {}", host.display()))?;
+            std::fs::copy(host, lab.join(name))
+                .with_context(|| format!("copying {}", host.display()))?;
             size += std::fs::metadata(host)?.len() * 2;
         }
         std::fs::write(lab.join("run.sh"), script)?;
         let lab_img = self.dir.0.join("lab.img");
         let _ = std::fs::remove_file(&lab_img);
-        sh(Command::new("truncate").arg("-s").arg(size.to_string()).arg(&lab_img))?;
-        sh(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&lab).arg(&lab_img))?;
+        sh(Command::new("truncate")
+            .arg("-s")
+            .arg(size.to_string())
+            .arg(&lab_img))?;
+        sh(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(&lab)
+            .arg(&lab_img))?;
 
         let mut cmd = Command::new(&self.qemu);
-        cmd.args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1536", "-nographic", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&self.kernel)
-            .arg("-initrd")
-            .arg(&self.initrd)
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", self.disk.display()))
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio,readonly=on", lab_img.display()))
-            .arg("-append")
-            .arg("root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "2",
+            "-m",
+            "1536",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&self.kernel)
+        .arg("-initrd")
+        .arg(&self.initrd)
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", self.disk.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            lab_img.display()
+        ))
+        .arg("-append")
+        .arg("root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        eprintln!("suture-lab: booting Debian bookworm on {} (timeout {:?})", self.kernel.display(), self.timeout);
+        eprintln!(
+            "suture-lab: booting Debian bookworm on {} (timeout {:?})",
+            self.kernel.display(),
+            self.timeout
+        );
         let start = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.qemu.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.qemu.display()))?;
         let output = Arc::new(Mutex::new(Vec::<u8>::new()));
         let mut stdout = child.stdout.take().unwrap();
         let (o2, verbose) = (Arc::clone(&output), self.verbose);
@@ -246,7 +294,9 @@ impl DebianGuest {
                     use std::io::Write;
                     let _ = std::io::stderr().write_all(&buf[..n]);
                 }
-                o2.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+                o2.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(&buf[..n]);
             }
         });
         let text = |o: &Arc<Mutex<Vec<u8>>>| {
@@ -260,7 +310,11 @@ impl DebianGuest {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = reader.join();
-                bail!("Debian guest did not power off within {:?}; output:\n{}", self.timeout, text(&output));
+                bail!(
+                    "Debian guest did not power off within {:?}; output:\n{}",
+                    self.timeout,
+                    text(&output)
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -274,6 +328,10 @@ impl DebianGuest {
         })?;
         let duration = start.elapsed();
         eprintln!("suture-lab: Debian guest powered off after {duration:.1?}, script exit status {exit_status}");
-        Ok(RunOutput { output: out, exit_status, duration })
+        Ok(RunOutput {
+            output: out,
+            exit_status,
+            duration,
+        })
     }
 }

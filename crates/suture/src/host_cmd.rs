@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use suture_host::state::StateDir;
-use suture_host::{ErrorKind, ForceConfirm, Host, HostError, LoadOptions, StalledTask, UnloadOptions};
+use suture_host::{
+    ErrorKind, ForceConfirm, Host, HostError, LoadOptions, StalledTask, UnloadOptions,
+};
 
 const FORCE_HELP: &str = "If the transition has not finished at the deadline, force it instead of reversing it \
 (asks first, unless --yes). Dangerous: tasks still running the code being replaced are declared switched, and the \
@@ -102,7 +104,11 @@ pub fn host() -> Host {
 
 /// The consent `--force` needs: `--yes`, or an answer on a terminal.
 /// Without either, refuse up front rather than stall and then fail.
-pub fn force_confirm(force: bool, yes: bool, op: &'static str) -> anyhow::Result<Option<ForceConfirm>> {
+pub fn force_confirm(
+    force: bool,
+    yes: bool,
+    op: &'static str,
+) -> anyhow::Result<Option<ForceConfirm>> {
     if !force {
         return Ok(None);
     }
@@ -123,14 +129,20 @@ pub fn force_confirm(force: bool, yes: bool, op: &'static str) -> anyhow::Result
         );
     }
     Ok(Some(Arc::new(move |name: &str, tasks: &[StalledTask]| {
-        eprintln!("suture {op}: the transition of {name} did not finish; these tasks have not switched:");
+        eprintln!(
+            "suture {op}: the transition of {name} did not finish; these tasks have not switched:"
+        );
         for t in tasks {
             eprintln!(
                 "  pid {} {:?} blocked in {} (patched on stack: {})",
                 t.pid,
                 t.comm,
                 t.blocking_function.as_deref().unwrap_or("?"),
-                if t.patched_on_stack.is_empty() { "-".to_string() } else { t.patched_on_stack.join(", ") }
+                if t.patched_on_stack.is_empty() {
+                    "-".to_string()
+                } else {
+                    t.patched_on_stack.join(", ")
+                }
             );
         }
         eprintln!("\n{}.", suture_host::force_warning(op != "load"));
@@ -178,7 +190,10 @@ pub fn load(a: LoadArgs) -> anyhow::Result<i32> {
     if a.all {
         return load_all(&a, &opts);
     }
-    let module = a.module.as_deref().expect("clap requires MODULE without --all");
+    let module = a
+        .module
+        .as_deref()
+        .expect("clap requires MODULE without --all");
     match host().load(module, &opts) {
         Ok(r) => {
             if a.json {
@@ -229,10 +244,23 @@ fn load_all(a: &LoadArgs, opts: &LoadOptions) -> anyhow::Result<i32> {
     match host().load_all(&st, opts) {
         Ok(r) => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": r.failed.is_empty(), "boot": r }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "ok": r.failed.is_empty(), "boot": r })
+                    )?
+                );
             } else {
-                if r.loaded.is_empty() && r.already_loaded.is_empty() && r.skipped.is_empty() && r.failed.is_empty() {
-                    println!("no patches installed for {} in {}", r.release, st.release_dir(&r.release).display());
+                if r.loaded.is_empty()
+                    && r.already_loaded.is_empty()
+                    && r.skipped.is_empty()
+                    && r.failed.is_empty()
+                {
+                    println!(
+                        "no patches installed for {} in {}",
+                        r.release,
+                        st.release_dir(&r.release).display()
+                    );
                 }
                 for n in &r.loaded {
                     println!("loaded {n}");
@@ -327,7 +355,8 @@ fn format_installed(
     }
     let mut rows = vec![["INSTALLED", "RELEASE", "LOADED", "GUARD", "CVES"].map(String::from)];
     for i in installed {
-        let is_loaded = i.release == release && loaded.iter().any(|p| p.name == i.name && p.module.loaded);
+        let is_loaded =
+            i.release == release && loaded.iter().any(|p| p.name == i.name && p.module.loaded);
         rows.push([
             i.name.clone(),
             i.release.clone(),
@@ -345,13 +374,22 @@ fn format_installed(
             } else {
                 "ok".into()
             },
-            i.meta.as_ref().map(|m| m.cves.join(",")).unwrap_or_default(),
+            i.meta
+                .as_ref()
+                .map(|m| m.cves.join(","))
+                .unwrap_or_default(),
         ]);
     }
-    let w: Vec<usize> = (0..5).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let w: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
     let mut out = String::from("\n");
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(c, v)| format!("{v:<w$}", w = w[c])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, v)| format!("{v:<w$}", w = w[c]))
+            .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

@@ -156,21 +156,32 @@ pub fn uninstall(a: UninstallArgs) -> anyhow::Result<i32> {
                 );
             } else {
                 let unloaded = match &unload {
-                    Some(u) if !u.module_removed => "disabled (forced: the module stays until reboot)",
+                    Some(u) if !u.module_removed => {
+                        "disabled (forced: the module stays until reboot)"
+                    }
                     Some(_) => "unloaded",
                     None => "was not loaded",
                 };
                 println!(
                     "uninstalled {}: {unloaded}{}",
                     a.name,
-                    if was_installed { "" } else { " (it was loaded but not installed)" }
+                    if was_installed {
+                        ""
+                    } else {
+                        " (it was loaded but not installed)"
+                    }
                 );
             }
             Ok(0)
         }
         Err(e) if a.missing_ok && e.kind == suture_host::ErrorKind::NotLoaded => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "uninstall": null }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "ok": true, "uninstall": null })
+                    )?
+                );
             } else {
                 println!("{} is not installed or loaded: nothing to do", a.name);
             }
@@ -181,10 +192,19 @@ pub fn uninstall(a: UninstallArgs) -> anyhow::Result<i32> {
 }
 
 pub fn confirm(a: ConfirmArgs) -> anyhow::Result<i32> {
-    match host().confirm(&a.state.dir(), Duration::from_secs(a.min_loaded), a.clean_shutdown) {
+    match host().confirm(
+        &a.state.dir(),
+        Duration::from_secs(a.min_loaded),
+        a.clean_shutdown,
+    ) {
         Ok(names) => {
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "confirmed": names }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "ok": true, "confirmed": names })
+                    )?
+                );
             } else {
                 for n in &names {
                     println!("confirmed {n}");

@@ -42,7 +42,13 @@ pub fn package_name(module: &str, release: &str) -> String {
     let clean = |s: &str| -> String {
         s.to_ascii_lowercase()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-') { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect()
     };
     format!("suture-patch-{}-{}", clean(module), clean(release))
@@ -50,7 +56,8 @@ pub fn package_name(module: &str, release: &str) -> String {
 
 fn valid_version(v: &str) -> bool {
     v.chars().next().is_some_and(|c| c.is_ascii_digit())
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || ".+-~:".contains(c))
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+-~:".contains(c))
 }
 
 /// Debian architecture of an ELF module.
@@ -71,12 +78,7 @@ pub struct Control {
 
 /// The control file: one paragraph, the extended description lists what
 /// the module says about itself.
-pub fn control(
-    info: &suture_host::ModuleInfo,
-    release: &str,
-    arch: &str,
-    a: &Args,
-) -> Control {
+pub fn control(info: &suture_host::ModuleInfo, release: &str, arch: &str, a: &Args) -> Control {
     let package = package_name(&info.name, release);
     let m = &info.suture;
     let mut depends = vec![format!("linux-image-{release}")];
@@ -87,8 +89,13 @@ pub fn control(
         .description
         .clone()
         .unwrap_or_else(|| format!("livepatch {} for Linux {release}", info.name));
-    let mut long = vec![format!("Livepatch module {} for the Linux kernel {release}, applied", info.name),
-        "without a reboot by suture and again at every boot of that kernel.".to_string()];
+    let mut long = vec![
+        format!(
+            "Livepatch module {} for the Linux kernel {release}, applied",
+            info.name
+        ),
+        "without a reboot by suture and again at every boot of that kernel.".to_string(),
+    ];
     if !m.cves.is_empty() {
         long.push(format!("Fixes: {}.", m.cves.join(", ")));
     }
@@ -160,14 +167,23 @@ fn write(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let data = match std::fs::read(&a.module) {
         Ok(d) => d,
-        Err(e) => return fail("package", HostError::io(format!("cannot read {}", a.module.display()), &e), a.json),
+        Err(e) => {
+            return fail(
+                "package",
+                HostError::io(format!("cannot read {}", a.module.display()), &e),
+                a.json,
+            )
+        }
     };
     let info = match suture_host::modinfo::parse_module(&data) {
         Ok(i) => i,
         Err(e) => {
             return fail(
                 "package",
-                HostError::new(ErrorKind::NotAModule, format!("{} is not a kernel module: {e}", a.module.display())),
+                HostError::new(
+                    ErrorKind::NotAModule,
+                    format!("{} is not a kernel module: {e}", a.module.display()),
+                ),
                 a.json,
             )
         }
@@ -175,23 +191,37 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if !info.livepatch {
         return fail(
             "package",
-            HostError::new(ErrorKind::NotLivepatch, format!("{} is not a livepatch module", a.module.display())),
+            HostError::new(
+                ErrorKind::NotLivepatch,
+                format!("{} is not a livepatch module", a.module.display()),
+            ),
             a.json,
         );
     }
     let Some(release) = info.release().map(str::to_string) else {
         return fail(
             "package",
-            HostError::new(ErrorKind::ReleaseMismatch, format!("{} has no vermagic: cannot tell its release", a.module.display())),
+            HostError::new(
+                ErrorKind::ReleaseMismatch,
+                format!(
+                    "{} has no vermagic: cannot tell its release",
+                    a.module.display()
+                ),
+            ),
             a.json,
         );
     };
     if !valid_version(&a.version) {
         anyhow::bail!("--pkg-version {:?} is not a Debian version (start with a digit; letters, digits, .+-~:)", a.version);
     }
-    let arch = deb_arch(&data).ok_or_else(|| anyhow::anyhow!("{}: unknown ELF machine", a.module.display()))?;
+    let arch = deb_arch(&data)
+        .ok_or_else(|| anyhow::anyhow!("{}: unknown ELF machine", a.module.display()))?;
     let ctl = control(&info, &release, arch, &a);
-    let deb = a.out_dir.join(format!("{}_{}_{arch}.deb", ctl.package, a.version.replace(':', "%3a")));
+    let deb = a.out_dir.join(format!(
+        "{}_{}_{arch}.deb",
+        ctl.package,
+        a.version.replace(':', "%3a")
+    ));
 
     let stage = tempdir(&a.out_dir)?;
     let root = stage.0.join("root");
@@ -202,7 +232,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     std::fs::write(root.join(&ko_rel), &data)?;
     std::fs::set_permissions(root.join(&ko_rel), std::fs::Permissions::from_mode(0o644))?;
     write(&root.join("DEBIAN/control"), &ctl.text, 0o644)?;
-    write(&root.join("DEBIAN/postinst"), &postinst(&format!("/{ko_rel}"), &release), 0o755)?;
+    write(
+        &root.join("DEBIAN/postinst"),
+        &postinst(&format!("/{ko_rel}"), &release),
+        0o755,
+    )?;
     write(&root.join("DEBIAN/prerm"), &prerm(&info.name), 0o755)?;
     for d in walk_dirs(&root)? {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
@@ -217,7 +251,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run dpkg-deb ({e}): apt-get install dpkg"))?;
     if !out.status.success() {
-        anyhow::bail!("dpkg-deb --build failed: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::bail!(
+            "dpkg-deb --build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     if a.json {
         println!(
@@ -228,7 +265,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }))?
         );
     } else {
-        println!("wrote {} ({} {} for {release})", deb.display(), ctl.package, a.version);
+        println!(
+            "wrote {} ({} {} for {release})",
+            deb.display(),
+            ctl.package,
+            a.version
+        );
     }
     Ok(0)
 }
@@ -267,7 +309,10 @@ mod tests {
 
     #[test]
     fn names_and_versions() {
-        assert_eq!(package_name("fix_cmdline", "6.1.0-56-amd64"), "suture-patch-fix-cmdline-6.1.0-56-amd64");
+        assert_eq!(
+            package_name("fix_cmdline", "6.1.0-56-amd64"),
+            "suture-patch-fix-cmdline-6.1.0-56-amd64"
+        );
         assert!(valid_version("1") && valid_version("2:1.0+b1~rc1"));
         assert!(!valid_version("v1") && !valid_version("") && !valid_version("1 2"));
     }
@@ -275,7 +320,10 @@ mod tests {
     #[test]
     fn scripts_branch_on_the_running_release() {
         let p = postinst("/usr/lib/suture/patches/R/x.ko", "R");
-        assert!(p.contains("if [ \"$(uname -r)\" = \"R\" ]") && p.contains("suture install --no-load"), "{p}");
+        assert!(
+            p.contains("if [ \"$(uname -r)\" = \"R\" ]") && p.contains("suture install --no-load"),
+            "{p}"
+        );
         assert!(prerm("x").contains("suture uninstall --missing-ok x"));
     }
 }

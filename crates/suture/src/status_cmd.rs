@@ -37,7 +37,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "status": s }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "ok": true, "status": s }))?
+        );
     } else {
         print!("{}", suture_host::report::format_status(&s));
     }

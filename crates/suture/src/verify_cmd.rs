@@ -27,19 +27,24 @@ pub struct Args {
 }
 
 fn dump(spec: &str, json: bool) -> anyhow::Result<i32> {
-    let (obj, rest) = spec
-        .split_once(':')
-        .ok_or_else(|| anyhow::anyhow!("--dump wants OBJ:FUNC[,POS], e.g. vmlinux:cmdline_proc_show"))?;
+    let (obj, rest) = spec.split_once(':').ok_or_else(|| {
+        anyhow::anyhow!("--dump wants OBJ:FUNC[,POS], e.g. vmlinux:cmdline_proc_show")
+    })?;
     let (name, pos) = match rest.split_once(',') {
-        Some((n, p)) => (n, p.parse().map_err(|_| anyhow::anyhow!("bad position {p:?} in {spec}"))?),
+        Some((n, p)) => (
+            n,
+            p.parse()
+                .map_err(|_| anyhow::anyhow!("bad position {p:?} in {spec}"))?,
+        ),
         None => (rest, 0),
     };
     let h = host();
     let (addr, next) = suture_host::kcore::kallsyms_lookup(&h.root, obj, name, pos)
         .map_err(|e| anyhow::anyhow!("looking up {spec}: {e}"))?;
     let len = next.unwrap_or(64).min(4096) as usize;
-    let bytes = suture_host::kcore::read_kcore(&h.root, addr, len)
-        .map_err(|e| anyhow::anyhow!("reading {spec} at {addr:#x} from /proc/kcore: {e} (needs root)"))?;
+    let bytes = suture_host::kcore::read_kcore(&h.root, addr, len).map_err(|e| {
+        anyhow::anyhow!("reading {spec} at {addr:#x} from /proc/kcore: {e} (needs root)")
+    })?;
     let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
     if json {
         println!(
@@ -61,7 +66,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if let Some(d) = &a.dump {
         return dump(d, a.json);
     }
-    let module = a.module.as_deref().expect("clap requires MODULE without --dump");
+    let module = a
+        .module
+        .as_deref()
+        .expect("clap requires MODULE without --dump");
     let r = match host().verify(module) {
         Ok(r) => r,
         Err(e) => return fail("verify", e, a.json),
@@ -78,13 +86,20 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         0
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": code == 0, "verify": r }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "ok": code == 0, "verify": r }))?
+        );
     } else {
         println!(
             "{}: a livepatch for {} ({}); build-id {}",
             r.name,
             r.release,
-            if r.build_id_checked { "this build" } else { "build not recorded in the module" },
+            if r.build_id_checked {
+                "this build"
+            } else {
+                "build not recorded in the module"
+            },
             r.build_id.as_deref().unwrap_or("unknown")
         );
         for f in &r.functions {
@@ -95,7 +110,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 f.spec.sympos,
                 f.address.as_deref().unwrap_or("?"),
                 f.outcome,
-                f.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+                f.detail
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
             );
         }
         match code {

@@ -33,7 +33,11 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -48,9 +52,11 @@ fn vmlinux_build_id() -> Option<String> {
         .arg(cache.join(release()).join("vmlinux"))
         .output()
         .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Build ID: ").map(|s| s.trim().to_string()))
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("Build ID: ")
+            .map(|s| s.trim().to_string())
+    })
 }
 
 fn patch_c(name: &str, text: &str, info: &str) -> String {
@@ -118,7 +124,11 @@ fn build_modules() -> Mods {
     .unwrap();
     std::fs::write(
         dir.join("fix2.c"),
-        patch_c("fix2", "fixed twice", "MODULE_INFO(suture_cve, \"CVE-2099-3333\");"),
+        patch_c(
+            "fix2",
+            "fixed twice",
+            "MODULE_INFO(suture_cve, \"CVE-2099-3333\");",
+        ),
     )
     .unwrap();
     std::fs::write(dir.join("Kbuild"), "obj-m := fix1.o fix2.o\n").unwrap();
@@ -152,8 +162,12 @@ fn sections(out: &str) -> BTreeMap<String, String> {
 }
 
 fn json_of(section: &str) -> serde_json::Value {
-    let start = section.find('{').unwrap_or_else(|| panic!("no JSON in:\n{section}"));
-    let end = section.rfind('}').unwrap_or_else(|| panic!("no JSON in:\n{section}"));
+    let start = section
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON in:\n{section}"));
+    let end = section
+        .rfind('}')
+        .unwrap_or_else(|| panic!("no JSON in:\n{section}"));
     serde_json::from_str(&section[start..=end])
         .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{section}"))
 }
@@ -168,8 +182,11 @@ fn parse_exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> 
     let mut seen = std::collections::BTreeSet::new();
     let ident = |s: &str| {
         !s.is_empty()
-            && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+            && s.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
     assert!(text.ends_with('\n'), "a textfile must end with a newline");
     for line in text.lines() {
@@ -187,10 +204,18 @@ fn parse_exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> 
             }
             continue;
         }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line:?}"));
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line:?}"));
         let (name, labels) = match series.split_once('{') {
-            Some((n, l)) => (n, l.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels: {line:?}"))),
+            Some((n, l)) => (
+                n,
+                l.strip_suffix('}')
+                    .unwrap_or_else(|| panic!("unclosed labels: {line:?}")),
+            ),
             None => (series, ""),
         };
         assert!(ident(name), "bad metric name: {line:?}");
@@ -198,7 +223,9 @@ fn parse_exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> 
         let mut map = BTreeMap::new();
         let mut rest = labels;
         while !rest.is_empty() {
-            let (k, v) = rest.split_once("=\"").unwrap_or_else(|| panic!("bad label: {line:?}"));
+            let (k, v) = rest
+                .split_once("=\"")
+                .unwrap_or_else(|| panic!("bad label: {line:?}"));
             assert!(ident(k), "bad label name: {line:?}");
             let mut val = String::new();
             let mut chars = v.char_indices();
@@ -226,7 +253,8 @@ fn parse_exposition(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> 
 
 /// The reference parser too (python3-prometheus-client), when installed.
 fn python_parse(text: &str) -> Option<usize> {
-    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as f\n\
+    let script =
+        "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as f\n\
                   print(sum(len(m.samples) for m in f(sys.stdin.read())))";
     let mut child = Command::new("/usr/bin/python3")
         .args(["-c", script])
@@ -236,7 +264,12 @@ fn python_parse(text: &str) -> Option<usize> {
         .spawn()
         .ok()?;
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("No module named") {
@@ -247,7 +280,10 @@ fn python_parse(text: &str) -> Option<usize> {
         eprintln!("SKIP reference parse: apt-get install python3-prometheus-client");
         return None;
     }
-    assert!(out.status.success(), "prometheus_client rejected the textfile: {err}\n{text}");
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected the textfile: {err}\n{text}"
+    );
     Some(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
 }
 
@@ -299,7 +335,8 @@ fn install_list_status_guard_uninstall_in_guest() {
     }
     let m = build_modules();
     let mut vm = suture_lab::Vm::new(&release()).unwrap();
-    vm.add_executable(Path::new(suture()), "/bin/suture").unwrap();
+    vm.add_executable(Path::new(suture()), "/bin/suture")
+        .unwrap();
     vm.add_file(&m.fix1, "/root/fix1.ko").unwrap();
     vm.add_file(&m.fix2, "/root/fix2.ko").unwrap();
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -312,32 +349,58 @@ fn install_list_status_guard_uninstall_in_guest() {
             .cloned()
             .unwrap_or_else(|| panic!("section {k} missing; guest output:\n{}", r.output))
     };
-    assert!(s.contains_key("end"), "script did not finish:\n{}", r.output);
+    assert!(
+        s.contains_key("end"),
+        "script did not finish:\n{}",
+        r.output
+    );
     let rel = release();
 
     let inst = sec("install");
     assert!(
-        inst.contains(&format!("installed fix1 for {rel} in /var/lib/suture/{rel}/fix1.ko; loaded")),
+        inst.contains(&format!(
+            "installed fix1 for {rel} in /var/lib/suture/{rel}/fix1.ko; loaded"
+        )),
         "{inst}"
     );
     assert!(inst.contains("rc=0\nfixed once\n"), "{inst}");
     let units = sec("units");
-    for f in ["suture.service", "suture-confirm.service", "suture-confirm.timer"] {
+    for f in [
+        "suture.service",
+        "suture-confirm.service",
+        "suture-confirm.timer",
+    ] {
         assert!(units.contains(f), "{units}");
     }
-    assert!(units.contains("ExecStart=/bin/suture load --all"), "{units}");
-    assert!(units.contains("fix1.ko") && units.contains("fix1.json") && units.contains("fix1.pending"), "{units}");
+    assert!(
+        units.contains("ExecStart=/bin/suture load --all"),
+        "{units}"
+    );
+    assert!(
+        units.contains("fix1.ko") && units.contains("fix1.json") && units.contains("fix1.pending"),
+        "{units}"
+    );
 
     let list = sec("list");
-    assert!(list.contains("INSTALLED") && list.contains("CVE-2099-1111,CVE-2099-2222"), "{list}");
+    assert!(
+        list.contains("INSTALLED") && list.contains("CVE-2099-1111,CVE-2099-2222"),
+        "{list}"
+    );
     let lj = json_of(&sec("list-json"));
     assert_eq!(lj["patches"][0]["name"], "fix1", "{lj}");
     assert_eq!(lj["installed"][0]["name"], "fix1", "{lj}");
-    assert_eq!(lj["installed"][0]["meta"]["description"], "cmdline fix one", "{lj}");
+    assert_eq!(
+        lj["installed"][0]["meta"]["description"], "cmdline fix one",
+        "{lj}"
+    );
 
     let st = json_of(&sec("status-json"));
     let status = &st["status"];
-    assert_eq!(status["cves"], serde_json::json!(["CVE-2099-1111", "CVE-2099-2222"]), "{st}");
+    assert_eq!(
+        status["cves"],
+        serde_json::json!(["CVE-2099-1111", "CVE-2099-2222"]),
+        "{st}"
+    );
     assert_eq!(status["effective_version"], format!("{rel}+fix1"));
     assert_eq!(status["patches"][0]["applied"], true);
     assert_eq!(status["pending"], serde_json::json!(["fix1"]));
@@ -345,7 +408,10 @@ fn install_list_status_guard_uninstall_in_guest() {
         // The module recorded the release's build-id; it loaded, so the
         // check passed against /sys/kernel/notes.
         assert_eq!(status["build_id"].as_str(), Some(b.as_str()));
-        assert_eq!(status["patches"][0]["meta"]["release_build_id"].as_str(), Some(b.as_str()));
+        assert_eq!(
+            status["patches"][0]["meta"]["release_build_id"].as_str(),
+            Some(b.as_str())
+        );
     }
 
     let prom = sec("prom");
@@ -353,25 +419,50 @@ fn install_list_status_guard_uninstall_in_guest() {
     let get = |name: &str, label: Option<(&str, &str)>| {
         samples
             .iter()
-            .find(|(n, l, _)| n == name && label.map_or(true, |(k, v)| l.get(k).map(String::as_str) == Some(v)))
+            .find(|(n, l, _)| {
+                n == name && label.map_or(true, |(k, v)| l.get(k).map(String::as_str) == Some(v))
+            })
             .map(|(_, _, v)| *v)
     };
     assert_eq!(get("suture_patches_applied", None), Some(1.0), "{prom}");
-    assert_eq!(get("suture_cve_fixed", Some(("cve", "CVE-2099-2222"))), Some(1.0), "{prom}");
-    assert_eq!(get("suture_patch_applied", Some(("patch", "fix1"))), Some(1.0), "{prom}");
+    assert_eq!(
+        get("suture_cve_fixed", Some(("cve", "CVE-2099-2222"))),
+        Some(1.0),
+        "{prom}"
+    );
+    assert_eq!(
+        get("suture_patch_applied", Some(("patch", "fix1"))),
+        Some(1.0),
+        "{prom}"
+    );
     assert_eq!(get("suture_patches_pending", None), Some(1.0), "{prom}");
-    assert_eq!(get("suture_transition_in_progress", None), Some(0.0), "{prom}");
-    assert_eq!(get("suture_kernel_info", Some(("release", &rel))), Some(1.0), "{prom}");
+    assert_eq!(
+        get("suture_transition_in_progress", None),
+        Some(0.0),
+        "{prom}"
+    );
+    assert_eq!(
+        get("suture_kernel_info", Some(("release", &rel))),
+        Some(1.0),
+        "{prom}"
+    );
     if let Some(n) = python_parse(&prom) {
         assert_eq!(n, samples.len(), "{prom}");
     }
     let text = sec("status-text");
-    assert!(text.contains(&format!("effective: {rel}+fix1")) && text.contains("CVE-2099-1111"), "{text}");
+    assert!(
+        text.contains(&format!("effective: {rel}+fix1")) && text.contains("CVE-2099-1111"),
+        "{text}"
+    );
 
     let i2 = sec("install2");
     assert!(i2.contains("rc=0\nfixed twice\n"), "{i2}");
     let s2 = json_of(&sec("status2"));
-    assert_eq!(s2["status"]["cves"], serde_json::json!(["CVE-2099-3333"]), "{s2}");
+    assert_eq!(
+        s2["status"]["cves"],
+        serde_json::json!(["CVE-2099-3333"]),
+        "{s2}"
+    );
     assert_eq!(s2["status"]["effective_version"], format!("{rel}+fix2"));
 
     // The boot: fix1 loads, fix2 is skipped as a crash suspect, the other
@@ -381,34 +472,71 @@ fn install_list_status_guard_uninstall_in_guest() {
     assert_eq!(b["loaded"], serde_json::json!(["fix1"]), "{boot}");
     assert_eq!(b["skipped"][0]["name"], "fix2", "{boot}");
     assert_eq!(b["skipped"][0]["new"], true, "{boot}");
-    assert!(b["skipped"][0]["reason"].as_str().unwrap().contains("an-earlier-boot"), "{boot}");
-    assert_eq!(b["other_releases"], serde_json::json!(["5.10.0-99-amd64"]), "{boot}");
-    assert!(sec("boot").contains("rc=0\nfixed once\n"), "{}", sec("boot"));
+    assert!(
+        b["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("an-earlier-boot"),
+        "{boot}"
+    );
+    assert_eq!(
+        b["other_releases"],
+        serde_json::json!(["5.10.0-99-amd64"]),
+        "{boot}"
+    );
+    assert!(
+        sec("boot").contains("rc=0\nfixed once\n"),
+        "{}",
+        sec("boot")
+    );
     let bt = sec("boot-text");
-    assert!(bt.contains("loaded fix1") && bt.contains("SKIPPED fix2") && bt.contains("earlier boot"), "{bt}");
-    assert!(sec("status-skipped").contains("SKIPPED by the crash-loop guard: fix2"), "{}", sec("status-skipped"));
-    assert!(sec("list-skipped").contains("SKIPPED"), "{}", sec("list-skipped"));
+    assert!(
+        bt.contains("loaded fix1") && bt.contains("SKIPPED fix2") && bt.contains("earlier boot"),
+        "{bt}"
+    );
+    assert!(
+        sec("status-skipped").contains("SKIPPED by the crash-loop guard: fix2"),
+        "{}",
+        sec("status-skipped")
+    );
+    assert!(
+        sec("list-skipped").contains("SKIPPED"),
+        "{}",
+        sec("list-skipped")
+    );
 
     let re = sec("reinstall");
     assert!(re.contains("rc=0") && re.contains("pending=yes"), "{re}");
     assert!(re.contains("confirm_early_rc=0\nstill-pending=yes"), "{re}");
-    assert!(re.contains("confirm_rc=0") && re.contains("pending=cleared"), "{re}");
+    assert!(
+        re.contains("confirm_rc=0") && re.contains("pending=cleared"),
+        "{re}"
+    );
 
     let un = sec("uninstall");
     assert!(un.contains("uninstalled fix2: unloaded"), "{un}");
     // fix1 was replaced by fix2 (disabled, module still loaded): removed too.
     assert_eq!(un.matches("rc=0").count(), 2, "{un}");
     assert!(!un.contains("fix1.ko") && !un.contains("fix2.ko"), "{un}");
-    assert!(un.contains("console=ttyS0"), "the original cmdline is back:\n{un}");
+    assert!(
+        un.contains("console=ttyS0"),
+        "the original cmdline is back:\n{un}"
+    );
     let none = sec("uninstall-none");
-    assert!(none.contains("no patch named \"fix2\"") && none.contains("rc=1"), "{none}");
+    assert!(
+        none.contains("no patch named \"fix2\"") && none.contains("rc=1"),
+        "{none}"
+    );
 }
 
 /// The units the repository ships are valid for systemd.
 #[test]
 fn shipped_units_pass_systemd_analyze_verify() {
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-        assert!(std::env::var_os("CI").is_none(), "systemd-analyze missing (package systemd)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze missing (package systemd)"
+        );
         eprintln!("SKIP: systemd-analyze not found");
         return;
     };
@@ -417,7 +545,11 @@ fn shipped_units_pass_systemd_analyze_verify() {
     std::fs::create_dir_all(&dir).unwrap();
     let units_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../systemd");
     let mut files = Vec::new();
-    for u in ["suture.service", "suture-confirm.service", "suture-confirm.timer"] {
+    for u in [
+        "suture.service",
+        "suture-confirm.service",
+        "suture-confirm.timer",
+    ] {
         let text = std::fs::read_to_string(units_src.join(u)).unwrap();
         // Point at the built binary: verify checks that ExecStart exists.
         let p = dir.join(u);
@@ -430,5 +562,8 @@ fn shipped_units_pass_systemd_analyze_verify() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify:\n{err}");
+    assert!(
+        o.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify:\n{err}"
+    );
 }

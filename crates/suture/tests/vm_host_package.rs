@@ -24,7 +24,11 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -117,25 +121,47 @@ fn package_fields_contents_scripts_and_install_in_guest() {
     assert_eq!(f["Version"], "3");
     assert_eq!(f["Architecture"], "amd64");
     assert_eq!(f["Depends"], format!("linux-image-{rel}, suture"));
-    assert!(f["Description"].starts_with("Fix the command line\n"), "{info}");
-    assert!(f["Description"].contains("Fixes: CVE-2099-4444.") && f["Description"].contains("aabbccdd"), "{info}");
+    assert!(
+        f["Description"].starts_with("Fix the command line\n"),
+        "{info}"
+    );
+    assert!(
+        f["Description"].contains("Fixes: CVE-2099-4444.") && f["Description"].contains("aabbccdd"),
+        "{info}"
+    );
     let i = run(Command::new("dpkg-deb").arg("-I").arg(&deb));
     assert!(i.contains(" postinst") && i.contains(" prerm"), "{i}");
     let c = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(
-        c.contains(&format!("root/root") ) && c.contains(&format!("./usr/lib/suture/patches/{rel}/pkg_fix.ko")),
+        c.contains(&format!("root/root"))
+            && c.contains(&format!("./usr/lib/suture/patches/{rel}/pkg_fix.ko")),
         "{c}"
     );
     let ctl = dir.join("ctl");
     let _ = std::fs::remove_dir_all(&ctl);
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctl));
     let postinst = std::fs::read_to_string(ctl.join("postinst")).unwrap();
-    assert!(postinst.contains(&format!("suture install /usr/lib/suture/patches/{rel}/pkg_fix.ko")), "{postinst}");
+    assert!(
+        postinst.contains(&format!(
+            "suture install /usr/lib/suture/patches/{rel}/pkg_fix.ko"
+        )),
+        "{postinst}"
+    );
     assert!(postinst.contains("--no-load"), "{postinst}");
     let prerm = std::fs::read_to_string(ctl.join("prerm")).unwrap();
-    assert!(prerm.contains("suture uninstall --missing-ok pkg_fix"), "{prerm}");
+    assert!(
+        prerm.contains("suture uninstall --missing-ok pkg_fix"),
+        "{prerm}"
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(ctl.join("postinst")).unwrap().permissions().mode() & 0o777, 0o755);
+    assert_eq!(
+        std::fs::metadata(ctl.join("postinst"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
 
     // A non-livepatch file is refused with status 2.
     let o = Command::new(suture())
@@ -144,21 +170,39 @@ fn package_fields_contents_scripts_and_install_in_guest() {
         .arg(dir.join("pkg_fix.o"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 
     // In the guest: busybox's dpkg runs the maintainer scripts.
     let mut vm = suture_lab::Vm::new(&rel).unwrap();
-    vm.add_executable(Path::new(suture()), "/bin/suture").unwrap();
+    vm.add_executable(Path::new(suture()), "/bin/suture")
+        .unwrap();
     vm.add_file(&deb, "/root/pkg.deb").unwrap();
     let r = vm.run(&SCRIPT.replace("PKGNAME", &pkg)).unwrap();
     let out = r.script_output();
     assert!(out.contains("== end"), "{}", r.output);
     let sec = |a: &str, b: &str| out[out.find(a).unwrap()..out.find(b).unwrap()].to_string();
     let inst = sec("== install", "== state");
-    assert!(inst.contains("installed pkg_fix") && inst.contains("rc=0\npatched by a package"), "{inst}");
+    assert!(
+        inst.contains("installed pkg_fix") && inst.contains("rc=0\npatched by a package"),
+        "{inst}"
+    );
     let st = sec("== state", "== remove");
-    assert!(st.contains("pkg_fix.ko") && st.contains("CVE-2099-4444"), "{st}");
+    assert!(
+        st.contains("pkg_fix.ko") && st.contains("CVE-2099-4444"),
+        "{st}"
+    );
     let rm = sec("== remove", "== end");
-    assert!(rm.contains("uninstalled pkg_fix") && rm.contains("rc=0"), "{rm}");
-    assert!(rm.contains("console=ttyS0") && rm.contains("module=gone") && !rm.contains("pkg_fix.ko"), "{rm}");
+    assert!(
+        rm.contains("uninstalled pkg_fix") && rm.contains("rc=0"),
+        "{rm}"
+    );
+    assert!(
+        rm.contains("console=ttyS0") && rm.contains("module=gone") && !rm.contains("pkg_fix.ko"),
+        "{rm}"
+    );
 }
