@@ -853,6 +853,48 @@ impl<'x, 'a> Out<'x, 'a> {
         Some(code)
     }
 
+    /// A direct call (`call rel32`) to a function reached through a livepatch
+    /// relocation goes to the function's `__pfx_` padding when the target names
+    /// one: on CALL_PADDING kernels the kernel keeps the call-depth accounting
+    /// thunk there (NOPs when tracking is off) and, at module load, redirects a
+    /// module's calls into it, but not the calls livepatch relocates only later
+    /// (suture-klp's post-link drops those from `.call_sites`). Jumps (tail
+    /// calls) keep the function itself: they must not be counted twice.
+    fn call_through_padding(&mut self, in_sec: usize, r: &Rela, sym: usize, addend: i64, code: bool) -> Option<usize> {
+        let sec = self.d.p.sec(in_sec);
+        let is_call = code
+            && sec.is_exec()
+            && matches!(r.rtype, R_X86_64_PC32 | R_X86_64_PLT32)
+            && addend == -4
+            && r.offset >= 1
+            && sec.data.get(r.offset as usize - 1) == Some(&0xe8);
+        if !is_call {
+            return None;
+        }
+        let t = self.d.opts.target.as_ref()?;
+        let s = self.d.p.sym(sym);
+        let name = if s.section().is_none() {
+            if !matches!(t.symbols.get(&s.name), Some(crate::TargetSym::Unexported { .. })) {
+                return None;
+            }
+            s.name.clone()
+        } else {
+            if !matches!(self.d.lookup(sym), Ok(Some(_))) {
+                return None;
+            }
+            self.d.orig_name(sym).to_string()
+        };
+        let Some(crate::TargetSym::Unexported { sympos }) = t.symbols.get(&format!("__pfx_{name}")) else { return None };
+        let full = format!(".klp.sym.{}.__pfx_{name},{sympos}", self.d.objname());
+        if let Some(&c) = self.refs.get(&full) {
+            return Some(c);
+        }
+        let code = encode(SymRef::Global(self.globals.len()));
+        self.globals.push(OutSymbol { name: full.clone(), bind: STB_GLOBAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+        self.refs.insert(full, code);
+        Some(code)
+    }
+
     fn reloc(&mut self, in_sec: usize, r: &Rela, offset: u64, layout: &Layout, code_or_data: bool) -> Option<OutRela> {
         let t = self.d.p.target(in_sec, r);
         let (sym, addend) = match t {
@@ -867,6 +909,8 @@ impl<'x, 'a> Out<'x, 'a> {
                     && self.d.status[sym] == Status::Changed
                     && !self.d.orig_name(sym).contains('.');
                 if let (Some(&c), false) = (self.def_sym.get(&sym), fptr) {
+                    (c, addend)
+                } else if let Some(c) = self.call_through_padding(in_sec, r, sym, addend, code_or_data) {
                     (c, addend)
                 } else {
                     (self.reference(sym)?, addend)

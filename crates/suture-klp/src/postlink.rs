@@ -12,7 +12,7 @@
 
 use crate::elf::{self, Elf, Rela, Shdr};
 use anyhow::{bail, ensure, Context, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A parsed `.klp.sym.OBJ.NAME,POS` symbol name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +84,9 @@ pub struct PostLink {
     pub klp_syms: Vec<String>,
     /// `.klp.rela.*` sections created, with their number of relocations.
     pub klp_relas: Vec<(String, usize)>,
+    /// `.call_sites` entries removed because the call's target is a livepatch
+    /// relocation (see [`drop_klp_call_sites`]).
+    pub dropped_call_sites: usize,
 }
 
 pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
@@ -149,6 +152,9 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
         e.bytes[o..o + data.len()].copy_from_slice(&data);
         e.shdrs[sec].size = data.len() as u64;
     }
+    let klp_fields: HashSet<(u32, u64)> =
+        moved.iter().flat_map(|((_, t), v)| v.iter().map(move |r| (*t, r.offset))).collect();
+    report.dropped_call_sites = drop_klp_call_sites(&mut e, symtab, &syms, &klp_fields)?;
     let mut names = Vec::new();
     let mut new_shdrs = Vec::new();
     for ((objname, target), relas) in &moved {
@@ -181,6 +187,62 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
         e.shdrs.push(sh);
     }
     Ok((e.finish()?, report))
+}
+
+/// objtool lists every call of the module in `.call_sites`; with call-depth
+/// tracking the kernel rewrites each listed call, when the module loads, to
+/// enter its destination through the accounting thunk in the destination's
+/// padding. A call whose destination is a livepatch relocation is not
+/// relocated yet at that point (livepatch applies it later, in
+/// `klp_enable_patch` or when the target module loads): the kernel would read
+/// a displacement of 0, take the next instruction for the destination and
+/// warn "Invalid padding area". Such calls are left out of `.call_sites`; the
+/// differ points them at the callee's `__pfx_` padding instead, which holds
+/// the thunk when tracking is on and NOPs otherwise. `klp_fields` are the
+/// (section, offset) of every field with a livepatch relocation. Shrinks
+/// `.call_sites` and its relocation section in place; returns how many
+/// entries went.
+fn drop_klp_call_sites(e: &mut Elf, symtab: usize, syms: &[elf::Sym], klp_fields: &HashSet<(u32, u64)>) -> Result<usize> {
+    let Some(cs) = (0..e.shdrs.len()).find(|&i| e.section_name(i).is_ok_and(|n| n == ".call_sites")) else {
+        return Ok(0);
+    };
+    let Some(rsec) = (0..e.shdrs.len())
+        .find(|&i| e.shdrs[i].kind == elf::SHT_RELA && e.shdrs[i].info as usize == cs && e.shdrs[i].link as usize == symtab)
+    else {
+        return Ok(0);
+    };
+    let mut relas = e.relas(rsec)?;
+    relas.sort_by_key(|r| r.offset);
+    let before = relas.len();
+    ensure!(
+        e.shdrs[cs].size == 4 * before as u64,
+        ".call_sites holds {} bytes for {before} relocations: not one 4-byte entry each",
+        e.shdrs[cs].size
+    );
+    let mut keep = Vec::with_capacity(before);
+    for r in relas {
+        let s = syms.get(r.sym()).context(".call_sites relocation against a missing symbol")?;
+        // The entry names the call instruction; its displacement follows the
+        // one-byte opcode.
+        let call = s.value.wrapping_add(r.addend as u64);
+        if !klp_fields.contains(&(s.shndx as u32, call.wrapping_add(1))) {
+            keep.push(r);
+        }
+    }
+    let dropped = before - keep.len();
+    if dropped == 0 {
+        return Ok(0);
+    }
+    let mut data = Vec::with_capacity(keep.len() * elf::RELA_SIZE);
+    for (i, r) in keep.iter_mut().enumerate() {
+        r.offset = 4 * i as u64;
+        data.extend_from_slice(&elf::encode_rela(r));
+    }
+    let o = e.shdrs[rsec].offset as usize;
+    e.bytes[o..o + data.len()].copy_from_slice(&data);
+    e.shdrs[rsec].size = data.len() as u64;
+    e.shdrs[cs].size = 4 * keep.len() as u64;
+    Ok(dropped)
 }
 
 #[cfg(test)]

@@ -853,10 +853,42 @@ fn resolve(
                 && seen.insert(s.name.as_str())
         })
         .count();
+    add_prefix_symbols(space, orig, &rv.addr_of, &mut rep.target);
     rep.absent.sort();
     rep.decisions.sort_by(|a, b| a.name.cmp(&b.name));
     rep.unresolved.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(rep)
+}
+
+/// CALL_PADDING kernels (6.2+ with `CALL_PADDING`, e.g. Debian's 6.12) name the
+/// padding before each function `__pfx_NAME`, in kallsyms and in a module's
+/// symbol table. A call the patch makes through a livepatch relocation has to
+/// enter its callee there: the kernel keeps the call-depth accounting thunk in
+/// the padding (NOPs when tracking is off), and it cannot redirect such a call
+/// itself because livepatch relocates it only after the module's call sites
+/// were processed. ORIG, one object objtool never saw, has no `__pfx_`
+/// symbols, so for every symbol reached through kallsyms whose instance is
+/// known, the prefix right before that instance (at most 64 bytes, the largest
+/// padding the kernel configures) is added with its own position.
+fn add_prefix_symbols(space: &dyn Space, orig: &Obj, addr_of: &HashMap<usize, (u64, String)>, target: &mut Target) {
+    let mut found = Vec::new();
+    for (&i, &(addr, _)) in addr_of {
+        let name = &orig.symbols[i].name;
+        if !matches!(target.symbols.get(name), Some(TargetSym::Unexported { .. })) {
+            continue;
+        }
+        let pname = format!("__pfx_{name}");
+        if target.symbols.contains_key(&pname) {
+            continue;
+        }
+        let inst = space.instances(&pname);
+        if let Some(c) = inst.iter().find(|c| c.addr < addr && addr - c.addr <= 64) {
+            found.push((pname, if inst.len() == 1 { 0 } else { c.sympos }));
+        }
+    }
+    for (pname, sympos) in found {
+        target.symbols.insert(pname, TargetSym::Unexported { sympos });
+    }
 }
 
 /// A function of ORIG that differs from its instance in the image.
