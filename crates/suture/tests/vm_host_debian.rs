@@ -34,7 +34,11 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -51,7 +55,10 @@ fn dummy_image_deb(dir: &Path, rel: &str) -> PathBuf {
     )
     .unwrap();
     let deb = dir.join("linux-image-dummy.deb");
-    run(Command::new("dpkg-deb").args(["--root-owner-group", "-Zgzip", "--build"]).arg(&stage).arg(&deb));
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "-Zgzip", "--build"])
+        .arg(&stage)
+        .arg(&deb));
     deb
 }
 
@@ -91,7 +98,10 @@ MODULE_INFO(suture_cve, "CVE-2099-5555");
 /// tampered one, looks like to suture.
 fn other_release_copy(ko: &Path, rel: &str) -> PathBuf {
     let other = rel.replacen("-56-", "-57-", 1);
-    assert_ne!(other, rel, "test expects a -56- release; adapt other_release_copy");
+    assert_ne!(
+        other, rel,
+        "test expects a -56- release; adapt other_release_copy"
+    );
     let mut data = std::fs::read(ko).unwrap();
     let (from, to) = (format!("vermagic={rel}"), format!("vermagic={other}"));
     let at = data
@@ -105,7 +115,9 @@ fn other_release_copy(ko: &Path, rel: &str) -> PathBuf {
 }
 
 fn between<'a>(out: &'a str, a: &str, b: &str) -> &'a str {
-    let s = out.find(a).unwrap_or_else(|| panic!("{a} missing in:\n{out}"));
+    let s = out
+        .find(a)
+        .unwrap_or_else(|| panic!("{a} missing in:\n{out}"));
     let e = out[s..].find(b).map_or(out.len(), |e| s + e);
     &out[s..e]
 }
@@ -123,8 +135,21 @@ fn debian_guest_package_reboot_guard_remove() {
     let debs = dir.join("debs");
     let _ = std::fs::remove_dir_all(&debs);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/build-suture-deb.sh");
-    let tool = PathBuf::from(run(Command::new("sh").arg(&script).arg(suture()).arg(&debs).arg("0.1.0")).trim().lines().last().unwrap());
-    let o = run(Command::new(suture()).args(["package", "--json", "-o"]).arg(&debs).arg(&ko));
+    let tool = PathBuf::from(
+        run(Command::new("sh")
+            .arg(&script)
+            .arg(suture())
+            .arg(&debs)
+            .arg("0.1.0"))
+        .trim()
+        .lines()
+        .last()
+        .unwrap(),
+    );
+    let o = run(Command::new(suture())
+        .args(["package", "--json", "-o"])
+        .arg(&debs)
+        .arg(&ko));
     let pj: serde_json::Value = serde_json::from_str(&o[o.find('{').unwrap()..]).unwrap();
     let pkg_name = pj["package"]["name"].as_str().unwrap().to_string();
     let pkg = PathBuf::from(pj["package"]["path"].as_str().unwrap());
@@ -156,8 +181,14 @@ echo "== done"
         .unwrap();
     let out = r.script_output();
     let b1 = between(out, "== install", "== done");
-    assert!(b1.contains("tool_rc=0") && b1.contains("rc=0\npatched from a debian package"), "{b1}");
-    assert!(b1.contains("enabled\nactive"), "suture.service enabled and started:\n{b1}");
+    assert!(
+        b1.contains("tool_rc=0") && b1.contains("rc=0\npatched from a debian package"),
+        "{b1}"
+    );
+    assert!(
+        b1.contains("enabled\nactive"),
+        "suture.service enabled and started:\n{b1}"
+    );
     assert!(b1.contains("deb_fix.pending"), "{b1}");
 
     // Boot 2: loaded by the unit at boot; apt removes it; reinstalled and
@@ -191,12 +222,21 @@ sleep 30
         .unwrap();
     let out = r.script_output();
     let b2 = between(out, "== boot2", "== remove");
-    assert!(b2.contains("patched from a debian package\nactive"), "live again after the reboot, by the unit:\n{b2}");
+    assert!(
+        b2.contains("patched from a debian package\nactive"),
+        "live again after the reboot, by the unit:\n{b2}"
+    );
     assert!(b2.contains("loaded deb_fix"), "{b2}");
     let rm = between(out, "== remove", "== reinstall");
-    assert!(rm.contains("rc=0") && rm.contains("console=ttyS0") && !rm.contains("deb_fix.ko"), "{rm}");
+    assert!(
+        rm.contains("rc=0") && rm.contains("console=ttyS0") && !rm.contains("deb_fix.ko"),
+        "{rm}"
+    );
     let re = between(out, "== reinstall", "== crash");
-    assert!(re.contains("patched from a debian package") && re.contains("deb_fix.pending"), "{re}");
+    assert!(
+        re.contains("patched from a debian package") && re.contains("deb_fix.pending"),
+        "{re}"
+    );
 
     // Boot 3: the guard skips it; another release is refused; apt removes.
     let r = guest
@@ -220,11 +260,23 @@ echo "== done"
         .unwrap();
     let out = r.script_output();
     let b3 = between(out, "== boot3", "== other");
-    assert!(b3.contains("console=ttyS0"), "the skipped patch must not be live:\n{b3}");
+    assert!(
+        b3.contains("console=ttyS0"),
+        "the skipped patch must not be live:\n{b3}"
+    );
     assert!(b3.contains("SKIPPED deb_fix (crash-loop guard)"), "{b3}");
-    assert!(b3.contains("SKIPPED by the crash-loop guard: deb_fix"), "{b3}");
+    assert!(
+        b3.contains("SKIPPED by the crash-loop guard: deb_fix"),
+        "{b3}"
+    );
     let ot = between(out, "== other", "== purge");
-    assert!(ot.contains(&format!("built for kernel {}", rel_s.replacen("-56-", "-57-", 1))) && ot.contains("rc=2"), "{ot}");
+    assert!(
+        ot.contains(&format!(
+            "built for kernel {}",
+            rel_s.replacen("-56-", "-57-", 1)
+        )) && ot.contains("rc=2"),
+        "{ot}"
+    );
     let pu = between(out, "== purge", "== done");
     assert!(pu.contains("rc=0") && !pu.contains("deb_fix"), "{pu}");
 
@@ -243,7 +295,10 @@ echo "== done"
         .unwrap();
     let b4 = between(r.script_output(), "== boot4", "== done").to_string();
     assert!(
-        b4.contains("console=ttyS0") && b4.contains("\nactive\n") && b4.contains("no livepatches loaded") && b4.contains("no patches installed"),
+        b4.contains("console=ttyS0")
+            && b4.contains("\nactive\n")
+            && b4.contains("no livepatches loaded")
+            && b4.contains("no patches installed"),
         "{b4}"
     );
 }
