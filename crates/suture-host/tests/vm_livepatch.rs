@@ -1249,3 +1249,46 @@ fn verify_compares_functions_with_kernel_memory() {
     let gp = &s["good-while-patched"];
     assert!(gp.contains(": match") && gp.ends_with("rc=0\n"), "{gp}");
 }
+
+/// Signature enforcement (`module.sig_enforce=1`): the kernel refuses an
+/// unsigned patch and suture says why and what to do.
+#[test]
+fn unsigned_patch_refused_where_signatures_are_enforced() {
+    if !suture_lab::require_kernel_or_skip(&release()).unwrap() {
+        return;
+    }
+    let vm = guest().append("module.sig_enforce=1");
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let r = vm
+        .run(
+            r#"
+echo "== load"; suture load --json /root/livepatch-sample.ko; echo "rc=$?"
+grep -q '^livepatch_sample ' /proc/modules && echo "module=loaded" || echo "module=gone"
+cat /proc/cmdline
+echo "== end"
+"#,
+        )
+        .unwrap();
+    let s = sections(r.script_output());
+    assert!(s.contains_key("end"), "{}", r.output);
+    let load = &s["load"];
+    let j = json_of(load);
+    assert_eq!(j["error"]["kind"], "signature", "{j}");
+    assert_eq!(j["error"]["errno"], libc_ekeyrejected(), "{j}");
+    assert!(
+        j["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("sign the module"),
+        "{j}"
+    );
+    assert!(
+        load.contains("rc=1") && load.contains("module=gone") && !load.contains("live patched"),
+        "{load}"
+    );
+}
+
+/// EKEYREJECTED on x86-64 Linux.
+fn libc_ekeyrejected() -> i64 {
+    129
+}
