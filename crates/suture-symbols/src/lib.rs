@@ -36,6 +36,7 @@
 
 mod exports;
 mod extract;
+mod ibt;
 mod image;
 mod io;
 mod kallsyms;
@@ -45,6 +46,7 @@ mod target;
 
 pub use exports::{Export, Exports};
 pub use extract::{decompress_module, extract_vmlinux};
+pub use ibt::{ibt_sealed_sites, ENDBR64};
 pub use image::{notes_build_id, Image};
 pub use io::{load_proc_kallsyms, ReleasePaths};
 pub use kallsyms::{

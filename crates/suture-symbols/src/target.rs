@@ -257,12 +257,43 @@ enum Site {
 /// relaxed jumps allowed for? `Ok` gives where each relocation ended up;
 /// `Err(offset)` the first ORIG byte that differs (`usize::MAX`: no bytes at
 /// `addr`).
+/// Offsets, relative to function `sym`, of its jump-label sites that objtool
+/// turns into NOPs (`--hack-jump-label`: `__jump_table` entries whose key is
+/// marked with +2, x86's `arch_static_branch`). Kernels that run objtool on
+/// each object (6.1) ship objects with the NOPs already there; kernels that
+/// run it on vmlinux.o only (IBT, 6.12) leave the compiler's `jmp` in a single
+/// object, while the image has the NOP.
+fn jump_label_nops(obj: &Obj, sym: usize) -> Vec<u64> {
+    let f = &obj.symbols[sym];
+    let Some(fsec) = f.sec() else { return Vec::new() };
+    let mut out = Vec::new();
+    for (i, sec) in obj.sections.iter().enumerate() {
+        if sec.name != "__jump_table" {
+            continue;
+        }
+        let relocs = obj.relocs_in(i, 0, u64::MAX);
+        // struct jump_entry on x86-64: s32 code, s32 target, long key.
+        for r in relocs.iter().filter(|r| r.offset % 16 == 0) {
+            let Some(key) = relocs.iter().find(|k| k.offset == r.offset + 8) else { continue };
+            let (cs, ks) = (&obj.symbols[r.sym], &obj.symbols[key.sym]);
+            let key_addend = (ks.value as i64).wrapping_add(key.addend);
+            let site = (cs.value as i64).wrapping_add(r.addend);
+            if cs.sec() == Some(fsec) && key_addend & 2 != 0 && site >= f.value as i64 && (site as u64) < f.value + f.size {
+                out.push(site as u64 - f.value);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 fn match_code(
     space: &dyn Space,
     addr: u64,
     orig: &[u8],
     fstart: u64,
     rels: &[Rel],
+    nops: &[u64],
 ) -> Result<Vec<Site>, usize> {
     // The target's copy is never longer; near the end of a segment it may be
     // readable only in part.
@@ -322,6 +353,18 @@ fn match_code(
             sites.push(Site::Field(j as u64));
             (i, j, k) = (i + w, j + w, k + 1);
             continue;
+        }
+        if nops.binary_search(&(i as u64)).is_ok() {
+            // A jump-label `jmp` here, a NOP of the same length in the image.
+            const NOPS: [(u8, &[u8]); 2] = [(0xeb, &[0x66, 0x90]), (0xe9, &[0x0f, 0x1f, 0x44, 0x00, 0x00])];
+            if let Some((_, nop)) = NOPS.iter().find(|(op, _)| orig[i] == *op) {
+                let n = nop.len();
+                // A `jmp rel32` to a label of the same function has no relocation.
+                if next.is_none_or(|o| o >= i + n) && img.get(j..j + n) == Some(*nop) && i + n <= orig.len() {
+                    (i, j) = (i + n, j + n);
+                    continue;
+                }
+            }
         }
         if img.get(j) != Some(&orig[i]) {
             return Err(i);
@@ -417,7 +460,8 @@ impl<'s, 'o> Resolver<'s, 'o> {
             return true;
         }
         let f = &self.orig.symbols[sym];
-        let Ok(sites) = match_code(self.space, addr, bytes, f.value, rels) else {
+        let nops = jump_label_nops(self.orig, sym);
+        let Ok(sites) = match_code(self.space, addr, bytes, f.value, rels, &nops) else {
             return false;
         };
         self.processed.insert(sym);
@@ -688,12 +732,13 @@ fn resolve(
             if bytes.is_empty() {
                 continue;
             }
+            let nops = jump_label_nops(orig, *i);
             let m = inst
                 .iter()
                 .filter_map(|c| {
                     Some((
                         *c,
-                        match_code(space, c.addr, bytes, orig.symbols[*i].value, rels).ok()?,
+                        match_code(space, c.addr, bytes, orig.symbols[*i].value, rels, &nops).ok()?,
                     ))
                 })
                 .collect();
@@ -945,6 +990,7 @@ pub fn verify_function(
         objname: "vmlinux",
     };
     let fvalue = orig.symbols[i].value;
+    let nops = jump_label_nops(&orig, i);
     let wrong_target = |addr: u64, sites: &[Site]| -> Option<String> {
         rels.iter().zip(sites).find_map(|(r, &site)| {
             let rs = &orig.symbols[r.sym];
@@ -965,7 +1011,7 @@ pub fn verify_function(
     let mut first_diff: Option<(usize, u64)> = None;
     let mut reloc_diff = None;
     for c in &inst {
-        match match_code(&space, c.addr, bytes, fvalue, rels) {
+        match match_code(&space, c.addr, bytes, fvalue, rels, &nops) {
             Ok(sites) => match wrong_target(c.addr, &sites) {
                 None => return Ok(()),
                 Some(why) => reloc_diff = Some(why),
