@@ -37,6 +37,20 @@ pub struct BuildOptions {
     /// Sign the module with this private key and certificate (PEM), for hosts
     /// that enforce module signatures.
     pub sign: Option<(PathBuf, PathBuf)>,
+    /// CVE ids the patch fixes, recorded in the module for `suture status`.
+    pub cves: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// `CVE-YYYY-NNNN...`
+pub fn check_cve(id: &str) -> Result<()> {
+    let ok = id.strip_prefix("CVE-").and_then(|r| r.split_once('-')).is_some_and(|(y, n)| {
+        y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()) && n.len() >= 4 && n.bytes().all(|b| b.is_ascii_digit())
+    });
+    if !ok {
+        bail!("{id:?} is not a CVE id (CVE-YYYY-NNNN)");
+    }
+    Ok(())
 }
 
 /// `include/suture.h`, shipped inside the binary and written next to the
@@ -122,6 +136,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         patches.extend(patchfile::parse(&p.display().to_string(), &text)?);
     }
     let objects = objects_of(&patches)?;
+    for c in &opts.cves {
+        check_cve(c)?;
+    }
     let name = match &opts.name {
         Some(n) => n.clone(),
         None => suture_klp::default_module_name(&opts.patches[0]),
@@ -280,6 +297,7 @@ fn build_in(
     }
     progress(&format!("{verified} replaced function(s) byte-identical to the running kernel's build (relocations masked)"));
     let (mut ko, _post) = suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
+    ko = suture_klp::modinfo::add_modinfo(&ko, &metadata(opts, &tree.release.name.release, symbols.build_id(), &replaced)?)?;
     if let Some((key, cert)) = &opts.sign {
         progress("signing the module with the release's scripts/sign-file");
         ko = suture_klp::sign::sign(&ko, &tree.release.headers.join("scripts/sign-file"), key, cert, work)?;
@@ -297,6 +315,34 @@ fn build_in(
         states: opts.states.clone(),
         replace: opts.replace,
     })
+}
+
+/// What the module records about its build (the host side reads these keys).
+fn metadata(opts: &BuildOptions, release: &str, build_id: Option<String>, replaced: &[Replaced]) -> Result<Vec<(String, String)>> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in &opts.patches {
+        h.update(fs::read(p)?);
+    }
+    let mut m = vec![
+        ("suture_release".to_string(), release.to_string()),
+        ("suture_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("suture_patch_sha256".to_string(), h.finalize().iter().map(|b| format!("{b:02x}")).collect()),
+    ];
+    if let Some(id) = build_id {
+        m.push(("suture_release_build_id".to_string(), id));
+    }
+    if let Some(d) = &opts.description {
+        m.push(("suture_description".to_string(), d.replace('\n', " ")));
+    }
+    for c in &opts.cves {
+        check_cve(c)?;
+        m.push(("suture_cve".to_string(), c.clone()));
+    }
+    for f in replaced {
+        m.push(("suture_func".to_string(), format!("{} {} {}", f.objname, f.function, f.sympos)));
+    }
+    Ok(m)
 }
 
 /// Ksplice's run-pre check, at build time: every function the patch replaces

@@ -72,6 +72,12 @@ impl SymbolSource {
         self.describe.clone()
     }
 
+    /// The GNU build-id of the release's vmlinux: what `suture load` compares
+    /// with the running kernel's (`/sys/kernel/notes`).
+    pub fn build_id(&self) -> Option<String> {
+        suture_symbols::Image::parse(self.vmlinux.as_deref()?).ok()?.build_id()
+    }
+
     /// The differ's view of `objname` for the translation unit `orig`.
     /// The differ's view of `objname` for the translation unit `orig`, with
     /// what the comparison of ORIG's code with the image found. Symbols whose

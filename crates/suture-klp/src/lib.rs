@@ -7,6 +7,7 @@
 
 pub mod elf;
 pub mod postlink;
+pub mod modinfo;
 pub mod sign;
 
 use anyhow::{bail, ensure, Context, Result};

@@ -29,6 +29,12 @@ pub struct Args {
     /// Keep the work directory (objects before and after, klp objects, kbuild files).
     #[arg(long)]
     keep_work: bool,
+    /// A CVE id the patch fixes (repeatable); `suture status` reports them.
+    #[arg(long = "cve", value_name = "CVE-YYYY-NNNN")]
+    cves: Vec<String>,
+    /// One line saying what the patch does; `suture status` reports it.
+    #[arg(long)]
+    description: Option<String>,
     /// Sign the module with this PEM private key (needs --sign-cert).
     #[arg(long, value_name = "KEY.pem", requires = "sign_cert")]
     sign_key: Option<PathBuf>,
@@ -56,6 +62,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         keep_work: a.keep_work,
         states: a.states,
         sign: a.sign_key.zip(a.sign_cert),
+        cves: a.cves,
+        description: a.description,
     };
     let start = Instant::now();
     let progress = |msg: &str| eprintln!("[{:5.1}s] {msg}", start.elapsed().as_secs_f64());
