@@ -551,3 +551,16 @@ fn a_symbol_inside_a_relocation_table_is_bad_input() {
     p[at..at + 2].copy_from_slice(&rela.to_le_bytes());
     input_error(diff(&o, &p, &Options::default()), "PATCHED");
 }
+
+#[test]
+fn ignored_section_is_left_out_with_a_warning() {
+    let src = format!(
+        "{SUTURE_MACROS}{}\nstatic const char *__suture_ign __attribute__((used, section(\".suture.ignore.sections\"))) = \".text.g\";\n",
+        variant("return count + exported_thing(a);", "return count + exported_thing(a + 1);")
+            .replace("return helper(a) + count;", "return helper(a) + count * 2;")
+    );
+    let (o, p) = pair("ignsec", &src);
+    let (patch, _) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["f"]);
+    assert!(patch.report.warnings.iter().any(|w| w.contains(".text.g: changes ignored (SUTURE_IGNORE_SECTION)")), "{:?}", patch.report.warnings);
+}
