@@ -297,7 +297,7 @@ fn build_in(
     }
     progress(&format!("{verified} replaced function(s) byte-identical to the running kernel's build (relocations masked)"));
     let (mut ko, _post) = suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
-    ko = suture_klp::modinfo::add_modinfo(&ko, &metadata(opts, &tree.release.name.release, symbols.build_id(), &replaced)?)?;
+    ko = suture_klp::modinfo::add_modinfo(&ko, &metadata(opts, &tree.release.name.release, &symbols, &replaced)?)?;
     if let Some((key, cert)) = &opts.sign {
         progress("signing the module with the release's scripts/sign-file");
         ko = suture_klp::sign::sign(&ko, &tree.release.headers.join("scripts/sign-file"), key, cert, work)?;
@@ -318,7 +318,7 @@ fn build_in(
 }
 
 /// What the module records about its build (the host side reads these keys).
-fn metadata(opts: &BuildOptions, release: &str, build_id: Option<String>, replaced: &[Replaced]) -> Result<Vec<(String, String)>> {
+fn metadata(opts: &BuildOptions, release: &str, symbols: &SymbolSource, replaced: &[Replaced]) -> Result<Vec<(String, String)>> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in &opts.patches {
@@ -329,7 +329,7 @@ fn metadata(opts: &BuildOptions, release: &str, build_id: Option<String>, replac
         ("suture_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
         ("suture_patch_sha256".to_string(), h.finalize().iter().map(|b| format!("{b:02x}")).collect()),
     ];
-    if let Some(id) = build_id {
+    if let Some(id) = symbols.build_id() {
         m.push(("suture_release_build_id".to_string(), id));
     }
     if let Some(d) = &opts.description {
@@ -340,7 +340,15 @@ fn metadata(opts: &BuildOptions, release: &str, build_id: Option<String>, replac
         m.push(("suture_cve".to_string(), c.clone()));
     }
     for f in replaced {
-        m.push(("suture_func".to_string(), format!("{} {} {}", f.objname, f.function, f.sympos)));
+        let mut rec = format!("{} {} {}", f.objname, f.function, f.sympos);
+        // Module code is checked by the host once the module is loaded; the
+        // record carries the image's bytes for vmlinux functions.
+        if f.objname == "vmlinux" {
+            if let Some(check) = symbols.verify_record(&f.function, f.sympos) {
+                rec = format!("{rec} {check}");
+            }
+        }
+        m.push(("suture_func".to_string(), rec));
     }
     Ok(m)
 }

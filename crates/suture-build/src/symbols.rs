@@ -72,6 +72,47 @@ impl SymbolSource {
         self.describe.clone()
     }
 
+    /// What `suture verify` compares on a host for a replaced vmlinux function:
+    /// `LEN SHA256 MASK` of the function as the image has it, LEN running to
+    /// the next symbol (as the host measures it from /proc/kallsyms), MASK
+    /// covering what the kernel legitimately changes in memory: every 5-byte
+    /// rel32 call/jmp (the fentry call is nopped at boot, return-thunk and
+    /// retpoline sites are rewritten) and every 32-bit displacement or
+    /// immediate (relocated addresses). `None` when the image is not at hand.
+    pub fn verify_record(&self, name: &str, sympos: u32) -> Option<String> {
+        let vmlinux = self.vmlinux.as_deref()?;
+        let image = suture_symbols::Image::parse(vmlinux).ok()?;
+        let inst = self.kallsyms.instances("vmlinux", name);
+        let addr = match sympos {
+            0 if inst.len() == 1 => inst[0].addr,
+            0 => return None,
+            n => inst.iter().find(|i| i.sympos == n)?.addr,
+        };
+        let next = self
+            .kallsyms
+            .symbols()
+            .iter()
+            .filter(|s| s.module.is_none() && s.addr > addr)
+            .map(|s| s.addr)
+            .min()?;
+        let len = usize::try_from(next - addr).ok().filter(|&l| l <= 1 << 20)?;
+        let code = image.bytes_at(addr, len)?;
+        let mask = runtime_mask(code, addr);
+        let mut b = code.to_vec();
+        for &(o, l) in &mask {
+            let end = (o + l).min(b.len());
+            b[o..end].fill(0);
+        }
+        use sha2::{Digest, Sha256};
+        let sha: String = Sha256::digest(&b).iter().map(|x| format!("{x:02x}")).collect();
+        let m = if mask.is_empty() {
+            "-".to_string()
+        } else {
+            mask.iter().map(|(o, l)| format!("{o}+{l}")).collect::<Vec<_>>().join(",")
+        };
+        Some(format!("{len} {sha} {m}"))
+    }
+
     /// The GNU build-id of the release's vmlinux: what `suture load` compares
     /// with the running kernel's (`/sys/kernel/notes`).
     pub fn build_id(&self) -> Option<String> {
@@ -155,6 +196,28 @@ fn walk(dir: &Path, out: &mut HashMap<String, PathBuf>) {
             }
         }
     }
+}
+
+fn runtime_mask(code: &[u8], ip: u64) -> Vec<(usize, usize)> {
+    use iced_x86::{Decoder, DecoderOptions};
+    let mut mask = Vec::new();
+    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    while d.can_decode() {
+        let off = d.position();
+        let insn = d.decode();
+        let c = d.get_constant_offsets(&insn);
+        if insn.len() == 5 && matches!(code[off], 0xe8 | 0xe9) {
+            mask.push((off, 5));
+            continue;
+        }
+        if c.has_displacement() && c.displacement_size() == 4 {
+            mask.push((off + c.displacement_offset(), 4));
+        }
+        if c.has_immediate() && c.immediate_size() == 4 {
+            mask.push((off + c.immediate_offset(), 4));
+        }
+    }
+    mask
 }
 
 type Pending = (PathBuf, std::thread::JoinHandle<Result<Vec<u8>>>);

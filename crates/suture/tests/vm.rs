@@ -400,3 +400,39 @@ fn an_older_release_is_built_from_its_own_source() {
     assert_eq!(field(out, "UNAME"), old);
     assert_eq!(field(out, "AFTER"), format!("{} suture=live", field(out, "BEFORE")), "{out}");
 }
+
+/// The records `suture build` writes let `suture verify` prove on the host that
+/// the functions a patch replaces are the running kernel's code, read from
+/// /proc/kcore, before and while the patch is live.
+#[test]
+fn the_host_verifies_replaced_functions_against_kernel_memory() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cmdline = build_ok("cmdline.patch", tmp.path());
+    let serial = build_ok("serial-type-show.patch", tmp.path());
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&cmdline, "/root/cmdline.ko").unwrap();
+    vm.add_file(&serial, "/root/serial.ko").unwrap();
+    let run = vm
+        .run(
+            "suture verify /root/cmdline.ko; echo VERIFY_CMDLINE:$?\n\
+             suture verify --json /root/serial.ko > /tmp/v.json; echo VERIFY_SERIAL:$?\n\
+             echo SERIAL_JSON:$(tr -d '\\n ' < /tmp/v.json)\n\
+             suture load /root/cmdline.ko > /dev/null || exit 10\n\
+             suture verify /root/cmdline.ko; echo VERIFY_PATCHED:$?\n\
+             suture unload livepatch_cmdline > /dev/null || exit 12\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_eq!(field(out, "VERIFY_CMDLINE"), "0", "{out}");
+    assert_eq!(field(out, "VERIFY_SERIAL"), "0", "{out}");
+    // type_show is not unique: the record names its position and was compared.
+    let json = field(out, "SERIAL_JSON");
+    assert!(json.contains("type_show") && json.contains("\"match\""), "{json}");
+    assert!(!json.contains("unchecked"), "{json}");
+    assert_eq!(field(out, "VERIFY_PATCHED"), "0", "{out}");
+}
