@@ -420,7 +420,11 @@ fn install_list_status_guard_uninstall_in_guest() {
         samples
             .iter()
             .find(|(n, l, _)| {
-                n == name && label.map_or(true, |(k, v)| l.get(k).map(String::as_str) == Some(v))
+                n == name
+                    && match label {
+                        None => true,
+                        Some((k, v)) => l.get(k).map(String::as_str) == Some(v),
+                    }
             })
             .map(|(_, _, v)| *v)
     };

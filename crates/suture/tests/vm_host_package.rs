@@ -133,7 +133,7 @@ fn package_fields_contents_scripts_and_install_in_guest() {
     assert!(i.contains(" postinst") && i.contains(" prerm"), "{i}");
     let c = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     assert!(
-        c.contains(&format!("root/root"))
+        c.contains("root/root")
             && c.contains(&format!("./usr/lib/suture/patches/{rel}/pkg_fix.ko")),
         "{c}"
     );
