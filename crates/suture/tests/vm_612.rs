@@ -413,3 +413,64 @@ fn a_module_function_is_patched_before_and_after_the_module_loads_on_612() {
     let dmesg = dmesg_of(out);
     assert!(layout_complaints(&dmesg).is_empty(), "{:?}", layout_complaints(&dmesg));
 }
+
+/// `examples/cmdline-init.patch` and `examples/cmdline-comment.patch` for
+/// 6.12's cmdline.c (one more include, a longer init function).
+const CMDLINE_INIT_612: &str = r#"--- a/fs/proc/cmdline.c
++++ b/fs/proc/cmdline.c
+@@ -17,7 +17,7 @@
+ {
+ 	struct proc_dir_entry *pde;
+ 
+-	pde = proc_create_single("cmdline", 0, NULL, cmdline_proc_show);
++	pde = proc_create_single("cmdline", 0444, NULL, cmdline_proc_show);
+ 	pde_make_permanent(pde);
+ 	pde->size = saved_command_line_len + 1;
+ 	return 0;
+"#;
+
+const CMDLINE_COMMENT_612: &str = r#"--- a/fs/proc/cmdline.c
++++ b/fs/proc/cmdline.c
+@@ -8,6 +8,7 @@
+ static int cmdline_proc_show(struct seq_file *m, void *v)
+ {
+ 	seq_puts(m, saved_command_line);
++	/* The trailing newline is part of the ABI. */
+ 	seq_putc(m, '\n');
+ 	return 0;
+ }
+"#;
+
+/// The refusals of `vm.rs` on 6.12: each names its reason, exits with its
+/// status, and writes nothing; the tree is left as it was.
+#[test]
+fn refusals_name_the_problem_and_leave_nothing_behind_on_612() {
+    let Some(release) = release() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.ko");
+    let build = |patch: &Path| {
+        let o = Command::new(suture())
+            .arg("build")
+            .arg(patch)
+            .args(["--kernel", &release, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (status, err) = build(&patch_file(tmp.path(), "cmdline-init.patch", CMDLINE_INIT_612));
+    assert_eq!(status, Some(2), "{err}");
+    assert!(err.contains("proc_cmdline_init") && err.contains("__init"), "{err}");
+    assert!(!out.exists());
+    let (status, err) = build(&examples().join("cmdline-does-not-apply.patch"));
+    assert_eq!(status, Some(1), "{err}");
+    assert!(err.contains("fs/proc/cmdline.c") && err.contains("does not apply"), "{err}");
+    assert!(!out.exists());
+    let (status, err) = build(&patch_file(tmp.path(), "cmdline-comment.patch", CMDLINE_COMMENT_612));
+    assert_eq!(status, Some(3), "{err}");
+    assert!(err.contains("no functional change"), "{err}");
+    assert!(!out.exists());
+    // The tree was restored after each: a good patch still builds.
+    let (status, err) = build(&examples().join("cmdline.patch"));
+    assert_eq!(status, Some(0), "{err}");
+}
