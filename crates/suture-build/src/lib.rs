@@ -4,6 +4,7 @@
 //! objects → module. Each arrow is another crate; this one only sequences them,
 //! reports progress and decides the outcome.
 
+mod oot;
 mod symbols;
 
 use anyhow::{bail, Context, Result};
@@ -40,6 +41,9 @@ pub struct BuildOptions {
     /// CVE ids the patch fixes, recorded in the module for `suture status`.
     pub cves: Vec<String>,
     pub description: Option<String>,
+    /// Patch a module built out of tree from this directory (the patch applies
+    /// to it) instead of the release's own source.
+    pub module_src: Option<PathBuf>,
 }
 
 /// `CVE-YYYY-NNNN...`
@@ -187,26 +191,25 @@ fn build_in(
     work: &Path,
 ) -> Result<BuildReport> {
     let entry_sizes = tree.entry_sizes()?;
-    progress(&format!("original objects: {}", objects.join(" ")));
-    let pairs = tree.original_objects(objects)?;
-    progress("applying the patch");
-    let applied = tree.apply(patches)?;
-    progress(&format!("compiling {} after the patch", objects.join(" ")));
     // Only the patched side can include suture.h (the original source does not).
     let include = work.join("include");
     fs::create_dir_all(&include)?;
     fs::write(include.join("suture.h"), SUTURE_H)?;
-    let compiled = tree.compile_with(objects, &format!("-I{}", include.display()));
-    let mut patched = Vec::new();
-    if compiled.is_ok() {
-        for o in objects {
-            patched.push(fs::read(tree.object_path(o))?);
+    let (pairs, patched, oot_modules) = match &opts.module_src {
+        Some(dir) => {
+            let o = oot::build_objects(dir, patches, objects, &tree.release.headers, &include, work, progress)?;
+            (o.pairs, o.patched, o.modules)
         }
-    }
-    applied.restore()?;
-    compiled.context("the patched source does not compile")?;
+        None => {
+            let (pairs, patched) = tree_objects(progress, tree, patches, objects, &include)?;
+            (pairs, patched, Default::default())
+        }
+    };
 
-    let symbols = SymbolSource::open(tree, opts.kallsyms.as_deref(), &opts.cache, progress)?;
+    let mut symbols = SymbolSource::open(tree, opts.kallsyms.as_deref(), &opts.cache, progress)?;
+    for (objname, ko) in oot_modules {
+        symbols.add_module(objname, ko);
+    }
     progress(&format!("diffing {} object(s) (symbols from {})", pairs.len(), symbols.describe()));
     let mut refusals = Vec::new();
     let mut by_obj: BTreeMap<String, ObjectParts> = BTreeMap::new();
@@ -315,6 +318,31 @@ fn build_in(
         states: opts.states.clone(),
         replace: opts.replace,
     })
+}
+
+/// Both sides of the patched translation units, compiled in the release's tree.
+fn tree_objects(
+    progress: &dyn Fn(&str),
+    tree: &Tree,
+    patches: &[FilePatch],
+    objects: &[String],
+    include: &Path,
+) -> Result<(Vec<(suture_kernel::ObjectInfo, Vec<u8>)>, Vec<Vec<u8>>)> {
+    progress(&format!("original objects: {}", objects.join(" ")));
+    let pairs = tree.original_objects(objects)?;
+    progress("applying the patch");
+    let applied = tree.apply(patches)?;
+    progress(&format!("compiling {} after the patch", objects.join(" ")));
+    let compiled = tree.compile_with(objects, &format!("-I{}", include.display()));
+    let mut patched = Vec::new();
+    if compiled.is_ok() {
+        for o in objects {
+            patched.push(fs::read(tree.object_path(o))?);
+        }
+    }
+    applied.restore()?;
+    compiled.context("the patched source does not compile")?;
+    Ok((pairs, patched))
 }
 
 /// What the module records about its build (the host side reads these keys).

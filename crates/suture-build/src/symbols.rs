@@ -19,6 +19,8 @@ pub struct SymbolSource {
     modules_dir: PathBuf,
     describe: String,
     module_index: OnceCell<HashMap<String, PathBuf>>,
+    /// Modules built by this build (out of tree), by objname.
+    built_modules: HashMap<String, Vec<u8>>,
 }
 
 impl SymbolSource {
@@ -65,6 +67,7 @@ impl SymbolSource {
             modules_dir: r.modules.clone(),
             describe,
             module_index: OnceCell::new(),
+            built_modules: HashMap::new(),
         })
     }
 
@@ -120,6 +123,12 @@ impl SymbolSource {
     }
 
     /// The differ's view of `objname` for the translation unit `orig`.
+    /// A module the release does not ship (built out of tree): its symbols
+    /// come from this `.ko`.
+    pub fn add_module(&mut self, objname: String, ko: Vec<u8>) {
+        self.built_modules.insert(objname, ko);
+    }
+
     /// The differ's view of `objname` for the translation unit `orig`, with
     /// what the comparison of ORIG's code with the image found. Symbols whose
     /// instance could not be decided are left out of the target: they only
@@ -128,6 +137,8 @@ impl SymbolSource {
         let report = if objname == "vmlinux" {
             let image = TargetImage::Vmlinux { kallsyms: &self.kallsyms, vmlinux: self.vmlinux.as_deref() };
             suture_symbols::build_target_report(image, &self.exports, objname, orig)?
+        } else if let Some(ko) = self.built_modules.get(objname) {
+            suture_symbols::build_target_report(TargetImage::Module { ko }, &self.exports, objname, orig)?
         } else {
             let path = self.module_path(objname)?;
             let ko = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

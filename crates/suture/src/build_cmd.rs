@@ -29,6 +29,9 @@ pub struct Args {
     /// Keep the work directory (objects before and after, klp objects, kbuild files).
     #[arg(long)]
     keep_work: bool,
+    /// Patch a module built out of tree from DIR (the patch applies to DIR).
+    #[arg(long, value_name = "DIR")]
+    module_src: Option<PathBuf>,
     /// A CVE id the patch fixes (repeatable); `suture status` reports them.
     #[arg(long = "cve", value_name = "CVE-YYYY-NNNN")]
     cves: Vec<String>,
@@ -64,6 +67,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         sign: a.sign_key.zip(a.sign_cert),
         cves: a.cves,
         description: a.description,
+        module_src: a.module_src,
     };
     let start = Instant::now();
     let progress = |msg: &str| eprintln!("[{:5.1}s] {msg}", start.elapsed().as_secs_f64());

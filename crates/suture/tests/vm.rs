@@ -436,3 +436,62 @@ fn the_host_verifies_replaced_functions_against_kernel_memory() {
     assert!(!json.contains("unchecked"), "{json}");
     assert_eq!(field(out, "VERIFY_PATCHED"), "0", "{out}");
 }
+
+/// `--module-src`: a module built out of tree (examples/oot) is patched like
+/// the release's own modules, its static variable reached through livepatch.
+#[test]
+fn an_out_of_tree_module_is_patched() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The module as hosts run it: built normally from the example's source.
+    let src = tmp.path().join("oot");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["suture_oot.c", "Kbuild"] {
+        std::fs::copy(examples().join("oot").join(f), src.join(f)).unwrap();
+    }
+    let st = Command::new("make")
+        .arg("-C")
+        .arg(format!("/usr/src/linux-headers-{}", release()))
+        .arg(format!("M={}", src.display()))
+        .arg("modules")
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+
+    let ko = tmp.path().join("oot-patch.ko");
+    let srcdir = examples().join("oot");
+    let b = build("oot-answer.patch", &ko, &["--module-src", srcdir.to_str().unwrap()]);
+    assert_eq!(b.status, 0, "{}\n{}", b.stdout, b.stderr);
+    assert!(b.stdout.contains("suture_oot:suture_oot_show"), "{}", b.stdout);
+    let syms = Command::new("readelf").args(["-sW"]).arg(&ko).output().unwrap();
+    assert!(String::from_utf8_lossy(&syms.stdout).contains(".klp.sym.suture_oot.answer,0"));
+    // The user's directory was only read.
+    assert!(!srcdir.join("suture_oot.o").exists());
+
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&src.join("suture_oot.ko"), "/root/suture_oot.ko").unwrap();
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    let run = vm
+        .run(
+            "insmod /root/suture_oot.ko || exit 9\n\
+             echo BEFORE:$(cat /proc/suture_oot)\n\
+             suture load /root/p.ko || exit 10\n\
+             echo AFTER:$(cat /proc/suture_oot)\n\
+             echo 7 > /sys/module/suture_oot/parameters/answer\n\
+             echo AFTER_SET:$(cat /proc/suture_oot)\n\
+             echo 42 > /sys/module/suture_oot/parameters/answer\n\
+             suture unload livepatch_oot_answer || exit 12\n\
+             echo UNLOADED:$(cat /proc/suture_oot)\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_eq!(field(out, "BEFORE"), "answer 42", "{out}");
+    assert_eq!(field(out, "AFTER"), "answer 42 (suture)", "{out}");
+    // The replacement reads the module's own variable (a livepatch relocation).
+    assert_eq!(field(out, "AFTER_SET"), "answer 7 (suture)", "{out}");
+    assert_eq!(field(out, "UNLOADED"), "answer 42", "{out}");
+}
