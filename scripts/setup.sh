@@ -34,7 +34,8 @@ packages=(
   qemu-system-x86 busybox-static
   linux-image-amd64 linux-headers-amd64 linux-source-6.1
   gcc gcc-12 make libc6-dev bc bison flex libelf-dev libssl-dev
-  cpio xz-utils zstd kmod dwarves python3 ca-certificates
+  cpio xz-utils zstd kmod dwarves python3 ca-certificates openssl
+  debootstrap python3-prometheus-client
 )
 missing=()
 for p in "${packages[@]}"; do
