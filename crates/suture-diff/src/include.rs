@@ -101,8 +101,42 @@ impl<'d, 'a> Inc<'d, 'a> {
         }
     }
 
+    /// IBT: a function pointer the patch takes to a changed function points to
+    /// the original (see `Out::reloc`). If the compiler gave only the patched
+    /// copy an `endbr64` (the patch is what takes its address), the original
+    /// cannot be called indirectly: on IBT hardware the call would trap.
+    fn check_pointer_target(&mut self, in_sec: usize, r: &Rela, sym: usize, addend: i64) {
+        const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+        let d = &*self.d;
+        let s = d.p.sym(sym);
+        if SLICED.contains(&d.p.sec(in_sec).name.as_str())
+            || r.rtype != R_X86_64_32S
+            || addend != 0
+            || s.typ != STT_FUNC
+            || d.status[sym] != Status::Changed
+            || d.orig_name(sym).contains('.')
+        {
+            return;
+        }
+        let Some(o) = d.twin_p[sym] else { return };
+        if d.p.bytes(sym).starts_with(&ENDBR64) && !d.o.bytes(o).starts_with(&ENDBR64) {
+            let name = d.orig_name(sym).to_string();
+            if !self.refusals.iter().any(|x| x.subject == name) {
+                self.refusals.push(Refusal {
+                    subject: name.clone(),
+                    reason: format!(
+                        "the patch takes the address of {name}, which the running kernel's code never does: its original has no endbr64, so an indirect call through the pointer (which must point to the original) would trap with IBT; call it directly, or add a new function and take its address"
+                    ),
+                });
+            }
+        }
+    }
+
     fn visit(&mut self, in_sec: usize, r: &Rela) {
         let t = self.d.p.target(in_sec, r);
+        if let Target::Sym { sym, addend } = t {
+            self.check_pointer_target(in_sec, r, sym, addend);
+        }
         match t {
             Target::Sym { sym, .. } => {
                 if self.d.p.sym(sym).section().is_some() && self.must_define(sym) {

@@ -474,3 +474,41 @@ fn refusals_name_the_problem_and_leave_nothing_behind_on_612() {
     let (status, err) = build(&examples().join("cmdline.patch"));
     assert_eq!(status, Some(0), "{err}");
 }
+
+/// The patch takes the address of uart_get_info, a static function nothing in
+/// the running kernel takes the address of: gcc gives the patched copy an
+/// `endbr64`, the original has none, and the pointer has to point to the
+/// original. On IBT hardware an indirect call to it would trap: refused.
+const SERIAL_FPTR_612: &str = r#"--- a/drivers/tty/serial/serial_core.c
++++ b/drivers/tty/serial/serial_core.c
+@@ -2918,8 +2918,10 @@
+ {
+ 	struct serial_struct tmp;
+ 	struct tty_port *port = dev_get_drvdata(dev);
++	int (*get)(struct tty_port *, struct serial_struct *) = uart_get_info;
+ 
+-	uart_get_info(port, &tmp);
++	OPTIMIZER_HIDE_VAR(get);
++	get(port, &tmp);
+ 	return sprintf(buf, "%d\n", tmp.type);
+ }
+ 
+"#;
+
+#[test]
+fn a_pointer_to_an_original_without_endbr_is_refused_on_612() {
+    let Some(release) = release() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.ko");
+    let o = Command::new(suture())
+        .arg("build")
+        .arg(patch_file(tmp.path(), "serial-fptr.patch", SERIAL_FPTR_612))
+        .args(["--kernel", &release, "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("uart_get_info") && err.contains("endbr64") && err.contains("IBT"), "{err}");
+    assert!(!out.exists());
+}
