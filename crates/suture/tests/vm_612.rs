@@ -512,3 +512,63 @@ fn a_pointer_to_an_original_without_endbr_is_refused_on_612() {
     assert!(err.contains("uart_get_info") && err.contains("endbr64") && err.contains("IBT"), "{err}");
     assert!(!out.exists());
 }
+
+/// `--kallsyms`: a copy of /proc/kallsyms taken in a guest running the 6.12
+/// release (KASLR on, `__pfx_` symbols included) gives the same module as the
+/// tables inside the image: same position, same call through the padding.
+#[test]
+fn a_proc_kallsyms_copy_stands_in_for_the_image_on_612() {
+    let Some(release) = release() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = {
+        let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        vm(&release).run("echo KS-START; gzip -c /proc/kallsyms | base64; echo KS-END\n").unwrap()
+    };
+    assert_eq!(run.exit_status, 0);
+    let b64: String = run
+        .script_output()
+        .lines()
+        .skip_while(|l| l.trim() != "KS-START")
+        .skip(1)
+        .take_while(|l| l.trim() != "KS-END")
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(tmp.path().join("kallsyms.b64"), b64).unwrap();
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!("base64 -d {0}/kallsyms.b64 | gunzip -c > {0}/kallsyms", tmp.path().display()))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let kallsyms = tmp.path().join("kallsyms");
+    let text = std::fs::read_to_string(&kallsyms).unwrap();
+    assert!(text.lines().count() > 50_000, "short kallsyms copy");
+    assert!(text.contains(" __pfx_uart_get_info"), "no __pfx_ symbols in the copy");
+    let patch = patch_file(tmp.path(), "serial-type-show.patch", SERIAL_TYPE_SHOW_612);
+    let build = |out: &str, extra: &[&str]| {
+        let ko = tmp.path().join(out);
+        let o = Command::new(suture())
+            .arg("build")
+            .arg(&patch)
+            .args(["--kernel", &release, "--json", "-o"])
+            .arg(&ko)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (ko, report)
+    };
+    let (copy_ko, from_copy) = build("copy.ko", &["--kallsyms", kallsyms.to_str().unwrap()]);
+    let (image_ko, from_image) = build("image.ko", &[]);
+    assert!(from_copy["symbol_source"].as_str().unwrap().contains("kallsyms copy"), "{from_copy}");
+    assert_eq!(from_copy["replaced"], from_image["replaced"]);
+    for ko in [&copy_ko, &image_ko] {
+        let bytes = std::fs::read(ko).unwrap();
+        assert!(
+            String::from_utf8_lossy(&bytes).contains(".klp.sym.vmlinux.__pfx_uart_get_info,0"),
+            "{}: the call to uart_get_info does not go through its padding",
+            ko.display()
+        );
+    }
+}
