@@ -346,13 +346,21 @@ impl Tree {
                 Ok(b) => String::from_utf8(b)
                     .with_context(|| format!("{} is not UTF-8 text", fp.path))?,
                 Err(_) if fp.kind == FileKind::Created => String::new(),
-                Err(e) => bail!(
-                    "{}: the patch changes this file, but the source of {} has no such file ({e})",
-                    fp.path,
-                    self.release.name.release
-                ),
+                Err(e) => {
+                    return Err(NotApplicable {
+                        release: self.release.name.release.clone(),
+                        detail: format!(
+                            "{}: the patch changes this file, but the source of {} has no such file ({e})",
+                            fp.path, self.release.name.release
+                        ),
+                    }
+                    .into())
+                }
             };
-            let applied = patchfile::apply(fp, &old)?;
+            let applied = patchfile::apply(fp, &old).map_err(|e| NotApplicable {
+                release: self.release.name.release.clone(),
+                detail: e.to_string(),
+            })?;
             new_texts.push((fp, path, applied.text));
         }
         let backup = self.base.join("backup");
@@ -397,6 +405,23 @@ impl Tree {
         Ok(())
     }
 }
+
+/// The patch does not apply to this release's source: a hunk's context is not
+/// there, or a file it changes does not exist. A build for several releases
+/// reports this per release ("not applicable") rather than as a failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotApplicable {
+    pub release: String,
+    pub detail: String,
+}
+
+impl std::fmt::Display for NotApplicable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl std::error::Error for NotApplicable {}
 
 /// The patch applied to the tree; dropping it restores the original sources.
 pub struct Applied<'a> {
