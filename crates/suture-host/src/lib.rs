@@ -607,6 +607,20 @@ impl Host {
         if log_has("Unknown symbol") && err.kind != ErrorKind::UnknownSymbol {
             err.kind = ErrorKind::UnknownSymbol;
         }
+        // The kernel's own words decide between causes that share an errno.
+        if log_has("pre-patch callback failed for object") {
+            err = HostError::new(
+                ErrorKind::Kernel,
+                format!("{name} refused to load: its own pre-patch callback returned an error ({e})"),
+            )
+            .hint("the patch's author decided this host is not in a state to patch; the kernel log says which object; nothing was changed");
+        } else if log_has("is not compatible with the already installed livepatches") {
+            err = HostError::new(
+                ErrorKind::Kernel,
+                format!("{name} is not compatible with the loaded livepatches: a loaded patch records a system state (klp_state) this one lacks or has at a lower version"),
+            )
+            .hint("build the replacing patch with every `--state ID:VERSION` the loaded patch has, at the same or a higher version (`modinfo` or `suture status` of the loaded patch)");
+        }
         err.errno = Some(errno);
         err.kernel_log = log;
         err

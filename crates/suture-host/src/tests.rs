@@ -339,6 +339,26 @@ fn kernel_errnos_are_translated() {
         ]
     );
     assert!(e.to_string().contains("foo_bar"));
+    // Callbacks and klp_state refusals share errnos with other causes; the
+    // kernel's lines name them.
+    for (errno, line, needle) in [
+        (
+            libc::EBUSY,
+            "livepatch: pre-patch callback failed for object 'vmlinux'",
+            "pre-patch callback",
+        ),
+        (
+            libc::EINVAL,
+            "livepatch: Livepatch patch (lp_st) is not compatible with the already installed livepatches.",
+            "--state",
+        ),
+    ] {
+        let f = fixture("errno-cause", Behaviour::Fails(errno), &["before the load", line]);
+        let p = write_ko(&f, "lp.ko", &ko("lp_st", true, REL));
+        let e = f.host.load(&p, &quick()).unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
+        assert_eq!(e.errno, Some(errno));
+    }
     // modules_disabled makes EPERM a permission problem, not a signature one.
     let f = fixture("errno-disabled", Behaviour::Fails(libc::EPERM), &[]);
     f.fake.write("proc/sys/kernel/modules_disabled", "1\n");
