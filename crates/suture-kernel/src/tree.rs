@@ -310,9 +310,36 @@ impl Tree {
     /// of the directory holding `suture.h`; flags that change code would make
     /// the two sides differ and must not be passed here).
     pub fn compile_with(&self, objects: &[String], extra_kcflags: &str) -> Result<()> {
-        let mut c = self.make_with(extra_kcflags);
+        let extra = self.stable_includes(extra_kcflags)?;
+        let mut c = self.make_with(&extra);
         c.args(objects);
         run(&mut c, &format!("compiling {}", objects.join(" ")))
+    }
+
+    /// KCFLAGS is part of the command line of what `make prepare` built
+    /// (`kernel/bounds.s`, `asm-offsets.s`, modpost...), so kbuild rebuilds
+    /// those whenever it changes: an `-I` of a per-build directory cost every
+    /// warm build seconds (more on 6.12, where objtool and resolve_btfids are
+    /// checked too). The headers of a single `-I` directory are copied to a
+    /// fixed place in the release's cache instead, which keeps the flags equal
+    /// from one build to the next. Other flags pass through unchanged.
+    fn stable_includes(&self, extra: &str) -> Result<String> {
+        let dirs: Vec<&str> = extra.split_whitespace().filter_map(|f| f.strip_prefix("-I")).collect();
+        let [dir] = dirs.as_slice() else { return Ok(extra.to_string()) };
+        let stable = self.base.join("include");
+        let _ = fs::remove_dir_all(&stable);
+        fs::create_dir_all(&stable)?;
+        for e in fs::read_dir(dir).with_context(|| format!("reading {dir}"))? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                fs::copy(e.path(), stable.join(e.file_name()))?;
+            }
+        }
+        Ok(extra
+            .split_whitespace()
+            .map(|f| if f.starts_with("-I") { format!("-I{}", stable.display()) } else { f.to_string() })
+            .collect::<Vec<_>>()
+            .join(" "))
     }
 
     /// What kbuild decided about an object it compiled: part of vmlinux or of a module.
