@@ -8,7 +8,7 @@ mod oot;
 mod symbols;
 
 use anyhow::{bail, Context, Result};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use suture_diff::{Outcome, Refusal};
@@ -241,7 +241,14 @@ fn build_in(
                 warnings.extend(p.report.warnings.iter().map(|w| format!("{}: {w}", info.object)));
                 new_functions.extend(p.report.new.iter().cloned());
                 let entry = by_obj.entry(info.objname.clone()).or_default();
-                for f in &p.replaced {
+                let (keep, aliases) = one_per_address(orig, &p.replaced)?;
+                for (dropped, kept) in aliases {
+                    warnings.push(format!(
+                        "{}: {dropped} is an alias of {kept} (same code): the patch redirects that code once, to {kept}'s replacement",
+                        info.object
+                    ));
+                }
+                for f in keep {
                     replaced.push(Replaced {
                         objname: info.objname.clone(),
                         function: f.name.clone(),
@@ -343,6 +350,39 @@ fn tree_objects(
     applied.restore()?;
     compiled.context("the patched source does not compile")?;
     Ok((pairs, patched))
+}
+
+/// Replaced functions, one per address of ORIG. Aliases (`__x64_sys_getppid`
+/// and `__ia32_sys_getppid` are one function under SYSCALL_DEFINE0) would give
+/// the livepatch core two `klp_func`s on one address in one patch, which its
+/// transition cannot handle (every task then looks blocked). Returns the kept
+/// functions and (dropped, kept) pairs.
+fn one_per_address<'a>(
+    orig: &[u8],
+    replaced: &'a [suture_diff::ReplacedFunc],
+) -> Result<(Vec<&'a suture_diff::ReplacedFunc>, Vec<(String, String)>)> {
+    let obj = suture_elf::Object::parse(orig).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut at: HashMap<&str, (u32, u64)> = HashMap::new();
+    for s in &obj.symbols {
+        if s.typ == 2 && !s.reserved && s.shndx != 0 {
+            at.entry(s.name.as_str()).or_insert((s.shndx, s.value));
+        }
+    }
+    let mut first: HashMap<(u32, u64), &str> = HashMap::new();
+    let (mut keep, mut dropped) = (Vec::new(), Vec::new());
+    for f in replaced {
+        match at.get(f.name.as_str()) {
+            Some(addr) => match first.get(addr) {
+                Some(k) => dropped.push((f.name.clone(), k.to_string())),
+                None => {
+                    first.insert(*addr, &f.name);
+                    keep.push(f);
+                }
+            },
+            None => keep.push(f),
+        }
+    }
+    Ok((keep, dropped))
 }
 
 /// What the module records about its build (the host side reads these keys).

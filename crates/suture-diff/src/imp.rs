@@ -402,12 +402,30 @@ impl<'a> Diff<'a> {
     }
 
     /// Section name minus the symbol's own suffix (`.text.foo` → `.text`).
+    /// An alias shares the function section of the symbol it aliases
+    /// (`__x64_sys_getppid` lives in `.text.__do_sys_getppid`): its class is
+    /// that of the section, not the section's whole name.
     fn section_class(x: &Obj, i: usize) -> String {
         let s = x.sym(i);
-        let n = &x.sec(s.section().unwrap()).name;
+        let sec = s.section().unwrap();
+        let n = &x.sec(sec).name;
         if let Some(base) = n.strip_suffix(&s.name).and_then(|b| b.strip_suffix('.')) {
             if !base.is_empty() {
                 return base.to_string();
+            }
+        }
+        // Only function sections can hold aliases of another function; the
+        // scan stays off the hot path of data sections with many objects.
+        if n.starts_with(".text.") && s.typ == STT_FUNC {
+            for j in 0..x.elf.symbols.len() {
+                let o = x.sym(j);
+                if j != i && o.section() == Some(sec) && o.typ == STT_FUNC && o.value == s.value {
+                    if let Some(base) = n.strip_suffix(&o.name).and_then(|b| b.strip_suffix('.')) {
+                        if !base.is_empty() {
+                            return base.to_string();
+                        }
+                    }
+                }
             }
         }
         n.clone()

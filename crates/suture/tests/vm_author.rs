@@ -66,6 +66,44 @@ fn build(patch: &str, out: &Path, extra: &[&str]) -> Built {
 }
 
 /// Builds `patch` as module `name` into `dir/name.ko`.
+/// `SUTURE_SYSCALL_DEFINE0` (whose stock entry points are aliases of the body)
+/// and a two-argument `SUTURE_SYSCALL_DEFINE2`, in one patch.
+#[test]
+fn system_calls_without_and_with_arguments_are_patched() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (ko, b) = build_ok("syscalls-0-and-2.patch", "livepatch_syscalls", tmp.path(), &[]);
+    for f in ["__x64_sys_getppid", "__x64_sys_sethostname"] {
+        assert!(b.stdout.contains(&format!("replaces vmlinux:{f} ")), "{}", b.stdout);
+    }
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/sc.ko").unwrap();
+    let run = vm
+        .run(
+            "echo PPID_BEFORE:$(sh -c 'echo $PPID')\n\
+             hostname alpha; echo HOST_BEFORE:$(hostname)\n\
+             suture load /root/sc.ko || exit 10\n\
+             echo PPID_AFTER:$(sh -c 'echo $PPID')\n\
+             hostname alpha; echo HOST_AFTER:$(hostname)\n\
+             suture unload livepatch_syscalls || exit 12\n\
+             echo PPID_UNLOADED:$(sh -c 'echo $PPID')\n\
+             hostname alpha; echo HOST_UNLOADED:$(hostname)\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_ne!(field(out, "PPID_BEFORE"), "4242", "{out}");
+    assert_eq!(field(out, "PPID_AFTER"), "4242", "{out}");
+    assert_ne!(field(out, "PPID_UNLOADED"), "4242", "{out}");
+    assert_eq!(field(out, "HOST_BEFORE"), "alpha", "{out}");
+    // The arguments reached the new body: the name is the one passed, marked.
+    assert_eq!(field(out, "HOST_AFTER"), "Slpha", "{out}");
+    assert_eq!(field(out, "HOST_UNLOADED"), "alpha", "{out}");
+}
+
 fn build_ok(patch: &str, name: &str, dir: &Path, extra: &[&str]) -> (PathBuf, Built) {
     let ko = dir.join(format!("{name}.ko"));
     let mut args = vec!["--name", name];
