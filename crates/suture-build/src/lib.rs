@@ -15,7 +15,8 @@ use suture_diff::{Outcome, Refusal};
 use suture_kernel::patchfile::{self, FileKind, FilePatch};
 use suture_kernel::{Release, Tree};
 
-pub use suture_kernel::tree::cache_root;
+pub use suture_kernel::tree::{cache_root, NotApplicable};
+pub use suture_klp::default_module_name;
 pub use symbols::SymbolSource;
 pub use suture_klp::{parse_state, State};
 

@@ -7,10 +7,13 @@ pub struct Args {
     /// Unified diffs against the release's kernel source (`git diff` style paths).
     #[arg(required = true)]
     patches: Vec<PathBuf>,
-    /// The Debian kernel release to build for, as `uname -r` prints it (6.1.0-56-amd64).
-    #[arg(long = "kernel", value_name = "RELEASE")]
-    kernel: String,
-    /// Where to write the module (default: NAME.ko in the current directory).
+    /// The Debian kernel release to build for, as `uname -r` prints it (6.1.0-56-amd64). Repeat it to
+    /// build one module per release in one run (exit status: 1 if any failed, else 2 if any was refused,
+    /// else 0 if any was built, else 3).
+    #[arg(long = "kernel", value_name = "RELEASE", required = true)]
+    kernel: Vec<String>,
+    /// Where to write the module (default: NAME.ko in the current directory); with several --kernel, a
+    /// directory that receives NAME-RELEASE.ko for each release (default: the current directory).
     #[arg(short = 'o', long = "output", value_name = "FILE.ko")]
     output: Option<PathBuf>,
     /// Module name, and so /sys/kernel/livepatch/NAME (default: livepatch_ + the first patch's file name).
@@ -54,9 +57,10 @@ fn parse_state(s: &str) -> Result<suture_build::State, String> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    let releases = a.kernel.clone();
     let opts = BuildOptions {
         patches: a.patches,
-        release: a.kernel,
+        release: releases[0].clone(),
         output: a.output,
         name: a.name,
         kallsyms: a.kallsyms,
@@ -70,6 +74,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         module_src: a.module_src,
     };
     let start = Instant::now();
+    if releases.len() > 1 {
+        return run_many(&opts, &releases, a.json, start);
+    }
     let progress = |msg: &str| eprintln!("[{:5.1}s] {msg}", start.elapsed().as_secs_f64());
     match suture_build::build(&opts, &progress) {
         Ok(r) => {
@@ -113,4 +120,30 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             None => Err(e),
         },
     }
+}
+
+/// `--kernel R1 --kernel R2 ...`: see [`crate::build_many`].
+fn run_many(opts: &BuildOptions, releases: &[String], json: bool, start: Instant) -> anyhow::Result<i32> {
+    let dir = opts.output.clone().unwrap_or_else(|| PathBuf::from("."));
+    if dir.extension().is_some_and(|e| e == "ko") {
+        anyhow::bail!("with several --kernel, -o names a directory (one NAME-RELEASE.ko per release), not {}", dir.display());
+    }
+    let name = opts.name.clone().unwrap_or_else(|| suture_build::default_module_name(&opts.patches[0]));
+    let outcomes = crate::build_many::build_all(opts, releases, &dir, &name, start)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "releases": outcomes }))?);
+    } else {
+        use crate::build_many::PerRelease::*;
+        for o in &outcomes {
+            match &o.result {
+                Built { report } => println!("{}: built {} ({:.1}s)", o.release, report.module.display(), o.seconds),
+                Refused { reasons } => println!("{}: refused: {}", o.release, reasons.join("; ")),
+                NoChange { detail } => println!("{}: no change: {detail}", o.release),
+                NotApplicable { detail } => println!("{}: not applicable: {detail}", o.release),
+                Error { detail } => println!("{}: error: {detail}", o.release),
+            }
+        }
+        println!("{} release(s) in {:.1}s", outcomes.len(), start.elapsed().as_secs_f64());
+    }
+    Ok(crate::build_many::exit_status(&outcomes))
 }

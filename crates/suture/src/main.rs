@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 
 mod build_cmd;
+mod build_many;
 mod diff_cmd;
 mod host_cmd;
 mod install_cmd;

@@ -572,3 +572,59 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image_on_612() {
         );
     }
 }
+
+/// The 6.1 release the rest of the suite uses: `SUTURE_TEST_RELEASE`, else the
+/// one `linux-image-amd64` depends on.
+fn release_61() -> String {
+    if let Ok(r) = std::env::var("SUTURE_TEST_RELEASE") {
+        return r;
+    }
+    let o = Command::new("dpkg-query").args(["-W", "-f=${Depends}", "linux-image-amd64"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split([',', ' '])
+        .find_map(|w| w.strip_prefix("linux-image-"))
+        .map(str::to_string)
+        .unwrap_or_else(|| "6.1.0-56-amd64".to_string())
+}
+
+/// `--kernel` twice: one module per release in one run, each for its own
+/// release; a patch whose context only 6.1 has is reported not applicable on
+/// 6.12 while 6.1's module is still built.
+#[test]
+fn one_run_builds_one_module_per_release() {
+    let Some(r612) = release() else { return };
+    let r61 = release_61();
+    assert!(suture_lab::require_kernel_or_skip(&r61).unwrap(), "{r61} is not installed");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |patch: &Path, dir: &Path| {
+        let o = Command::new(suture())
+            .arg("build")
+            .arg(patch)
+            .args(["--kernel", &r61, "--kernel", &r612, "--json", "-o"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+        (o.status.code(), v, err)
+    };
+    let both = tmp.path().join("both");
+    let (status, v, err) = run(&examples().join("cmdline.patch"), &both);
+    assert_eq!(status, Some(0), "{v}\n{err}");
+    for (i, r) in [&r61, &r612].into_iter().enumerate() {
+        let o = &v["releases"][i];
+        assert_eq!(o["release"], r.as_str(), "{v}");
+        assert_eq!(o["status"], "built", "{v}");
+        let ko = both.join(format!("livepatch_cmdline-{r}.ko"));
+        let modinfo = Command::new("modinfo").args(["-F", "vermagic"]).arg(&ko).output().unwrap();
+        assert!(String::from_utf8_lossy(&modinfo.stdout).starts_with(&format!("{r} ")), "{}", ko.display());
+    }
+    let one = tmp.path().join("one");
+    let (status, v, err) = run(&examples().join("cmdline-new-function.patch"), &one);
+    assert_eq!(status, Some(0), "{v}\n{err}");
+    assert_eq!(v["releases"][0]["status"], "built", "{v}");
+    assert_eq!(v["releases"][1]["status"], "not_applicable", "{v}");
+    assert!(v["releases"][1]["detail"].as_str().unwrap().contains("does not apply"), "{v}");
+    assert!(one.join(format!("livepatch_cmdline_new_function-{r61}.ko")).exists());
+    assert!(!one.join(format!("livepatch_cmdline_new_function-{r612}.ko")).exists());
+}
