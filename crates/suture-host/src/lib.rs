@@ -4,7 +4,9 @@
 //! from a configurable root so they are testable against a temporary tree.
 
 pub mod kcore;
+pub mod kexec;
 pub mod modinfo;
+pub mod modsig;
 pub mod report;
 pub mod state;
 pub mod sys;
@@ -40,6 +42,14 @@ pub enum ErrorKind {
     NotLoaded,
     ModuleInUse,
     Kernel,
+    /// Arguments that name nothing sensible (kexec).
+    BadInput,
+    /// No image or initramfs installed for the release (kexec).
+    UnknownRelease,
+    /// kexec switched off or not built in.
+    KexecDisabled,
+    /// The file is not a kernel image the running kernel can boot.
+    NotKernel,
 }
 
 /// An error with what happened, what to do next, and the evidence.

@@ -117,3 +117,61 @@ fn read_kmsg(mut f: File) -> io::Result<Vec<String>> {
     let keep = lines.len().saturating_sub(20);
     Ok(lines.split_off(keep))
 }
+
+/// `kexec_file_load` on the running kernel.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SysKexec;
+
+impl crate::kexec::KexecSys for SysKexec {
+    fn euid(&self) -> u32 {
+        unsafe { libc::geteuid() }
+    }
+
+    fn file_load(
+        &self,
+        kernel: &File,
+        initrd: &File,
+        cmdline: &std::ffi::CString,
+    ) -> io::Result<()> {
+        let len = cmdline.as_bytes_with_nul().len() as libc::c_ulong;
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kexec_file_load,
+                kernel.as_raw_fd(),
+                initrd.as_raw_fd(),
+                len,
+                cmdline.as_ptr(),
+                0 as libc::c_ulong,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn file_unload(&self) -> io::Result<()> {
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_kexec_file_load,
+                -1 as libc::c_int,
+                -1 as libc::c_int,
+                0 as libc::c_ulong,
+                std::ptr::null::<libc::c_char>(),
+                libc::KEXEC_FILE_UNLOAD as libc::c_ulong,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn log_mark(&self) -> LogMark {
+        SysKernel.log_mark()
+    }
+
+    fn log_since(&self, mark: LogMark) -> Vec<String> {
+        SysKernel.log_since(mark)
+    }
+}
