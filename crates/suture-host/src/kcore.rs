@@ -385,6 +385,10 @@ pub struct VerifyReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub build_id: Option<String>,
     pub build_id_checked: bool,
+    /// Who signed the module and the trusted certificate it verified
+    /// against (`verified_by` absent: the trust store is empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::modsig::SignatureReport>,
     pub functions: Vec<FuncResult>,
     /// Every function with recorded bytes matched and at least one had them.
     pub verified: bool,
@@ -415,6 +419,7 @@ impl crate::Host {
             release: c.release,
             build_id: c.running_build_id,
             build_id_checked: c.build_id_checked,
+            signature: c.signature,
             functions,
             verified,
         })

@@ -37,6 +37,16 @@ pub enum ErrorKind {
     Incompatible,
     UnknownSymbol,
     Signature,
+    /// The trust store holds certificates and the module carries no signature.
+    Unsigned,
+    /// Signed by a key no certificate in the trust store matches.
+    UnknownSigner,
+    /// The signature block is malformed, damaged or of an unsupported kind.
+    BadSignature,
+    /// The module changed after it was signed, or since it was installed.
+    Modified,
+    /// The trust store cannot be read.
+    TrustStore,
     Permission,
     TransitionTimeout,
     NotLoaded,
@@ -166,6 +176,9 @@ pub struct LoadOptions {
     pub params: String,
     /// Consent to force the transition on timeout; `None`: reverse it.
     pub force: Option<ForceConfirm>,
+    /// The sha256 `suture install` recorded for this file: a file that no
+    /// longer hashes to it is refused.
+    pub installed_sha256: Option<String>,
     /// Period of the fake signals suture sends itself on kernels that have
     /// a per-patch `signal` attribute (5.1 to 5.14); newer kernels send
     /// them on their own every [`KERNEL_SIGNAL_PERIOD`].
@@ -179,6 +192,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("poll_interval", &self.poll_interval)
             .field("params", &self.params)
             .field("force", &self.force.is_some())
+            .field("installed_sha256", &self.installed_sha256)
             .field("signal_every", &self.signal_every)
             .finish()
     }
@@ -191,6 +205,7 @@ impl Default for LoadOptions {
             poll_interval: Duration::from_millis(10),
             params: String::new(),
             force: None,
+            installed_sha256: None,
             signal_every: KERNEL_SIGNAL_PERIOD,
         }
     }
@@ -310,13 +325,44 @@ impl Host {
         }
     }
 
-    /// The checks made before anything reaches the kernel: an ELF module,
+    /// The checks made before anything reaches the kernel: a signature the
+    /// trust store accepts (when it holds certificates), an ELF module,
     /// tagged livepatch, built for the running release and, when the module
     /// records it, for the running build of that release.
     pub fn check_module(&self, path: &Path) -> Result<Checked, HostError> {
         let data = std::fs::read(path)
             .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
-        let info = modinfo::parse_module(&data).map_err(|e| {
+        self.check_data(path, &data)
+    }
+
+    /// Where the trust store is: `/etc/suture/certs` under the host root.
+    pub fn trust_store_dir(&self) -> PathBuf {
+        self.root.0.join(modsig::STORE_DIR)
+    }
+
+    /// The signature check alone: the signer, `None` for an unsigned module
+    /// under an empty store.
+    pub fn check_signature(
+        &self,
+        path: &Path,
+        data: &[u8],
+    ) -> Result<Option<modsig::SignatureReport>, HostError> {
+        let dir = self.trust_store_dir();
+        let store = modsig::TrustStore::load(&dir).map_err(|e| {
+            HostError::new(ErrorKind::TrustStore, format!("cannot use the trust store {}: {e}", dir.display())).hint(
+                "fix or remove that file: while the store cannot be read, suture refuses every module rather than \
+                 load one unchecked",
+            )
+        })?;
+        modsig::check(data, &store).map_err(|e| signature_refusal(path, &e, &dir))
+    }
+
+    /// [`Host::check_module`] on bytes already read.
+    pub fn check_data(&self, path: &Path, data: &[u8]) -> Result<Checked, HostError> {
+        // Authenticity first: the rest of the checks read what a tampered
+        // file says about itself.
+        let signature = self.check_signature(path, data)?;
+        let info = modinfo::parse_module(data).map_err(|e| {
             HostError::new(
                 ErrorKind::NotAModule,
                 format!("{} is not a loadable kernel module: {e}", path.display()),
@@ -390,6 +436,7 @@ impl Host {
             release,
             running_build_id: running,
             build_id_checked,
+            signature,
         })
     }
 
@@ -398,12 +445,36 @@ impl Host {
     /// and the error names the tasks that did not switch.
     pub fn load(&self, path: &Path, opts: &LoadOptions) -> Result<LoadReport, HostError> {
         let start = Instant::now();
+        // One descriptor for the checks and for finit_module, so the bytes
+        // checked are those of the file the kernel reads (the kernel reads
+        // a descriptor from offset 0, whatever its position).
+        let mut file = std::fs::File::open(path)
+            .map_err(|e| HostError::io(format!("cannot open {}", path.display()), &e))?;
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut file, &mut data)
+            .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
+        if let Some(want) = &opts.installed_sha256 {
+            let have = state::sha256_hex(&data);
+            if &have != want {
+                return Err(HostError::new(
+                    ErrorKind::Modified,
+                    format!(
+                        "refusing to load {}: the file changed since it was installed (sha256 {have}, recorded at \
+                         install {want})",
+                        path.display()
+                    ),
+                )
+                .hint("reinstall the patch from a trusted copy with `suture install FILE.ko`, or remove it with \
+                       `suture uninstall NAME`"));
+            }
+        }
         let Checked {
             info,
             release,
             running_build_id,
             build_id_checked,
-        } = self.check_module(path)?;
+            ..
+        } = self.check_data(path, &data)?;
         let name = info.name.clone();
         if self.root.module_dir(&name).is_dir() {
             return Err(already_loaded(&name));
@@ -417,8 +488,6 @@ impl Host {
             .hint("wait for it to finish (`suture list`), then retry"));
         }
 
-        let file = std::fs::File::open(path)
-            .map_err(|e| HostError::io(format!("cannot open {}", path.display()), &e))?;
         let mark = self.kernel.log_mark();
         let t0 = Instant::now();
         if let Err(e) = self.kernel.finit_module(&file, &opts.params) {
@@ -860,6 +929,38 @@ pub struct Checked {
     pub running_build_id: Option<String>,
     /// The module records a build-id and it equals the running kernel's.
     pub build_id_checked: bool,
+    /// Who signed it, and the certificate it verified against.
+    pub signature: Option<modsig::SignatureReport>,
+}
+
+/// A signature refusal with what to do about it.
+fn signature_refusal(path: &Path, e: &modsig::SigError, store: &Path) -> HostError {
+    use modsig::SigError as S;
+    let kind = match e {
+        S::Unsigned => ErrorKind::Unsigned,
+        S::UnknownSigner { .. } => ErrorKind::UnknownSigner,
+        S::Modified { .. } => ErrorKind::Modified,
+        S::Malformed(_) | S::Unsupported(_) | S::BadSignature { .. } => ErrorKind::BadSignature,
+    };
+    let store = store.display();
+    let hint = match e {
+        S::Unsigned => format!(
+            "sign it with `suture build --sign-key KEY.pem --sign-cert CERT.pem ...` using a key whose certificate \
+             is in {store}"
+        ),
+        S::UnknownSigner { .. } => format!(
+            "if you trust that signer, put its certificate (PEM or DER) in {store}; otherwise re-sign the module \
+             with a key whose certificate is there"
+        ),
+        S::Modified { .. } => "do not load it: get the module again from its build, or rebuild and re-sign it".into(),
+        S::Malformed(_) | S::BadSignature { .. } => {
+            "get the module again from its build, or re-sign an intact copy with `suture build --sign-key ... \
+             --sign-cert ...`"
+                .into()
+        }
+        S::Unsupported(_) => "sign with an RSA key and sha256, sha384 or sha512".into(),
+    };
+    HostError::new(kind, format!("refusing to load {}: {e}", path.display())).hint(hint)
 }
 
 /// Adds to a timeout hint what the fake signal could and could not do.

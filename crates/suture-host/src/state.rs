@@ -41,6 +41,9 @@ pub struct InstallRecord {
     pub installed_at: u64,
     /// Where it was installed from.
     pub source: String,
+    /// sha256 of the stored file: loading it refuses a file changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// `NAME.pending`.
@@ -78,6 +81,20 @@ pub struct Installed {
     pub meta: Option<crate::modinfo::SutureMeta>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub srcversion: Option<String>,
+    /// The signer its signature names (not verified here: `suture load`
+    /// and `suture verify` check it against the trust store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The file no longer hashes to what the install recorded.
+    pub changed_since_install: bool,
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Option<T> {
@@ -165,19 +182,47 @@ impl StateDir {
 
     fn read_installed(&self, release: &str, name: &str) -> Installed {
         let path = self.file(release, name, "ko");
-        let info = std::fs::read(&path)
-            .ok()
-            .and_then(|d| crate::modinfo::parse_module(&d).ok());
+        let data = std::fs::read(&path).ok();
+        let info = data
+            .as_ref()
+            .and_then(|d| crate::modinfo::parse_module(d).ok());
+        let record: Option<InstallRecord> = read_json(&self.file(release, name, "json"));
+        let recorded = record.as_ref().and_then(|r| r.sha256.as_deref());
         Installed {
             name: name.to_string(),
             release: release.to_string(),
-            record: read_json(&self.file(release, name, "json")),
+            changed_since_install: match (recorded, &data) {
+                (Some(want), Some(d)) => sha256_hex(d) != want,
+                (Some(_), None) => true,
+                (None, _) => false,
+            },
+            signer: data.as_ref().and_then(|d| {
+                crate::modsig::check(d, &crate::modsig::TrustStore::default())
+                    .ok()
+                    .flatten()
+                    .map(|s| s.signer)
+            }),
+            record,
             pending: read_json(&self.file(release, name, "pending")),
             skipped: read_json(&self.file(release, name, "skipped")),
             srcversion: info.as_ref().and_then(|i| i.srcversion.clone()),
             meta: info.map(|i| i.suture),
             path,
         }
+    }
+
+    /// The install record of `path` when it is a patch stored here
+    /// (`STATE/RELEASE/NAME.ko`), so that loading it by path checks its hash.
+    pub fn record_of(&self, path: &Path) -> Option<InstallRecord> {
+        let path = path.canonicalize().ok()?;
+        let root = self.0.canonicalize().ok()?;
+        let rel = path.strip_prefix(&root).ok()?;
+        let mut parts = rel.iter();
+        let (release, file) = (parts.next()?.to_str()?, parts.next()?.to_str()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        read_json(&self.file(release, file.strip_suffix(".ko")?, "json"))
     }
 
     pub fn get(&self, release: &str, name: &str) -> Option<Installed> {
@@ -189,9 +234,19 @@ impl StateDir {
     /// Copies the module in and records its place in the load order. A
     /// reinstall keeps nothing of the previous one (a skip included).
     pub fn store(&self, release: &str, name: &str, src: &Path) -> io::Result<Installed> {
+        self.store_data(release, name, src, &std::fs::read(src)?)
+    }
+
+    /// [`StateDir::store`] of bytes already read (and checked) from `src`.
+    pub fn store_data(
+        &self,
+        release: &str,
+        name: &str,
+        src: &Path,
+        data: &[u8],
+    ) -> io::Result<Installed> {
         let dir = self.release_dir(release);
         std::fs::create_dir_all(&dir)?;
-        let data = std::fs::read(src)?;
         let seq = self
             .installed(release)
             .iter()
@@ -199,11 +254,12 @@ impl StateDir {
             .filter_map(|i| i.record.as_ref().map(|r| r.seq))
             .max()
             .map_or(1, |m| m + 1);
-        write_atomic(&self.file(release, name, "ko"), &data)?;
+        write_atomic(&self.file(release, name, "ko"), data)?;
         let rec = InstallRecord {
             seq,
             installed_at: now_secs(),
             source: src.display().to_string(),
+            sha256: Some(sha256_hex(data)),
         };
         write_atomic(
             &self.file(release, name, "json"),
@@ -429,7 +485,9 @@ impl Host {
         path: &Path,
         opts: &LoadOptions,
     ) -> Result<(Installed, Option<crate::LoadReport>), HostError> {
-        let checked = self.check_module(path)?;
+        let data = std::fs::read(path)
+            .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
+        let checked = self.check_data(path, &data)?;
         let name = checked.info.name.clone();
         let release = checked.release.clone();
         // Kept to put back if the new build fails to load.
@@ -455,22 +513,28 @@ impl Host {
                 "`suture unload {name}` first, or build the new patch under another --name"
             )));
         }
-        let installed = state.store(&release, &name, path).map_err(|e| {
-            HostError::io(
-                format!(
-                    "storing {} in {}",
-                    path.display(),
-                    state.release_dir(&release).display()
-                ),
-                &e,
-            )
-        })?;
+        let installed = state
+            .store_data(&release, &name, path, &data)
+            .map_err(|e| {
+                HostError::io(
+                    format!(
+                        "storing {} in {}",
+                        path.display(),
+                        state.release_dir(&release).display()
+                    ),
+                    &e,
+                )
+            })?;
         if loaded.loaded {
             return Ok((installed, None));
         }
         let pending = self.pending_now();
         let _ = state.mark_pending(&release, &name, &pending);
-        match self.load(&installed.path, opts) {
+        let opts = LoadOptions {
+            installed_sha256: installed.record.as_ref().and_then(|r| r.sha256.clone()),
+            ..opts.clone()
+        };
+        match self.load(&installed.path, &opts) {
             Ok(r) => Ok((state.get(&release, &name).unwrap_or(installed), Some(r))),
             Err(e) => {
                 let _ = state.remove(&release, &name);
@@ -484,11 +548,13 @@ impl Host {
 
     /// Stores a patch for the release it was built for without loading it:
     /// for a kernel installed but not running yet (a package installed
-    /// before the reboot into its kernel). Only the livepatch tag is
-    /// checked; release and build are checked when it loads at boot.
+    /// before the reboot into its kernel). Only the signature and the
+    /// livepatch tag are checked; release and build are checked when it
+    /// loads at boot.
     pub fn install_for_boot(&self, state: &StateDir, path: &Path) -> Result<Installed, HostError> {
         let data = std::fs::read(path)
             .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
+        self.check_signature(path, &data)?;
         let info = crate::modinfo::parse_module(&data).map_err(|e| {
             HostError::new(
                 ErrorKind::NotAModule,
@@ -514,16 +580,18 @@ impl Host {
                 ),
             )
         })?;
-        state.store(&release, &info.name, path).map_err(|e| {
-            HostError::io(
-                format!(
-                    "storing {} in {}",
-                    path.display(),
-                    state.release_dir(&release).display()
-                ),
-                &e,
-            )
-        })
+        state
+            .store_data(&release, &info.name, path, &data)
+            .map_err(|e| {
+                HostError::io(
+                    format!(
+                        "storing {} in {}",
+                        path.display(),
+                        state.release_dir(&release).display()
+                    ),
+                    &e,
+                )
+            })
     }
 
     /// Unloads the patch if it is loaded, then removes its files. On an
@@ -634,7 +702,11 @@ impl Host {
             // The marker must be on disk before the kernel runs the patch:
             // a crash during the load is exactly what it records.
             let _ = state.mark_pending(&release, &name, &self.pending_now());
-            match self.load(&inst.path, opts) {
+            let opts = LoadOptions {
+                installed_sha256: inst.record.as_ref().and_then(|r| r.sha256.clone()),
+                ..opts.clone()
+            };
+            match self.load(&inst.path, &opts) {
                 Ok(_) => rep.loaded.push(name),
                 Err(error) => {
                     let _ = state.clear_pending(&release, &name);

@@ -135,8 +135,9 @@ impl Kernel for FakeKernel {
         if let Behaviour::Fails(errno) = self.behaviour {
             return Err(io::Error::from_raw_os_error(errno));
         }
-        let mut data = Vec::new();
-        io::Read::read_to_end(&mut &*file, &mut data)?;
+        // The kernel reads the descriptor from offset 0, not from its position.
+        let mut data = vec![0; file.metadata()?.len() as usize];
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut data, 0)?;
         let name = modinfo::parse_module(&data).unwrap().name;
         lay_out_patch(&self.root, &name, true);
         simulate(
@@ -1006,4 +1007,108 @@ fn status_shows_a_stalled_transition_and_prometheus_text() {
     let s = f.host.status(None).unwrap();
     let t = s.transition.unwrap();
     assert_eq!((t.direction.as_str(), t.tasks[0].pid), ("unpatching", 1));
+}
+
+/// A self-signed certificate made with openssl, for a trust store.
+fn test_cert(dir: &Path) -> Vec<u8> {
+    let o = std::process::Command::new("openssl")
+        .args([
+            "req", "-new", "-nodes", "-x509", "-days", "1", "-batch", "-newkey", "rsa:2048",
+        ])
+        .args(["-subj", "/CN=suture unit test"])
+        .arg("-keyout")
+        .arg(dir.join("unit.key"))
+        .arg("-out")
+        .arg(dir.join("unit.pem"))
+        .output()
+        .expect("openssl is installed (scripts/setup.sh)");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(dir.join("unit.pem")).unwrap()
+}
+
+#[test]
+fn with_a_trust_store_an_unsigned_patch_is_refused_before_the_kernel() {
+    let f = fixture("truststore", Behaviour::Completes, &[]);
+    let p = write_ko(&f, "lp.ko", &ko("lp_unsigned", true, REL));
+    // An empty store changes nothing.
+    f.fake.mkdir("etc/suture/certs");
+    assert!(f.host.check_module(&p).unwrap().signature.is_none());
+    let cert = test_cert(&f.fake.0);
+    std::fs::write(f.fake.0.join("etc/suture/certs/ours.pem"), cert).unwrap();
+    let e = f.host.load(&p, &quick()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unsigned, "{e}");
+    assert!(
+        e.to_string().contains("not signed") && e.to_string().contains("--sign-key"),
+        "{e}"
+    );
+    assert!(!f.fake.0.join("sys/kernel/livepatch/lp_unsigned").exists());
+    // install stores nothing it would refuse to load.
+    let st = StateDir(f.fake.0.join("state"));
+    assert_eq!(
+        f.host.install(&st, &p, &quick()).unwrap_err().kind,
+        ErrorKind::Unsigned
+    );
+    assert_eq!(
+        f.host.install_for_boot(&st, &p).unwrap_err().kind,
+        ErrorKind::Unsigned
+    );
+    assert!(st.get(REL, "lp_unsigned").is_none());
+    // A store file that is not a certificate refuses everything.
+    std::fs::write(f.fake.0.join("etc/suture/certs/broken.crt"), b"junk").unwrap();
+    let e = f.host.check_module(&p).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::TrustStore, "{e}");
+    assert!(e.to_string().contains("broken.crt"), "{e}");
+}
+
+#[test]
+fn an_installed_patch_changed_since_install_is_refused() {
+    let f = fixture("changed", Behaviour::Completes, &[]);
+    boot(&f, "b1", 1.0);
+    let st = StateDir(f.fake.0.join("state"));
+    let p = write_ko(&f, "fix.ko", &ko("fix_a", true, REL));
+    st.store(REL, "fix_a", &p).unwrap();
+    let inst = st.get(REL, "fix_a").unwrap();
+    let rec = inst.record.clone().unwrap();
+    assert_eq!(
+        rec.sha256.as_deref(),
+        Some(state::sha256_hex(&std::fs::read(&p).unwrap()).as_str())
+    );
+    assert!(!inst.changed_since_install);
+    assert_eq!(st.record_of(&inst.path), Some(rec));
+    assert_eq!(st.record_of(&p), None);
+    // One byte of the stored copy changes (the .modinfo string stays valid).
+    let mut data = std::fs::read(&inst.path).unwrap();
+    let at = data.windows(6).position(|w| w == b"fix_a\0").unwrap() + 4;
+    data[at] = b'b';
+    std::fs::write(&inst.path, &data).unwrap();
+    assert!(st.get(REL, "fix_a").unwrap().changed_since_install);
+    let r = f.host.load_all(&st, &quick()).unwrap();
+    assert!(r.loaded.is_empty());
+    assert_eq!(r.failed.len(), 1);
+    let e = &r.failed[0].error;
+    assert_eq!(e.kind, ErrorKind::Modified, "{e}");
+    assert!(
+        e.to_string().contains("changed since it was installed"),
+        "{e}"
+    );
+    assert!(!f.fake.0.join("sys/kernel/livepatch/fix_b").exists());
+    // Loaded by its path, the same check applies once the caller passes the record.
+    let opts = LoadOptions {
+        installed_sha256: st.record_of(&inst.path).and_then(|r| r.sha256),
+        ..quick()
+    };
+    assert_eq!(
+        f.host.load(&inst.path, &opts).unwrap_err().kind,
+        ErrorKind::Modified
+    );
+    // Reinstalling records the new hash; then it loads.
+    let (_, rep) = f
+        .host
+        .install(
+            &st,
+            &write_ko(&f, "fix2.ko", &ko("fix_a", true, REL)),
+            &quick(),
+        )
+        .unwrap();
+    assert!(rep.is_some());
 }

@@ -164,7 +164,12 @@ pub fn exit_code(e: &HostError) -> i32 {
         ErrorKind::NotLivepatch
         | ErrorKind::ReleaseMismatch
         | ErrorKind::BuildIdMismatch
-        | ErrorKind::NotAModule => 2,
+        | ErrorKind::NotAModule
+        | ErrorKind::Unsigned
+        | ErrorKind::UnknownSigner
+        | ErrorKind::BadSignature
+        | ErrorKind::Modified
+        | ErrorKind::TrustStore => 2,
         _ => 1,
     }
 }
@@ -182,7 +187,7 @@ pub fn fail(op: &str, e: HostError, json: bool) -> anyhow::Result<i32> {
 }
 
 pub fn load(a: LoadArgs) -> anyhow::Result<i32> {
-    let opts = LoadOptions {
+    let mut opts = LoadOptions {
         timeout: timeout(a.timeout)?,
         force: force_confirm(a.force, a.yes, "load")?,
         ..LoadOptions::default()
@@ -194,6 +199,9 @@ pub fn load(a: LoadArgs) -> anyhow::Result<i32> {
         .module
         .as_deref()
         .expect("clap requires MODULE without --all");
+    // Loading an installed patch by its path checks it is still the file
+    // that was installed.
+    opts.installed_sha256 = a.state.dir().record_of(module).and_then(|r| r.sha256);
     match host().load(module, &opts) {
         Ok(r) => {
             if a.json {

@@ -1,6 +1,7 @@
 //! `suture verify FILE.ko`: what `suture load` checks before calling into
 //! the kernel (a livepatch module, this release, this build of it by
-//! build-id), then Ksplice's run-pre check against the running kernel's
+//! build-id, and a signature the trust store accepts when it holds
+//! certificates), then Ksplice's run-pre check against the running kernel's
 //! memory: each replaced function's bytes, read through /proc/kcore, must
 //! hash (masked) to what the build recorded. Loads nothing.
 //! `--dump OBJ:FUNC[,POS]` prints a function's bytes as the kernel runs them.
@@ -102,6 +103,20 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             },
             r.build_id.as_deref().unwrap_or("unknown")
         );
+        match &r.signature {
+            Some(s) => println!(
+                "  signed by {} ({:?}): {}",
+                s.signer,
+                s.hash,
+                s.verified_by.as_deref().map_or(
+                    "not verified: the trust store /etc/suture/certs is empty".to_string(),
+                    |c| format!("verified with {c}")
+                )
+            ),
+            None => println!(
+                "  not signed (the trust store /etc/suture/certs is empty, so that is allowed)"
+            ),
+        }
         for f in &r.functions {
             println!(
                 "  {}:{},{} at {}: {}{}",
