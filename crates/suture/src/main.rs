@@ -10,6 +10,7 @@ mod build_many;
 mod diff_cmd;
 mod host_cmd;
 mod install_cmd;
+mod kexec_cmd;
 mod package_cmd;
 mod status_cmd;
 mod verify_cmd;
@@ -45,6 +46,8 @@ enum Cmd {
     Verify(verify_cmd::Args),
     /// Build a Debian package that installs a livepatch on hosts running its release.
     Package(package_cmd::Args),
+    /// Boot another installed release with kexec through a clean systemd shutdown (no firmware).
+    Kexec(kexec_cmd::Args),
 }
 
 fn main() {
@@ -61,6 +64,7 @@ fn main() {
         Cmd::Confirm(a) => install_cmd::confirm(a),
         Cmd::Verify(a) => verify_cmd::run(a),
         Cmd::Package(a) => package_cmd::run(a),
+        Cmd::Kexec(a) => kexec_cmd::run(a),
     };
     match result {
         Ok(code) => std::process::exit(code),
