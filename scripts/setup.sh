@@ -36,6 +36,7 @@ packages=(
   gcc gcc-12 make libc6-dev bc bison flex libelf-dev libssl-dev
   cpio xz-utils zstd kmod dwarves python3 ca-certificates openssl
   debootstrap python3-prometheus-client
+  openssh-client python3-venv
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -95,4 +96,12 @@ if [ -z "$release" ] || [ ! -e "/boot/vmlinuz-$release" ]; then
   exit 1
 fi
 mkdir -p /var/cache/suture
+# ansible-core (and ansible-lint) from PyPI for the fleet test
+# (crates/suture/tests/vm_fleet.rs), in a venv: Debian 12's ansible is older.
+venv=/var/cache/suture/venv
+if ! "$venv/bin/ansible-playbook" --version >/dev/null 2>&1 || [ ! -x "$venv/bin/ansible-lint" ]; then
+  echo "setup.sh: installing ansible-core and ansible-lint into $venv" >&2
+  python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install -q 'ansible-core==2.19.*' 'ansible-lint==26.10.*' >&2
+fi
 echo "$release"
