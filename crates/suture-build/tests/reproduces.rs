@@ -20,6 +20,27 @@ fn release() -> Option<String> {
     None
 }
 
+/// The run-pre check of `cmdline_proc_show` in `obj` against the image.
+fn check_cmdline(symbols: &SymbolSource, obj: &[u8]) -> anyhow::Result<()> {
+    let report = symbols.target("vmlinux", obj)?;
+    reproduces(
+        &report,
+        "fs/proc/cmdline.o",
+        "vmlinux",
+        &["cmdline_proc_show"],
+    )
+}
+
+/// The refusal of `obj`, which must name the function.
+fn refused(symbols: &SymbolSource, obj: &[u8]) -> String {
+    let err = check_cmdline(symbols, obj).unwrap_err().to_string();
+    assert!(
+        err.contains("cmdline_proc_show") && err.contains("does not reproduce"),
+        "{err}"
+    );
+    err
+}
+
 #[test]
 fn a_changed_instruction_byte_is_caught() {
     let Some(r) = release() else { return };
@@ -33,14 +54,7 @@ fn a_changed_instruction_byte_is_caught() {
     assert_eq!(info.objname, "vmlinux");
     let symbols = SymbolSource::open(&tree, None, &cache, &|m| eprintln!("{m}")).unwrap();
 
-    let report = symbols.target("vmlinux", orig).unwrap();
-    reproduces(
-        &report,
-        "fs/proc/cmdline.o",
-        "vmlinux",
-        &["cmdline_proc_show"],
-    )
-    .unwrap();
+    check_cmdline(&symbols, orig).unwrap();
 
     // Byte 5 follows the 5-byte `call __fentry__`: an opcode, not a relocated field.
     let elf = suture_elf::Object::parse(orig).unwrap();
@@ -54,19 +68,7 @@ fn a_changed_instruction_byte_is_caught() {
     assert!(relas.iter().all(|r| !(r.offset..r.offset + 4).contains(&5)));
     let mut bad = orig.clone();
     bad[at] ^= 0x01;
-    let report = symbols.target("vmlinux", &bad).unwrap();
-    let err = reproduces(
-        &report,
-        "fs/proc/cmdline.o",
-        "vmlinux",
-        &["cmdline_proc_show"],
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("cmdline_proc_show") && err.contains("does not reproduce"),
-        "{err}"
-    );
+    refused(&symbols, &bad);
 }
 
 /// The option the wrong build turns off. Debian builds with return thunks
@@ -139,27 +141,8 @@ fn a_tree_built_with_another_config_option_is_caught() {
 
     let symbols = SymbolSource::open(&right, None, &cache, &progress).unwrap();
     // The right build passes: a refusal below is the option's doing.
-    let report = symbols.target("vmlinux", &right_obj).unwrap();
-    reproduces(
-        &report,
-        "fs/proc/cmdline.o",
-        "vmlinux",
-        &["cmdline_proc_show"],
-    )
-    .unwrap();
-    let report = symbols.target("vmlinux", &wrong_obj).unwrap();
-    let err = reproduces(
-        &report,
-        "fs/proc/cmdline.o",
-        "vmlinux",
-        &["cmdline_proc_show"],
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("cmdline_proc_show") && err.contains("does not reproduce"),
-        "{err}"
-    );
+    check_cmdline(&symbols, &right_obj).unwrap();
+    let err = refused(&symbols, &wrong_obj);
     assert!(
         err.contains("config"),
         "the refusal names the config among the causes: {err}"
