@@ -1,0 +1,197 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: health
+short_description: Health gates around a livepatch or a kexec on a host
+description:
+  - O(mode=baseline) records what the gates compare against later, before the change, and returns it as the fact
+    C(suture_health_baseline) - the kernel log's last sequence number (from C(/dev/kmsg)), the taint value and the
+    boot id.
+  - O(mode=check) waits O(soak) seconds, then fails unless every gate holds - no livepatch transition in progress;
+    no C(WARNING:), C(BUG:), C(Oops), soft lockup or RCU stall in the kernel log after the baseline's cursor (the
+    whole log when the host booted since the baseline); taint grew only by the flags in O(allowed_taint); the
+    O(probe) command exits 0.
+  - Never changes the host.
+version_added: "0.1.0"
+author: suture developers
+options:
+  mode:
+    description: Record the baseline, or check against it.
+    type: str
+    choices: [baseline, check]
+    default: check
+  baseline:
+    description: The baseline a previous O(mode=baseline) returned. Required with O(mode=check).
+    type: dict
+  allowed_taint:
+    description:
+      - Taint flags (letters, as the kernel prints them) that may appear after the baseline. C(K) is the livepatch
+        flag; a module built out of tree adds C(O), an unsigned one C(E).
+    type: str
+    default: K
+  probe:
+    description: A shell command that must exit 0 (the service's own health check). Empty for none.
+    type: str
+    default: ""
+  soak:
+    description: Seconds to wait before checking, so that slow failures have time to show.
+    type: float
+    default: 0
+  suture:
+    description: The suture command on the host (for the transition gate).
+    type: path
+    default: suture
+"""
+
+EXAMPLES = r"""
+- name: Before the patch
+  suture.livepatch.health:
+    mode: baseline
+  register: before
+
+- name: After it
+  suture.livepatch.health:
+    baseline: "{{ before.baseline }}"
+    allowed_taint: KOE
+    probe: systemctl is-active nginx
+    soak: 30
+"""
+
+RETURN = r"""
+baseline:
+  description: The kernel log cursor (C(kmsg_seq)), C(taint) and C(boot_id).
+  returned: always
+  type: dict
+gates:
+  description: Each gate's name and outcome, with the evidence (and the probe's C(seconds)).
+  returned: mode == 'check'
+  type: list
+  elements: dict
+"""
+
+import errno
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.suture.livepatch.plugins.module_utils.suture_core import (
+    SutureError,
+    bad_log_lines,
+    parse_kmsg_record,
+    parse_suture_json,
+    taint_letters,
+    transition_pending,
+    unexpected_taint,
+)
+
+
+def read_kmsg():
+    """Every record the kernel still holds, as (seq, message). Each read of
+    /dev/kmsg returns one record; EPIPE means records were overwritten
+    while reading, which only skips them."""
+    records = []
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        while True:
+            try:
+                raw = os.read(fd, 16384)
+            except OSError as e:
+                if e.errno == errno.EAGAIN:
+                    break
+                if e.errno == errno.EPIPE:
+                    continue
+                raise
+            if not raw:
+                break
+            rec = parse_kmsg_record(raw)
+            if rec:
+                records.append(rec)
+    finally:
+        os.close(fd)
+    return records
+
+
+def read_text(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def snapshot():
+    records = read_kmsg()
+    return dict(
+        kmsg_seq=records[-1][0] if records else -1,
+        taint=int(read_text("/proc/sys/kernel/tainted")),
+        boot_id=read_text("/proc/sys/kernel/random/boot_id"),
+    ), records
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            mode=dict(type="str", default="check", choices=["baseline", "check"]),
+            baseline=dict(type="dict"),
+            allowed_taint=dict(type="str", default="K"),
+            probe=dict(type="str", default=""),
+            soak=dict(type="float", default=0),
+            suture=dict(type="path", default="suture"),
+        ),
+        required_if=[("mode", "check", ["baseline"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        if p["mode"] == "baseline":
+            base, _ = snapshot()
+            module.exit_json(changed=False, baseline=base, ansible_facts=dict(suture_health_baseline=base))
+
+        if p["soak"] > 0:
+            time.sleep(p["soak"])
+        base = p["baseline"]
+        now, records = snapshot()
+        gates = []
+
+        rc, out, err = module.run_command([p["suture"], "status", "--json"])
+        try:
+            pending = transition_pending(parse_suture_json(out, rc, "suture status")["status"])
+            gates.append(dict(gate="transition", ok=pending is None,
+                              detail="in transition: %s" % pending if pending else "none in progress"))
+        except SutureError as e:
+            gates.append(dict(gate="transition", ok=False, detail=str(e)))
+
+        rebooted = now["boot_id"] != base.get("boot_id")
+        cursor = -1 if rebooted else int(base.get("kmsg_seq", -1))
+        bad = bad_log_lines(records, cursor)
+        gates.append(dict(gate="kernel_log", ok=not bad,
+                          detail=bad[:20] if bad else "clean after seq %d%s" % (cursor, " (new boot)" if rebooted else "")))
+
+        before = 0 if rebooted else int(base.get("taint", 0))
+        extra = unexpected_taint(before, now["taint"], p["allowed_taint"])
+        gates.append(dict(gate="taint", ok=not extra,
+                          detail="taint %s -> %s%s" % (taint_letters(before) or "-", taint_letters(now["taint"]) or "-",
+                                                      "; unexpected: " + extra if extra else "")))
+
+        if p["probe"]:
+            t = time.time()
+            rc, out, err = module.run_command(p["probe"], use_unsafe_shell=True)
+            gates.append(dict(gate="probe", ok=rc == 0, seconds=round(time.time() - t, 3),
+                              detail="%r exited %d: %s" % (p["probe"], rc, (out + err).strip()[-2000:])))
+    except (IOError, OSError, SutureError, ValueError) as e:
+        module.fail_json(msg="health gate could not run: %s" % e)
+
+    failed = [g for g in gates if not g["ok"]]
+    if failed:
+        module.fail_json(
+            msg="health gate failed: " + "; ".join("%s: %s" % (g["gate"], g["detail"]) for g in failed),
+            gates=gates, baseline=now,
+        )
+    module.exit_json(changed=False, gates=gates, baseline=now)
+
+
+if __name__ == "__main__":
+    main()

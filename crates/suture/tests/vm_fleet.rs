@@ -1,0 +1,610 @@
+//! Issue 6: fleet rollout with the Ansible collection in `ansible/`, on
+//! Debian guests (bookworm, systemd, sshd) booted on SUTURE_TEST_RELEASE
+//! under QEMU, reachable on 127.0.0.1 ports only, driven by ansible-core
+//! from the venv scripts/setup.sh makes (SUTURE_ANSIBLE_VENV, default
+//! /var/cache/suture/venv).
+//!
+//! `fleet_rollout_canary_check_mode_idempotence`, three guests booted once:
+//! 2. a probe failing on the canary stops the rollout after the first batch
+//!    and rolls the canary back; the other two never receive the patch;
+//! 4. check mode reports a change and changes nothing;
+//! 1. the rollout reaches all three, all report the new patch level, and a
+//!    second run changes nothing; `state: absent` is idempotent too.
+//!
+//! `fleet_kexec_batch`: 3. the kexec playbook moves a guest to
+//! SUTURE_TEST_RELEASE_OLD (its `uname -r` and boot id change).
+//!
+//! The module pure parts have Python unit tests, run here too
+//! (`collection_unit_tests`), with the lint the collection gets offline.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use suture_lab::debian::{DebianGuest, GuestServer};
+
+fn suture() -> &'static str {
+    env!("CARGO_BIN_EXE_suture")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn ansible_dir() -> PathBuf {
+    repo().join("ansible")
+}
+
+fn venv_bin(tool: &str) -> PathBuf {
+    let venv = std::env::var_os("SUTURE_ANSIBLE_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/suture/venv".into());
+    let p = venv.join("bin").join(tool);
+    assert!(
+        p.is_file(),
+        "{} missing: run scripts/setup.sh (it installs ansible-core from PyPI into {})",
+        p.display(),
+        venv.display()
+    );
+    p
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+fn ssh(g: &GuestServer, cmd: &str) -> String {
+    let o = g.ssh(cmd).unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "ssh {cmd:?} failed ({}): {text}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text
+}
+
+/// Starts `n` server guests at once (they boot in parallel, one vCPU each)
+/// and waits for all of them to answer ssh.
+fn start_guests(
+    rel: &str,
+    key: &Path,
+    n: usize,
+    files: &[(&Path, &str)],
+    script: &str,
+) -> Vec<GuestServer> {
+    let t = Instant::now();
+    let mut guests: Vec<GuestServer> = (0..n)
+        .map(|_| {
+            let mut g = DebianGuest::new(rel).unwrap();
+            g.smp = 1;
+            g.memory_mb = 1024;
+            g.serve(key, files, script).unwrap()
+        })
+        .collect();
+    for g in guests.iter_mut() {
+        g.wait_ready(1, Duration::from_secs(900)).unwrap();
+        let at = g.wait_ssh(Duration::from_secs(300)).unwrap();
+        eprintln!(
+            "vm_fleet: guest on port {} answers ssh {at:.1?} after its start",
+            g.port()
+        );
+    }
+    eprintln!(
+        "vm_fleet: {n} guest(s) up {:.1?} after the first start",
+        t.elapsed()
+    );
+    guests
+}
+
+/// An inventory of the guests as g1, g2, ... in group `fleet`.
+fn inventory(dir: &Path, guests: &[GuestServer], key: &Path) -> PathBuf {
+    let mut s = String::from("[fleet]\n");
+    for (i, g) in guests.iter().enumerate() {
+        s += &format!("g{} ansible_port={}\n", i + 1, g.port());
+    }
+    s += &format!(
+        "[fleet:vars]\nansible_host=127.0.0.1\nansible_user=root\nansible_ssh_private_key_file={}\n\
+         ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'\n\
+         ansible_python_interpreter=/usr/bin/python3\n",
+        key.display()
+    );
+    let p = dir.join("inventory.ini");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+struct Ansible {
+    inventory: PathBuf,
+    dir: PathBuf,
+}
+
+struct Run {
+    ok: bool,
+    out: String,
+    took: Duration,
+}
+
+impl Ansible {
+    fn command(&self, tool: &str) -> Command {
+        let mut c = Command::new(venv_bin(tool));
+        c.current_dir(ansible_dir())
+            .env("ANSIBLE_CONFIG", ansible_dir().join("ansible.cfg"))
+            .env("ANSIBLE_COLLECTIONS_PATH", ansible_dir())
+            .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+            .env("ANSIBLE_FORCE_COLOR", "0")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_LOCAL_TEMP", self.dir.join("ansible-tmp"))
+            .arg("-i")
+            .arg(&self.inventory);
+        c
+    }
+
+    fn finish(mut c: Command, what: &str) -> Run {
+        let t = Instant::now();
+        let o = c
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let took = t.elapsed();
+        eprintln!(
+            "vm_fleet: {what}: {} in {took:.1?}\n{out}",
+            if o.status.success() { "ok" } else { "FAILED" }
+        );
+        Run {
+            ok: o.status.success(),
+            out,
+            took,
+        }
+    }
+
+    fn playbook(&self, name: &str, vars: &Value, extra: &[&str]) -> Run {
+        let mut c = self.command("ansible-playbook");
+        c.arg(format!("suture.livepatch.{name}"))
+            .arg("-e")
+            .arg(vars.to_string())
+            .args(extra);
+        Self::finish(c, &format!("ansible-playbook {name} {}", extra.join(" ")))
+    }
+
+    fn adhoc(&self, hosts: &str, module: &str, args: &str, extra: &[&str]) -> Run {
+        let mut c = self.command("ansible");
+        c.arg(hosts).args(["-m", module, "-a", args]).args(extra);
+        Self::finish(
+            c,
+            &format!(
+                "ansible {hosts} -m {module} -a {args:?} {}",
+                extra.join(" ")
+            ),
+        )
+    }
+}
+
+/// PLAY RECAP counters per host: `g1 : ok=5 changed=0 unreachable=0 ...`.
+fn recap(out: &str) -> HashMap<String, HashMap<String, u64>> {
+    let at = out.rfind("PLAY RECAP").expect("PLAY RECAP in the output");
+    out[at..]
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (host, rest) = l.split_once(" : ")?;
+            let counters = rest
+                .split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect();
+            Some((host.trim().to_string(), counters))
+        })
+        .collect()
+}
+
+/// The `changed:`/`ok:` lines of one task in the default callback's output.
+fn task_lines<'a>(out: &'a str, task: &str) -> Vec<&'a str> {
+    let mut lines = Vec::new();
+    let mut inside = false;
+    for l in out.lines() {
+        if l.starts_with("TASK [") {
+            inside = l.contains(task);
+        } else if inside && !l.trim().is_empty() {
+            lines.push(l);
+        }
+    }
+    lines
+}
+
+fn summary(dir: &Path) -> Value {
+    let p = dir.join("summary.json");
+    let v = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    std::fs::remove_file(&p).unwrap();
+    v
+}
+
+/// Numbers `"key": N` in -v output, for the per-host figures.
+fn numbers(out: &str, key: &str) -> Vec<f64> {
+    let pat = format!("\"{key}\": ");
+    out.match_indices(&pat)
+        .filter_map(|(i, _)| {
+            let rest = &out[i + pat.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
+        .collect()
+}
+
+struct GuestState {
+    cmdline: String,
+    applied: Vec<String>,
+    installed: Vec<String>,
+    staged: bool,
+}
+
+fn guest_state(g: &GuestServer) -> GuestState {
+    let cmdline = ssh(g, "cat /proc/cmdline");
+    let staged = ssh(
+        g,
+        "test -e /var/tmp/suture/fleet_fix.ko && echo yes || echo no",
+    )
+    .trim()
+        == "yes";
+    let st = ssh(g, "test -x /var/tmp/suture/suture && /var/tmp/suture/suture status --json || echo '{\"status\":{\"patches\":[],\"installed_not_loaded\":[]}}'");
+    let v: Value = serde_json::from_str(&st).unwrap();
+    let names = |arr: &Value, f: &dyn Fn(&Value) -> bool| -> Vec<String> {
+        arr.as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| f(p))
+            .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let patches = &v["status"]["patches"];
+    let mut installed = names(patches, &|p| p["installed"] == true);
+    installed.extend(
+        v["status"]["installed_not_loaded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string()),
+    );
+    GuestState {
+        cmdline,
+        applied: names(patches, &|p| p["applied"] == true),
+        installed,
+        staged,
+    }
+}
+
+/// suture's binary without debug sections: the test build is mostly debug
+/// information, and every host receives a copy through QEMU's user network.
+fn stripped_suture(dir: &Path) -> PathBuf {
+    let p = dir.join("suture");
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&p)
+        .arg(suture()));
+    p
+}
+
+fn build_patch(dir: &Path, rel: &str) -> PathBuf {
+    let ko = dir.join("fleet_fix.ko");
+    run(Command::new(suture())
+        .arg("build")
+        .arg(repo().join("examples/cmdline.patch"))
+        .args(["--kernel", rel, "--name", "fleet_fix", "-o"])
+        .arg(&ko));
+    ko
+}
+
+#[test]
+fn fleet_rollout_canary_check_mode_idempotence() {
+    let rel = suture_lab::test_release();
+    if !suture_lab::require_kernel_or_skip(&rel).unwrap() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-fleet");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    venv_bin("ansible-playbook");
+    let ko = build_patch(&dir, &rel);
+    let key = suture_lab::debian::ssh_keypair(&dir, "id_fleet").unwrap();
+    let guests = start_guests(&rel, &key, 3, &[], "");
+    let ans = Ansible {
+        inventory: inventory(&dir, &guests, &key),
+        dir: dir.clone(),
+    };
+    let level = format!("{rel}+fleet_fix");
+    let base = serde_json::json!({
+        "suture_patch": ko,
+        "suture_binary": stripped_suture(&dir),
+        "suture_summary_file": dir.join("summary.json"),
+    });
+    let with = |extra: Value| {
+        let mut v = base.clone();
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+
+    // 2. The probe fails on the canary (the first batch, serial 1).
+    let r = ans.playbook(
+        "rollout",
+        &with(serde_json::json!({
+            "suture_probe": "test {{ inventory_hostname }} != g1",
+        })),
+        &[],
+    );
+    assert!(!r.ok, "the rollout must fail when the canary's probe fails");
+    assert!(
+        r.out.contains("health gate failed") && r.out.contains("probe: 'test g1 != g1' exited 1"),
+        "the failure names the gate"
+    );
+    let rc = recap(&r.out);
+    assert_eq!(rc["g1"]["failed"], 1, "{rc:?}");
+    assert_eq!(rc["g2"]["failed"], 0, "{rc:?}");
+    let g1 = guest_state(&guests[0]);
+    assert!(
+        g1.applied.is_empty() && g1.installed.is_empty() && !g1.cmdline.contains("suture=live"),
+        "the canary is rolled back: {:?} {:?} {}",
+        g1.applied,
+        g1.installed,
+        g1.cmdline
+    );
+    let log = ssh(&guests[0], "dmesg | grep fleet_fix");
+    assert!(
+        log.contains("'fleet_fix': patching complete")
+            && log.contains("'fleet_fix': unpatching complete"),
+        "the canary was patched, then unpatched:\n{log}"
+    );
+    for g in &guests[1..] {
+        let s = guest_state(g);
+        assert!(
+            !s.staged && s.applied.is_empty() && !s.cmdline.contains("suture=live"),
+            "a host after the canary never received the patch"
+        );
+    }
+    assert_eq!(
+        summary(&dir),
+        serde_json::json!({ &rel: ["g1", "g2", "g3"] }),
+        "summary after the failed canary"
+    );
+
+    // 4. Check mode: a change reported, nothing changed.
+    let r = ans.playbook("rollout", &base, &["--check"]);
+    assert!(r.ok);
+    let applies = task_lines(&r.out, "Apply the patch");
+    for h in ["g1", "g2", "g3"] {
+        assert!(
+            applies
+                .iter()
+                .any(|l| l.starts_with(&format!("changed: [{h}]"))),
+            "check mode reports the change on {h}: {applies:?}"
+        );
+    }
+    for g in &guests {
+        let s = guest_state(g);
+        assert!(
+            s.applied.is_empty() && s.installed.is_empty() && !s.cmdline.contains("suture=live"),
+            "check mode changed nothing in the kernel or the state directory"
+        );
+    }
+    let r = ans.adhoc(
+        "fleet",
+        "suture.livepatch.patch",
+        "src=/var/tmp/suture/fleet_fix.ko suture=/var/tmp/suture/suture",
+        &["--check"],
+    );
+    assert!(r.ok && r.out.matches("\"changed\": true").count() == 3);
+    assert!(guest_state(&guests[0]).applied.is_empty());
+
+    // 1. The rollout: canary, 10%, 50%, 100%; the probe sees the patch.
+    let r = ans.playbook(
+        "rollout",
+        &with(serde_json::json!({ "suture_probe": "grep -q suture=live /proc/cmdline" })),
+        &["-v"],
+    );
+    assert!(r.ok, "the rollout succeeds");
+    let first_took = r.took;
+    let secs = numbers(&r.out, "seconds");
+    let transition = numbers(&r.out, "transition_ms");
+    let load = numbers(&r.out, "load_ms");
+    for g in &guests {
+        let s = guest_state(g);
+        assert!(
+            s.applied == ["fleet_fix"]
+                && s.installed == ["fleet_fix"]
+                && s.cmdline.contains("suture=live"),
+            "every host has the patch applied and installed: {:?} {:?}",
+            s.applied,
+            s.installed
+        );
+    }
+    assert_eq!(
+        summary(&dir),
+        serde_json::json!({ &level: ["g1", "g2", "g3"] })
+    );
+    let r = ans.playbook(
+        "rollout",
+        &with(serde_json::json!({ "suture_probe": "grep -q suture=live /proc/cmdline" })),
+        &[],
+    );
+    assert!(r.ok);
+    let rc = recap(&r.out);
+    for h in ["g1", "g2", "g3"] {
+        assert_eq!(rc[h]["changed"], 0, "second run changes nothing: {rc:?}");
+        assert_eq!(rc[h]["failed"], 0, "{rc:?}");
+    }
+    assert_eq!(
+        summary(&dir),
+        serde_json::json!({ &level: ["g1", "g2", "g3"] })
+    );
+    let r = ans.adhoc(
+        "fleet",
+        "suture.livepatch.patch",
+        "src=/var/tmp/suture/fleet_fix.ko suture=/var/tmp/suture/suture",
+        &["--check"],
+    );
+    assert!(r.ok && r.out.matches("\"changed\": false").count() == 3);
+
+    // state: absent, twice: a change, then none.
+    let absent = "name=fleet_fix state=absent suture=/var/tmp/suture/suture";
+    let r = ans.adhoc("g3", "suture.livepatch.patch", absent, &[]);
+    assert!(r.ok && r.out.contains("\"changed\": true"));
+    let s = guest_state(&guests[2]);
+    assert!(s.applied.is_empty() && s.installed.is_empty() && !s.cmdline.contains("suture=live"));
+    let r = ans.adhoc("g3", "suture.livepatch.patch", absent, &[]);
+    assert!(r.ok && r.out.contains("\"changed\": false"));
+
+    eprintln!(
+        "vm_fleet: figures (TCG, 3 guests of 1 vCPU on 2 shared cores): patch task per host {secs:?} s \
+         (apply incl. status reads; probe runs listed too), load {load:?} ms, transition {transition:?} ms; \
+         rollout of 3 hosts in 3 batches {first_took:.1?}"
+    );
+}
+
+#[test]
+fn collection_unit_tests() {
+    // The pure core needs no Ansible: the system's python3 runs it.
+    run(Command::new("python3").current_dir(ansible_dir()).args([
+        "-m",
+        "unittest",
+        "discover",
+        "-s",
+        "ansible_collections/suture/livepatch/tests/unit",
+        "-t",
+        ".",
+    ]));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-fleet-lint");
+    std::fs::create_dir_all(&dir).unwrap();
+    let inv = dir.join("inventory.ini");
+    std::fs::write(&inv, "[fleet]\ng1 ansible_port=1\n").unwrap();
+    let ans = Ansible {
+        inventory: inv,
+        dir: dir.clone(),
+    };
+    for pb in ["rollout", "kexec"] {
+        let mut c = ans.command("ansible-playbook");
+        c.arg("--syntax-check")
+            .arg(format!("suture.livepatch.{pb}"));
+        run(&mut c);
+    }
+    for (kind, name) in [
+        ("module", "patch"),
+        ("module", "health"),
+        ("module", "status"),
+        ("filter", "patch_levels"),
+        ("filter", "batch_failed"),
+    ] {
+        let mut c = Command::new(venv_bin("ansible-doc"));
+        c.current_dir(ansible_dir())
+            .env("ANSIBLE_COLLECTIONS_PATH", ansible_dir())
+            .args(["-t", kind, "--json"])
+            .arg(format!("suture.livepatch.{name}"));
+        let out = run(&mut c);
+        let v: Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+        assert!(
+            v[format!("suture.livepatch.{name}")]["doc"]["short_description"].is_string(),
+            "ansible-doc reads the documentation of {name}"
+        );
+    }
+    // ansible-test sanity needs to download its pip bootstrap, which this
+    // machine cannot: ansible-lint (offline, production profile) instead.
+    let mut c = Command::new(venv_bin("ansible-lint"));
+    c.current_dir(ansible_dir().join("ansible_collections/suture/livepatch"))
+        .env("ANSIBLE_COLLECTIONS_PATH", ansible_dir())
+        .args(["--offline", "--nocolor", "."]);
+    run(&mut c);
+}
+
+#[test]
+fn fleet_kexec_batch() {
+    let rel = suture_lab::test_release();
+    let old = std::env::var("SUTURE_TEST_RELEASE_OLD").unwrap_or_else(|_| "6.1.0-47-amd64".into());
+    if !suture_lab::require_kernel_or_skip(&rel).unwrap()
+        || !suture_lab::require_kernel_or_skip(&old).unwrap()
+    {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-fleet-kexec");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    venv_bin("ansible-playbook");
+    let key = suture_lab::debian::ssh_keypair(&dir, "id_fleet").unwrap();
+    // The target release's image and initrd, installed on the guest's disk
+    // as its linux-image package would (the initrd brings virtio_net/ext4).
+    let vmlinuz = suture_lab::kernel_image(&old);
+    let initrd = PathBuf::from(format!("/boot/initrd.img-{old}"));
+    let names = [
+        format!("boot/vmlinuz-{old}"),
+        format!("boot/initrd.img-{old}"),
+    ];
+    let files: Vec<(&Path, &str)> = vec![
+        (vmlinuz.as_path(), &names[0]),
+        (initrd.as_path(), &names[1]),
+    ];
+    let mut guests = start_guests(&rel, &key, 1, &files, "cp -n /mnt/lab/boot/* /boot/\n");
+    let before = guests[0].wait_ready(1, Duration::from_secs(10)).unwrap();
+    assert_eq!(before.release, rel);
+    let ans = Ansible {
+        inventory: inventory(&dir, &guests, &key),
+        dir: dir.clone(),
+    };
+    let r = ans.playbook(
+        "kexec",
+        &serde_json::json!({
+            "suture_kexec_release": old,
+            "suture_binary": stripped_suture(&dir),
+            "suture_summary_file": dir.join("summary.json"),
+            "suture_probe": "systemctl is-active ssh",
+        }),
+        &["-v"],
+    );
+    assert!(r.ok, "the kexec playbook succeeds");
+    let kexec_took = r.took;
+    let after = guests[0].wait_ready(2, Duration::from_secs(60)).unwrap();
+    assert_eq!(after.release, old, "the second boot is the old release");
+    assert_ne!(after.boot_id, before.boot_id);
+    assert_eq!(ssh(&guests[0], "uname -r").trim(), old);
+    assert_eq!(
+        ssh(&guests[0], "cat /proc/sys/kernel/random/boot_id").trim(),
+        after.boot_id
+    );
+    assert_eq!(summary(&dir), serde_json::json!({ &old: ["g1"] }));
+    // Running it again: the host is there already, nothing to do.
+    let r = ans.playbook(
+        "kexec",
+        &serde_json::json!({ "suture_kexec_release": old, "suture_binary": dir.join("suture") }),
+        &[],
+    );
+    assert!(r.ok);
+    assert_eq!(recap(&r.out)["g1"]["changed"], 0);
+    assert_eq!(parse_ready_count(&guests[0]), 2, "no third boot");
+    eprintln!("vm_fleet: kexec playbook, one host, {kexec_took:.1?} (TCG, 1 vCPU)");
+}
+
+fn parse_ready_count(g: &GuestServer) -> usize {
+    suture_lab::debian::parse_ready(&g.serial()).len()
+}
