@@ -7,6 +7,9 @@
 //!    abruptly (sysrq power-off) with the patch still pending.
 //! 3. The crash-loop guard skips it at boot and says so; a module for
 //!    another release is refused with its reason; `apt-get remove` cleans up.
+//!    With a certificate in /etc/suture/certs, suture refuses an unsigned
+//!    module, one signed by another key and one changed after signing, and
+//!    installs the signed one; an installed file changed since is refused.
 //! 4. After the next reboot it stays away.
 //!
 //! The guest boots the host's `/boot/vmlinuz-RELEASE` and initrd; a dummy
@@ -114,6 +117,48 @@ fn other_release_copy(ko: &Path, rel: &str) -> PathBuf {
     p
 }
 
+/// What suture's trust store is tested with: `trusted.pem` (the
+/// certificate to put in /etc/suture/certs), the module signed with its key
+/// by the release's `sign-file`, the same signed module with one byte of its
+/// `.modinfo` changed, and the module signed by a key the store lacks.
+fn signed_copies(ko: &Path, rel: &str) -> [PathBuf; 4] {
+    let d = ko.parent().unwrap();
+    let sign = |who: &str, out: &str| {
+        let (key, cert) = (d.join(format!("{who}.key")), d.join(format!("{who}.pem")));
+        run(Command::new("openssl")
+            .args([
+                "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "2", "-batch", "-x509",
+            ])
+            .args(["-newkey", "rsa:2048", "-subj", &format!("/CN=suture {who}")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert));
+        let p = d.join(out);
+        run(
+            Command::new(format!("/usr/src/linux-headers-{rel}/scripts/sign-file"))
+                .arg("sha256")
+                .arg(&key)
+                .arg(&cert)
+                .arg(ko)
+                .arg(&p),
+        );
+        (cert, p)
+    };
+    let (trusted, signed) = sign("trusted", "signed.ko");
+    let (_, stranger) = sign("stranger", "stranger.ko");
+    let mut data = std::fs::read(&signed).unwrap();
+    let at = data
+        .windows(13)
+        .position(|w| w == b"CVE-2099-5555")
+        .expect("the CVE id in .modinfo")
+        + 12;
+    data[at] = b'6';
+    let tampered = d.join("tampered.ko");
+    std::fs::write(&tampered, data).unwrap();
+    [trusted, signed, tampered, stranger]
+}
+
 fn between<'a>(out: &'a str, a: &str, b: &str) -> &'a str {
     let s = out
         .find(a)
@@ -132,6 +177,7 @@ fn debian_guest_package_reboot_guard_remove() {
     std::fs::create_dir_all(&dir).unwrap();
     let ko = patch_module(&dir, &rel);
     let other = other_release_copy(&ko, &rel);
+    let [trusted, signed, tampered, stranger] = signed_copies(&ko, &rel);
     let debs = dir.join("debs");
     let _ = std::fs::remove_dir_all(&debs);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/build-suture-deb.sh");
@@ -161,6 +207,11 @@ fn debian_guest_package_reboot_guard_remove() {
         (pkg.as_path(), "patch.deb"),
         (image.as_path(), "image.deb"),
         (other.as_path(), "other-release.ko"),
+        (trusted.as_path(), "trusted.pem"),
+        (signed.as_path(), "signed.ko"),
+        (tampered.as_path(), "tampered.ko"),
+        (stranger.as_path(), "stranger.ko"),
+        (ko.as_path(), "unsigned.ko"),
     ];
     let rel_s = rel.as_str();
 
@@ -252,6 +303,23 @@ suture install /mnt/lab/other-release.ko; echo "rc=$?"
 echo "== purge"
 apt-get remove -y PKG > /dev/null 2>&1; echo "rc=$?"
 ls /var/lib/suture/$(uname -r)
+echo "== trust"
+mkdir -p /etc/suture/certs && cp /mnt/lab/trusted.pem /etc/suture/certs/
+for m in unsigned stranger tampered; do
+  echo "-- $m"; suture install /mnt/lab/$m.ko; echo "rc=$?"
+done
+echo "-- signed"
+suture install /mnt/lab/signed.ko; echo "rc=$?"
+cat /proc/cmdline
+suture list --json | grep -c 'CN=suture trusted'
+echo "-- changed"
+suture unload deb_fix; echo "rc=$?"
+F=/var/lib/suture/$(uname -r)/deb_fix.ko
+sed -i 's/CVE-2099-5555/CVE-2099-5557/' $F
+suture load $F; echo "rc=$?"
+suture load --all; echo "rc=$?"
+cat /proc/cmdline
+suture uninstall deb_fix; echo "rc=$?"
 echo "== done"
 "#
             .replace("PKG", &pkg_name)
@@ -277,8 +345,35 @@ echo "== done"
         )) && ot.contains("rc=2"),
         "{ot}"
     );
-    let pu = between(out, "== purge", "== done");
+    let pu = between(out, "== purge", "== trust");
     assert!(pu.contains("rc=0") && !pu.contains("deb_fix"), "{pu}");
+    let refusals = [
+        ("-- unsigned", "-- stranger", "it is not signed"),
+        ("-- stranger", "-- tampered", "CN=suture stranger"),
+        (
+            "-- tampered",
+            "-- signed",
+            "the module was modified after it was signed",
+        ),
+    ];
+    for (a, b, why) in refusals {
+        let t = between(out, a, b);
+        assert!(t.contains(why) && t.contains("rc=2"), "{t}");
+    }
+    let good = between(out, "-- signed", "-- changed");
+    assert!(
+        good.contains("installed deb_fix")
+            && good.contains("rc=0\npatched from a debian package\n1\n"),
+        "the signed module installs, loads, and list names its signer:\n{good}"
+    );
+    let ch = between(out, "-- changed", "== done");
+    assert!(
+        ch.matches("changed since it was installed").count() == 2
+            && ch.contains("rc=2\n")
+            && ch.contains("console=ttyS0")
+            && ch.ends_with("rc=0\n"),
+        "an installed file changed since is refused by load and at boot (load --all):\n{ch}"
+    );
 
     // Boot 4: stays away.
     let r = guest
