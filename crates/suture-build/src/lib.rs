@@ -4,6 +4,7 @@
 //! objects → module. Each arrow is another crate; this one only sequences them,
 //! reports progress and decides the outcome.
 
+mod ibt;
 mod oot;
 mod symbols;
 
@@ -17,8 +18,8 @@ use suture_kernel::{Release, Tree};
 
 pub use suture_kernel::tree::{cache_root, NotApplicable};
 pub use suture_klp::default_module_name;
-pub use symbols::SymbolSource;
 pub use suture_klp::{parse_state, State};
+pub use symbols::SymbolSource;
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -49,9 +50,15 @@ pub struct BuildOptions {
 
 /// `CVE-YYYY-NNNN...`
 pub fn check_cve(id: &str) -> Result<()> {
-    let ok = id.strip_prefix("CVE-").and_then(|r| r.split_once('-')).is_some_and(|(y, n)| {
-        y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()) && n.len() >= 4 && n.bytes().all(|b| b.is_ascii_digit())
-    });
+    let ok = id
+        .strip_prefix("CVE-")
+        .and_then(|r| r.split_once('-'))
+        .is_some_and(|(y, n)| {
+            y.len() == 4
+                && y.bytes().all(|b| b.is_ascii_digit())
+                && n.len() >= 4
+                && n.bytes().all(|b| b.is_ascii_digit())
+        });
     if !ok {
         bail!("{id:?} is not a CVE id (CVE-YYYY-NNNN)");
     }
@@ -137,7 +144,8 @@ pub fn objects_of(patches: &[FilePatch]) -> Result<Vec<String>> {
 pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport> {
     let mut patches = Vec::new();
     for p in &opts.patches {
-        let text = fs::read_to_string(p).with_context(|| format!("reading patch {}", p.display()))?;
+        let text =
+            fs::read_to_string(p).with_context(|| format!("reading patch {}", p.display()))?;
         patches.extend(patchfile::parse(&p.display().to_string(), &text)?);
     }
     let objects = objects_of(&patches)?;
@@ -168,7 +176,16 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     symbols::prefetch_vmlinux(&release.image, &opts.cache.join(&release.name.release));
     let tree = Tree::open(release.clone(), &opts.cache, progress)?;
     let work = tempdir_in(&opts.cache.join(&release.name.release), "work")?;
-    let result = build_in(opts, progress, &tree, &patches, &objects, &name, &output, work.path());
+    let result = build_in(
+        opts,
+        progress,
+        &tree,
+        &patches,
+        &objects,
+        &name,
+        &output,
+        work.path(),
+    );
     if opts.keep_work {
         let kept = work.keep();
         eprintln!("work directory kept: {}", kept.display());
@@ -192,13 +209,27 @@ fn build_in(
     work: &Path,
 ) -> Result<BuildReport> {
     let entry_sizes = tree.entry_sizes()?;
+    let config = fs::read_to_string(&tree.release.config)
+        .with_context(|| format!("reading {}", tree.release.config.display()))?;
+    let objtool_at_link = objtool_runs_at_module_link(&config);
+    let ibt_kernel = suture_kernel::release::config_value(&config, "CONFIG_X86_KERNEL_IBT")
+        .as_deref()
+        == Some("y");
     // Only the patched side can include suture.h (the original source does not).
     let include = work.join("include");
     fs::create_dir_all(&include)?;
     fs::write(include.join("suture.h"), SUTURE_H)?;
     let (pairs, patched, oot_modules) = match &opts.module_src {
         Some(dir) => {
-            let o = oot::build_objects(dir, patches, objects, &tree.release.headers, &include, work, progress)?;
+            let o = oot::build_objects(
+                dir,
+                patches,
+                objects,
+                &tree.release.headers,
+                &include,
+                work,
+                progress,
+            )?;
             (o.pairs, o.patched, o.modules)
         }
         None => {
@@ -211,7 +242,11 @@ fn build_in(
     for (objname, ko) in oot_modules {
         symbols.add_module(objname, ko);
     }
-    progress(&format!("diffing {} object(s) (symbols from {})", pairs.len(), symbols.describe()));
+    progress(&format!(
+        "diffing {} object(s) (symbols from {})",
+        pairs.len(),
+        symbols.describe()
+    ));
     let mut refusals = Vec::new();
     let mut by_obj: BTreeMap<String, ObjectParts> = BTreeMap::new();
     let mut callbacks = Vec::new();
@@ -221,25 +256,58 @@ fn build_in(
     let mut unchanged = Vec::new();
     let mut verified = 0;
     for ((info, orig), patched) in pairs.iter().zip(&patched) {
-        let report = symbols.target(&info.objname, orig)?;
-        let undecided: Vec<String> = report.unresolved.iter().map(|u| format!("{}: {}", u.name, u.why)).collect();
+        let mut report = symbols.target(&info.objname, orig)?;
+        symbols.add_new_references(&info.objname, patched, &mut report.target)?;
+        let undecided: Vec<String> = report
+            .unresolved
+            .iter()
+            .map(|u| format!("{}: {}", u.name, u.why))
+            .collect();
         let dopts = suture_diff::Options {
             entry_sizes: entry_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             target: Some(report.target.clone()),
+            objtool_at_link,
         };
         let outcome = suture_diff::diff(orig, patched, &dopts).with_context(|| {
             let mut c = format!("diffing {}", info.object);
             if !undecided.is_empty() {
-                c.push_str(&format!(" (symbols of {} whose instance could not be decided: {})", info.objname, undecided.join("; ")));
+                c.push_str(&format!(
+                    " (symbols of {} whose instance could not be decided: {})",
+                    info.objname,
+                    undecided.join("; ")
+                ));
             }
             c
         })?;
         match outcome {
             Outcome::Changes(p) => {
+                let sealed = if info.objname == "vmlinux" && ibt_kernel {
+                    sealed_pointers(&p.object, &symbols)?
+                } else {
+                    Vec::new()
+                };
+                if !sealed.is_empty() {
+                    let source = info.object.replace(".o", ".c");
+                    refusals.extend(sealed.iter().map(|t| {
+                        (
+                            source.clone(),
+                            Refusal {
+                                subject: t.name.clone(),
+                                reason: ibt::sealed_reason(t),
+                            },
+                        )
+                    }));
+                    continue;
+                }
                 let names: Vec<&str> = p.replaced.iter().map(|f| f.name.as_str()).collect();
                 reproduces(&report, &info.object, &info.objname, &names)?;
                 verified += names.len();
-                warnings.extend(p.report.warnings.iter().map(|w| format!("{}: {w}", info.object)));
+                warnings.extend(
+                    p.report
+                        .warnings
+                        .iter()
+                        .map(|w| format!("{}: {w}", info.object)),
+                );
                 new_functions.extend(p.report.new.iter().cloned());
                 let entry = by_obj.entry(info.objname.clone()).or_default();
                 let (keep, aliases) = one_per_address(orig, &p.replaced)?;
@@ -280,7 +348,11 @@ fn build_in(
             }
             Outcome::NoChange(_) => unchanged.push(info.object.clone()),
             Outcome::Refused(r) => {
-                refusals.extend(r.refusals.into_iter().map(|x| (info.object.replace(".o", ".c"), x)));
+                refusals.extend(
+                    r.refusals
+                        .into_iter()
+                        .map(|x| (info.object.replace(".o", ".c"), x)),
+                );
             }
         }
     }
@@ -303,15 +375,29 @@ fn build_in(
     let mut klp_objects = Vec::new();
     for (objname, (funcs, objs, cbs)) in by_obj {
         let idx = spec.objects.len();
-        spec.objects.push(suture_klp::Object { objname, funcs, callbacks: cbs });
+        spec.objects.push(suture_klp::Object {
+            objname,
+            funcs,
+            callbacks: cbs,
+        });
         klp_objects.extend(objs.into_iter().map(|o| (idx, o)));
     }
     progress(&format!("{verified} replaced function(s) byte-identical to the running kernel's build (relocations masked)"));
-    let (mut ko, _post) = suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
-    ko = suture_klp::modinfo::add_modinfo(&ko, &metadata(opts, &tree.release.name.release, &symbols, &replaced)?)?;
+    let (mut ko, _post) =
+        suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
+    ko = suture_klp::modinfo::add_modinfo(
+        &ko,
+        &metadata(opts, &tree.release.name.release, &symbols, &replaced)?,
+    )?;
     if let Some((key, cert)) = &opts.sign {
         progress("signing the module with the release's scripts/sign-file");
-        ko = suture_klp::sign::sign(&ko, &tree.release.headers.join("scripts/sign-file"), key, cert, work)?;
+        ko = suture_klp::sign::sign(
+            &ko,
+            &tree.release.headers.join("scripts/sign-file"),
+            key,
+            cert,
+            work,
+        )?;
     }
     let module = suture_klp::write_module(output, &ko)?;
     Ok(BuildReport {
@@ -387,7 +473,12 @@ fn one_per_address<'a>(
 }
 
 /// What the module records about its build (the host side reads these keys).
-fn metadata(opts: &BuildOptions, release: &str, symbols: &SymbolSource, replaced: &[Replaced]) -> Result<Vec<(String, String)>> {
+fn metadata(
+    opts: &BuildOptions,
+    release: &str,
+    symbols: &SymbolSource,
+    replaced: &[Replaced],
+) -> Result<Vec<(String, String)>> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in &opts.patches {
@@ -395,8 +486,14 @@ fn metadata(opts: &BuildOptions, release: &str, symbols: &SymbolSource, replaced
     }
     let mut m = vec![
         ("suture_release".to_string(), release.to_string()),
-        ("suture_version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ("suture_patch_sha256".to_string(), h.finalize().iter().map(|b| format!("{b:02x}")).collect()),
+        (
+            "suture_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+        (
+            "suture_patch_sha256".to_string(),
+            h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        ),
     ];
     if let Some(id) = symbols.build_id() {
         m.push(("suture_release_build_id".to_string(), id));
@@ -436,9 +533,13 @@ pub fn reproduces(
     let mut bad = Vec::new();
     for f in replaced {
         if report.mismatched.iter().any(|m| m == f) {
-            bad.push(format!("{f}: its compiled original differs from the code of {objname}"));
+            bad.push(format!(
+                "{f}: its compiled original differs from the code of {objname}"
+            ));
         } else if report.unverified_functions.iter().any(|m| m == f) {
-            bad.push(format!("{f}: its compiled original matches no instance of that name in {objname}"));
+            bad.push(format!(
+                "{f}: its compiled original matches no instance of that name in {objname}"
+            ));
         } else if !report.compared_code {
             bad.push(format!("{f}: no code of {objname} to compare with"));
         }
@@ -485,17 +586,59 @@ fn tempdir_in(base: &Path, prefix: &str) -> Result<TempDir> {
     Ok(TempDir { path, keep: false })
 }
 
+/// The pointers the klp object takes to vmlinux functions whose `endbr64`
+/// the kernel seals at boot.
+fn sealed_pointers(klp_object: &[u8], symbols: &SymbolSource) -> Result<Vec<ibt::AddressTaken>> {
+    let mut out = Vec::new();
+    for t in ibt::addresses_taken(klp_object, "vmlinux")? {
+        if symbols.endbr_sealed(&t.name, t.sympos)? {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether kbuild runs objtool on a module's linked object rather than on each
+/// object as it compiles (`delay-objtool` in scripts/Makefile.lib): then it
+/// writes ORC and the call/return-site lists for the whole livepatch module,
+/// hook included, as long as the klp objects bring none of their own.
+fn objtool_runs_at_module_link(config: &str) -> bool {
+    ["CONFIG_X86_KERNEL_IBT", "CONFIG_LTO_CLANG"]
+        .iter()
+        .any(|k| suture_kernel::release::config_value(config, k).as_deref() == Some("y"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn objtool_at_link_follows_ibt_and_clang_lto() {
+        assert!(objtool_runs_at_module_link(
+            "CONFIG_LIVEPATCH=y\nCONFIG_X86_KERNEL_IBT=y\n"
+        ));
+        assert!(objtool_runs_at_module_link("CONFIG_LTO_CLANG=y\n"));
+        assert!(!objtool_runs_at_module_link(
+            "CONFIG_LIVEPATCH=y\n# CONFIG_X86_KERNEL_IBT is not set\n"
+        ));
+        assert!(!objtool_runs_at_module_link(""));
+    }
+
     fn fp(path: &str, kind: FileKind) -> FilePatch {
-        FilePatch { path: path.into(), kind, hunks: vec![] }
+        FilePatch {
+            path: path.into(),
+            kind,
+            hunks: vec![],
+        }
     }
 
     #[test]
     fn only_existing_c_files_are_patchable() {
-        let ok = objects_of(&[fp("fs/proc/cmdline.c", FileKind::Modified), fp("fs/proc/cmdline.c", FileKind::Modified)]).unwrap();
+        let ok = objects_of(&[
+            fp("fs/proc/cmdline.c", FileKind::Modified),
+            fp("fs/proc/cmdline.c", FileKind::Modified),
+        ])
+        .unwrap();
         assert_eq!(ok, vec!["fs/proc/cmdline.o"]);
         for (p, k, want) in [
             ("include/linux/x.h", FileKind::Modified, "headers"),

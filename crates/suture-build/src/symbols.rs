@@ -21,20 +21,31 @@ pub struct SymbolSource {
     module_index: OnceCell<HashMap<String, PathBuf>>,
     /// Modules built by this build (out of tree), by objname.
     built_modules: HashMap<String, Vec<u8>>,
+    /// Addresses of the `endbr64` the kernel seals at boot, read when needed.
+    sealed: OnceCell<std::collections::HashSet<u64>>,
+    /// What the kernel rewrites in its code at boot or run time, read when needed.
+    rewritten: OnceCell<Vec<(u64, usize)>>,
 }
 
 impl SymbolSource {
-    pub fn open(tree: &Tree, kallsyms: Option<&Path>, cache: &Path, progress: &dyn Fn(&str)) -> Result<Self> {
+    pub fn open(
+        tree: &Tree,
+        kallsyms: Option<&Path>,
+        cache: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<Self> {
         let r = &tree.release;
         let symvers = r.headers.join("Module.symvers");
         let exports = Exports::parse(
-            &fs::read_to_string(&symvers).with_context(|| format!("reading {}", symvers.display()))?,
+            &fs::read_to_string(&symvers)
+                .with_context(|| format!("reading {}", symvers.display()))?,
         )?;
         // The image's bytes decide between same-named symbols either way.
         let vmlinux = extracted_vmlinux(&r.image, &cache.join(&r.name.release), progress)?;
         let (ks, describe) = match kallsyms {
             Some(p) => {
-                let text = fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+                let text =
+                    fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
                 let ks = suture_symbols::parse_proc_kallsyms(&text)
                     .with_context(|| format!("{} is not a /proc/kallsyms copy", p.display()))?;
                 if !ks.addresses_known() {
@@ -44,7 +55,11 @@ impl SymbolSource {
                     );
                 }
                 let ks = unslide(ks, &vmlinux).with_context(|| {
-                    format!("{} does not come from a host running this build of {}", p.display(), r.name.release)
+                    format!(
+                        "{} does not come from a host running this build of {}",
+                        p.display(),
+                        r.name.release
+                    )
                 })?;
                 (ks, format!("kallsyms copy {}", p.display()))
             }
@@ -56,7 +71,10 @@ impl SymbolSource {
                         r.name.release
                     )
                 })?;
-                (ks, format!("the kallsyms tables inside {}", r.image.display()))
+                (
+                    ks,
+                    format!("the kallsyms tables inside {}", r.image.display()),
+                )
             }
         };
         let vmlinux = Some(vmlinux);
@@ -68,6 +86,8 @@ impl SymbolSource {
             describe,
             module_index: OnceCell::new(),
             built_modules: HashMap::new(),
+            sealed: OnceCell::new(),
+            rewritten: OnceCell::new(),
         })
     }
 
@@ -98,28 +118,110 @@ impl SymbolSource {
             .filter(|s| s.module.is_none() && s.addr > addr)
             .map(|s| s.addr)
             .min()?;
-        let len = usize::try_from(next - addr).ok().filter(|&l| l <= 1 << 20)?;
+        let len = usize::try_from(next - addr)
+            .ok()
+            .filter(|&l| l <= 1 << 20)?;
         let code = image.bytes_at(addr, len)?;
-        let mask = runtime_mask(code, addr);
+        let rewritten = match self.rewritten.get() {
+            Some(r) => r,
+            None => {
+                let r = suture_symbols::runtime_rewritten_sites(vmlinux, &self.kallsyms).ok()?;
+                self.rewritten.get_or_init(|| r)
+            }
+        };
+        let mask = runtime_mask(code, addr, rewritten);
         let mut b = code.to_vec();
         for &(o, l) in &mask {
             let end = (o + l).min(b.len());
             b[o..end].fill(0);
         }
         use sha2::{Digest, Sha256};
-        let sha: String = Sha256::digest(&b).iter().map(|x| format!("{x:02x}")).collect();
+        let sha: String = Sha256::digest(&b)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
         let m = if mask.is_empty() {
             "-".to_string()
         } else {
-            mask.iter().map(|(o, l)| format!("{o}+{l}")).collect::<Vec<_>>().join(",")
+            mask.iter()
+                .map(|(o, l)| format!("{o}+{l}"))
+                .collect::<Vec<_>>()
+                .join(",")
         };
         Some(format!("{len} {sha} {m}"))
+    }
+
+    /// Whether the kernel seals the `endbr64` at the start of vmlinux function
+    /// `name` (position `sympos`) at boot: nothing in vmlinux takes its address.
+    pub fn endbr_sealed(&self, name: &str, sympos: u32) -> Result<bool> {
+        let sealed = match self.sealed.get() {
+            Some(s) => s,
+            None => {
+                let vmlinux = self
+                    .vmlinux
+                    .as_deref()
+                    .context("the release's image is needed for its IBT seal list")?;
+                let list = suture_symbols::ibt_sealed_sites(vmlinux, &self.kallsyms)
+                    .context("reading the IBT seal list of the image")?;
+                self.sealed.get_or_init(|| list.into_iter().collect())
+            }
+        };
+        let inst = self.kallsyms.instances("vmlinux", name);
+        let addr = match sympos {
+            0 if inst.len() == 1 => inst[0].addr,
+            n => match inst.iter().find(|i| i.sympos == n) {
+                Some(i) => i.addr,
+                None => return Ok(false),
+            },
+        };
+        Ok(sealed.contains(&addr))
+    }
+
+    /// Globals PATCHED references and ORIG does not: the target, built from
+    /// ORIG, does not know them. A vmlinux symbol that is not exported but has
+    /// a unique name is reached through a livepatch relocation (with its
+    /// `__pfx_` padding, for calls, when it has one); exported ones stay
+    /// normal references. Only vmlinux: a module's patch reaches vmlinux
+    /// through exports.
+    pub fn add_new_references(
+        &self,
+        objname: &str,
+        patched: &[u8],
+        target: &mut suture_diff::Target,
+    ) -> Result<()> {
+        if objname != "vmlinux" {
+            return Ok(());
+        }
+        let o = suture_elf::Object::parse(patched).context("reading the patched object")?;
+        for s in &o.symbols {
+            if !s.is_undef()
+                || s.bind != suture_elf::STB_GLOBAL
+                || s.name.is_empty()
+                || target.symbols.contains_key(&s.name)
+            {
+                continue;
+            }
+            if self.exports.reachable_from(objname, &s.name) {
+                continue;
+            }
+            for name in [s.name.clone(), format!("__pfx_{}", s.name)] {
+                if let [_] = self.kallsyms.instances("vmlinux", &name).as_slice() {
+                    target
+                        .symbols
+                        .entry(name)
+                        .or_insert(suture_diff::TargetSym::Unexported { sympos: 0 });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The GNU build-id of the release's vmlinux: what `suture load` compares
     /// with the running kernel's (`/sys/kernel/notes`).
     pub fn build_id(&self) -> Option<String> {
-        suture_symbols::Image::parse(self.vmlinux.as_deref()?).ok()?.build_id()
+        suture_symbols::Image::parse(self.vmlinux.as_deref()?)
+            .ok()?
+            .build_id()
     }
 
     /// The differ's view of `objname` for the translation unit `orig`.
@@ -135,14 +237,27 @@ impl SymbolSource {
     /// matter if the patch references them, which the differ then reports.
     pub fn target(&self, objname: &str, orig: &[u8]) -> Result<suture_symbols::TargetReport> {
         let report = if objname == "vmlinux" {
-            let image = TargetImage::Vmlinux { kallsyms: &self.kallsyms, vmlinux: self.vmlinux.as_deref() };
+            let image = TargetImage::Vmlinux {
+                kallsyms: &self.kallsyms,
+                vmlinux: self.vmlinux.as_deref(),
+            };
             suture_symbols::build_target_report(image, &self.exports, objname, orig)?
         } else if let Some(ko) = self.built_modules.get(objname) {
-            suture_symbols::build_target_report(TargetImage::Module { ko }, &self.exports, objname, orig)?
+            suture_symbols::build_target_report(
+                TargetImage::Module { ko },
+                &self.exports,
+                objname,
+                orig,
+            )?
         } else {
             let path = self.module_path(objname)?;
             let ko = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            suture_symbols::build_target_report(TargetImage::Module { ko: &ko }, &self.exports, objname, orig)?
+            suture_symbols::build_target_report(
+                TargetImage::Module { ko: &ko },
+                &self.exports,
+                objname,
+                orig,
+            )?
         };
         Ok(report)
     }
@@ -184,7 +299,13 @@ fn unslide(copy: Kallsyms, vmlinux: &[u8]) -> Result<Kallsyms> {
         })
         .collect();
     let out = Kallsyms::from_symbols(syms);
-    for probe in ["_stext", "_etext", "start_kernel", "cmdline_proc_show", "klp_enable_patch"] {
+    for probe in [
+        "_stext",
+        "_etext",
+        "start_kernel",
+        "cmdline_proc_show",
+        "klp_enable_patch",
+    ] {
         if let (Some(a), Some(b)) = (out.unique_addr(probe), image.unique_addr(probe)) {
             if a != b {
                 bail!("{probe} is at {a:#x} in the copy but at {b:#x} in the image");
@@ -202,14 +323,25 @@ fn walk(dir: &Path, out: &mut HashMap<String, PathBuf>) {
             walk(&p, out);
         } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
             // Debian's 6.12 series ships its modules as `.ko.xz`.
-            if let Some(stem) = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|s| n.strip_suffix(s)) {
+            if let Some(stem) = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+            {
                 out.entry(stem.replace('-', "_")).or_insert(p);
             }
         }
     }
 }
 
-fn runtime_mask(code: &[u8], ip: u64) -> Vec<(usize, usize)> {
+/// The ranges of a function's bytes (`code`, at address `ip`) that may differ
+/// in the running kernel's memory without the code being another build's:
+/// every 5-byte rel32 call/jmp and 6-byte rel32 jcc (the fentry call, return
+/// thunks, retpolines, static calls and call-depth thunks are retargeted or
+/// rewritten whole), every 32-bit displacement or immediate (relocated
+/// addresses), and the `rewritten` sites (address, length; sorted) the image's
+/// own tables list: alternatives, static keys, paravirt sites, sealed endbr64.
+/// Sorted and merged.
+fn runtime_mask(code: &[u8], ip: u64, rewritten: &[(u64, usize)]) -> Vec<(usize, usize)> {
     use iced_x86::{Decoder, DecoderOptions};
     let mut mask = Vec::new();
     let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
@@ -217,8 +349,9 @@ fn runtime_mask(code: &[u8], ip: u64) -> Vec<(usize, usize)> {
         let off = d.position();
         let insn = d.decode();
         let c = d.get_constant_offsets(&insn);
-        if insn.len() == 5 && matches!(code[off], 0xe8 | 0xe9) {
-            mask.push((off, 5));
+        let is_jcc32 = insn.len() == 6 && code[off] == 0x0f && code[off + 1] & 0xf0 == 0x80;
+        if (insn.len() == 5 && matches!(code[off], 0xe8 | 0xe9)) || is_jcc32 {
+            mask.push((off, insn.len()));
             continue;
         }
         if c.has_displacement() && c.displacement_size() == 4 {
@@ -228,7 +361,24 @@ fn runtime_mask(code: &[u8], ip: u64) -> Vec<(usize, usize)> {
             mask.push((off + c.immediate_offset(), 4));
         }
     }
-    mask
+    let end = ip + code.len() as u64;
+    // Sites are short: one starting up to 64 bytes before `ip` may reach into it.
+    let first = rewritten.partition_point(|&(a, _)| a + 64 < ip);
+    for &(a, l) in rewritten[first..].iter().take_while(|&&(a, _)| a < end) {
+        let (from, to) = (a.max(ip), (a + l as u64).min(end));
+        if from < to {
+            mask.push(((from - ip) as usize, (to - from) as usize));
+        }
+    }
+    mask.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    for (o, l) in mask {
+        match merged.last_mut() {
+            Some((mo, ml)) if o <= *mo + *ml => *ml = (*ml).max(o + l - *mo),
+            _ => merged.push((o, l)),
+        }
+    }
+    merged
 }
 
 type Pending = (PathBuf, std::thread::JoinHandle<Result<Vec<u8>>>);
@@ -263,7 +413,12 @@ fn extracted_vmlinux(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> Resul
 fn extracted_vmlinux_now(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> Result<Vec<u8>> {
     let cached = dir.join("vmlinux");
     let meta = fs::metadata(image).with_context(|| format!("reading {}", image.display()))?;
-    let key = format!("{} {} {:?}", image.display(), meta.len(), meta.modified().ok());
+    let key = format!(
+        "{} {} {:?}",
+        image.display(),
+        meta.len(),
+        meta.modified().ok()
+    );
     let key_file = dir.join("vmlinux.key");
     if fs::read_to_string(&key_file).ok().as_deref() == Some(key.as_str()) {
         if let Ok(b) = fs::read(&cached) {
@@ -277,4 +432,44 @@ fn extracted_vmlinux_now(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> R
     suture_kernel::tree::write_atomic(&cached, &v)?;
     suture_kernel::tree::write_atomic(&key_file, key.as_bytes())?;
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runtime_mask;
+
+    /// `endbr64; push %rbp; call f; mov %rax,%rbx; clac (3 bytes, an
+    /// alternative); jne f (rel32); jmp return_thunk`, at 0x1000.
+    const CODE: [u8; 28] = [
+        0xf3, 0x0f, 0x1e, 0xfa, // 0: endbr64
+        0x55, // 4: push %rbp
+        0xe8, 1, 2, 3, 4, // 5: call
+        0x48, 0x89, 0xc3, // 10: mov %rax,%rbx
+        0x0f, 0x01, 0xca, // 13: clac
+        0x0f, 0x85, 1, 2, 3, 4, // 16: jne rel32
+        0xe9, 1, 2, 3, 4,    // 22: jmp
+        0xc3, // 27: ret
+    ];
+
+    #[test]
+    fn sealed_endbr_alternatives_and_branches_are_masked() {
+        let rewritten = [(0x0ff0, 4), (0x1000, 4), (0x100d, 3), (0x2000, 5)];
+        let m = runtime_mask(&CODE, 0x1000, &rewritten);
+        assert_eq!(m, [(0, 4), (5, 5), (13, 14)]);
+        // Without the tables only the branches are masked.
+        assert_eq!(runtime_mask(&CODE, 0x1000, &[]), [(5, 5), (16, 11)]);
+    }
+
+    /// A real difference stays visible: the register operand of the `mov`,
+    /// the `push`, and the final `ret` are never masked.
+    #[test]
+    fn other_bytes_are_compared() {
+        let m = runtime_mask(&CODE, 0x1000, &[(0x1000, 4), (0x100d, 3)]);
+        for off in [4usize, 10, 11, 12, 27] {
+            assert!(
+                !m.iter().any(|&(o, l)| o <= off && off < o + l),
+                "byte {off} masked: {m:?}"
+            );
+        }
+    }
 }

@@ -27,6 +27,10 @@ const SLICED: &[&str] = &[
     ".kcfi_traps",
 ];
 
+/// Sections objtool writes and, when it runs at module link, writes again
+/// for the whole module (see `Options::objtool_at_link`).
+const OBJTOOL_LINK_MADE: &[&str] = &[".orc_unwind_ip", ".return_sites", ".retpoline_sites", ".call_sites", ".ibt_endbr_seal"];
+
 /// Sections that only make sense whole and only when a kept entry uses them.
 fn whole_on_demand(name: &str) -> bool {
     matches!(name, ".fixup" | ".altinstr_replacement" | ".altinstr_aux" | ".text..refcount")
@@ -675,6 +679,9 @@ fn write(
             continue;
         }
         let s = dd.p.sec(sec);
+        if dd.opts.objtool_at_link && OBJTOOL_LINK_MADE.contains(&s.name.as_str()) {
+            continue;
+        }
         let starts: Vec<u64> = starts.iter().copied().collect();
         let mut data = Vec::new();
         let mut relas = Vec::new();

@@ -63,6 +63,11 @@ pub struct Options {
     /// table stands in (locals unexported with positions counted in ORIG, globals
     /// unexported), as kpatch's unit tests do.
     pub target: Option<Target>,
+    /// The release runs objtool when it links a module (`X86_KERNEL_IBT` or
+    /// `LTO_CLANG`): objtool then writes ORC and its site lists for the whole
+    /// livepatch module, and skips any it finds already present, which would
+    /// leave the generated hook without them. The output carries none.
+    pub objtool_at_link: bool,
 }
 
 #[derive(Debug)]

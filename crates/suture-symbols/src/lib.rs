@@ -42,6 +42,7 @@ mod io;
 mod kallsyms;
 mod module;
 mod obj;
+mod runtime;
 mod target;
 
 pub use exports::{Export, Exports};
@@ -53,6 +54,7 @@ pub use kallsyms::{
     decode_tables, kallsyms_from_vmlinux, parse_proc_kallsyms, Instance, KSym, Kallsyms,
 };
 pub use module::{module_name, module_symbols};
+pub use runtime::runtime_rewritten_sites;
 pub use target::{
     build_target, build_target_report, verify_function, Decision, Mismatch, TargetImage,
     TargetReport, Unresolved,

@@ -53,18 +53,36 @@ fn sealed(r: &Real) -> Vec<u64> {
 fn sealed_endbr_sites_are_still_endbr_in_the_image() {
     let Some(r) = real() else { return };
     let sites = sealed(r);
-    assert!(sites.len() > 1000, "only {} sealed sites: is this an IBT kernel?", sites.len());
+    assert!(
+        sites.len() > 1000,
+        "only {} sealed sites: is this an IBT kernel?",
+        sites.len()
+    );
     let image = Image::parse(&r.vmlinux).unwrap();
-    let starts: std::collections::HashSet<u64> =
-        r.kallsyms.symbols().iter().filter(|s| matches!(s.kind, 't' | 'T' | 'w' | 'W')).map(|s| s.addr).collect();
+    let starts: std::collections::HashSet<u64> = r
+        .kallsyms
+        .symbols()
+        .iter()
+        .filter(|s| matches!(s.kind, 't' | 'T' | 'w' | 'W'))
+        .map(|s| s.addr)
+        .collect();
     for &a in &sites {
-        assert_eq!(image.bytes_at(a, 4), Some(&ENDBR64[..]), "sealed site {a:#x} does not hold endbr64 in the image");
-        assert!(starts.contains(&a), "sealed site {a:#x} is not the start of a function");
+        assert_eq!(
+            image.bytes_at(a, 4),
+            Some(&ENDBR64[..]),
+            "sealed site {a:#x} does not hold endbr64 in the image"
+        );
+        assert!(
+            starts.contains(&a),
+            "sealed site {a:#x} is not the start of a function"
+        );
     }
     // A 6.1 kernel has no IBT, hence no list: not an error.
     let old = "/boot/vmlinuz-6.1.0-56-amd64";
     if Path::new(old).exists() {
-        let (v, k) = ReleasePaths::new(Path::new("/"), "6.1.0-56-amd64").load_vmlinux().unwrap();
+        let (v, k) = ReleasePaths::new(Path::new("/"), "6.1.0-56-amd64")
+            .load_vmlinux()
+            .unwrap();
         assert!(ibt_sealed_sites(&v, &k).unwrap().is_empty());
     }
 }
@@ -83,9 +101,15 @@ fn a_sealed_function_reproduces_and_prefixes_are_in_the_target() {
         return;
     }
     let addr = r.kallsyms.unique_addr("serial_core_register_port").unwrap();
-    assert!(sealed(r).binary_search(&addr).is_ok(), "serial_core_register_port is not sealed in this release");
+    assert!(
+        sealed(r).binary_search(&addr).is_ok(),
+        "serial_core_register_port is not sealed in this release"
+    );
     let rep = build_target_report(
-        TargetImage::Vmlinux { kallsyms: &r.kallsyms, vmlinux: Some(&r.vmlinux) },
+        TargetImage::Vmlinux {
+            kallsyms: &r.kallsyms,
+            vmlinux: Some(&r.vmlinux),
+        },
         &r.exports,
         "vmlinux",
         SERIAL_CORE_612_O,
@@ -94,19 +118,75 @@ fn a_sealed_function_reproduces_and_prefixes_are_in_the_target() {
     // uart_close, uart_hangup, ... hold jump labels: `jmp` in the object, the
     // NOP objtool made of it in vmlinux.o in the image; still identical.
     assert!(rep.mismatched.is_empty(), "{:?}", rep.mismatched);
-    for f in ["uart_close", "uart_hangup", "uart_flush_buffer", "uart_wait_until_sent"] {
-        assert!(!rep.unverified_functions.iter().any(|u| u == f), "{f} not verified");
+    for f in [
+        "uart_close",
+        "uart_hangup",
+        "uart_flush_buffer",
+        "uart_wait_until_sent",
+    ] {
+        assert!(
+            !rep.unverified_functions.iter().any(|u| u == f),
+            "{f} not verified"
+        );
     }
-    assert!(!rep.unverified_functions.contains(&"serial_core_register_port".to_string()));
-    assert!(rep.compared_code && rep.verified_functions > 50, "{}", rep.verified_functions);
+    assert!(!rep
+        .unverified_functions
+        .contains(&"serial_core_register_port".to_string()));
+    assert!(
+        rep.compared_code && rep.verified_functions > 50,
+        "{}",
+        rep.verified_functions
+    );
     let t = &rep.target.symbols;
     assert_eq!(t["uart_get_info"], TargetSym::Unexported { sympos: 0 });
-    assert_eq!(t["__pfx_uart_get_info"], TargetSym::Unexported { sympos: 0 });
+    assert_eq!(
+        t["__pfx_uart_get_info"],
+        TargetSym::Unexported { sympos: 0 }
+    );
     // type_show is defined 18 times; its padding has the same position.
-    let TargetSym::Unexported { sympos } = t["type_show"] else { panic!("type_show is exported?") };
+    let TargetSym::Unexported { sympos } = t["type_show"] else {
+        panic!("type_show is exported?")
+    };
     assert!(sympos > 0);
     assert_eq!(t["__pfx_type_show"], TargetSym::Unexported { sympos });
     // Exported functions are reached by name: no prefix needed.
     assert_eq!(t["uart_write_wakeup"], TargetSym::Exported);
     assert!(!t.contains_key("__pfx_uart_write_wakeup"));
+}
+
+/// The tables of what the kernel rewrites in its own code are all found in
+/// the image: alternatives, static keys, and the seal list, every site within
+/// the kernel image.
+#[test]
+fn runtime_rewritten_sites_come_from_the_images_own_tables() {
+    let Some(r) = real() else { return };
+    for t in [
+        "__alt_instructions",
+        "__alt_instructions_end",
+        "__start___jump_table",
+        "__stop___jump_table",
+    ] {
+        assert!(r.kallsyms.unique_addr(t).is_some(), "no {t} in kallsyms");
+    }
+    let sites = runtime_rewritten_sites(&r.vmlinux, &r.kallsyms).unwrap();
+    let sealed = sealed(r);
+    assert!(
+        sites.len() > sealed.len() + 10_000,
+        "{} sites, {} of them sealed endbr64",
+        sites.len(),
+        sealed.len()
+    );
+    let (lo, hi) = (
+        r.kallsyms.unique_addr("_stext").unwrap(),
+        r.kallsyms.unique_addr("_end").unwrap(),
+    );
+    let outside: Vec<_> = sites
+        .iter()
+        .filter(|(a, l)| *a < lo || a + *l as u64 > hi || *l > 64)
+        .take(5)
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "sites outside the kernel image: {outside:x?}"
+    );
 }

@@ -253,7 +253,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Ok(b) => b,
         Err(e) => return fail(args.json, format!("{}: {e}", args.patched.display())),
     };
-    let mut opts = Options { entry_sizes: parse_entry_sizes(&args.entry_size)?, target: None };
+    let mut opts = Options { entry_sizes: parse_entry_sizes(&args.entry_size)?, target: None, ..Default::default() };
     if let Some(s) = &args.symbols {
         match load_symbols(s, args.objname.as_deref()) {
             Ok(t) => opts.target = Some(t),

@@ -7,85 +7,40 @@
 //! The release is the one the README's setup installs (`SUTURE_TEST_RELEASE`
 //! overrides it). Without it installed the tests skip, except under `CI=true`.
 
+mod common;
+
+use common::{examples, field, suture, Built, VM_LOCK};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use suture_lab::Vm;
 
 /// `SUTURE_TEST_RELEASE`, else the release `linux-image-amd64` depends on.
 fn release() -> String {
-    if let Ok(r) = std::env::var("SUTURE_TEST_RELEASE") {
-        return r;
-    }
-    let o = Command::new("dpkg-query")
-        .args(["-W", "-f=${Depends}", "linux-image-amd64"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    o.split([',', ' '])
-        .find_map(|w| w.strip_prefix("linux-image-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| "6.1.0-56-amd64".to_string())
-}
-
-fn suture() -> &'static str {
-    env!("CARGO_BIN_EXE_suture")
-}
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+    common::release_61()
 }
 
 fn ready() -> bool {
     suture_lab::require_kernel_or_skip(&release()).expect("kernel for the VM tests")
 }
 
-// Builds of one release serialise on the cache lock anyway; booting guests one
-// at a time keeps each within its timeout on a 2-core machine.
-static VM_LOCK: Mutex<()> = Mutex::new(());
-
-struct Built {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn build(patch: &str, out: &Path, extra: &[&str]) -> Built {
-    let o = Command::new(suture())
-        .arg("build")
-        .arg(examples().join(patch))
-        .args(["--kernel", &release(), "-o"])
-        .arg(out)
-        .args(extra)
-        .output()
-        .expect("running suture build");
-    Built {
-        status: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    common::build(&release(), &examples().join(patch), out, extra)
 }
 
 fn build_ok(patch: &str, dir: &Path) -> PathBuf {
     let ko = dir.join(patch.replace(".patch", ".ko"));
     let b = build(patch, &ko, &[]);
-    assert_eq!(b.status, 0, "suture build {patch} failed:\n{}\n{}", b.stdout, b.stderr);
+    assert_eq!(
+        b.status, 0,
+        "suture build {patch} failed:\n{}\n{}",
+        b.stdout, b.stderr
+    );
     assert!(ko.exists());
     ko
 }
 
 fn vm() -> Vm {
-    let mut vm = Vm::new(&release()).unwrap();
-    vm.add_executable(Path::new(suture()), "/bin/suture").unwrap();
-    vm
-}
-
-/// The value after `KEY:` on its own line of the guest's output.
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-        .unwrap_or_else(|| panic!("no {key}: line in guest output:\n{out}"))
-        .trim()
+    common::vm(&release())
 }
 
 #[test]
@@ -143,9 +98,15 @@ fn a_changed_function_may_call_a_new_function() {
         .unwrap();
     let out = run.script_output();
     assert_eq!(run.exit_status, 0, "{out}");
-    assert!(!field(out, "BEFORE").contains("suture=new-function"), "{out}");
+    assert!(
+        !field(out, "BEFORE").contains("suture=new-function"),
+        "{out}"
+    );
     // The new function's text is what the kernel printed, and it lives in the module.
-    assert!(field(out, "AFTER").contains(" suture=new-function"), "{out}");
+    assert!(
+        field(out, "AFTER").contains(" suture=new-function"),
+        "{out}"
+    );
     assert_eq!(field(out, "NEWSYM"), "1", "{out}");
     assert_eq!(field(out, "UNLOADED"), field(out, "BEFORE"), "{out}");
 }
@@ -208,13 +169,25 @@ fn refusals_name_the_problem_and_leave_nothing_behind() {
 
     let b = build("cmdline-init.patch", &out, &[]);
     assert_eq!(b.status, 2, "{}\n{}", b.stdout, b.stderr);
-    assert!(b.stderr.contains("proc_cmdline_init") || b.stderr.contains(".init.text"), "{}", b.stderr);
-    assert!(b.stderr.contains("__init") || b.stderr.contains("init"), "{}", b.stderr);
+    assert!(
+        b.stderr.contains("proc_cmdline_init") || b.stderr.contains(".init.text"),
+        "{}",
+        b.stderr
+    );
+    assert!(
+        b.stderr.contains("__init") || b.stderr.contains("init"),
+        "{}",
+        b.stderr
+    );
     assert!(!out.exists());
 
     let b = build("cmdline-does-not-apply.patch", &out, &[]);
     assert_eq!(b.status, 1, "{}", b.stderr);
-    assert!(b.stderr.contains("fs/proc/cmdline.c") && b.stderr.contains("does not apply"), "{}", b.stderr);
+    assert!(
+        b.stderr.contains("fs/proc/cmdline.c") && b.stderr.contains("does not apply"),
+        "{}",
+        b.stderr
+    );
     assert!(!out.exists());
 
     let b = build("cmdline-comment.patch", &out, &[]);
@@ -231,7 +204,10 @@ fn refusals_name_the_problem_and_leave_nothing_behind() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("6.1.0-999-amd64") && err.contains("not installed"), "{err}");
+    assert!(
+        err.contains("6.1.0-999-amd64") && err.contains("not installed"),
+        "{err}"
+    );
     assert!(!out.exists());
     // The tree was left as it was: the next build of a good patch still works.
     let b = build("cmdline.patch", &out, &[]);
@@ -252,7 +228,10 @@ fn a_function_whose_name_is_not_unique_calls_a_static_function_of_its_file() {
     let report: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
     let f = &report["replaced"][0];
     assert_eq!(f["function"], "type_show");
-    assert!(f["sympos"].as_u64().unwrap() > 0, "type_show is not unique: sympos must be set: {report}");
+    assert!(
+        f["sympos"].as_u64().unwrap() > 0,
+        "type_show is not unique: sympos must be set: {report}"
+    );
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm();
     vm.add_file(&ko, "/root/p.ko").unwrap();
@@ -273,7 +252,11 @@ fn a_function_whose_name_is_not_unique_calls_a_static_function_of_its_file() {
     assert!(before.parse::<u32>().is_ok(), "{out}");
     // The static callee ran: the port type it filled in is still printed.
     assert_eq!(field(out, "AFTER"), format!("{before} (suture)"), "{out}");
-    assert_eq!(field(out, "SIBLING_AFTER"), format!("{} (suture)", field(out, "SIBLING_BEFORE")), "{out}");
+    assert_eq!(
+        field(out, "SIBLING_AFTER"),
+        format!("{} (suture)", field(out, "SIBLING_BEFORE")),
+        "{out}"
+    );
     assert_eq!(field(out, "UNLOADED"), before, "{out}");
 }
 
@@ -288,7 +271,8 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image() {
     let run = {
         let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         // Compressed, so that the serial console carries 1 MB instead of 5.
-        vm().run("echo KS-START; gzip -c /proc/kallsyms | base64; echo KS-END\n").unwrap()
+        vm().run("echo KS-START; gzip -c /proc/kallsyms | base64; echo KS-END\n")
+            .unwrap()
     };
     assert_eq!(run.exit_status, 0);
     let out = run.script_output();
@@ -316,16 +300,32 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image() {
     assert!(text.lines().count() > 50_000, "short kallsyms copy");
 
     let via_copy = tmp.path().join("copy.ko");
-    let b = build("serial-type-show.patch", &via_copy, &["--json", "--kallsyms", kallsyms.to_str().unwrap()]);
+    let b = build(
+        "serial-type-show.patch",
+        &via_copy,
+        &["--json", "--kallsyms", kallsyms.to_str().unwrap()],
+    );
     assert_eq!(b.status, 0, "{}", b.stderr);
     let from_copy: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
-    assert!(from_copy["symbol_source"].as_str().unwrap().contains("kallsyms copy"), "{from_copy}");
+    assert!(
+        from_copy["symbol_source"]
+            .as_str()
+            .unwrap()
+            .contains("kallsyms copy"),
+        "{from_copy}"
+    );
 
     let via_image = tmp.path().join("image.ko");
     let b = build("serial-type-show.patch", &via_image, &["--json"]);
     assert_eq!(b.status, 0, "{}", b.stderr);
     let from_image: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
-    assert!(from_image["symbol_source"].as_str().unwrap().contains("/boot/vmlinuz"), "{from_image}");
+    assert!(
+        from_image["symbol_source"]
+            .as_str()
+            .unwrap()
+            .contains("/boot/vmlinuz"),
+        "{from_image}"
+    );
     assert_eq!(from_copy["replaced"], from_image["replaced"]);
     // Independent check of the position against the copy itself: type_show's
     // instances in address order, and the one just after uart_get_info.
@@ -336,13 +336,21 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image() {
             let addr = u64::from_str_radix(it.next()?, 16).ok()?;
             let _kind = it.next()?;
             let name = it.next()?;
-            (it.next().is_none() && (name == "type_show" || name == "uart_get_info")).then_some((addr, name))
+            (it.next().is_none() && (name == "type_show" || name == "uart_get_info"))
+                .then_some((addr, name))
         })
         .collect();
     entries.sort();
     let uart = entries.iter().position(|e| e.1 == "uart_get_info").unwrap();
-    let pos = entries[..uart].iter().filter(|e| e.1 == "type_show").count() + 1;
-    assert_eq!(from_copy["replaced"][0]["sympos"].as_u64().unwrap() as usize, pos);
+    let pos = entries[..uart]
+        .iter()
+        .filter(|e| e.1 == "type_show")
+        .count()
+        + 1;
+    assert_eq!(
+        from_copy["replaced"][0]["sympos"].as_u64().unwrap() as usize,
+        pos
+    );
 }
 
 /// Two releases installed side by side: each is built from the source of its
@@ -350,7 +358,10 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image() {
 #[test]
 fn an_older_release_is_built_from_its_own_source() {
     let Ok(old) = std::env::var("SUTURE_TEST_RELEASE_OLD") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set SUTURE_TEST_RELEASE_OLD (scripts/test.sh does)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set SUTURE_TEST_RELEASE_OLD (scripts/test.sh does)"
+        );
         eprintln!("SKIP: SUTURE_TEST_RELEASE_OLD is not set");
         return;
     };
@@ -359,11 +370,20 @@ fn an_older_release_is_built_from_its_own_source() {
         "SUTURE_TEST_RELEASE_OLD={old} names a release that is not installed"
     );
     let version = |pkg: &str| {
-        let o = Command::new("dpkg-query").args(["-W", "-f=${Version}", pkg]).output().unwrap();
+        let o = Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", pkg])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
-    let (old_src, new_src) = (version(&format!("linux-headers-{old}")), version(&format!("linux-headers-{}", release())));
-    assert_ne!(old_src, new_src, "the two releases come from the same source version: nothing to test");
+    let (old_src, new_src) = (
+        version(&format!("linux-headers-{old}")),
+        version(&format!("linux-headers-{}", release())),
+    );
+    assert_ne!(
+        old_src, new_src,
+        "the two releases come from the same source version: nothing to test"
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     let ko = tmp.path().join("old.ko");
@@ -376,15 +396,23 @@ fn an_older_release_is_built_from_its_own_source() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains(&format!("linux-source-6.1 {old_src}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("linux-source-6.1 {old_src}")),
+        "{stderr}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["release"], old.as_str());
     // The module is for that release, and the kernel of that release runs it.
-    let modinfo = Command::new("modinfo").args(["-F", "vermagic"]).arg(&ko).output().unwrap();
+    let modinfo = Command::new("modinfo")
+        .args(["-F", "vermagic"])
+        .arg(&ko)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&modinfo.stdout).starts_with(&format!("{old} ")));
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = Vm::new(&old).unwrap();
-    vm.add_executable(Path::new(suture()), "/bin/suture").unwrap();
+    vm.add_executable(Path::new(suture()), "/bin/suture")
+        .unwrap();
     vm.add_file(&ko, "/root/p.ko").unwrap();
     let run = vm
         .run(
@@ -398,7 +426,11 @@ fn an_older_release_is_built_from_its_own_source() {
     let out = run.script_output();
     assert_eq!(run.exit_status, 0, "{out}");
     assert_eq!(field(out, "UNAME"), old);
-    assert_eq!(field(out, "AFTER"), format!("{} suture=live", field(out, "BEFORE")), "{out}");
+    assert_eq!(
+        field(out, "AFTER"),
+        format!("{} suture=live", field(out, "BEFORE")),
+        "{out}"
+    );
 }
 
 /// The records `suture build` writes let `suture verify` prove on the host that
@@ -432,7 +464,10 @@ fn the_host_verifies_replaced_functions_against_kernel_memory() {
     assert_eq!(field(out, "VERIFY_SERIAL"), "0", "{out}");
     // type_show is not unique: the record names its position and was compared.
     let json = field(out, "SERIAL_JSON");
-    assert!(json.contains("type_show") && json.contains("\"match\""), "{json}");
+    assert!(
+        json.contains("type_show") && json.contains("\"match\""),
+        "{json}"
+    );
     assert!(!json.contains("unchecked"), "{json}");
     assert_eq!(field(out, "VERIFY_PATCHED"), "0", "{out}");
 }
@@ -445,34 +480,36 @@ fn an_out_of_tree_module_is_patched() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    // The module as hosts run it: built normally from the example's source.
-    let src = tmp.path().join("oot");
-    std::fs::create_dir_all(&src).unwrap();
-    for f in ["suture_oot.c", "Kbuild"] {
-        std::fs::copy(examples().join("oot").join(f), src.join(f)).unwrap();
-    }
-    let st = Command::new("make")
-        .arg("-C")
-        .arg(format!("/usr/src/linux-headers-{}", release()))
-        .arg(format!("M={}", src.display()))
-        .arg("modules")
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    // The module as hosts run it: built normally with the release's kbuild.
+    let src =
+        common::make_example_module(&release(), "oot", &["suture_oot.c", "Kbuild"], tmp.path());
 
     let ko = tmp.path().join("oot-patch.ko");
     let srcdir = examples().join("oot");
-    let b = build("oot-answer.patch", &ko, &["--module-src", srcdir.to_str().unwrap()]);
+    let b = build(
+        "oot-answer.patch",
+        &ko,
+        &["--module-src", srcdir.to_str().unwrap()],
+    );
     assert_eq!(b.status, 0, "{}\n{}", b.stdout, b.stderr);
-    assert!(b.stdout.contains("suture_oot:suture_oot_show"), "{}", b.stdout);
-    let syms = Command::new("readelf").args(["-sW"]).arg(&ko).output().unwrap();
+    assert!(
+        b.stdout.contains("suture_oot:suture_oot_show"),
+        "{}",
+        b.stdout
+    );
+    let syms = Command::new("readelf")
+        .args(["-sW"])
+        .arg(&ko)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&syms.stdout).contains(".klp.sym.suture_oot.answer,0"));
     // The user's directory was only read.
     assert!(!srcdir.join("suture_oot.o").exists());
 
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm();
-    vm.add_file(&src.join("suture_oot.ko"), "/root/suture_oot.ko").unwrap();
+    vm.add_file(&src.join("suture_oot.ko"), "/root/suture_oot.ko")
+        .unwrap();
     vm.add_file(&ko, "/root/p.ko").unwrap();
     let run = vm
         .run(

@@ -19,36 +19,17 @@
 //! from `scripts/setup.sh --with-612`). Unset, the tests skip with a message,
 //! except under `CI`, where they must run.
 
+mod common;
+
+use common::{examples, field, suture, vm, VM_LOCK};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
-use suture_lab::Vm;
 
 /// The 6.12 release under test, or `None` (after saying why) when the tests
 /// skip. Under `CI` a missing release is a failure, not a skip.
 fn release() -> Option<String> {
-    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-    let Ok(r) = std::env::var("SUTURE_TEST_RELEASE_612") else {
-        assert!(!ci, "CI must set SUTURE_TEST_RELEASE_612 (scripts/test.sh does, from setup.sh --with-612)");
-        eprintln!("SKIP: SUTURE_TEST_RELEASE_612 is not set (bash scripts/setup.sh --with-612 installs a 6.12 release and prints it)");
-        return None;
-    };
-    assert!(r.starts_with("6.12."), "SUTURE_TEST_RELEASE_612={r} is not a 6.12 release");
-    if !suture_lab::require_kernel_or_skip(&r).expect("kernel for the 6.12 VM tests") {
-        return None;
-    }
-    Some(r)
+    common::ready_612()
 }
-
-fn suture() -> &'static str {
-    env!("CARGO_BIN_EXE_suture")
-}
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
-
-static VM_LOCK: Mutex<()> = Mutex::new(());
 
 /// `examples/cmdline-new-function.patch` and `examples/binfmt-misc-status.patch`
 /// for 6.12's sources, whose context differs from 6.1's (cmdline.c includes
@@ -95,9 +76,6 @@ fn patch_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-/// Command-line switches that make the guest kernel use call-depth tracking.
-const CALL_DEPTH: [&str; 2] = ["retbleed=force,stuff", "spectre_v2=retpoline"];
-
 fn build_ok(release: &str, patch: &Path, dir: &Path) -> (PathBuf, serde_json::Value) {
     let ko = dir.join(patch.file_name().unwrap()).with_extension("ko");
     let o = Command::new(suture())
@@ -107,27 +85,19 @@ fn build_ok(release: &str, patch: &Path, dir: &Path) -> (PathBuf, serde_json::Va
         .arg(&ko)
         .output()
         .expect("running suture build");
-    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.status.code(), Some(0), "suture build {patch} for {release} failed:\n{out}\n{err}", patch = patch.display());
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "suture build {patch} for {release} failed:\n{out}\n{err}",
+        patch = patch.display()
+    );
     let report: serde_json::Value = serde_json::from_str(&out).expect("--json report");
     assert_eq!(report["release"], release);
     (ko, report)
-}
-
-fn vm(release: &str) -> Vm {
-    let mut vm = Vm::new(release).unwrap();
-    for a in CALL_DEPTH {
-        vm = vm.append(a);
-    }
-    vm.add_executable(Path::new(suture()), "/bin/suture").unwrap();
-    vm
-}
-
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
-        .unwrap_or_else(|| panic!("no {key}: line in guest output:\n{out}"))
-        .trim()
 }
 
 /// What the kernel logged that would mean the module's code is not laid out
@@ -142,7 +112,10 @@ fn layout_complaints(dmesg: &str) -> Vec<&str> {
         "control protection",
         "Oops",
     ];
-    dmesg.lines().filter(|l| BAD.iter().any(|b| l.contains(b))).collect()
+    dmesg
+        .lines()
+        .filter(|l| BAD.iter().any(|b| l.contains(b)))
+        .collect()
 }
 
 /// Empties the kernel log before the first load: what the kernel says about
@@ -182,18 +155,32 @@ fn check_module_layout(ko: &Path, funcs: &[(&str, bool)]) {
     for &(name, indirect) in funcs {
         let (_, s) = syms
             .iter()
-            .find(|(n, s)| n == name && s.info & 0xf == 2 && s.shndx != SHN_UNDEF && s.shndx < SHN_LORESERVE)
+            .find(|(n, s)| {
+                n == name && s.info & 0xf == 2 && s.shndx != SHN_UNDEF && s.shndx < SHN_LORESERVE
+            })
             .unwrap_or_else(|| panic!("{} defines no function {name}", ko.display()));
         let data = elf.data(s.shndx as usize).unwrap();
         let v = s.value as usize;
-        assert!(v >= 16, "{name} starts {v} bytes into its section: no room for its 16-byte padding");
-        assert_eq!(&data[v - 16..v], &[0x90u8; 16][..], "{name}: the 16 bytes before it are not CALL_PADDING NOPs");
+        assert!(
+            v >= 16,
+            "{name} starts {v} bytes into its section: no room for its 16-byte padding"
+        );
+        assert_eq!(
+            &data[v - 16..v],
+            &[0x90u8; 16][..],
+            "{name}: the 16 bytes before it are not CALL_PADDING NOPs"
+        );
         if indirect {
-            assert_eq!(&data[v..v + 4], &[0xf3, 0x0f, 0x1e, 0xfa][..], "{name} does not start with endbr64");
+            assert_eq!(
+                &data[v..v + 4],
+                &[0xf3, 0x0f, 0x1e, 0xfa][..],
+                "{name} does not start with endbr64"
+            );
         }
         let pfx = format!("__pfx_{name}");
         assert!(
-            syms.iter().any(|(n, p)| *n == pfx && p.value + 16 == s.value && p.shndx == s.shndx),
+            syms.iter()
+                .any(|(n, p)| *n == pfx && p.value + 16 == s.value && p.shndx == s.shndx),
             "{name} has no {pfx} symbol over its padding"
         );
     }
@@ -229,8 +216,17 @@ fn proc_cmdline_is_patched_on_612() {
     let Some(release) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let (ko, report) = build_ok(&release, &examples().join("cmdline.patch"), tmp.path());
-    assert_eq!(report["replaced"][0]["function"], "cmdline_proc_show", "{report}");
+    assert_eq!(
+        report["replaced"][0]["function"], "cmdline_proc_show",
+        "{report}"
+    );
     check_module_layout(&ko, &[("cmdline_proc_show", true)]);
+    assert_eq!(
+        common::functions_without_orc(&ko),
+        Vec::<String>::new(),
+        "{}",
+        ko.display()
+    );
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm(&release);
     vm.add_file(&ko, "/root/cmdline.ko").unwrap();
@@ -253,16 +249,30 @@ fn proc_cmdline_is_patched_on_612() {
     assert_eq!(field(out, "UNAME"), release);
     // The guest really runs with call-depth tracking: the module's calls went
     // through the kernel's call-thunk patching.
-    assert!(field(out, "RETBLEED").contains("Stuffing"), "call-depth tracking is not on in the guest: {out}");
+    assert!(
+        field(out, "RETBLEED").contains("Stuffing"),
+        "call-depth tracking is not on in the guest: {out}"
+    );
     let before = field(out, "BEFORE");
     assert!(!before.contains("suture=live"), "{out}");
-    assert_eq!(field(out, "AFTER"), format!("{before} suture=live"), "{out}");
+    assert_eq!(
+        field(out, "AFTER"),
+        format!("{before} suture=live"),
+        "{out}"
+    );
     assert_eq!(field(out, "ENABLED"), "1");
     assert_eq!(field(out, "UNLOADED"), before, "{out}");
     assert_eq!(field(out, "SYSFS"), "", "{out}");
     let dmesg = dmesg_of(out);
-    assert!(dmesg.contains("livepatch_cmdline"), "no livepatch messages in dmesg:\n{dmesg}");
-    assert!(layout_complaints(&dmesg).is_empty(), "{:?}", layout_complaints(&dmesg));
+    assert!(
+        dmesg.contains("livepatch_cmdline"),
+        "no livepatch messages in dmesg:\n{dmesg}"
+    );
+    assert!(
+        layout_complaints(&dmesg).is_empty(),
+        "{:?}",
+        layout_complaints(&dmesg)
+    );
 }
 
 /// The new function is called from the replacement inside the module: with
@@ -272,10 +282,26 @@ fn proc_cmdline_is_patched_on_612() {
 fn a_changed_function_may_call_a_new_function_on_612() {
     let Some(release) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (ko, report) = build_ok(&release, &patch_file(tmp.path(), "cmdline-new-function.patch", CMDLINE_NEW_FUNCTION_612), tmp.path());
-    assert!(report["new_functions"].to_string().contains("suture_cmdline_note"), "{report}");
+    let (ko, report) = build_ok(
+        &release,
+        &patch_file(
+            tmp.path(),
+            "cmdline-new-function.patch",
+            CMDLINE_NEW_FUNCTION_612,
+        ),
+        tmp.path(),
+    );
+    assert!(
+        report["new_functions"]
+            .to_string()
+            .contains("suture_cmdline_note"),
+        "{report}"
+    );
     // The new function is only called directly: its padding is what matters.
-    check_module_layout(&ko, &[("cmdline_proc_show", true), ("suture_cmdline_note", false)]);
+    check_module_layout(
+        &ko,
+        &[("cmdline_proc_show", true), ("suture_cmdline_note", false)],
+    );
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm(&release);
     vm.add_file(&ko, "/root/p.ko").unwrap();
@@ -294,13 +320,20 @@ fn a_changed_function_may_call_a_new_function_on_612() {
     let out = run.script_output();
     assert_eq!(run.exit_status, 0, "{out}");
     let before = field(out, "BEFORE");
-    assert!(field(out, "AFTER").contains(" suture=new-function"), "{out}");
+    assert!(
+        field(out, "AFTER").contains(" suture=new-function"),
+        "{out}"
+    );
     assert_eq!(field(out, "NEWSYM"), "1", "{out}");
     // objtool named the padding of the new function when kbuild linked the module.
     assert_eq!(field(out, "PFX"), "1", "{out}");
     assert_eq!(field(out, "UNLOADED"), before, "{out}");
     let dmesg = dmesg_of(out);
-    assert!(layout_complaints(&dmesg).is_empty(), "{:?}", layout_complaints(&dmesg));
+    assert!(
+        layout_complaints(&dmesg).is_empty(),
+        "{:?}",
+        layout_complaints(&dmesg)
+    );
 }
 
 /// `examples/serial-type-show.patch` for 6.12 (the function moved 49 lines).
@@ -326,15 +359,25 @@ const SERIAL_TYPE_SHOW_612: &str = r#"--- a/drivers/tty/serial/serial_core.c
 fn a_static_callee_is_called_through_its_padding_on_612() {
     let Some(release) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (ko, report) = build_ok(&release, &patch_file(tmp.path(), "serial-type-show.patch", SERIAL_TYPE_SHOW_612), tmp.path());
+    let (ko, report) = build_ok(
+        &release,
+        &patch_file(tmp.path(), "serial-type-show.patch", SERIAL_TYPE_SHOW_612),
+        tmp.path(),
+    );
     assert_eq!(report["replaced"][0]["function"], "type_show", "{report}");
     check_module_layout(&ko, &[("type_show", true)]);
     let text = String::from_utf8_lossy(&std::fs::read(&ko).unwrap()).into_owned();
-    assert!(text.contains(".klp.sym.vmlinux.__pfx_uart_get_info,0"), "the call to uart_get_info does not go through its padding");
+    assert!(
+        text.contains(".klp.sym.vmlinux.__pfx_uart_get_info,0"),
+        "the call to uart_get_info does not go through its padding"
+    );
     let (sites, klp) = call_sites_and_klp_fields(&ko);
     assert!(!sites.is_empty() && !klp.is_empty(), "{sites:?} {klp:?}");
     for (sec, call) in &sites {
-        assert!(!klp.contains(&(*sec, call + 1)), "the call at {sec}:{call:#x} is relocated by livepatch but listed in .call_sites");
+        assert!(
+            !klp.contains(&(*sec, call + 1)),
+            "the call at {sec}:{call:#x} is relocated by livepatch but listed in .call_sites"
+        );
     }
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm(&release);
@@ -359,7 +402,11 @@ fn a_static_callee_is_called_through_its_padding_on_612() {
     assert!(field(out, "SIBLING_AFTER").ends_with(" (suture)"), "{out}");
     assert_eq!(field(out, "UNLOADED"), before, "{out}");
     let dmesg = dmesg_of(out);
-    assert!(layout_complaints(&dmesg).is_empty(), "{:?}", layout_complaints(&dmesg));
+    assert!(
+        layout_complaints(&dmesg).is_empty(),
+        "{:?}",
+        layout_complaints(&dmesg)
+    );
 }
 
 /// Module code on 6.12 (modules ship xz-compressed): patched with the module
@@ -368,12 +415,36 @@ fn a_static_callee_is_called_through_its_padding_on_612() {
 fn a_module_function_is_patched_before_and_after_the_module_loads_on_612() {
     let Some(release) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let (ko, _) = build_ok(&release, &patch_file(tmp.path(), "binfmt-misc-status.patch", BINFMT_MISC_STATUS_612), tmp.path());
+    let (ko, _) = build_ok(
+        &release,
+        &patch_file(
+            tmp.path(),
+            "binfmt-misc-status.patch",
+            BINFMT_MISC_STATUS_612,
+        ),
+        tmp.path(),
+    );
     check_module_layout(&ko, &[("bm_status_read", true)]);
+    // binfmt_misc.o went through objtool when it was compiled; objtool runs
+    // again when kbuild links the livepatch module and must write ORC for all
+    // of it, the generated hook (init_module, cleanup_module) included.
+    assert_eq!(
+        common::functions_without_orc(&ko),
+        Vec::<String>::new(),
+        "{}",
+        ko.display()
+    );
     // busybox insmod takes an uncompressed module.
     let xz = format!("/lib/modules/{release}/kernel/fs/binfmt_misc.ko.xz");
-    let plain = Command::new("xz").args(["-dc", &xz]).output().expect("running xz");
-    assert!(plain.status.success(), "xz -dc {xz}: {}", String::from_utf8_lossy(&plain.stderr));
+    let plain = Command::new("xz")
+        .args(["-dc", &xz])
+        .output()
+        .expect("running xz");
+    assert!(
+        plain.status.success(),
+        "xz -dc {xz}: {}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm(&release);
     vm.add_file(&ko, "/root/p.ko").unwrap();
@@ -411,7 +482,11 @@ fn a_module_function_is_patched_before_and_after_the_module_loads_on_612() {
     assert_eq!(field(out, "LATE"), "enabled (suture)", "{out}");
     assert_eq!(field(out, "LATE_PATCHED"), "1", "{out}");
     let dmesg = dmesg_of(out);
-    assert!(layout_complaints(&dmesg).is_empty(), "{:?}", layout_complaints(&dmesg));
+    assert!(
+        layout_complaints(&dmesg).is_empty(),
+        "{:?}",
+        layout_complaints(&dmesg)
+    );
 }
 
 /// `examples/cmdline-init.patch` and `examples/cmdline-comment.patch` for
@@ -456,17 +531,34 @@ fn refusals_name_the_problem_and_leave_nothing_behind_on_612() {
             .arg(&out)
             .output()
             .unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
-    let (status, err) = build(&patch_file(tmp.path(), "cmdline-init.patch", CMDLINE_INIT_612));
+    let (status, err) = build(&patch_file(
+        tmp.path(),
+        "cmdline-init.patch",
+        CMDLINE_INIT_612,
+    ));
     assert_eq!(status, Some(2), "{err}");
-    assert!(err.contains("proc_cmdline_init") && err.contains("__init"), "{err}");
+    assert!(
+        err.contains("proc_cmdline_init") && err.contains("__init"),
+        "{err}"
+    );
     assert!(!out.exists());
     let (status, err) = build(&examples().join("cmdline-does-not-apply.patch"));
     assert_eq!(status, Some(1), "{err}");
-    assert!(err.contains("fs/proc/cmdline.c") && err.contains("does not apply"), "{err}");
+    assert!(
+        err.contains("fs/proc/cmdline.c") && err.contains("does not apply"),
+        "{err}"
+    );
     assert!(!out.exists());
-    let (status, err) = build(&patch_file(tmp.path(), "cmdline-comment.patch", CMDLINE_COMMENT_612));
+    let (status, err) = build(&patch_file(
+        tmp.path(),
+        "cmdline-comment.patch",
+        CMDLINE_COMMENT_612,
+    ));
     assert_eq!(status, Some(3), "{err}");
     assert!(err.contains("no functional change"), "{err}");
     assert!(!out.exists());
@@ -500,16 +592,18 @@ fn a_pointer_to_an_original_without_endbr_is_refused_on_612() {
     let Some(release) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.ko");
-    let o = Command::new(suture())
-        .arg("build")
-        .arg(patch_file(tmp.path(), "serial-fptr.patch", SERIAL_FPTR_612))
-        .args(["--kernel", &release, "-o"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("uart_get_info") && err.contains("endbr64") && err.contains("IBT"), "{err}");
+    let b = common::build(
+        &release,
+        &patch_file(tmp.path(), "serial-fptr.patch", SERIAL_FPTR_612),
+        &out,
+        &[],
+    );
+    let err = b.stderr;
+    assert_eq!(b.status, 2, "{err}");
+    assert!(
+        err.contains("uart_get_info") && err.contains("endbr64") && err.contains("IBT"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
@@ -522,7 +616,9 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image_on_612() {
     let tmp = tempfile::tempdir().unwrap();
     let run = {
         let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        vm(&release).run("echo KS-START; gzip -c /proc/kallsyms | base64; echo KS-END\n").unwrap()
+        vm(&release)
+            .run("echo KS-START; gzip -c /proc/kallsyms | base64; echo KS-END\n")
+            .unwrap()
     };
     assert_eq!(run.exit_status, 0);
     let b64: String = run
@@ -536,14 +632,20 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image_on_612() {
     std::fs::write(tmp.path().join("kallsyms.b64"), b64).unwrap();
     let st = Command::new("sh")
         .arg("-c")
-        .arg(format!("base64 -d {0}/kallsyms.b64 | gunzip -c > {0}/kallsyms", tmp.path().display()))
+        .arg(format!(
+            "base64 -d {0}/kallsyms.b64 | gunzip -c > {0}/kallsyms",
+            tmp.path().display()
+        ))
         .status()
         .unwrap();
     assert!(st.success());
     let kallsyms = tmp.path().join("kallsyms");
     let text = std::fs::read_to_string(&kallsyms).unwrap();
     assert!(text.lines().count() > 50_000, "short kallsyms copy");
-    assert!(text.contains(" __pfx_uart_get_info"), "no __pfx_ symbols in the copy");
+    assert!(
+        text.contains(" __pfx_uart_get_info"),
+        "no __pfx_ symbols in the copy"
+    );
     let patch = patch_file(tmp.path(), "serial-type-show.patch", SERIAL_TYPE_SHOW_612);
     let build = |out: &str, extra: &[&str]| {
         let ko = tmp.path().join(out);
@@ -555,13 +657,24 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image_on_612() {
             .args(extra)
             .output()
             .unwrap();
-        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         (ko, report)
     };
     let (copy_ko, from_copy) = build("copy.ko", &["--kallsyms", kallsyms.to_str().unwrap()]);
     let (image_ko, from_image) = build("image.ko", &[]);
-    assert!(from_copy["symbol_source"].as_str().unwrap().contains("kallsyms copy"), "{from_copy}");
+    assert!(
+        from_copy["symbol_source"]
+            .as_str()
+            .unwrap()
+            .contains("kallsyms copy"),
+        "{from_copy}"
+    );
     assert_eq!(from_copy["replaced"], from_image["replaced"]);
     for ko in [&copy_ko, &image_ko] {
         let bytes = std::fs::read(ko).unwrap();
@@ -573,28 +686,17 @@ fn a_proc_kallsyms_copy_stands_in_for_the_image_on_612() {
     }
 }
 
-/// The 6.1 release the rest of the suite uses: `SUTURE_TEST_RELEASE`, else the
-/// one `linux-image-amd64` depends on.
-fn release_61() -> String {
-    if let Ok(r) = std::env::var("SUTURE_TEST_RELEASE") {
-        return r;
-    }
-    let o = Command::new("dpkg-query").args(["-W", "-f=${Depends}", "linux-image-amd64"]).output().unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .split([',', ' '])
-        .find_map(|w| w.strip_prefix("linux-image-"))
-        .map(str::to_string)
-        .unwrap_or_else(|| "6.1.0-56-amd64".to_string())
-}
-
 /// `--kernel` twice: one module per release in one run, each for its own
 /// release; a patch whose context only 6.1 has is reported not applicable on
 /// 6.12 while 6.1's module is still built.
 #[test]
 fn one_run_builds_one_module_per_release() {
     let Some(r612) = release() else { return };
-    let r61 = release_61();
-    assert!(suture_lab::require_kernel_or_skip(&r61).unwrap(), "{r61} is not installed");
+    let r61 = common::release_61();
+    assert!(
+        suture_lab::require_kernel_or_skip(&r61).unwrap(),
+        "{r61} is not installed"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let run = |patch: &Path, dir: &Path| {
         let o = Command::new(suture())
@@ -605,7 +707,8 @@ fn one_run_builds_one_module_per_release() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
+        let v: serde_json::Value =
+            serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {err}"));
         (o.status.code(), v, err)
     };
     let both = tmp.path().join("both");
@@ -616,15 +719,143 @@ fn one_run_builds_one_module_per_release() {
         assert_eq!(o["release"], r.as_str(), "{v}");
         assert_eq!(o["status"], "built", "{v}");
         let ko = both.join(format!("livepatch_cmdline-{r}.ko"));
-        let modinfo = Command::new("modinfo").args(["-F", "vermagic"]).arg(&ko).output().unwrap();
-        assert!(String::from_utf8_lossy(&modinfo.stdout).starts_with(&format!("{r} ")), "{}", ko.display());
+        let modinfo = Command::new("modinfo")
+            .args(["-F", "vermagic"])
+            .arg(&ko)
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&modinfo.stdout).starts_with(&format!("{r} ")),
+            "{}",
+            ko.display()
+        );
     }
     let one = tmp.path().join("one");
     let (status, v, err) = run(&examples().join("cmdline-new-function.patch"), &one);
     assert_eq!(status, Some(0), "{v}\n{err}");
     assert_eq!(v["releases"][0]["status"], "built", "{v}");
     assert_eq!(v["releases"][1]["status"], "not_applicable", "{v}");
-    assert!(v["releases"][1]["detail"].as_str().unwrap().contains("does not apply"), "{v}");
-    assert!(one.join(format!("livepatch_cmdline_new_function-{r61}.ko")).exists());
-    assert!(!one.join(format!("livepatch_cmdline_new_function-{r612}.ko")).exists());
+    assert!(
+        v["releases"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("does not apply"),
+        "{v}"
+    );
+    assert!(one
+        .join(format!("livepatch_cmdline_new_function-{r61}.ko"))
+        .exists());
+    assert!(!one
+        .join(format!("livepatch_cmdline_new_function-{r612}.ko"))
+        .exists());
+}
+
+/// The replacement prints the symbol of an unexported vmlinux function, so it
+/// takes that function's address (through a livepatch relocation, the
+/// function being outside this file). `kernel_clone` is only ever called
+/// directly in vmlinux: its endbr64 is sealed at boot, and a pointer to it
+/// would trap on CET hardware. `proc_pid_status` sits in a table of pointers,
+/// so its endbr64 stays.
+fn cmdline_pointer_patch(func: &str) -> String {
+    format!(
+        "--- a/fs/proc/cmdline.c\n\
+         +++ b/fs/proc/cmdline.c\n\
+         @@ -3,11 +3,13 @@\n \
+         #include <linux/init.h>\n \
+         #include <linux/proc_fs.h>\n \
+         #include <linux/seq_file.h>\n\
+         +#include <linux/sched/task.h>\n \
+         #include \"internal.h\"\n \
+         \n \
+         static int cmdline_proc_show(struct seq_file *m, void *v)\n \
+         {{\n \
+         \tseq_puts(m, saved_command_line);\n\
+         +\tseq_printf(m, \" suture=%ps\", {func});\n \
+         \tseq_putc(m, '\\n');\n \
+         \treturn 0;\n \
+         }}\n"
+    )
+}
+
+#[test]
+fn a_pointer_to_a_function_whose_endbr_is_sealed_at_boot_is_refused_on_612() {
+    let Some(release) = release() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.ko");
+    let sealed = patch_file(
+        tmp.path(),
+        "ptr-sealed.patch",
+        &cmdline_pointer_patch("kernel_clone"),
+    );
+    let b = common::build(&release, &sealed, &out, &[]);
+    let err = b.stderr;
+    assert_eq!(b.status, 2, "{err}");
+    assert!(
+        err.contains("kernel_clone") && err.contains("seals at boot") && err.contains("IBT"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // A function whose endbr64 stays is fine, reached through livepatch.
+    let kept = patch_file(
+        tmp.path(),
+        "ptr-kept.patch",
+        &cmdline_pointer_patch("proc_pid_status"),
+    );
+    let (ko, report) = build_ok(&release, &kept, tmp.path());
+    assert_eq!(
+        report["replaced"][0]["function"], "cmdline_proc_show",
+        "{report}"
+    );
+    let text = String::from_utf8_lossy(&std::fs::read(&ko).unwrap()).into_owned();
+    assert!(
+        text.contains(".klp.sym.vmlinux.proc_pid_status,0"),
+        "the pointer is not a livepatch relocation"
+    );
+}
+
+/// `suture verify` on 6.12: the kernel changes its own code after the image
+/// was built (it seals unused endbr64 into NOPs, points calls at call-depth
+/// thunks, rewrites return thunks and applies alternatives), and the records
+/// the build writes mask exactly that. `kernel_clone` and `release_task` are
+/// only called directly, so their endbr64 is sealed; `proc_pid_status` and
+/// `cmdline_proc_show` are reached through pointers and keep theirs.
+#[test]
+fn the_host_verifies_replaced_functions_against_kernel_memory_on_612() {
+    let Some(release) = release() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (tag, report) = build_ok(
+        &release,
+        &examples().join("6.12/shadow-task-tag.patch"),
+        tmp.path(),
+    );
+    assert_eq!(
+        report["replaced"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    let (cmdline, _) = build_ok(&release, &examples().join("cmdline.patch"), tmp.path());
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm(&release).timeout(std::time::Duration::from_secs(400));
+    vm.add_file(&tag, "/root/tag.ko").unwrap();
+    vm.add_file(&cmdline, "/root/cmdline.ko").unwrap();
+    let run = vm
+        .run(
+            "suture verify --json /root/tag.ko > /tmp/v.json; echo VERIFY_TAG:$?\n\
+             echo TAG_JSON:$(tr -d '\\n ' < /tmp/v.json)\n\
+             suture verify /root/cmdline.ko; echo VERIFY_CMDLINE:$?\n\
+             suture load /root/tag.ko > /dev/null || exit 10\n\
+             suture verify /root/tag.ko; echo VERIFY_PATCHED:$?\n\
+             suture unload livepatch_shadow_task_tag > /dev/null || exit 12\n",
+        )
+        .unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    let json = field(out, "TAG_JSON");
+    assert_eq!(field(out, "VERIFY_TAG"), "0", "{out}");
+    for f in ["kernel_clone", "release_task", "proc_pid_status"] {
+        assert!(json.contains(&format!("\"name\":\"{f}\"")), "{json}");
+    }
+    assert_eq!(json.matches("\"match\"").count(), 3, "{json}");
+    assert_eq!(field(out, "VERIFY_CMDLINE"), "0", "{out}");
+    assert_eq!(field(out, "VERIFY_PATCHED"), "0", "{out}");
 }
