@@ -375,7 +375,10 @@ fn format_installed(
             } else {
                 "no".into()
             },
-            if i.skipped.is_some() {
+            if i.changed_since_install {
+                // Refused at load: the operator must reinstall or remove it.
+                "CHANGED".into()
+            } else if i.skipped.is_some() {
                 "SKIPPED".into()
             } else if i.pending.is_some() {
                 "pending".into()

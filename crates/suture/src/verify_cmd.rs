@@ -71,7 +71,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         .module
         .as_deref()
         .expect("clap requires MODULE without --dump");
-    let r = match host().verify(module) {
+    let h = host();
+    let store = h.trust_store_dir();
+    let r = match h.verify(module) {
         Ok(r) => r,
         Err(e) => return fail("verify", e, a.json),
     };
@@ -109,12 +111,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 s.signer,
                 s.hash,
                 s.verified_by.as_deref().map_or(
-                    "not verified: the trust store /etc/suture/certs is empty".to_string(),
+                    format!("not verified: the trust store {} is empty", store.display()),
                     |c| format!("verified with {c}")
                 )
             ),
             None => println!(
-                "  not signed (the trust store /etc/suture/certs is empty, so that is allowed)"
+                "  not signed (the trust store {} is empty, so that is allowed)",
+                store.display()
             ),
         }
         for f in &r.functions {
