@@ -460,10 +460,20 @@ pub fn unload(root: &Path, sys: &dyn KexecSys) -> Result<Unloaded, HostError> {
 
 /// Starts a clean shutdown that ends in the loaded kernel. `--no-block`:
 /// systemctl returns once the job is queued instead of waiting for a
-/// shutdown that will kill it (and us) before it could report.
+/// shutdown that will kill it before it could report.
+///
+/// The shutdown it starts stops this process's unit or session at once
+/// (SIGTERM, SIGHUP), systemctl included, often before systemctl has
+/// exited: from here until exit both are ignored, by us and (inherited)
+/// by systemctl, so its status and our report still come out.
 pub fn systemctl_kexec() -> Result<(), HostError> {
-    let out = std::process::Command::new("systemctl")
-        .args(["--no-block", "kexec"])
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    let mut cmd = std::process::Command::new("systemctl");
+    cmd.args(["--no-block", "kexec"]);
+    let out = cmd
         .output()
         .map_err(|e| {
             HostError::io("running systemctl kexec".into(), &e).hint(
