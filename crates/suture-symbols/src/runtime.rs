@@ -9,6 +9,8 @@
 //!   calls on 6.12...): `instrlen` bytes at each site.
 //! - `__jump_table` (`__start___jump_table`): static keys, a 2- or 5-byte NOP
 //!   that becomes a jump whenever the key is enabled, at any time.
+//! - `.smp_locks` (`__smp_locks`): `lock` prefixes, which the kernel turns
+//!   into `ds` prefixes while only one CPU runs, and back.
 //! - `.parainstructions` (`__parainstructions`, 6.1): paravirt call sites
 //!   turned into native instructions at boot: `len` bytes at each site.
 //! - `.ibt_endbr_seal` (`__ibt_endbr_seal`, IBT kernels): the `endbr64` of
@@ -28,13 +30,19 @@ use crate::{ibt_sealed_sites, Error, Result};
 pub fn runtime_rewritten_sites(vmlinux: &[u8], kallsyms: &Kallsyms) -> Result<Vec<(u64, usize)>> {
     let image = Image::parse(vmlinux)?;
     let mut sites = Vec::new();
+    let (lo, hi) = (kallsyms.unique_addr("_text"), kallsyms.unique_addr("_end"));
+    let in_kernel = |a: u64| lo.is_some_and(|lo| a >= lo) && hi.is_some_and(|hi| a < hi);
     if let Some((base, t)) = table(
         &image,
         kallsyms,
         "__alt_instructions",
         "__alt_instructions_end",
     )? {
-        sites.extend(alternatives(base, t)?);
+        sites.extend(alternatives(base, t, &in_kernel)?);
+    }
+    if let Some((base, t)) = table(&image, kallsyms, "__smp_locks", "__smp_locks_end")? {
+        // A `lock` prefix, turned into a `ds` prefix while one CPU runs.
+        sites.extend(relative_sites(base, t)?.into_iter().map(|a| (a, 1)));
     }
     if let Some((base, t)) = table(
         &image,
@@ -98,26 +106,58 @@ fn i32_at(b: &[u8], o: usize) -> i64 {
     i32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) as i64
 }
 
-/// `struct alt_instr` (6.0 and later, packed): `s32 instr_offset`,
-/// `s32 repl_offset`, `u32 ft_flags`, `u8 instrlen`, `u8 replacementlen`.
-/// The offset is relative to the entry's own field.
-pub fn alternatives(base: u64, table: &[u8]) -> Result<Vec<(u64, usize)>> {
-    const SIZE: usize = 14;
-    if table.len() % SIZE != 0 {
+/// `struct alt_instr`, packed: `s32 instr_offset`, `s32 repl_offset`, then
+/// the feature (`u16 cpuid` in Debian's 6.1, `u32 ft_flags` in 6.12), `u8
+/// instrlen`, `u8 replacementlen`; the offset is relative to the entry's own
+/// field. The layout is the one (14 or 12 bytes) under which every site lies
+/// in the kernel (`in_kernel`) and no length is absurd.
+pub fn alternatives(
+    base: u64,
+    table: &[u8],
+    in_kernel: &dyn Fn(u64) -> bool,
+) -> Result<Vec<(u64, usize)>> {
+    for size in [14usize, 12] {
+        if table.len() % size != 0 {
+            continue;
+        }
+        let entries: Vec<(u64, usize, usize)> = (0..table.len() / size)
+            .map(|i| {
+                let o = i * size;
+                let site = (base + o as u64).wrapping_add(i32_at(table, o) as u64);
+                (
+                    site,
+                    table[o + size - 2] as usize,
+                    table[o + size - 1] as usize,
+                )
+            })
+            .collect();
+        if entries
+            .iter()
+            .all(|&(a, l, r)| in_kernel(a) && l <= 64 && r <= 64)
+        {
+            return Ok(entries
+                .into_iter()
+                .filter(|&(_, l, _)| l > 0)
+                .map(|(a, l, _)| (a, l))
+                .collect());
+        }
+    }
+    Err(Error::Image(format!(
+        "the alternatives table ({} bytes) is neither 14- nor 12-byte entries pointing into the kernel",
+        table.len()
+    )))
+}
+
+/// A list of 32-bit offsets, each relative to itself (`.smp_locks`).
+pub fn relative_sites(base: u64, table: &[u8]) -> Result<Vec<u64>> {
+    if table.len() % 4 != 0 {
         return Err(Error::Image(format!(
-            "the alternatives table holds {} bytes: not {SIZE}-byte entries",
+            "a site list of {} bytes: not 32-bit offsets",
             table.len()
         )));
     }
-    Ok((0..table.len() / SIZE)
-        .map(|i| {
-            let o = i * SIZE;
-            (
-                (base + o as u64).wrapping_add(i32_at(table, o) as u64),
-                table[o + 12] as usize,
-            )
-        })
-        .filter(|&(_, len)| len > 0)
+    Ok((0..table.len() / 4)
+        .map(|i| (base + 4 * i as u64).wrapping_add(i32_at(table, 4 * i) as u64))
         .collect())
 }
 
@@ -174,8 +214,29 @@ mod tests {
         t.extend_from_slice(&0x20i32.to_le_bytes());
         t.extend_from_slice(&[0; 8]);
         t.extend_from_slice(&[5, 0]);
-        assert_eq!(alternatives(0x1000, &t).unwrap(), [(0xf00, 3), (0x102e, 5)]);
-        assert!(alternatives(0x1000, &t[..13]).is_err());
+        let kernel = |a: u64| (0xe00..0x2000).contains(&a);
+        assert_eq!(
+            alternatives(0x1000, &t, &kernel).unwrap(),
+            [(0xf00, 3), (0x102e, 5)]
+        );
+        assert!(alternatives(0x1000, &t[..13], &kernel).is_err());
+        // 6.1's 12-byte entries: site 0x10 after entry 0, 2 bytes; entry 1
+        // (at 0x100c) 0x40 after it, 6 bytes.
+        let mut t = Vec::new();
+        t.extend_from_slice(&0x10i32.to_le_bytes());
+        t.extend_from_slice(&[0; 4]);
+        t.extend_from_slice(&[0x12, 0x00, 2, 2]);
+        t.extend_from_slice(&0x40i32.to_le_bytes());
+        t.extend_from_slice(&[0; 4]);
+        t.extend_from_slice(&[0x34, 0x00, 6, 0]);
+        assert_eq!(
+            alternatives(0x1000, &t, &kernel).unwrap(),
+            [(0x1010, 2), (0x104c, 6)]
+        );
+        assert_eq!(
+            relative_sites(0x3000, &(-4i32).to_le_bytes()).unwrap(),
+            [0x2ffc]
+        );
     }
 
     #[test]

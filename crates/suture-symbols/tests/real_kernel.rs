@@ -551,3 +551,35 @@ fn exports_from_the_image_equal_module_symvers() {
     assert_eq!(n, from_image.len());
     eprintln!("{n} exports read from the image agree with Module.symvers");
 }
+
+/// The sites 6.1 rewrites in its own code come from the image's tables: its
+/// alternatives use 12-byte entries (6.12's are 14), `lock` prefixes and
+/// paravirt sites are listed, and nothing is sealed (no IBT).
+#[test]
+fn runtime_rewritten_sites_of_61_come_from_the_images_own_tables() {
+    let Some(r) = real() else { return };
+    assert!(ibt_sealed_sites(&r.vmlinux, &r.kallsyms)
+        .unwrap()
+        .is_empty());
+    for t in [
+        "__alt_instructions",
+        "__smp_locks",
+        "__parainstructions",
+        "__start___jump_table",
+    ] {
+        assert!(r.kallsyms.unique_addr(t).is_some(), "no {t} in kallsyms");
+    }
+    let sites = runtime_rewritten_sites(&r.vmlinux, &r.kallsyms).unwrap();
+    assert!(sites.len() > 10_000, "{} sites", sites.len());
+    // Every `lock` prefix site holds 0xf0 in the image.
+    let image = Image::parse(&r.vmlinux).unwrap();
+    let locks = sites
+        .iter()
+        .filter(|(_, l)| *l == 1)
+        .take(200)
+        .collect::<Vec<_>>();
+    assert!(!locks.is_empty());
+    for &&(a, _) in &locks {
+        assert_eq!(image.bytes_at(a, 1), Some(&[0xf0u8][..]), "{a:#x}");
+    }
+}
