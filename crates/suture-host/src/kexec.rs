@@ -239,6 +239,9 @@ pub struct Preflight {
     pub disabled: Option<bool>,
     /// The active lockdown mode (`integrity`, `confidentiality`), if any.
     pub lockdown: Option<String>,
+    /// `kernel.kexec_load_limit_reboot` (6.6+): loads left, -1 unlimited.
+    /// Every load and unload counts; at 0 the kernel answers EPERM.
+    pub loads_left: Option<i64>,
 }
 
 /// `[none] integrity confidentiality` → the bracketed mode unless `none`.
@@ -256,6 +259,8 @@ pub fn preflight(root: &Path) -> Preflight {
         lockdown: read("sys/kernel/security/lockdown")
             .as_deref()
             .and_then(parse_lockdown),
+        loads_left: read("proc/sys/kernel/kexec_load_limit_reboot")
+            .and_then(|s| s.trim().parse().ok()),
     }
 }
 
@@ -295,6 +300,11 @@ fn check_allowed(root: &Path, sys: &dyn KexecSys) -> Result<Preflight, HostError
             "kexec is disabled on this host (kernel.kexec_load_disabled = 1)",
         )
         .hint("the switch cannot be turned back on without a reboot: reboot through the boot loader instead (grub-reboot RELEASE, then `systemctl reboot`), and drop kernel.kexec_load_disabled from /etc/sysctl.d if kexec should work next time")),
+        Some(false) if pre.loads_left == Some(0) => Err(HostError::new(
+            ErrorKind::KexecDisabled,
+            "the kernel allows no more kexec loads until reboot (kernel.kexec_load_limit_reboot = 0)",
+        )
+        .hint("the limit only counts down: reboot through the boot loader instead (grub-reboot RELEASE, then `systemctl reboot`)")),
         Some(false) => Ok(pre),
     }
 }
@@ -313,8 +323,8 @@ pub fn explain_errno(errno: i32, release: &str, lockdown: Option<&str>) -> HostE
             ),
             None => (
                 ErrorKind::Permission,
-                "the kernel refused kexec (EPERM): the process lacks CAP_SYS_BOOT or kexec was disabled meanwhile".into(),
-                "run as root outside a restricted container, and check `sysctl kernel.kexec_load_disabled`".into(),
+                "the kernel refused kexec (EPERM): the process lacks CAP_SYS_BOOT, or kexec was disabled or its load limit reached meanwhile".into(),
+                "run as root outside a restricted container, and check `sysctl kernel.kexec_load_disabled kernel.kexec_load_limit_reboot`".into(),
             ),
         },
         libc::EKEYREJECTED | libc::ENOKEY | libc::EBADMSG | libc::ENODATA | libc::ENOPKG => (

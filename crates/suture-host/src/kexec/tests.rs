@@ -313,6 +313,14 @@ fn refusals_before_the_syscall() {
     assert_eq!(e.kind, ErrorKind::KexecDisabled);
     assert!(e.hint.unwrap().contains("cannot be turned back on"));
 
+    t.write("proc/sys/kernel/kexec_load_disabled", "0\n");
+    t.write("proc/sys/kernel/kexec_load_limit_reboot", "0\n");
+    let e = load(t.root(), &sys, "6.1.0-47-amd64", &spec).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::KexecDisabled);
+    assert!(e.message.contains("kexec_load_limit_reboot = 0"), "{e}");
+    t.write("proc/sys/kernel/kexec_load_limit_reboot", "-1\n");
+    assert_eq!(preflight(t.root()).loads_left, Some(-1));
+
     std::fs::remove_file(t.root().join("proc/sys/kernel/kexec_load_disabled")).unwrap();
     let e = load(t.root(), &sys, "6.1.0-47-amd64", &spec).unwrap_err();
     assert!(e.message.contains("no kexec support"), "{e}");
