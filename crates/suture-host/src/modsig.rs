@@ -314,8 +314,10 @@ impl TrustStore {
     pub fn from_files(files: &[(String, Vec<u8>)]) -> Result<TrustStore, String> {
         let mut store = TrustStore::default();
         for (name, data) in files {
-            let certs = if data.starts_with(b"-----BEGIN") {
-                Certificate::load_pem_chain(data)
+            // `openssl x509 -text` puts a text dump before the PEM block.
+            let pem_at = data.windows(10).position(|w| w == b"-----BEGIN");
+            let certs = if let Some(at) = pem_at {
+                Certificate::load_pem_chain(&data[at..])
                     .map_err(|e| format!("{name}: not a PEM certificate: {e}"))?
             } else {
                 vec![Certificate::from_der(data)

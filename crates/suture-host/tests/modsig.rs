@@ -274,7 +274,12 @@ fn a_store_file_that_is_no_certificate_is_an_error() {
     // Loading a directory: certificates by extension, other files ignored.
     let store_dir = f.dir.join("certs");
     std::fs::create_dir(&store_dir).unwrap();
-    std::fs::copy(&f.cert, store_dir.join("a.crt")).unwrap();
+    let text = [
+        &b"Certificate:\n    Data: (openssl x509 -text)\n"[..],
+        &std::fs::read(&f.cert).unwrap(),
+    ]
+    .concat();
+    std::fs::write(store_dir.join("a.crt"), text).unwrap();
     std::fs::write(store_dir.join("README"), "not a certificate").unwrap();
     let s = TrustStore::load(&store_dir).unwrap();
     assert_eq!(s.certs.len(), 1);
