@@ -7,10 +7,10 @@
 //! is built from PATCHED byte ranges ("pieces") grouped per source section, so
 //! objects compiled without -ffunction-sections work too.
 //!
-//! `.fixup` and `.altinstr_replacement` are sliced to the stubs kept entries
-//! use (a stub ends where the next one starts). Known simplifications:
-//! `.altinstr_aux` is copied whole when a kept entry needs it; debug sections
-//! are not carried over (their relocations are not even read).
+//! `.fixup`, `.altinstr_replacement` and `.altinstr_aux` are sliced to the
+//! stubs included code and kept entries use (a stub ends where the next one
+//! starts). Known simplification: debug sections are not carried over (their
+//! relocations are not even read).
 
 use suture_elf::fx::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -44,16 +44,25 @@ pub(crate) struct Diff<'a> {
     /// symbol names (objtool, which adds those symbols, runs on vmlinux.o, not
     /// on single vmlinux objects, when the kernel has IBT).
     pub pad_p: HashMap<usize, u64>,
-    /// ORIG's defined local symbols by name, in file order (for sympos).
-    pub o_locals_named: HashMap<String, Vec<usize>>,
+    /// Position of each ORIG symbol among ORIG's defined local symbols of its
+    /// name, in file order, from 1; 0 when the name is unique or not local.
+    pub o_sympos: Vec<u32>,
 }
 
 fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
     // Debug sections are not carried over: their relocations are not read.
-    let po = ParseOptions { debug_relocations: false };
-    let elf = Object::parse_shared(bytes, &po).map_err(|e| Error::Input { file, msg: e.to_string() })?;
+    let po = ParseOptions {
+        debug_relocations: false,
+    };
+    let elf = Object::parse_shared(bytes, &po).map_err(|e| Error::Input {
+        file,
+        msg: e.to_string(),
+    })?;
     if elf.symtab.is_none() {
-        return Err(Error::Input { file, msg: "no symbol table".into() });
+        return Err(Error::Input {
+            file,
+            msg: "no symbol table".into(),
+        });
     }
     // Code and data live in PROGBITS/NOBITS (and the like); a symbol inside a
     // relocation, symbol or string table is corruption, and copying such a
@@ -62,7 +71,17 @@ fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
     for x in &elf.symbols {
         if let Some(sec) = x.section() {
             let t = elf.sections[sec].sh_type;
-            if matches!(t, SHT_NULL | SHT_SYMTAB | SHT_STRTAB | SHT_RELA | SHT_REL | SHT_GROUP | SHT_SYMTAB_SHNDX | 11) {
+            if matches!(
+                t,
+                SHT_NULL
+                    | SHT_SYMTAB
+                    | SHT_STRTAB
+                    | SHT_RELA
+                    | SHT_REL
+                    | SHT_GROUP
+                    | SHT_SYMTAB_SHNDX
+                    | 11
+            ) {
                 return Err(Error::Input {
                     file,
                     msg: format!("symbol {} ({}) is defined in {}, a section of type {t} that holds no code or data", x.index, x.name, elf.sections[sec].name),
@@ -74,15 +93,33 @@ fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
 }
 
 pub fn diff(orig: &[u8], patched: &[u8], opts: &Options) -> Result<Outcome, Error> {
-    diff_shared(std::sync::Arc::new(orig.to_vec()), std::sync::Arc::new(patched.to_vec()), opts)
+    diff_shared(
+        std::sync::Arc::new(orig.to_vec()),
+        std::sync::Arc::new(patched.to_vec()),
+        opts,
+    )
 }
 
 /// [`diff`] on inputs the caller already holds (a `Vec` or a memory map): no copy.
 pub fn diff_shared(orig: Shared, patched: Shared, opts: &Options) -> Result<Outcome, Error> {
+    diff_shared_keep(orig, patched, opts).map(|(out, _model)| out)
+}
+
+/// The parsed inputs an [`Outcome`] was computed from, opaque.
+pub struct Model<'a>(#[allow(dead_code)] Diff<'a>);
+
+/// [`diff_shared`], handing back the parsed inputs as well, so that a process
+/// about to exit can leave them to the kernel (`std::mem::forget`): freeing
+/// tens of thousands of small allocations one by one is a tenth of a diff.
+pub fn diff_shared_keep(
+    orig: Shared,
+    patched: Shared,
+    opts: &Options,
+) -> Result<(Outcome, Model<'_>), Error> {
     let mut d = Diff::new(orig, patched, opts)?;
     d.compare();
     let out = crate::include::run(&mut d)?;
-    Ok(out)
+    Ok((out, Model(d)))
 }
 
 /// The pipeline cut after each stage, for the Criterion benchmark of the
@@ -105,11 +142,26 @@ pub fn run_stages(orig: Shared, patched: Shared, opts: &Options, upto: u8) -> Re
     Ok(())
 }
 
-pub fn explain(orig: &[u8], patched: &[u8], func: &str, opts: &Options) -> Result<Explanation, Error> {
-    explain_shared(std::sync::Arc::new(orig.to_vec()), std::sync::Arc::new(patched.to_vec()), func, opts)
+pub fn explain(
+    orig: &[u8],
+    patched: &[u8],
+    func: &str,
+    opts: &Options,
+) -> Result<Explanation, Error> {
+    explain_shared(
+        std::sync::Arc::new(orig.to_vec()),
+        std::sync::Arc::new(patched.to_vec()),
+        func,
+        opts,
+    )
 }
 
-pub fn explain_shared(orig: Shared, patched: Shared, func: &str, opts: &Options) -> Result<Explanation, Error> {
+pub fn explain_shared(
+    orig: Shared,
+    patched: Shared,
+    func: &str,
+    opts: &Options,
+) -> Result<Explanation, Error> {
     let d = Diff::new(orig, patched, opts)?;
     Ok(crate::explain::explain(&d, func))
 }
@@ -126,14 +178,26 @@ fn parent_name(name: &str) -> Option<&str> {
     None
 }
 
-const DATA_PREFIXES: &[&str] = &[".data", ".bss", ".rodata", ".init.data", ".init.rodata", ".ref.data", ".tdata", ".tbss", ".exit.data"];
+const DATA_PREFIXES: &[&str] = &[
+    ".data",
+    ".bss",
+    ".rodata",
+    ".init.data",
+    ".init.rodata",
+    ".ref.data",
+    ".tdata",
+    ".tbss",
+    ".exit.data",
+];
 
 impl<'a> Diff<'a> {
     pub fn new(orig: Shared, patched: Shared, opts: &'a Options) -> Result<Self, Error> {
         let o = load(orig, "ORIG")?;
         let p = load(patched, "PATCHED")?;
         if o.elf.e_flags != p.elf.e_flags {
-            return Err(Error::Other("ORIG and PATCHED have different ELF header flags".into()));
+            return Err(Error::Other(
+                "ORIG and PATCHED have different ELF header flags".into(),
+            ));
         }
         let np = p.elf.symbols.len();
         let no = o.elf.symbols.len();
@@ -149,13 +213,9 @@ impl<'a> Diff<'a> {
             children_p: HashMap::default(),
             pfx_p: HashMap::default(),
             pad_p: HashMap::default(),
-            o_locals_named: HashMap::default(),
+            o_sympos: Vec::new(),
         };
-        for x in &d.o.elf.symbols {
-            if x.bind == STB_LOCAL && x.section().is_some() && x.typ != STT_SECTION && x.typ != STT_FILE {
-                d.o_locals_named.entry(x.name.clone()).or_default().push(x.index);
-            }
-        }
+        d.o_sympos = local_positions(&d.o.elf.symbols);
         d.check_related()?;
         d.correlate();
         d.find_children();
@@ -165,7 +225,12 @@ impl<'a> Diff<'a> {
 
     fn check_related(&self) -> Result<(), Error> {
         let files = |x: &Obj| -> HashSet<String> {
-            x.elf.symbols.iter().filter(|s| s.typ == STT_FILE).map(|s| s.name.clone()).collect()
+            x.elf
+                .symbols
+                .iter()
+                .filter(|s| s.typ == STT_FILE)
+                .map(|s| s.name.clone())
+                .collect()
         };
         let (fo, fp) = (files(&self.o), files(&self.p));
         if !fo.is_empty() && !fp.is_empty() && fo.is_disjoint(&fp) {
@@ -217,7 +282,11 @@ impl<'a> Diff<'a> {
                     continue;
                 }
                 let s = self.p.sym(i);
-                let n = if exact { s.name.as_str() } else { self.p.mangled(i) };
+                let n = if exact {
+                    s.name.as_str()
+                } else {
+                    self.p.mangled(i)
+                };
                 if let Some(v) = pool.get_mut(&(self.p.file(i), n, s.typ)) {
                     if let Some(o) = v.pop() {
                         pairs.push((o, i));
@@ -251,9 +320,17 @@ impl<'a> Diff<'a> {
             }
         }
         for s in &self.p.elf.symbols {
-            let Some(base) = s.name.strip_prefix("__pfx_").or_else(|| s.name.strip_prefix("__cfi_")) else { continue };
+            let Some(base) = s
+                .name
+                .strip_prefix("__pfx_")
+                .or_else(|| s.name.strip_prefix("__cfi_"))
+            else {
+                continue;
+            };
             let Some(sec) = s.section() else { continue };
-            let next = self.p.containing(sec, s.value.saturating_add(s.size) as i64);
+            let next = self
+                .p
+                .containing(sec, s.value.saturating_add(s.size) as i64);
             if let Some(f) = next.filter(|&f| self.p.sym(f).name == base) {
                 self.pfx_p.insert(f, s.index);
             }
@@ -272,8 +349,14 @@ impl<'a> Diff<'a> {
     /// is loaded) and checks that they are NOPs first, so a function copied
     /// into the patch must keep them.
     fn find_padding(&mut self) {
-        let secs: Vec<usize> =
-            self.p.elf.sections.iter().filter(|s| s.name == "__patchable_function_entries").map(|s| s.index).collect();
+        let secs: Vec<usize> = self
+            .p
+            .elf
+            .sections
+            .iter()
+            .filter(|s| s.name == "__patchable_function_entries")
+            .map(|s| s.index)
+            .collect();
         for pfe in secs {
             for r in self.p.elf.relas_of(pfe) {
                 let s = self.p.sym(r.sym);
@@ -312,7 +395,9 @@ impl<'a> Diff<'a> {
     /// Static locals referenced by a function (resolved through section symbols).
     fn statics_used(x: &Obj, f: usize) -> Vec<usize> {
         let s = x.sym(f);
-        let Some(sec) = s.section() else { return Vec::new() };
+        let Some(sec) = s.section() else {
+            return Vec::new();
+        };
         let mut v = Vec::new();
         for r in x.relas_in(sec, s.value, s.value.saturating_add(s.size.max(1))) {
             if let Target::Sym { sym, .. } = x.target(sec, r) {
@@ -368,17 +453,27 @@ impl<'a> Diff<'a> {
         let mut count_p: HashMap<(String, String), Vec<usize>> = HashMap::default();
         for i in 0..self.o.elf.symbols.len() {
             if self.o.is_static_local(i) && self.o.sym(i).section().is_some() {
-                count_o.entry((self.o.file(i).to_string(), self.o.mangled(i).to_string())).or_default().push(i);
+                count_o
+                    .entry((self.o.file(i).to_string(), self.o.mangled(i).to_string()))
+                    .or_default()
+                    .push(i);
             }
         }
         for i in 0..self.p.elf.symbols.len() {
             if self.p.is_static_local(i) && self.p.sym(i).section().is_some() {
-                count_p.entry((self.p.file(i).to_string(), self.p.mangled(i).to_string())).or_default().push(i);
+                count_p
+                    .entry((self.p.file(i).to_string(), self.p.mangled(i).to_string()))
+                    .or_default()
+                    .push(i);
             }
         }
         for (k, vo) in &count_o {
             if let Some(vp) = count_p.get(k) {
-                if vo.len() == 1 && vp.len() == 1 && self.twin_o[vo[0]].is_none() && self.twin_p[vp[0]].is_none() {
+                if vo.len() == 1
+                    && vp.len() == 1
+                    && self.twin_o[vo[0]].is_none()
+                    && self.twin_p[vp[0]].is_none()
+                {
                     self.pair(vo[0], vp[0]);
                 }
             }
@@ -405,30 +500,45 @@ impl<'a> Diff<'a> {
     /// An alias shares the function section of the symbol it aliases
     /// (`__x64_sys_getppid` lives in `.text.__do_sys_getppid`): its class is
     /// that of the section, not the section's whole name.
-    fn section_class(x: &Obj, i: usize) -> String {
+    fn section_class(x: &Obj, i: usize) -> &str {
         let s = x.sym(i);
         let sec = s.section().unwrap();
-        let n = &x.sec(sec).name;
-        if let Some(base) = n.strip_suffix(&s.name).and_then(|b| b.strip_suffix('.')) {
+        let n = x.sec(sec).name.as_str();
+        if let Some(base) = n
+            .strip_suffix(s.name.as_str())
+            .and_then(|b| b.strip_suffix('.'))
+        {
             if !base.is_empty() {
-                return base.to_string();
+                return base;
             }
         }
-        // Only function sections can hold aliases of another function; the
-        // scan stays off the hot path of data sections with many objects.
+        // Only function sections can hold aliases of another function. The
+        // section's own symbols are the candidates; the lowest symbol index
+        // wins, as in a scan of the symbol table.
         if n.starts_with(".text.") && s.typ == STT_FUNC {
-            for j in 0..x.elf.symbols.len() {
+            let mut best: Option<(usize, &str)> = None;
+            for &j in x.by_sec.get(&sec).map(|v| v.as_slice()).unwrap_or(&[]) {
                 let o = x.sym(j);
-                if j != i && o.section() == Some(sec) && o.typ == STT_FUNC && o.value == s.value {
-                    if let Some(base) = n.strip_suffix(&o.name).and_then(|b| b.strip_suffix('.')) {
+                if j != i
+                    && o.typ == STT_FUNC
+                    && o.value == s.value
+                    && !matches!(best, Some((k, _)) if k < j)
+                {
+                    if let Some(base) = n
+                        .strip_suffix(o.name.as_str())
+                        .and_then(|b| b.strip_suffix('.'))
+                    {
                         if !base.is_empty() {
-                            return base.to_string();
+                            best = Some((j, base));
                         }
                     }
                 }
             }
+            if let Some((_, base)) = best {
+                return base;
+            }
         }
-        n.clone()
+        n
     }
 
     fn is_data_section(name: &str) -> bool {
@@ -439,20 +549,32 @@ impl<'a> Diff<'a> {
         let np = self.p.elf.symbols.len();
         for i in 0..np {
             let s = self.p.sym(i);
-            if s.section().is_none() || !matches!(s.typ, STT_FUNC | STT_OBJECT | STT_NOTYPE | STT_TLS) {
+            if s.section().is_none()
+                || !matches!(s.typ, STT_FUNC | STT_OBJECT | STT_NOTYPE | STT_TLS)
+            {
                 continue;
             }
             let Some(t) = self.twin_p[i] else {
                 self.status[i] = Status::New;
                 continue;
             };
-            let (oc, pc) = (crate::model::mangle(&Self::section_class(&self.o, t)), crate::model::mangle(&Self::section_class(&self.p, i)));
+            let (oc, pc) = (
+                crate::model::mangle(Self::section_class(&self.o, t)),
+                crate::model::mangle(Self::section_class(&self.p, i)),
+            );
             if oc != pc {
-                let text = |c: &str| matches!(c, ".text" | ".text.unlikely" | ".text.hot" | ".text.startup" | ".text.cold");
+                let text = |c: &str| {
+                    matches!(
+                        c,
+                        ".text" | ".text.unlikely" | ".text.hot" | ".text.startup" | ".text.cold"
+                    )
+                };
                 if !(text(&oc) && text(&pc)) {
                     self.report.refusals.push(Refusal {
                         subject: s.name.clone(),
-                        reason: format!("moved from section {oc} to {pc}, which a livepatch cannot follow"),
+                        reason: format!(
+                            "moved from section {oc} to {pc}, which a livepatch cannot follow"
+                        ),
                     });
                     continue;
                 }
@@ -482,7 +604,11 @@ impl<'a> Diff<'a> {
         let ups: Vec<usize> = self
             .parent_p
             .iter()
-            .filter(|(&c, &par)| self.status[c] != Status::Same && self.status[par] == Status::Same && self.twin_p[par].is_some())
+            .filter(|(&c, &par)| {
+                self.status[c] != Status::Same
+                    && self.status[par] == Status::Same
+                    && self.twin_p[par].is_some()
+            })
             .map(|(_, &par)| par)
             .collect();
         for par in ups {
@@ -501,7 +627,9 @@ impl<'a> Diff<'a> {
             (".suture.ignore.functions", true),
             (".suture.ignore.sections", false),
         ] {
-            let Some(sec) = self.p.elf.section_by_name(name).map(|s| s.index) else { continue };
+            let Some(sec) = self.p.elf.section_by_name(name).map(|s| s.index) else {
+                continue;
+            };
             for r in self.p.elf.relas_of(sec) {
                 match self.p.target(sec, r) {
                     Target::Sym { sym, .. } if into_funcs => funcs.push(sym),
@@ -520,21 +648,30 @@ impl<'a> Diff<'a> {
             for c in self.children_p.get(&f).cloned().unwrap_or_default() {
                 self.status[c] = Status::Same;
             }
-            self.report.warnings.push(format!("{}: changes ignored (SUTURE_IGNORE_FUNCTION)", self.p.sym(f).name));
+            self.report.warnings.push(format!(
+                "{}: changes ignored (SUTURE_IGNORE_FUNCTION)",
+                self.p.sym(f).name
+            ));
         }
         for name in secs {
-            let Some(sec) = self.p.elf.section_by_name(&name).map(|s| s.index) else { continue };
+            let Some(sec) = self.p.elf.section_by_name(&name).map(|s| s.index) else {
+                continue;
+            };
             for &i in self.p.by_sec.get(&sec).map(|v| v.as_slice()).unwrap_or(&[]) {
                 self.status[i] = Status::Same;
             }
-            self.report.warnings.push(format!("{name}: changes ignored (SUTURE_IGNORE_SECTION)"));
+            self.report
+                .warnings
+                .push(format!("{name}: changes ignored (SUTURE_IGNORE_SECTION)"));
         }
     }
 
     /// Functions a `.suture.*` (or `.kpatch.*`) annotation section points at, in
     /// order: one 8-byte pointer per entry, resolved through its relocation.
     pub fn annotated_functions(&self, section: &str) -> Vec<usize> {
-        let Some(sec) = self.p.elf.section_by_name(section).map(|s| s.index) else { return Vec::new() };
+        let Some(sec) = self.p.elf.section_by_name(section).map(|s| s.index) else {
+            return Vec::new();
+        };
         let mut v = Vec::new();
         for r in self.p.elf.relas_of(sec) {
             if let Target::Sym { sym, .. } = self.p.target(sec, r) {
@@ -549,15 +686,20 @@ impl<'a> Diff<'a> {
     fn relas_equal(&self, oi: usize, pi: usize) -> bool {
         let (os, ps) = (self.o.sym(oi), self.p.sym(pi));
         let (osec, psec) = (os.section().unwrap(), ps.section().unwrap());
-        let or = self.o.relas_in(osec, os.value, os.value.saturating_add(os.size.max(1)));
-        let pr = self.p.relas_in(psec, ps.value, ps.value.saturating_add(ps.size.max(1)));
+        let or = self
+            .o
+            .relas_in(osec, os.value, os.value.saturating_add(os.size.max(1)));
+        let pr = self
+            .p
+            .relas_in(psec, ps.value, ps.value.saturating_add(ps.size.max(1)));
         if or.len() != pr.len() {
             return false;
         }
         or.iter().zip(pr).all(|(a, b)| {
             a.offset - os.value == b.offset - ps.value
                 && a.rtype == b.rtype
-                && self.o.key(self.o.target(osec, a), a.rtype, osec) == self.p.key(self.p.target(psec, b), b.rtype, psec)
+                && self.o.key(self.o.target(osec, a), a.rtype, osec)
+                    == self.p.key(self.p.target(psec, b), b.rtype, psec)
         })
     }
 
@@ -591,27 +733,25 @@ impl<'a> Diff<'a> {
     pub fn fentry_offset(x: &Obj, f: usize) -> Option<u64> {
         let s = x.sym(f);
         let sec = s.section()?;
-        if let Some(r) = x.relas_in(sec, s.value, s.value.saturating_add(s.size.max(1))).first() {
+        if let Some(r) = x
+            .relas_in(sec, s.value, s.value.saturating_add(s.size.max(1)))
+            .first()
+        {
             let t = x.sym(r.sym);
-            if t.name == "__fentry__" && matches!(r.rtype, R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_NONE) {
+            if t.name == "__fentry__"
+                && matches!(r.rtype, R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_NONE)
+            {
                 return Some(r.offset - s.value);
             }
         }
-        (0..16u64).find(|&k| x.mcount_sites.contains(&(sec, s.value.saturating_add(k)))).map(|k| k + 1)
+        (0..16u64)
+            .find(|&k| x.mcount_sites.contains(&(sec, s.value.saturating_add(k))))
+            .map(|k| k + 1)
     }
 
     /// Position of an ORIG symbol among same-named local symbols, 0 when unique.
     pub fn orig_sympos(&self, oi: usize) -> u32 {
-        let s = self.o.sym(oi);
-        if s.bind != STB_LOCAL {
-            return 0;
-        }
-        let same = self.o_locals_named.get(s.name.as_str()).map(|v| v.as_slice()).unwrap_or(&[]);
-        if same.len() <= 1 {
-            0
-        } else {
-            same.iter().position(|&x| x == oi).map(|p| p as u32 + 1).unwrap_or(0)
-        }
+        self.o_sympos[oi]
     }
 
     /// Entry size of a sliced section: given, `sh_entsize`, or default, as long
@@ -642,17 +782,26 @@ impl<'a> Diff<'a> {
         let chosen = match cands.iter().find(|c| fits(c.0)) {
             Some(&c) => Some(c),
             None => {
-                let found = (1..=64).find(|&e| !relas.is_empty() && fits(e)).map(|e| (e, "relocations"));
+                let found = (1..=64)
+                    .find(|&e| !relas.is_empty() && fits(e))
+                    .map(|e| (e, "relocations"));
                 if let (Some((e, _)), Some(&(c, src))) = (found, cands.first()) {
                     self.report.warnings.push(format!(
                         "{name}: the {src} entry size {c} does not match the layout of its relocations; using {e}"
                     ));
                 }
-                found.or_else(|| cands.iter().find(|c| c.0 > 0 && total % c.0 == 0 && relas.is_empty()).copied())
+                found.or_else(|| {
+                    cands
+                        .iter()
+                        .find(|c| c.0 > 0 && total % c.0 == 0 && relas.is_empty())
+                        .copied()
+                })
             }
         };
         let (size, source) = chosen?;
-        self.report.entry_sizes.insert(name.to_string(), EntrySize { size, source });
+        self.report
+            .entry_sizes
+            .insert(name.to_string(), EntrySize { size, source });
         Some(size)
     }
 
@@ -686,7 +835,10 @@ impl<'a> Diff<'a> {
                 // overridden elsewhere: the running kernel has one global of
                 // that name, not this object's copy, so reach it by name.
                 None if defined && self.p.sym(pi).bind == STB_WEAK => Ok(Some(0)),
-                None if defined => Err(format!("{name} is defined in ORIG but not found in the symbols of {}", t.objname)),
+                None if defined => Err(format!(
+                    "{name} is defined in ORIG but not found in the symbols of {}",
+                    t.objname
+                )),
                 None => Ok(None),
             },
         }
@@ -700,7 +852,12 @@ impl<'a> Diff<'a> {
     }
 
     pub fn describe_rela(x: &Obj, sec: usize, base: u64, r: &Rela) -> String {
-        format!("+{:#x} {} {}", r.offset - base, rtype_name(r.rtype), x.describe(x.target(sec, r)))
+        format!(
+            "+{:#x} {} {}",
+            r.offset - base,
+            rtype_name(r.rtype),
+            x.describe(x.target(sec, r))
+        )
     }
 
     pub fn key_eq(&self, osec: usize, a: &Rela, psec: usize, b: &Rela) -> bool {
@@ -708,6 +865,28 @@ impl<'a> Diff<'a> {
         let kb: Key = self.p.key(self.p.target(psec, b), b.rtype, psec);
         ka == kb
     }
+}
+
+/// See [`Diff::o_sympos`]. The maps borrow the names: no copy of each local's name.
+fn local_positions(syms: &[Symbol]) -> Vec<u32> {
+    let counted = |x: &Symbol| {
+        x.bind == STB_LOCAL && x.section().is_some() && x.typ != STT_SECTION && x.typ != STT_FILE
+    };
+    let mut count: HashMap<&str, u32> = HashMap::default();
+    for x in syms.iter().filter(|x| counted(x)) {
+        *count.entry(x.name.as_str()).or_default() += 1;
+    }
+    let mut seen: HashMap<&str, u32> = HashMap::default();
+    syms.iter()
+        .map(|x| {
+            if !counted(x) || count[x.name.as_str()] <= 1 {
+                return 0;
+            }
+            let k = seen.entry(x.name.as_str()).or_default();
+            *k += 1;
+            *k
+        })
+        .collect()
 }
 
 pub fn default_entry_size(name: &str) -> Option<usize> {
@@ -720,7 +899,8 @@ pub fn default_entry_size(name: &str) -> Option<usize> {
         ".orc_unwind_ip" => 4,
         ".static_call_sites" => 8,
         ".printk_index" => 8,
-        ".smp_locks" | ".return_sites" | ".retpoline_sites" | ".call_sites" | ".ibt_endbr_seal" | ".kcfi_traps" => 4,
+        ".smp_locks" | ".return_sites" | ".retpoline_sites" | ".call_sites" | ".ibt_endbr_seal"
+        | ".kcfi_traps" => 4,
         _ => return None,
     })
 }

@@ -157,9 +157,13 @@ impl<'d, 'a> Inc<'d, 'a> {
                 let s = self.d.p.sec(sec);
                 let new_section = self.d.o.elf.section_by_name(&s.name).is_none();
                 if s.name == ".fixup" {
-                    self.stub(sec, off, "__ex_table");
+                    self.stub(sec, off, Some("__ex_table"));
                 } else if s.name == ".altinstr_replacement" {
-                    self.stub(sec, off, ".altinstructions");
+                    self.stub(sec, off, Some(".altinstructions"));
+                } else if s.name == ".altinstr_aux" {
+                    // Reached by a `jmp` whose field ends the instruction.
+                    let adj = if rela_is_pcrel(r.rtype) && self.d.p.sec(in_sec).is_exec() { 4 } else { 0 };
+                    self.stub(sec, off.saturating_add(adj), None);
                 } else if crate::model::is_special_section(&s.name) || s.is_strings() || !s.is_write() || s.is_exec() || new_section || whole_on_demand(&s.name) {
                     self.whole(sec);
                 } else {
@@ -173,15 +177,25 @@ impl<'d, 'a> Inc<'d, 'a> {
     }
 
     /// `.fixup` holds one stub per exception-table entry, `.altinstr_replacement`
-    /// one replacement per alternative: copy only the stub an entry of included
-    /// code uses (it ends where the next stub starts), not the code of every
-    /// function of the object.
-    fn stub(&mut self, sec: usize, off: i64, table: &str) {
+    /// one replacement per alternative, `.altinstr_aux` one `static_cpu_has()`
+    /// test per call site (`testb; jnz yes; jmp no`, reached by a `jmp` from
+    /// its function and jumping back into it): copy only the stub included code
+    /// uses (it ends where the next stub starts), not the stubs of every other
+    /// function, `__init` code included. Stubs start where `table`'s entries
+    /// point, or, without a table, where any other section's relocations do.
+    fn stub(&mut self, sec: usize, off: i64, table: Option<&str>) {
         if !self.stub_starts.contains_key(&sec) {
+            let p = &self.d.p;
             let mut v = Vec::new();
-            if let Some(t) = self.d.p.elf.section_by_name(table).map(|s| s.index) {
-                for r in self.d.p.elf.relas_of(t) {
-                    if let Target::Sec { sec: s2, off } = self.d.p.target(t, r) {
+            let from: Vec<usize> = match table {
+                Some(t) => p.elf.section_by_name(t).map(|s| s.index).into_iter().collect(),
+                None => p.elf.relas.keys().copied().filter(|&t| t != sec).collect(),
+            };
+            for t in from {
+                let exec = p.sec(t).is_exec();
+                for r in p.elf.relas_of(t) {
+                    if let Target::Sec { sec: s2, off } = p.target(t, r) {
+                        let off = if table.is_none() && exec && rela_is_pcrel(r.rtype) { off.saturating_add(4) } else { off };
                         if s2 == sec && off >= 0 {
                             v.push(off as u64);
                         }
@@ -957,7 +971,13 @@ impl<'x, 'a> Out<'x, 'a> {
                     (self.reference(sym)?, addend)
                 }
             }
-            Target::Sec { sec, off } => match layout.locate(sec, off) {
+            // A `jmp` into a sliced stub (`.altinstr_aux`) has its field 4
+            // bytes before the end of the instruction: the addend points 4
+            // bytes before the stub's first byte, outside the copied piece.
+            Target::Sec { sec, off } => match layout.locate(sec, off).or_else(|| {
+                let pcrel_code = rela_is_pcrel(r.rtype) && self.d.p.sec(in_sec).is_exec();
+                layout.locate(sec, off.saturating_add(4)).filter(|_| pcrel_code).map(|(s, o)| (s, o - 4))
+            }) {
                 Some((osec, o)) => (self.section_symbol(osec), o),
                 None => {
                     self.errors.push(format!(

@@ -31,7 +31,7 @@ mod include;
 mod insn;
 mod model;
 
-pub use imp::{diff, diff_shared, explain, explain_shared, run_stages};
+pub use imp::{diff, diff_shared, diff_shared_keep, explain, explain_shared, run_stages, Model};
 pub use suture_elf::Shared;
 
 /// How the object the patch targets (vmlinux or one module) exposes its symbols.

@@ -1,6 +1,8 @@
 //! Per-object indexes the stages share: symbols by section and offset, mangled
 //! names, relocation targets resolved to symbols, string contents.
 
+use std::borrow::Cow;
+
 use suture_elf::fx::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use suture_elf::*;
@@ -35,11 +37,13 @@ pub enum Target {
 /// Drop every `.<digits>` run: the numbers gcc and clang append to clones
 /// (`.isra.3`, `.constprop.0`, `.part.5`, `.cold.12`, `.llvm.123`) and statics
 /// (`__key.4567`) change with unrelated edits. `__UNIQUE_ID_<name><counter>`
-/// loses its counter too.
-pub fn mangle(name: &str) -> String {
+/// loses its counter too. Most names have nothing to drop and are borrowed.
+pub fn mangle(name: &str) -> Cow<'_, str> {
     let b = name.as_bytes();
-    if !b.windows(2).any(|w| w[0] == b'.' && w[1].is_ascii_digit()) && !name.contains("__UNIQUE_ID_") {
-        return name.to_string();
+    let dot_digit =
+        name.contains('.') && b.windows(2).any(|w| w[0] == b'.' && w[1].is_ascii_digit());
+    if !dot_digit && !has_unique_id(name) {
+        return Cow::Borrowed(name);
     }
     let mut out = String::with_capacity(name.len());
     let b = name.as_bytes();
@@ -60,26 +64,56 @@ pub fn mangle(name: &str) -> String {
     }
     if let Some(rest) = out.strip_prefix("__UNIQUE_ID_") {
         let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
-        return format!("__UNIQUE_ID_{trimmed}");
+        return Cow::Owned(format!("__UNIQUE_ID_{trimmed}"));
     }
     // clang: `<func>.__UNIQUE_ID_ddebug<counter>`
     if let Some(p) = out.find(".__UNIQUE_ID_") {
-        let trimmed = out.trim_end_matches(|c: char| c.is_ascii_digit()).to_string();
+        let trimmed = out
+            .trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string();
         if trimmed.len() > p {
-            return trimmed;
+            return Cow::Owned(trimmed);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
-const SPECIAL_STATICS: &[&str] =
-    &["__key", "__warned", "__already_done", "__func__", "__FUNCTION__", "_rs", "CSWTCH", "_entry", "_entry_ptr", "__print_once", "__done"];
+/// `name.contains("__UNIQUE_ID_")` without the substring searcher's set-up,
+/// which dominated this test on tens of thousands of short names.
+fn has_unique_id(name: &str) -> bool {
+    name.match_indices('U')
+        .any(|(i, _)| i >= 2 && name[i - 2..].starts_with("__UNIQUE_ID_"))
+}
+
+const SPECIAL_STATICS: &[&str] = &[
+    "__key",
+    "__warned",
+    "__already_done",
+    "__func__",
+    "__FUNCTION__",
+    "_rs",
+    "CSWTCH",
+    "_entry",
+    "_entry_ptr",
+    "__print_once",
+    "__done",
+];
 
 fn is_special_name(name: &str) -> bool {
+    if !name.contains('.') {
+        return SPECIAL_STATICS.contains(&name)
+            || name == "descriptor"
+            || (has_unique_id(name) && name.contains("__UNIQUE_ID_ddebug"));
+    }
     // gcc spells a function static `var.N`, clang `func.var`.
     let first = name.split('.').next().unwrap_or("");
-    let last = name.rsplit('.').find(|p| !p.is_empty() && !p.bytes().all(|c| c.is_ascii_digit())).unwrap_or("");
-    SPECIAL_STATICS.iter().any(|s| *s == first || (name.contains('.') && *s == last))
+    let last = name
+        .rsplit('.')
+        .find(|p| !p.is_empty() && !p.bytes().all(|c| c.is_ascii_digit()))
+        .unwrap_or("");
+    SPECIAL_STATICS
+        .iter()
+        .any(|s| *s == first || (name.contains('.') && *s == last))
         || first == "descriptor"
         || name.contains("__UNIQUE_ID_ddebug")
 }
@@ -104,16 +138,24 @@ impl Obj {
         let mut special = Vec::with_capacity(n);
         let mut files = vec![String::new()];
         let mut file = 0u32;
+        // Once per section, not once per symbol: a kernel object has thousands of both.
+        let special_sec: Vec<bool> = elf
+            .sections
+            .iter()
+            .map(|x| is_special_section(&x.name))
+            .collect();
         for s in &elf.symbols {
             if s.typ == STT_FILE {
                 files.push(s.name.clone());
                 file = (files.len() - 1) as u32;
             }
-            let m = mangle(&s.name);
-            mangled.push(if m == s.name { None } else { Some(m.into_boxed_str()) });
+            mangled.push(match mangle(&s.name) {
+                Cow::Owned(m) if m != s.name => Some(m.into_boxed_str()),
+                _ => None,
+            });
             file_of.push(if s.bind == STB_LOCAL { file } else { 0 });
             let sec = s.section();
-            let in_special_sec = sec.map(|x| is_special_section(&elf.sections[x].name)).unwrap_or(false);
+            let in_special_sec = sec.map(|x| special_sec[x]).unwrap_or(false);
             special.push(
                 s.bind == STB_LOCAL
                     && (s.typ == STT_OBJECT || s.typ == STT_NOTYPE)
@@ -121,7 +163,9 @@ impl Obj {
                     && (is_special_name(&s.name) || in_special_sec),
             );
             if let Some(x) = sec {
-                if matches!(s.typ, STT_FUNC | STT_OBJECT) || (s.typ == STT_NOTYPE && !s.name.is_empty() && !s.name.starts_with(".L")) {
+                if matches!(s.typ, STT_FUNC | STT_OBJECT)
+                    || (s.typ == STT_NOTYPE && !s.name.is_empty() && !s.name.starts_with(".L"))
+                {
                     by_sec.entry(x).or_default().push(s.index);
                 }
             }
@@ -129,7 +173,15 @@ impl Obj {
         for v in by_sec.values_mut() {
             v.sort_by_key(|&i| (elf.symbols[i].value, std::cmp::Reverse(elf.symbols[i].size)));
         }
-        let mut o = Obj { elf, by_sec, mangled, file_of, files, special, mcount_sites: Default::default() };
+        let mut o = Obj {
+            elf,
+            by_sec,
+            mangled,
+            file_of,
+            files,
+            special,
+            mcount_sites: Default::default(),
+        };
         if let Some(m) = o.elf.section_by_name("__mcount_loc").map(|s| s.index) {
             let mut sites = HashSet::default();
             for r in o.elf.relas_of(m) {
@@ -144,7 +196,9 @@ impl Obj {
     }
 
     pub fn mangled(&self, i: usize) -> &str {
-        self.mangled[i].as_deref().unwrap_or(&self.elf.symbols[i].name)
+        self.mangled[i]
+            .as_deref()
+            .unwrap_or(&self.elf.symbols[i].name)
     }
 
     pub fn file(&self, i: usize) -> &str {
@@ -163,7 +217,11 @@ impl Obj {
     /// use it, not by name.
     pub fn is_static_local(&self, i: usize) -> bool {
         let s = self.sym(i);
-        s.bind == STB_LOCAL && s.typ == STT_OBJECT && s.name.contains('.') && !s.name.starts_with(".L") && !self.special[i]
+        s.bind == STB_LOCAL
+            && s.typ == STT_OBJECT
+            && s.name.contains('.')
+            && !s.name.starts_with(".L")
+            && !self.special[i]
     }
 
     /// The symbol covering `off` in section `sec`. A symbol of size zero covers
@@ -204,13 +262,21 @@ impl Obj {
     pub fn target(&self, in_sec: usize, r: &Rela) -> Target {
         let s = self.sym(r.sym);
         let Some(sec) = s.section() else {
-            return Target::Sym { sym: r.sym, addend: r.addend };
+            return Target::Sym {
+                sym: r.sym,
+                addend: r.addend,
+            };
         };
         let sectionish = s.typ == STT_SECTION
-            || (s.typ == STT_NOTYPE && s.bind == STB_LOCAL && (s.name.starts_with(".L") || s.name.is_empty()))
+            || (s.typ == STT_NOTYPE
+                && s.bind == STB_LOCAL
+                && (s.name.starts_with(".L") || s.name.is_empty()))
             || self.sec(sec).is_strings();
         if !sectionish {
-            return Target::Sym { sym: r.sym, addend: r.addend };
+            return Target::Sym {
+                sym: r.sym,
+                addend: r.addend,
+            };
         }
         let off = (s.value as i64).wrapping_add(r.addend);
         if self.sec(sec).is_strings() {
@@ -218,16 +284,22 @@ impl Obj {
         }
         // An instruction's PC-relative field is followed (usually) by 4 more bytes
         // of instruction: the addend points 4 bytes before the real target.
-        let adj = if rela_is_pcrel(r.rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
+        let adj = if rela_is_pcrel(r.rtype) && self.sec(in_sec).is_exec() {
+            4
+        } else {
+            0
+        };
         // A section holding exactly one symbol (-fdata-sections, -ffunction-sections)
         // needs no guessing about the instruction's length.
         if let Some(v) = self.by_sec.get(&sec) {
-            let named: Vec<usize> = v.iter().copied().filter(|&i| self.sym(i).typ != STT_NOTYPE).collect();
-            if named.len() == 1 {
-                let c = named[0];
+            let mut named = v.iter().copied().filter(|&i| self.sym(i).typ != STT_NOTYPE);
+            if let (Some(c), None) = (named.next(), named.next()) {
                 let cs = self.sym(c);
                 if cs.value == 0 && cs.size == self.sec(sec).size {
-                    return Target::Sym { sym: c, addend: off };
+                    return Target::Sym {
+                        sym: c,
+                        addend: off,
+                    };
                 }
             }
         }
@@ -236,7 +308,10 @@ impl Obj {
         let tries: &[i64] = if adj == 4 { &[4, 5, 6, 8, 12] } else { &[0] };
         for &a in tries {
             if let Some(c) = self.containing(sec, off.wrapping_add(a)) {
-                return Target::Sym { sym: c, addend: off - self.sym(c).value as i64 };
+                return Target::Sym {
+                    sym: c,
+                    addend: off - self.sym(c).value as i64,
+                };
             }
         }
         Target::Sec { sec, off }
@@ -250,8 +325,16 @@ impl Obj {
             return (&[], off);
         }
         let o = off as usize;
-        let start = d[..o].iter().rposition(|&c| c == 0).map(|p| p + 1).unwrap_or(0);
-        let end = d[o..].iter().position(|&c| c == 0).map(|p| o + p).unwrap_or(d.len());
+        let start = d[..o]
+            .iter()
+            .rposition(|&c| c == 0)
+            .map(|p| p + 1)
+            .unwrap_or(0);
+        let end = d[o..]
+            .iter()
+            .position(|&c| c == 0)
+            .map(|p| o + p)
+            .unwrap_or(d.len());
         (&d[start..end], (o - start) as i64)
     }
 
@@ -281,11 +364,19 @@ impl Obj {
             Target::Sec { sec, off } => {
                 let s = self.sec(sec);
                 if s.is_strings() {
-                    let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
+                    let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() {
+                        4
+                    } else {
+                        0
+                    };
                     let (st, at) = self.string_at(sec, off.wrapping_add(adj));
                     Key::Str(st, at)
                 } else if s.flags & SHF_MERGE != 0 && s.entsize > 0 {
-                    let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() { 4 } else { 0 };
+                    let adj = if rela_is_pcrel(rtype) && self.sec(in_sec).is_exec() {
+                        4
+                    } else {
+                        0
+                    };
                     let o = off.wrapping_add(adj).max(0) as usize;
                     let e = (o + s.entsize as usize).min(s.data.len());
                     Key::Bytes(s.data.get(o..e).unwrap_or(&[]))

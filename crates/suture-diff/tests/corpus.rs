@@ -264,3 +264,27 @@ fn corrupted_pairs_never_panic() {
         }
     }
 }
+
+/// `.altinstr_aux` holds one `static_cpu_has()` stub per call site, each
+/// jumping back into its own function: the patch keeps only the stub of the
+/// included function (`dummy_function`), not those of `x86_virt_spec_ctrl`
+/// or of `__init` code, and its jump still lands on the stub's first byte.
+#[test]
+fn altinstr_aux_sliced_to_the_included_stubs() {
+    let (o, p) = read_pair("altinstr_aux");
+    let Outcome::Changes(patch) = diff(&o, &p, &options(24)).unwrap() else { panic!("expected changes") };
+    let out = Object::parse(&patch.object).unwrap();
+    let aux = out.section_by_name(".altinstr_aux").expect(".altinstr_aux kept for dummy_function");
+    // testb $bit, cap(%rip) (7 bytes); jnz yes (6); jmp no (5)
+    assert_eq!(aux.size, 18, "one stub, not the whole section (0xc6 bytes)");
+    assert_eq!(&aux.data[..2], &[0xf6, 0x05]);
+    let targets: Vec<(&str, u32, i64)> = relas_named(&out, ".altinstr_aux");
+    assert_eq!(targets.len(), 3, "{targets:?}");
+    assert!(targets.iter().all(|t| t.0 == "boot_cpu_data" || t.0 == "dummy_function"), "{targets:?}");
+    let into_aux: Vec<i64> = relas_named(&out, ".text.dummy_function")
+        .into_iter()
+        .filter(|t| t.0 == ".altinstr_aux")
+        .map(|t| t.2)
+        .collect();
+    assert_eq!(into_aux, vec![-4], "the jmp's field ends the instruction: stub start - 4");
+}

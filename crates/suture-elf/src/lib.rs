@@ -111,14 +111,22 @@ pub struct Data {
 
 impl Data {
     pub fn empty() -> Data {
-        Data { buf: Arc::new(Vec::<u8>::new()), start: 0, len: 0 }
+        Data {
+            buf: Arc::new(Vec::<u8>::new()),
+            start: 0,
+            len: 0,
+        }
     }
 }
 
 impl From<Vec<u8>> for Data {
     fn from(v: Vec<u8>) -> Data {
         let len = v.len();
-        Data { buf: Arc::new(v), start: 0, len }
+        Data {
+            buf: Arc::new(v),
+            start: 0,
+            len,
+        }
     }
 }
 
@@ -152,7 +160,9 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions { debug_relocations: true }
+        ParseOptions {
+            debug_relocations: true,
+        }
     }
 }
 
@@ -226,7 +236,11 @@ pub struct Object {
     pub relas: HashMap<usize, Vec<Rela>>,
     /// The SHT_RELA section that applies to a section.
     pub rela_section_of: HashMap<usize, usize>,
-    by_name: HashMap<String, usize>,
+    /// Section index by the hash of its name (the first section of a name
+    /// wins), so the index borrows the names instead of copying them.
+    by_name: HashMap<u64, usize>,
+    /// Sections whose name hash collides with a different name's.
+    by_name_collided: Vec<usize>,
     /// STT_SECTION symbol of each section.
     secsym: HashMap<usize, usize>,
 }
@@ -247,27 +261,49 @@ fn rd_u64(b: &[u8], off: usize) -> Result<u64, ElfError> {
         .ok_or_else(|| ElfError::Corrupt(format!("read of 8 bytes at {off:#x} past the end")))
 }
 
-fn slice<'a>(b: &'a [u8], off: u64, size: u64, what: &str) -> Result<&'a [u8], ElfError> {
-    let end = off.checked_add(size).ok_or_else(|| ElfError::Corrupt(format!("{what}: offset overflow")))?;
+fn slice(
+    b: &[u8],
+    off: u64,
+    size: u64,
+    what: impl Fn() -> String,
+) -> Result<&[u8], ElfError> {
+    let end = off
+        .checked_add(size)
+        .ok_or_else(|| ElfError::Corrupt(format!("{}: offset overflow", what())))?;
     if end > b.len() as u64 {
-        return corrupt(format!("{what}: range {off:#x}..{end:#x} past the end of the file ({:#x} bytes)", b.len()));
+        return corrupt(format!(
+            "{}: range {off:#x}..{end:#x} past the end of the file ({:#x} bytes)",
+            what(),
+            b.len()
+        ));
     }
     Ok(&b[off as usize..end as usize])
 }
 
-fn cstr(tab: &[u8], off: u64, what: &str) -> Result<String, ElfError> {
+/// The NUL-terminated name at `off`. `what` names the table entry for an error
+/// message and is only called on error: formatting it for every symbol of a
+/// kernel object cost more than reading the symbol.
+fn cstr(tab: &[u8], off: u64, what: impl Fn() -> String) -> Result<String, ElfError> {
     if off >= tab.len() as u64 {
         if off == 0 {
             return Ok(String::new());
         }
-        return corrupt(format!("{what}: name offset {off:#x} outside its string table"));
+        return corrupt(format!(
+            "{}: name offset {off:#x} outside its string table",
+            what()
+        ));
     }
     let rest = &tab[off as usize..];
     let end = rest
         .iter()
         .position(|&c| c == 0)
-        .ok_or_else(|| ElfError::Corrupt(format!("{what}: unterminated name")))?;
-    Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
+        .ok_or_else(|| ElfError::Corrupt(format!("{}: unterminated name", what())))?;
+    let b = &rest[..end];
+    // Names are ASCII in practice; the lossy path is for corrupt input only.
+    Ok(match std::str::from_utf8(b) {
+        Ok(t) => t.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    })
 }
 
 impl Object {
@@ -294,10 +330,14 @@ impl Object {
         let e_type = rd_u16(b, 16)?;
         let e_machine = rd_u16(b, 18)?;
         if e_machine != EM_X86_64 {
-            return Err(ElfError::Unsupported(format!("machine {e_machine} is not x86_64 (62)")));
+            return Err(ElfError::Unsupported(format!(
+                "machine {e_machine} is not x86_64 (62)"
+            )));
         }
         if e_type != ET_REL {
-            return Err(ElfError::Unsupported(format!("ELF type {e_type} is not a relocatable object (1)")));
+            return Err(ElfError::Unsupported(format!(
+                "ELF type {e_type} is not a relocatable object (1)"
+            )));
         }
         let e_flags = rd_u32(b, 48)?;
         let shoff = rd_u64(b, 40)?;
@@ -311,17 +351,21 @@ impl Object {
             return corrupt(format!("section header size {shentsize}, expected 64"));
         }
         // Extended numbering: the real counts live in section header 0.
-        let sh0 = slice(b, shoff, 64, "section header 0")?;
+        let sh0 = slice(b, shoff, 64, || "section header 0".into())?;
         if shnum == 0 {
             shnum = rd_u64(sh0, 32)?;
         }
         if shstrndx == SHN_XINDEX as u64 {
             shstrndx = rd_u32(sh0, 40)? as u64;
         }
-        let table_size = shnum.checked_mul(64).ok_or_else(|| ElfError::Corrupt("section count overflow".into()))?;
-        let shdrs = slice(b, shoff, table_size, "section header table")?;
+        let table_size = shnum
+            .checked_mul(64)
+            .ok_or_else(|| ElfError::Corrupt("section count overflow".into()))?;
+        let shdrs = slice(b, shoff, table_size, || "section header table".into())?;
         if shstrndx >= shnum {
-            return corrupt(format!("section name table index {shstrndx} out of range ({shnum} sections)"));
+            return corrupt(format!(
+                "section name table index {shstrndx} out of range ({shnum} sections)"
+            ));
         }
         let mut sections = Vec::with_capacity(shnum as usize);
         let mut raw_names = Vec::with_capacity(shnum as usize);
@@ -333,8 +377,12 @@ impl Object {
             let data = if sh_type == SHT_NOBITS || sh_type == SHT_NULL {
                 Data::empty()
             } else {
-                slice(b, offset, size, &format!("section {i} contents"))?;
-                Data { buf: buf.clone(), start: offset as usize, len: size as usize }
+                slice(b, offset, size, || format!("section {i} contents"))?;
+                Data {
+                    buf: buf.clone(),
+                    start: offset as usize,
+                    len: size as usize,
+                }
             };
             raw_names.push(rd_u32(h, 0)? as u64);
             sections.push(Section {
@@ -357,7 +405,7 @@ impl Object {
         }
         let shstr = sections[shstrndx as usize].data.clone();
         for (i, s) in sections.iter_mut().enumerate() {
-            s.name = cstr(&shstr, raw_names[i], &format!("section {i}"))?;
+            s.name = cstr(&shstr, raw_names[i], || format!("section {i}"))?;
         }
 
         let mut obj = Object {
@@ -370,27 +418,47 @@ impl Object {
             relas: HashMap::default(),
             rela_section_of: HashMap::default(),
             by_name: HashMap::default(),
+            by_name_collided: Vec::new(),
             secsym: HashMap::default(),
         };
         obj.read_symbols()?;
         obj.read_relas(opts)?;
+        obj.by_name.reserve(obj.sections.len());
         for s in &obj.sections {
-            obj.by_name.entry(s.name.clone()).or_insert(s.index);
+            match obj.by_name.entry(name_hash(&s.name)) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(s.index);
+                }
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    if obj.sections[*e.get()].name != s.name {
+                        obj.by_name_collided.push(s.index);
+                    }
+                }
+            }
         }
         Ok(obj)
     }
 
     fn read_symbols(&mut self) -> Result<(), ElfError> {
-        let symtabs: Vec<usize> =
-            self.sections.iter().filter(|s| s.sh_type == SHT_SYMTAB).map(|s| s.index).collect();
-        let Some(&st) = symtabs.first() else { return Ok(()) };
+        let symtabs: Vec<usize> = self
+            .sections
+            .iter()
+            .filter(|s| s.sh_type == SHT_SYMTAB)
+            .map(|s| s.index)
+            .collect();
+        let Some(&st) = symtabs.first() else {
+            return Ok(());
+        };
         if symtabs.len() > 1 {
             return corrupt("more than one symbol table");
         }
         let nsec = self.sections.len();
         let sec = &self.sections[st];
         if sec.entsize != 24 && sec.entsize != 0 {
-            return corrupt(format!("symbol table entry size {}, expected 24", sec.entsize));
+            return corrupt(format!(
+                "symbol table entry size {}, expected 24",
+                sec.entsize
+            ));
         }
         if sec.data.len() % 24 != 0 {
             return corrupt("symbol table size is not a multiple of 24");
@@ -409,21 +477,25 @@ impl Object {
         let mut syms = Vec::with_capacity(n);
         for i in 0..n {
             let e = &sec.data[i * 24..i * 24 + 24];
-            let name = cstr(strtab, rd_u32(e, 0)? as u64, &format!("symbol {i}"))?;
+            let name = cstr(strtab, rd_u32(e, 0)? as u64, || format!("symbol {i}"))?;
             let info = e[4];
             let other = e[5];
             let raw_shndx = rd_u16(e, 6)? as u32;
             let reserved = raw_shndx >= SHN_LORESERVE && raw_shndx != SHN_XINDEX;
             let shndx = if raw_shndx == SHN_XINDEX {
-                let tab = shndx_tab
-                    .as_ref()
-                    .ok_or_else(|| ElfError::Corrupt(format!("symbol {i} uses SHN_XINDEX but there is no SHT_SYMTAB_SHNDX")))?;
+                let tab = shndx_tab.as_ref().ok_or_else(|| {
+                    ElfError::Corrupt(format!(
+                        "symbol {i} uses SHN_XINDEX but there is no SHT_SYMTAB_SHNDX"
+                    ))
+                })?;
                 rd_u32(tab, i * 4)?
             } else {
                 raw_shndx
             };
             if shndx != SHN_UNDEF && !reserved && shndx as usize >= nsec {
-                return corrupt(format!("symbol {i} ({name}) refers to section {shndx}, out of range"));
+                return corrupt(format!(
+                    "symbol {i} ({name}) refers to section {shndx}, out of range"
+                ));
             }
             syms.push(Symbol {
                 index: i,
@@ -462,20 +534,29 @@ impl Object {
         let nsec = self.sections.len();
         for s in &self.sections {
             if s.sh_type == SHT_REL {
-                return Err(ElfError::Unsupported(format!("{}: SHT_REL relocations (x86_64 uses RELA)", s.name)));
+                return Err(ElfError::Unsupported(format!(
+                    "{}: SHT_REL relocations (x86_64 uses RELA)",
+                    s.name
+                )));
             }
             if s.sh_type != SHT_RELA {
                 continue;
             }
             let target = s.info as usize;
             if target == 0 || target >= nsec {
-                return corrupt(format!("{}: applies to section {target}, out of range", s.name));
+                return corrupt(format!(
+                    "{}: applies to section {target}, out of range",
+                    s.name
+                ));
             }
             if !opts.debug_relocations && self.sections[target].name.starts_with(".debug") {
                 continue;
             }
             if Some(s.link as usize) != self.symtab {
-                return corrupt(format!("{}: linked to section {}, not the symbol table", s.name, s.link));
+                return corrupt(format!(
+                    "{}: linked to section {}, not the symbol table",
+                    s.name, s.link
+                ));
             }
             if s.data.len() % 24 != 0 {
                 return corrupt(format!("{}: size is not a multiple of 24", s.name));
@@ -490,12 +571,23 @@ impl Object {
                 let sym = (info >> 32) as usize;
                 let rtype = info as u32;
                 if sym >= self.symbols.len() {
-                    return corrupt(format!("{}: relocation {i} refers to symbol {sym}, out of range", s.name));
+                    return corrupt(format!(
+                        "{}: relocation {i} refers to symbol {sym}, out of range",
+                        s.name
+                    ));
                 }
                 if offset >= tsize {
-                    return corrupt(format!("{}: relocation {i} at {offset:#x} outside its section", s.name));
+                    return corrupt(format!(
+                        "{}: relocation {i} at {offset:#x} outside its section",
+                        s.name
+                    ));
                 }
-                v.push(Rela { offset, sym, rtype, addend });
+                v.push(Rela {
+                    offset,
+                    sym,
+                    rtype,
+                    addend,
+                });
             }
             // Assemblers emit them in order; sort only what is not.
             if !v.windows(2).all(|w| w[0].offset <= w[1].offset) {
@@ -510,7 +602,17 @@ impl Object {
     }
 
     pub fn section_by_name(&self, name: &str) -> Option<&Section> {
-        self.by_name.get(name).map(|&i| &self.sections[i])
+        let first = self
+            .by_name
+            .get(&name_hash(name))
+            .map(|&i| &self.sections[i])
+            .filter(|s| s.name == name);
+        first.or_else(|| {
+            self.by_name_collided
+                .iter()
+                .map(|&i| &self.sections[i])
+                .find(|s| s.name == name)
+        })
     }
 
     /// Relocations that apply to section `sec` (empty when it has none).
@@ -522,6 +624,13 @@ impl Object {
     pub fn section_symbol(&self, sec: usize) -> Option<usize> {
         self.secsym.get(&sec).copied()
     }
+}
+
+fn name_hash(name: &str) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = fx::FxBuildHasher::default().build_hasher();
+    h.write(name.as_bytes());
+    h.finish()
 }
 
 /// Size in bytes of the field a relocation patches, for the types met in kernel objects.
@@ -536,7 +645,10 @@ pub fn rela_width(rtype: u32) -> usize {
 /// Whether a relocation type is PC-relative (the addend then compensates for the
 /// distance between the field and the end of the instruction).
 pub fn rela_is_pcrel(rtype: u32) -> bool {
-    matches!(rtype, R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_PC64 | 9 /* GOTPCREL */ | 41 | 42)
+    matches!(
+        rtype,
+        R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_PC64 | 9 /* GOTPCREL */ | 41 | 42
+    )
 }
 
 #[cfg(test)]

@@ -10,12 +10,41 @@ fn sample() -> Vec<u8> {
         entsize: 0,
         data: vec![0xe8, 0, 0, 0, 0, 0xc3],
         nobits_size: 0,
-        relas: vec![OutRela { offset: 1, sym: 3, rtype: R_X86_64_PLT32, addend: -4 }],
+        relas: vec![OutRela {
+            offset: 1,
+            sym: 3,
+            rtype: R_X86_64_PLT32,
+            addend: -4,
+        }],
         rela_flags: 0,
     });
-    b.symbols.push(OutSymbol { name: String::new(), bind: STB_LOCAL, typ: STT_SECTION, other: 0, section: SymSection::Section(0), value: 0, size: 0 });
-    b.symbols.push(OutSymbol { name: "f".into(), bind: STB_LOCAL, typ: STT_FUNC, other: 0, section: SymSection::Section(0), value: 0, size: 6 });
-    b.symbols.push(OutSymbol { name: "__fentry__".into(), bind: STB_GLOBAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+    b.symbols.push(OutSymbol {
+        name: String::new(),
+        bind: STB_LOCAL,
+        typ: STT_SECTION,
+        other: 0,
+        section: SymSection::Section(0),
+        value: 0,
+        size: 0,
+    });
+    b.symbols.push(OutSymbol {
+        name: "f".into(),
+        bind: STB_LOCAL,
+        typ: STT_FUNC,
+        other: 0,
+        section: SymSection::Section(0),
+        value: 0,
+        size: 6,
+    });
+    b.symbols.push(OutSymbol {
+        name: "__fentry__".into(),
+        bind: STB_GLOBAL,
+        typ: STT_NOTYPE,
+        other: 0,
+        section: SymSection::Undef,
+        value: 0,
+        size: 0,
+    });
     b.write().unwrap()
 }
 
@@ -28,18 +57,49 @@ fn round_trip() {
     assert_eq!(o.symbols.len(), 4);
     assert_eq!(o.symbols[2].name, "f");
     assert_eq!(o.symbols[2].section(), Some(t.index));
-    assert_eq!(o.symbols[1].name, ".text.f", "section symbols take their section's name");
+    assert_eq!(
+        o.symbols[1].name, ".text.f",
+        "section symbols take their section's name"
+    );
     let r = o.relas_of(t.index);
-    assert_eq!(r, &[Rela { offset: 1, sym: 3, rtype: R_X86_64_PLT32, addend: -4 }]);
+    assert_eq!(
+        r,
+        &[Rela {
+            offset: 1,
+            sym: 3,
+            rtype: R_X86_64_PLT32,
+            addend: -4
+        }]
+    );
     assert_eq!(o.section_symbol(t.index), Some(1));
-    assert_eq!(o.sections[o.symtab.unwrap()].info, 3, "sh_info is the first global");
+    assert_eq!(
+        o.sections[o.symtab.unwrap()].info,
+        3,
+        "sh_info is the first global"
+    );
 }
 
 #[test]
 fn locals_after_globals_rejected() {
     let mut b = Builder::default();
-    b.symbols.push(OutSymbol { name: "g".into(), bind: STB_GLOBAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
-    b.symbols.push(OutSymbol { name: "l".into(), bind: STB_LOCAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+    b.symbols.push(OutSymbol {
+        name: "g".into(),
+        bind: STB_GLOBAL,
+        typ: STT_NOTYPE,
+        other: 0,
+        section: SymSection::Undef,
+        value: 0,
+        size: 0,
+    });
+    b.symbols.push(OutSymbol {
+        name: "l".into(),
+        bind: STB_LOCAL,
+        typ: STT_NOTYPE,
+        other: 0,
+        section: SymSection::Undef,
+        value: 0,
+        size: 0,
+    });
     assert!(matches!(b.write(), Err(ElfError::Write(_))));
 }
 
@@ -47,7 +107,10 @@ fn locals_after_globals_rejected() {
 fn every_truncation_is_an_error() {
     let full = sample();
     for n in 0..full.len() {
-        assert!(Object::parse(&full[..n]).is_err(), "truncated to {n} bytes parsed");
+        assert!(
+            Object::parse(&full[..n]).is_err(),
+            "truncated to {n} bytes parsed"
+        );
     }
 }
 
@@ -83,8 +146,20 @@ fn wrong_machine() {
 fn out_of_range_symbol_in_relocation() {
     let mut b = Builder::default();
     b.sections.push(OutSection {
-        name: ".text".into(), sh_type: SHT_PROGBITS, flags: SHF_ALLOC | SHF_EXECINSTR, addralign: 1, entsize: 0,
-        data: vec![0; 8], nobits_size: 0, relas: vec![OutRela { offset: 0, sym: 1, rtype: R_X86_64_64, addend: 0 }], rela_flags: 0,
+        name: ".text".into(),
+        sh_type: SHT_PROGBITS,
+        flags: SHF_ALLOC | SHF_EXECINSTR,
+        addralign: 1,
+        entsize: 0,
+        data: vec![0; 8],
+        nobits_size: 0,
+        relas: vec![OutRela {
+            offset: 0,
+            sym: 1,
+            rtype: R_X86_64_64,
+            addend: 0,
+        }],
+        rela_flags: 0,
     });
     assert!(b.write().is_err(), "writer checks symbol indices");
 }
@@ -109,8 +184,21 @@ fn extended_section_numbering_round_trips() {
         });
     }
     let last = n - 1;
-    b.symbols.push(OutSymbol { name: "last".into(), bind: STB_GLOBAL, typ: STT_OBJECT, other: 0, section: SymSection::Section(last), value: 0, size: 1 });
-    b.sections[last].relas.push(OutRela { offset: 0, sym: 1, rtype: R_X86_64_NONE, addend: 0 });
+    b.symbols.push(OutSymbol {
+        name: "last".into(),
+        bind: STB_GLOBAL,
+        typ: STT_OBJECT,
+        other: 0,
+        section: SymSection::Section(last),
+        value: 0,
+        size: 1,
+    });
+    b.sections[last].relas.push(OutRela {
+        offset: 0,
+        sym: 1,
+        rtype: R_X86_64_NONE,
+        addend: 0,
+    });
     let bytes = b.write().unwrap();
     let o = Object::parse(&bytes).unwrap();
     let s = o.symbols.iter().find(|s| s.name == "last").unwrap();

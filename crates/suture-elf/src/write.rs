@@ -79,7 +79,10 @@ struct StrTab {
 }
 impl StrTab {
     fn new() -> Self {
-        StrTab { data: vec![0], map: HashMap::default() }
+        StrTab {
+            data: vec![0],
+            map: HashMap::default(),
+        }
     }
     fn add(&mut self, s: &str) -> u32 {
         if s.is_empty() {
@@ -111,7 +114,10 @@ struct Hdr {
 impl Builder {
     /// The name of output section header `hi` (user sections come first, after NULL).
     fn section_name(&self, hi: usize) -> String {
-        hi.checked_sub(1).and_then(|i| self.sections.get(i)).map(|s| s.name.clone()).unwrap_or_else(|| format!("#{hi}"))
+        hi.checked_sub(1)
+            .and_then(|i| self.sections.get(i))
+            .map(|s| s.name.clone())
+            .unwrap_or_else(|| format!("#{hi}"))
     }
 
     pub fn write(&self) -> Result<Vec<u8>, ElfError> {
@@ -128,20 +134,30 @@ impl Builder {
         let symtab_idx = (1 + nuser + nrela) as u32;
         let strtab_idx = symtab_idx + 1;
         let xindex_idx = strtab_idx + 1;
-        let shstrtab_idx = if need_xindex { xindex_idx + 1 } else { strtab_idx + 1 };
+        let shstrtab_idx = if need_xindex {
+            xindex_idx + 1
+        } else {
+            strtab_idx + 1
+        };
 
         let mut first_global = None;
         for (i, s) in self.symbols.iter().enumerate() {
             if s.bind == STB_LOCAL {
                 if first_global.is_some() {
-                    return Err(ElfError::Write(format!("local symbol {} follows a global one", s.name)));
+                    return Err(ElfError::Write(format!(
+                        "local symbol {} follows a global one",
+                        s.name
+                    )));
                 }
             } else if first_global.is_none() {
                 first_global = Some(i + 1);
             }
             if let SymSection::Section(x) = s.section {
                 if x >= nuser {
-                    return Err(ElfError::Write(format!("symbol {} refers to section {x}, out of range", s.name)));
+                    return Err(ElfError::Write(format!(
+                        "symbol {} refers to section {x}, out of range",
+                        s.name
+                    )));
                 }
             }
         }
@@ -158,11 +174,12 @@ impl Builder {
                 SymSection::Section(x) => user_index(x),
                 SymSection::Reserved(r) => r,
             };
-            let (raw, ext) = if shndx >= SHN_LORESERVE && matches!(s.section, SymSection::Section(_)) {
-                (SHN_XINDEX as u16, shndx)
-            } else {
-                (shndx as u16, 0)
-            };
+            let (raw, ext) =
+                if shndx >= SHN_LORESERVE && matches!(s.section, SymSection::Section(_)) {
+                    (SHN_XINDEX as u16, shndx)
+                } else {
+                    (shndx as u16, 0)
+                };
             symdata.extend_from_slice(&name.to_le_bytes());
             symdata.push((s.bind << 4) | (s.typ & 0xf));
             symdata.push(s.other);
@@ -175,7 +192,17 @@ impl Builder {
         let mut shstr = StrTab::new();
         let mut hdrs: Vec<Hdr> = Vec::with_capacity(total);
         let mut blobs: Vec<(usize, Vec<u8>)> = Vec::new(); // (header index, data)
-        hdrs.push(Hdr { name: 0, sh_type: 0, flags: 0, offset: 0, size: 0, link: 0, info: 0, align: 0, entsize: 0 });
+        hdrs.push(Hdr {
+            name: 0,
+            sh_type: 0,
+            flags: 0,
+            offset: 0,
+            size: 0,
+            link: 0,
+            info: 0,
+            align: 0,
+            entsize: 0,
+        });
         for s in &self.sections {
             hdrs.push(Hdr {
                 name: shstr.add(&s.name),
@@ -199,10 +226,16 @@ impl Builder {
             let mut d = Vec::with_capacity(s.relas.len() * 24);
             for r in &s.relas {
                 if r.sym >= nsyms {
-                    return Err(ElfError::Write(format!("{}: relocation to symbol {}, out of range", s.name, r.sym)));
+                    return Err(ElfError::Write(format!(
+                        "{}: relocation to symbol {}, out of range",
+                        s.name, r.sym
+                    )));
                 }
                 if r.offset + rela_width(r.rtype) as u64 > s.size() {
-                    return Err(ElfError::Write(format!("{}: relocation at {:#x} outside the section", s.name, r.offset)));
+                    return Err(ElfError::Write(format!(
+                        "{}: relocation at {:#x} outside the section",
+                        s.name, r.offset
+                    )));
                 }
                 d.extend_from_slice(&r.offset.to_le_bytes());
                 d.extend_from_slice(&(((r.sym as u64) << 32) | r.rtype as u64).to_le_bytes());
@@ -304,7 +337,11 @@ impl Builder {
         }
         let shoff = out.len() as u64;
         for (i, h) in hdrs.iter().enumerate() {
-            let (size, link) = if i == 0 && need_xindex { (total as u64, shstrtab_idx) } else { (h.size, h.link) };
+            let (size, link) = if i == 0 && need_xindex {
+                (total as u64, shstrtab_idx)
+            } else {
+                (h.size, h.link)
+            };
             out.extend_from_slice(&h.name.to_le_bytes());
             out.extend_from_slice(&h.sh_type.to_le_bytes());
             out.extend_from_slice(&h.flags.to_le_bytes());
@@ -327,7 +364,11 @@ impl Builder {
         hdr[40..48].copy_from_slice(&shoff.to_le_bytes());
         hdr[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
         hdr[58..60].copy_from_slice(&64u16.to_le_bytes()); // e_shentsize
-        let (shnum, shstrndx) = if need_xindex { (0u16, SHN_XINDEX as u16) } else { (total as u16, shstrtab_idx as u16) };
+        let (shnum, shstrndx) = if need_xindex {
+            (0u16, SHN_XINDEX as u16)
+        } else {
+            (total as u16, shstrtab_idx as u16)
+        };
         hdr[60..62].copy_from_slice(&shnum.to_le_bytes());
         hdr[62..64].copy_from_slice(&shstrndx.to_le_bytes());
         Ok(out)

@@ -55,11 +55,72 @@ struct JsonOut<'a> {
     error: Option<String>,
 }
 
+/// `suture diff` as scripts run it, once per object and often thousands of
+/// times: the plain forms of its arguments parsed by hand, before clap builds
+/// the whole command tree (a quarter of the instructions of diffing a small
+/// object). `args` is the command line after the program name. `None`
+/// whenever the line uses anything else (help, `--`, `-oFILE`, an option
+/// twice, a value that starts with `-`, non-UTF-8 text): clap then parses it
+/// and gives its usual answer or error, so the result is the same either way.
+pub fn parse_fast(args: &[std::ffi::OsString]) -> Option<Args> {
+    let mut it = args.iter();
+    if it.next()?.to_str()? != "diff" {
+        return None;
+    }
+    let mut a = Args {
+        orig: PathBuf::new(),
+        patched: PathBuf::new(),
+        output: None,
+        symbols: None,
+        objname: None,
+        entry_size: Vec::new(),
+        json: false,
+        explain: None,
+    };
+    let mut positional = 0;
+    while let Some(arg) = it.next() {
+        let text = arg.to_str()?;
+        let (flag, inline) = match text.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (text, None),
+        };
+        let mut value = || -> Option<String> {
+            let v = match inline {
+                Some(v) => v.to_string(),
+                None => it.next()?.to_str()?.to_string(),
+            };
+            (!v.starts_with('-') && !v.is_empty()).then_some(v)
+        };
+        match flag {
+            "-o" | "--output" if a.output.is_none() => a.output = Some(PathBuf::from(value()?)),
+            "--symbols" if a.symbols.is_none() => a.symbols = Some(PathBuf::from(value()?)),
+            "--objname" if a.objname.is_none() => a.objname = Some(value()?),
+            "--explain" if a.explain.is_none() => a.explain = Some(value()?),
+            "--entry-size" => a.entry_size.push(value()?),
+            "--json" if !a.json && inline.is_none() => a.json = true,
+            _ if text.starts_with('-') || text.is_empty() => return None,
+            _ => {
+                match positional {
+                    0 => a.orig = PathBuf::from(text),
+                    1 => a.patched = PathBuf::from(text),
+                    _ => return None,
+                }
+                positional += 1;
+            }
+        }
+    }
+    (positional == 2).then_some(a)
+}
+
 fn parse_entry_sizes(v: &[String]) -> anyhow::Result<HashMap<String, usize>> {
     let mut m = HashMap::new();
     for s in v {
-        let (k, n) = s.split_once('=').with_context(|| format!("--entry-size {s}: expected SECTION=BYTES"))?;
-        let n: usize = n.parse().with_context(|| format!("--entry-size {s}: {n} is not a number"))?;
+        let (k, n) = s
+            .split_once('=')
+            .with_context(|| format!("--entry-size {s}: expected SECTION=BYTES"))?;
+        let n: usize = n
+            .parse()
+            .with_context(|| format!("--entry-size {s}: {n} is not a number"))?;
         anyhow::ensure!(n > 0, "--entry-size {s}: the size must be positive");
         m.insert(k.to_string(), n);
     }
@@ -72,38 +133,54 @@ pub fn load_symbols(path: &Path, objname: Option<&str>) -> anyhow::Result<Target
     if bytes.starts_with(b"\x7fELF") {
         symbols_from_elf(&bytes, path, objname)
     } else {
-        let text = String::from_utf8(bytes).with_context(|| format!("{}: neither ELF nor text", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .with_context(|| format!("{}: neither ELF nor text", path.display()))?;
         symbols_from_kallsyms(&text, objname.unwrap_or("vmlinux"))
             .with_context(|| format!("{}: not a kallsyms copy", path.display()))
     }
 }
 
 fn symbols_from_elf(bytes: &[u8], path: &Path, objname: Option<&str>) -> anyhow::Result<Target> {
-    let o = suture_elf::Object::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let o =
+        suture_elf::Object::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let objname = match objname {
         Some(n) => n.to_string(),
-        None if path.extension().is_some_and(|e| e == "ko") => {
-            path.file_stem().unwrap().to_string_lossy().replace('-', "_")
-        }
+        None if path.extension().is_some_and(|e| e == "ko") => path
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .replace('-', "_"),
         None => "vmlinux".to_string(),
     };
     // Exports are visible as __ksymtab_<name> entries.
-    let exported: std::collections::HashSet<&str> =
-        o.symbols.iter().filter_map(|s| s.name.strip_prefix("__ksymtab_")).collect();
+    let exported: std::collections::HashSet<&str> = o
+        .symbols
+        .iter()
+        .filter_map(|s| s.name.strip_prefix("__ksymtab_"))
+        .collect();
     let mut count: HashMap<&str, u32> = HashMap::new();
-    for s in o.symbols.iter().filter(|s| s.bind == suture_elf::STB_LOCAL && s.section().is_some()) {
+    for s in o
+        .symbols
+        .iter()
+        .filter(|s| s.bind == suture_elf::STB_LOCAL && s.section().is_some())
+    {
         *count.entry(s.name.as_str()).or_default() += 1;
     }
     let mut seen: HashMap<&str, u32> = HashMap::new();
     let mut symbols = HashMap::new();
     for s in &o.symbols {
-        if s.name.is_empty() || s.section().is_none() || matches!(s.typ, suture_elf::STT_SECTION | suture_elf::STT_FILE) {
+        if s.name.is_empty()
+            || s.section().is_none()
+            || matches!(s.typ, suture_elf::STT_SECTION | suture_elf::STT_FILE)
+        {
             continue;
         }
         let ts = if s.bind == suture_elf::STB_LOCAL {
             let k = seen.entry(s.name.as_str()).or_default();
             *k += 1;
-            TargetSym::Unexported { sympos: if count[s.name.as_str()] > 1 { *k } else { 0 } }
+            TargetSym::Unexported {
+                sympos: if count[s.name.as_str()] > 1 { *k } else { 0 },
+            }
         } else if exported.contains(s.name.as_str()) {
             TargetSym::Exported
         } else {
@@ -123,8 +200,15 @@ pub fn symbols_from_kallsyms(text: &str, objname: &str) -> anyhow::Result<Target
             continue;
         }
         let f: Vec<&str> = l.split_whitespace().collect();
-        anyhow::ensure!(f.len() >= 3 && f[1].len() == 1 && u64::from_str_radix(f[0], 16).is_ok(), "line {}: {l:?}", n + 1);
-        let module = f.get(3).and_then(|m| m.strip_prefix('[')).and_then(|m| m.strip_suffix(']'));
+        anyhow::ensure!(
+            f.len() >= 3 && f[1].len() == 1 && u64::from_str_radix(f[0], 16).is_ok(),
+            "line {}: {l:?}",
+            n + 1
+        );
+        let module = f
+            .get(3)
+            .and_then(|m| m.strip_prefix('['))
+            .and_then(|m| m.strip_suffix(']'));
         let owner = module.unwrap_or("vmlinux");
         if owner == objname {
             lines.push(f[2].to_string());
@@ -140,19 +224,33 @@ pub fn symbols_from_kallsyms(text: &str, objname: &str) -> anyhow::Result<Target
         let k = seen.entry(n.as_str()).or_default();
         *k += 1;
         let pos = if count[n.as_str()] > 1 { *k } else { 0 };
-        symbols.entry(n.clone()).or_insert(TargetSym::Unexported { sympos: pos });
+        symbols
+            .entry(n.clone())
+            .or_insert(TargetSym::Unexported { sympos: pos });
     }
-    Ok(Target { objname: objname.to_string(), symbols })
+    Ok(Target {
+        objname: objname.to_string(),
+        symbols,
+    })
 }
 
 fn default_output(patched: &Path) -> PathBuf {
-    let stem = patched.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "patch".into());
+    let stem = patched
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "patch".into());
     patched.with_file_name(format!("{stem}.klp.o"))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().context("output path has no file name")?.to_string_lossy();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("output path has no file name")?
+        .to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -226,9 +324,21 @@ fn map_file(path: &Path) -> std::io::Result<suture_diff::Shared> {
     if meta.is_file() && meta.len() > 0 {
         let len = meta.len() as usize;
         // SAFETY: a fresh private read-only mapping of an open file.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd(), 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
         if p != libc::MAP_FAILED {
-            return Ok(std::sync::Arc::new(Map { ptr: p as *const u8, len }));
+            return Ok(std::sync::Arc::new(Map {
+                ptr: p as *const u8,
+                len,
+            }));
         }
     }
     Ok(std::sync::Arc::new(std::fs::read(path)?))
@@ -238,7 +348,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let fail = |json: bool, msg: String| -> anyhow::Result<i32> {
         if json {
             let r = Report::default();
-            let j = JsonOut { outcome: "error", exit_status: 1, output: None, report: &r, replaced: vec![], explanation: None, error: Some(msg) };
+            let j = JsonOut {
+                outcome: "error",
+                exit_status: 1,
+                output: None,
+                report: &r,
+                replaced: vec![],
+                explanation: None,
+                error: Some(msg),
+            };
             println!("{}", serde_json::to_string_pretty(&j)?);
             Ok(1)
         } else {
@@ -253,7 +371,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Ok(b) => b,
         Err(e) => return fail(args.json, format!("{}: {e}", args.patched.display())),
     };
-    let mut opts = Options { entry_sizes: parse_entry_sizes(&args.entry_size)?, target: None, ..Default::default() };
+    let mut opts = Options {
+        entry_sizes: parse_entry_sizes(&args.entry_size)?,
+        target: None,
+        ..Default::default()
+    };
     if let Some(s) = &args.symbols {
         match load_symbols(s, args.objname.as_deref()) {
             Ok(t) => opts.target = Some(t),
@@ -267,21 +389,43 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         },
         None => None,
     };
-    let outcome = match suture_diff::diff_shared(orig, patched, &opts) {
-        Ok(o) => o,
+    let outcome = match suture_diff::diff_shared_keep(orig, patched, &opts) {
+        Ok((o, model)) => {
+            // The process exits after the report; the kernel frees the model
+            // at once, faster than its destructors would.
+            std::mem::forget(model);
+            o
+        }
         Err(e) => return fail(args.json, e.to_string()),
     };
     let (name, code, report, replaced, written) = match outcome {
         Outcome::Changes(p) => {
-            let out = args.output.clone().unwrap_or_else(|| default_output(&args.patched));
+            let out = args
+                .output
+                .clone()
+                .unwrap_or_else(|| default_output(&args.patched));
             write_atomic(&out, &p.object)?;
-            ("changes", 0, p.report, p.replaced, Some(out.display().to_string()))
+            (
+                "changes",
+                0,
+                p.report,
+                p.replaced,
+                Some(out.display().to_string()),
+            )
         }
         Outcome::NoChange(r) => ("no-change", 3, r, vec![], None),
         Outcome::Refused(r) => ("refused", 2, r, vec![], None),
     };
     if args.json {
-        let j = JsonOut { outcome: name, exit_status: code, output: written, report: &report, replaced, explanation, error: None };
+        let j = JsonOut {
+            outcome: name,
+            exit_status: code,
+            output: written,
+            report: &report,
+            replaced,
+            explanation,
+            error: None,
+        };
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         if let Some(x) = &explanation {
@@ -292,9 +436,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         print_report(&report);
         match code {
-            0 => println!("wrote {} ({} replaced function(s))", written.unwrap(), replaced.len()),
+            0 => println!(
+                "wrote {} ({} replaced function(s))",
+                written.unwrap(),
+                replaced.len()
+            ),
             3 => println!("no functional change: nothing to patch"),
-            _ => println!("refused: {} unsupported change(s); nothing written", report.refusals.len()),
+            _ => println!(
+                "refused: {} unsupported change(s); nothing written",
+                report.refusals.len()
+            ),
         }
     }
     Ok(code)
@@ -337,19 +488,39 @@ mod tests {
         )
         .unwrap();
         let c2 = dir.join("u.c");
-        std::fs::write(&c2, "static int dup(void) { return 4; }\nint use2(void) { return dup(); }\n").unwrap();
+        std::fs::write(
+            &c2,
+            "static int dup(void) { return 4; }\nint use2(void) { return dup(); }\n",
+        )
+        .unwrap();
         let o1 = dir.join("t.o");
         let o2 = dir.join("u.o");
         let o = dir.join("both.o");
         for (src, obj) in [(&c, &o1), (&c2, &o2)] {
-            let st = std::process::Command::new("gcc").args(["-c", "-O0", "-o"]).arg(obj).arg(src).status().unwrap();
+            let st = std::process::Command::new("gcc")
+                .args(["-c", "-O0", "-o"])
+                .arg(obj)
+                .arg(src)
+                .status()
+                .unwrap();
             assert!(st.success());
         }
-        let st = std::process::Command::new("ld").arg("-r").arg("-o").arg(&o).arg(&o1).arg(&o2).status().unwrap();
+        let st = std::process::Command::new("ld")
+            .arg("-r")
+            .arg("-o")
+            .arg(&o)
+            .arg(&o1)
+            .arg(&o2)
+            .status()
+            .unwrap();
         assert!(st.success());
         let t = load_symbols(&o, None).unwrap();
         assert_eq!(t.objname, "vmlinux");
-        assert_eq!(t.symbols["dup"], TargetSym::Unexported { sympos: 1 }, "two local dups: positions from 1");
+        assert_eq!(
+            t.symbols["dup"],
+            TargetSym::Unexported { sympos: 1 },
+            "two local dups: positions from 1"
+        );
         assert_eq!(t.symbols["expd"], TargetSym::Exported);
         assert_eq!(t.symbols["unexp"], TargetSym::Unexported { sympos: 0 });
         let t = load_symbols(&o, Some("my_mod")).unwrap();
@@ -357,7 +528,80 @@ mod tests {
     }
 
     #[test]
+    fn fast_parse_agrees_with_clap() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: Cmd,
+        }
+        #[derive(clap::Subcommand)]
+        enum Cmd {
+            Diff(Args),
+        }
+        let os = |l: &[&str]| l.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let key = |a: &Args| {
+            format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?} {} {:?}",
+                a.orig, a.patched, a.output, a.symbols, a.objname, a.entry_size, a.json, a.explain
+            )
+        };
+        let accepted: &[&[&str]] = &[
+            &["diff", "a.o", "b.o"],
+            &["diff", "a.o", "b.o", "-o", "out.o", "--json"],
+            &[
+                "diff",
+                "--entry-size",
+                "__jump_table=16",
+                "a.o",
+                "--entry-size=.altinstructions=13",
+                "b.o",
+                "--output=x.o",
+            ],
+            &[
+                "diff",
+                "a.o",
+                "b.o",
+                "--symbols",
+                "k.txt",
+                "--objname",
+                "ext4",
+                "--explain",
+                "f",
+            ],
+        ];
+        for l in accepted {
+            let fast =
+                parse_fast(&os(l)).unwrap_or_else(|| panic!("{l:?} should take the fast path"));
+            let mut full = vec!["suture"];
+            full.extend_from_slice(l);
+            let Cmd::Diff(slow) = Cli::try_parse_from(full).unwrap().cmd;
+            assert_eq!(key(&fast), key(&slow), "{l:?}");
+        }
+        // Left to clap: its help and errors stay what they are.
+        let declined: &[&[&str]] = &[
+            &["diff", "--help"],
+            &["diff", "a.o"],
+            &["diff", "a.o", "b.o", "c.o"],
+            &["diff", "a.o", "b.o", "--json", "--json"],
+            &["diff", "a.o", "b.o", "-o", "x", "-o", "y"],
+            &["diff", "a.o", "b.o", "-ox.o"],
+            &["diff", "a.o", "b.o", "-o"],
+            &["diff", "a.o", "b.o", "-o", "--json"],
+            &["diff", "--", "a.o", "b.o"],
+            &["diff", "a.o", "b.o", "--unknown"],
+            &["build", "a.patch"],
+        ];
+        for l in declined {
+            assert!(parse_fast(&os(l)).is_none(), "{l:?} should go to clap");
+        }
+    }
+
+    #[test]
     fn default_output_name() {
-        assert_eq!(default_output(Path::new("/a/foo.PATCHED.o")), PathBuf::from("/a/foo.PATCHED.klp.o"));
+        assert_eq!(
+            default_output(Path::new("/a/foo.PATCHED.o")),
+            PathBuf::from("/a/foo.PATCHED.klp.o")
+        );
     }
 }

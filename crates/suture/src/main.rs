@@ -16,7 +16,11 @@ mod status_cmd;
 mod verify_cmd;
 
 #[derive(Parser)]
-#[command(name = "suture", version, about = "Live kernel patching for Debian kernels")]
+#[command(
+    name = "suture",
+    version,
+    about = "Live kernel patching for Debian kernels"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -51,6 +55,10 @@ enum Cmd {
 }
 
 fn main() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(a) = diff_cmd::parse_fast(&argv) {
+        exit(diff_cmd::run(a));
+    }
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Build(a) => build_cmd::run(a),
@@ -66,6 +74,10 @@ fn main() {
         Cmd::Package(a) => package_cmd::run(a),
         Cmd::Kexec(a) => kexec_cmd::run(a),
     };
+    exit(result);
+}
+
+fn exit(result: anyhow::Result<i32>) -> ! {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
