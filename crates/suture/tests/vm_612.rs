@@ -833,6 +833,29 @@ fn the_host_verifies_replaced_functions_against_kernel_memory_on_612() {
         Some(3),
         "{report}"
     );
+    // The records mask the first 4 bytes (endbr64) exactly where the image's
+    // seal list says the kernel turns them into a NOP: the sealed functions'
+    // masks start at 0, proc_pid_status's only at its fentry call (4).
+    let modinfo = Command::new("modinfo")
+        .args(["-F", "suture_func"])
+        .arg(&tag)
+        .output()
+        .unwrap();
+    let records = String::from_utf8_lossy(&modinfo.stdout).into_owned();
+    let mask_of = |f: &str| {
+        let line = records
+            .lines()
+            .find(|l| l.split(' ').nth(1) == Some(f))
+            .unwrap_or_else(|| panic!("{records}"));
+        line.rsplit(' ').next().unwrap().to_string()
+    };
+    for (f, first) in [
+        ("kernel_clone", "0+"),
+        ("release_task", "0+"),
+        ("proc_pid_status", "4+"),
+    ] {
+        assert!(mask_of(f).starts_with(first), "{f}: {}", mask_of(f));
+    }
     let (cmdline, _) = build_ok(&release, &examples().join("cmdline.patch"), tmp.path());
     let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut vm = vm(&release).timeout(std::time::Duration::from_secs(400));
