@@ -178,13 +178,18 @@ if [ ! -e $state ]; then
     echo "kexec_loaded=$(cat /sys/kernel/kexec_loaded)"
     suture kexec --unload; echo "rc=$?"
     echo "kexec_loaded=$(cat /sys/kernel/kexec_loaded)"
+    echo "== not a kernel"
+    head -c 1048576 /dev/urandom > /boot/vmlinuz-0.0.0-bogus
+    ln -s initrd.img-OLD /boot/initrd.img-0.0.0-bogus
+    suture kexec --kernel 0.0.0-bogus --no-reboot; echo "rc=$?"
+    rm /boot/vmlinuz-0.0.0-bogus /boot/initrd.img-0.0.0-bogus
     echo "== kexec"
     cat /proc/sys/kernel/random/boot_id > $state
     sync
     # The shutdown stops this unit (SIGTERM) as soon as suture starts it:
     # this shell dies here, suture must live on to write its report, which
     # the second boot shows.
-    suture kexec --kernel OLD --append suture.kexec=1 --json > /root/kexec.json
+    suture kexec --kernel OLD --append "suture.kexec=1 lockdown=integrity" --json > /root/kexec.json
     echo "== returned rc=$?"
     # Returning would let the lab runner power the guest off instead.
     sleep 900
@@ -195,6 +200,15 @@ else
     echo "boot_id_before=$(cat $state)"
     echo "boot_id_now=$(cat /proc/sys/kernel/random/boot_id)"
     echo "cmdline=$(cat /proc/cmdline)"
+    echo "== lockdown"
+    cat /sys/kernel/security/lockdown
+    # One byte changed in the compressed kernel: still a bzImage, but its
+    # signature no longer verifies, which lockdown does not forgive.
+    cp /boot/vmlinuz-OLD /boot/vmlinuz-0.0.0-tampered
+    printf X | dd of=/boot/vmlinuz-0.0.0-tampered bs=1 seek=4000000 conv=notrunc 2>/dev/null
+    ln -s initrd.img-OLD /boot/initrd.img-0.0.0-tampered
+    suture kexec --kernel 0.0.0-tampered --no-reboot; echo "rc=$?"
+    echo "kexec_loaded=$(cat /sys/kernel/kexec_loaded)"
     echo "== json"
     cat /root/kexec.json
     echo "== end"
@@ -213,6 +227,14 @@ fi
             && refuse.contains("apt-get install linux-image-0.0.0-none")
             && refuse.contains(&format!("installed: {old}")),
         "{refuse}"
+    );
+    let nk = section(&secs, "not a kernel");
+    assert!(
+        nk.contains("is not a kernel the running one can boot")
+            && nk.contains("apt-get install --reinstall linux-image-0.0.0-bogus")
+            && nk.contains("Not a bzImage")
+            && nk.contains("rc=1"),
+        "ENOEXEC from the real kernel, with its own log line:\n{nk}"
     );
     let lo = section(&secs, "load only");
     assert!(
@@ -239,7 +261,7 @@ fi
     let cmdline = doc["kexec"]["cmdline"].as_str().unwrap();
     assert!(
         cmdline.starts_with("root=/dev/vda rw console=ttyS0")
-            && cmdline.ends_with(" suture.kexec=1"),
+            && cmdline.ends_with(" suture.kexec=1 lockdown=integrity"),
         "{cmdline}"
     );
 
@@ -261,6 +283,16 @@ fi
         field("cmdline="),
         cmdline,
         "the new kernel got what was loaded"
+    );
+    let ld = section(&secs, "lockdown");
+    assert!(
+        ld.contains("[integrity]")
+            && ld.contains(
+                "the kernel is locked down (integrity) and refused the image of 0.0.0-tampered"
+            )
+            && ld.contains("mokutil --import")
+            && ld.contains("rc=1\nkexec_loaded=0"),
+        "a tampered image under lockdown: EPERM from the real kernel, explained:\n{ld}"
     );
 
     // The serial log: the first kernel's banner, the kexec hand-over, the
