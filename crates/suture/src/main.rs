@@ -59,7 +59,12 @@ fn main() {
     if let Some(a) = diff_cmd::parse_fast(&argv) {
         exit(diff_cmd::run(a));
     }
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which suture reserves for refusals: a
+    // bad command line is bad input (1); help and --version stay 0.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 })
+    });
     let result = match cli.cmd {
         Cmd::Build(a) => build_cmd::run(a),
         Cmd::Diff(a) => diff_cmd::run(a),

@@ -1,0 +1,92 @@
+//! `suture diff` as a command: the hand-parsed fast path and clap's parse give
+//! the same object, report and exit status; usage errors are bad input (1).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn corpus(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/kpatch-unit-objs/x86_64")
+        .join(name)
+}
+
+fn suture(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn fast_path_and_clap_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let (orig, patched) = (
+        corpus("meminfo-string.ORIG.o"),
+        corpus("meminfo-string.PATCHED.o"),
+    );
+    let (a, b) = (dir.path().join("a.o"), dir.path().join("b.o"));
+    // Plain form: parsed by hand.
+    let fast = suture(&[
+        "diff".as_ref(),
+        orig.as_os_str(),
+        patched.as_os_str(),
+        "-o".as_ref(),
+        a.as_os_str(),
+        "--entry-size".as_ref(),
+        "__jump_table=16".as_ref(),
+    ]);
+    // `--` before the files: only clap takes that form.
+    let mut b_arg = std::ffi::OsString::from("--output=");
+    b_arg.push(&b);
+    let slow = suture(&[
+        "diff".as_ref(),
+        "--entry-size".as_ref(),
+        "__jump_table=16".as_ref(),
+        b_arg.as_os_str(),
+        "--".as_ref(),
+        orig.as_os_str(),
+        patched.as_os_str(),
+    ]);
+    assert_eq!(
+        fast.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&fast.stderr)
+    );
+    assert_eq!(
+        slow.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&slow.stderr)
+    );
+    let report = |o: &Output, p: &PathBuf| {
+        String::from_utf8_lossy(&o.stdout).replace(&*p.to_string_lossy(), "OUT")
+    };
+    assert_eq!(report(&fast, &a), report(&slow, &b));
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "same klp object both ways"
+    );
+}
+
+#[test]
+fn usage_errors_are_bad_input() {
+    let missing = suture(&["diff".as_ref(), "only-one.o".as_ref()]);
+    assert_eq!(
+        missing.status.code(),
+        Some(1),
+        "a missing argument is bad input, not a refusal (2)"
+    );
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("<PATCHED>"));
+    let bad_flag = suture(&[
+        "diff".as_ref(),
+        "a.o".as_ref(),
+        "b.o".as_ref(),
+        "--no-such-flag".as_ref(),
+    ]);
+    assert_eq!(bad_flag.status.code(), Some(1));
+    let help = suture(&["diff".as_ref(), "--help".as_ref()]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: suture diff"));
+}
