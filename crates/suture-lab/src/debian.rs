@@ -206,6 +206,8 @@ pub struct DebianGuest {
     /// Three server guests share two cores: each gets one vCPU there.
     pub smp: u32,
     pub memory_mb: u32,
+    /// Added to the kernel command line (a kexec carries it over).
+    pub append: String,
 }
 
 /// The serial console of a running QEMU, collected by a thread.
@@ -274,6 +276,7 @@ impl DebianGuest {
             verbose: std::env::var_os("SUTURE_LAB_VERBOSE").is_some(),
             smp: 2,
             memory_mb: 1536,
+            append: String::new(),
         })
     }
 
@@ -340,7 +343,13 @@ impl DebianGuest {
                 lab_img.display()
             ))
             .arg("-append")
-            .arg("root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false")
+            .arg(
+                format!(
+                    "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=false {}",
+                    self.append
+                )
+                .trim_end(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -24,6 +24,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use suture_lab::debian::{DebianGuest, GuestServer};
 
+// The guests of both VM tests at once would be four TCG guests on two
+// cores: one test at a time.
+static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn suture() -> &'static str {
     env!("CARGO_BIN_EXE_suture")
 }
@@ -94,6 +98,10 @@ fn start_guests(
             let mut g = DebianGuest::new(rel).unwrap();
             g.smp = 1;
             g.memory_mb = 1024;
+            // An emulated CPU on an oversubscribed host stalls for tens of
+            // seconds; the detectors stay on, with thresholds for that (a
+            // soft lockup after 120 s, an RCU stall after 300 s).
+            g.append = "watchdog_thresh=60 rcupdate.rcu_cpu_stall_timeout=300".into();
             g.serve(key, files, script).unwrap()
         })
         .collect();
@@ -320,6 +328,7 @@ fn build_patch(dir: &Path, rel: &str) -> PathBuf {
 
 #[test]
 fn fleet_rollout_canary_check_mode_idempotence() {
+    let _one_at_a_time = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     let rel = suture_lab::test_release();
     if !suture_lab::require_kernel_or_skip(&rel).unwrap() {
         return;
@@ -541,6 +550,7 @@ fn collection_unit_tests() {
 
 #[test]
 fn fleet_kexec_batch() {
+    let _one_at_a_time = GUESTS.lock().unwrap_or_else(|e| e.into_inner());
     let rel = suture_lab::test_release();
     let old = std::env::var("SUTURE_TEST_RELEASE_OLD").unwrap_or_else(|_| "6.1.0-47-amd64".into());
     if !suture_lab::require_kernel_or_skip(&rel).unwrap()
@@ -555,16 +565,23 @@ fn fleet_kexec_batch() {
     let key = suture_lab::debian::ssh_keypair(&dir, "id_fleet").unwrap();
     // The target release's image and initrd, installed on the guest's disk
     // as its linux-image package would (the initrd brings virtio_net/ext4).
-    let vmlinuz = suture_lab::kernel_image(&old);
-    let initrd = PathBuf::from(format!("/boot/initrd.img-{old}"));
-    let names = [
-        format!("boot/vmlinuz-{old}"),
-        format!("boot/initrd.img-{old}"),
-    ];
-    let files: Vec<(&Path, &str)> = vec![
-        (vmlinuz.as_path(), &names[0]),
-        (initrd.as_path(), &names[1]),
-    ];
+    // Both releases, so that a host failing its gates can move back.
+    let boot: Vec<(PathBuf, String)> = [&rel, &old]
+        .iter()
+        .flat_map(|r| {
+            [
+                (suture_lab::kernel_image(r), format!("boot/vmlinuz-{r}")),
+                (
+                    PathBuf::from(format!("/boot/initrd.img-{r}")),
+                    format!("boot/initrd.img-{r}"),
+                ),
+            ]
+        })
+        .collect();
+    let files: Vec<(&Path, &str)> = boot
+        .iter()
+        .map(|(p, n)| (p.as_path(), n.as_str()))
+        .collect();
     let mut guests = start_guests(&rel, &key, 1, &files, "cp -n /mnt/lab/boot/* /boot/\n");
     let before = guests[0].wait_ready(1, Duration::from_secs(10)).unwrap();
     assert_eq!(before.release, rel);
@@ -584,6 +601,17 @@ fn fleet_kexec_batch() {
     );
     assert!(r.ok, "the kexec playbook succeeds");
     let kexec_took = r.took;
+    for task in [
+        "The host runs the new release in a new boot",
+        "Health gates",
+    ] {
+        assert!(
+            task_lines(&r.out, task)
+                .iter()
+                .any(|l| l.starts_with("ok: [g1]")),
+            "{task} ran after the kexec"
+        );
+    }
     let after = guests[0].wait_ready(2, Duration::from_secs(60)).unwrap();
     assert_eq!(after.release, old, "the second boot is the old release");
     assert_ne!(after.boot_id, before.boot_id);
