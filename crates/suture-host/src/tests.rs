@@ -89,7 +89,7 @@ fn simulate(sims: &Sims, root: PathBuf, name: String, complete: bool) {
             if forced && !completed {
                 // A forced patching completes; the module stays removable
                 // (only patches it replaces would be pinned).
-                let _ = std::fs::write(pd.join("transition"), "0\n");
+                set_attr(&pd.join("transition"), "0\n");
                 // `force` is write-only in sysfs; the fake forgets it so a
                 // later unpatching is not taken as forced too.
                 let _ = std::fs::write(pd.join("force"), "0");
@@ -100,15 +100,23 @@ fn simulate(sims: &Sims, root: PathBuf, name: String, complete: bool) {
                 let _ = std::fs::write(root.join("sys/module").join(&name).join("refcnt"), "0\n");
                 return;
             }
-            // Once: a rewrite truncates first, and a reader racing it would
-            // see an empty file (real sysfs attributes are atomic).
             if complete && !completed && start.elapsed() > Duration::from_millis(30) {
-                let _ = std::fs::write(pd.join("transition"), "0\n");
+                set_attr(&pd.join("transition"), "0\n");
                 completed = true;
             }
         }
     });
     sims.threads.lock().unwrap().push(t);
+}
+
+/// Rewrites an attribute the host may be reading at that moment. Real sysfs
+/// attributes change atomically; a plain rewrite truncates first, and a reader
+/// racing it sees an empty file (seen in CI as a `transition` of None).
+fn set_attr(path: &Path, value: &str) {
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, value).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
 }
 
 fn lay_out_patch(root: &Path, name: &str, transition: bool) {
