@@ -14,13 +14,12 @@
 //! script already did (an orderly `systemctl poweroff`, or an abrupt
 //! `echo o > /proc/sysrq-trigger`).
 
-use crate::{RunOutput, BEGIN_MARKER, END_MARKER};
+use crate::{console_text, read_console, Console, RunOutput, BEGIN_MARKER, END_MARKER};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Bump when the configuration below changes: the cached image is rebuilt.
@@ -208,37 +207,6 @@ pub struct DebianGuest {
     pub memory_mb: u32,
     /// Added to the kernel command line (a kexec carries it over).
     pub append: String,
-}
-
-/// The serial console of a running QEMU, collected by a thread.
-type Console = Arc<Mutex<Vec<u8>>>;
-
-fn console_text(o: &Console) -> String {
-    String::from_utf8_lossy(&o.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "")
-}
-
-fn read_console(
-    mut stdout: std::process::ChildStdout,
-    verbose: bool,
-) -> (Console, std::thread::JoinHandle<()>) {
-    let output: Console = Arc::new(Mutex::new(Vec::new()));
-    let o2 = Arc::clone(&output);
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            if verbose {
-                use std::io::Write;
-                let _ = std::io::stderr().write_all(&buf[..n]);
-            }
-            o2.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(&buf[..n]);
-        }
-    });
-    (output, reader)
 }
 
 impl DebianGuest {

@@ -501,25 +501,10 @@ impl Vm {
             .with_context(|| format!("starting {}", self.qemu.display()))?;
         let mut guard = QemuGuard(child);
 
-        let output = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let mut stdout = guard.0.stdout.take().expect("stdout is piped");
-        let out2 = Arc::clone(&output);
-        let verbose = self.verbose;
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                if verbose {
-                    use std::io::Write;
-                    let _ = std::io::stderr().write_all(&buf[..n]);
-                }
-                out2.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(&buf[..n]);
-            }
-        });
+        let (output, reader) = read_console(
+            guard.0.stdout.take().expect("stdout is piped"),
+            self.verbose,
+        );
         let mut stderr = guard.0.stderr.take().expect("stderr is piped");
         let err_reader = std::thread::spawn(move || {
             let mut s = Vec::new();
@@ -527,9 +512,6 @@ impl Vm {
             String::from_utf8_lossy(&s).into_owned()
         });
 
-        let snapshot = |o: &Arc<Mutex<Vec<u8>>>| {
-            String::from_utf8_lossy(&o.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "")
-        };
         let status = loop {
             if let Some(st) = guard.0.try_wait().context("waiting for QEMU")? {
                 break st;
@@ -542,7 +524,7 @@ impl Vm {
                     "guest did not power off within {:?} (kernel {}); QEMU killed. Output so far:\n{}",
                     self.timeout,
                     self.kernel.display(),
-                    snapshot(&output)
+                    console_text(&output)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -550,7 +532,7 @@ impl Vm {
         let duration = start.elapsed();
         let _ = reader.join();
         let qemu_err = err_reader.join().unwrap_or_default();
-        let text = snapshot(&output);
+        let text = console_text(&output);
         if !status.success() {
             bail!(
                 "QEMU exited with {status}: {}\nGuest output:\n{text}",
@@ -573,6 +555,37 @@ impl Vm {
             duration,
         })
     }
+}
+
+/// The serial console of a running QEMU, collected by a thread.
+pub(crate) type Console = Arc<Mutex<Vec<u8>>>;
+
+pub(crate) fn console_text(o: &Console) -> String {
+    String::from_utf8_lossy(&o.lock().unwrap_or_else(|e| e.into_inner())).replace('\r', "")
+}
+
+pub(crate) fn read_console(
+    mut stdout: std::process::ChildStdout,
+    verbose: bool,
+) -> (Console, std::thread::JoinHandle<()>) {
+    let output: Console = Arc::new(Mutex::new(Vec::new()));
+    let o2 = Arc::clone(&output);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if verbose {
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(&buf[..n]);
+            }
+            o2.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&buf[..n]);
+        }
+    });
+    (output, reader)
 }
 
 /// The status from the last end-marker line.
