@@ -17,6 +17,9 @@
 //! The module pure parts have Python unit tests, run here too
 //! (`collection_unit_tests`), with the lint the collection gets offline.
 
+mod common;
+
+use common::{run, suture};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,10 +30,6 @@ use suture_lab::debian::{DebianGuest, GuestServer};
 // The guests of both VM tests at once would be four TCG guests on two
 // cores: one test at a time.
 static GUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn suture() -> &'static str {
-    env!("CARGO_BIN_EXE_suture")
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -52,23 +51,6 @@ fn venv_bin(tool: &str) -> PathBuf {
         venv.display()
     );
     p
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{text}",
-        out.status
-    );
-    text
 }
 
 fn ssh(g: &GuestServer, cmd: &str) -> String {

@@ -17,32 +17,14 @@
 //! depends on. The userspace is built once with debootstrap (cached under
 //! /var/cache/suture/guest).
 
+mod common;
+
+use common::{run, suture};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn release() -> String {
     suture_lab::test_release()
-}
-
-fn suture() -> &'static str {
-    env!("CARGO_BIN_EXE_suture")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{text}",
-        out.status
-    );
-    text
 }
 
 fn dummy_image_deb(dir: &Path, rel: &str) -> PathBuf {

@@ -9,6 +9,9 @@
 //!
 //! Outside the guest: the shipped systemd units pass `systemd-analyze verify`.
 
+mod common;
+
+use common::{run, suture};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,27 +21,6 @@ static VM_LOCK: Mutex<()> = Mutex::new(());
 
 fn release() -> String {
     suture_lab::test_release()
-}
-
-fn suture() -> &'static str {
-    env!("CARGO_BIN_EXE_suture")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{text}",
-        out.status
-    );
-    text
 }
 
 /// The GNU build-id of the release's vmlinux from suture's cache (left by

@@ -3,33 +3,15 @@
 //! removed with busybox's dpkg in a guest booted on that release: the
 //! postinst makes the patch live, the prerm takes it away.
 
+mod common;
+
+use common::{run, suture};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn release() -> String {
     suture_lab::test_release()
-}
-
-fn suture() -> &'static str {
-    env!("CARGO_BIN_EXE_suture")
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{text}",
-        out.status
-    );
-    text
 }
 
 /// A livepatch for `cmdline_proc_show` carrying the metadata keys.

@@ -9,14 +9,13 @@
 //! The refusals that must happen before the kernel is touched are tested
 //! on the host as well, against a `--root` tree.
 
+mod common;
+
+use common::suture;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-fn suture() -> &'static str {
-    env!("CARGO_BIN_EXE_suture")
-}
 
 fn old_release() -> String {
     std::env::var("SUTURE_TEST_RELEASE_OLD").unwrap_or_else(|_| "6.1.0-47-amd64".into())
