@@ -513,18 +513,7 @@ impl Host {
                 "`suture unload {name}` first, or build the new patch under another --name"
             )));
         }
-        let installed = state
-            .store_data(&release, &name, path, &data)
-            .map_err(|e| {
-                HostError::io(
-                    format!(
-                        "storing {} in {}",
-                        path.display(),
-                        state.release_dir(&release).display()
-                    ),
-                    &e,
-                )
-            })?;
+        let installed = store(state, &release, &name, path, &data)?;
         if loaded.loaded {
             return Ok((installed, None));
         }
@@ -580,18 +569,7 @@ impl Host {
                 ),
             )
         })?;
-        state
-            .store_data(&release, &info.name, path, &data)
-            .map_err(|e| {
-                HostError::io(
-                    format!(
-                        "storing {} in {}",
-                        path.display(),
-                        state.release_dir(&release).display()
-                    ),
-                    &e,
-                )
-            })
+        store(state, &release, &info.name, path, &data)
     }
 
     /// Unloads the patch if it is loaded, then removes its files. On an
@@ -744,4 +722,24 @@ impl Host {
         }
         Ok(done)
     }
+}
+
+/// Stores the bytes suture checked (not the file again) under the release.
+fn store(
+    state: &StateDir,
+    release: &str,
+    name: &str,
+    path: &Path,
+    data: &[u8],
+) -> Result<Installed, HostError> {
+    state.store_data(release, name, path, data).map_err(|e| {
+        HostError::io(
+            format!(
+                "storing {} in {}",
+                path.display(),
+                state.release_dir(release).display()
+            ),
+            &e,
+        )
+    })
 }
