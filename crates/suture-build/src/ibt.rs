@@ -88,22 +88,7 @@ pub fn sealed_reason(t: &AddressTaken) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use suture_elf::{
-        Builder, OutRela, OutSection, OutSymbol, SymSection, SHF_ALLOC, SHT_PROGBITS, STB_GLOBAL,
-        STT_NOTYPE,
-    };
-
-    fn undef(name: &str) -> OutSymbol {
-        OutSymbol {
-            name: name.into(),
-            bind: STB_GLOBAL,
-            typ: STT_NOTYPE,
-            other: 0,
-            section: SymSection::Undef,
-            value: 0,
-            size: 0,
-        }
-    }
+    use suture_elf::{Builder, OutRela, OutSection, OutSymbol, SHF_ALLOC, SHT_PROGBITS};
 
     fn rela(offset: u64, sym: usize, rtype: u32, addend: i64) -> OutRela {
         OutRela {
@@ -156,13 +141,13 @@ mod tests {
         let b = Builder {
             sections: vec![text, data],
             symbols: vec![
-                undef(".klp.sym.vmlinux.called,0"),
-                undef(".klp.sym.vmlinux.jumped,0"),
-                undef(".klp.sym.vmlinux.branched,0"),
-                undef(".klp.sym.vmlinux.pointed,2"),
-                undef(".klp.sym.vmlinux.immediate,0"),
-                undef(".klp.sym.vmlinux.in_data.part,0"),
-                undef("exported_function"),
+                OutSymbol::undefined_global(".klp.sym.vmlinux.called,0"),
+                OutSymbol::undefined_global(".klp.sym.vmlinux.jumped,0"),
+                OutSymbol::undefined_global(".klp.sym.vmlinux.branched,0"),
+                OutSymbol::undefined_global(".klp.sym.vmlinux.pointed,2"),
+                OutSymbol::undefined_global(".klp.sym.vmlinux.immediate,0"),
+                OutSymbol::undefined_global(".klp.sym.vmlinux.in_data.part,0"),
+                OutSymbol::undefined_global("exported_function"),
             ],
         };
         b.write().unwrap()

@@ -870,7 +870,7 @@ impl<'x, 'a> Out<'x, 'a> {
             return c;
         }
         let code = encode(SymRef::Global(self.globals.len()));
-        self.globals.push(OutSymbol { name: name.to_string(), bind: STB_GLOBAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+        self.globals.push(OutSymbol::undefined_global(name));
         self.refs.insert(name.to_string(), code);
         code
     }
@@ -945,7 +945,7 @@ impl<'x, 'a> Out<'x, 'a> {
             return Some(c);
         }
         let code = encode(SymRef::Global(self.globals.len()));
-        self.globals.push(OutSymbol { name: full.clone(), bind: STB_GLOBAL, typ: STT_NOTYPE, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+        self.globals.push(OutSymbol::undefined_global(full.clone()));
         self.refs.insert(full, code);
         Some(code)
     }

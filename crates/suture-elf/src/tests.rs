@@ -36,15 +36,7 @@ fn sample() -> Vec<u8> {
         value: 0,
         size: 6,
     });
-    b.symbols.push(OutSymbol {
-        name: "__fentry__".into(),
-        bind: STB_GLOBAL,
-        typ: STT_NOTYPE,
-        other: 0,
-        section: SymSection::Undef,
-        value: 0,
-        size: 0,
-    });
+    b.symbols.push(OutSymbol::undefined_global("__fentry__"));
     b.write().unwrap()
 }
 
@@ -82,15 +74,7 @@ fn round_trip() {
 #[test]
 fn locals_after_globals_rejected() {
     let mut b = Builder::default();
-    b.symbols.push(OutSymbol {
-        name: "g".into(),
-        bind: STB_GLOBAL,
-        typ: STT_NOTYPE,
-        other: 0,
-        section: SymSection::Undef,
-        value: 0,
-        size: 0,
-    });
+    b.symbols.push(OutSymbol::undefined_global("g"));
     b.symbols.push(OutSymbol {
         name: "l".into(),
         bind: STB_LOCAL,

@@ -26,6 +26,22 @@ pub struct OutSymbol {
     pub size: u64,
 }
 
+impl OutSymbol {
+    /// A reference to a global defined elsewhere: the object's imports,
+    /// among them the `.klp.sym.*` symbols of livepatch relocations.
+    pub fn undefined_global(name: impl Into<String>) -> OutSymbol {
+        OutSymbol {
+            name: name.into(),
+            bind: crate::STB_GLOBAL,
+            typ: crate::STT_NOTYPE,
+            other: 0,
+            section: SymSection::Undef,
+            value: 0,
+            size: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct OutRela {
     pub offset: u64,
