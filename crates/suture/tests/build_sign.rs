@@ -3,6 +3,8 @@
 //! against the certificate over exactly the module's bytes, and the build
 //! metadata in `.modinfo` that the host side reads.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -21,16 +23,7 @@ fn a_signed_module_verifies_against_its_certificate() {
     let Some(r) = release() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let st = Command::new("openssl")
-        .args(["req", "-new", "-nodes", "-utf8", "-sha256", "-days", "1", "-batch", "-x509"])
-        .args(["-newkey", "rsa:2048", "-subj", "/CN=suture test"])
-        .arg("-keyout")
-        .arg(d.join("key.pem"))
-        .arg("-out")
-        .arg(d.join("cert.pem"))
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let (key, cert) = common::signing_key(d, "test");
     let ko = d.join("signed.ko");
     let o = Command::new(env!("CARGO_BIN_EXE_suture"))
         .arg("build")
@@ -38,9 +31,9 @@ fn a_signed_module_verifies_against_its_certificate() {
         .args(["--kernel", &r, "-o"])
         .arg(&ko)
         .arg("--sign-key")
-        .arg(d.join("key.pem"))
+        .arg(&key)
         .arg("--sign-cert")
-        .arg(d.join("cert.pem"))
+        .arg(&cert)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -57,9 +50,9 @@ fn a_signed_module_verifies_against_its_certificate() {
             .arg("-content")
             .arg(content)
             .arg("-certfile")
-            .arg(d.join("cert.pem"))
+            .arg(&cert)
             .arg("-CAfile")
-            .arg(d.join("cert.pem"))
+            .arg(&cert)
             .args(["-out", "/dev/null"])
             .output()
             .unwrap()

@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::{run, suture};
+use common::{run, signing_key, suture};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -106,16 +106,7 @@ fn other_release_copy(ko: &Path, rel: &str) -> PathBuf {
 fn signed_copies(ko: &Path, rel: &str) -> [PathBuf; 4] {
     let d = ko.parent().unwrap();
     let sign = |who: &str, out: &str| {
-        let (key, cert) = (d.join(format!("{who}.key")), d.join(format!("{who}.pem")));
-        run(Command::new("openssl")
-            .args([
-                "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "2", "-batch", "-x509",
-            ])
-            .args(["-newkey", "rsa:2048", "-subj", &format!("/CN=suture {who}")])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert));
+        let (key, cert) = signing_key(d, who);
         let p = d.join(out);
         run(
             Command::new(format!("/usr/src/linux-headers-{rel}/scripts/sign-file"))

@@ -31,6 +31,26 @@ pub fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// A throw-away RSA signing key and its self-signed certificate in `dir`
+/// (`WHO.key`, `WHO.pem`), as `scripts/sign-file` and suture's trust store
+/// take them.
+pub fn signing_key(dir: &Path, who: &str) -> (PathBuf, PathBuf) {
+    let (key, cert) = (
+        dir.join(format!("{who}.key")),
+        dir.join(format!("{who}.pem")),
+    );
+    run(Command::new("openssl")
+        .args([
+            "req", "-new", "-nodes", "-utf8", "-sha256", "-days", "2", "-batch", "-x509",
+        ])
+        .args(["-newkey", "rsa:2048", "-subj", &format!("/CN=suture {who}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    (key, cert)
+}
+
 pub fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
 }
