@@ -29,7 +29,8 @@ pub fn addresses_taken(klp_object: &[u8], objname: &str) -> Result<Vec<AddressTa
     let o = Object::parse(klp_object).context("reading the klp object")?;
     let prefix = format!(".klp.sym.{objname}.");
     let mut found = Vec::new();
-    for (&sec, relas) in &o.relas {
+    for sec in o.relocated_sections() {
+        let relas = o.relas_of(sec);
         let s = &o.sections[sec];
         let exec = s.flags & SHF_EXECINSTR != 0;
         for r in relas {
@@ -65,7 +66,7 @@ pub fn addresses_taken(klp_object: &[u8], objname: &str) -> Result<Vec<AddressTa
                 let t = AddressTaken {
                     name: name.to_string(),
                     sympos,
-                    section: s.name.clone(),
+                    section: s.name.to_string(),
                 };
                 if !found.contains(&t) {
                     found.push(t);

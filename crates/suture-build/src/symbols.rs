@@ -197,14 +197,14 @@ impl SymbolSource {
             if !s.is_undef()
                 || s.bind != suture_elf::STB_GLOBAL
                 || s.name.is_empty()
-                || target.symbols.contains_key(&s.name)
+                || target.symbols.contains_key(s.name.as_str())
             {
                 continue;
             }
             if self.exports.reachable_from(objname, &s.name) {
                 continue;
             }
-            for name in [s.name.clone(), format!("__pfx_{}", s.name)] {
+            for name in [s.name.to_string(), format!("__pfx_{}", s.name)] {
                 if let [_] = self.kallsyms.instances("vmlinux", &name).as_slice() {
                     target
                         .symbols

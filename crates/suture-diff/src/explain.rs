@@ -37,21 +37,21 @@ pub fn explain(d: &Diff, func: &str) -> Explanation {
     for k in 0..or.len().max(pr.len()) {
         match (or.get(k), pr.get(k)) {
             (Some(a), Some(b)) => {
-                if a.offset - os.value != b.offset - ps.value || a.rtype != b.rtype || !d.key_eq(osec, a, psec, b) {
+                if a.offset - os.value != b.offset - ps.value || a.rtype != b.rtype || !d.key_eq(osec, &a, psec, &b) {
                     lines.push(format!(
                         "first differing relocation (#{k}): ORIG {}  PATCHED {}",
-                        Diff::describe_rela(&d.o, osec, os.value, a),
-                        Diff::describe_rela(&d.p, psec, ps.value, b)
+                        Diff::describe_rela(&d.o, osec, os.value, &a),
+                        Diff::describe_rela(&d.p, psec, ps.value, &b)
                     ));
                     break;
                 }
             }
             (Some(a), None) => {
-                lines.push(format!("relocation #{k} only in ORIG: {}", Diff::describe_rela(&d.o, osec, os.value, a)));
+                lines.push(format!("relocation #{k} only in ORIG: {}", Diff::describe_rela(&d.o, osec, os.value, &a)));
                 break;
             }
             (None, Some(b)) => {
-                lines.push(format!("relocation #{k} only in PATCHED: {}", Diff::describe_rela(&d.p, psec, ps.value, b)));
+                lines.push(format!("relocation #{k} only in PATCHED: {}", Diff::describe_rela(&d.p, psec, ps.value, &b)));
                 break;
             }
             (None, None) => break,

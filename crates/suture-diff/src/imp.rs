@@ -229,7 +229,7 @@ impl<'a> Diff<'a> {
                 .symbols
                 .iter()
                 .filter(|s| s.typ == STT_FILE)
-                .map(|s| s.name.clone())
+                .map(|s| s.name.to_string())
                 .collect()
         };
         let (fo, fp) = (files(&self.o), files(&self.p));
@@ -400,7 +400,7 @@ impl<'a> Diff<'a> {
         };
         let mut v = Vec::new();
         for r in x.relas_in(sec, s.value, s.value.saturating_add(s.size.max(1))) {
-            if let Target::Sym { sym, .. } = x.target(sec, r) {
+            if let Target::Sym { sym, .. } = x.target(sec, &r) {
                 if x.is_static_local(sym) && !v.contains(&sym) {
                     v.push(sym);
                 }
@@ -485,7 +485,7 @@ impl<'a> Diff<'a> {
                 let ok = self.twin_o[os].map(|ps| pu.contains(&ps)).unwrap_or(false);
                 if !ok {
                     self.report.refusals.push(Refusal {
-                        subject: self.o.sym(of).name.clone(),
+                        subject: self.o.sym(of).name.to_string(),
                         reason: format!(
                             "the reference to static local variable {} was removed (or could not be matched) in the patched function; a livepatch cannot drop the use of existing state",
                             self.o.sym(os).name
@@ -571,7 +571,7 @@ impl<'a> Diff<'a> {
                 };
                 if !(text(&oc) && text(&pc)) {
                     self.report.refusals.push(Refusal {
-                        subject: s.name.clone(),
+                        subject: s.name.to_string(),
                         reason: format!(
                             "moved from section {oc} to {pc}, which a livepatch cannot follow"
                         ),
@@ -631,7 +631,7 @@ impl<'a> Diff<'a> {
                 continue;
             };
             for r in self.p.elf.relas_of(sec) {
-                match self.p.target(sec, r) {
+                match self.p.target(sec, &r) {
                     Target::Sym { sym, .. } if into_funcs => funcs.push(sym),
                     Target::Sec { sec: s2, off } if !into_funcs => {
                         let (st, at) = self.p.string_at(s2, off);
@@ -674,7 +674,7 @@ impl<'a> Diff<'a> {
         };
         let mut v = Vec::new();
         for r in self.p.elf.relas_of(sec) {
-            if let Target::Sym { sym, .. } = self.p.target(sec, r) {
+            if let Target::Sym { sym, .. } = self.p.target(sec, &r) {
                 if self.p.sym(sym).typ == STT_FUNC && !v.contains(&sym) {
                     v.push(sym);
                 }
@@ -698,8 +698,8 @@ impl<'a> Diff<'a> {
         or.iter().zip(pr).all(|(a, b)| {
             a.offset - os.value == b.offset - ps.value
                 && a.rtype == b.rtype
-                && self.o.key(self.o.target(osec, a), a.rtype, osec)
-                    == self.p.key(self.p.target(psec, b), b.rtype, psec)
+                && self.o.key(self.o.target(osec, &a), a.rtype, osec)
+                    == self.p.key(self.p.target(psec, &b), b.rtype, psec)
         })
     }
 
@@ -923,12 +923,12 @@ pub fn rtype_name(t: u32) -> String {
 /// relative offset as the first entry's first one (the field that says where
 /// the entry belongs), and no relocation straddles two entries. Optional fields
 /// (an alternative without replacement) may be missing.
-fn period_ok(relas: &[Rela], e: usize, total: usize) -> bool {
-    if relas.is_empty() {
+fn period_ok(relas: Relas<'_>, e: usize, total: usize) -> bool {
+    let Some(first) = relas.first() else {
         return total % e == 0;
-    }
+    };
     let n = total.div_ceil(e);
-    let anchor = (relas[0].offset as usize, relas[0].rtype);
+    let anchor = (first.offset as usize, first.rtype);
     if anchor.0 >= e {
         return false;
     }

@@ -168,7 +168,7 @@ impl<'d, 'a> Inc<'d, 'a> {
                     self.whole(sec);
                 } else {
                     self.refusals.push(Refusal {
-                        subject: s.name.clone(),
+                        subject: s.name.to_string(),
                         reason: format!("included code refers to {}+{off:#x}, existing writable data no symbol names", s.name),
                     });
                 }
@@ -189,12 +189,12 @@ impl<'d, 'a> Inc<'d, 'a> {
             let mut v = Vec::new();
             let from: Vec<usize> = match table {
                 Some(t) => p.elf.section_by_name(t).map(|s| s.index).into_iter().collect(),
-                None => p.elf.relas.keys().copied().filter(|&t| t != sec).collect(),
+                None => p.elf.relocated_sections().filter(|&t| t != sec).collect(),
             };
             for t in from {
                 let exec = p.sec(t).is_exec();
                 for r in p.elf.relas_of(t) {
-                    if let Target::Sec { sec: s2, off } = p.target(t, r) {
+                    if let Target::Sec { sec: s2, off } = p.target(t, &r) {
                         let off = if table.is_none() && exec && rela_is_pcrel(r.rtype) { off.saturating_add(4) } else { off };
                         if s2 == sec && off >= 0 {
                             v.push(off as u64);
@@ -273,7 +273,7 @@ impl<'d, 'a> Inc<'d, 'a> {
     fn slice_pass(&mut self) -> bool {
         let mut grew = false;
         let names: Vec<(usize, String)> =
-            self.d.p.elf.sections.iter().filter(|s| SLICED.contains(&s.name.as_str())).map(|s| (s.index, s.name.clone())).collect();
+            self.d.p.elf.sections.iter().filter(|s| SLICED.contains(&s.name.as_str())).map(|s| (s.index, s.name.to_string())).collect();
         for (sec, name) in names {
             let size = self.d.p.sec(sec).size;
             let es = match self.kept.get(&sec) {
@@ -426,7 +426,7 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         let sec = format!(".suture.callbacks.{kind}");
         let fns = inc.d.annotated_functions(&sec);
         if fns.len() > 1 {
-            let names: Vec<String> = fns.iter().map(|&f| inc.d.p.sym(f).name.clone()).collect();
+            let names: Vec<String> = fns.iter().map(|&f| inc.d.p.sym(f).name.to_string()).collect();
             inc.refusals.push(Refusal {
                 subject: sec.clone(),
                 reason: format!(
@@ -440,7 +440,7 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         for f in fns {
             inc.define(f);
             inc.d.report.callbacks.push(format!("{kind}: {}", inc.d.p.sym(f).name));
-            callbacks.push(crate::Callback { kind: kind.to_string(), symbol: inc.d.p.sym(f).name.clone() });
+            callbacks.push(crate::Callback { kind: kind.to_string(), symbol: inc.d.p.sym(f).name.to_string() });
         }
     }
     // Callbacks (KPATCH_PRE_PATCH_CALLBACK()...) travel with the patch.
@@ -481,7 +481,7 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         let mut stale: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for sec in inc.d.p.elf.sections.iter().filter(|s| s.is_exec()) {
             for r in inc.d.p.elf.relas_of(sec.index) {
-                let Target::Sym { sym, .. } = inc.d.p.target(sec.index, r) else { continue };
+                let Target::Sym { sym, .. } = inc.d.p.target(sec.index, &r) else { continue };
                 if !copied.contains(&sym) {
                     continue;
                 }
@@ -532,7 +532,7 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     for &f in &func_defs {
         match d.status[f] {
             Status::Changed => changed.push(d.orig_name(f).to_string()),
-            Status::New => new.push(d.p.sym(f).name.clone()),
+            Status::New => new.push(d.p.sym(f).name.to_string()),
             Status::Same => {}
         }
     }
@@ -617,7 +617,7 @@ fn write(
         layout.map.insert(sec, m);
         src_of_out.push(Some(sec));
         b.sections.push(OutSection {
-            name: s.name.clone(),
+            name: s.name.to_string(),
             sh_type: s.sh_type,
             flags: s.flags & !SHF_GROUP,
             addralign: s.addralign,
@@ -635,7 +635,7 @@ fn write(
     let mut out = Out { d: dd, b, secsym: HashMap::default(), def_sym: HashMap::default(), refs: HashMap::default(), locals: Vec::new(), globals: Vec::new(), errors: Vec::new() };
     // Symbols: FILE, section symbols, local definitions, then globals.
     if let Some(f) = dd.p.elf.symbols.iter().find(|s| s.typ == STT_FILE) {
-        out.locals.push(OutSymbol { name: f.name.clone(), bind: STB_LOCAL, typ: STT_FILE, other: 0, section: SymSection::Reserved(SHN_ABS), value: 0, size: 0 });
+        out.locals.push(OutSymbol { name: f.name.to_string(), bind: STB_LOCAL, typ: STT_FILE, other: 0, section: SymSection::Reserved(SHN_ABS), value: 0, size: 0 });
     }
     let mut defs_sorted: Vec<usize> = defs.iter().copied().collect();
     defs_sorted.sort();
@@ -646,7 +646,7 @@ fn write(
         let Some((osec, off)) = layout.locate(sec, s.value as i64) else { continue };
         let (name, bind) = match dd.twin_p[i] {
             Some(_) => (dd.orig_name(i).to_string(), STB_LOCAL),
-            None => (s.name.clone(), s.bind),
+            None => (s.name.to_string(), s.bind),
         };
         let sym = OutSymbol { name, bind, typ: s.typ, other: s.other, section: SymSection::Section(osec), value: off as u64, size: s.size };
         pending_defs.push((i, sym));
@@ -668,7 +668,7 @@ fn write(
         for &(a, e, at) in m {
             for r in dd.p.relas_in(sec, a, e) {
                 let offset = at + (r.offset - a);
-                if let Some(mut rr) = out.reloc(sec, r, offset, &layout, true) {
+                if let Some(mut rr) = out.reloc(sec, &r, offset, &layout, true) {
                     // -mnop-mcount objects carry a NOP and an R_X86_64_NONE where the
                     // ftrace call goes; the module loader's ftrace expects the call.
                     if r.rtype == R_X86_64_NONE && dd.p.sym(r.sym).name == "__fentry__" && dd.p.sec(sec).is_exec() {
@@ -709,13 +709,13 @@ fn write(
                 data.resize(at as usize + es, 0);
             }
             for r in dd.p.relas_in(sec, st, st + *es as u64) {
-                if let Some(rr) = out.reloc(sec, r, at + (r.offset - st), &layout, false) {
+                if let Some(rr) = out.reloc(sec, &r, at + (r.offset - st), &layout, false) {
                     relas.push(rr);
                 }
             }
         }
         specials.push((
-            OutSection { name: s.name.clone(), sh_type: s.sh_type, flags: s.flags & !SHF_GROUP, addralign: s.addralign, entsize: s.entsize, data, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+            OutSection { name: s.name.to_string(), sh_type: s.sh_type, flags: s.flags & !SHF_GROUP, addralign: s.addralign, entsize: s.entsize, data, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
             relas,
         ));
         if Some(sec) == orc_ip {
@@ -728,7 +728,7 @@ fn write(
                     }
                 }
                 specials.push((
-                    OutSection { name: u.name.clone(), sh_type: u.sh_type, flags: u.flags & !SHF_GROUP, addralign: u.addralign, entsize: u.entsize, data: od, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+                    OutSection { name: u.name.to_string(), sh_type: u.sh_type, flags: u.flags & !SHF_GROUP, addralign: u.addralign, entsize: u.entsize, data: od, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
                     Vec::new(),
                 ));
             }
@@ -879,7 +879,7 @@ impl<'x, 'a> Out<'x, 'a> {
     fn reference(&mut self, pi: usize) -> Option<usize> {
         let s = self.d.p.sym(pi);
         let (name, typ, bind) = if s.section().is_none() {
-            let n = s.name.clone();
+            let n = s.name.to_string();
             match &self.d.opts.target {
                 Some(t) => match t.symbols.get(&n) {
                     Some(crate::TargetSym::Unexported { sympos }) => {
@@ -929,10 +929,10 @@ impl<'x, 'a> Out<'x, 'a> {
         let t = self.d.opts.target.as_ref()?;
         let s = self.d.p.sym(sym);
         let name = if s.section().is_none() {
-            if !matches!(t.symbols.get(&s.name), Some(crate::TargetSym::Unexported { .. })) {
+            if !matches!(t.symbols.get(s.name.as_str()), Some(crate::TargetSym::Unexported { .. })) {
                 return None;
             }
-            s.name.clone()
+            s.name.to_string()
         } else {
             if !matches!(self.d.lookup(sym), Ok(Some(_))) {
                 return None;

@@ -52,7 +52,7 @@ fn callee_at(x: &Obj, f: usize, insn: &Instruction) -> Option<String> {
     let sec = s.section()?;
     let start = s.value + insn.ip();
     let r = x.relas_in(sec, start, start + insn.len() as u64).first()?;
-    Some(x.sym(r.sym).name.clone())
+    Some(x.sym(r.sym).name.to_string())
 }
 
 /// Whether every differing byte could be the immediate of a `mov $imm, reg`

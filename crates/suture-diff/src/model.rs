@@ -146,11 +146,11 @@ impl Obj {
             .collect();
         for s in &elf.symbols {
             if s.typ == STT_FILE {
-                files.push(s.name.clone());
+                files.push(s.name.to_string());
                 file = (files.len() - 1) as u32;
             }
             mangled.push(match mangle(&s.name) {
-                Cow::Owned(m) if m != s.name => Some(m.into_boxed_str()),
+                Cow::Owned(m) if s.name != m => Some(m.into_boxed_str()),
                 _ => None,
             });
             file_of.push(if s.bind == STB_LOCAL { file } else { 0 });
@@ -339,11 +339,11 @@ impl Obj {
     }
 
     /// Relocations of section `sec` inside `[start, end)`.
-    pub fn relas_in(&self, sec: usize, start: u64, end: u64) -> &[Rela] {
+    pub fn relas_in(&self, sec: usize, start: u64, end: u64) -> Relas<'_> {
         let v = self.elf.relas_of(sec);
         let a = v.partition_point(|r| r.offset < start);
         let b = v.partition_point(|r| r.offset < end).max(a);
-        &v[a..b]
+        v.slice(a..b)
     }
 
     /// Bytes of symbol `i` (empty for NOBITS).

@@ -113,7 +113,7 @@ fn check(case: &Case, out: &Object) -> Result<(), String> {
             }
         }
         "zero-page-rela-issue-1064" => {
-            let found = out.relas.values().flatten().any(|r| {
+            let found = out.relocated_sections().flat_map(|s| out.relas_of(s)).any(|r| {
                 out.symbols[r.sym].name == "empty_zero_page" && r.rtype == R_X86_64_64 && r.addend == 0x8000_0000
             });
             if !found {

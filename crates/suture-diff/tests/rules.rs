@@ -98,14 +98,14 @@ fn defined<'a>(o: &'a Object, name: &str) -> Option<&'a Symbol> {
 
 fn funcs_defined(o: &Object) -> Vec<String> {
     let mut v: Vec<String> =
-        o.symbols.iter().filter(|s| s.typ == STT_FUNC && s.section().is_some()).map(|s| s.name.clone()).collect();
+        o.symbols.iter().filter(|s| s.typ == STT_FUNC && s.section().is_some()).map(|s| s.name.to_string()).collect();
     v.sort();
     v
 }
 
 fn reloc_targets(o: &Object, sec: &str) -> Vec<(String, u32, i64)> {
     let s = o.section_by_name(sec).unwrap_or_else(|| panic!("no section {sec}"));
-    o.relas_of(s.index).iter().map(|r| (o.symbols[r.sym].name.clone(), r.rtype, r.addend)).collect()
+    o.relas_of(s.index).iter().map(|r| (o.symbols[r.sym].name.to_string(), r.rtype, r.addend)).collect()
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn static_locals_correlate_through_their_functions() {
         .relas_of(ftext)
         .iter()
         .map(|r| &orig.symbols[r.sym])
-        .map(|s| if s.typ == STT_SECTION { orig.sections[s.section().unwrap()].name.trim_start_matches(".bss.").to_string() } else { s.name.clone() })
+        .map(|s| if s.typ == STT_SECTION { orig.sections[s.section().unwrap()].name.trim_start_matches(".bss.").to_string() } else { s.name.to_string() })
         .find(|n| n.starts_with("count."))
         .unwrap();
     let names: Vec<String> = reloc_targets(&out, ".text.f").into_iter().map(|x| x.0).collect();
@@ -265,7 +265,7 @@ fn target_table_decides_normal_or_klp_references() {
     t.symbols.insert("exported_thing".into(), TargetSym::Exported);
     let orig = Object::parse(&o).unwrap();
     for s in orig.symbols.iter().filter(|s| s.name.starts_with("count.")) {
-        t.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: 3 });
+        t.symbols.insert(s.name.to_string(), TargetSym::Unexported { sympos: 3 });
     }
     let opts = Options { target: Some(t), ..Default::default() };
     let (patch, out) = changes(&o, &p, &opts);
@@ -509,7 +509,7 @@ fn a_weak_default_missing_from_the_target_is_reached_by_name() {
     t.symbols.insert("exported_thing".into(), TargetSym::Exported);
     let orig = Object::parse(&o).unwrap();
     for s in orig.symbols.iter().filter(|s| s.name.starts_with("count.")) {
-        t.symbols.insert(s.name.clone(), TargetSym::Unexported { sympos: 0 });
+        t.symbols.insert(s.name.to_string(), TargetSym::Unexported { sympos: 0 });
     }
     let opts = Options { target: Some(t), ..Default::default() };
     let (_, out) = changes(&o, &p, &opts);

@@ -82,7 +82,7 @@ fn corrupt<T>(msg: impl Into<String>) -> Result<T, ElfError> {
 #[derive(Debug, Clone)]
 pub struct Section {
     pub index: usize,
-    pub name: String,
+    pub name: Name,
     pub sh_type: u32,
     pub flags: u64,
     pub addr: u64,
@@ -105,8 +105,10 @@ pub type Shared = Arc<dyn AsRef<[u8]> + Send + Sync>;
 #[derive(Clone)]
 pub struct Data {
     buf: Shared,
-    start: usize,
-    len: usize,
+    // u32: the parser refuses inputs of 4 GiB or more; it keeps a Section
+    // and a Name 8 bytes smaller (tens of thousands of them per object).
+    start: u32,
+    len: u32,
 }
 
 impl Data {
@@ -121,7 +123,7 @@ impl Data {
 
 impl From<Vec<u8>> for Data {
     fn from(v: Vec<u8>) -> Data {
-        let len = v.len();
+        let len = u32::try_from(v.len()).expect("section data of 4 GiB or more");
         Data {
             buf: Arc::new(v),
             start: 0,
@@ -133,7 +135,133 @@ impl From<Vec<u8>> for Data {
 impl std::ops::Deref for Data {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &(*self.buf).as_ref()[self.start..self.start + self.len]
+        let start = self.start as usize;
+        &(*self.buf).as_ref()[start..start + self.len as usize]
+    }
+}
+
+/// A symbol or section name. Parsed names point into the input's string
+/// table instead of being copied: a kernel object has tens of thousands of
+/// them, and a `String` each was a fifth of the differ's heap.
+#[derive(Clone)]
+pub struct Name(Data);
+
+impl Name {
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks that the bytes are UTF-8 (`from_table`
+        // replaces invalid ones in an owned copy), and `Data` is immutable.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// The name at `range` of `table`, borrowed when it is UTF-8.
+    fn from_table(table: &Data, start: usize, len: usize) -> Name {
+        let b = &table[start..start + len];
+        if std::str::from_utf8(b).is_ok() {
+            Name(Data {
+                buf: table.buf.clone(),
+                start: table.start + start as u32,
+                len: len as u32,
+            })
+        } else {
+            // Corrupt input only: names are ASCII in practice.
+            Name::from(String::from_utf8_lossy(b).into_owned())
+        }
+    }
+}
+
+impl Default for Name {
+    fn default() -> Name {
+        Name(Data::empty())
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Name(Data::from(s.into_bytes()))
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name::from(s.to_owned())
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Name {}
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        self == other.as_str()
+    }
+}
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == other.as_str()
+    }
+}
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Name) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Name {
+    fn cmp(&self, other: &Name) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
@@ -187,7 +315,7 @@ impl Section {
 #[derive(Debug, Clone)]
 pub struct Symbol {
     pub index: usize,
-    pub name: String,
+    pub name: Name,
     pub value: u64,
     pub size: u64,
     pub bind: u8,
@@ -223,6 +351,140 @@ pub struct Rela {
     pub addend: i64,
 }
 
+/// The relocations of one section, as stored.
+#[derive(Debug, Clone)]
+enum RelaList {
+    /// The input's own SHT_RELA contents (24-byte entries, checked and sorted
+    /// by offset): copying them into `Rela`s took a fifth of the differ's heap.
+    Input(Data),
+    Sorted(Vec<Rela>),
+}
+
+/// A section's relocations sorted by offset, read as `Rela`s on the fly.
+#[derive(Clone, Copy)]
+pub struct Relas<'a>(RelasRepr<'a>);
+
+#[derive(Clone, Copy)]
+enum RelasRepr<'a> {
+    Input(&'a [u8]),
+    Sorted(&'a [Rela]),
+}
+
+impl<'a> Relas<'a> {
+    pub fn len(&self) -> usize {
+        match self.0 {
+            RelasRepr::Input(b) => b.len() / 24,
+            RelasRepr::Sorted(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> Option<Rela> {
+        match self.0 {
+            RelasRepr::Input(b) => {
+                let e = b.get(i * 24..i * 24 + 24)?;
+                let word = |o: usize| u64::from_le_bytes(e[o..o + 8].try_into().unwrap());
+                let info = word(8);
+                Some(Rela {
+                    offset: word(0),
+                    sym: (info >> 32) as usize,
+                    rtype: info as u32,
+                    addend: word(16) as i64,
+                })
+            }
+            RelasRepr::Sorted(v) => v.get(i).copied(),
+        }
+    }
+
+    pub fn iter(&self) -> RelaIter<'a> {
+        RelaIter {
+            list: *self,
+            range: 0..self.len(),
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<Rela> {
+        self.iter().collect()
+    }
+
+    pub fn first(&self) -> Option<Rela> {
+        self.get(0)
+    }
+
+    /// The relocations `range` of these (clamped to the end).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Relas<'a> {
+        let end = range.end.min(self.len());
+        let start = range.start.min(end);
+        Relas(match self.0 {
+            RelasRepr::Input(b) => RelasRepr::Input(&b[start * 24..end * 24]),
+            RelasRepr::Sorted(v) => RelasRepr::Sorted(&v[start..end]),
+        })
+    }
+
+    /// The index of the first relocation for which `pred` is false (`pred`
+    /// must hold for a prefix, as with `slice::partition_point`).
+    pub fn partition_point(&self, mut pred: impl FnMut(&Rela) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(&self.get(mid).unwrap()) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+}
+
+impl std::fmt::Debug for Relas<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a> IntoIterator for Relas<'a> {
+    type Item = Rela;
+    type IntoIter = RelaIter<'a>;
+    fn into_iter(self) -> RelaIter<'a> {
+        self.iter()
+    }
+}
+
+impl<'a> IntoIterator for &Relas<'a> {
+    type Item = Rela;
+    type IntoIter = RelaIter<'a>;
+    fn into_iter(self) -> RelaIter<'a> {
+        self.iter()
+    }
+}
+
+pub struct RelaIter<'a> {
+    list: Relas<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl Iterator for RelaIter<'_> {
+    type Item = Rela;
+    fn next(&mut self) -> Option<Rela> {
+        self.range.next().and_then(|i| self.list.get(i))
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.range.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for RelaIter<'_> {
+    fn next_back(&mut self) -> Option<Rela> {
+        self.range.next_back().and_then(|i| self.list.get(i))
+    }
+}
+
+impl ExactSizeIterator for RelaIter<'_> {}
+
 #[derive(Debug, Clone)]
 pub struct Object {
     pub e_type: u16,
@@ -233,7 +495,7 @@ pub struct Object {
     /// Section index of the symbol table, if any.
     pub symtab: Option<usize>,
     /// Relocations by the section they apply to, sorted by offset.
-    pub relas: HashMap<usize, Vec<Rela>>,
+    relas: HashMap<usize, RelaList>,
     /// The SHT_RELA section that applies to a section.
     pub rela_section_of: HashMap<usize, usize>,
     /// Section index by the hash of its name (the first section of a name
@@ -283,10 +545,10 @@ fn slice(
 /// The NUL-terminated name at `off`. `what` names the table entry for an error
 /// message and is only called on error: formatting it for every symbol of a
 /// kernel object cost more than reading the symbol.
-fn cstr(tab: &[u8], off: u64, what: impl Fn() -> String) -> Result<String, ElfError> {
+fn cstr(tab: &Data, off: u64, what: impl Fn() -> String) -> Result<Name, ElfError> {
     if off >= tab.len() as u64 {
         if off == 0 {
-            return Ok(String::new());
+            return Ok(Name::default());
         }
         return corrupt(format!(
             "{}: name offset {off:#x} outside its string table",
@@ -298,12 +560,7 @@ fn cstr(tab: &[u8], off: u64, what: impl Fn() -> String) -> Result<String, ElfEr
         .iter()
         .position(|&c| c == 0)
         .ok_or_else(|| ElfError::Corrupt(format!("{}: unterminated name", what())))?;
-    let b = &rest[..end];
-    // Names are ASCII in practice; the lossy path is for corrupt input only.
-    Ok(match std::str::from_utf8(b) {
-        Ok(t) => t.to_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
-    })
+    Ok(Name::from_table(tab, off as usize, end))
 }
 
 impl Object {
@@ -320,6 +577,11 @@ impl Object {
         }
         if b.len() < 64 {
             return corrupt("ELF header truncated");
+        }
+        if u32::try_from(b.len()).is_err() {
+            return Err(ElfError::Unsupported(
+                "an object file of 4 GiB or more".into(),
+            ));
         }
         if b[4] != 2 {
             return Err(ElfError::Unsupported("not ELF64".into()));
@@ -380,14 +642,14 @@ impl Object {
                 slice(b, offset, size, || format!("section {i} contents"))?;
                 Data {
                     buf: buf.clone(),
-                    start: offset as usize,
-                    len: size as usize,
+                    start: offset as u32,
+                    len: size as u32,
                 }
             };
             raw_names.push(rd_u32(h, 0)? as u64);
             sections.push(Section {
                 index: i,
-                name: String::new(),
+                name: Name::default(),
                 sh_type,
                 flags: rd_u64(h, 8)?,
                 addr: rd_u64(h, 16)?,
@@ -562,14 +824,12 @@ impl Object {
                 return corrupt(format!("{}: size is not a multiple of 24", s.name));
             }
             let tsize = self.sections[target].size;
-            let mut v = Vec::with_capacity(s.data.len() / 24);
+            let mut sorted = true;
+            let mut last = 0;
             for i in 0..s.data.len() / 24 {
                 let e = &s.data[i * 24..i * 24 + 24];
                 let offset = rd_u64(e, 0)?;
-                let info = rd_u64(e, 8)?;
-                let addend = rd_u64(e, 16)? as i64;
-                let sym = (info >> 32) as usize;
-                let rtype = info as u32;
+                let sym = (rd_u64(e, 8)? >> 32) as usize;
                 if sym >= self.symbols.len() {
                     return corrupt(format!(
                         "{}: relocation {i} refers to symbol {sym}, out of range",
@@ -582,21 +842,22 @@ impl Object {
                         s.name
                     ));
                 }
-                v.push(Rela {
-                    offset,
-                    sym,
-                    rtype,
-                    addend,
-                });
+                sorted &= offset >= last;
+                last = offset;
             }
-            // Assemblers emit them in order; sort only what is not.
-            if !v.windows(2).all(|w| w[0].offset <= w[1].offset) {
+            // Assemblers emit them in order, and then the input's own table
+            // serves; only what is not gets a sorted copy.
+            let list = if sorted {
+                RelaList::Input(s.data.clone())
+            } else {
+                let mut v: Vec<Rela> = Relas(RelasRepr::Input(&s.data)).iter().collect();
                 v.sort_by_key(|r| r.offset);
-            }
+                RelaList::Sorted(v)
+            };
             if self.rela_section_of.insert(target, s.index).is_some() {
                 return corrupt(format!("section {target} has two relocation sections"));
             }
-            self.relas.insert(target, v);
+            self.relas.insert(target, list);
         }
         Ok(())
     }
@@ -616,8 +877,17 @@ impl Object {
     }
 
     /// Relocations that apply to section `sec` (empty when it has none).
-    pub fn relas_of(&self, sec: usize) -> &[Rela] {
-        self.relas.get(&sec).map(|v| v.as_slice()).unwrap_or(&[])
+    pub fn relas_of(&self, sec: usize) -> Relas<'_> {
+        Relas(match self.relas.get(&sec) {
+            Some(RelaList::Input(d)) => RelasRepr::Input(d),
+            Some(RelaList::Sorted(v)) => RelasRepr::Sorted(v),
+            None => RelasRepr::Sorted(&[]),
+        })
+    }
+
+    /// The sections that have relocations, in no particular order.
+    pub fn relocated_sections(&self) -> impl Iterator<Item = usize> + '_ {
+        self.relas.keys().copied()
     }
 
     /// The STT_SECTION symbol of a section, if the object has one.

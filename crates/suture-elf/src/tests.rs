@@ -1,23 +1,30 @@
 use super::*;
 
-fn sample() -> Vec<u8> {
-    let mut b = Builder::default();
-    b.sections.push(OutSection {
+/// A `.text.f` section of `data` with `relas`.
+fn text_f(data: Vec<u8>, relas: Vec<OutRela>) -> OutSection {
+    OutSection {
         name: ".text.f".into(),
         sh_type: SHT_PROGBITS,
         flags: SHF_ALLOC | SHF_EXECINSTR,
         addralign: 16,
         entsize: 0,
-        data: vec![0xe8, 0, 0, 0, 0, 0xc3],
+        data,
         nobits_size: 0,
-        relas: vec![OutRela {
-            offset: 1,
-            sym: 3,
-            rtype: R_X86_64_PLT32,
-            addend: -4,
-        }],
+        relas,
         rela_flags: 0,
-    });
+    }
+}
+
+fn sample() -> Vec<u8> {
+    let mut b = Builder::default();
+    let call = OutRela {
+        offset: 1,
+        sym: 3,
+        rtype: R_X86_64_PLT32,
+        addend: -4,
+    };
+    b.sections
+        .push(text_f(vec![0xe8, 0, 0, 0, 0, 0xc3], vec![call]));
     b.symbols.push(OutSymbol {
         name: String::new(),
         bind: STB_LOCAL,
@@ -53,9 +60,9 @@ fn round_trip() {
         o.symbols[1].name, ".text.f",
         "section symbols take their section's name"
     );
-    let r = o.relas_of(t.index);
+    let r = o.relas_of(t.index).to_vec();
     assert_eq!(
-        r,
+        r.as_slice(),
         &[Rela {
             offset: 1,
             sym: 3,
@@ -190,4 +197,58 @@ fn extended_section_numbering_round_trips() {
     assert!(sec >= SHN_LORESERVE as usize);
     assert_eq!(o.sections[sec].name, format!(".data.v{last}"));
     assert_eq!(o.relas_of(sec).len(), 1);
+}
+
+/// An object whose `.text.f` has the relocations `offsets`, in that order.
+fn with_relocations(offsets: &[u64]) -> Object {
+    let mut b = Builder::default();
+    let relas = offsets
+        .iter()
+        .map(|&offset| OutRela {
+            offset,
+            sym: 1,
+            rtype: R_X86_64_PC32,
+            addend: offset as i64 - 4,
+        })
+        .collect();
+    b.sections.push(text_f(vec![0x90; 64], relas));
+    b.symbols.push(OutSymbol::undefined_global("g"));
+    Object::parse(&b.write().unwrap()).unwrap()
+}
+
+#[test]
+fn relocations_read_in_place_or_sorted() {
+    for offsets in [&[4u64, 12, 12, 30][..], &[30, 4, 12, 20]] {
+        let o = with_relocations(offsets);
+        let t = o.section_by_name(".text.f").unwrap().index;
+        let r = o.relas_of(t);
+        let mut want = offsets.to_vec();
+        want.sort();
+        let got: Vec<u64> = r.iter().map(|r| r.offset).collect();
+        assert_eq!(got, want, "sorted by offset whatever the input order");
+        // Each relocation keeps its own fields through the sort.
+        assert!(r
+            .iter()
+            .all(|r| r.addend == r.offset as i64 - 4 && r.rtype == R_X86_64_PC32));
+        assert_eq!(r.iter().next_back().unwrap().offset, 30);
+        let a = r.partition_point(|r| r.offset < 12);
+        let b = r.partition_point(|r| r.offset < 21);
+        let mid: Vec<u64> = r.slice(a..b).iter().map(|r| r.offset).collect();
+        assert_eq!(mid, want[1..want.len() - 1]);
+        assert!(r.slice(b..100).len() == 1 && r.get(4).is_none());
+    }
+    let o = with_relocations(&[]);
+    assert!(o.relas_of(1).is_empty());
+    assert_eq!(o.relocated_sections().count(), 0);
+}
+
+#[test]
+fn names_point_into_the_string_table() {
+    let o = Object::parse(&sample()).unwrap();
+    let f = &o.symbols[2].name;
+    assert_eq!(f.as_str(), "f");
+    assert_eq!(f, &Name::from("f"));
+    assert_eq!(format!("{f}|{f:?}"), "f|\"f\"");
+    let set: std::collections::HashSet<Name> = o.symbols.iter().map(|s| s.name.clone()).collect();
+    assert!(set.contains("f") && set.contains(".text.f") && set.contains("__fentry__"));
 }

@@ -186,7 +186,7 @@ fn symbols_from_elf(bytes: &[u8], path: &Path, objname: Option<&str>) -> anyhow:
         } else {
             TargetSym::Unexported { sympos: 0 }
         };
-        symbols.entry(s.name.clone()).or_insert(ts);
+        symbols.entry(s.name.to_string()).or_insert(ts);
     }
     Ok(Target { objname, symbols })
 }
