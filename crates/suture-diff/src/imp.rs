@@ -263,17 +263,34 @@ impl<'a> Diff<'a> {
         self.twin_p[p] = Some(o);
     }
 
+    /// What name correlation matches: source file (for locals), name (exact or
+    /// mangled) and type.
+    fn correlation_key(x: &Obj, i: usize, exact: bool) -> (&str, &str, u8) {
+        let n = if exact { x.sym(i).name.as_str() } else { x.mangled(i) };
+        (x.file(i), n, x.sym(i).typ)
+    }
+
     /// By exact name first, then by mangled name, within one source file's locals
     /// (an object may hold several files' statics of the same name).
     fn correlate(&mut self) {
+        const NONE: u32 = u32::MAX;
         for exact in [true, false] {
+            let key = |x, i| Self::correlation_key(x, i, exact);
+            let hash = |k: &(&str, &str, u8)| {
+                use std::hash::BuildHasher;
+                suture_elf::fx::FxBuildHasher::default().hash_one(k)
+            };
+            // ORIG's candidates by a hash of their key, chained through `next`
+            // in index order: a map of vectors keyed by the strings took 400 KB
+            // on the largest corpus pair, the differ's peak.
             let o = &self.o;
-            let mut pool: HashMap<(&str, &str, u8), Vec<usize>> = HashMap::default();
-            for i in (0..self.o.elf.symbols.len()).rev() {
+            let mut head: HashMap<u64, u32> = HashMap::default();
+            let mut next = vec![NONE; o.elf.symbols.len()];
+            for i in (0..o.elf.symbols.len()).rev() {
                 if self.twin_o[i].is_none() && Self::correlatable(o, i) {
-                    let s = o.sym(i);
-                    let n = if exact { s.name.as_str() } else { o.mangled(i) };
-                    pool.entry((o.file(i), n, s.typ)).or_default().push(i);
+                    let h = head.entry(hash(&key(o, i))).or_insert(NONE);
+                    next[i] = *h;
+                    *h = i as u32;
                 }
             }
             let mut pairs = Vec::new();
@@ -281,17 +298,24 @@ impl<'a> Diff<'a> {
                 if self.twin_p[i].is_some() || !Self::correlatable(&self.p, i) {
                     continue;
                 }
-                let s = self.p.sym(i);
-                let n = if exact {
-                    s.name.as_str()
-                } else {
-                    self.p.mangled(i)
+                let k = key(&self.p, i);
+                let Some(first) = head.get_mut(&hash(&k)) else {
+                    continue;
                 };
-                if let Some(v) = pool.get_mut(&(self.p.file(i), n, s.typ)) {
-                    if let Some(o) = v.pop() {
-                        pairs.push((o, i));
-                    }
+                // The first ORIG symbol of the same key (hashes may collide).
+                let (mut prev, mut j) = (NONE, *first);
+                while j != NONE && key(o, j as usize) != k {
+                    (prev, j) = (j, next[j as usize]);
                 }
+                if j == NONE {
+                    continue;
+                }
+                if prev == NONE {
+                    *first = next[j as usize];
+                } else {
+                    next[prev as usize] = next[j as usize];
+                }
+                pairs.push((j as usize, i));
             }
             for (o, i) in pairs {
                 self.pair(o, i);
@@ -368,11 +392,9 @@ impl<'a> Diff<'a> {
                 let start = start as u64;
                 // The function is the first one that starts after the record,
                 // within the largest padding the kernel configures (64 bytes).
-                let Some(&f) = self.p.by_sec.get(&sec).and_then(|v| {
-                    v.iter().find(|&&i| {
-                        let x = self.p.sym(i);
-                        x.typ == STT_FUNC && x.value > start && x.value <= start + 64
-                    })
+                let Some(&f) = self.p.syms_of(sec).iter().find(|&&i| {
+                    let x = self.p.sym(i);
+                    x.typ == STT_FUNC && x.value > start && x.value <= start + 64
                 }) else {
                     continue;
                 };
@@ -517,7 +539,7 @@ impl<'a> Diff<'a> {
         // wins, as in a scan of the symbol table.
         if n.starts_with(".text.") && s.typ == STT_FUNC {
             let mut best: Option<(usize, &str)> = None;
-            for &j in x.by_sec.get(&sec).map(|v| v.as_slice()).unwrap_or(&[]) {
+            for &j in x.syms_of(sec) {
                 let o = x.sym(j);
                 if j != i
                     && o.typ == STT_FUNC
@@ -657,7 +679,7 @@ impl<'a> Diff<'a> {
             let Some(sec) = self.p.elf.section_by_name(&name).map(|s| s.index) else {
                 continue;
             };
-            for &i in self.p.by_sec.get(&sec).map(|v| v.as_slice()).unwrap_or(&[]) {
+            for &i in self.p.syms_of(sec) {
                 self.status[i] = Status::Same;
             }
             self.report

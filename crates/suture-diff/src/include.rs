@@ -299,16 +299,21 @@ impl<'d, 'a> Inc<'d, 'a> {
             if es == 0 {
                 continue;
             }
-            let relas = self.d.p.elf.relas_of(sec).to_vec();
+            // One entry's relocations at a time, copied out of the input's
+            // table (a copy of the whole table was the differ's peak).
+            let mut group = Vec::new();
             let mut k = 0;
             let mut start = 0u64;
             while start < size {
                 let end = start + es as u64;
                 let a = k;
-                while k < relas.len() && relas[k].offset < end {
+                let relas = self.d.p.elf.relas_of(sec);
+                while relas.get(k).is_some_and(|r| r.offset < end) {
                     k += 1;
                 }
-                let group = &relas[a..k];
+                group.clear();
+                group.extend(relas.slice(a..k));
+                let group = &group[..];
                 let already = self.kept[&sec].1.contains(&start);
                 if !already && group.iter().any(|r| self.included_code(self.d.p.target(sec, r))) {
                     if !self.module_key_ok(&name, group) {
@@ -328,7 +333,8 @@ impl<'d, 'a> Inc<'d, 'a> {
         if let (Some(ip), Some(_)) = (self.d.p.elf.section_by_name(".orc_unwind_ip"), self.d.p.elf.section_by_name(".orc_unwind")) {
             let ip = ip.index;
             self.kept.entry(ip).or_insert((4, Default::default()));
-            for r in self.d.p.elf.relas_of(ip).to_vec() {
+            for k in 0..self.d.p.elf.relas_of(ip).len() {
+                let r = self.d.p.elf.relas_of(ip).get(k).unwrap();
                 let start = r.offset - r.offset % 4;
                 if !self.kept[&ip].1.contains(&start) && self.included_code(self.d.p.target(ip, &r)) {
                     self.kept.get_mut(&ip).unwrap().1.insert(start);

@@ -11,10 +11,15 @@ use suture_elf::*;
 /// binary-search based (kernel objects reach tens of thousands of symbols).
 pub struct Obj {
     pub elf: Object,
-    /// Function and object symbols of each section, sorted by value.
-    pub by_sec: HashMap<usize, Vec<usize>>,
-    /// Mangled names, only where they differ from the symbol's own name.
-    mangled: Vec<Option<Box<str>>>,
+    /// Function and object symbols, grouped by section and sorted by value
+    /// within it: section `s` has `in_sec[sec_start[s]..sec_start[s + 1]]`.
+    /// One array, not a vector per section: with -ffunction-sections most
+    /// sections hold one symbol, and a map of small vectors cost ten times more.
+    in_sec: Vec<usize>,
+    sec_start: Vec<u32>,
+    /// Mangled names, only where they differ from the symbol's own name (a
+    /// minority of symbols).
+    mangled: HashMap<usize, Box<str>>,
     /// Index into `files` of the STT_FILE symbol each local symbol follows
     /// (0, the empty name, for globals).
     pub file_of: Vec<u32>,
@@ -132,8 +137,8 @@ pub fn is_special_section(name: &str) -> bool {
 impl Obj {
     pub fn new(elf: Object) -> Obj {
         let n = elf.symbols.len();
-        let mut by_sec: HashMap<usize, Vec<usize>> = HashMap::default();
-        let mut mangled = Vec::with_capacity(n);
+        let mut by_sec: Vec<(usize, u64, std::cmp::Reverse<u64>, usize)> = Vec::new();
+        let mut mangled = HashMap::default();
         let mut file_of = Vec::with_capacity(n);
         let mut special = Vec::with_capacity(n);
         let mut files = vec![String::new()];
@@ -149,10 +154,11 @@ impl Obj {
                 files.push(s.name.to_string());
                 file = (files.len() - 1) as u32;
             }
-            mangled.push(match mangle(&s.name) {
-                Cow::Owned(m) if s.name != m => Some(m.into_boxed_str()),
-                _ => None,
-            });
+            if let Cow::Owned(m) = mangle(&s.name) {
+                if s.name != m {
+                    mangled.insert(s.index, m.into_boxed_str());
+                }
+            }
             file_of.push(if s.bind == STB_LOCAL { file } else { 0 });
             let sec = s.section();
             let in_special_sec = sec.map(|x| special_sec[x]).unwrap_or(false);
@@ -166,16 +172,25 @@ impl Obj {
                 if matches!(s.typ, STT_FUNC | STT_OBJECT)
                     || (s.typ == STT_NOTYPE && !s.name.is_empty() && !s.name.starts_with(".L"))
                 {
-                    by_sec.entry(x).or_default().push(s.index);
+                    by_sec.push((x, s.value, std::cmp::Reverse(s.size), s.index));
                 }
             }
         }
-        for v in by_sec.values_mut() {
-            v.sort_by_key(|&i| (elf.symbols[i].value, std::cmp::Reverse(elf.symbols[i].size)));
+        by_sec.sort_unstable();
+        let mut sec_start = vec![0u32; elf.sections.len() + 1];
+        for &(x, ..) in &by_sec {
+            sec_start[x + 1] += 1;
         }
+        for i in 1..sec_start.len() {
+            sec_start[i] += sec_start[i - 1];
+        }
+        // Not `collect()`: that would keep the tuples' four-times-larger buffer.
+        let mut in_sec = Vec::with_capacity(by_sec.len());
+        in_sec.extend(by_sec.iter().map(|&(.., i)| i));
         let mut o = Obj {
             elf,
-            by_sec,
+            in_sec,
+            sec_start,
             mangled,
             file_of,
             files,
@@ -196,9 +211,19 @@ impl Obj {
     }
 
     pub fn mangled(&self, i: usize) -> &str {
-        self.mangled[i]
-            .as_deref()
+        self.mangled
+            .get(&i)
+            .map(|m| &**m)
             .unwrap_or(&self.elf.symbols[i].name)
+    }
+
+    /// The function and object symbols of section `sec`, sorted by value
+    /// (the larger first among those at one address).
+    pub fn syms_of(&self, sec: usize) -> &[usize] {
+        match (self.sec_start.get(sec), self.sec_start.get(sec + 1)) {
+            (Some(&a), Some(&b)) => &self.in_sec[a as usize..b as usize],
+            _ => &[],
+        }
     }
 
     pub fn file(&self, i: usize) -> &str {
@@ -228,7 +253,7 @@ impl Obj {
     /// only its own address; an offset just past the last symbol belongs to it
     /// (pointers to the end of an array).
     pub fn containing(&self, sec: usize, off: i64) -> Option<usize> {
-        let v = self.by_sec.get(&sec)?;
+        let v = self.syms_of(sec);
         if off < 0 {
             return None;
         }
@@ -291,7 +316,7 @@ impl Obj {
         };
         // A section holding exactly one symbol (-fdata-sections, -ffunction-sections)
         // needs no guessing about the instruction's length.
-        if let Some(v) = self.by_sec.get(&sec) {
+        if let v @ [_, ..] = self.syms_of(sec) {
             let mut named = v.iter().copied().filter(|&i| self.sym(i).typ != STT_NOTYPE);
             if let (Some(c), None) = (named.next(), named.next()) {
                 let cs = self.sym(c);
