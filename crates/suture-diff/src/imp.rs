@@ -889,26 +889,26 @@ impl<'a> Diff<'a> {
     }
 }
 
-/// See [`Diff::o_sympos`]. The maps borrow the names: no copy of each local's name.
+/// See [`Diff::o_sympos`]. Same-named locals are found by sorting their
+/// indices by name (a name-keyed map was the differ's peak on large objects).
 fn local_positions(syms: &[Symbol]) -> Vec<u32> {
     let counted = |x: &Symbol| {
         x.bind == STB_LOCAL && x.section().is_some() && x.typ != STT_SECTION && x.typ != STT_FILE
     };
-    let mut count: HashMap<&str, u32> = HashMap::default();
-    for x in syms.iter().filter(|x| counted(x)) {
-        *count.entry(x.name.as_str()).or_default() += 1;
-    }
-    let mut seen: HashMap<&str, u32> = HashMap::default();
-    syms.iter()
-        .map(|x| {
-            if !counted(x) || count[x.name.as_str()] <= 1 {
-                return 0;
+    let mut locals: Vec<u32> = (0..syms.len() as u32)
+        .filter(|&i| counted(&syms[i as usize]))
+        .collect();
+    // Stable: within a name, symbol order, which the positions count in.
+    locals.sort_by(|&a, &b| syms[a as usize].name.cmp(&syms[b as usize].name));
+    let mut pos = vec![0; syms.len()];
+    for run in locals.chunk_by(|&a, &b| syms[a as usize].name == syms[b as usize].name) {
+        if run.len() > 1 {
+            for (k, &i) in run.iter().enumerate() {
+                pos[i as usize] = k as u32 + 1;
             }
-            let k = seen.entry(x.name.as_str()).or_default();
-            *k += 1;
-            *k
-        })
-        .collect()
+        }
+    }
+    pos
 }
 
 pub fn default_entry_size(name: &str) -> Option<usize> {

@@ -351,16 +351,9 @@ pub struct Rela {
     pub addend: i64,
 }
 
-/// The relocations of one section, as stored.
-#[derive(Debug, Clone)]
-enum RelaList {
-    /// The input's own SHT_RELA contents (24-byte entries, checked and sorted
-    /// by offset): copying them into `Rela`s took a fifth of the differ's heap.
-    Input(Data),
-    Sorted(Vec<Rela>),
-}
-
-/// A section's relocations sorted by offset, read as `Rela`s on the fly.
+/// A section's relocations sorted by offset, read as `Rela`s on the fly from
+/// the input's own SHT_RELA contents (24-byte entries, checked at parse):
+/// copying them into `Rela`s took a fifth of the differ's heap.
 #[derive(Clone, Copy)]
 pub struct Relas<'a>(RelasRepr<'a>);
 
@@ -494,17 +487,20 @@ pub struct Object {
     pub symbols: Vec<Symbol>,
     /// Section index of the symbol table, if any.
     pub symtab: Option<usize>,
-    /// Relocations by the section they apply to, sorted by offset.
-    relas: HashMap<usize, RelaList>,
-    /// The SHT_RELA section that applies to a section.
-    pub rela_section_of: HashMap<usize, usize>,
+    /// The SHT_RELA section that applies to each section (0: none). Dense
+    /// vectors by section index here and in `secsym`: maps cost several
+    /// times more at a kernel object's thousands of sections.
+    rela_sec: Vec<u32>,
+    /// Sorted copies of the relocation tables that were not sorted by offset
+    /// (the others are read in place, see [`Relas`]).
+    sorted_relas: HashMap<usize, Vec<Rela>>,
     /// Section index by the hash of its name (the first section of a name
     /// wins), so the index borrows the names instead of copying them.
     by_name: HashMap<u64, usize>,
     /// Sections whose name hash collides with a different name's.
     by_name_collided: Vec<usize>,
-    /// STT_SECTION symbol of each section.
-    secsym: HashMap<usize, usize>,
+    /// STT_SECTION symbol of each section (0: none).
+    secsym: Vec<u32>,
 }
 
 fn rd_u16(b: &[u8], off: usize) -> Result<u16, ElfError> {
@@ -677,11 +673,11 @@ impl Object {
             sections,
             symbols: Vec::new(),
             symtab: None,
-            relas: HashMap::default(),
-            rela_section_of: HashMap::default(),
+            rela_sec: Vec::new(),
+            sorted_relas: HashMap::default(),
             by_name: HashMap::default(),
             by_name_collided: Vec::new(),
-            secsym: HashMap::default(),
+            secsym: Vec::new(),
         };
         obj.read_symbols()?;
         obj.read_relas(opts)?;
@@ -771,10 +767,13 @@ impl Object {
                 reserved,
             });
         }
+        self.secsym = vec![0; nsec];
         for s in &syms {
             if s.typ == STT_SECTION {
                 if let Some(sec) = s.section() {
-                    self.secsym.entry(sec).or_insert(s.index);
+                    if self.secsym[sec] == 0 {
+                        self.secsym[sec] = s.index as u32;
+                    }
                 }
             }
         }
@@ -794,6 +793,8 @@ impl Object {
 
     fn read_relas(&mut self, opts: &ParseOptions) -> Result<(), ElfError> {
         let nsec = self.sections.len();
+        let mut rela_sec = vec![0u32; nsec];
+        let mut sorted_relas = HashMap::default();
         for s in &self.sections {
             if s.sh_type == SHT_REL {
                 return Err(ElfError::Unsupported(format!(
@@ -847,18 +848,18 @@ impl Object {
             }
             // Assemblers emit them in order, and then the input's own table
             // serves; only what is not gets a sorted copy.
-            let list = if sorted {
-                RelaList::Input(s.data.clone())
-            } else {
+            if !sorted {
                 let mut v: Vec<Rela> = Relas(RelasRepr::Input(&s.data)).iter().collect();
                 v.sort_by_key(|r| r.offset);
-                RelaList::Sorted(v)
-            };
-            if self.rela_section_of.insert(target, s.index).is_some() {
+                sorted_relas.insert(target, v);
+            }
+            if rela_sec[target] != 0 {
                 return corrupt(format!("section {target} has two relocation sections"));
             }
-            self.relas.insert(target, list);
+            rela_sec[target] = s.index as u32;
         }
+        self.rela_sec = rela_sec;
+        self.sorted_relas = sorted_relas;
         Ok(())
     }
 
@@ -878,21 +879,34 @@ impl Object {
 
     /// Relocations that apply to section `sec` (empty when it has none).
     pub fn relas_of(&self, sec: usize) -> Relas<'_> {
-        Relas(match self.relas.get(&sec) {
-            Some(RelaList::Input(d)) => RelasRepr::Input(d),
-            Some(RelaList::Sorted(v)) => RelasRepr::Sorted(v),
-            None => RelasRepr::Sorted(&[]),
+        let Some(rs) = self.rela_section_of(sec) else {
+            return Relas(RelasRepr::Sorted(&[]));
+        };
+        Relas(match self.sorted_relas.get(&sec) {
+            Some(v) => RelasRepr::Sorted(v),
+            None => RelasRepr::Input(&self.sections[rs].data),
         })
     }
 
-    /// The sections that have relocations, in no particular order.
+    /// The SHT_RELA section that applies to section `sec`.
+    pub fn rela_section_of(&self, sec: usize) -> Option<usize> {
+        match self.rela_sec.get(sec) {
+            Some(&rs) if rs != 0 => Some(rs as usize),
+            _ => None,
+        }
+    }
+
+    /// The sections that have relocations, in index order.
     pub fn relocated_sections(&self) -> impl Iterator<Item = usize> + '_ {
-        self.relas.keys().copied()
+        (0..self.rela_sec.len()).filter(|&i| self.rela_sec[i] != 0)
     }
 
     /// The STT_SECTION symbol of a section, if the object has one.
     pub fn section_symbol(&self, sec: usize) -> Option<usize> {
-        self.secsym.get(&sec).copied()
+        match self.secsym.get(sec) {
+            Some(&i) if i != 0 => Some(i as usize),
+            _ => None,
+        }
     }
 }
 
