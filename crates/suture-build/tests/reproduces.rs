@@ -59,7 +59,7 @@ fn a_changed_instruction_byte_is_caught() {
     // Byte 5 follows the 5-byte `call __fentry__`: an opcode, not a relocated field.
     let elf = suture_elf::Object::parse(orig).unwrap();
     let sec = elf.section_by_name(".text.cmdline_proc_show").unwrap();
-    let at = sec.offset as usize + 5;
+    let at = sec.data.start() + 5;
     let relas = elf.relas_of(sec.index);
     assert!(
         !relas.is_empty(),
@@ -131,7 +131,7 @@ fn a_tree_built_with_another_config_option_is_caught() {
     let code = |o: &[u8]| {
         let elf = suture_elf::Object::parse(o).unwrap();
         let s = elf.section_by_name(".text.cmdline_proc_show").unwrap();
-        o[s.offset as usize..(s.offset + s.size) as usize].to_vec()
+        s.data.to_vec()
     };
     assert_ne!(
         code(&wrong_obj),

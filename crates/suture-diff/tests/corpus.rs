@@ -240,7 +240,7 @@ fn corrupted_pairs_never_panic() {
             .sections
             .iter()
             .filter(|s| matches!(s.sh_type, SHT_SYMTAB | SHT_RELA))
-            .map(|s| (s.offset as usize, s.size as usize))
+            .map(|s| (s.data.start(), s.size as usize))
             .collect();
         let mut seed = 0x9E3779B97F4A7C15u64 ^ name.len() as u64;
         let mut next = || {

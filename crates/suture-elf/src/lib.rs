@@ -85,8 +85,6 @@ pub struct Section {
     pub name: Name,
     pub sh_type: u32,
     pub flags: u64,
-    pub addr: u64,
-    pub offset: u64,
     pub size: u64,
     pub link: u32,
     pub info: u32,
@@ -104,7 +102,9 @@ pub type Shared = Arc<dyn AsRef<[u8]> + Send + Sync>;
 /// reads, and with a memory-mapped input those pages are never even loaded.
 #[derive(Clone)]
 pub struct Data {
-    buf: Shared,
+    // A thin pointer to the (fat) shared buffer: 8 bytes less in every
+    // section and name, of which a kernel object has tens of thousands.
+    buf: Arc<Shared>,
     // u32: the parser refuses inputs of 4 GiB or more; it keeps a Section
     // and a Name 8 bytes smaller (tens of thousands of them per object).
     start: u32,
@@ -114,10 +114,18 @@ pub struct Data {
 impl Data {
     pub fn empty() -> Data {
         Data {
-            buf: Arc::new(Vec::<u8>::new()),
+            buf: Arc::new(Arc::new(Vec::<u8>::new())),
             start: 0,
             len: 0,
         }
+    }
+}
+
+impl Data {
+    /// Where the contents start in the buffer they were parsed from (for a
+    /// section: its file offset).
+    pub fn start(&self) -> usize {
+        self.start as usize
     }
 }
 
@@ -125,7 +133,7 @@ impl From<Vec<u8>> for Data {
     fn from(v: Vec<u8>) -> Data {
         let len = u32::try_from(v.len()).expect("section data of 4 GiB or more");
         Data {
-            buf: Arc::new(v),
+            buf: Arc::new(Arc::new(v)),
             start: 0,
             len,
         }
@@ -136,7 +144,8 @@ impl std::ops::Deref for Data {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let start = self.start as usize;
-        &(*self.buf).as_ref()[start..start + self.len as usize]
+        let all: &[u8] = (**self.buf).as_ref();
+        &all[start..start + self.len as usize]
     }
 }
 
@@ -568,6 +577,7 @@ impl Object {
     /// Parses `buf` without copying section contents out of it.
     pub fn parse_shared(buf: Shared, opts: &ParseOptions) -> Result<Object, ElfError> {
         let b: &[u8] = (*buf).as_ref();
+        let owner = Arc::new(buf.clone());
         if b.len() < 4 || &b[..4] != b"\x7fELF" {
             return Err(ElfError::NotElf);
         }
@@ -637,7 +647,7 @@ impl Object {
             } else {
                 slice(b, offset, size, || format!("section {i} contents"))?;
                 Data {
-                    buf: buf.clone(),
+                    buf: owner.clone(),
                     start: offset as u32,
                     len: size as u32,
                 }
@@ -648,8 +658,6 @@ impl Object {
                 name: Name::default(),
                 sh_type,
                 flags: rd_u64(h, 8)?,
-                addr: rd_u64(h, 16)?,
-                offset,
                 size,
                 link: rd_u32(h, 40)?,
                 info: rd_u32(h, 44)?,

@@ -112,6 +112,21 @@ pub fn parse_fast(args: &[std::ffi::OsString]) -> Option<Args> {
     (positional == 2).then_some(a)
 }
 
+/// Replaces this process with `suture-diff` from the directory of the running
+/// executable, with `args` (the command line after `diff`). Returns only when
+/// that cannot be done (not installed there, not executable), and then
+/// `suture diff` runs in this process: same output, a higher memory peak.
+pub fn exec_suture_diff(args: &[std::ffi::OsString]) {
+    use std::os::unix::process::CommandExt;
+    let Ok(me) = std::env::current_exe() else {
+        return;
+    };
+    let _ = std::process::Command::new(me.with_file_name("suture-diff"))
+        .arg0("suture diff")
+        .args(args)
+        .exec();
+}
+
 fn parse_entry_sizes(v: &[String]) -> anyhow::Result<HashMap<String, usize>> {
     let mut m = HashMap::new();
     for s in v {

@@ -4,10 +4,10 @@
 //! unsupported change); 3 no functional change. Subcommands document their own.
 
 use clap::{Parser, Subcommand};
+use suture::{diff_cmd, exit};
 
 mod build_cmd;
 mod build_many;
-mod diff_cmd;
 mod host_cmd;
 mod install_cmd;
 mod kexec_cmd;
@@ -56,6 +56,9 @@ enum Cmd {
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if argv.first().is_some_and(|a| a == "diff") {
+        diff_cmd::exec_suture_diff(&argv[1..]);
+    }
     if let Some(a) = diff_cmd::parse_fast(&argv) {
         exit(diff_cmd::run(a));
     }
@@ -80,14 +83,4 @@ fn main() {
         Cmd::Kexec(a) => kexec_cmd::run(a),
     };
     exit(result);
-}
-
-fn exit(result: anyhow::Result<i32>) -> ! {
-    match result {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::exit(1);
-        }
-    }
 }

@@ -90,3 +90,70 @@ fn usage_errors_are_bad_input() {
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: suture diff"));
 }
+
+/// `suture diff` runs in `suture-diff` when it is beside `suture`, and in
+/// process when it is not, with the same result either way.
+#[test]
+fn runs_suture_diff_beside_it_or_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let alone = dir.path().join("suture");
+    std::fs::copy(env!("CARGO_BIN_EXE_suture"), &alone).unwrap();
+    let run = |bin: &std::path::Path, args: &[&std::ffi::OsStr]| {
+        Command::new(bin).args(args).output().unwrap()
+    };
+    // Only suture-diff's own command line has --version.
+    let beside = run(
+        env!("CARGO_BIN_EXE_suture").as_ref(),
+        &["diff".as_ref(), "--version".as_ref()],
+    );
+    assert_eq!(beside.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&beside.stdout).starts_with("suture diff "));
+    let in_process = run(&alone, &["diff".as_ref(), "--version".as_ref()]);
+    assert_eq!(
+        in_process.status.code(),
+        Some(1),
+        "suture's own `diff` has no --version"
+    );
+
+    for (pair, code) in [("meminfo-string", 0), ("unique-id-pr-1314", 3)] {
+        let orig = corpus(&format!("{pair}.ORIG.o"));
+        let mut patched = corpus(&format!("{pair}.PATCHED.o"));
+        if !patched.exists() {
+            patched = corpus(&format!("{pair}.PATCHED.FAIL.o"));
+        }
+        let outs = [
+            dir.path().join(format!("{pair}.a.o")),
+            dir.path().join(format!("{pair}.b.o")),
+        ];
+        let results: Vec<(Option<i32>, String, Option<Vec<u8>>)> =
+            [env!("CARGO_BIN_EXE_suture").as_ref(), alone.as_path()]
+                .iter()
+                .zip(&outs)
+                .map(|(bin, out)| {
+                    let o = run(
+                        bin,
+                        &[
+                            "diff".as_ref(),
+                            orig.as_os_str(),
+                            patched.as_os_str(),
+                            "-o".as_ref(),
+                            out.as_os_str(),
+                        ],
+                    );
+                    let text =
+                        String::from_utf8_lossy(&o.stdout).replace(&*out.to_string_lossy(), "OUT");
+                    (o.status.code(), text, std::fs::read(out).ok())
+                })
+                .collect();
+        assert_eq!(results[0].0, Some(code), "{pair}: {}", results[0].1);
+        assert_eq!(
+            results[0], results[1],
+            "{pair}: same status, report and object both ways"
+        );
+        assert_eq!(
+            results[0].2.is_some(),
+            code == 0,
+            "{pair}: an object only for a patch"
+        );
+    }
+}
