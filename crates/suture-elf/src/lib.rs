@@ -102,19 +102,49 @@ pub type Shared = Arc<dyn AsRef<[u8]> + Send + Sync>;
 /// reads, and with a memory-mapped input those pages are never even loaded.
 #[derive(Clone)]
 pub struct Data {
-    // A thin pointer to the (fat) shared buffer: 8 bytes less in every
-    // section and name, of which a kernel object has tens of thousands.
-    buf: Arc<Shared>,
+    // A thin pointer to the shared buffer: 8 bytes less in every section and
+    // name (a kernel object has tens of thousands) than the fat `Shared`.
+    buf: Arc<Buffer>,
     // u32: the parser refuses inputs of 4 GiB or more; it keeps a Section
     // and a Name 8 bytes smaller (tens of thousands of them per object).
     start: u32,
     len: u32,
 }
 
+/// A `Shared` buffer with its bytes' address taken once: reading a name or a
+/// section then costs no dynamic call (names are read millions of times).
+struct Buffer {
+    ptr: *const u8,
+    len: usize,
+    _owner: Shared,
+}
+
+// SAFETY: the bytes are immutable and owned by a `Send + Sync` value.
+unsafe impl Send for Buffer {}
+unsafe impl Sync for Buffer {}
+
+impl Buffer {
+    fn new(owner: Shared) -> Buffer {
+        let b: &[u8] = (*owner).as_ref();
+        Buffer {
+            ptr: b.as_ptr(),
+            len: b.len(),
+            _owner: owner,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `_owner` lives as long as `self` and only shared references
+        // to it exist (this `Arc` holds one), so the slice its `as_ref` gave
+        // stays valid and unchanged.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
 impl Data {
     pub fn empty() -> Data {
         Data {
-            buf: Arc::new(Arc::new(Vec::<u8>::new())),
+            buf: Arc::new(Buffer::new(Arc::new(Vec::<u8>::new()))),
             start: 0,
             len: 0,
         }
@@ -133,7 +163,7 @@ impl From<Vec<u8>> for Data {
     fn from(v: Vec<u8>) -> Data {
         let len = u32::try_from(v.len()).expect("section data of 4 GiB or more");
         Data {
-            buf: Arc::new(Arc::new(v)),
+            buf: Arc::new(Buffer::new(Arc::new(v))),
             start: 0,
             len,
         }
@@ -144,8 +174,7 @@ impl std::ops::Deref for Data {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let start = self.start as usize;
-        let all: &[u8] = (**self.buf).as_ref();
-        &all[start..start + self.len as usize]
+        &self.buf.bytes()[start..start + self.len as usize]
     }
 }
 
@@ -577,7 +606,7 @@ impl Object {
     /// Parses `buf` without copying section contents out of it.
     pub fn parse_shared(buf: Shared, opts: &ParseOptions) -> Result<Object, ElfError> {
         let b: &[u8] = (*buf).as_ref();
-        let owner = Arc::new(buf.clone());
+        let owner = Arc::new(Buffer::new(buf.clone()));
         if b.len() < 4 || &b[..4] != b"\x7fELF" {
             return Err(ElfError::NotElf);
         }
