@@ -360,6 +360,15 @@ fn map_file(path: &Path) -> std::io::Result<suture_diff::Shared> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    // The report goes to a pager or `head` as often as to a terminal: a closed
+    // pipe ends the process quietly, like any Unix filter, instead of a panic
+    // in `println!` (Rust ignores SIGPIPE by default). The object, if any, is
+    // complete by then: it is written before the report.
+    // SAFETY: setting a signal's disposition to the default has no
+    // preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let fail = |json: bool, msg: String| -> anyhow::Result<i32> {
         if json {
             let r = Report::default();

@@ -157,3 +157,39 @@ fn runs_suture_diff_beside_it_or_in_process() {
         );
     }
 }
+
+/// A reader that went away (`suture diff ... | head -1`) ends the differ like
+/// any Unix filter, by SIGPIPE, not with a panic; the object is written first.
+#[test]
+fn closed_stdout_is_sigpipe_not_a_panic() {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.o");
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read, write) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    drop(read);
+    let o = Command::new(env!("CARGO_BIN_EXE_suture"))
+        .args([
+            "diff".as_ref(),
+            corpus("meminfo-string.ORIG.o").as_os_str(),
+            corpus("meminfo-string.PATCHED.o").as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+            "--json".as_ref(),
+        ])
+        .stdout(write)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.exists(), "the object is written before the report");
+}
