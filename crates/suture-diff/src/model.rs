@@ -50,8 +50,9 @@ pub fn mangle(name: &str) -> Cow<'_, str> {
     if !dot_digit && !has_unique_id(name) {
         return Cow::Borrowed(name);
     }
-    let mut out = String::with_capacity(name.len());
-    let b = name.as_bytes();
+    // Bytes, not chars: only ASCII runs are dropped, so a name with other
+    // UTF-8 (corrupt input) stays valid UTF-8.
+    let mut out = Vec::with_capacity(name.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'.' && i + 1 < b.len() && b[i + 1].is_ascii_digit() {
@@ -64,9 +65,11 @@ pub fn mangle(name: &str) -> Cow<'_, str> {
                 continue;
             }
         }
-        out.push(b[i] as char);
+        out.push(b[i]);
         i += 1;
     }
+    let out = String::from_utf8(out)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
     if let Some(rest) = out.strip_prefix("__UNIQUE_ID_") {
         let trimmed = rest.trim_end_matches(|c: char| c.is_ascii_digit());
         return Cow::Owned(format!("__UNIQUE_ID_{trimmed}"));
@@ -86,8 +89,11 @@ pub fn mangle(name: &str) -> Cow<'_, str> {
 /// `name.contains("__UNIQUE_ID_")` without the substring searcher's set-up,
 /// which dominated this test on tens of thousands of short names.
 fn has_unique_id(name: &str) -> bool {
+    // On bytes: `i - 2` may fall inside a multi-byte character (found by
+    // `cargo fuzz run diff_pair`, a panic on a corrupt symbol name).
+    let b = name.as_bytes();
     name.match_indices('U')
-        .any(|(i, _)| i >= 2 && name[i - 2..].starts_with("__UNIQUE_ID_"))
+        .any(|(i, _)| i >= 2 && b[i - 2..].starts_with(b"__UNIQUE_ID_"))
 }
 
 const SPECIAL_STATICS: &[&str] = &[
@@ -447,4 +453,20 @@ pub enum Key<'a> {
     Name(&'a str, i64),
     Str(&'a [u8], i64),
     Bytes(&'a [u8]),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mangle_drops_ascii_counters_and_keeps_other_utf8() {
+        assert_eq!(mangle("f.isra.3.cold.12"), "f.isra.cold");
+        assert_eq!(mangle("__UNIQUE_ID_ddebug417"), "__UNIQUE_ID_ddebug");
+        assert!(matches!(mangle("plain"), Cow::Borrowed("plain")));
+        // '€' is three bytes; the 'U' two bytes after its start once panicked.
+        assert_eq!(mangle("x€U.12"), "x€U");
+        assert_eq!(mangle("é__UNIQUE_ID_x7"), "é__UNIQUE_ID_x7");
+        assert!(!has_unique_id("a€U"));
+    }
 }

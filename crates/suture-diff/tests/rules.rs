@@ -552,6 +552,23 @@ fn a_symbol_inside_a_relocation_table_is_bad_input() {
     input_error(diff(&o, &p, &Options::default()), "PATCHED");
 }
 
+/// Found by `cargo fuzz run diff_pair`: a symbol name with a multi-byte
+/// character two bytes before a `U` panicked the `__UNIQUE_ID_` test (a
+/// string sliced inside the character).
+#[test]
+fn a_name_with_multibyte_characters_is_no_panic() {
+    let (o, mut p) = pair("utf8name", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    // "helper" -> "h€Ur": same length, '€' is three bytes, then 'U'.
+    let at = p.windows(8).position(|w| w == b"\0helper\0").expect("helper in the string table") + 1;
+    p[at..at + 6].copy_from_slice("h€Ur".as_bytes());
+    assert!(Object::parse(&p).unwrap().symbols.iter().any(|s| s.name == "h€Ur"));
+    // The renamed static is a new function, and f, which calls it, changed.
+    let (patch, out) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["f"]);
+    assert_eq!(patch.report.new, vec!["h€Ur"]);
+    assert!(out.symbols.iter().any(|s| s.name == "h€Ur"));
+}
+
 #[test]
 fn ignored_section_is_left_out_with_a_warning() {
     let src = format!(
