@@ -75,60 +75,16 @@ gates:
   elements: dict
 """
 
-import errno
-import os
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.suture.livepatch.plugins.module_utils.suture_core import (
     SutureError,
-    bad_log_lines,
-    parse_kmsg_record,
     parse_suture_json,
-    taint_letters,
-    transition_pending,
-    unexpected_taint,
 )
-
-
-def read_kmsg():
-    """Every record the kernel still holds, as (seq, message). Each read of
-    /dev/kmsg returns one record; EPIPE means records were overwritten
-    while reading, which only skips them."""
-    records = []
-    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        while True:
-            try:
-                raw = os.read(fd, 16384)
-            except OSError as e:
-                if e.errno == errno.EAGAIN:
-                    break
-                if e.errno == errno.EPIPE:
-                    continue
-                raise
-            if not raw:
-                break
-            rec = parse_kmsg_record(raw)
-            if rec:
-                records.append(rec)
-    finally:
-        os.close(fd)
-    return records
-
-
-def read_text(path):
-    with open(path) as f:
-        return f.read().strip()
-
-
-def snapshot():
-    records = read_kmsg()
-    return dict(
-        kmsg_seq=records[-1][0] if records else -1,
-        taint=int(read_text("/proc/sys/kernel/tainted")),
-        boot_id=read_text("/proc/sys/kernel/random/boot_id"),
-    ), records
+from ansible_collections.suture.livepatch.plugins.module_utils.suture_health import (
+    check,
+    failure,
+    snapshot,
+)
 
 
 def main():
@@ -145,51 +101,22 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
+
+    def status():
+        rc, out, err = module.run_command([p["suture"], "status", "--json"])
+        return parse_suture_json(out, rc, "suture status")["status"]
+
     try:
         if p["mode"] == "baseline":
             base, _ = snapshot()
             module.exit_json(changed=False, baseline=base, ansible_facts=dict(suture_health_baseline=base))
-
-        if p["soak"] > 0:
-            time.sleep(p["soak"])
-        base = p["baseline"]
-        now, records = snapshot()
-        gates = []
-
-        rc, out, err = module.run_command([p["suture"], "status", "--json"])
-        try:
-            pending = transition_pending(parse_suture_json(out, rc, "suture status")["status"])
-            gates.append(dict(gate="transition", ok=pending is None,
-                              detail="in transition: %s" % pending if pending else "none in progress"))
-        except SutureError as e:
-            gates.append(dict(gate="transition", ok=False, detail=str(e)))
-
-        rebooted = now["boot_id"] != base.get("boot_id")
-        cursor = -1 if rebooted else int(base.get("kmsg_seq", -1))
-        bad = bad_log_lines(records, cursor)
-        gates.append(dict(gate="kernel_log", ok=not bad,
-                          detail=bad[:20] if bad else "clean after seq %d%s" % (cursor, " (new boot)" if rebooted else "")))
-
-        before = 0 if rebooted else int(base.get("taint", 0))
-        extra = unexpected_taint(before, now["taint"], p["allowed_taint"])
-        gates.append(dict(gate="taint", ok=not extra,
-                          detail="taint %s -> %s%s" % (taint_letters(before) or "-", taint_letters(now["taint"]) or "-",
-                                                      "; unexpected: " + extra if extra else "")))
-
-        if p["probe"]:
-            t = time.time()
-            rc, out, err = module.run_command(p["probe"], use_unsafe_shell=True)
-            gates.append(dict(gate="probe", ok=rc == 0, seconds=round(time.time() - t, 3),
-                              detail="%r exited %d: %s" % (p["probe"], rc, (out + err).strip()[-2000:])))
+        gates, now = check(module, p["baseline"], status, p["allowed_taint"], p["probe"], p["soak"])
     except (IOError, OSError, SutureError, ValueError) as e:
         module.fail_json(msg="health gate could not run: %s" % e)
 
-    failed = [g for g in gates if not g["ok"]]
-    if failed:
-        module.fail_json(
-            msg="health gate failed: " + "; ".join("%s: %s" % (g["gate"], g["detail"]) for g in failed),
-            gates=gates, baseline=now,
-        )
+    msg = failure(gates)
+    if msg:
+        module.fail_json(msg=msg, gates=gates, baseline=now)
     module.exit_json(changed=False, gates=gates, baseline=now)
 
 

@@ -46,6 +46,27 @@ options:
     description: The suture command on the host.
     type: path
     default: suture
+  gates:
+    description:
+      - Health gates around the change, in the same run on the host (each task is a Python start there, which is
+        most of a task's time on a busy host). The baseline is taken before the change; after it, the task fails
+        unless every gate of M(suture.livepatch.health) holds (no transition in progress, a clean kernel log, only
+        the allowed taint, the probe exits 0). They run when nothing had to change too, and never in check mode.
+      - Unset, no gates run (M(suture.livepatch.health) runs them as tasks of their own).
+    type: dict
+    suboptions:
+      allowed_taint:
+        description: Taint flags that may appear after the baseline (C(K) livepatch, C(O) out of tree, C(E) unsigned).
+        type: str
+        default: K
+      probe:
+        description: A shell command that must exit 0. Empty for none.
+        type: str
+        default: ""
+      soak:
+        description: Seconds to wait after the change before checking.
+        type: float
+        default: 0
 notes:
   - Supports check mode; the result then says what would change.
   - Returns the facts C(suture_patch_level) and C(suture_applied_patches).
@@ -56,6 +77,14 @@ EXAMPLES = r"""
   suture.livepatch.patch:
     src: /var/tmp/fix.ko
     timeout: 120
+
+- name: Apply it and check the host's health in the same run
+  suture.livepatch.patch:
+    src: /var/tmp/fix.ko
+    gates:
+      probe: systemctl is-active nginx
+      allowed_taint: KOE
+  register: applied
 
 - name: Remove it
   suture.livepatch.patch:
@@ -86,6 +115,11 @@ seconds:
   description: Wall-clock time of the change, from reading the patch to suture's return (transition included).
   returned: changed
   type: float
+gates:
+  description: With O(gates), each gate's name and outcome, with the evidence (as M(suture.livepatch.health) returns them).
+  returned: O(gates) set and not check mode
+  type: list
+  elements: dict
 """
 
 import os
@@ -101,6 +135,7 @@ from ansible_collections.suture.livepatch.plugins.module_utils.suture_core impor
     patch_identity,
     present_is_satisfied,
 )
+from ansible_collections.suture.livepatch.plugins.module_utils import suture_health
 
 
 def run_json(module, args, what):
@@ -153,6 +188,14 @@ def main():
             persist=dict(type="bool", default=True),
             timeout=dict(type="float", default=60),
             suture=dict(type="path", default="suture"),
+            gates=dict(
+                type="dict",
+                options=dict(
+                    allowed_taint=dict(type="str", default="K"),
+                    probe=dict(type="str", default=""),
+                    soak=dict(type="float", default=0),
+                ),
+            ),
         ),
         required_if=[("state", "present", ["src"])],
         required_one_of=[("src", "name")],
@@ -185,6 +228,11 @@ def main():
         name = name_from_src
 
     before = status(module, suture)
+    gates = p["gates"] if not module.check_mode else None
+    try:
+        baseline = suture_health.snapshot()[0] if gates is not None else None
+    except (IOError, OSError, ValueError) as e:
+        module.fail_json(msg="health gate could not run: %s" % e)
     persist = p["persist"] or is_deb
     timeout = "%g" % p["timeout"]
     if p["state"] == "present":
@@ -197,47 +245,50 @@ def main():
             done = installed_version(module, package) is None
 
     result = dict(changed=not done, name=name)
-    if done or module.check_mode:
-        level = before["effective_version"]
-        applied = applied_names(before)
-        module.exit_json(
-            patch_level=level,
-            applied=applied,
-            ansible_facts=dict(suture_patch_level=level, suture_applied_patches=applied),
-            **result
-        )
+    after = before
+    if not done and not module.check_mode:
+        result["result"] = change(module, p, suture, src, name, package, version, persist, is_deb, timeout)
+        result["seconds"] = round(time.time() - started, 3)
+        after = status(module, suture)
+    level = after["effective_version"]
+    applied = applied_names(after)
+    result.update(patch_level=level, applied=applied)
+    if not done and not module.check_mode:
+        if p["state"] == "present" and name not in applied:
+            module.fail_json(msg="%s was loaded but is not applied (suture status: %s)" % (name, level), **result)
+        if p["state"] == "absent" and name in applied:
+            module.fail_json(msg="%s is still applied after removal (suture status: %s)" % (name, level), **result)
 
+    if gates is not None:
+        try:
+            result["gates"], _ = suture_health.check(
+                module, baseline, lambda: status(module, suture), gates["allowed_taint"], gates["probe"], gates["soak"]
+            )
+        except (IOError, OSError, ValueError) as e:
+            module.fail_json(msg="health gate could not run: %s" % e, **result)
+        msg = suture_health.failure(result["gates"])
+        if msg:
+            module.fail_json(msg=msg, **result)
+    module.exit_json(ansible_facts=dict(suture_patch_level=level, suture_applied_patches=applied), **result)
+
+
+def change(module, p, suture, src, name, package, version, persist, is_deb, timeout):
+    """Installs or removes the patch; suture's (or dpkg's) account of it."""
     if p["state"] == "present" and is_deb:
         rc, out, err = module.run_command(["dpkg", "-i", src], environ_update={"DEBIAN_FRONTEND": "noninteractive"})
         if rc != 0:
             module.fail_json(msg="dpkg -i %s failed: %s" % (src, (err or out).strip()), rc=rc)
-        result["result"] = dict(package=package, version=version)
-    elif p["state"] == "present":
+        return dict(package=package, version=version)
+    if p["state"] == "present":
         verb = "install" if persist else "load"
-        result["result"] = run_json(module, [suture, verb, "--json", "--timeout", timeout, src], "suture " + verb)
-    elif package and installed_version(module, package) is not None:
+        return run_json(module, [suture, verb, "--json", "--timeout", timeout, src], "suture " + verb)
+    if package and installed_version(module, package) is not None:
         rc, out, err = module.run_command(["dpkg", "-r", package])
         if rc != 0:
             module.fail_json(msg="dpkg -r %s failed: %s" % (package, (err or out).strip()), rc=rc)
-        result["result"] = dict(removed_package=package)
-    else:
-        result["result"] = run_json(
-            module, [suture, "uninstall", "--json", "--missing-ok", "--timeout", timeout, name], "suture uninstall"
-        )
-
-    result["seconds"] = round(time.time() - started, 3)
-    after = status(module, suture)
-    level = after["effective_version"]
-    applied = applied_names(after)
-    if p["state"] == "present" and name not in applied:
-        module.fail_json(msg="%s was loaded but is not applied (suture status: %s)" % (name, level), **result)
-    if p["state"] == "absent" and name in applied:
-        module.fail_json(msg="%s is still applied after removal (suture status: %s)" % (name, level), **result)
-    module.exit_json(
-        patch_level=level,
-        applied=applied,
-        ansible_facts=dict(suture_patch_level=level, suture_applied_patches=applied),
-        **result
+        return dict(removed_package=package)
+    return run_json(
+        module, [suture, "uninstall", "--json", "--missing-ok", "--timeout", timeout, name], "suture uninstall"
     )
 
 
