@@ -403,36 +403,36 @@ struct Resolver<'s, 'o> {
     processed: HashSet<usize>,
 }
 
-impl<'s, 'o> Resolver<'s, 'o> {
-    fn note_sym(&mut self, sym: usize, addr: u64, from: &str) {
-        if self.conflicted.contains(&sym) {
-            return;
+/// Records that evidence `from` puts `key` at `addr`. Evidence that disagrees
+/// with an earlier record makes the key conflicted: never used again.
+fn note(
+    known: &mut HashMap<usize, (u64, String)>,
+    conflicted: &mut HashSet<usize>,
+    key: usize,
+    addr: u64,
+    from: &str,
+) {
+    if conflicted.contains(&key) {
+        return;
+    }
+    match known.get(&key) {
+        Some((a, _)) if *a != addr => {
+            known.remove(&key);
+            conflicted.insert(key);
         }
-        match self.addr_of.get(&sym) {
-            Some((a, _)) if *a != addr => {
-                self.addr_of.remove(&sym);
-                self.conflicted.insert(sym);
-            }
-            Some(_) => {}
-            None => {
-                self.addr_of.insert(sym, (addr, from.to_string()));
-            }
+        Some(_) => {}
+        None => {
+            known.insert(key, (addr, from.to_string()));
         }
     }
+}
+
+impl<'s, 'o> Resolver<'s, 'o> {
+    fn note_sym(&mut self, sym: usize, addr: u64, from: &str) {
+        note(&mut self.addr_of, &mut self.conflicted, sym, addr, from);
+    }
     fn note_section(&mut self, sec: usize, base: u64, from: &str) {
-        if self.conflicted_sec.contains(&sec) {
-            return;
-        }
-        match self.section_base.get(&sec) {
-            Some((b, _)) if *b != base => {
-                self.section_base.remove(&sec);
-                self.conflicted_sec.insert(sec);
-            }
-            Some(_) => {}
-            None => {
-                self.section_base.insert(sec, (base, from.to_string()));
-            }
-        }
+        note(&mut self.section_base, &mut self.conflicted_sec, sec, base, from);
     }
 
     /// Where ORIG's symbol `sym` is in the target, if evidence says so.
