@@ -265,7 +265,9 @@ enum Site {
 /// object, while the image has the NOP.
 fn jump_label_nops(obj: &Obj, sym: usize) -> Vec<u64> {
     let f = &obj.symbols[sym];
-    let Some(fsec) = f.sec() else { return Vec::new() };
+    let Some(fsec) = f.sec() else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for (i, sec) in obj.sections.iter().enumerate() {
         if sec.name != "__jump_table" {
@@ -274,11 +276,17 @@ fn jump_label_nops(obj: &Obj, sym: usize) -> Vec<u64> {
         let relocs = obj.relocs_in(i, 0, u64::MAX);
         // struct jump_entry on x86-64: s32 code, s32 target, long key.
         for r in relocs.iter().filter(|r| r.offset % 16 == 0) {
-            let Some(key) = relocs.iter().find(|k| k.offset == r.offset + 8) else { continue };
+            let Some(key) = relocs.iter().find(|k| k.offset == r.offset + 8) else {
+                continue;
+            };
             let (cs, ks) = (&obj.symbols[r.sym], &obj.symbols[key.sym]);
             let key_addend = (ks.value as i64).wrapping_add(key.addend);
             let site = (cs.value as i64).wrapping_add(r.addend);
-            if cs.sec() == Some(fsec) && key_addend & 2 != 0 && site >= f.value as i64 && (site as u64) < f.value + f.size {
+            if cs.sec() == Some(fsec)
+                && key_addend & 2 != 0
+                && site >= f.value as i64
+                && (site as u64) < f.value + f.size
+            {
                 out.push(site as u64 - f.value);
             }
         }
@@ -356,11 +364,17 @@ fn match_code(
         }
         if nops.binary_search(&(i as u64)).is_ok() {
             // A jump-label `jmp` here, a NOP of the same length in the image.
-            const NOPS: [(u8, &[u8]); 2] = [(0xeb, &[0x66, 0x90]), (0xe9, &[0x0f, 0x1f, 0x44, 0x00, 0x00])];
+            const NOPS: [(u8, &[u8]); 2] = [
+                (0xeb, &[0x66, 0x90]),
+                (0xe9, &[0x0f, 0x1f, 0x44, 0x00, 0x00]),
+            ];
             if let Some((_, nop)) = NOPS.iter().find(|(op, _)| orig[i] == *op) {
                 let n = nop.len();
                 // A `jmp rel32` to a label of the same function has no relocation.
-                if next.is_none_or(|o| o >= i + n) && img.get(j..j + n) == Some(*nop) && i + n <= orig.len() {
+                if next.is_none_or(|o| o >= i + n)
+                    && img.get(j..j + n) == Some(*nop)
+                    && i + n <= orig.len()
+                {
                     (i, j) = (i + n, j + n);
                     continue;
                 }
@@ -432,7 +446,13 @@ impl<'s, 'o> Resolver<'s, 'o> {
         note(&mut self.addr_of, &mut self.conflicted, sym, addr, from);
     }
     fn note_section(&mut self, sec: usize, base: u64, from: &str) {
-        note(&mut self.section_base, &mut self.conflicted_sec, sec, base, from);
+        note(
+            &mut self.section_base,
+            &mut self.conflicted_sec,
+            sec,
+            base,
+            from,
+        );
     }
 
     /// Where ORIG's symbol `sym` is in the target, if evidence says so.
@@ -738,7 +758,8 @@ fn resolve(
                 .filter_map(|c| {
                     Some((
                         *c,
-                        match_code(space, c.addr, bytes, orig.symbols[*i].value, rels, &nops).ok()?,
+                        match_code(space, c.addr, bytes, orig.symbols[*i].value, rels, &nops)
+                            .ok()?,
                     ))
                 })
                 .collect();
@@ -915,7 +936,12 @@ fn resolve(
 /// symbols, so for every symbol reached through kallsyms whose instance is
 /// known, the prefix right before that instance (at most 64 bytes, the largest
 /// padding the kernel configures) is added with its own position.
-fn add_prefix_symbols(space: &dyn Space, orig: &Obj, addr_of: &HashMap<usize, (u64, String)>, target: &mut Target) {
+fn add_prefix_symbols(
+    space: &dyn Space,
+    orig: &Obj,
+    addr_of: &HashMap<usize, (u64, String)>,
+    target: &mut Target,
+) {
     let mut found = Vec::new();
     for (&i, &(addr, _)) in addr_of {
         let name = &orig.symbols[i].name;
@@ -932,7 +958,9 @@ fn add_prefix_symbols(space: &dyn Space, orig: &Obj, addr_of: &HashMap<usize, (u
         }
     }
     for (pname, sympos) in found {
-        target.symbols.insert(pname, TargetSym::Unexported { sympos });
+        target
+            .symbols
+            .insert(pname, TargetSym::Unexported { sympos });
     }
 }
 
