@@ -55,7 +55,7 @@ fn artifacts() -> &'static Artifacts {
         let (sample, plain, stall, missing) = build_modules(&dir);
         Artifacts {
             other_build: dir.join("mod/other-build.ko"),
-            stallkt: dir.join("mod/stallkt.ko"),
+            stallkt: dir.join("mod/suture_stall.ko"),
             kt_patch: dir.join("mod/kt-patch.ko"),
             sample,
             plain,
@@ -199,72 +199,19 @@ MODULE_INFO(suture_release_build_id, "00112233445566778899aabbccddeeff00112233")
 MODULE_INFO(suture_cve, "CVE-2099-0001");
 "#;
 
-/// A module whose kthread sleeps uninterruptibly in `stallkt_wait` until
-/// `release` is set, then idles in `stallkt_idle`. The kernel's fake
-/// signal only wakes interruptible kthreads, so nothing but the release
-/// gets it out of the function a patch replaces.
-const STALLKT_C: &str = r#"#include <linux/module.h>
-#include <linux/kthread.h>
-#include <linux/wait.h>
-#include <linux/sched.h>
-
-static DECLARE_WAIT_QUEUE_HEAD(wq);
-static bool release_flag;
-static struct task_struct *kt;
-
-static int set_release(const char *val, const struct kernel_param *kp)
-{
-	int r = param_set_bool(val, kp);
-	wake_up(&wq);
-	return r;
-}
-static const struct kernel_param_ops release_ops = { .set = set_release, .get = param_get_bool, };
-module_param_cb(release, &release_ops, &release_flag, 0644);
-
-noinline void stallkt_wait(void)
-{
-	wait_event(wq, READ_ONCE(release_flag) || kthread_should_stop());
-}
-
-noinline void stallkt_idle(void)
-{
-	while (!kthread_should_stop())
-		schedule_timeout_interruptible(HZ / 10);
-}
-
-static int stallkt_fn(void *data)
-{
-	stallkt_wait();
-	stallkt_idle();
-	return 0;
-}
-
-static int __init stallkt_init(void)
-{
-	kt = kthread_run(stallkt_fn, NULL, "suture_stall");
-	return IS_ERR(kt) ? PTR_ERR(kt) : 0;
-}
-static void __exit stallkt_exit(void)
-{
-	WRITE_ONCE(release_flag, true);
-	kthread_stop(kt);
-}
-module_init(stallkt_init);
-module_exit(stallkt_exit);
-MODULE_LICENSE("GPL");
-"#;
-
-/// Replaces `stallkt_wait` in the stallkt module.
+/// Replaces `suture_stall_wait` in `examples/stall`'s module, whose kthread
+/// sleeps uninterruptibly in that function until its `release` parameter is
+/// set (the kernel's fake signal only wakes interruptible sleepers).
 const KT_PATCH_C: &str = r#"#include <linux/module.h>
 #include <linux/livepatch.h>
 
-static void new_stallkt_wait(void) { }
+static void new_suture_stall_wait(void) { }
 
 static struct klp_func funcs[] = {
-	{ .old_name = "stallkt_wait", .new_func = new_stallkt_wait, },
+	{ .old_name = "suture_stall_wait", .new_func = new_suture_stall_wait, },
 	{ }
 };
-static struct klp_object objs[] = { { .name = "stallkt", .funcs = funcs, }, { } };
+static struct klp_object objs[] = { { .name = "suture_stall", .funcs = funcs, }, { } };
 static struct klp_patch patch = { .mod = THIS_MODULE, .objs = objs, };
 
 static int kt_patch_init(void) { return klp_enable_patch(&patch); }
@@ -299,11 +246,12 @@ fn build_modules(scratch: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     std::fs::write(m.join("stall-patch.c"), STALL_PATCH_C).unwrap();
     std::fs::write(m.join("missing-patch.c"), MISSING_PATCH_C).unwrap();
     std::fs::write(m.join("other-build.c"), OTHER_BUILD_C).unwrap();
-    std::fs::write(m.join("stallkt.c"), STALLKT_C).unwrap();
+    let stall = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stall/suture_stall.c");
+    std::fs::copy(&stall, m.join("suture_stall.c")).unwrap();
     std::fs::write(m.join("kt-patch.c"), KT_PATCH_C).unwrap();
     std::fs::write(
         m.join("Kbuild"),
-        "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o other-build.o stallkt.o kt-patch.o\n",
+        "obj-m := livepatch-sample.o plain-mod.o stall-patch.o missing-patch.o other-build.o suture_stall.o kt-patch.o\n",
     )
     .unwrap();
     run(Command::new("make")
@@ -428,7 +376,7 @@ fn guest() -> suture_lab::Vm {
     vm.add_file(&a.stall, "/root/stall-patch.ko").unwrap();
     vm.add_file(&a.missing, "/root/missing-patch.ko").unwrap();
     vm.add_file(&a.other_build, "/root/other-build.ko").unwrap();
-    vm.add_file(&a.stallkt, "/root/stallkt.ko").unwrap();
+    vm.add_file(&a.stallkt, "/root/suture_stall.ko").unwrap();
     vm.add_file(&a.kt_patch, "/root/kt-patch.ko").unwrap();
     vm
 }
@@ -955,12 +903,12 @@ fn transitions_seen_signalled_forced_and_builds_checked_in_guest() {
 }
 
 const KTHREAD_SCRIPT: &str = r#"
-insmod /root/stallkt.ko || echo "insmod failed"
+insmod /root/suture_stall.ko || echo "insmod failed"
 KT=
 for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = suture_stall ] && KT=${d#/proc/}; done
 i=0
-while ! grep -q stallkt_wait /proc/$KT/stack 2>/dev/null; do
-  i=$((i+1)); [ $i -gt 100 ] && echo "kthread never reached stallkt_wait" && break
+while ! grep -q suture_stall_wait /proc/$KT/stack 2>/dev/null; do
+  i=$((i+1)); [ $i -gt 100 ] && echo "kthread never reached suture_stall_wait" && break
   usleep 50000
 done
 echo "== ids"; echo "kt=$KT"
@@ -968,17 +916,17 @@ T0=$(date +%s)
 echo "== kt-stall"; suture load --timeout 17 /root/kt-patch.ko; echo "rc=$?"; echo "waited=$(( $(date +%s) - T0 ))"
 test -e /sys/kernel/livepatch/kt_patch && echo "sysfs=present" || echo "sysfs=gone"
 grep -q '^kt_patch ' /proc/modules && echo "module=loaded" || echo "module=gone"
-grep -q stallkt_wait /proc/$KT/stack && echo "kthread=in-old-function"
-echo 1 > /sys/module/stallkt/parameters/release
+grep -q suture_stall_wait /proc/$KT/stack && echo "kthread=in-old-function"
+echo 1 > /sys/module/suture_stall/parameters/release
 i=0
-while ! grep -q stallkt_idle /proc/$KT/stack 2>/dev/null; do
-  i=$((i+1)); [ $i -gt 100 ] && echo "kthread never left stallkt_wait" && break
+while ! grep -q suture_stall_idle /proc/$KT/stack 2>/dev/null; do
+  i=$((i+1)); [ $i -gt 100 ] && echo "kthread never left suture_stall_wait" && break
   usleep 50000
 done
 echo "== kt-load"; suture load --timeout 30 /root/kt-patch.ko; echo "rc=$?"
-cat /sys/kernel/livepatch/kt_patch/stallkt/patched
+cat /sys/kernel/livepatch/kt_patch/suture_stall/patched
 echo "== kt-unload"; suture unload kt_patch; echo "rc=$?"
-rmmod stallkt; echo "rmmod_rc=$?"
+rmmod suture_stall; echo "rmmod_rc=$?"
 echo "== end"
 "#;
 
@@ -1022,7 +970,7 @@ fn kthread_in_uninterruptible_sleep_blocks_until_it_leaves() {
         "{st}"
     );
     assert!(
-        st.contains("patched function(s) on its stack: stallkt_wait"),
+        st.contains("patched function(s) on its stack: suture_stall_wait"),
         "{st}"
     );
     assert!(
@@ -1044,7 +992,7 @@ fn kthread_in_uninterruptible_sleep_blocks_until_it_leaves() {
     let ld = sec("kt-load");
     assert!(
         ld.contains("loaded kt_patch")
-            && ld.contains("stallkt:stallkt_wait")
+            && ld.contains("suture_stall:suture_stall_wait")
             && ld.contains("rc=0\n1\n"),
         "{ld}"
     );
