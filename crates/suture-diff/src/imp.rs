@@ -266,7 +266,11 @@ impl<'a> Diff<'a> {
     /// What name correlation matches: source file (for locals), name (exact or
     /// mangled) and type.
     fn correlation_key(x: &Obj, i: usize, exact: bool) -> (&str, &str, u8) {
-        let n = if exact { x.sym(i).name.as_str() } else { x.mangled(i) };
+        let n = if exact {
+            x.sym(i).name.as_str()
+        } else {
+            x.mangled(i)
+        };
         (x.file(i), n, x.sym(i).typ)
     }
 
@@ -276,10 +280,7 @@ impl<'a> Diff<'a> {
         const NONE: u32 = u32::MAX;
         for exact in [true, false] {
             let key = |x, i| Self::correlation_key(x, i, exact);
-            let hash = |k: &(&str, &str, u8)| {
-                use std::hash::BuildHasher;
-                suture_elf::fx::FxBuildHasher::default().hash_one(k)
-            };
+            let hash = suture_elf::fx::hash_one::<(&str, &str, u8)>;
             // ORIG's candidates by a hash of their key, chained through `next`
             // in index order: a map of vectors keyed by the strings took 400 KB
             // on the largest corpus pair, the differ's peak.
@@ -894,9 +895,7 @@ impl<'a> Diff<'a> {
 /// peak on large objects; sorting by the names themselves cost 1.5 M
 /// instructions on the largest corpus pair).
 fn local_positions(syms: &[Symbol]) -> Vec<u32> {
-    use std::hash::BuildHasher;
-    let hasher = suture_elf::fx::FxBuildHasher::default();
-    local_positions_by(syms, |n| hasher.hash_one(n))
+    local_positions_by(syms, suture_elf::fx::hash_one::<str>)
 }
 
 fn local_positions_by(syms: &[Symbol], hash: impl Fn(&str) -> u64) -> Vec<u32> {

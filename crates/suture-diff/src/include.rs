@@ -333,8 +333,7 @@ impl<'d, 'a> Inc<'d, 'a> {
         if let (Some(ip), Some(_)) = (self.d.p.elf.section_by_name(".orc_unwind_ip"), self.d.p.elf.section_by_name(".orc_unwind")) {
             let ip = ip.index;
             self.kept.entry(ip).or_insert((4, Default::default()));
-            for k in 0..self.d.p.elf.relas_of(ip).len() {
-                let r = self.d.p.elf.relas_of(ip).get(k).unwrap();
+            for r in self.d.p.elf.relas_of(ip) {
                 let start = r.offset - r.offset % 4;
                 if !self.kept[&ip].1.contains(&start) && self.included_code(self.d.p.target(ip, &r)) {
                     self.kept.get_mut(&ip).unwrap().1.insert(start);

@@ -60,3 +60,10 @@ impl Hasher for FxHasher {
 pub type FxBuildHasher = BuildHasherDefault<FxHasher>;
 pub type FxHashMap<K, V> = HashMap<K, V, FxBuildHasher>;
 pub type FxHashSet<K> = HashSet<K, FxBuildHasher>;
+
+/// The Fx hash of one value, for indexes keyed by a hash instead of the value
+/// (names, which would otherwise be copied or borrowed into the key).
+pub fn hash_one<T: std::hash::Hash + ?Sized>(t: &T) -> u64 {
+    use std::hash::BuildHasher;
+    FxBuildHasher::default().hash_one(t)
+}

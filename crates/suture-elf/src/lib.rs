@@ -948,10 +948,7 @@ impl Object {
 }
 
 fn name_hash(name: &str) -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = fx::FxBuildHasher::default().build_hasher();
-    h.write(name.as_bytes());
-    h.finish()
+    fx::hash_one(name)
 }
 
 /// Size in bytes of the field a relocation patches, for the types met in kernel objects.
