@@ -236,37 +236,65 @@ impl<'d, 'a> Inc<'d, 'a> {
         }
     }
 
-    /// A module's special sections are set up before its klp relocations are
-    /// applied, so a patch for a module cannot keep a jump label or static call
-    /// whose key lives in that module: tracepoint ones are dropped (the patched
-    /// function then does not fire that tracepoint), others refused.
-    fn module_key_ok(&mut self, name: &str, group: &[Rela]) -> bool {
-        if self.d.objname() == "vmlinux" || !matches!(name, "__jump_table" | ".static_call_sites") {
-            return true;
-        }
-        let Some(key) = group.iter().skip(1).last() else { return true };
-        let sec = self.d.p.elf.section_by_name(name).map(|s| s.index).unwrap();
-        let Target::Sym { sym, .. } = self.d.p.target(sec, key) else { return true };
+    /// The name of the module symbol a relocation of a kept special-section
+    /// entry would reach through a module-specific livepatch relocation, if any.
+    /// Undefined symbols count too: a key defined in another unit of the same
+    /// module (btrfs's tracepoint keys live in `super.o`) is just as much the
+    /// module's.
+    fn module_klp_target(&self, sec: usize, r: &Rela) -> Option<String> {
+        let Target::Sym { sym, .. } = self.d.p.target(sec, r) else { return None };
         let s = self.d.p.sym(sym);
-        if s.is_undef() || self.must_define(sym) {
+        if s.is_undef() {
+            let t = self.d.opts.target.as_ref()?;
+            return match t.symbols.get(s.name.as_str()) {
+                Some(crate::TargetSym::Unexported { .. }) => Some(s.name.to_string()),
+                _ => None,
+            };
+        }
+        if self.defs.contains(&sym) || self.must_define(sym) {
+            return None;
+        }
+        match self.d.lookup(sym) {
+            Ok(Some(_)) => Some(self.d.orig_name(sym).to_string()),
+            _ => None,
+        }
+    }
+
+    /// The kernel initialises a module's special sections (static call sites,
+    /// jump labels, alternatives, exception tables, ...) when the module loads,
+    /// but applies its klp relocations for another module only when that module
+    /// loads: an entry that needs one would be read unrelocated, and
+    /// `static_call_del_module` oopses on unload. So a patch for a module keeps
+    /// no such entry. Static call sites can always go (the call through the
+    /// trampoline stays correct), printk index entries (debugfs metadata only)
+    /// and tracepoint jump labels too (the patched code
+    /// then does not fire that tracepoint); anything else is refused by name.
+    /// vmlinux symbols are fine: their klp relocations are applied at load.
+    fn module_key_ok(&mut self, name: &str, sec: usize, group: &[Rela]) -> bool {
+        if self.d.objname() == "vmlinux" {
             return true;
         }
-        let kname = self.d.orig_name(sym).to_string();
-        if kname.starts_with("__tracepoint_") || kname.starts_with("__SCK__tp_func_") {
-            self.d.report.warnings.push(format!("{name}: entry keyed on {kname} dropped (tracepoint of the target module)"));
-            false
-        } else {
-            if !self.refusals.iter().any(|r| r.subject == kname) {
-                self.refusals.push(Refusal {
-                    subject: kname.clone(),
-                    reason: format!(
-                        "{name} entry of changed code uses the key {kname} of module {}: module special sections are initialised before klp relocations are applied",
-                        self.d.objname()
-                    ),
-                });
+        let Some(kname) = group.iter().find_map(|r| self.module_klp_target(sec, r)) else { return true };
+        let tracepoint = kname.starts_with("__tracepoint_") || kname.starts_with("__SCK__tp_func_");
+        if matches!(name, ".static_call_sites" | ".printk_index") || (name == "__jump_table" && tracepoint) {
+            let what = if tracepoint { "tracepoint" } else { "symbol" };
+            let w = format!(
+                "{name}: entry using {kname} dropped ({what} of module {}, whose klp relocations are applied after the entry is read)",
+                self.d.objname()
+            );
+            if !self.d.report.warnings.contains(&w) {
+                self.d.report.warnings.push(w);
             }
-            false
+        } else if !self.refusals.iter().any(|r| r.subject == kname) {
+            self.refusals.push(Refusal {
+                subject: kname.clone(),
+                reason: format!(
+                    "{name} entry of changed code uses {kname} of module {}: module special sections are initialised before klp relocations are applied",
+                    self.d.objname()
+                ),
+            });
         }
+        false
     }
 
     /// One pass over the sliced sections; returns whether anything new was kept.
@@ -316,7 +344,7 @@ impl<'d, 'a> Inc<'d, 'a> {
                 let group = &group[..];
                 let already = self.kept[&sec].1.contains(&start);
                 if !already && group.iter().any(|r| self.included_code(self.d.p.target(sec, r))) {
-                    if !self.module_key_ok(&name, group) {
+                    if !self.module_key_ok(&name, sec, group) {
                         start = end;
                         continue;
                     }

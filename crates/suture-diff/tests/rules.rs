@@ -581,3 +581,117 @@ fn ignored_section_is_left_out_with_a_warning() {
     assert_eq!(patch.report.changed, vec!["f"]);
     assert!(patch.report.warnings.iter().any(|w| w.contains(".text.g: changes ignored (SUTURE_IGNORE_SECTION)")), "{:?}", patch.report.warnings);
 }
+
+/// The btrfs shape: the key is defined in another unit of the same module, so
+/// it is undefined here and reached through `.klp.sym.MOD` all the same.
+const SCALL: &str = r#"
+extern int printk(const char *, ...);
+extern struct static_key otherkey;
+extern void __SCT__tp_func_foo(int);
+extern int __SCK__tp_func_foo;
+static inline __attribute__((always_inline)) void trace_foo(int a) {
+    asm volatile("1: call __SCT__tp_func_foo\n"
+                 ".pushsection .static_call_sites, \"aw\"\n.balign 4\n"
+                 ".long 1b - .\n.long %c0 - .\n.popsection" : : "i"(&__SCK__tp_func_foo) : "memory");
+}
+static inline __attribute__((always_inline)) int key_on(void) {
+    asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n"
+             ".pushsection __jump_table, \"aw\"\n.balign 8\n"
+             ".long 1b - ., %l[yes] - .\n.quad %c0 - .\n.popsection"
+             : : "i"(&otherkey) : : yes);
+    return 0;
+yes:
+    return 1;
+}
+int s1(int a) { trace_foo(a); return a + 1; }
+int k1(int a) { if (key_on()) printk("k1 %d\n", a); return a + 1; }
+"#;
+
+fn module_target(names: &[&str]) -> Options {
+    let mut t = Target {
+        objname: "mymod".into(),
+        symbols: Default::default(),
+    };
+    for n in names {
+        t.symbols
+            .insert(n.to_string(), TargetSym::Unexported { sympos: 0 });
+    }
+    Options {
+        target: Some(t),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn module_static_call_site_of_another_unit_is_dropped() {
+    let o = compile("scall-orig", SCALL);
+    let p = compile(
+        "scall-patched",
+        &SCALL.replace("return a + 1; }\nint k1", "return a + 5; }\nint k1"),
+    );
+    let opts = module_target(&[
+        "s1",
+        "k1",
+        "__SCK__tp_func_foo",
+        "__SCT__tp_func_foo",
+        "otherkey",
+    ]);
+    let (patch, out) = changes(&o, &p, &opts);
+    assert_eq!(patch.report.changed, vec!["s1"]);
+    assert!(
+        out.section_by_name(".static_call_sites")
+            .map_or(true, |s| s.data.is_empty()),
+        "the entry needing .klp.sym.mymod.__SCK__tp_func_foo must not reach the module"
+    );
+    assert!(
+        patch
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("__SCK__tp_func_foo") && w.contains("dropped")),
+        "{:?}",
+        patch.report.warnings
+    );
+    // The call itself still goes through the trampoline, as a code relocation.
+    assert!(reloc_targets(&out, ".text.s1")
+        .iter()
+        .any(|r| r.0 == ".klp.sym.mymod.__SCT__tp_func_foo,0"));
+    // In vmlinux the same entry is kept: vmlinux klp relocations are applied at load.
+    let (_, out) = changes(&o, &p, &Options::default());
+    assert!(out
+        .section_by_name(".static_call_sites")
+        .is_some_and(|s| s.data.len() == 8));
+}
+
+#[test]
+fn module_jump_label_on_a_key_of_another_unit_is_refused() {
+    let o = compile("kmod-orig", SCALL);
+    let p = compile(
+        "kmod-patched",
+        &SCALL.replace(
+            "printk(\"k1 %d\\n\", a); return a + 1;",
+            "printk(\"k1 %d\\n\", a); return a + 7;",
+        ),
+    );
+    match diff(
+        &o,
+        &p,
+        &module_target(&[
+            "s1",
+            "k1",
+            "__SCK__tp_func_foo",
+            "__SCT__tp_func_foo",
+            "otherkey",
+        ]),
+    )
+    .unwrap()
+    {
+        Outcome::Refused(r) => assert!(
+            r.refusals
+                .iter()
+                .any(|x| x.subject == "otherkey" && x.reason.contains("mymod")),
+            "{r:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}

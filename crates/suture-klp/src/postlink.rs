@@ -152,6 +152,18 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
         e.bytes[o..o + data.len()].copy_from_slice(&data);
         e.shdrs[sec].size = data.len() as u64;
     }
+    for ((objname, target), relas) in &moved {
+        let target_name = e.section_name(*target as usize)?;
+        if objname != "vmlinux" && !late_relocatable(target_name) {
+            let sym = relas.first().and_then(|r| syms.get(r.sym())).map(|s| e.str_at(strtab, s.name)).transpose()?;
+            bail!(
+                "{target_name} needs a livepatch relocation for module {objname} ({}): the kernel reads that section when the \
+                 patch module loads, before relocations for {objname} are applied; refusing to write a module that would \
+                 disturb the kernel",
+                sym.unwrap_or("?")
+            );
+        }
+    }
     let klp_fields: HashSet<(u32, u64)> =
         moved.iter().flat_map(|((_, t), v)| v.iter().map(move |r| (*t, r.offset))).collect();
     report.dropped_call_sites = drop_klp_call_sites(&mut e, symtab, &syms, &klp_fields)?;
@@ -187,6 +199,19 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
         e.shdrs.push(sh);
     }
     Ok((e.finish()?, report))
+}
+
+/// Whether a section may carry relocations that livepatch applies only when
+/// the target module loads: plain code and data, which nothing reads before the
+/// patched functions run. Special sections (static call sites, jump labels,
+/// alternatives, exception and bug tables, ORC, site lists, per-CPU data) are
+/// read or copied when the patch module itself loads.
+pub fn late_relocatable(section: &str) -> bool {
+    let under = |p: &str| section == p || section.starts_with(&format!("{p}."));
+    if section.starts_with(".data..percpu") {
+        return false;
+    }
+    under(".text") || under(".rodata") || under(".data") || section == ".fixup"
 }
 
 /// objtool lists every call of the module in `.call_sites`; with call-depth
