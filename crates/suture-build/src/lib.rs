@@ -426,6 +426,9 @@ fn tree_objects(
     let pairs = tree.original_objects(objects)?;
     progress("applying the patch");
     let applied = tree.apply(patches)?;
+    for n in &applied.notes {
+        progress(n);
+    }
     progress(&format!("compiling {} after the patch", objects.join(" ")));
     let compiled = tree.compile_with(objects, &format!("-I{}", include.display()));
     let mut patched = Vec::new();

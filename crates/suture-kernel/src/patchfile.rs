@@ -223,6 +223,63 @@ pub fn apply(fp: &FilePatch, old: &str) -> Result<Applied, PatchError> {
     Ok(Applied { text, offsets })
 }
 
+/// One file after every section that changes it, applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileResult {
+    pub path: String,
+    /// Whether the file existed before the first section for it.
+    pub existed: bool,
+    /// `None`: the file is deleted in the end.
+    pub text: Option<String>,
+    /// Hunks placed away from where their header said, in words.
+    pub notes: Vec<String>,
+}
+
+/// Applies file sections in order, as `patch` applies several patch files (and
+/// several sections for one file) one after another: each sees the text the
+/// previous ones produced. `read` gives a file's current text, `None` when
+/// the tree has no such file. Results come in order of first appearance.
+pub fn apply_in_order<E: From<PatchError>>(
+    patches: &[FilePatch],
+    mut read: impl FnMut(&FilePatch) -> Result<Option<String>, E>,
+) -> Result<Vec<FileResult>, E> {
+    let mut out: Vec<FileResult> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for fp in patches {
+        let i = match at.get(fp.path.as_str()) {
+            Some(&i) => i,
+            None => {
+                let text = read(fp)?;
+                out.push(FileResult { path: fp.path.clone(), existed: text.is_some(), text, notes: Vec::new() });
+                at.insert(&fp.path, out.len() - 1);
+                out.len() - 1
+            }
+        };
+        let r = &mut out[i];
+        let old = match (&r.text, fp.kind) {
+            (Some(t), _) => t.clone(),
+            (None, FileKind::Created) => String::new(),
+            (None, _) => {
+                return Err(PatchError {
+                    file: fp.path.clone(),
+                    msg: "the patch changes this file, but it does not exist (or an earlier patch deleted it)".into(),
+                }
+                .into())
+            }
+        };
+        let applied = apply(fp, &old)?;
+        for (h, off) in applied.offsets.iter().enumerate() {
+            if *off != 0 {
+                let (n, dir) = (off.unsigned_abs(), if *off > 0 { "later" } else { "earlier" });
+                let lines = if n == 1 { "line" } else { "lines" };
+                r.notes.push(format!("{}: hunk {} applied {n} {lines} {dir}", fp.path, h + 1));
+            }
+        }
+        r.text = if fp.kind == FileKind::Deleted { None } else { Some(applied.text) };
+    }
+    Ok(out)
+}
+
 /// The position closest to `nominal` (and not before `floor`) where `want` matches.
 fn find_hunk(src: &[&str], want: &[&str], nominal: isize, floor: usize) -> Option<usize> {
     if want.is_empty() {
@@ -305,5 +362,41 @@ mod tests {
         let p = "--- a/x.c\n+++ b/x.c\n@@ -1,2 +1,2 @@\n-a\n+A\n b\n@@ -5,2 +5,2 @@\n e\n-f\n+F\n";
         let a = apply(&parse("p", p).unwrap()[0], SRC).unwrap();
         assert_eq!(a.text, "A\nb\nc\nd\ne\nF\n");
+    }
+
+    #[test]
+    fn sections_for_one_file_apply_in_order() {
+        let a = "--- a/x.c\n+++ b/x.c\n@@ -2,1 +2,1 @@\n-b\n+B\n";
+        let b = "--- a/x.c\n+++ b/x.c\n@@ -20,2 +20,2 @@\n e\n-f\n+F\n";
+        let mut fps = parse("a.patch", a).unwrap();
+        fps.extend(parse("b.patch", b).unwrap());
+        let mut reads = 0;
+        let r = apply_in_order::<PatchError>(&fps, |_| {
+            reads += 1;
+            Ok(Some(SRC.to_string()))
+        })
+        .unwrap();
+        assert_eq!(reads, 1, "the second section sees the first one's result, not the file again");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].text.as_deref(), Some("a\nB\nc\nd\ne\nF\n"), "both changes are kept");
+        assert_eq!(r[0].notes, vec!["x.c: hunk 1 applied 15 lines earlier"]);
+        // The second section must match the first one's output: a conflicting
+        // second change to the same line is refused, not silently won.
+        let c = "--- a/x.c\n+++ b/x.c\n@@ -2,1 +2,1 @@\n-b\n+b2\n";
+        let mut fps = parse("a.patch", a).unwrap();
+        fps.extend(parse("c.patch", c).unwrap());
+        assert!(apply_in_order::<PatchError>(&fps, |_| Ok(Some(SRC.to_string()))).is_err());
+    }
+
+    #[test]
+    fn a_deleted_file_cannot_be_changed_later() {
+        let d = "--- a/x.c\n+++ /dev/null\n@@ -1,6 +0,0 @@\n-a\n-b\n-c\n-d\n-e\n-f\n";
+        let m = "--- a/x.c\n+++ b/x.c\n@@ -2,1 +2,1 @@\n-b\n+B\n";
+        let mut fps = parse("d", d).unwrap();
+        fps.extend(parse("m", m).unwrap());
+        let e = apply_in_order::<PatchError>(&fps, |_| Ok(Some(SRC.to_string()))).unwrap_err();
+        assert!(e.msg.contains("does not exist"), "{e}");
+        let r = apply_in_order::<PatchError>(&fps[..1], |_| Ok(Some(SRC.to_string()))).unwrap();
+        assert_eq!((r[0].existed, r[0].text.clone()), (true, None));
     }
 }

@@ -365,51 +365,50 @@ impl Tree {
     /// back when dropped; a crash in between is repaired by the next `open`.
     pub fn apply(&self, patches: &[FilePatch]) -> Result<Applied<'_>> {
         // Everything is checked in memory first: a patch that does not apply
-        // leaves the tree untouched.
-        let mut new_texts = Vec::new();
-        for fp in patches {
-            let path = self.dir.join(&fp.path);
-            let old = match fs::read(&path) {
-                Ok(b) => String::from_utf8(b)
-                    .with_context(|| format!("{} is not UTF-8 text", fp.path))?,
-                Err(_) if fp.kind == FileKind::Created => String::new(),
-                Err(e) => {
-                    return Err(NotApplicable {
-                        release: self.release.name.release.clone(),
-                        detail: format!(
-                            "{}: the patch changes this file, but the source of {} has no such file ({e})",
-                            fp.path, self.release.name.release
-                        ),
-                    }
-                    .into())
-                }
-            };
-            let applied = patchfile::apply(fp, &old).map_err(|e| NotApplicable {
-                release: self.release.name.release.clone(),
-                detail: e.to_string(),
-            })?;
-            new_texts.push((fp, path, applied.text));
-        }
+        // leaves the tree untouched. Several sections for one file (several
+        // patch files) apply in order, each on the previous one's result.
+        let release = self.release.name.release.clone();
+        let not_applicable = |detail: String| NotApplicable { release: release.clone(), detail };
+        let results = patchfile::apply_in_order::<anyhow::Error>(patches, |fp| {
+            match fs::read(self.dir.join(&fp.path)) {
+                Ok(b) => Ok(Some(String::from_utf8(b).with_context(|| format!("{} is not UTF-8 text", fp.path))?)),
+                Err(_) if fp.kind == FileKind::Created => Ok(None),
+                Err(e) => Err(not_applicable(format!(
+                    "{}: the patch changes this file, but the source of {release} has no such file ({e})",
+                    fp.path
+                ))
+                .into()),
+            }
+        })
+        .map_err(|e| match e.downcast::<patchfile::PatchError>() {
+            Ok(pe) => not_applicable(pe.to_string()).into(),
+            Err(e) => e,
+        })?;
         let backup = self.base.join("backup");
         let _ = fs::remove_dir_all(&backup);
         fs::create_dir_all(&backup)?;
         let mut journal = Journal::default();
-        for (fp, path, _) in &new_texts {
+        for r in &results {
+            let path = self.dir.join(&r.path);
             let existed = path.exists();
             if existed {
-                let b = backup.join(&fp.path);
+                let b = backup.join(&r.path);
                 fs::create_dir_all(b.parent().unwrap())?;
-                fs::copy(path, &b)?;
+                fs::copy(&path, &b)?;
             }
-            journal.files.push((fp.path.clone(), existed));
+            journal.files.push((r.path.clone(), existed));
         }
         write_atomic(&self.base.join("journal.json"), &serde_json::to_vec(&journal)?)?;
-        let guard = Applied { tree: self };
-        for (fp, path, text) in &new_texts {
-            if fp.kind == FileKind::Deleted {
-                fs::remove_file(path)?;
-            } else {
-                fs::write(path, text)?;
+        let guard = Applied { tree: self, notes: results.iter().flat_map(|r| r.notes.iter().cloned()).collect() };
+        for r in &results {
+            let path = self.dir.join(&r.path);
+            match &r.text {
+                None => {
+                    if path.exists() {
+                        fs::remove_file(&path)?;
+                    }
+                }
+                Some(text) => fs::write(&path, text)?,
             }
         }
         Ok(guard)
@@ -453,6 +452,9 @@ impl std::error::Error for NotApplicable {}
 /// The patch applied to the tree; dropping it restores the original sources.
 pub struct Applied<'a> {
     tree: &'a Tree,
+    /// Hunks placed away from where their header said (`x.c: hunk 2 applied
+    /// 13 lines later`), for the build's report.
+    pub notes: Vec<String>,
 }
 
 impl Applied<'_> {
