@@ -370,6 +370,7 @@ impl Tree {
         let release = self.release.name.release.clone();
         let not_applicable = |detail: String| NotApplicable { release: release.clone(), detail };
         let results = patchfile::apply_in_order::<anyhow::Error>(patches, |fp| {
+            no_symlink_below(&self.dir, &fp.path)?;
             match fs::read(self.dir.join(&fp.path)) {
                 Ok(b) => Ok(Some(String::from_utf8(b).with_context(|| format!("{} is not UTF-8 text", fp.path))?)),
                 Err(_) if fp.kind == FileKind::Created => Ok(None),
@@ -408,7 +409,7 @@ impl Tree {
                         fs::remove_file(&path)?;
                     }
                 }
-                Some(text) => fs::write(&path, text)?,
+                Some(text) => write_nofollow(&path, text.as_bytes())?,
             }
         }
         Ok(guard)
@@ -420,6 +421,10 @@ impl Tree {
         let journal: Journal = serde_json::from_slice(&bytes).unwrap_or_default();
         for (rel, existed) in &journal.files {
             let dst = self.dir.join(rel);
+            // Never restore through a link planted while the patch was applied.
+            if fs::symlink_metadata(&dst).is_ok_and(|m| m.file_type().is_symlink()) {
+                fs::remove_file(&dst)?;
+            }
             if *existed {
                 fs::copy(self.base.join("backup").join(rel), &dst)
                     .with_context(|| format!("restoring {rel} after an interrupted build"))?;
@@ -499,13 +504,62 @@ fn which(cmd: &str) -> Result<PathBuf> {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // Exclusive and not through a symlink: a stale or planted file at the
+    // temporary name is removed first (it is ours by name), never written through.
+    let _ = fs::remove_file(&tmp);
+    let written = (|| -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    Ok(())
+}
+
+/// Refuses `rel` under `root` when any existing component of it is a symlink:
+/// the cached tree is written as root, and a planted link would carry the
+/// patched text (or a restored backup) to a file outside the tree.
+pub fn no_symlink_below(root: &Path, rel: &str) -> Result<()> {
+    let mut p = root.to_path_buf();
+    for c in Path::new(rel).components() {
+        p.push(c);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => bail!(
+                "{rel}: {} in the source tree is a symbolic link; refusing to write through it (remove the cached tree {} to start afresh)",
+                p.display(),
+                root.display()
+            ),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// Writes a tree file in place without following a symlink at its name.
+fn write_nofollow(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
 }
 
 /// The source tarball of the release's own source package version: the installed
@@ -645,5 +699,38 @@ mod tests {
         assert_eq!(objname_from_cmd(b), None);
         let dash = "cmd_x.o := gcc -DMODULE -DKBUILD_MODNAME='\"snd-hda\"' -c\n";
         assert_eq!(objname_from_cmd(dash).as_deref(), Some("snd_hda"));
+    }
+
+    #[test]
+    fn symlinks_in_the_tree_are_not_written_through() {
+        let t = tempfile::tempdir().unwrap();
+        let (root, outside) = (t.path().join("src"), t.path().join("outside"));
+        fs::create_dir_all(root.join("fs/proc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("victim"), "keep").unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), root.join("fs/proc/cmdline.c")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("fs/linked")).unwrap();
+        fs::write(root.join("fs/proc/base.c"), "x").unwrap();
+        assert!(no_symlink_below(&root, "fs/proc/base.c").is_ok());
+        assert!(no_symlink_below(&root, "fs/proc/new_file.c").is_ok());
+        let e = no_symlink_below(&root, "fs/proc/cmdline.c").unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(no_symlink_below(&root, "fs/linked/victim").is_err());
+        assert!(write_nofollow(&root.join("fs/proc/cmdline.c"), b"patched").is_err());
+        assert_eq!(fs::read_to_string(outside.join("victim")).unwrap(), "keep");
+    }
+
+    #[test]
+    fn write_atomic_does_not_follow_a_planted_temporary() {
+        let t = tempfile::tempdir().unwrap();
+        let target = t.path().join("journal.json");
+        fs::write(t.path().join("victim"), "keep").unwrap();
+        let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+        std::os::unix::fs::symlink(t.path().join("victim"), &tmp).unwrap();
+        write_atomic(&target, b"{}").unwrap();
+        assert_eq!(fs::read_to_string(t.path().join("victim")).unwrap(), "keep");
+        assert_eq!(fs::read(&target).unwrap(), b"{}");
+        assert!(!fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
+        assert!(fs::symlink_metadata(&tmp).is_err(), "no temporary left");
     }
 }
