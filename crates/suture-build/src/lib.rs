@@ -102,6 +102,18 @@ pub enum BuildError {
     Refused(Vec<(String, Refusal)>),
     #[error("the patch makes no functional change to any function: nothing to build{}", if .0.is_empty() { String::new() } else { format!(" ({})", .0.join(", ")) })]
     NoChange(Vec<String>),
+    /// Only `__init`/`__exit` code changed: nothing in the running kernel to
+    /// patch; when the fix takes effect is said per function.
+    #[error("{}", format_init_exit(.0))]
+    InitExitOnly(Vec<(String, Refusal)>),
+}
+
+fn format_init_exit(r: &[(String, Refusal)]) -> String {
+    let mut s = String::from("the patch changes only init/exit code: nothing in the running kernel to patch");
+    for (file, x) in r {
+        s.push_str(&format!("\n  {file}: {}: {}", x.subject, x.reason));
+    }
+    s
 }
 
 fn format_refusals(r: &[(String, Refusal)]) -> String {
@@ -254,6 +266,7 @@ fn build_in(
     let mut new_functions = Vec::new();
     let mut warnings = Vec::new();
     let mut unchanged = Vec::new();
+    let mut init_exit: Vec<(String, Refusal)> = Vec::new();
     let mut verified = 0;
     for ((info, orig), patched) in pairs.iter().zip(&patched) {
         let mut report = symbols.target(&info.objname, orig)?;
@@ -347,6 +360,9 @@ fn build_in(
                 entry.1.push(p.object);
             }
             Outcome::NoChange(_) => unchanged.push(info.object.clone()),
+            Outcome::InitExitOnly(r) => {
+                init_exit.extend(r.refusals.into_iter().map(|x| (info.object.replace(".o", ".c"), x)));
+            }
             Outcome::Refused(r) => {
                 refusals.extend(
                     r.refusals
@@ -362,7 +378,13 @@ fn build_in(
     // A patch of callbacks alone (for example one that only sets up state for a
     // later patch) is still a patch.
     if replaced.is_empty() && callbacks.is_empty() {
+        if !init_exit.is_empty() {
+            return Err(BuildError::InitExitOnly(init_exit).into());
+        }
         return Err(BuildError::NoChange(unchanged).into());
+    }
+    for (file, x) in &init_exit {
+        warnings.push(format!("{file}: {}: not in the module: {}", x.subject, x.reason));
     }
 
     progress("linking the livepatch module with the release's kbuild");

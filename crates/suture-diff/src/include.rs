@@ -402,19 +402,17 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
 
     // Changed functions (except __init/__exit code, which is refused) and new globals.
     let mut roots = Vec::new();
+    let mut init_exit = Vec::new();
     for i in 0..np {
         let s = inc.d.p.sym(i);
         let Some(sec) = s.section() else { continue };
         let secname = inc.d.p.sec(sec).name.clone();
         let init = secname.starts_with(".init.") || secname.starts_with(".exit.");
         match (inc.d.status[i], s.typ) {
-            (Status::Changed, STT_FUNC) if init => inc.refusals.push(Refusal {
-                subject: inc.d.orig_name(i).to_string(),
-                reason: format!(
-                    "changed {} function (in {secname}): init/exit code has already run or been discarded in the running kernel and cannot be live-patched",
-                    if secname.starts_with(".init.") { "__init" } else { "__exit" }
-                ),
-            }),
+            (Status::Changed, STT_FUNC) if init => {
+                let reason = init_exit_reason(secname.starts_with(".init."), inc.d.objname() == "vmlinux", &secname);
+                init_exit.push(Refusal { subject: inc.d.orig_name(i).to_string(), reason });
+            }
             (Status::Changed, STT_FUNC) => roots.push(i),
             (Status::Changed, _) => {
                 let sec = inc.d.p.sec(sec);
@@ -571,6 +569,11 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     }
     d.report.changed = changed;
     d.report.new = new;
+    if refusals.is_empty() && !init_exit.is_empty() && d.report.changed.is_empty() && d.report.new.is_empty() {
+        d.report.refusals = init_exit;
+        return Ok(Outcome::InitExitOnly(std::mem::take(&mut d.report)));
+    }
+    refusals.extend(init_exit);
     if !refusals.is_empty() {
         d.report.refusals = refusals;
         return Ok(Outcome::Refused(std::mem::take(&mut d.report)));
@@ -580,6 +583,24 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     }
     let (object, replaced) = write(d, &defs, &pieces, &kept, &func_defs)?;
     Ok(Outcome::Changes(Patch { object, report: std::mem::take(&mut d.report), replaced, callbacks }))
+}
+
+/// What is true of a changed `__init`/`__exit` function, by where it lives.
+fn init_exit_reason(init: bool, vmlinux: bool, secname: &str) -> String {
+    match (init, vmlinux) {
+        (true, true) => format!(
+            "changed __init function (in {secname}): it ran at boot and was freed; nothing in the running kernel to patch (the fix takes effect at the next boot into the updated kernel)"
+        ),
+        (false, true) => format!(
+            "changed __exit function (in {secname}): exit code of built-in code is discarded at link time and never runs; nothing to patch"
+        ),
+        (true, false) => format!(
+            "changed module init function (in {secname}): it runs only when the module loads and is freed afterwards; the fix takes effect when the module is next loaded from the updated package"
+        ),
+        (false, false) => format!(
+            "changed module exit function (in {secname}): exit code is notrace (no ftrace hook) and cannot be redirected; it runs at unload, and the fix takes effect when the module is next loaded from the updated package"
+        ),
+    }
 }
 
 fn align_up(x: u64, a: u64) -> u64 {

@@ -79,6 +79,9 @@ pub enum Outcome {
     NoChange(Report),
     /// At least one change cannot be live-patched; `report.refusals` says which and why.
     Refused(Report),
+    /// Only `__init`/`__exit` code changed: nothing in the running kernel to
+    /// patch (`report.refusals` says, per function, when the fix takes effect).
+    InitExitOnly(Report),
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]

@@ -227,8 +227,9 @@ fn changed_data_is_refused() {
 }
 
 #[test]
-fn changed_init_code_is_refused() {
-    let (o, p) = pair("init", &variant("printk(\"init\\n\")", "printk(\"init!\\n\")"));
+fn changed_init_code_beside_running_code_is_refused() {
+    let both = variant("printk(\"init\\n\")", "printk(\"init!\\n\")").replace("return helper(a) + count;", "return helper(a) + count + 1;");
+    let (o, p) = pair("init", &both);
     let r = refused(&o, &p);
     assert!(r.refusals.iter().any(|x| x.subject == "ini" && x.reason.contains("__init")), "{r:?}");
 }
@@ -694,4 +695,26 @@ fn module_jump_label_on_a_key_of_another_unit_is_refused() {
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn init_only_change_has_its_own_outcome_and_a_true_reason() {
+    let (o, p) = pair("initonly", &variant("printk(\"init\\n\")", "printk(\"init2\\n\")"));
+    match diff(&o, &p, &Options::default()).unwrap() {
+        Outcome::InitExitOnly(r) => {
+            assert_eq!(r.refusals.len(), 1, "{r:?}");
+            assert_eq!(r.refusals[0].subject, "ini");
+            assert!(r.refusals[0].reason.contains("ran at boot"), "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let opts = module_target(&["f", "g", "w", "nt", "ini", "helper", "data_x"]);
+    match diff(&o, &p, &opts).unwrap() {
+        Outcome::InitExitOnly(r) => assert!(r.refusals[0].reason.contains("next loaded"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    // Mixed with a change of running code, the whole object is still refused.
+    let mixed = variant("printk(\"init\\n\")", "printk(\"init2\\n\")").replace("return a + 1; }", "return a + 2; }");
+    let p = compile("initmixed-patched", &mixed);
+    assert!(matches!(diff(&o, &p, &Options::default()).unwrap(), Outcome::Refused(_)));
 }

@@ -106,14 +106,13 @@ fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Option<T> {
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // Exclusive, never through a planted symlink; removed below on failure.
+    let (mut f, tmp) = suture_elf::create_exclusive_temp(dir, &name)?;
     let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::PermissionsExt;
         f.write_all(data)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // The rename itself must reach the disk before a crash matters.

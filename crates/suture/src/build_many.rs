@@ -15,6 +15,8 @@ pub enum PerRelease {
     Built { report: BuildReport },
     Refused { reasons: Vec<String> },
     NoChange { detail: String },
+    /// Only init/exit code changed: nothing in the running kernel to patch.
+    InitExitOnly { reasons: Vec<String> },
     NotApplicable { detail: String },
     Error { detail: String },
 }
@@ -39,6 +41,9 @@ fn classify(r: Result<BuildReport>) -> PerRelease {
             if let Some(BuildError::Refused(v)) = e.downcast_ref::<BuildError>() {
                 let reasons = v.iter().map(|(f, x)| format!("{f}: {}: {}", x.subject, x.reason)).collect();
                 PerRelease::Refused { reasons }
+            } else if let Some(BuildError::InitExitOnly(v)) = e.downcast_ref::<BuildError>() {
+                let reasons = v.iter().map(|(f, x)| format!("{f}: {}: {}", x.subject, x.reason)).collect();
+                PerRelease::InitExitOnly { reasons }
             } else if let Some(nc @ BuildError::NoChange(_)) = e.downcast_ref::<BuildError>() {
                 PerRelease::NoChange { detail: nc.to_string() }
             } else if let Some(na) = e.downcast_ref::<NotApplicable>() {

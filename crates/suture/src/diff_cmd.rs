@@ -266,10 +266,14 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .file_name()
         .context("output path has no file name")?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Exclusive, never through a planted symlink; removed below on failure.
+    let (mut f, tmp) = suture_elf::create_exclusive_temp(dir, &name)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::PermissionsExt;
         f.write_all(bytes)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        drop(f);
         // No fsync: the rename is what keeps readers from seeing a partial
         // object; durability across a power cut is not a build tool's job (gcc
         // and ld do not sync their outputs either), and a sync costs more than
@@ -439,6 +443,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         Outcome::NoChange(r) => ("no-change", 3, r, vec![], None),
         Outcome::Refused(r) => ("refused", 2, r, vec![], None),
+        Outcome::InitExitOnly(r) => ("init-exit-only", 3, r, vec![], None),
     };
     if args.json {
         let j = JsonOut {
