@@ -557,7 +557,12 @@ fn rd_u64(b: &[u8], off: usize) -> Result<u64, ElfError> {
         .ok_or_else(|| ElfError::Corrupt(format!("read of 8 bytes at {off:#x} past the end")))
 }
 
-fn slice(b: &[u8], off: u64, size: u64, what: impl Fn() -> String) -> Result<&[u8], ElfError> {
+fn slice(
+    b: &[u8],
+    off: u64,
+    size: u64,
+    what: impl Fn() -> String,
+) -> Result<&[u8], ElfError> {
     let end = off
         .checked_add(size)
         .ok_or_else(|| ElfError::Corrupt(format!("{}: offset overflow", what())))?;
@@ -966,69 +971,3 @@ pub fn rela_is_pcrel(rtype: u32) -> bool {
 
 #[cfg(test)]
 mod tests;
-
-/// Creates a fresh temporary file `DIR/.PREFIX.tmp.PID.N` for a
-/// write-then-rename, exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600):
-/// a file or symlink planted at the name is never opened or followed, a new
-/// name is tried instead. The caller sets the final mode and removes the file
-/// on failure.
-pub fn create_exclusive_temp(
-    dir: &std::path::Path,
-    prefix: &str,
-) -> std::io::Result<(std::fs::File, std::path::PathBuf)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    const O_NOFOLLOW: i32 = 0o400000; // Linux x86_64/aarch64
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let mut last = None;
-    for _ in 0..100 {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(
-            ".{prefix}.tmp.{}.{n}.{nanos:x}",
-            std::process::id()
-        ));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(O_NOFOLLOW)
-            .open(&path)
-        {
-            Ok(f) => return Ok((f, path)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists)))
-}
-
-#[cfg(test)]
-mod temp_tests {
-    #[test]
-    fn exclusive_temp_is_fresh_private_and_never_a_symlink() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("suture-elf-tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let victim = dir.join("victim");
-        std::fs::write(&victim, b"keep").unwrap();
-        let (f, p) = super::create_exclusive_temp(&dir, "fix.ko").unwrap();
-        drop(f);
-        std::fs::remove_file(&p).unwrap();
-        std::os::unix::fs::symlink(&victim, &p).unwrap();
-        let (g, q) = super::create_exclusive_temp(&dir, "fix.ko").unwrap();
-        drop(g);
-        assert_ne!(p, q);
-        assert!(std::fs::symlink_metadata(&q).unwrap().file_type().is_file());
-        assert_eq!(
-            std::fs::metadata(&q).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}

@@ -105,26 +105,20 @@ fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Option<T> {
 /// so a crash leaves either the old or the new content, never a torn file.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    // Exclusive, never through a planted symlink; removed below on failure.
-    let (mut f, tmp) = suture_elf::create_exclusive_temp(dir, &name)?;
-    let r = (|| {
-        use std::os::unix::fs::PermissionsExt;
-        f.write_all(data)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename itself must reach the disk before a crash matters.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    // A random name created with O_EXCL (never a planted file or symlink),
+    // removed unless the rename happens.
+    let mut tmp = tempfile::Builder::new().prefix(".suture-state.").tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    // The rename itself must reach the disk before a crash matters.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
     }
-    r
+    Ok(())
 }
 
 fn now_secs() -> u64 {

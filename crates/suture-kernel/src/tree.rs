@@ -390,14 +390,12 @@ impl Tree {
         fs::create_dir_all(&backup)?;
         let mut journal = Journal::default();
         for r in &results {
-            let path = self.dir.join(&r.path);
-            let existed = path.exists();
-            if existed {
+            if r.existed {
                 let b = backup.join(&r.path);
                 fs::create_dir_all(b.parent().unwrap())?;
-                fs::copy(&path, &b)?;
+                fs::copy(self.dir.join(&r.path), &b)?;
             }
-            journal.files.push((r.path.clone(), existed));
+            journal.files.push((r.path.clone(), r.existed));
         }
         write_atomic(&self.base.join("journal.json"), &serde_json::to_vec(&journal)?)?;
         let guard = Applied { tree: self, notes: results.iter().flat_map(|r| r.notes.iter().cloned()).collect() };
@@ -504,27 +502,16 @@ fn which(cmd: &str) -> Result<PathBuf> {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    // Exclusive and not through a symlink: a stale or planted file at the
-    // temporary name is removed first (it is ours by name), never written through.
-    let _ = fs::remove_file(&tmp);
-    let written = (|| -> Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        Ok(())
-    })();
-    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // A random name created with O_EXCL (never a planted file or symlink),
+    // removed unless the rename happens.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".suture-cache.")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -725,12 +712,20 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let target = t.path().join("journal.json");
         fs::write(t.path().join("victim"), "keep").unwrap();
+        // The name the temporary had before it was random.
         let tmp = target.with_extension(format!("tmp{}", std::process::id()));
         std::os::unix::fs::symlink(t.path().join("victim"), &tmp).unwrap();
         write_atomic(&target, b"{}").unwrap();
         assert_eq!(fs::read_to_string(t.path().join("victim")).unwrap(), "keep");
         assert_eq!(fs::read(&target).unwrap(), b"{}");
         assert!(!fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
-        assert!(fs::symlink_metadata(&tmp).is_err(), "no temporary left");
+        let mut left: Vec<_> = fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        let want = ["journal.json".into(), tmp.file_name().unwrap().to_os_string(), "victim".into()];
+        assert_eq!(left, want, "no temporary left");
+        // Onto a directory: fails and leaves no temporary behind.
+        fs::create_dir(t.path().join("d")).unwrap();
+        assert!(write_atomic(&t.path().join("d"), b"x").is_err());
+        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 4);
     }
 }

@@ -6,8 +6,8 @@
 //! rewritten into the livepatch ELF format ([`postlink`]).
 
 pub mod elf;
-pub mod modinfo;
 pub mod postlink;
+pub mod modinfo;
 pub mod sign;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -56,13 +56,8 @@ pub fn parse_state(s: &str) -> Result<State> {
         None => id.parse(),
     }
     .with_context(|| format!("state {s:?}: the id is not a number"))?;
-    let version: u32 = version
-        .parse()
-        .with_context(|| format!("state {s:?}: the version is not a number"))?;
-    ensure!(
-        id != 0,
-        "state {s:?}: the id must not be 0 (0 ends the kernel's list of states)"
-    );
+    let version: u32 = version.parse().with_context(|| format!("state {s:?}: the version is not a number"))?;
+    ensure!(id != 0, "state {s:?}: the id must not be 0 (0 ends the kernel's list of states)");
     Ok(State { id, version })
 }
 
@@ -148,11 +143,7 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
         }
         for (kind, _) in &obj.callbacks {
             let ret = if kind == "pre_patch" { "int" } else { "void" };
-            let _ = writeln!(
-                s,
-                "extern {ret} {}(struct klp_object *);",
-                callback_alias(o, kind)
-            );
+            let _ = writeln!(s, "extern {ret} {}(struct klp_object *);", callback_alias(o, kind));
         }
     }
     s.push('\n');
@@ -185,10 +176,7 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
         if cbs.is_empty() {
             let _ = writeln!(s, "\t{{ .name = {name}, .funcs = suture_funcs_{o} }},");
         } else {
-            let _ = writeln!(
-                s,
-                "\t{{ .name = {name}, .funcs = suture_funcs_{o}, .callbacks = {{{cbs} }} }},"
-            );
+            let _ = writeln!(s, "\t{{ .name = {name}, .funcs = suture_funcs_{o}, .callbacks = {{{cbs} }} }},");
         }
     }
     s.push_str("\t{ }\n};\n\n");
@@ -210,11 +198,7 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
          module_init(suture_init);\nmodule_exit(suture_exit);\n\
          MODULE_LICENSE(\"GPL\");\nMODULE_INFO(livepatch, \"Y\");\n\
          MODULE_DESCRIPTION(\"suture livepatch {}\");\n",
-        if spec.states.is_empty() {
-            ""
-        } else {
-            "\t.states = suture_states,\n"
-        },
+        if spec.states.is_empty() { "" } else { "\t.states = suture_states,\n" },
         if spec.replace { "true" } else { "false" },
         spec.name
     );
@@ -242,10 +226,7 @@ pub fn build_module(
             );
         }
         for (kind, _) in &obj.callbacks {
-            ensure!(
-                CALLBACK_KINDS.contains(&kind.as_str()),
-                "unknown callback kind {kind}"
-            );
+            ensure!(CALLBACK_KINDS.contains(&kind.as_str()), "unknown callback kind {kind}");
         }
     }
     let mut ids: Vec<u64> = spec.states.iter().map(|s| s.id).collect();
@@ -280,9 +261,7 @@ pub fn build_module(
         // shipped object has none, so say where it came from.
         fs::write(
             dir.join(format!(".{file}.cmd")),
-            format!(
-                "cmd_{file} := suture diff\n\nsource_{file} := {file}_shipped\n\ndeps_{file} := \n"
-            ),
+            format!("cmd_{file} := suture diff\n\nsource_{file} := {file}_shipped\n\ndeps_{file} := \n"),
         )?;
         parts.push(file);
     }
@@ -351,31 +330,20 @@ fn tail(s: &str, n: usize) -> String {
 
 /// Where a finished module goes: written next to its final name, then renamed,
 /// so that a failed build never leaves a half-written module behind.
-/// The temporary file is created exclusively (never through a planted symlink)
-/// and removed on any failure.
+/// The temporary name is random and created with `O_EXCL` (a file or symlink
+/// planted there is never opened), and removed unless the rename happens.
 pub fn write_module(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("output path has no file name")?
-        .to_string_lossy();
-    let (mut f, tmp) = suture_elf::create_exclusive_temp(dir, &name)
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".suture-module.")
+        .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let r = (|| {
-        f.write_all(bytes)?;
-        f.set_permissions(fs::Permissions::from_mode(0o644))?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r.with_context(|| format!("writing {}", path.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)))
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
     Ok(path.to_path_buf())
 }
 
@@ -385,9 +353,8 @@ mod tests {
 
     #[test]
     fn write_module_never_follows_a_planted_symlink() {
-        let dir = std::env::temp_dir().join(format!("suture-klp-wm-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
         let victim = dir.join("victim");
         fs::write(&victim, b"keep").unwrap();
         // The old fixed temporary name.
@@ -397,13 +364,12 @@ mod tests {
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
         assert_eq!(fs::read(&out).unwrap(), b"module");
         // Only the output, the victim and the planted link are left.
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 3);
+        assert_eq!(fs::read_dir(dir).unwrap().count(), 3);
         // Onto a directory: fails and leaves no temporary file behind.
         let d = dir.join("d.ko");
         fs::create_dir(&d).unwrap();
         assert!(write_module(&d, b"module").is_err());
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 4);
-        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(fs::read_dir(dir).unwrap().count(), 4);
     }
 
     #[test]
@@ -414,49 +380,26 @@ mod tests {
             objects: vec![
                 Object {
                     objname: "vmlinux".into(),
-                    funcs: vec![Func {
-                        old_name: "type_show".into(),
-                        sympos: 3,
-                        symbol: "type_show".into(),
-                    }],
+                    funcs: vec![Func { old_name: "type_show".into(), sympos: 3, symbol: "type_show".into() }],
                     callbacks: vec![],
                 },
                 Object {
                     objname: "binfmt_misc".into(),
-                    funcs: vec![Func {
-                        old_name: "bm_status_read".into(),
-                        sympos: 0,
-                        symbol: "bm_status_read".into(),
-                    }],
-                    callbacks: vec![
-                        ("pre_patch".into(), "pre".into()),
-                        ("post_unpatch".into(), "post".into()),
-                    ],
+                    funcs: vec![Func { old_name: "bm_status_read".into(), sympos: 0, symbol: "bm_status_read".into() }],
+                    callbacks: vec![("pre_patch".into(), "pre".into()), ("post_unpatch".into(), "post".into())],
                 },
             ],
             states: vec![],
         };
         let c = hook_source(&spec);
-        assert!(
-            c.contains(".old_name = \"type_show\", .new_func = __suture_new_0_0, .old_sympos = 3"),
-            "{c}"
-        );
-        assert!(
-            c.contains("{ .name = NULL, .funcs = suture_funcs_0 }"),
-            "{c}"
-        );
+        assert!(c.contains(".old_name = \"type_show\", .new_func = __suture_new_0_0, .old_sympos = 3"), "{c}");
+        assert!(c.contains("{ .name = NULL, .funcs = suture_funcs_0 }"), "{c}");
         assert!(
             c.contains("{ .name = \"binfmt_misc\", .funcs = suture_funcs_1, .callbacks = { .pre_patch = __suture_cb_1_pre_patch, .post_unpatch = __suture_cb_1_post_unpatch, } }"),
             "{c}"
         );
-        assert!(
-            c.contains("extern int __suture_cb_1_pre_patch(struct klp_object *);"),
-            "{c}"
-        );
-        assert!(
-            c.contains("extern void __suture_cb_1_post_unpatch(struct klp_object *);"),
-            "{c}"
-        );
+        assert!(c.contains("extern int __suture_cb_1_pre_patch(struct klp_object *);"), "{c}");
+        assert!(c.contains("extern void __suture_cb_1_post_unpatch(struct klp_object *);"), "{c}");
         assert!(c.contains(".replace = true"));
         assert!(!c.contains("states"), "no states asked for: {c}");
         assert!(c.contains("MODULE_INFO(livepatch, \"Y\");"));
@@ -467,18 +410,11 @@ mod tests {
         let spec = ModuleSpec {
             name: "livepatch_s".into(),
             replace: true,
-            objects: vec![Object {
-                objname: "vmlinux".into(),
-                funcs: vec![],
-                callbacks: vec![],
-            }],
+            objects: vec![Object { objname: "vmlinux".into(), funcs: vec![], callbacks: vec![] }],
             states: vec![parse_state("7:2").unwrap(), parse_state("0x10:1").unwrap()],
         };
         let c = hook_source(&spec);
-        assert!(
-            c.contains("{ .id = 7UL, .version = 2 },\n\t{ .id = 16UL, .version = 1 },\n\t{ }"),
-            "{c}"
-        );
+        assert!(c.contains("{ .id = 7UL, .version = 2 },\n\t{ .id = 16UL, .version = 1 },\n\t{ }"), "{c}");
         assert!(c.contains(".states = suture_states,"), "{c}");
         assert!(parse_state("0:1").is_err());
         assert!(parse_state("1").is_err());
@@ -487,10 +423,7 @@ mod tests {
 
     #[test]
     fn module_names() {
-        assert_eq!(
-            default_module_name(Path::new("/x/cmdline-fix.patch")),
-            "livepatch_cmdline_fix"
-        );
+        assert_eq!(default_module_name(Path::new("/x/cmdline-fix.patch")), "livepatch_cmdline_fix");
         assert!(check_module_name("livepatch_ok_1").is_ok());
         assert!(check_module_name("bad-name").is_err());
         assert!(check_module_name(&"x".repeat(56)).is_err());
@@ -499,10 +432,7 @@ mod tests {
 
     #[test]
     fn modpost_may_only_leave_klp_symbols_undefined() {
-        assert!(
-            check_modpost("WARNING: modpost: \".klp.sym.vmlinux.x,0\" [/t/m.ko] undefined!\n")
-                .is_ok()
-        );
+        assert!(check_modpost("WARNING: modpost: \".klp.sym.vmlinux.x,0\" [/t/m.ko] undefined!\n").is_ok());
         assert!(check_modpost("WARNING: modpost: \"foo\" [/t/m.ko] undefined!\n").is_err());
     }
 }

@@ -258,32 +258,28 @@ fn default_output(patched: &Path) -> PathBuf {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .context("output path has no file name")?
-        .to_string_lossy();
-    // Exclusive, never through a planted symlink; removed below on failure.
-    let (mut f, tmp) = suture_elf::create_exclusive_temp(dir, &name)
+    // A random name created with O_EXCL (never a planted file or symlink),
+    // removed unless the rename happens.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".suture-diff.")
+        .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let res = (|| {
-        use std::os::unix::fs::PermissionsExt;
-        f.write_all(bytes)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        drop(f);
-        // No fsync: the rename is what keeps readers from seeing a partial
-        // object; durability across a power cut is not a build tool's job (gcc
-        // and ld do not sync their outputs either), and a sync costs more than
-        // the whole diff of a small object.
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res.with_context(|| format!("writing {}", path.display()))
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)))
+        .with_context(|| format!("writing {}", tmp.path().display()))?;
+    // No fsync: the rename is what keeps readers from seeing a partial
+    // object; durability across a power cut is not a build tool's job (gcc
+    // and ld do not sync their outputs either), and a sync costs more than
+    // the whole diff of a small object.
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 fn print_report(r: &Report) {
