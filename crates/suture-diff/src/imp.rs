@@ -867,6 +867,34 @@ impl<'a> Diff<'a> {
         }
     }
 
+    /// How the output reaches a PATCHED symbol it does not define: `Some(pos)`
+    /// through `.klp.sym.OBJ.NAME,POS`, `None` by plain name (the module loader
+    /// resolves it). A symbol with no section is the target's own only when the
+    /// target table lists it unexported; a defined one is decided by [`Self::lookup`].
+    /// The one rule both for writing references and for checking what a kept
+    /// special-section entry would need.
+    pub fn reach(&self, pi: usize) -> Result<Option<u32>, String> {
+        let s = self.p.sym(pi);
+        if s.section().is_some() {
+            return self.lookup(pi);
+        }
+        Ok(match self.opts.target.as_ref().and_then(|t| t.symbols.get(s.name.as_str())) {
+            Some(TargetSym::Unexported { sympos }) => Some(*sympos),
+            _ => None,
+        })
+    }
+
+    /// The name a reference to PATCHED symbol `pi` is written under before the
+    /// `.klp.sym` decoration: its own for a symbol with no section, ORIG's otherwise.
+    pub fn reference_name(&self, pi: usize) -> &str {
+        let s = self.p.sym(pi);
+        if s.section().is_none() {
+            &s.name
+        } else {
+            self.orig_name(pi)
+        }
+    }
+
     pub fn objname(&self) -> &str {
         match &self.opts.target {
             Some(t) if !t.objname.is_empty() => &t.objname,

@@ -243,19 +243,11 @@ impl<'d, 'a> Inc<'d, 'a> {
     /// module's.
     fn module_klp_target(&self, sec: usize, r: &Rela) -> Option<String> {
         let Target::Sym { sym, .. } = self.d.p.target(sec, r) else { return None };
-        let s = self.d.p.sym(sym);
-        if s.is_undef() {
-            let t = self.d.opts.target.as_ref()?;
-            return match t.symbols.get(s.name.as_str()) {
-                Some(crate::TargetSym::Unexported { .. }) => Some(s.name.to_string()),
-                _ => None,
-            };
-        }
         if self.defs.contains(&sym) || self.must_define(sym) {
             return None;
         }
-        match self.d.lookup(sym) {
-            Ok(Some(_)) => Some(self.d.orig_name(sym).to_string()),
+        match self.d.reach(sym) {
+            Ok(Some(_)) => Some(self.d.reference_name(sym).to_string()),
             _ => None,
         }
     }
@@ -932,25 +924,15 @@ impl<'x, 'a> Out<'x, 'a> {
     /// An undefined symbol for an unchanged or external PATCHED symbol.
     fn reference(&mut self, pi: usize) -> Option<usize> {
         let s = self.d.p.sym(pi);
-        let (name, typ, bind) = if s.section().is_none() {
-            let n = s.name.to_string();
-            match &self.d.opts.target {
-                Some(t) => match t.symbols.get(&n) {
-                    Some(crate::TargetSym::Unexported { sympos }) => {
-                        (format!(".klp.sym.{}.{},{}", self.d.objname(), n, sympos), s.typ, STB_GLOBAL)
-                    }
-                    _ => (n, s.typ, s.bind.max(STB_GLOBAL)),
-                },
-                None => (n, s.typ, s.bind.max(STB_GLOBAL)),
-            }
-        } else {
-            match self.d.lookup(pi) {
-                Ok(None) => (self.d.orig_name(pi).to_string(), s.typ, STB_GLOBAL),
-                Ok(Some(pos)) => (format!(".klp.sym.{}.{},{}", self.d.objname(), self.d.orig_name(pi), pos), s.typ, STB_GLOBAL),
-                Err(e) => {
-                    self.errors.push(e);
-                    return None;
-                }
+        let plain = self.d.reference_name(pi).to_string();
+        let (name, typ, bind) = match self.d.reach(pi) {
+            Ok(Some(pos)) => (format!(".klp.sym.{}.{},{}", self.d.objname(), plain, pos), s.typ, STB_GLOBAL),
+            // An external symbol keeps its binding (a weak reference stays weak).
+            Ok(None) if s.section().is_none() => (plain, s.typ, s.bind.max(STB_GLOBAL)),
+            Ok(None) => (plain, s.typ, STB_GLOBAL),
+            Err(e) => {
+                self.errors.push(e);
+                return None;
             }
         };
         if let Some(&c) = self.refs.get(&name) {
@@ -981,18 +963,10 @@ impl<'x, 'a> Out<'x, 'a> {
             return None;
         }
         let t = self.d.opts.target.as_ref()?;
-        let s = self.d.p.sym(sym);
-        let name = if s.section().is_none() {
-            if !matches!(t.symbols.get(s.name.as_str()), Some(crate::TargetSym::Unexported { .. })) {
-                return None;
-            }
-            s.name.to_string()
-        } else {
-            if !matches!(self.d.lookup(sym), Ok(Some(_))) {
-                return None;
-            }
-            self.d.orig_name(sym).to_string()
-        };
+        if !matches!(self.d.reach(sym), Ok(Some(_))) {
+            return None;
+        }
+        let name = self.d.reference_name(sym).to_string();
         let Some(crate::TargetSym::Unexported { sympos }) = t.symbols.get(&format!("__pfx_{name}")) else { return None };
         let full = format!(".klp.sym.{}.__pfx_{name},{sympos}", self.d.objname());
         if let Some(&c) = self.refs.get(&full) {
