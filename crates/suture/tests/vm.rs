@@ -167,15 +167,24 @@ fn refusals_name_the_problem_and_leave_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.ko");
 
+    // A change to __init code alone: nothing running to patch, the fix takes
+    // effect at the next boot; said as "not applicable" (3), not as an error.
     let b = build("cmdline-init.patch", &out, &[]);
-    assert_eq!(b.status, 2, "{}\n{}", b.stdout, b.stderr);
+    assert_eq!(b.status, 3, "{}\n{}", b.stdout, b.stderr);
     assert!(
-        b.stderr.contains("proc_cmdline_init") || b.stderr.contains(".init.text"),
+        b.stderr.contains("proc_cmdline_init")
+            && b.stderr.contains("__init")
+            && b.stderr.contains("next boot"),
         "{}",
         b.stderr
     );
+    assert!(!out.exists());
+    // The same __init change beside a change to running code is refused: the
+    // running part alone would not be the fix.
+    let b = build("cmdline-init-and-show.patch", &out, &[]);
+    assert_eq!(b.status, 2, "{}\n{}", b.stdout, b.stderr);
     assert!(
-        b.stderr.contains("__init") || b.stderr.contains("init"),
+        b.stderr.contains("proc_cmdline_init") && b.stderr.contains("__init"),
         "{}",
         b.stderr
     );

@@ -504,6 +504,28 @@ const CMDLINE_INIT_612: &str = r#"--- a/fs/proc/cmdline.c
  	return 0;
 "#;
 
+/// `examples/cmdline-init-and-show.patch` for 6.12.
+const CMDLINE_INIT_AND_SHOW_612: &str = r#"--- a/fs/proc/cmdline.c
++++ b/fs/proc/cmdline.c
+@@ -8,6 +8,7 @@
+ static int cmdline_proc_show(struct seq_file *m, void *v)
+ {
+ 	seq_puts(m, saved_command_line);
++	seq_puts(m, " suture=live");
+ 	seq_putc(m, '\n');
+ 	return 0;
+ }
+@@ -17,7 +18,7 @@
+ {
+ 	struct proc_dir_entry *pde;
+ 
+-	pde = proc_create_single("cmdline", 0, NULL, cmdline_proc_show);
++	pde = proc_create_single("cmdline", 0444, NULL, cmdline_proc_show);
+ 	pde_make_permanent(pde);
+ 	pde->size = saved_command_line_len + 1;
+ 	return 0;
+"#;
+
 const CMDLINE_COMMENT_612: &str = r#"--- a/fs/proc/cmdline.c
 +++ b/fs/proc/cmdline.c
 @@ -8,6 +8,7 @@
@@ -540,6 +562,17 @@ fn refusals_name_the_problem_and_leave_nothing_behind_on_612() {
         tmp.path(),
         "cmdline-init.patch",
         CMDLINE_INIT_612,
+    ));
+    assert_eq!(status, Some(3), "{err}");
+    assert!(
+        err.contains("proc_cmdline_init") && err.contains("__init") && err.contains("next boot"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let (status, err) = build(&patch_file(
+        tmp.path(),
+        "cmdline-init-and-show.patch",
+        CMDLINE_INIT_AND_SHOW_612,
     ));
     assert_eq!(status, Some(2), "{err}");
     assert!(
