@@ -63,23 +63,13 @@ pub struct CmdlineSpec {
     pub append: Option<String>,
 }
 
-/// A release name is used in file names: refuse anything that could leave
-/// `/boot` or that no Debian package would ever be called.
+/// A release name is used in file names: the rule every stage applies to a
+/// release (nothing that could leave `/boot`, nothing `uname -r` would not print).
 pub fn check_release(release: &str) -> Result<(), HostError> {
-    let bad = release.is_empty()
-        || release == "."
-        || release == ".."
-        || release
-            .chars()
-            .any(|c| c == '/' || c.is_whitespace() || c.is_control());
-    if bad {
-        return Err(HostError::new(
-            ErrorKind::BadInput,
-            format!("{release:?} is not a kernel release name"),
-        )
-        .hint("pass a release as `uname -r` prints it, e.g. 6.1.0-56-amd64; `ls /boot/vmlinuz-*` lists the installed ones"));
-    }
-    Ok(())
+    suture_abi::check_release(release).map_err(|e| {
+        HostError::new(ErrorKind::BadInput, e.to_string())
+        .hint("pass a release as `uname -r` prints it, e.g. 6.1.0-56-amd64; `ls /boot/vmlinuz-*` lists the installed ones")
+    })
 }
 
 pub fn image_path(root: &Path, release: &str) -> PathBuf {

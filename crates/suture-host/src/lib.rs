@@ -60,6 +60,9 @@ pub enum ErrorKind {
     KexecDisabled,
     /// The file is not a kernel image the running kernel can boot.
     NotKernel,
+    /// A state file or directory exists and cannot be read or parsed:
+    /// what it recorded cannot be honoured, so nothing is loaded from it.
+    StateUnreadable,
 }
 
 /// An error with what happened, what to do next, and the evidence.
@@ -111,6 +114,46 @@ impl std::fmt::Display for HostError {
             write!(f, "\n  hint: {h}")?;
         }
         Ok(())
+    }
+}
+
+/// The symbols the kernel log says a load could not resolve: the module
+/// loader's `MOD: Unknown symbol NAME (err -2)` and the livepatch core's
+/// `symbol 'NAME' not found in symbol table` (klp relocations), each once,
+/// in order.
+pub fn unknown_symbols(log: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for l in log {
+        let name = if let Some((_, rest)) = l.split_once("Unknown symbol ") {
+            rest.split_whitespace().next()
+        } else if let Some((_, rest)) = l.split_once("symbol '") {
+            rest.split_once("' not found").map(|(n, _)| n)
+        } else {
+            None
+        };
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            if !v.iter().any(|x| x == n) {
+                v.push(n.to_string());
+            }
+        }
+    }
+    v
+}
+
+/// Why a file's `.modinfo` cannot be used: not a module at all, or fields
+/// no kbuild writes (which would otherwise become paths and script text).
+pub fn modinfo_refusal(path: &Path, e: &modinfo::ModinfoError) -> HostError {
+    use modinfo::ModinfoError::*;
+    match e {
+        BadField(_) | NameMismatch(..) => HostError::new(
+            ErrorKind::NotAModule,
+            format!("refusing {}: {e}", path.display()),
+        )
+        .hint("kbuild never writes such a module: it was altered or made by hand; rebuild it with suture build"),
+        _ => HostError::new(
+            ErrorKind::NotAModule,
+            format!("{} is not a loadable kernel module: {e}", path.display()),
+        ),
     }
 }
 
@@ -362,12 +405,7 @@ impl Host {
         // Authenticity first: the rest of the checks read what a tampered
         // file says about itself.
         let signature = self.check_signature(path, data)?;
-        let info = modinfo::parse_module(data).map_err(|e| {
-            HostError::new(
-                ErrorKind::NotAModule,
-                format!("{} is not a loadable kernel module: {e}", path.display()),
-            )
-        })?;
+        let info = modinfo::parse_module(data).map_err(|e| modinfo_refusal(path, &e))?;
         if !info.livepatch {
             return Err(HostError::new(
                 ErrorKind::NotLivepatch,
@@ -491,7 +529,25 @@ impl Host {
         let mark = self.kernel.log_mark();
         let t0 = Instant::now();
         if let Err(e) = self.kernel.finit_module(&file, &opts.params) {
-            return Err(self.explain_load_errno(&name, &e, self.kernel.log_since(mark)));
+            let mut err = self.explain_load_errno(&name, &e, self.kernel.log_since(mark));
+            if err.kind == ErrorKind::UnknownSymbol {
+                // The module's own `depends` says which modules export what
+                // it needs; those not loaded are the likely cause.
+                let missing: Vec<&str> = info
+                    .depends
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|m| !self.root.module_dir(m).is_dir())
+                    .collect();
+                if !missing.is_empty() {
+                    err = err.hint(format!(
+                        "{name} depends on {}, not loaded: `modprobe {}` first, or rebuild the patch so that it does not depend on them",
+                        missing.join(", "),
+                        missing.join(" ")
+                    ));
+                }
+            }
+            return Err(err);
         }
         let load_time = t0.elapsed();
 
@@ -662,7 +718,7 @@ impl Host {
                 ErrorKind::UnknownSymbol,
                 format!("the kernel could not resolve symbols of {name} (ENOENT)"),
             )
-            .hint("`dmesg` shows `Unknown symbol`; the module needs symbols this kernel does not export, or a module it depends on is not loaded"),
+            .hint("the module needs symbols this kernel does not export, or a module it depends on is not loaded; `dmesg` names each `Unknown symbol`"),
             libc::EKEYREJECTED => HostError::new(ErrorKind::Signature, format!("the kernel rejected the signature of {name}"))
                 .hint("sign the module with a key the kernel trusts (e.g. one enrolled with mokutil) or load it where signatures are not enforced"),
             libc::EBADMSG => HostError::new(ErrorKind::Signature, format!("the signature appended to {name} is malformed"))
@@ -683,8 +739,15 @@ impl Host {
                 .hint("livepatching is not initialised on this kernel; check `dmesg`"),
             _ => HostError::new(ErrorKind::Kernel, format!("loading {name} failed: {e}")).hint("check `dmesg`"),
         };
-        if log_has("Unknown symbol") && err.kind != ErrorKind::UnknownSymbol {
+        let unknown = unknown_symbols(&log);
+        if !unknown.is_empty() {
             err.kind = ErrorKind::UnknownSymbol;
+            err.message = format!(
+                "the kernel could not resolve symbol{} of {name}: {} ({})",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.join(", "),
+                if errno == libc::ENOENT { "ENOENT".to_string() } else { format!("errno {errno}") }
+            );
         }
         // The kernel's own words decide between causes that share an errno.
         if log_has("pre-patch callback failed for object") {

@@ -117,6 +117,12 @@ pub enum ModinfoError {
         "cannot find the module's name (no `name=` in .modinfo and no .gnu.linkonce.this_module)"
     )]
     NoName,
+    /// A name or vermagic release no kbuild makes: it would become a path,
+    /// a package name and maintainer-script text, so nothing reads further.
+    #[error("{0}")]
+    BadField(suture_abi::NameError),
+    #[error("the module calls itself {0:?} in .modinfo but {1:?} in .gnu.linkonce.this_module, the name the kernel registers")]
+    NameMismatch(String, String),
 }
 
 /// `.modinfo` is a sequence of NUL-terminated "key=value" strings, possibly
@@ -135,7 +141,7 @@ pub fn parse_modinfo_strings(data: &[u8]) -> Vec<(String, String)> {
 /// `struct module` starts with `enum module_state state` (4 bytes, padded to
 /// 8) and `struct list_head list` (16 bytes) on 64-bit, then `char name[]`.
 const THIS_MODULE_NAME_OFFSET: usize = 24;
-const MODULE_NAME_LEN: usize = 56;
+use suture_abi::MODULE_NAME_LEN;
 
 pub fn parse_module(data: &[u8]) -> Result<ModuleInfo, ModinfoError> {
     if data.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
@@ -155,22 +161,33 @@ pub fn parse_module(data: &[u8]) -> Result<ModuleInfo, ModinfoError> {
         .map_err(|e| ModinfoError::NotElf(e.to_string()))?;
     let kv = parse_modinfo_strings(modinfo);
     let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    let name = match get("name").filter(|n| !n.is_empty()) {
-        Some(n) => n,
-        None => file
-            .section_by_name(".gnu.linkonce.this_module")
-            .and_then(|s| s.data().ok())
-            .and_then(|d| d.get(THIS_MODULE_NAME_OFFSET..THIS_MODULE_NAME_OFFSET + MODULE_NAME_LEN))
-            .map(|raw| {
-                String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or_default())
-                    .into_owned()
-            })
-            .filter(|n| !n.is_empty())
-            .ok_or(ModinfoError::NoName)?,
+    // The kernel registers the module under `struct module`'s name, not
+    // under `.modinfo`'s: a module whose two names differ would be stored
+    // and reported as one module and appear in sysfs as another.
+    let this_module = file
+        .section_by_name(".gnu.linkonce.this_module")
+        .and_then(|s| s.data().ok())
+        .and_then(|d| d.get(THIS_MODULE_NAME_OFFSET..THIS_MODULE_NAME_OFFSET + MODULE_NAME_LEN))
+        .map(|raw| {
+            String::from_utf8_lossy(raw.split(|&b| b == 0).next().unwrap_or_default()).into_owned()
+        })
+        .filter(|n| !n.is_empty());
+    let name = match (get("name").filter(|n| !n.is_empty()), this_module) {
+        (Some(n), Some(t)) if n != t => return Err(ModinfoError::NameMismatch(n, t)),
+        (Some(n), _) | (None, Some(n)) => n,
+        (None, None) => return Err(ModinfoError::NoName),
     };
+    // Every command reads a module through here: package, install, load and
+    // the boot unit get only names and releases that are safe as paths and
+    // script words.
+    suture_abi::check_module_name(&name).map_err(ModinfoError::BadField)?;
+    let vermagic = get("vermagic");
+    if let Some(release) = vermagic.as_deref().and_then(|v| v.split_whitespace().next()) {
+        suture_abi::check_release(release).map_err(ModinfoError::BadField)?;
+    }
     Ok(ModuleInfo {
         name,
-        vermagic: get("vermagic"),
+        vermagic,
         livepatch: get("livepatch").is_some_and(|v| v == "Y"),
         license: get("license"),
         srcversion: get("srcversion"),
@@ -281,5 +298,31 @@ mod tests {
             parse_module(&o.write().unwrap()),
             Err(ModinfoError::NoModinfo)
         );
+    }
+
+    #[test]
+    fn names_and_releases_that_would_be_paths_or_shell_are_refused() {
+        for name in ["$(id>PWNED)", "../x", "a/b", "x y", "a'b"] {
+            let mi = format!("name={name}\0livepatch=Y\0vermagic=6.1.0-56-amd64 SMP \0");
+            let e = parse_module(&ko(mi.as_bytes(), None)).unwrap_err();
+            assert!(matches!(e, ModinfoError::BadField(_)), "{name}: {e:?}");
+            assert!(e.to_string().contains("module name"), "{e}");
+        }
+        for release in ["../../..", "$(reboot)", ".", "6.1/x"] {
+            let mi = format!("name=fix\0livepatch=Y\0vermagic={release} SMP \0");
+            let e = parse_module(&ko(mi.as_bytes(), None)).unwrap_err();
+            assert!(e.to_string().contains("kernel release"), "{release}: {e}");
+        }
+        // The fallback name is held to the same rule.
+        let e = parse_module(&ko(b"livepatch=Y\0", Some("../../x"))).unwrap_err();
+        assert!(matches!(e, ModinfoError::BadField(_)), "{e:?}");
+    }
+
+    #[test]
+    fn the_two_names_of_a_module_must_agree() {
+        let e = parse_module(&ko(b"name=harmless\0livepatch=Y\0", Some("other"))).unwrap_err();
+        assert_eq!(e, ModinfoError::NameMismatch("harmless".into(), "other".into()));
+        let m = parse_module(&ko(b"name=same\0livepatch=Y\0", Some("same"))).unwrap();
+        assert_eq!(m.name, "same");
     }
 }

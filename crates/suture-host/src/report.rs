@@ -29,6 +29,9 @@ pub struct Status {
     pub skipped: Vec<Installed>,
     /// Patches of the running release waiting for confirmation.
     pub pending: Vec<String>,
+    /// Installed patches whose state cannot be read: not loaded at boot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<Installed>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +66,12 @@ impl Host {
             .release()
             .map_err(|e| HostError::io("uname".into(), &e))?;
         let list = self.list()?;
-        let installed: Vec<Installed> = state.map(|s| s.installed(&release)).unwrap_or_default();
+        let installed: Vec<Installed> = match state {
+            Some(s) => s
+                .installed(&release)
+                .map_err(|e| crate::state::state_unreadable(s, &e))?,
+            None => vec![],
+        };
         let mut patches = Vec::new();
         let mut transition = None;
         for p in list {
@@ -133,8 +141,13 @@ impl Host {
                 .map(|i| i.name.clone())
                 .collect(),
             skipped: installed
-                .into_iter()
+                .iter()
                 .filter(|i| i.skipped.is_some())
+                .cloned()
+                .collect(),
+            unreadable: installed
+                .into_iter()
+                .filter(|i| i.guard == crate::state::Guard::Unreadable)
                 .collect(),
             patches,
             release,
@@ -251,6 +264,12 @@ pub fn prometheus_text(s: &Status) -> String {
         "Installed patches loaded but not yet confirmed by the crash-loop guard.",
     );
     let _ = writeln!(o, "suture_patches_pending {}", s.pending.len());
+    family(
+        &mut o,
+        "suture_patches_unreadable",
+        "Installed patches whose state files cannot be read: not loaded at boot.",
+    );
+    let _ = writeln!(o, "suture_patches_unreadable {}", s.unreadable.len());
     o
 }
 
@@ -344,6 +363,14 @@ pub fn format_status(s: &Status) -> String {
     }
     for n in &s.pending {
         let _ = writeln!(o, "pending confirmation: {n}");
+    }
+    for i in &s.unreadable {
+        let _ = writeln!(
+            o,
+            "UNREADABLE state, not loaded at boot: {}: {}",
+            i.name,
+            i.unreadable.join("; ")
+        );
     }
     o
 }

@@ -87,6 +87,41 @@ pub struct Installed {
     pub signer: Option<String>,
     /// The file no longer hashes to what the install recorded.
     pub changed_since_install: bool,
+    /// State files of this patch that exist but cannot be read or parsed,
+    /// or that must exist and do not, each with why. Any entry keeps the
+    /// patch from loading at boot: what cannot be read cannot be checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
+    /// What the boot-time load will do with it, as `suture list` shows it.
+    pub guard: Guard,
+}
+
+/// The crash-loop guard's and the integrity checks' verdict on an installed
+/// patch, most serious first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guard {
+    /// A state file is damaged or missing: not loaded at boot.
+    Unreadable,
+    /// The module no longer hashes to what was installed: refused at load.
+    Changed,
+    /// Set aside by the crash-loop guard.
+    Skipped,
+    /// Loaded, not yet proven by `suture confirm`.
+    Pending,
+    Ok,
+}
+
+impl Guard {
+    pub fn label(self) -> &'static str {
+        match self {
+            Guard::Unreadable => "UNREADABLE",
+            Guard::Changed => "CHANGED",
+            Guard::Skipped => "SKIPPED",
+            Guard::Pending => "pending",
+            Guard::Ok => "ok",
+        }
+    }
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -97,8 +132,54 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Option<T> {
-    serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+/// Reads a state file suture wrote: `Ok(None)` only when it does not
+/// exist. A symlink (suture never makes one here), a directory, a read
+/// error or a parse error is an error that names the file: fail closed.
+fn read_state(p: &Path) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(format!("{shown} is a symlink, which suture never writes"))
+        }
+        Err(e) => return Err(format!("{shown} cannot be read: {e}")),
+    };
+    match f.metadata() {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Err(format!("{shown} is not a regular file")),
+        Err(e) => return Err(format!("{shown} cannot be read: {e}")),
+    }
+    let mut data = Vec::new();
+    f.read_to_end(&mut data)
+        .map_err(|e| format!("{shown} cannot be read: {e}"))?;
+    Ok(Some(data))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>, String> {
+    let Some(data) = read_state(p)? else {
+        return Ok(None);
+    };
+    let shown = p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+    serde_json::from_slice(&data)
+        .map(Some)
+        .map_err(|e| format!("{shown} is damaged ({e})"))
+}
+
+/// The entries of a state directory: none when it does not exist, an
+/// error when it exists and cannot be listed (not a directory, no access).
+fn list_dir(dir: &Path) -> io::Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    }
 }
 
 /// Writes through a temporary file in the same directory and renames it,
@@ -136,59 +217,106 @@ impl StateDir {
         self.release_dir(release).join(format!("{name}.{ext}"))
     }
 
-    /// Releases that have a directory here, sorted.
-    pub fn releases(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+    /// Every writer and remover checks the two names that make its path,
+    /// whoever called it: a module's fields and a command line's name are
+    /// both untrusted.
+    fn check_names(release: &str, name: &str) -> io::Result<()> {
+        suture_abi::check_release(release)
+            .and_then(|()| suture_abi::check_module_name(name))
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 
-    /// The patches installed for `release`, in load order.
-    pub fn installed(&self, release: &str) -> Vec<Installed> {
+    /// Releases that have a directory here, sorted. An entry that is not a
+    /// directory is an error: it is where a release's patches should be.
+    pub fn releases(&self) -> io::Result<Vec<String>> {
+        let mut v = Vec::new();
+        for e in list_dir(&self.0)? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // write_atomic's temporaries.
+                continue;
+            }
+            if !e.file_type()?.is_dir() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not a directory", e.path().display()),
+                ));
+            }
+            v.push(name);
+        }
+        v.sort();
+        Ok(v)
+    }
+
+    /// The patches installed for `release`, in load order (damaged ones
+    /// included, marked [`Guard::Unreadable`]).
+    pub fn installed(&self, release: &str) -> io::Result<Vec<Installed>> {
         let dir = self.release_dir(release);
-        let mut v: Vec<Installed> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        let f = e.file_name().to_string_lossy().into_owned();
-                        let name = f.strip_suffix(".ko")?.to_string();
-                        Some(self.read_installed(release, &name))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut v = Vec::new();
+        for e in list_dir(&dir)? {
+            let f = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = f.strip_suffix(".ko") {
+                v.push(self.read_installed(release, name));
+            }
+        }
         v.sort_by_key(|i| {
             (
                 i.record.as_ref().map_or(u64::MAX, |r| r.seq),
                 i.name.clone(),
             )
         });
-        v
+        Ok(v)
     }
 
     fn read_installed(&self, release: &str, name: &str) -> Installed {
         let path = self.file(release, name, "ko");
-        let data = std::fs::read(&path).ok();
-        let info = data
-            .as_ref()
-            .and_then(|d| crate::modinfo::parse_module(d).ok());
-        let record: Option<InstallRecord> = read_json(&self.file(release, name, "json"));
+        let mut unreadable = Vec::new();
+        fn note<T>(r: Result<Option<T>, String>, unreadable: &mut Vec<String>) -> Option<T> {
+            r.unwrap_or_else(|e| {
+                unreadable.push(e);
+                None
+            })
+        }
+        let data = note(read_state(&path), &mut unreadable);
+        let record: Option<InstallRecord> =
+            note(read_json(&self.file(release, name, "json")), &mut unreadable);
+        let pending: Option<Pending> =
+            note(read_json(&self.file(release, name, "pending")), &mut unreadable);
+        let skipped: Option<Skipped> =
+            note(read_json(&self.file(release, name, "skipped")), &mut unreadable);
+        let info = data.as_ref().and_then(|d| match crate::modinfo::parse_module(d) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                unreadable.push(format!("{name}.ko: {e}"));
+                None
+            }
+        });
         let recorded = record.as_ref().and_then(|r| r.sha256.as_deref());
+        if record.is_none() && !unreadable.iter().any(|u| u.starts_with(&format!("{name}.json"))) {
+            // Every install writes it: without it the install-time hash
+            // cannot be checked.
+            unreadable.push(format!("{name}.json is missing"));
+        }
+        let changed_since_install = match (recorded, &data) {
+            (Some(want), Some(d)) => sha256_hex(d) != want,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let guard = if !unreadable.is_empty() {
+            Guard::Unreadable
+        } else if changed_since_install {
+            Guard::Changed
+        } else if skipped.is_some() {
+            Guard::Skipped
+        } else if pending.is_some() {
+            Guard::Pending
+        } else {
+            Guard::Ok
+        };
         Installed {
             name: name.to_string(),
             release: release.to_string(),
-            changed_since_install: match (recorded, &data) {
-                (Some(want), Some(d)) => sha256_hex(d) != want,
-                (Some(_), None) => true,
-                (None, _) => false,
-            },
+            changed_since_install,
             signer: data.as_ref().and_then(|d| {
                 crate::modsig::check(d, &crate::modsig::TrustStore::default())
                     .ok()
@@ -196,26 +324,39 @@ impl StateDir {
                     .map(|s| s.signer)
             }),
             record,
-            pending: read_json(&self.file(release, name, "pending")),
-            skipped: read_json(&self.file(release, name, "skipped")),
+            pending,
+            skipped,
             srcversion: info.as_ref().and_then(|i| i.srcversion.clone()),
             meta: info.map(|i| i.suture),
             path,
+            unreadable,
+            guard,
         }
     }
 
     /// The install record of `path` when it is a patch stored here
     /// (`STATE/RELEASE/NAME.ko`), so that loading it by path checks its hash.
-    pub fn record_of(&self, path: &Path) -> Option<InstallRecord> {
-        let path = path.canonicalize().ok()?;
-        let root = self.0.canonicalize().ok()?;
-        let rel = path.strip_prefix(&root).ok()?;
-        let mut parts = rel.iter();
-        let (release, file) = (parts.next()?.to_str()?, parts.next()?.to_str()?);
-        if parts.next().is_some() {
-            return None;
+    /// An error when it is stored here and its record cannot be read: the
+    /// hash check must not silently drop out.
+    pub fn record_of(&self, path: &Path) -> Result<Option<InstallRecord>, String> {
+        let stored = || -> Option<(String, String)> {
+            let path = path.canonicalize().ok()?;
+            let root = self.0.canonicalize().ok()?;
+            let rel = path.strip_prefix(&root).ok()?;
+            let mut parts = rel.iter();
+            let (release, file) = (parts.next()?.to_str()?, parts.next()?.to_str()?);
+            if parts.next().is_some() {
+                return None;
+            }
+            Some((release.to_string(), file.strip_suffix(".ko")?.to_string()))
+        };
+        let Some((release, name)) = stored() else {
+            return Ok(None);
+        };
+        match read_json(&self.file(&release, &name, "json"))? {
+            Some(r) => Ok(Some(r)),
+            None => Err(format!("{name}.json is missing")),
         }
-        read_json(&self.file(release, file.strip_suffix(".ko")?, "json"))
     }
 
     pub fn get(&self, release: &str, name: &str) -> Option<Installed> {
@@ -238,10 +379,11 @@ impl StateDir {
         src: &Path,
         data: &[u8],
     ) -> io::Result<Installed> {
+        Self::check_names(release, name)?;
         let dir = self.release_dir(release);
         std::fs::create_dir_all(&dir)?;
         let seq = self
-            .installed(release)
+            .installed(release)?
             .iter()
             .filter(|i| i.name != name)
             .filter_map(|i| i.record.as_ref().map(|r| r.seq))
@@ -265,6 +407,7 @@ impl StateDir {
 
     /// Removes every file of an installed patch; `false` if there was none.
     pub fn remove(&self, release: &str, name: &str) -> io::Result<bool> {
+        Self::check_names(release, name)?;
         let mut any = false;
         for ext in ["ko", "json", "pending", "skipped"] {
             match std::fs::remove_file(self.file(release, name, ext)) {
@@ -277,6 +420,7 @@ impl StateDir {
     }
 
     pub fn mark_pending(&self, release: &str, name: &str, p: &Pending) -> io::Result<()> {
+        Self::check_names(release, name)?;
         write_atomic(
             &self.file(release, name, "pending"),
             &serde_json::to_vec_pretty(p).map_err(io::Error::other)?,
@@ -291,6 +435,7 @@ impl StateDir {
     }
 
     pub fn mark_skipped(&self, release: &str, name: &str, s: &Skipped) -> io::Result<()> {
+        Self::check_names(release, name)?;
         write_atomic(
             &self.file(release, name, "skipped"),
             &serde_json::to_vec_pretty(s).map_err(io::Error::other)?,
@@ -537,12 +682,8 @@ impl Host {
         let data = std::fs::read(path)
             .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
         self.check_signature(path, &data)?;
-        let info = crate::modinfo::parse_module(&data).map_err(|e| {
-            HostError::new(
-                ErrorKind::NotAModule,
-                format!("{} is not a loadable kernel module: {e}", path.display()),
-            )
-        })?;
+        let info = crate::modinfo::parse_module(&data)
+            .map_err(|e| crate::modinfo_refusal(path, &e))?;
         if !info.livepatch {
             return Err(HostError::new(
                 ErrorKind::NotLivepatch,
@@ -574,12 +715,16 @@ impl Host {
         opts: &UnloadOptions,
     ) -> Result<(bool, Option<crate::UnloadReport>), HostError> {
         let name = name.replace('-', "_");
+        suture_abi::check_module_name(&name).map_err(|e| {
+            HostError::new(ErrorKind::BadInput, e.to_string()).hint("see `suture list` for the names of installed patches")
+        })?;
         let release = self.release()?;
         let installed = state.get(&release, &name).is_some();
         let loaded = self.root.patch_dir(&name).is_dir() || self.root.module_dir(&name).is_dir();
         if !installed && !loaded {
             let elsewhere: Vec<String> = state
                 .releases()
+                .map_err(|e| state_unreadable(state, &e))?
                 .into_iter()
                 .filter(|r| state.get(r, &name).is_some())
                 .collect();
@@ -626,13 +771,33 @@ impl Host {
             boot_id: boot.clone(),
             other_releases: state
                 .releases()
+                .map_err(|e| state_unreadable(state, &e))?
                 .into_iter()
                 .filter(|r| *r != release)
                 .collect(),
             ..Default::default()
         };
-        for inst in state.installed(&release) {
+        let installed = state
+            .installed(&release)
+            .map_err(|e| state_unreadable(state, &e))?;
+        for inst in installed {
             let name = inst.name.clone();
+            if inst.guard == Guard::Unreadable {
+                // Whatever the damaged file said (a hash, a crash-loop
+                // decision, a crash) cannot be honoured: not loaded.
+                rep.failed.push(FailEntry {
+                    error: HostError::new(
+                        ErrorKind::StateUnreadable,
+                        format!("not loaded: its state is unreadable: {}", inst.unreadable.join("; ")),
+                    )
+                    .hint(format!(
+                        "reinstall it (`suture install FILE.ko`) or remove it (`suture uninstall {name}`); the files are in {}",
+                        state.release_dir(&release).display()
+                    )),
+                    name,
+                });
+                continue;
+            }
             if let Some(s) = &inst.skipped {
                 rep.skipped.push(SkipEntry {
                     name,
@@ -701,7 +866,10 @@ impl Host {
         let boot = sysfs::boot_id(&self.root);
         let up = sysfs::uptime(&self.root).unwrap_or(0.0);
         let mut done = Vec::new();
-        for inst in state.installed(&release) {
+        let installed = state
+            .installed(&release)
+            .map_err(|e| state_unreadable(state, &e))?;
+        for inst in installed {
             let Some(p) = &inst.pending else { continue };
             if boot.as_deref() != Some(p.boot_id.as_str()) {
                 continue;
@@ -715,6 +883,15 @@ impl Host {
         }
         Ok(done)
     }
+}
+
+/// A state directory that exists and cannot be listed.
+pub fn state_unreadable(state: &StateDir, e: &io::Error) -> HostError {
+    HostError::new(
+        ErrorKind::StateUnreadable,
+        format!("the state directory {} cannot be read: {e}", state.0.display()),
+    )
+    .hint("it holds STATE/RELEASE/NAME.{ko,json}: repair or remove what is not a directory there, then reinstall the patches")
 }
 
 /// Stores the bytes suture checked (not the file again) under the release.

@@ -347,7 +347,30 @@ fn kernel_errnos_are_translated() {
             "livepatch: failed to initialize patch"
         ]
     );
-    assert!(e.to_string().contains("foo_bar"));
+    assert!(e.message.contains("could not resolve symbol of lp_sym: foo_bar"), "{e}");
+    // The symbols are named in the message, each once; the module's
+    // dependencies that are not loaded are named in the hint.
+    let f = fixture(
+        "errno-deps",
+        Behaviour::Fails(libc::ENOENT),
+        &[
+            "before the load",
+            "lp_dep: Unknown symbol svc_rqst_alloc (err -2)",
+            "lp_dep: Unknown symbol xdr_init_decode (err -2)",
+            "lp_dep: Unknown symbol svc_rqst_alloc (err -2)",
+            "livepatch: symbol 'nfsd_file_put' not found in symbol table",
+        ],
+    );
+    std::fs::create_dir_all(f.fake.0.join("sys/module/loaded_dep")).unwrap();
+    let p = write_ko(&f, "lp.ko", &ko_with("lp_dep", true, REL, "depends=sunrpc,loaded_dep,nfsd\0"));
+    let e = f.host.load(&p, &quick()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnknownSymbol);
+    assert!(
+        e.message.contains("symbols of lp_dep: svc_rqst_alloc, xdr_init_decode, nfsd_file_put"),
+        "{e}"
+    );
+    let hint = e.hint.as_deref().unwrap();
+    assert!(hint.contains("depends on sunrpc, nfsd, not loaded") && hint.contains("modprobe sunrpc nfsd"), "{hint}");
     // Callbacks and klp_state refusals share errnos with other causes; the
     // kernel's lines name them.
     for (errno, line, needle) in [
@@ -795,6 +818,7 @@ fn install_stores_loads_and_marks_pending_then_confirm_clears() {
         .unwrap();
     assert_eq!(
         st.installed(REL)
+            .unwrap()
             .iter()
             .map(|i| (i.name.as_str(), i.record.as_ref().unwrap().seq))
             .collect::<Vec<_>>(),
@@ -1082,8 +1106,8 @@ fn an_installed_patch_changed_since_install_is_refused() {
         Some(state::sha256_hex(&std::fs::read(&p).unwrap()).as_str())
     );
     assert!(!inst.changed_since_install);
-    assert_eq!(st.record_of(&inst.path), Some(rec));
-    assert_eq!(st.record_of(&p), None);
+    assert_eq!(st.record_of(&inst.path), Ok(Some(rec)));
+    assert_eq!(st.record_of(&p), Ok(None));
     // One byte of the stored copy changes (the .modinfo string stays valid).
     let mut data = std::fs::read(&inst.path).unwrap();
     let at = data.windows(6).position(|w| w == b"fix_a\0").unwrap() + 4;
@@ -1102,7 +1126,7 @@ fn an_installed_patch_changed_since_install_is_refused() {
     assert!(!f.fake.0.join("sys/kernel/livepatch/fix_b").exists());
     // Loaded by its path, the same check applies once the caller passes the record.
     let opts = LoadOptions {
-        installed_sha256: st.record_of(&inst.path).and_then(|r| r.sha256),
+        installed_sha256: st.record_of(&inst.path).unwrap().and_then(|r| r.sha256),
         ..quick()
     };
     assert_eq!(
@@ -1119,4 +1143,133 @@ fn an_installed_patch_changed_since_install_is_refused() {
         )
         .unwrap();
     assert!(rep.is_some());
+}
+
+/// Every file under `dir`, relative, sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                v.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+#[test]
+fn module_fields_that_would_leave_the_state_directory_are_refused() {
+    let f = fixture("escape", Behaviour::Completes, &[]);
+    boot(&f, "boot-a", 30.0);
+    // Deep enough that "../../.." from a release directory stays inside
+    // the fake root, where the test can see what was written.
+    let st = StateDir(f.fake.0.join("var/lib/suture/state"));
+    std::fs::create_dir_all(&st.0).unwrap();
+    let before = files_under(&f.fake.0);
+    let by_name = write_ko(&f, "n.ko", &ko("../../../escaped", true, REL));
+    let by_release = write_ko(&f, "r.ko", &ko("escaped", true, "../../.."));
+    let by_shell = write_ko(&f, "s.ko", &ko("$(id>PWNED)", true, REL));
+    for p in [&by_name, &by_release, &by_shell] {
+        let e = f.host.install(&st, p, &quick()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotAModule, "{e}");
+        assert!(e.message.contains("is not valid"), "{e}");
+        let e = f.host.install_for_boot(&st, p).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotAModule, "{e}");
+    }
+    let mut after = files_under(&f.fake.0);
+    after.retain(|p| !["n.ko", "r.ko", "s.ko"].contains(&p.as_str()));
+    assert_eq!(after, before, "nothing but the three test modules was written");
+    assert!(f.deleted.lock().unwrap().is_empty());
+    // A name from the command line is held to the same rule.
+    let e = f
+        .host
+        .uninstall(&st, "../../../etc/passwd", &UnloadOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadInput, "{e}");
+    // And the state directory's own writers refuse such names whoever calls them.
+    let err = st.store_data(REL, "../x", &by_name, b"x").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    let err = st.remove("../..", "x").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn state_that_cannot_be_read_fails_closed() {
+    let f = fixture("unreadable", Behaviour::Completes, &[]);
+    let st = StateDir(f.fake.0.join("state"));
+    let names = ["json_cut", "skip_cut", "pend_cut", "json_link", "json_gone", "fine"];
+    for n in names {
+        st.store(REL, n, &write_ko(&f, &format!("{n}.ko"), &ko(n, true, REL)))
+            .unwrap();
+    }
+    let file = |n: &str, ext: &str| st.release_dir(REL).join(format!("{n}.{ext}"));
+    // Each damaged the way a full disk or a crash mid-write would.
+    std::fs::write(file("json_cut", "json"), "{\"seq\": 1, \"instal").unwrap();
+    std::fs::write(file("skip_cut", "skipped"), "{\"reason\": \"loaded dur").unwrap();
+    std::fs::write(file("pend_cut", "pending"), "").unwrap();
+    std::fs::remove_file(file("json_link", "json")).unwrap();
+    std::os::unix::fs::symlink(file("fine", "json"), file("json_link", "json")).unwrap();
+    std::fs::remove_file(file("json_gone", "json")).unwrap();
+    boot(&f, "boot-1", 10.0);
+    let opts = LoadOptions {
+        timeout: Duration::from_secs(5),
+        ..quick()
+    };
+    let r = f.host.load_all(&st, &opts).unwrap();
+    assert_eq!(r.loaded, ["fine"]);
+    let mut failed: Vec<(&str, ErrorKind)> =
+        r.failed.iter().map(|x| (x.name.as_str(), x.error.kind)).collect();
+    failed.sort_by_key(|x| x.0);
+    assert_eq!(
+        failed,
+        [
+            ("json_cut", ErrorKind::StateUnreadable),
+            ("json_gone", ErrorKind::StateUnreadable),
+            ("json_link", ErrorKind::StateUnreadable),
+            ("pend_cut", ErrorKind::StateUnreadable),
+            ("skip_cut", ErrorKind::StateUnreadable),
+        ]
+    );
+    for n in ["json_cut", "skip_cut", "pend_cut", "json_link", "json_gone"] {
+        assert!(!f.fake.0.join("sys/kernel/livepatch").join(n).exists(), "{n} was loaded");
+    }
+    let why = |n: &str| r.failed.iter().find(|x| x.name == n).unwrap().error.to_string();
+    assert!(why("json_cut").contains("json_cut.json is damaged"), "{}", why("json_cut"));
+    assert!(why("json_link").contains("symlink"), "{}", why("json_link"));
+    assert!(why("json_gone").contains("json_gone.json is missing"), "{}", why("json_gone"));
+    // The damaged crash marker is kept for the operator, not deleted.
+    assert!(file("pend_cut", "pending").exists());
+    // list and status say so.
+    let inst = st.installed(REL).unwrap();
+    let guard = |n: &str| inst.iter().find(|i| i.name == n).unwrap().guard;
+    assert_eq!(guard("skip_cut"), state::Guard::Unreadable);
+    assert_eq!(guard("fine"), state::Guard::Pending);
+    let s = f.host.status(Some(&st)).unwrap();
+    assert_eq!(s.unreadable.len(), 5);
+    let text = crate::report::format_status(&s);
+    assert!(text.contains("UNREADABLE state, not loaded at boot: pend_cut: pend_cut.pending is damaged"), "{text}");
+    assert!(crate::report::prometheus_text(&s).contains("suture_patches_unreadable 5\n"));
+    let json = serde_json::to_value(&inst).unwrap();
+    assert!(json.as_array().unwrap().iter().any(|i| i["guard"] == "unreadable"));
+
+    // A release directory that is a file: nothing can be loaded from it,
+    // and the boot unit must fail rather than report "nothing installed".
+    let other = StateDir(f.fake.0.join("state2"));
+    std::fs::create_dir_all(&other.0).unwrap();
+    std::fs::write(other.release_dir(REL), "not a directory").unwrap();
+    let e = f.host.load_all(&other, &opts).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::StateUnreadable, "{e}");
+    // So is a state directory that is a file.
+    std::fs::write(f.fake.0.join("state3"), "x").unwrap();
+    let e = f.host.load_all(&StateDir(f.fake.0.join("state3")), &opts).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::StateUnreadable, "{e}");
+    // A state directory that does not exist yet is simply empty.
+    let r = f.host.load_all(&StateDir(f.fake.0.join("state4")), &opts).unwrap();
+    assert!(r.loaded.is_empty() && r.failed.is_empty());
 }

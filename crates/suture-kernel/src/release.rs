@@ -22,11 +22,9 @@ impl ReleaseName {
                 "{release:?} is not a Debian kernel release string (expected something like 6.1.0-56-amd64; `uname -r` on the target host prints it)"
             )
         };
-        if release.is_empty()
-            || !release
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-+_".contains(c))
-        {
+        // The release names the cache directory and the host's state
+        // directory: the one rule every stage applies.
+        if suture_abi::check_release(release).is_err() {
             return Err(bad());
         }
         let (upstream, rest) = release.split_once('-').ok_or_else(bad)?;

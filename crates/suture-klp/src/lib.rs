@@ -74,13 +74,8 @@ pub struct ModuleSpec {
 
 /// A name the kernel accepts for a module (and so for the livepatch directory).
 pub fn check_module_name(name: &str) -> Result<()> {
-    ensure!(
-        !name.is_empty()
-            && name.len() <= 55
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-        "module name {name:?} is not valid: use 1 to 55 letters, digits and underscores"
-    );
-    Ok(())
+    // The host checks a module it is given with the same rule.
+    suture_abi::check_module_name(name).map_err(anyhow::Error::new)
 }
 
 /// `livepatch_` + the patch file's stem, made a valid module name.

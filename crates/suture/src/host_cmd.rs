@@ -201,7 +201,17 @@ pub fn load(a: LoadArgs) -> anyhow::Result<i32> {
         .expect("clap requires MODULE without --all");
     // Loading an installed patch by its path checks it is still the file
     // that was installed.
-    opts.installed_sha256 = a.state.dir().record_of(module).and_then(|r| r.sha256);
+    opts.installed_sha256 = match a.state.dir().record_of(module) {
+        Ok(r) => r.and_then(|r| r.sha256),
+        Err(why) => {
+            let e = suture_host::HostError::new(
+                suture_host::ErrorKind::StateUnreadable,
+                format!("refusing to load {}: it is an installed patch and {why}", module.display()),
+            )
+            .hint("reinstall it with `suture install`, or load a copy from outside the state directory");
+            return fail("load", e, a.json);
+        }
+    };
     match host().load(module, &opts) {
         Ok(r) => {
             if a.json {
@@ -335,7 +345,13 @@ pub fn list(a: ListArgs) -> anyhow::Result<i32> {
     let release = h.kernel.release().unwrap_or_default();
     match h.list() {
         Ok(patches) => {
-            let installed: Vec<_> = st.releases().iter().flat_map(|r| st.installed(r)).collect();
+            let installed = match st
+                .releases()
+                .and_then(|rs| rs.iter().map(|r| st.installed(r)).collect::<std::io::Result<Vec<_>>>())
+            {
+                Ok(v) => v.into_iter().flatten().collect::<Vec<_>>(),
+                Err(e) => return fail("list", suture_host::state::state_unreadable(&st, &e), a.json),
+            };
             if a.json {
                 println!(
                     "{}",
@@ -375,16 +391,7 @@ fn format_installed(
             } else {
                 "no".into()
             },
-            if i.changed_since_install {
-                // Refused at load: the operator must reinstall or remove it.
-                "CHANGED".into()
-            } else if i.skipped.is_some() {
-                "SKIPPED".into()
-            } else if i.pending.is_some() {
-                "pending".into()
-            } else {
-                "ok".into()
-            },
+            i.guard.label().into(),
             i.meta
                 .as_ref()
                 .map(|m| m.cves.join(","))

@@ -71,6 +71,12 @@ fn deb_arch(data: &[u8]) -> Option<&'static str> {
     }
 }
 
+/// A control-file value on one line: a newline in a module's description or
+/// CVE list would start a field of the module's choosing.
+fn one_line(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_string()
+}
+
 pub struct Control {
     pub package: String,
     pub text: String,
@@ -83,7 +89,7 @@ pub fn control(info: &suture_host::ModuleInfo, release: &str, arch: &str, a: &Ar
     let m = &info.suture;
     let mut depends = vec![format!("linux-image-{release}")];
     if !a.suture_package.is_empty() {
-        depends.push(a.suture_package.clone());
+        depends.push(one_line(&a.suture_package));
     }
     let summary = m
         .description
@@ -97,26 +103,33 @@ pub fn control(info: &suture_host::ModuleInfo, release: &str, arch: &str, a: &Ar
         "without a reboot by suture and again at every boot of that kernel.".to_string(),
     ];
     if !m.cves.is_empty() {
-        long.push(format!("Fixes: {}.", m.cves.join(", ")));
+        long.push(one_line(&format!("Fixes: {}.", m.cves.join(", "))));
     }
     if let Some(h) = &m.patch_sha256 {
-        long.push(format!("Source patch SHA-256: {h}."));
+        long.push(one_line(&format!("Source patch SHA-256: {h}.")));
     }
     if let Some(b) = &m.release_build_id {
-        long.push(format!("Kernel build-id: {b}."));
+        long.push(one_line(&format!("Kernel build-id: {b}.")));
     }
     let mut text = format!(
         "Package: {package}\nVersion: {}\nArchitecture: {arch}\nMaintainer: {}\nSection: kernel\nPriority: optional\n\
          Depends: {}\nDescription: {}\n",
         a.version,
-        a.maintainer,
+        one_line(&a.maintainer),
         depends.join(", "),
-        summary.lines().next().unwrap_or("").trim()
+        one_line(summary.lines().next().unwrap_or(""))
     );
     for l in long {
         text.push_str(&format!(" {l}\n"));
     }
     Control { package, text }
+}
+
+/// `s` as one word of POSIX shell: single quotes, each `'` as `'\''`. The
+/// values are already held to the name and release rules; quoting means a
+/// future field with a wider rule still cannot become code run as root.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// postinst: load now when the packaged release runs; otherwise store it
@@ -128,18 +141,22 @@ pub fn postinst(ko: &str, release: &str) -> String {
     format!(
         r#"#!/bin/sh
 set -e
+release={release}
+ko={ko}
 case "$1" in
     configure|"")
-        if [ "$(uname -r)" = "{release}" ]; then
-            suture install {ko}
+        if [ "$(uname -r)" = "$release" ]; then
+            suture install "$ko"
         else
-            suture install --no-load {ko}
-            echo "suture: {release} is not running; the patch will be loaded when it boots"
+            suture install --no-load "$ko"
+            echo "suture: $release is not running; the patch will be loaded when it boots"
         fi
         ;;
 esac
 exit 0
-"#
+"#,
+        release = sh_quote(release),
+        ko = sh_quote(ko),
     )
 }
 
@@ -149,19 +166,31 @@ pub fn prerm(name: &str) -> String {
     format!(
         r#"#!/bin/sh
 set -e
+name={name}
 case "$1" in
     remove|upgrade|deconfigure|"")
-        suture uninstall --missing-ok {name}
+        suture uninstall --missing-ok "$name"
         ;;
 esac
 exit 0
-"#
+"#,
+        name = sh_quote(name),
     )
 }
 
-fn write(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
-    std::fs::write(path, text)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+/// A new file in the staging directory (created, never opened through a
+/// link: the directory is fresh and private).
+fn write(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(data)?;
+    // The mode given to open() is masked by the umask.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
@@ -177,16 +206,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let info = match suture_host::modinfo::parse_module(&data) {
         Ok(i) => i,
-        Err(e) => {
-            return fail(
-                "package",
-                HostError::new(
-                    ErrorKind::NotAModule,
-                    format!("{} is not a kernel module: {e}", a.module.display()),
-                ),
-                a.json,
-            )
-        }
+        Err(e) => return fail("package", suture_host::modinfo_refusal(&a.module, &e), a.json),
     };
     if !info.livepatch {
         return fail(
@@ -223,31 +243,36 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         a.version.replace(':', "%3a")
     ));
 
-    let stage = tempdir(&a.out_dir)?;
-    let root = stage.0.join("root");
+    std::fs::create_dir_all(&a.out_dir)?;
+    // A fresh, randomly named staging directory beside the output (removed
+    // on drop): dpkg-deb writes the package in it, and only a complete
+    // package is renamed into place.
+    let stage = tempfile::Builder::new()
+        .prefix(".suture-package.")
+        .tempdir_in(&a.out_dir)?;
+    let root = stage.path().join("root");
     let ko_dir = format!("usr/lib/suture/patches/{release}");
     let ko_rel = format!("{ko_dir}/{}.ko", info.name);
     std::fs::create_dir_all(root.join(&ko_dir))?;
     std::fs::create_dir_all(root.join("DEBIAN"))?;
-    std::fs::write(root.join(&ko_rel), &data)?;
-    std::fs::set_permissions(root.join(&ko_rel), std::fs::Permissions::from_mode(0o644))?;
-    write(&root.join("DEBIAN/control"), &ctl.text, 0o644)?;
+    write(&root.join(&ko_rel), &data, 0o644)?;
+    write(&root.join("DEBIAN/control"), ctl.text.as_bytes(), 0o644)?;
     write(
         &root.join("DEBIAN/postinst"),
-        &postinst(&format!("/{ko_rel}"), &release),
+        postinst(&format!("/{ko_rel}"), &release).as_bytes(),
         0o755,
     )?;
-    write(&root.join("DEBIAN/prerm"), &prerm(&info.name), 0o755)?;
+    write(&root.join("DEBIAN/prerm"), prerm(&info.name).as_bytes(), 0o755)?;
     for d in walk_dirs(&root)? {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
     }
-    std::fs::create_dir_all(&a.out_dir)?;
+    let built = stage.path().join("package.deb");
     // gzip rather than dpkg's default xz: busybox's dpkg (the test guest's)
     // and old tools read it too, and a module compresses either way.
     let out = std::process::Command::new("dpkg-deb")
         .args(["--root-owner-group", "-Zgzip", "--build"])
         .arg(&root)
-        .arg(&deb)
+        .arg(&built)
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run dpkg-deb ({e}): apt-get install dpkg"))?;
     if !out.status.success() {
@@ -256,6 +281,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    std::fs::set_permissions(&built, std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&built, &deb)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", deb.display()))?;
     if a.json {
         println!(
             "{}",
@@ -286,23 +314,6 @@ fn walk_dirs(p: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// A staging directory beside the output, removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempdir(near: &Path) -> anyhow::Result<TempDir> {
-    std::fs::create_dir_all(near)?;
-    let p = near.join(format!(".suture-package-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir(&p)?;
-    Ok(TempDir(p))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,9 +332,63 @@ mod tests {
     fn scripts_branch_on_the_running_release() {
         let p = postinst("/usr/lib/suture/patches/R/x.ko", "R");
         assert!(
-            p.contains("if [ \"$(uname -r)\" = \"R\" ]") && p.contains("suture install --no-load"),
+            p.contains("release='R'")
+                && p.contains("if [ \"$(uname -r)\" = \"$release\" ]")
+                && p.contains("suture install --no-load \"$ko\""),
             "{p}"
         );
-        assert!(prerm("x").contains("suture uninstall --missing-ok x"));
+        assert!(prerm("x").contains("name='x'") && prerm("x").contains("suture uninstall --missing-ok \"$name\""));
+    }
+
+    /// Runs a script's assignments with sh and prints the variables back.
+    fn sh_values(script: &str, vars: &[&str]) -> Vec<String> {
+        let assigns: String = script
+            .lines()
+            .filter(|l| vars.iter().any(|v| l.starts_with(&format!("{v}="))))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let print: String = vars.iter().map(|v| format!("printf '%s\\n' \"${v}\"\n")).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let o = std::process::Command::new("sh").arg("-c").arg(format!("{assigns}{print}")).current_dir(dir.path()).output().unwrap();
+        assert!(o.status.success());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the script ran a command");
+        String::from_utf8(o.stdout).unwrap().lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn script_values_are_single_shell_words() {
+        // Names are validated before they get here; quoting holds even so.
+        for hostile in ["$(id>PWNED)", "a'b", "`touch PWNED`", "x; touch PWNED", "\"$(touch PWNED)\""] {
+            assert_eq!(sh_values(&prerm(hostile), &["name"]), [hostile]);
+            assert_eq!(sh_values(&postinst(hostile, hostile), &["release", "ko"]), [hostile, hostile]);
+        }
+    }
+
+    #[test]
+    fn control_values_cannot_add_fields() {
+        let mut meta = suture_host::modinfo::SutureMeta::default();
+        meta.description = Some("fix\nPre-Depends: evil".into());
+        meta.cves = vec!["CVE-2024-1\nEssential: yes".into()];
+        let info = suture_host::ModuleInfo {
+            name: "fix".into(),
+            vermagic: Some("6.1.0-56-amd64 SMP".into()),
+            livepatch: true,
+            license: None,
+            srcversion: None,
+            depends: vec![],
+            suture: meta,
+        };
+        let a = Args {
+            module: "fix.ko".into(),
+            out_dir: ".".into(),
+            version: "1".into(),
+            maintainer: "me\nEssential: yes".into(),
+            suture_package: "suture".into(),
+            json: false,
+        };
+        let c = control(&info, "6.1.0-56-amd64", "amd64", &a);
+        for line in c.text.lines() {
+            assert!(line.starts_with(' ') || !line.starts_with("Essential") && !line.starts_with("Pre-Depends"), "{}", c.text);
+        }
     }
 }

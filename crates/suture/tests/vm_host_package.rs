@@ -124,15 +124,14 @@ fn package_fields_contents_scripts_and_install_in_guest() {
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctl));
     let postinst = std::fs::read_to_string(ctl.join("postinst")).unwrap();
     assert!(
-        postinst.contains(&format!(
-            "suture install /usr/lib/suture/patches/{rel}/pkg_fix.ko"
-        )),
+        postinst.contains(&format!("ko='/usr/lib/suture/patches/{rel}/pkg_fix.ko'"))
+            && postinst.contains("suture install \"$ko\""),
         "{postinst}"
     );
     assert!(postinst.contains("--no-load"), "{postinst}");
     let prerm = std::fs::read_to_string(ctl.join("prerm")).unwrap();
     assert!(
-        prerm.contains("suture uninstall --missing-ok pkg_fix"),
+        prerm.contains("name='pkg_fix'") && prerm.contains("suture uninstall --missing-ok \"$name\""),
         "{prerm}"
     );
     use std::os::unix::fs::PermissionsExt;
