@@ -16,7 +16,7 @@ use suture_diff::{Outcome, Refusal};
 use suture_kernel::patchfile::{self, FileKind, FilePatch};
 use suture_kernel::{Release, Tree};
 
-pub use suture_kernel::tree::{cache_root, NotApplicable};
+pub use suture_kernel::tree::{cache_root, NotApplicable, NotApplicableKind};
 pub use suture_klp::default_module_name;
 pub use suture_klp::{parse_state, State};
 pub use symbols::SymbolSource;
@@ -187,7 +187,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     ));
     symbols::prefetch_vmlinux(&release.image, &opts.cache.join(&release.name.release));
     let tree = Tree::open(release.clone(), &opts.cache, progress)?;
-    let work = tempdir_in(&opts.cache.join(&release.name.release), "work")?;
+    let base = opts.cache.join(&release.name.release);
+    remove_stale_work_dirs(&base, progress);
+    // A kept directory has its own prefix: no later build removes it.
+    let work = tempdir_in(&base, if opts.keep_work { KEPT_PREFIX } else { WORK_PREFIX })?;
     let result = build_in(
         opts,
         progress,
@@ -237,7 +240,7 @@ fn build_in(
                 dir,
                 patches,
                 objects,
-                &tree.release.headers,
+                tree,
                 &include,
                 work,
                 progress,
@@ -444,6 +447,9 @@ fn tree_objects(
     objects: &[String],
     include: &Path,
 ) -> Result<(Vec<(suture_kernel::ObjectInfo, Vec<u8>)>, Vec<Vec<u8>>)> {
+    // A file the release lacks is said as such (not applicable), not as a
+    // failure to read it.
+    tree.check_files(patches)?;
     progress(&format!("original objects: {}", objects.join(" ")));
     let pairs = tree.original_objects(objects)?;
     progress("applying the patch");
@@ -603,6 +609,65 @@ impl Drop for TempDir {
     }
 }
 
+/// Work directories are `work-PID` in the release's cache; `--keep-work`
+/// makes `kept-PID`.
+const WORK_PREFIX: &str = "work";
+const KEPT_PREFIX: &str = "kept";
+
+/// The work directories among `names` (entries of the release's cache) that
+/// builds which died left behind: `work-PID` whose PID is not a live suture
+/// process (`live_suture`), other than our own. Called with the release's
+/// lock held, so no live build is using one; the PID test only spares a
+/// directory whose build could still be running. Pure.
+pub fn stale_work_dirs<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    own_pid: u32,
+    live_suture: impl Fn(u32) -> bool,
+) -> Vec<&'a str> {
+    names
+        .into_iter()
+        .filter(|n| {
+            let Some(pid) = n
+                .strip_prefix(WORK_PREFIX)
+                .and_then(|r| r.strip_prefix('-'))
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                return false;
+            };
+            pid != own_pid && !live_suture(pid)
+        })
+        .collect()
+}
+
+/// Whether `pid` is a live process (not a zombie) whose name starts with
+/// `suture` (the binary, or a test binary of its crates).
+fn is_live_suture(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    // `PID (COMM) STATE ...`
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
+    !matches!(state, "Z" | "X") && comm.starts_with("suture")
+}
+
+/// Removes the work directories of builds that died (see [`stale_work_dirs`]).
+fn remove_stale_work_dirs(base: &Path, progress: &dyn Fn(&str)) {
+    let Ok(rd) = fs::read_dir(base) else { return };
+    let names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let stale = stale_work_dirs(names.iter().map(String::as_str), std::process::id(), is_live_suture);
+    for n in stale {
+        match fs::remove_dir_all(base.join(n)) {
+            Ok(()) => progress(&format!("removed {n}, the work directory of an interrupted build")),
+            Err(e) => progress(&format!("warning: could not remove {}: {e}", base.join(n).display())),
+        }
+    }
+}
+
 fn tempdir_in(base: &Path, prefix: &str) -> Result<TempDir> {
     fs::create_dir_all(base)?;
     let path = base.join(format!("{prefix}-{}", std::process::id()));
@@ -674,5 +739,55 @@ mod tests {
             let e = objects_of(&[fp(p, k)]).unwrap_err().to_string();
             assert!(e.contains(p) && e.contains(want), "{e}");
         }
+    }
+
+    #[test]
+    fn work_dirs_of_dead_builds_are_stale() {
+        let names = [
+            "work-100", "work-200", "work-300", "work-42", "kept-100", "src", "objs", "work-", "work-12x",
+            "work-1-2", "working-100", "work-99999999999",
+        ];
+        // 200 is a live suture build, 300 a live process that is not suture
+        // (the PID was reused), 42 is us, 100 is dead.
+        let live_suture = |pid: u32| pid == 200;
+        assert_eq!(stale_work_dirs(names, 42, live_suture), ["work-100", "work-300"]);
+    }
+
+    #[test]
+    fn stale_work_dirs_are_removed_when_the_next_build_runs() {
+        // (no tempfile crate here: a directory of our own, removed at the end)
+        let t = std::env::temp_dir().join(format!("suture-build-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&t);
+        let base = t.as_path();
+        // A PID that is dead for sure: a child already waited for.
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        dead.wait().unwrap();
+        let dead = dead.id();
+        // A live process that is not suture.
+        let mut other = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        let own = std::process::id();
+        let dirs = [
+            format!("work-{dead}"),
+            format!("work-{}", other.id()),
+            format!("work-{own}"),
+            format!("kept-{dead}"),
+            "src".to_string(),
+        ];
+        for d in &dirs {
+            fs::create_dir_all(base.join(d).join("include")).unwrap();
+        }
+        let notes = std::cell::RefCell::new(Vec::new());
+        remove_stale_work_dirs(base, &|m| notes.borrow_mut().push(m.to_string()));
+        other.kill().unwrap();
+        other.wait().unwrap();
+        let mut left: Vec<String> = fs::read_dir(base).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        // This test binary is `suture_build-HASH`: a live suture process.
+        assert!(is_live_suture(own));
+        let mut want = vec![format!("kept-{dead}"), "src".to_string(), format!("work-{own}")];
+        want.sort();
+        assert_eq!(left, want, "{:?}", notes.borrow());
+        assert_eq!(notes.borrow().len(), 2, "{:?}", notes.borrow());
+        fs::remove_dir_all(&t).unwrap();
     }
 }

@@ -9,10 +9,10 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use suture_kernel::patchfile::{self, FileKind, FilePatch};
 use suture_kernel::tree::{objname_from_cmd, KCFLAGS};
-use suture_kernel::ObjectInfo;
+use suture_kernel::{ObjectInfo, Tree};
 
 pub struct OotObjects {
     pub pairs: Vec<(ObjectInfo, Vec<u8>)>,
@@ -44,15 +44,18 @@ fn copy_sources(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn kbuild(headers: &Path, dir: &Path, kcflags: &str) -> Result<()> {
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(headers)
-        .arg(format!("M={}", dir.display()))
-        .arg(format!("KCFLAGS={kcflags}"))
-        .arg("modules")
-        .stdin(Stdio::null())
-        .output()
+/// `make -C HEADERS M=DIR modules`, under the release's lock like the tree's
+/// own make ([`Tree::run_locked`]): it does not outlive the build.
+fn kbuild(tree: &Tree, dir: &Path, kcflags: &str) -> Result<()> {
+    let out = tree
+        .run_locked(
+            Command::new("make")
+                .arg("-C")
+                .arg(&tree.release.headers)
+                .arg(format!("M={}", dir.display()))
+                .arg(format!("KCFLAGS={kcflags}"))
+                .arg("modules"),
+        )
         .context("running make")?;
     if !out.status.success() {
         let log = String::from_utf8_lossy(&out.stderr);
@@ -82,7 +85,7 @@ pub fn build_objects(
     src: &Path,
     patches: &[FilePatch],
     objects: &[String],
-    headers: &Path,
+    tree: &Tree,
     include: &Path,
     work: &Path,
     progress: &dyn Fn(&str),
@@ -103,9 +106,9 @@ pub fn build_objects(
         fs::write(&path, patchfile::apply(fp, &old)?.text)?;
     }
     progress(&format!("building the out-of-tree module from {} before the patch", src.display()));
-    kbuild(headers, &orig_dir, KCFLAGS)?;
+    kbuild(tree, &orig_dir, KCFLAGS)?;
     progress("building it after the patch");
-    kbuild(headers, &patched_dir, &format!("{KCFLAGS} -I{}", include.display()))
+    kbuild(tree, &patched_dir, &format!("{KCFLAGS} -I{}", include.display()))
         .context("the patched source does not compile")?;
     let mut kos = HashMap::new();
     find_kos(&orig_dir, &mut kos);

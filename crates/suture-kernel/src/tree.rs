@@ -9,6 +9,13 @@
 //! RELEASE/src/                        the tree: extracted, configured, `make prepare`d
 //! RELEASE/src/.suture-prepared        written last: the tree is complete
 //! RELEASE/lock                        flock: one build per release at a time
+//! RELEASE/running.json                the process group of the make (or tar) running
+//!                                     in src/, while it runs: a build that died
+//!                                     leaves it, and the next one stops that group
+//!                                     before it uses the tree
+//! RELEASE/work-PID/                   a build's work directory (suture-build), removed
+//!                                     at its end, or by the next build when PID died;
+//!                                     `kept-PID/` with --keep-work
 //! RELEASE/journal.json                files a patch changed in src/, while it is applied
 //! RELEASE/backup/                     their original contents
 //! ```
@@ -21,7 +28,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// Flags every object is compiled with, before and after the patch: one section
 /// per function and per data object is what lets the differ work function by function.
@@ -66,10 +73,13 @@ pub struct ObjectInfo {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
+    let out = cmd.stdin(Stdio::null()).output();
+    checked(cmd, out, what)
+}
+
+/// The command's status as a result, with the tail of its output on failure.
+fn checked(cmd: &Command, out: std::io::Result<Output>, what: &str) -> Result<()> {
+    let out = out.with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
     if !out.status.success() {
         let mut tail = String::from_utf8_lossy(&out.stderr).into_owned();
         if tail.trim().is_empty() {
@@ -90,27 +100,15 @@ fn jobs() -> String {
 }
 
 impl Tree {
-    /// Locks the release's cache, repairs a tree left patched by a crash, and
-    /// prepares the tree if it is not there yet.
+    /// Locks the release's cache ([`lock_tree`]: what a build that died left
+    /// running in the tree is stopped first), repairs a tree left patched by a
+    /// crash, and prepares the tree if it is not there yet.
     pub fn open(release: Release, cache: &Path, progress: &dyn Fn(&str)) -> Result<Tree> {
         let base = cache.join(&release.name.release);
         fs::create_dir_all(&base).with_context(|| {
             format!("creating the cache {} (run as root, or set SUTURE_CACHE)", base.display())
         })?;
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(base.join("lock"))
-            .with_context(|| format!("opening {}", base.join("lock").display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            progress("waiting for another suture build of this release to finish");
-            // SAFETY: as above.
-            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                bail!("could not lock {}", base.join("lock").display());
-            }
-        }
+        let lock = lock_tree(&base, progress)?;
         let dir = base.join("src");
         let tree = Tree { release, dir, base, _lock: lock };
         tree.recover()?;
@@ -173,14 +171,11 @@ impl Tree {
             tar.arg("--use-compress-program=xz -T0");
         }
         tar.arg("-xf").arg(&tarball).arg("-C").arg(&self.dir).arg("--strip-components=1");
-        run(
-            &mut tar,
-            "extracting the kernel source",
-        )?;
+        self.run(&mut tar, "extracting the kernel source")?;
         fs::copy(&r.config, self.dir.join(".config"))
             .with_context(|| format!("copying {}", r.config.display()))?;
         progress("configuring the tree with the release's config");
-        run(self.make().arg("-s").arg("olddefconfig"), "make olddefconfig")?;
+        self.run(self.make().arg("-s").arg("olddefconfig"), "make olddefconfig")?;
         let cfg = fs::read_to_string(self.dir.join(".config"))?;
         let cc_text = crate::release::config_value(&cfg, "CONFIG_CC_VERSION_TEXT").unwrap_or_default();
         if cc_text != r.cc_version_text {
@@ -193,7 +188,7 @@ impl Tree {
         progress("make prepare (about 15 s)");
         // The entry-size probe rides along: one kbuild start-up instead of two.
         self.write_probe()?;
-        let prepared = run(self.make().arg("prepare").arg(PROBE_OBJECT), "make prepare");
+        let prepared = self.run(self.make().arg("prepare").arg(PROBE_OBJECT), "make prepare");
         if prepared.is_err() {
             let _ = fs::remove_dir_all(self.dir.join("suture_probe"));
         }
@@ -301,9 +296,36 @@ impl Tree {
 
     /// Compiles `objects` (paths like `fs/proc/cmdline.o`) with kbuild.
     pub fn compile(&self, objects: &[String]) -> Result<()> {
-        let mut c = self.make();
-        c.args(objects);
-        run(&mut c, &format!("compiling {}", objects.join(" ")))
+        self.compile_objects(self.make(), objects)
+    }
+
+    fn compile_objects(&self, mut make: Command, objects: &[String]) -> Result<()> {
+        // `.tmp_NAME.o` of an interrupted `ld -r` (single-object modules).
+        let mut dirs: Vec<PathBuf> = objects
+            .iter()
+            .filter_map(|o| Path::new(o).parent().map(|p| self.dir.join(p)))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in &dirs {
+            remove_kbuild_temporaries(d);
+        }
+        make.args(objects);
+        self.run(&mut make, &format!("compiling {}", objects.join(" ")))
+    }
+
+    /// Runs a command that works in the tree (make, tar) as
+    /// [`run_in_group`] does: it does not outlive the lock.
+    fn run(&self, cmd: &mut Command, what: &str) -> Result<()> {
+        let out = run_in_group(&self.base, cmd);
+        checked(cmd, out, what)
+    }
+
+    /// Runs a command under this tree's lock ([`run_in_group`]), for a
+    /// compiler working elsewhere on the tree's behalf (an out-of-tree
+    /// module's kbuild in the build's work directory).
+    pub fn run_locked(&self, cmd: &mut Command) -> std::io::Result<Output> {
+        run_in_group(&self.base, cmd)
     }
 
     /// [`Tree::compile`] with extra compiler flags (the patched side gets `-I`
@@ -311,9 +333,7 @@ impl Tree {
     /// the two sides differ and must not be passed here).
     pub fn compile_with(&self, objects: &[String], extra_kcflags: &str) -> Result<()> {
         let extra = self.stable_includes(extra_kcflags)?;
-        let mut c = self.make_with(&extra);
-        c.args(objects);
-        run(&mut c, &format!("compiling {}", objects.join(" ")))
+        self.compile_objects(self.make_with(&extra), objects)
     }
 
     /// KCFLAGS is part of the command line of what `make prepare` built
@@ -357,6 +377,18 @@ impl Tree {
         })
     }
 
+    /// Fails with [`NotApplicable`] ([`NotApplicableKind::NoSuchFile`]) when
+    /// the patches change a file this release's source does not have: checked
+    /// before anything is compiled, so the build says so instead of failing
+    /// to read the file.
+    pub fn check_files(&self, patches: &[FilePatch]) -> Result<()> {
+        let missing = missing_files(patches, |p| fs::symlink_metadata(self.dir.join(p)).is_ok());
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(NotApplicable::no_such_file(&self.release.name.release, &missing).into())
+    }
+
     pub fn object_path(&self, object: &str) -> PathBuf {
         self.dir.join(object)
     }
@@ -368,17 +400,18 @@ impl Tree {
         // leaves the tree untouched. Several sections for one file (several
         // patch files) apply in order, each on the previous one's result.
         let release = self.release.name.release.clone();
-        let not_applicable = |detail: String| NotApplicable { release: release.clone(), detail };
+        let not_applicable =
+            |detail: String| NotApplicable { release: release.clone(), detail, kind: NotApplicableKind::DoesNotApply };
+        self.check_files(patches)?;
         let results = patchfile::apply_in_order::<anyhow::Error>(patches, |fp| {
             no_symlink_below(&self.dir, &fp.path)?;
             match fs::read(self.dir.join(&fp.path)) {
                 Ok(b) => Ok(Some(String::from_utf8(b).with_context(|| format!("{} is not UTF-8 text", fp.path))?)),
-                Err(_) if fp.kind == FileKind::Created => Ok(None),
-                Err(e) => Err(not_applicable(format!(
-                    "{}: the patch changes this file, but the source of {release} has no such file ({e})",
-                    fp.path
-                ))
-                .into()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fp.kind {
+                    FileKind::Created => Ok(None),
+                    _ => Err(NotApplicable::no_such_file(&release, std::slice::from_ref(&fp.path)).into()),
+                },
+                Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", self.dir.join(&fp.path).display()))),
             }
         })
         .map_err(|e| match e.downcast::<patchfile::PatchError>() {
@@ -442,6 +475,28 @@ impl Tree {
 pub struct NotApplicable {
     pub release: String,
     pub detail: String,
+    pub kind: NotApplicableKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotApplicableKind {
+    /// A hunk does not apply (its context is not there).
+    DoesNotApply,
+    /// The patch changes a file this release's source does not have: like no
+    /// change, nothing to build for this release (`suture build` exit 3).
+    NoSuchFile,
+}
+
+impl NotApplicable {
+    /// `fs/proc/x.c: 6.1.0-57-amd64 has no such file (...)`, one line per file.
+    pub fn no_such_file(release: &str, files: &[String]) -> NotApplicable {
+        let detail = files
+            .iter()
+            .map(|f| format!("{f}: {release} has no such file (the patch changes a file this release's source does not have)"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        NotApplicable { release: release.to_string(), detail, kind: NotApplicableKind::NoSuchFile }
+    }
 }
 
 impl std::fmt::Display for NotApplicable {
@@ -451,6 +506,21 @@ impl std::fmt::Display for NotApplicable {
 }
 
 impl std::error::Error for NotApplicable {}
+
+/// The files `patches` change (or delete) that do not exist, as the patches
+/// see the tree: the first section of each path reads the tree (`exists`),
+/// later ones the earlier sections' result, so a file an earlier section
+/// creates (`--- /dev/null`) is not missing. Pure.
+pub fn missing_files(patches: &[FilePatch], exists: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut missing = Vec::new();
+    for fp in patches {
+        if seen.insert(fp.path.as_str()) && fp.kind != FileKind::Created && !exists(&fp.path) {
+            missing.push(fp.path.clone());
+        }
+    }
+    missing
+}
 
 /// The patch applied to the tree; dropping it restores the original sources.
 pub struct Applied<'a> {
@@ -499,6 +569,194 @@ fn which(cmd: &str) -> Result<PathBuf> {
         .map(|d| d.join(cmd))
         .find(|p| p.is_file())
         .ok_or_else(|| anyhow::anyhow!("`{cmd}` not found on PATH"))
+}
+
+/// Takes the release's lock (`base/lock`), waiting for another build of it,
+/// then stops whatever a build that died left running in the tree (its
+/// make's process group, recorded in `base/running.json`): the lock covers
+/// the compiler as well as the process that started it. kbuild's
+/// temporaries an interrupted make left at the top of the tree go too.
+pub fn lock_tree(base: &Path, progress: &dyn Fn(&str)) -> Result<fs::File> {
+    let path = base.join("lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        progress("waiting for another suture build of this release to finish");
+        // SAFETY: as above.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("could not lock {}", path.display());
+        }
+    }
+    stop_leftover(base, progress)?;
+    // try-run's `.tmp_PID` directories.
+    remove_kbuild_temporaries(&base.join("src"));
+    Ok(lock)
+}
+
+/// Where the process group of the command running in the tree is recorded.
+const RUNNING: &str = "running.json";
+/// Set in that command's environment (and so in every process it starts) to
+/// a value unique to the run: what tells a recorded group is still ours.
+const TOKEN_ENV: &str = "SUTURE_BUILD_TOKEN";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Running {
+    pgid: i32,
+    token: String,
+}
+
+/// Runs `cmd` (make, tar: anything that works in the tree of `base`) so that
+/// it does not outlive the lock: in a process group of its own, recorded in
+/// `base/running.json` while it runs, with a token in its environment; it gets
+/// SIGINT when suture dies (as on Ctrl-C: make removes the targets it was
+/// building), and a group a dead build left behind is stopped by the next
+/// build when it takes the lock ([`lock_tree`]). Stdout and stderr are
+/// captured, stdin is null.
+pub fn run_in_group(base: &Path, cmd: &mut Command) -> std::io::Result<Output> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let token = format!("{}-{nanos}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    cmd.env(TOKEN_ENV, &token)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec the closure only makes async-signal-safe
+    // calls (prctl, getppid) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // suture died before the prctl: no signal will come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    let pgid = child.id() as i32;
+    let record = base.join(RUNNING);
+    let rec = serde_json::to_vec(&Running { pgid, token: token.clone() }).map_err(std::io::Error::other);
+    if let Err(e) = rec.and_then(|r| write_atomic(&record, &r).map_err(std::io::Error::other)) {
+        // SAFETY: the group is the child's, which has not been waited for.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = child.wait_with_output();
+        return Err(e);
+    }
+    let out = child.wait_with_output();
+    // Nothing of the group outlives the call (normally nothing is left).
+    let stopped = stop_group(pgid, &token, &|_| {});
+    if stopped.is_ok() {
+        let _ = fs::remove_file(&record);
+    }
+    out
+}
+
+/// Stops the group recorded in `base/running.json`, if a process of it is
+/// still running, and removes the record.
+fn stop_leftover(base: &Path, progress: &dyn Fn(&str)) -> Result<()> {
+    let record = base.join(RUNNING);
+    let Ok(bytes) = fs::read(&record) else { return Ok(()) };
+    if let Ok(r) = serde_json::from_slice::<Running>(&bytes) {
+        stop_group(r.pgid, &r.token, progress)?;
+    }
+    fs::remove_file(&record).with_context(|| format!("removing {}", record.display()))?;
+    Ok(())
+}
+
+/// The processes of group `pgid` that are ours (`token` in their
+/// environment) and not yet dead (zombies do not count: they touch nothing).
+fn group_members(pgid: i32, token: &str) -> Vec<i32> {
+    let want = format!("{TOKEN_ENV}={token}");
+    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `PID (COMM) STATE PPID PGRP ...`; COMM may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() < 3 || f[2].parse::<i32>().ok() != Some(pgid) || matches!(f[0], "Z" | "X") {
+            continue;
+        }
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Stops what is left of our process group `pgid`: SIGINT first (make then
+/// removes the targets it was building, as on Ctrl-C), SIGKILL after a grace
+/// period; returns once none of it runs. A group none of whose processes
+/// carries `token` is someone else's (the number was reused) and is left
+/// alone. Whether anything was stopped.
+fn stop_group(pgid: i32, token: &str, progress: &dyn Fn(&str)) -> Result<bool> {
+    // SAFETY: signal 0 only checks that the group exists.
+    if pgid <= 1 || unsafe { libc::kill(-pgid, 0) } != 0 || group_members(pgid, token).is_empty() {
+        return Ok(false);
+    }
+    progress(&format!(
+        "stopping what an interrupted build left running in the tree (process group {pgid})"
+    ));
+    let gone = |within: std::time::Duration| {
+        let until = std::time::Instant::now() + within;
+        loop {
+            if group_members(pgid, token).is_empty() {
+                return true;
+            }
+            if std::time::Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    for (sig, within) in [(libc::SIGINT, 10), (libc::SIGKILL, 30)] {
+        // SAFETY: a process of the group carries our token, so the group is
+        // ours (its number cannot be reused while a member lives).
+        unsafe { libc::kill(-pgid, sig) };
+        if gone(std::time::Duration::from_secs(within)) {
+            return Ok(true);
+        }
+    }
+    bail!("process group {pgid}, left running in the tree by an interrupted build, does not exit")
+}
+
+/// Removes kbuild's temporaries named `.tmp_*` directly in `dir` (as `make
+/// clean` does): try-run's `.tmp_PID` directories (scripts/Makefile.compiler)
+/// at the top of the tree, `.tmp_NAME.o` of `ld -r` beside objects. kbuild
+/// removes them itself unless it is interrupted. The number removed.
+pub fn remove_kbuild_temporaries(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in rd.flatten() {
+        if !e.file_name().as_encoded_bytes().starts_with(b".tmp_") {
+            continue;
+        }
+        let p = e.path();
+        let removed = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
+            Ok(_) => fs::remove_file(&p),
+            Err(e) => Err(e),
+        };
+        n += usize::from(removed.is_ok());
+    }
+    n
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -727,5 +985,205 @@ mod tests {
         fs::create_dir(t.path().join("d")).unwrap();
         assert!(write_atomic(&t.path().join("d"), b"x").is_err());
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 4);
+    }
+
+    fn patches(text: &str) -> Vec<FilePatch> {
+        patchfile::parse("p", text).unwrap()
+    }
+
+    const CHANGE_MISSING: &str = "--- a/fs/proc/no_such_file.c\n+++ b/fs/proc/no_such_file.c\n@@ -1,1 +1,1 @@\n-a\n+b\n";
+    const CREATE_NEW: &str = "--- /dev/null\n+++ b/fs/proc/new_file.c\n@@ -0,0 +1,1 @@\n+int x;\n";
+    const CHANGE_NEW: &str = "--- a/fs/proc/new_file.c\n+++ b/fs/proc/new_file.c\n@@ -1,1 +1,1 @@\n-int x;\n+int y;\n";
+
+    #[test]
+    fn missing_files_are_the_changed_files_the_tree_lacks() {
+        let in_tree = |p: &str| p == "fs/proc/cmdline.c";
+        let changed = "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1,1 +1,1 @@\n-a\n+b\n";
+        assert!(missing_files(&patches(changed), in_tree).is_empty());
+        assert_eq!(missing_files(&patches(CHANGE_MISSING), in_tree), ["fs/proc/no_such_file.c"]);
+        let deleted = "--- a/fs/gone.c\n+++ /dev/null\n@@ -1,1 +0,0 @@\n-a\n";
+        assert_eq!(missing_files(&patches(deleted), in_tree), ["fs/gone.c"]);
+        // A created file is not missing, nor is a later change to it.
+        assert!(missing_files(&patches(CREATE_NEW), in_tree).is_empty());
+        assert!(missing_files(&patches(&format!("{CREATE_NEW}{CHANGE_NEW}")), in_tree).is_empty());
+        let e = NotApplicable::no_such_file("6.1.0-57-amd64", &["fs/proc/no_such_file.c".into()]);
+        assert_eq!(e.kind, NotApplicableKind::NoSuchFile);
+        assert_eq!(
+            e.to_string(),
+            "fs/proc/no_such_file.c: 6.1.0-57-amd64 has no such file (the patch changes a file this release's source does not have)"
+        );
+    }
+
+    /// A tree over `t` (no kernel in it), locked.
+    fn fake_tree(t: &Path) -> Tree {
+        let base = t.join("6.1.0-57-amd64");
+        fs::create_dir_all(base.join("src/fs/proc")).unwrap();
+        let release = Release {
+            name: crate::ReleaseName::parse("6.1.0-57-amd64").unwrap(),
+            image: t.join("vmlinuz"),
+            config: t.join("config"),
+            headers: t.join("headers"),
+            modules: t.join("modules"),
+            source_version: "6.1.0-0".into(),
+            cc: "gcc-12".into(),
+            cc_version_text: "gcc-12".into(),
+        };
+        let lock = lock_tree(&base, &|_| {}).unwrap();
+        Tree { release, dir: base.join("src"), base, _lock: lock }
+    }
+
+    #[test]
+    fn a_file_the_release_lacks_is_not_applicable_and_a_new_file_still_applies() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = fake_tree(t.path());
+        let e = tree.check_files(&patches(CHANGE_MISSING)).unwrap_err();
+        let na = e.downcast_ref::<NotApplicable>().expect("not applicable, not an I/O error");
+        assert_eq!(na.kind, NotApplicableKind::NoSuchFile);
+        assert!(na.detail.starts_with("fs/proc/no_such_file.c: 6.1.0-57-amd64 has no such file"), "{na}");
+        let e = tree.apply(&patches(CHANGE_MISSING)).err().unwrap();
+        assert_eq!(e.downcast_ref::<NotApplicable>().map(|n| n.kind), Some(NotApplicableKind::NoSuchFile), "{e:#}");
+        // --- /dev/null: the file is created, and removed again on restore.
+        let both = patches(&format!("{CREATE_NEW}{CHANGE_NEW}"));
+        tree.check_files(&both).unwrap();
+        let applied = tree.apply(&both).unwrap();
+        assert_eq!(fs::read_to_string(tree.dir.join("fs/proc/new_file.c")).unwrap(), "int y;\n");
+        applied.restore().unwrap();
+        assert!(!tree.dir.join("fs/proc/new_file.c").exists());
+    }
+
+    #[test]
+    fn kbuild_temporaries_are_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        fs::create_dir_all(d.join(".tmp_4242/sub")).unwrap();
+        fs::write(d.join(".tmp_4242/sub/tmp"), "x").unwrap();
+        fs::write(d.join(".tmp_binfmt_misc.o"), "x").unwrap();
+        fs::create_dir(d.join("outside")).unwrap();
+        std::os::unix::fs::symlink(d.join("outside"), d.join(".tmp_link")).unwrap();
+        for keep in [".config", "tmp_not_hidden", ".tmp", ".suture-prepared"] {
+            fs::write(d.join(keep), "x").unwrap();
+        }
+        assert_eq!(remove_kbuild_temporaries(d), 3);
+        let mut left: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [".config", ".suture-prepared", ".tmp", "outside", "tmp_not_hidden"]);
+        // The tree's top level is cleaned when the next build takes the lock.
+        let tree = fake_tree(d);
+        fs::create_dir_all(tree.dir.join(".tmp_99999")).unwrap();
+        drop(tree);
+        let tree = fake_tree(d);
+        assert!(!tree.dir.join(".tmp_99999").exists());
+        assert!(tree.dir.join("fs/proc").exists());
+    }
+
+    /// Processes of group `pgid` that have not exited (zombies excluded).
+    fn running_in_group(pgid: i32) -> Vec<i32> {
+        let mut out = Vec::new();
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let rest = &stat[stat.rfind(')').unwrap() + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f[2].parse::<i32>().ok() == Some(pgid) && !matches!(f[0], "Z" | "X") {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    const HELPER_BASE: &str = "SUTURE_TEST_KILLED_BUILD_BASE";
+
+    /// Not a test: the build that the next test kills with SIGKILL while its
+    /// "compiler" (a shell running `sleep`) works in the tree.
+    #[test]
+    #[ignore]
+    fn helper_build_killed_while_compiling() {
+        let Some(base) = std::env::var_os(HELPER_BASE).map(PathBuf::from) else { return };
+        let _lock = lock_tree(&base, &|_| {}).unwrap();
+        let mut sh = Command::new("sh");
+        sh.current_dir(&base).args(["-c", "echo $$ > started.tmp && mv started.tmp started; sleep 600; echo done"]);
+        let _ = run_in_group(&base, &mut sh);
+    }
+
+    /// kill -9 of suture while make runs: the compiler kept working in the
+    /// tree after the lock was released. Now the next build, taking the
+    /// lock, stops the dead build's process group before it goes on.
+    #[test]
+    fn a_killed_builds_compiler_is_stopped_before_the_next_build_uses_the_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let base = t.path().to_path_buf();
+        let mut helper = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tree::tests::helper_build_killed_while_compiling", "--ignored", "--nocapture"])
+            .env(HELPER_BASE, &base)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = base.join("started");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !started.exists() {
+            assert!(std::time::Instant::now() < until, "the helper build did not start its compiler");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let pgid: i32 = fs::read_to_string(&started).unwrap().trim().parse().unwrap();
+        let cleanup = scopeguard(pgid);
+        assert!(base.join(RUNNING).exists(), "the running group is recorded");
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The dead build's `sleep` is still in the tree...
+        assert!(!running_in_group(pgid).is_empty(), "nothing was left running: the test proves nothing");
+        // ...until the next build takes the lock.
+        let notes = std::cell::RefCell::new(Vec::new());
+        let _lock = lock_tree(&base, &|m| notes.borrow_mut().push(m.to_string())).unwrap();
+        assert_eq!(running_in_group(pgid), Vec::<i32>::new(), "the dead build's compiler still runs");
+        assert!(!base.join(RUNNING).exists());
+        assert!(notes.borrow().iter().any(|n| n.contains(&format!("process group {pgid}"))), "{:?}", notes.borrow());
+        drop(cleanup);
+    }
+
+    /// Kills group `pgid` when dropped (a failed assertion leaves no `sleep`).
+    fn scopeguard(pgid: i32) -> impl Drop {
+        struct G(i32);
+        impl Drop for G {
+            fn drop(&mut self) {
+                // SAFETY: the test's own group.
+                unsafe { libc::kill(-self.0, libc::SIGKILL) };
+            }
+        }
+        G(pgid)
+    }
+
+    /// A recorded group none of whose processes carries the run's token is
+    /// not ours (its number was reused): left alone, and the record dropped.
+    #[test]
+    fn a_reused_group_number_is_not_killed() {
+        use std::os::unix::process::CommandExt;
+        let t = tempfile::tempdir().unwrap();
+        let mut other = Command::new("sleep").arg("600").process_group(0).spawn().unwrap();
+        let pgid = other.id() as i32;
+        let rec = Running { pgid, token: "1-2-3".into() };
+        fs::write(t.path().join(RUNNING), serde_json::to_vec(&rec).unwrap()).unwrap();
+        let _lock = lock_tree(t.path(), &|_| {}).unwrap();
+        let alive = other.try_wait().unwrap().is_none();
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert!(alive, "an unrelated process group was killed");
+        assert!(!t.path().join(RUNNING).exists());
+    }
+
+    #[test]
+    fn a_command_in_the_tree_runs_in_its_own_recorded_group_and_leaves_no_record() {
+        let t = tempfile::tempdir().unwrap();
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "while ! [ -e running.json ]; do sleep 0.01; done; echo $SUTURE_BUILD_TOKEN; cut -d' ' -f5 /proc/$$/stat; echo $$; cat running.json"]).current_dir(t.path());
+        let out = run_in_group(t.path(), &mut sh).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with(&format!("{}-", std::process::id())), "{text}");
+        assert_eq!(lines[1], lines[2], "the shell leads its own process group: {text}");
+        let rec: Running = serde_json::from_str(lines[3]).unwrap();
+        assert_eq!((rec.pgid.to_string(), rec.token.as_str()), (lines[2].to_string(), lines[0]));
+        assert!(!t.path().join(RUNNING).exists());
     }
 }

@@ -135,7 +135,14 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 eprintln!("{be}");
                 Ok(3)
             }
-            None => Err(e),
+            // Like no change: nothing to build for this release.
+            None => match e.downcast_ref::<suture_build::NotApplicable>() {
+                Some(na) if na.kind == suture_build::NotApplicableKind::NoSuchFile => {
+                    eprintln!("{na}");
+                    Ok(3)
+                }
+                _ => Err(e),
+            },
         },
     }
 }
@@ -158,7 +165,7 @@ fn run_many(opts: &BuildOptions, releases: &[String], json: bool, start: Instant
                 Refused { reasons } => println!("{}: refused: {}", o.release, reasons.join("; ")),
                 NoChange { detail } => println!("{}: no change: {detail}", o.release),
                 InitExitOnly { reasons } => println!("{}: init/exit code only: {}", o.release, reasons.join("; ")),
-                NotApplicable { detail } => println!("{}: not applicable: {detail}", o.release),
+                NotApplicable { detail, .. } => println!("{}: not applicable: {detail}", o.release),
                 Error { detail } => println!("{}: error: {detail}", o.release),
             }
         }

@@ -17,7 +17,9 @@ pub enum PerRelease {
     NoChange { detail: String },
     /// Only init/exit code changed: nothing in the running kernel to patch.
     InitExitOnly { reasons: Vec<String> },
-    NotApplicable { detail: String },
+    /// `kind`: `does_not_apply` (a hunk's context is not there) or
+    /// `no_such_file` (the release's source has no such file).
+    NotApplicable { kind: &'static str, detail: String },
     Error { detail: String },
 }
 
@@ -47,7 +49,11 @@ fn classify(r: Result<BuildReport>) -> PerRelease {
             } else if let Some(nc @ BuildError::NoChange(_)) = e.downcast_ref::<BuildError>() {
                 PerRelease::NoChange { detail: nc.to_string() }
             } else if let Some(na) = e.downcast_ref::<NotApplicable>() {
-                PerRelease::NotApplicable { detail: na.to_string() }
+                let kind = match na.kind {
+                    suture_build::NotApplicableKind::DoesNotApply => "does_not_apply",
+                    suture_build::NotApplicableKind::NoSuchFile => "no_such_file",
+                };
+                PerRelease::NotApplicable { kind, detail: na.to_string() }
             } else {
                 PerRelease::Error { detail: format!("{e:#}") }
             }
@@ -122,7 +128,7 @@ mod tests {
 
     #[test]
     fn exit_status_orders_error_refused_built() {
-        let na = || o(PerRelease::NotApplicable { detail: "x".into() });
+        let na = || o(PerRelease::NotApplicable { kind: "no_such_file", detail: "x".into() });
         let nc = || o(PerRelease::NoChange { detail: "x".into() });
         let err = || o(PerRelease::Error { detail: "x".into() });
         let refused = || o(PerRelease::Refused { reasons: vec!["x".into()] });
