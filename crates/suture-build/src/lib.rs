@@ -92,6 +92,11 @@ pub struct BuildReport {
     pub callbacks: Vec<String>,
     pub states: Vec<suture_klp::State>,
     pub replace: bool,
+    /// Changed files the release does not build, each with why
+    /// (`drivers/x.c: not built by R (CONFIG_X is not set)`): the rest of the
+    /// patch was built without them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_built: Vec<String>,
 }
 
 /// How a build ended when it did not produce a module. The binary maps these
@@ -106,6 +111,70 @@ pub enum BuildError {
     /// patch; when the fix takes effect is said per function.
     #[error("{}", format_init_exit(.0))]
     InitExitOnly(Vec<(String, Refusal)>),
+    /// No changed file is built by the release's configuration (kbuild's
+    /// answer): not applicable, like no change.
+    #[error("{}", .0.join("\n"))]
+    NotBuilt(Vec<String>),
+    /// The patched source does not compile for this release while the
+    /// original does: the fix relies on changes to other files (a struct
+    /// member, a helper) that this release lacks.
+    #[error("{file}: needs changes in other files: the patched source does not compile for this release, the original does\n  first error: {first_error}")]
+    NeedsOtherChanges { file: String, first_error: String },
+}
+
+/// `file: not built by RELEASE (why)`.
+pub fn not_built_line(file: &str, release: &str, why: &str) -> String {
+    format!("{file}: not built by {release} ({why})")
+}
+
+/// The units to compile for the changed objects, as kbuild builds them: an
+/// object the configuration builds stands for itself; a `.c` file built only
+/// through other units' `#include` (`kernel/locking/rtmutex.c`) stands for
+/// the built units that include it; anything else is not built, with why.
+struct Plan {
+    units: Vec<String>,
+    not_built: Vec<String>,
+}
+
+fn plan_units(tree: &Tree, objects: &[String], progress: &dyn Fn(&str)) -> Result<Plan> {
+    use suture_kernel::kbuild::{including_units, Applicability};
+    let release = &tree.release.name.release;
+    let a = tree.applicability(objects)?;
+    let mut plan = Plan { units: Vec::new(), not_built: Vec::new() };
+    for o in objects {
+        let file = format!("{}.c", o.strip_suffix(".o").unwrap_or(o));
+        match &a[o] {
+            Applicability::Built(_) => plan.units.push(o.clone()),
+            Applicability::NotBuilt(why) => {
+                let includers: Vec<String> = including_units(&tree.dir, &file)
+                    .with_context(|| format!("looking for the units that include {file}"))?
+                    .iter()
+                    .map(|c| format!("{}.o", c.strip_suffix(".c").unwrap_or(c)))
+                    .collect();
+                let built: Vec<String> = if includers.is_empty() {
+                    vec![]
+                } else {
+                    let b = tree.applicability(&includers)?;
+                    includers
+                        .into_iter()
+                        .filter(|u| matches!(b.get(u), Some(Applicability::Built(_))))
+                        .collect()
+                };
+                if built.is_empty() {
+                    plan.not_built.push(not_built_line(&file, release, why));
+                } else {
+                    progress(&format!(
+                        "{file} is not an object of its own: {} include it; compiling those",
+                        built.join(", ")
+                    ));
+                    plan.units.extend(built);
+                }
+            }
+        }
+    }
+    plan.units.sort();
+    plan.units.dedup();
+    Ok(plan)
 }
 
 fn format_init_exit(r: &[(String, Refusal)]) -> String {
@@ -187,6 +256,22 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     ));
     symbols::prefetch_vmlinux(&release.image, &opts.cache.join(&release.name.release));
     let tree = Tree::open(release.clone(), &opts.cache, progress)?;
+    // Which changed files the release builds, and as what, before anything
+    // is compiled. An out-of-tree module's files are its own kbuild's.
+    let plan = match &opts.module_src {
+        Some(_) => Plan { units: objects.clone(), not_built: vec![] },
+        None => {
+            tree.check_files(&patches)?;
+            plan_units(&tree, &objects, progress)?
+        }
+    };
+    if plan.units.is_empty() {
+        return Err(BuildError::NotBuilt(plan.not_built).into());
+    }
+    for n in &plan.not_built {
+        progress(n);
+    }
+    let objects = plan.units;
     let base = opts.cache.join(&release.name.release);
     remove_stale_work_dirs(&base, progress);
     // A kept directory has its own prefix: no later build removes it.
@@ -200,7 +285,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         &name,
         &output,
         work.path(),
-    );
+    )
+    .map(|mut r| {
+        r.not_built = plan.not_built;
+        r
+    });
     if opts.keep_work {
         let kept = work.keep();
         eprintln!("work directory kept: {}", kept.display());
@@ -273,6 +362,7 @@ fn build_in(
     let mut verified = 0;
     for ((info, orig), patched) in pairs.iter().zip(&patched) {
         let mut report = symbols.target(&info.objname, orig)?;
+        warnings.extend(report.warnings.iter().map(|w| format!("{}: {w}", info.object)));
         symbols.add_new_references(&info.objname, patched, &mut report.target)?;
         let undecided: Vec<String> = report
             .unresolved
@@ -313,6 +403,28 @@ fn build_in(
                             },
                         )
                     }));
+                    continue;
+                }
+                // A copy chosen among interchangeable ones is fine to call or
+                // read, not to replace: the other units' callers would keep
+                // theirs, and which is this unit's is unknown.
+                let copies: Vec<Refusal> = p
+                    .replaced
+                    .iter()
+                    .filter_map(|f| {
+                        let d = report.decisions.iter().find(|d| d.name == f.name && d.how.starts_with("identical copies"))?;
+                        Some(Refusal {
+                            subject: f.name.clone(),
+                            reason: format!(
+                                "the kernel has {} byte-identical copies of it and nothing tells which one is this file's: replacing one would leave this file's callers on another",
+                                d.instances
+                            ),
+                        })
+                    })
+                    .collect();
+                if !copies.is_empty() {
+                    let source = info.object.replace(".o", ".c");
+                    refusals.extend(copies.into_iter().map(|r| (source.clone(), r)));
                     continue;
                 }
                 let names: Vec<&str> = p.replaced.iter().map(|f| f.name.as_str()).collect();
@@ -436,6 +548,7 @@ fn build_in(
         callbacks,
         states: opts.states.clone(),
         replace: opts.replace,
+        not_built: vec![],
     })
 }
 
@@ -466,7 +579,17 @@ fn tree_objects(
         }
     }
     applied.restore()?;
-    compiled.context("the patched source does not compile")?;
+    if let Err(e) = compiled {
+        // The originals compiled: the patched text alone is what fails.
+        if let Some(first) = e
+            .downcast_ref::<suture_kernel::tree::CommandFailed>()
+            .and_then(|c| c.first_error.clone())
+        {
+            let file = first.split(':').next().unwrap_or("").to_string();
+            return Err(BuildError::NeedsOtherChanges { file, first_error: first }.into());
+        }
+        return Err(e.context("the patched source does not compile"));
+    }
     Ok((pairs, patched))
 }
 

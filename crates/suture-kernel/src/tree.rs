@@ -78,16 +78,50 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 /// The command's status as a result, with the tail of its output on failure.
+/// A command in the tree that failed: what it was doing, the compiler's
+/// first error (the one that matters; later ones often follow from it) and
+/// the end of its output.
+#[derive(Debug)]
+pub struct CommandFailed {
+    pub what: String,
+    pub status: std::process::ExitStatus,
+    pub first_error: Option<String>,
+    pub tail: String,
+}
+
+impl std::fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed ({}):\n{}", self.what, self.status, self.tail)
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+/// The first `FILE:LINE:COL: error: ...` (or `fatal error`) line of gcc's
+/// output.
+pub fn first_compiler_error(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find(|l| l.contains(": error: ") || l.contains(": fatal error: "))
+        .map(|l| l.trim().to_string())
+}
+
 fn checked(cmd: &Command, out: std::io::Result<Output>, what: &str) -> Result<()> {
     let out = out.with_context(|| format!("{what}: could not start {:?}", cmd.get_program()))?;
     if !out.status.success() {
-        let mut tail = String::from_utf8_lossy(&out.stderr).into_owned();
-        if tail.trim().is_empty() {
-            tail = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+        if text.trim().is_empty() {
+            text = String::from_utf8_lossy(&out.stdout).into_owned();
         }
-        let lines: Vec<&str> = tail.lines().collect();
+        let lines: Vec<&str> = text.lines().collect();
         let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-        bail!("{what} failed ({}):\n{tail}", out.status);
+        return Err(CommandFailed {
+            what: what.to_string(),
+            status: out.status,
+            first_error: first_compiler_error(&text),
+            tail,
+        }
+        .into());
     }
     Ok(())
 }
@@ -326,6 +360,22 @@ impl Tree {
     /// module's kbuild in the build's work directory).
     pub fn run_locked(&self, cmd: &mut Command) -> std::io::Result<Output> {
         run_in_group(&self.base, cmd)
+    }
+
+    /// Whether and into what the release's configuration builds each object
+    /// (`fs/proc/cmdline.o`): kbuild's own answer ([`crate::kbuild`]).
+    pub fn applicability(
+        &self,
+        objects: &[String],
+    ) -> Result<std::collections::HashMap<String, crate::kbuild::Applicability>> {
+        let config = fs::read_to_string(self.dir.join(".config"))
+            .with_context(|| format!("reading {}/.config", self.dir.display()))?;
+        let mut make = Command::new("make");
+        make.arg("-C")
+            .arg(&self.dir)
+            .arg(format!("CC={}", self.release.cc))
+            .arg(format!("KERNELRELEASE={}", self.release.name.release));
+        crate::kbuild::applicability(&self.dir, make, &config, objects)
     }
 
     /// [`Tree::compile`] with extra compiler flags (the patched side gets `-I`

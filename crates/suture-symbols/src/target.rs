@@ -86,6 +86,24 @@ pub struct TargetReport {
     pub defined_functions: usize,
     /// Whether code could be compared (an image or a .ko was given).
     pub compared_code: bool,
+    /// Decisions worth telling the patch author (identical copies).
+    pub warnings: Vec<String>,
+}
+
+impl TargetReport {
+    /// Records that `name`'s instance at `sympos` is ORIG's, and how that
+    /// was decided.
+    fn decide(&mut self, name: &str, sympos: u32, instances: usize, how: String) {
+        self.target
+            .symbols
+            .insert(name.to_string(), TargetSym::Unexported { sympos });
+        self.decisions.push(Decision {
+            name: name.to_string(),
+            sympos,
+            instances,
+            how,
+        });
+    }
 }
 
 /// The differ's `Target` for every symbol ORIG defines or references; an error
@@ -400,6 +418,41 @@ fn site_symbol(space: &dyn Space, addr: u64, site: Site, r: &Rel) -> Option<u64>
         // The jump lands on S + A + 4 (the field is the instruction's last 4 bytes).
         Site::Relaxed(dest) => Some(dest.wrapping_sub(r.addend.wrapping_add(4) as u64)),
     }
+}
+
+/// The instance to use when every instance matching ORIG's code is an
+/// interchangeable copy: each relocated field of each copy resolves to the
+/// same address (the same callee, the same variable, the same literal), so
+/// the copies differ in nothing but where they are. The lowest position.
+/// `None` when any field differs or cannot be read: copies that reference
+/// their own unit's statics are not interchangeable.
+fn interchangeable(space: &dyn Space, orig: &Obj, func: usize, matches: &[(Instance, Vec<Site>)]) -> Option<Instance> {
+    if matches.len() < 2 {
+        return None;
+    }
+    let f = &orig.symbols[func];
+    let rels = orig.relocs_in(f.sec()?, f.value, f.value + f.size);
+    let targets = |(c, sites): &(Instance, Vec<Site>)| -> Option<Vec<u64>> {
+        if sites.len() != rels.len() {
+            return None;
+        }
+        rels.iter()
+            .zip(sites)
+            .map(|(r, &site)| {
+                let at = site_symbol(space, c.addr, site, r)?;
+                // A PC-relative reference to the copy itself (a recursive
+                // call, a local jump table) moves with the copy.
+                Some(if at >= c.addr && at < c.addr + f.size.max(1) { at - c.addr } else { at })
+            })
+            .collect()
+    };
+    let first = targets(&matches[0])?;
+    for m in &matches[1..] {
+        if targets(m)? != first {
+            return None;
+        }
+    }
+    matches.iter().map(|(c, _)| *c).min_by_key(|c| c.sympos)
 }
 
 struct Resolver<'s, 'o> {
@@ -809,15 +862,7 @@ fn resolve(
             match decided {
                 Some((c, how)) => {
                     progress = true;
-                    rep.target
-                        .symbols
-                        .insert(s.name.clone(), TargetSym::Unexported { sympos: c.sympos });
-                    rep.decisions.push(Decision {
-                        name: s.name.clone(),
-                        sympos: c.sympos,
-                        instances: inst.len(),
-                        how,
-                    });
+                    rep.decide(&s.name, c.sympos, inst.len(), how);
                     rv.addr_of.insert(i, (c.addr, s.name.clone()));
                     if let Some(sec) = s.sec() {
                         if orig.sections[sec].flags & elf::SHF_MERGE as u64 == 0 {
@@ -840,6 +885,23 @@ fn resolve(
 
     for (i, inst) in pending {
         let s = &orig.symbols[i];
+        if let Some(c) = byte_matches
+            .get(&i)
+            .and_then(|m| interchangeable(space, orig, i, m))
+        {
+            // Identical code with identical references (a static inline gcc
+            // did not inline, in several units): any copy does what ORIG's
+            // does, so the first stands for ORIG's.
+            let n = byte_matches[&i].len();
+            rep.warnings.push(format!(
+                "{}: {n} of its {} instances are byte-identical copies that reference the same things;                  using the first (position {}): they are interchangeable",
+                s.name,
+                inst.len(),
+                c.sympos
+            ));
+            rep.decide(&s.name, c.sympos, inst.len(), format!("identical copies ({n} interchangeable)"));
+            continue;
+        }
         let why = if !space.can_read() && objname == "vmlinux" {
             format!(
                 "{} instances and no kernel image to compare code with; pass the target's \
@@ -1121,6 +1183,8 @@ mod tests {
         let (show_sec, _) = func(&mut o, "show", &show_code);
         let (_, helper) = func(&mut o, "helper", &[0xc3]);
         let (twin_sec, _) = func(&mut o, "twin", &[0xe8, 0, 0, 0, 0, 0xc3]);
+        // Reads its unit's own static: copies in two units are not interchangeable.
+        let (pal_sec, _) = func(&mut o, "pal", &[0x8b, 0x05, 0, 0, 0, 0, 0xc3]);
         // je helper; jmp helper: rel32 forms, one relocation each.
         let (jumper_sec, _) = func(
             &mut o,
@@ -1151,6 +1215,22 @@ mod tests {
             section: SymbolSection::Section(bss),
             flags: SymbolFlags::None,
         });
+        let tally_sec = o.add_section(
+            vec![],
+            b".bss.tally".to_vec(),
+            SectionKind::UninitializedData,
+        );
+        o.append_section_bss(tally_sec, 4, 4);
+        let tally = o.add_symbol(Symbol {
+            name: b"tally".to_vec(),
+            value: 0,
+            size: 4,
+            kind: SymbolKind::Data,
+            scope: SymbolScope::Compilation,
+            weak: false,
+            section: SymbolSection::Section(tally_sec),
+            flags: SymbolFlags::None,
+        });
         let emit = o.add_symbol(Symbol {
             name: b"sysfs_emit".to_vec(),
             value: 0,
@@ -1178,6 +1258,7 @@ mod tests {
         rel(&mut o, show_sec, 8, strs_sym, 0, elf::R_X86_64_PC32);
         rel(&mut o, show_sec, 14, bss_sym, -4, elf::R_X86_64_PC32);
         rel(&mut o, twin_sec, 1, emit, -4, elf::R_X86_64_PLT32);
+        rel(&mut o, pal_sec, 2, tally, -4, elf::R_X86_64_PC32);
         rel(&mut o, jumper_sec, 2, helper, -4, elf::R_X86_64_PC32);
         rel(&mut o, jumper_sec, 7, helper, -4, elf::R_X86_64_PLT32);
         o.write().unwrap()
@@ -1214,6 +1295,10 @@ mod tests {
             text[a as usize..a as usize + 6].copy_from_slice(&[0xe8, 0, 0, 0, 0, 0xc3]);
             put_rel(&mut text, a + 1, BASE + 0x3c0);
         }
+        for (a, t) in [(0x440u64, 0x508u64), (0x480, 0x50c)] {
+            text[a as usize..a as usize + 7].copy_from_slice(&[0x8b, 0x05, 0, 0, 0, 0, 0xc3]);
+            put_rel(&mut text, a + 2, BASE + t);
+        }
         text[0x400..0x404].copy_from_slice(b"two\0");
         let mut elf = vec![0u8; 0x1000];
         elf[..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
@@ -1244,8 +1329,12 @@ mod tests {
             sym(0x340, "twin"),
             sym(0x380, "twin"),
             sym(0x3c0, "sysfs_emit"),
+            sym(0x440, "pal"),
+            sym(0x480, "pal"),
             sym(0x500, "counter"),
             sym(0x504, "counter"),
+            sym(0x508, "tally"),
+            sym(0x50c, "tally"),
         ]);
         (elf, k)
     }
@@ -1279,9 +1368,19 @@ mod tests {
         assert_eq!(how["counter"], "referenced by show");
         assert_eq!(t["jumper"], TargetSym::Unexported { sympos: 1 });
         assert_eq!(how["jumper"], "bytes+relocations");
-        // Identical code calling the same function: nothing tells them apart.
-        assert_eq!(rep.unresolved.len(), 1);
-        assert_eq!(rep.unresolved[0].name, "twin");
+        // Identical code calling the same function: interchangeable copies,
+        // the first one used, and the author told.
+        assert_eq!(t["twin"], TargetSym::Unexported { sympos: 1 });
+        assert_eq!(how["twin"], "identical copies (2 interchangeable)");
+        assert!(
+            rep.warnings.iter().any(|w| w.starts_with("twin: 2 of its 2 instances are byte-identical copies")),
+            "{:?}",
+            rep.warnings
+        );
+        // Identical code reading each unit's own static: nothing tells them
+        // apart, and they are not interchangeable.
+        let unresolved: Vec<&str> = rep.unresolved.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(unresolved, ["pal", "tally"]);
         assert!(
             rep.unresolved[0].why.contains("2 of its 2 instances match"),
             "{}",
@@ -1298,7 +1397,7 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("twin"), "{e}");
+        assert!(e.contains("pal") && !e.contains("twin"), "{e}");
     }
 
     #[test]
@@ -1393,7 +1492,7 @@ mod tests {
         };
         let e = build_target(t, &Exports::default(), "vmlinux", &orig()).unwrap_err();
         assert!(matches!(e, Error::WrongTarget(_)), "{e}");
-        assert!(e.to_string().contains("none of ORIG's 4 functions"), "{e}");
+        assert!(e.to_string().contains("none of ORIG's 5 functions"), "{e}");
         // Without code to compare, missing symbols are only listed as absent.
         let rep = build_target_report(
             TargetImage::Kallsyms { kallsyms: &other },
@@ -1404,7 +1503,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             rep.absent,
-            ["counter", "helper", "jumper", "show", "sysfs_emit", "twin"]
+            ["counter", "helper", "jumper", "pal", "show", "sysfs_emit", "tally", "twin"]
         );
     }
 

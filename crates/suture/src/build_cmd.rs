@@ -104,6 +104,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 for w in &r.warnings {
                     eprintln!("warning: {w}");
                 }
+                for n in &r.not_built {
+                    eprintln!("note: {n}: left out of the module");
+                }
                 println!("built {} in {:.1}s", r.module.display(), start.elapsed().as_secs_f64());
                 println!("  livepatch {} for {} (symbols: {})", r.name, r.release, r.symbol_source);
                 for f in &r.replaced {
@@ -125,15 +128,32 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Err(e) if a.json && is_outcome(&e) => {
+            // The same document a multi-release build gives per release.
+            let exit = match e.downcast_ref::<BuildError>() {
+                Some(BuildError::Refused(_) | BuildError::NeedsOtherChanges { .. }) => 2,
+                _ => 3,
+            };
+            eprintln!("{e}");
+            let result = crate::build_many::classify(Err(e));
+            let doc = crate::build_many::Outcome { release: opts.release.clone(), result, seconds: start.elapsed().as_secs_f64() };
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(exit)
+        }
         Err(e) => match e.downcast_ref::<BuildError>() {
             Some(be @ BuildError::Refused(_)) => {
                 eprintln!("error: {be}");
                 eprintln!("nothing was written.");
                 Ok(2)
             }
-            Some(be @ (BuildError::NoChange(_) | BuildError::InitExitOnly(_))) => {
+            Some(be @ (BuildError::NoChange(_) | BuildError::InitExitOnly(_) | BuildError::NotBuilt(_))) => {
                 eprintln!("{be}");
                 Ok(3)
+            }
+            Some(be @ BuildError::NeedsOtherChanges { .. }) => {
+                eprintln!("error: {be}");
+                eprintln!("nothing was written: backport the change this fix builds on, or build the fix with it.");
+                Ok(2)
             }
             // Like no change: nothing to build for this release.
             None => match e.downcast_ref::<suture_build::NotApplicable>() {
@@ -145,6 +165,15 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             },
         },
     }
+}
+
+/// A build that ended with an answer about the patch (refused, no change,
+/// not built, init/exit only, needs other changes, a missing file) rather
+/// than an error.
+fn is_outcome(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<BuildError>().is_some()
+        || e.downcast_ref::<suture_build::NotApplicable>()
+            .is_some_and(|na| na.kind == suture_build::NotApplicableKind::NoSuchFile)
 }
 
 /// `--kernel R1 --kernel R2 ...`: see [`crate::build_many`].
@@ -161,7 +190,14 @@ fn run_many(opts: &BuildOptions, releases: &[String], json: bool, start: Instant
         use crate::build_many::PerRelease::*;
         for o in &outcomes {
             match &o.result {
-                Built { report } => println!("{}: built {} ({:.1}s)", o.release, report.module.display(), o.seconds),
+                Built { report } => {
+                    println!("{}: built {} ({:.1}s)", o.release, report.module.display(), o.seconds);
+                    for n in &report.not_built {
+                        println!("{}:   left out: {n}", o.release);
+                    }
+                }
+                NotBuilt { files } => println!("{}: not built: {}", o.release, files.join("; ")),
+                NeedsOtherChanges { detail } => println!("{}: needs changes in other files: {detail}", o.release),
                 Refused { reasons } => println!("{}: refused: {}", o.release, reasons.join("; ")),
                 NoChange { detail } => println!("{}: no change: {detail}", o.release),
                 InitExitOnly { reasons } => println!("{}: init/exit code only: {}", o.release, reasons.join("; ")),

@@ -20,6 +20,10 @@ pub enum PerRelease {
     /// `kind`: `does_not_apply` (a hunk's context is not there) or
     /// `no_such_file` (the release's source has no such file).
     NotApplicable { kind: &'static str, detail: String },
+    /// No changed file is built by the release's configuration.
+    NotBuilt { files: Vec<String> },
+    /// The fix needs changes to other files this release lacks.
+    NeedsOtherChanges { detail: String },
     Error { detail: String },
 }
 
@@ -36,7 +40,7 @@ pub fn output_for(dir: &Path, name: &str, release: &str) -> PathBuf {
     dir.join(format!("{name}-{release}.ko"))
 }
 
-fn classify(r: Result<BuildReport>) -> PerRelease {
+pub fn classify(r: Result<BuildReport>) -> PerRelease {
     match r {
         Ok(report) => PerRelease::Built { report },
         Err(e) => {
@@ -46,6 +50,10 @@ fn classify(r: Result<BuildReport>) -> PerRelease {
             } else if let Some(BuildError::InitExitOnly(v)) = e.downcast_ref::<BuildError>() {
                 let reasons = v.iter().map(|(f, x)| format!("{f}: {}: {}", x.subject, x.reason)).collect();
                 PerRelease::InitExitOnly { reasons }
+            } else if let Some(BuildError::NotBuilt(files)) = e.downcast_ref::<BuildError>() {
+                PerRelease::NotBuilt { files: files.clone() }
+            } else if let Some(n @ BuildError::NeedsOtherChanges { .. }) = e.downcast_ref::<BuildError>() {
+                PerRelease::NeedsOtherChanges { detail: n.to_string() }
             } else if let Some(nc @ BuildError::NoChange(_)) = e.downcast_ref::<BuildError>() {
                 PerRelease::NoChange { detail: nc.to_string() }
             } else if let Some(na) = e.downcast_ref::<NotApplicable>() {
@@ -62,13 +70,14 @@ fn classify(r: Result<BuildReport>) -> PerRelease {
 }
 
 /// The exit status of a build for several releases: 1 if any failed, else 2
-/// if any was refused, else 0 if any module was built, else 3 (no change or
-/// not applicable everywhere).
+/// if any was refused (or needs changes in other files), else 0 if any
+/// module was built, else 3 (no change, not built or not applicable
+/// everywhere).
 pub fn exit_status(outcomes: &[Outcome]) -> i32 {
     let any = |f: fn(&PerRelease) -> bool| outcomes.iter().any(|o| f(&o.result));
     if any(|r| matches!(r, PerRelease::Error { .. })) {
         1
-    } else if any(|r| matches!(r, PerRelease::Refused { .. })) {
+    } else if any(|r| matches!(r, PerRelease::Refused { .. } | PerRelease::NeedsOtherChanges { .. })) {
         2
     } else if any(|r| matches!(r, PerRelease::Built { .. })) {
         0

@@ -1,0 +1,64 @@
+//! kbuild's own answer, on the release's prepared tree, to "does this
+//! configuration build this file, and into what": vmlinux objects, modules,
+//! parts of composite modules, and files Debian's config leaves out, named
+//! by their option.
+
+use std::path::Path;
+use std::process::Command;
+use suture_kernel::kbuild::{applicability, Applicability, Target};
+
+use suture_kernel::{Release, Tree};
+
+#[test]
+fn kbuild_decides_what_the_release_builds() {
+    let r = std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into());
+    if !Path::new(&format!("/boot/vmlinuz-{r}")).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install the kernel {r}");
+        eprintln!("SKIP: /boot/vmlinuz-{r} is not installed");
+        return;
+    }
+    let cache = std::env::var_os("SUTURE_CACHE").map_or_else(|| "/var/cache/suture".into(), std::path::PathBuf::from);
+    let rel = Release::find(&r, Path::new("/")).unwrap();
+    let tree = Tree::open(rel, &cache, &|m| eprintln!("{m}")).unwrap();
+    let config = std::fs::read_to_string(&tree.release.config).unwrap();
+    let mut make = Command::new("make");
+    make.arg("-C").arg(&tree.dir).arg(format!("CC={}", tree.release.cc)).arg(format!("KERNELRELEASE={r}"));
+    let objects: Vec<String> = [
+        "fs/proc/cmdline.o",
+        "fs/btrfs/inode.o",
+        "drivers/char/ipmi/ipmi_si_intf.o",
+        "drivers/char/ipmi/ipmi_msghandler.o",
+        "drivers/tty/serial/altera_jtaguart.o",
+        "net/xfrm/espintcp.o",
+        "kernel/locking/rtmutex.o",
+        "kernel/locking/rtmutex_api.o",
+        "arch/x86/kvm/x86.o",
+    ]
+    .map(String::from)
+    .to_vec();
+    let t0 = std::time::Instant::now();
+    let a = applicability(&tree.dir, make, &config, &objects).unwrap();
+    eprintln!("kbuild answered for {} objects in {:.2?}", objects.len(), t0.elapsed());
+    let built = |o: &str| match &a[o] {
+        Applicability::Built(t) => t.clone(),
+        other => panic!("{o}: {other:?}"),
+    };
+    let not_built = |o: &str| match &a[o] {
+        Applicability::NotBuilt(why) => why.clone(),
+        other => panic!("{o}: {other:?}"),
+    };
+    assert_eq!(built("fs/proc/cmdline.o"), [Target::Vmlinux]);
+    assert_eq!(built("kernel/locking/rtmutex_api.o"), [Target::Vmlinux]);
+    assert_eq!(built("fs/btrfs/inode.o"), [Target::Module("btrfs".into())]);
+    assert_eq!(built("drivers/char/ipmi/ipmi_si_intf.o"), [Target::Module("ipmi_si".into())]);
+    assert_eq!(built("drivers/char/ipmi/ipmi_msghandler.o"), [Target::Module("ipmi_msghandler".into())]);
+    assert_eq!(built("arch/x86/kvm/x86.o"), [Target::Module("kvm".into())]);
+    assert_eq!(not_built("drivers/tty/serial/altera_jtaguart.o"), "CONFIG_SERIAL_ALTERA_JTAGUART is not set");
+    assert_eq!(not_built("net/xfrm/espintcp.o"), "CONFIG_XFRM_ESPINTCP is not set");
+    // Built only through another unit's #include, never as an object.
+    assert!(not_built("kernel/locking/rtmutex.o").contains("rtmutex.o"), "{}", not_built("kernel/locking/rtmutex.o"));
+    let inc = suture_kernel::kbuild::including_units(&tree.dir, "kernel/locking/rtmutex.c").unwrap();
+    for u in ["kernel/locking/rtmutex_api.c", "kernel/locking/rwsem.c", "kernel/locking/spinlock_rt.c", "kernel/locking/ww_rt_mutex.c"] {
+        assert!(inc.iter().any(|i| i == u), "{u} not in {inc:?}");
+    }
+}
