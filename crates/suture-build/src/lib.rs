@@ -144,7 +144,7 @@ fn plan_units(tree: &Tree, objects: &[String], progress: &dyn Fn(&str)) -> Resul
     for o in objects {
         let file = format!("{}.c", o.strip_suffix(".o").unwrap_or(o));
         match &a[o] {
-            Applicability::Built(_) => plan.units.push(o.clone()),
+            Applicability::Built { .. } => plan.units.push(o.clone()),
             Applicability::NotBuilt(why) => {
                 let includers: Vec<String> = including_units(&tree.dir, &file)
                     .with_context(|| format!("looking for the units that include {file}"))?
@@ -157,7 +157,7 @@ fn plan_units(tree: &Tree, objects: &[String], progress: &dyn Fn(&str)) -> Resul
                     let b = tree.applicability(&includers)?;
                     includers
                         .into_iter()
-                        .filter(|u| matches!(b.get(u), Some(Applicability::Built(_))))
+                        .filter(|u| matches!(b.get(u), Some(Applicability::Built { .. })))
                         .collect()
                 };
                 if built.is_empty() {
@@ -256,6 +256,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     ));
     symbols::prefetch_vmlinux(&release.image, &opts.cache.join(&release.name.release));
     let tree = Tree::open(release.clone(), &opts.cache, progress)?;
+    let base = opts.cache.join(&release.name.release);
+    remove_stale_work_dirs(&base, progress);
     // Which changed files the release builds, and as what, before anything
     // is compiled. An out-of-tree module's files are its own kbuild's.
     let plan = match &opts.module_src {
@@ -272,8 +274,6 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         progress(n);
     }
     let objects = plan.units;
-    let base = opts.cache.join(&release.name.release);
-    remove_stale_work_dirs(&base, progress);
     // A kept directory has its own prefix: no later build removes it.
     let work = tempdir_in(&base, if opts.keep_work { KEPT_PREFIX } else { WORK_PREFIX })?;
     let result = build_in(

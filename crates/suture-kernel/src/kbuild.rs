@@ -41,8 +41,9 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Built, into each of these (an object may be linked into several
-    /// modules).
-    Built(Vec<Target>),
+    /// modules), by the Makefile of `dir`: the directory whose
+    /// `scripts/Makefile.build` run compiles it with the right flags.
+    Built { targets: Vec<Target>, dir: String },
     /// Not built by this configuration. `dir` is the deepest directory kbuild
     /// descends into on the way (the object's own when it is descended):
     /// its Makefile holds the line that leaves the object or subdirectory out.
@@ -61,13 +62,35 @@ suture-print:
 	@$(foreach c,$(multi-obj-m),printf 'c $(c) %s\n' $(addprefix $(obj)/,$(call suffix-search,$(notdir $(c)),.o,-objs -y -m));)
 "#;
 
-/// The top-level rule: the tree's own Makefile sets up the environment
+/// The top-level rules: the tree's own Makefile sets up the environment
 /// (`srctree`, `CC`, flags) and each directory is evaluated in a sub-make.
-const TOP_MK: &str = r#"
-PHONY += suture-query
+/// `suture-compile` builds objects through the Makefile of the directory that
+/// lists them (`DIR:OBJ:OBJ` groups), as a full kernel build does: kbuild's
+/// single-target path instead enters every directory on the way whose name
+/// is a prefix of the target, and one listed by a grandparent
+/// (`drivers/Makefile: obj-y += char/ipmi/`) is then compiled twice at once,
+/// once by `drivers/char` with the wrong flags.
+pub(crate) const TOP_MK: &str = r#"
+PHONY += suture-query suture-compile
 suture-query:
 	$(Q)$(foreach d,$(SUTURE_DIRS),$(MAKE) -f $(srctree)/scripts/Makefile.build -f $(SUTURE_PRINT_MK) obj=$(d) need-builtin=1 need-modorder=1 suture-print;)
+suture-compile:
+	$(Q)$(foreach g,$(SUTURE_GROUPS),$(MAKE) -f $(srctree)/scripts/Makefile.build obj=$(firstword $(subst :, ,$(g))) $(wordlist 2,100000,$(subst :, ,$(g))) &&) true
 "#;
+
+/// `SUTURE_GROUPS` for `suture-compile`: objects grouped by the directory
+/// whose Makefile lists them, in a stable order.
+pub fn compile_groups(objects: &[(String, String)]) -> String {
+    let mut by_dir: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for (o, d) in objects {
+        by_dir.entry(d.as_str()).or_default().push(o.as_str());
+    }
+    by_dir
+        .into_iter()
+        .map(|(d, os)| format!("{d}:{}", os.join(":")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 fn module_name(object: &str) -> String {
     let base = object.rsplit('/').next().unwrap_or(object);
@@ -163,7 +186,7 @@ pub fn decide(object: &str, lists: &HashMap<String, DirLists>) -> Decision {
         if !targets.is_empty() {
             targets.sort();
             targets.dedup();
-            return Decision::Built(targets);
+            return Decision::Built { targets, dir: cur };
         }
         if cur == dir_of {
             return Decision::NotBuilt { dir: cur, missing: object.to_string() };
@@ -255,7 +278,8 @@ pub fn options_for(makefile: &str, word: &str) -> Vec<String> {
 /// Whether the release builds an object, said for a person.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applicability {
-    Built(Vec<Target>),
+    /// Built into `targets`, compiled by `dir`'s Makefile.
+    Built { targets: Vec<Target>, dir: String },
     /// Not built by the release's configuration: why, naming the option
     /// where a Makefile line ties the object (or its directory) to one.
     NotBuilt(String),
@@ -307,7 +331,7 @@ pub fn applicability(
     for o in objects {
         let d = decide(o, &lists);
         let a = match &d {
-            Decision::Built(t) => Applicability::Built(t.clone()),
+            Decision::Built { targets, dir } => Applicability::Built { targets: targets.clone(), dir: dir.clone() },
             Decision::NotBuilt { .. } => Applicability::NotBuilt(explain(src, config, &d).unwrap_or_default()),
         };
         out.insert(o.clone(), a);
@@ -442,20 +466,15 @@ y fs/proc/built-in.a
     #[test]
     fn objects_go_where_kbuild_links_them() {
         let l = parse_lists(PRINTED);
-        assert_eq!(decide("fs/open.o", &l), Decision::Built(vec![Target::Vmlinux]));
+        assert_eq!(decide("fs/open.o", &l), Decision::Built { targets: vec![Target::Vmlinux], dir: "fs".into() });
         assert_eq!(
             decide("fs/binfmt_misc.o", &l),
-            Decision::Built(vec![Target::Module("binfmt_misc".into())])
+            Decision::Built { targets: vec![Target::Module("binfmt_misc".into())], dir: "fs".into() }
         );
         // A composite module's part: the module's name, not the part's.
-        assert_eq!(
-            decide("drivers/char/ipmi/ipmi_si_intf.o", &l),
-            Decision::Built(vec![Target::Module("ipmi_si".into())])
-        );
-        assert_eq!(
-            decide("drivers/char/ipmi/ipmi_msghandler.o", &l),
-            Decision::Built(vec![Target::Module("ipmi_msghandler".into())])
-        );
+        let ipmi = |m: &str| Decision::Built { targets: vec![Target::Module(m.into())], dir: "drivers/char/ipmi".into() };
+        assert_eq!(decide("drivers/char/ipmi/ipmi_si_intf.o", &l), ipmi("ipmi_si"));
+        assert_eq!(decide("drivers/char/ipmi/ipmi_msghandler.o", &l), ipmi("ipmi_msghandler"));
         // The root lists arch/x86/lib itself; its lists were not printed
         // here, so the object is reported as left out there.
         assert_eq!(
@@ -511,6 +530,16 @@ y fs/proc/built-in.a
         w("other.c", "#include \"other.h\"\n");
         assert_eq!(including_units(d.path(), "k/core.c").unwrap(), ["k/api.c", "k/build.c"]);
         assert!(including_units(d.path(), "k/other.c").unwrap().is_empty());
+    }
+
+    #[test]
+    fn compile_groups_by_listing_directory() {
+        let g = compile_groups(&[
+            ("drivers/char/ipmi/b.o".into(), "drivers/char/ipmi".into()),
+            ("fs/open.o".into(), "fs".into()),
+            ("drivers/char/ipmi/a.o".into(), "drivers/char/ipmi".into()),
+        ]);
+        assert_eq!(g, "drivers/char/ipmi:drivers/char/ipmi/b.o:drivers/char/ipmi/a.o fs:fs/open.o");
     }
 
     #[test]

@@ -61,6 +61,10 @@ pub struct Tree {
     pub dir: PathBuf,
     base: PathBuf,
     _lock: fs::File,
+    /// Object → the directory whose Makefile lists it, as kbuild answered
+    /// [`Tree::applicability`]: such objects are compiled through that
+    /// directory's Makefile.
+    listed_in: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// Where the tree's object for a source file ends up in the running kernel.
@@ -144,7 +148,7 @@ impl Tree {
         })?;
         let lock = lock_tree(&base, progress)?;
         let dir = base.join("src");
-        let tree = Tree { release, dir, base, _lock: lock };
+        let tree = Tree { release, dir, base, _lock: lock, listed_in: Default::default() };
         tree.recover()?;
         tree.prepare(cache, progress)?;
         Ok(tree)
@@ -344,7 +348,34 @@ impl Tree {
         for d in &dirs {
             remove_kbuild_temporaries(d);
         }
-        make.args(objects);
+        let listed = self.listed_in.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let groups: Option<Vec<(String, String)>> = objects
+            .iter()
+            .map(|o| listed.get(o).map(|d| (o.clone(), d.clone())))
+            .collect();
+        // The scratch makefile lives until make has run.
+        let _scratch;
+        match groups {
+            Some(g) => {
+                let scratch = tempfile::Builder::new().prefix("suture-kbuild.").tempdir()?;
+                let top = scratch.path().join("top.mk");
+                fs::write(&top, crate::kbuild::TOP_MK)?;
+                make.arg("--no-print-directory")
+                    .arg("-f")
+                    .arg("Makefile")
+                    .arg("-f")
+                    .arg(&top)
+                    .arg(format!("SUTURE_GROUPS={}", crate::kbuild::compile_groups(&g)))
+                    .arg("suture-compile")
+                    .env("KBUILD_MODULES", "1")
+                    .env("KBUILD_BUILTIN", "1");
+                _scratch = scratch;
+            }
+            // Not asked of kbuild (a direct caller): its single-target path.
+            None => {
+                make.args(objects);
+            }
+        }
         self.run(&mut make, &format!("compiling {}", objects.join(" ")))
     }
 
@@ -375,7 +406,14 @@ impl Tree {
             .arg(&self.dir)
             .arg(format!("CC={}", self.release.cc))
             .arg(format!("KERNELRELEASE={}", self.release.name.release));
-        crate::kbuild::applicability(&self.dir, make, &config, objects)
+        let a = crate::kbuild::applicability(&self.dir, make, &config, objects)?;
+        let mut listed = self.listed_in.lock().unwrap_or_else(|e| e.into_inner());
+        for (o, v) in &a {
+            if let crate::kbuild::Applicability::Built { dir, .. } = v {
+                listed.insert(o.clone(), dir.clone());
+            }
+        }
+        Ok(a)
     }
 
     /// [`Tree::compile`] with extra compiler flags (the patched side gets `-I`
@@ -1079,7 +1117,7 @@ mod tests {
             cc_version_text: "gcc-12".into(),
         };
         let lock = lock_tree(&base, &|_| {}).unwrap();
-        Tree { release, dir: base.join("src"), base, _lock: lock }
+        Tree { release, dir: base.join("src"), base, _lock: lock, listed_in: Default::default() }
     }
 
     #[test]

@@ -40,7 +40,7 @@ fn kbuild_decides_what_the_release_builds() {
     let a = applicability(&tree.dir, make, &config, &objects).unwrap();
     eprintln!("kbuild answered for {} objects in {:.2?}", objects.len(), t0.elapsed());
     let built = |o: &str| match &a[o] {
-        Applicability::Built(t) => t.clone(),
+        Applicability::Built { targets, .. } => targets.clone(),
         other => panic!("{o}: {other:?}"),
     };
     let not_built = |o: &str| match &a[o] {

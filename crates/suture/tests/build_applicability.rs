@@ -150,3 +150,31 @@ fn several_releases_are_each_decided_by_their_own_config() {
         assert!(line.contains(&format!("not built by {rel} (CONFIG_SERIAL_ALTERA_JTAGUART is not set)")), "{line}");
     }
 }
+
+/// `drivers/Makefile` lists `char/ipmi/` itself: kbuild's single-target path
+/// compiled ipmi_msghandler.o twice at once (once with drivers/char's flags)
+/// and failed (`fixdep: error opening file ...ipmi_msghandler.o.d`, or `nm
+/// failed`); compiled through the directory that lists it, it builds and its
+/// function is byte-identical to the shipped module's (issue 12.8).
+const IPMI: &str = r#"--- a/drivers/char/ipmi/ipmi_msghandler.c
++++ b/drivers/char/ipmi/ipmi_msghandler.c
+@@ -1589,6 +1589,8 @@
+ 
+ int ipmi_set_gets_events(struct ipmi_user *user, bool val)
+ {
++	if (!user)
++		return -ENODEV;
+ 	unsigned long        flags;
+ 	struct ipmi_smi      *intf = user->intf;
+ 	struct ipmi_recv_msg *msg, *msg2;
+"#;
+
+#[test]
+fn an_object_listed_by_a_grandparent_directory_builds() {
+    let Some(r) = common::ready_61() else { return };
+    let (status, doc, err, written) = build(IPMI, &["--kernel", &r]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(written);
+    assert_eq!(doc["replaced"][0]["objname"], "ipmi_msghandler", "{doc}");
+    assert_eq!(doc["replaced"][0]["function"], "ipmi_set_gets_events", "{doc}");
+}
