@@ -34,10 +34,16 @@ pub fn explain(d: &Diff, func: &str) -> Explanation {
     let (osec, psec) = (os.section().unwrap(), ps.section().unwrap());
     let or = d.o.relas_in(osec, os.value, os.value.saturating_add(os.size.max(1)));
     let pr = d.p.relas_in(psec, ps.value, ps.value.saturating_add(ps.size.max(1)));
+    // Strings that differ only in the unit's line numbers: said, not counted.
+    let mut line_strings = Vec::new();
     for k in 0..or.len().max(pr.len()) {
         match (or.get(k), pr.get(k)) {
             (Some(a), Some(b)) => {
-                if a.offset - os.value != b.offset - ps.value || a.rtype != b.rtype || !d.key_eq(osec, &a, psec, &b) {
+                let same_place = a.offset - os.value == b.offset - ps.value && a.rtype == b.rtype;
+                if let (true, Some((sa, sb))) = (same_place, d.line_only_string(osec, &a, psec, &b)) {
+                    line_strings.push(format!("relocation #{k}: only line numbers differ in the string: ORIG {sa:?}  PATCHED {sb:?}"));
+                }
+                if !same_place || !d.key_eq(osec, &a, psec, &b) {
                     lines.push(format!(
                         "first differing relocation (#{k}): ORIG {}  PATCHED {}",
                         Diff::describe_rela(&d.o, osec, os.value, &a),
@@ -58,8 +64,12 @@ pub fn explain(d: &Diff, func: &str) -> Explanation {
         }
     }
     lines.extend(crate::insn::first_difference(&d.o, oi, &d.p, pi));
-    if lines.is_empty() || (os.size == ps.size && d.o.bytes(oi) != d.p.bytes(pi) && crate::insn::line_macro_only(&d.o, oi, &d.p, pi)) {
-        if d.o.bytes(oi) == d.p.bytes(pi) {
+    if lines.is_empty() || (os.size == ps.size && d.o.bytes(oi) != d.p.bytes(pi) && crate::insn::line_macro_only(&d.o, oi, &d.p, pi, &d.line_anchors)) {
+        let only_lines = !line_strings.is_empty();
+        lines.append(&mut line_strings);
+        if d.o.bytes(oi) == d.p.bytes(pi) && only_lines {
+            lines.push("only line numbers of the unit's source file differ (in strings): not a functional change".into());
+        } else if d.o.bytes(oi) == d.p.bytes(pi) {
             lines.push("no difference: code and relocations are equal".into());
         } else {
             lines.push("only __LINE__ constants passed to WARN-style calls differ: not a functional change".into());

@@ -47,6 +47,9 @@ pub(crate) struct Diff<'a> {
     /// Position of each ORIG symbol among ORIG's defined local symbols of its
     /// name, in file order, from 1; 0 when the name is unique or not local.
     pub o_sympos: Vec<u32>,
+    /// What a line number of the unit's own source file follows in a string
+    /// literal (see [`crate::model::line_number_anchors`]).
+    pub line_anchors: Vec<String>,
 }
 
 fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
@@ -214,8 +217,10 @@ impl<'a> Diff<'a> {
             pfx_p: HashMap::default(),
             pad_p: HashMap::default(),
             o_sympos: Vec::new(),
+            line_anchors: Vec::new(),
         };
         d.o_sympos = local_positions(&d.o.elf.symbols);
+        d.line_anchors = crate::model::line_number_anchors(&d.o.files);
         d.check_related()?;
         d.correlate();
         d.find_children();
@@ -721,8 +726,7 @@ impl<'a> Diff<'a> {
         or.iter().zip(pr).all(|(a, b)| {
             a.offset - os.value == b.offset - ps.value
                 && a.rtype == b.rtype
-                && self.o.key(self.o.target(osec, &a), a.rtype, osec)
-                    == self.p.key(self.p.target(psec, &b), b.rtype, psec)
+                && self.key_eq(osec, &a, psec, &b)
         })
     }
 
@@ -732,7 +736,7 @@ impl<'a> Diff<'a> {
             return false;
         }
         let (ob, pb) = (self.o.bytes(oi), self.p.bytes(pi));
-        ob == pb || crate::insn::line_macro_only(&self.o, oi, &self.p, pi)
+        ob == pb || crate::insn::line_macro_only(&self.o, oi, &self.p, pi, &self.line_anchors)
     }
 
     fn data_equal(&self, oi: usize, pi: usize) -> bool {
@@ -911,10 +915,40 @@ impl<'a> Diff<'a> {
         )
     }
 
+    /// Whether two relocations reach the same thing. A string that differs
+    /// only in line numbers of the unit's own file (`__FILE__ ":"
+    /// __stringify(__LINE__)`, see [`crate::model::line_numbers_only`]) is the
+    /// same, as kpatch's `__LINE__` rule treats moved line immediates: a
+    /// function that is otherwise unchanged stays unchanged, and one that
+    /// changed for another reason carries PATCHED's string.
     pub fn key_eq(&self, osec: usize, a: &Rela, psec: usize, b: &Rela) -> bool {
         let ka: Key = self.o.key(self.o.target(osec, a), a.rtype, osec);
         let kb: Key = self.p.key(self.p.target(psec, b), b.rtype, psec);
-        ka == kb
+        ka == kb || Self::line_only_keys(&ka, &kb, &self.line_anchors)
+    }
+
+    /// [`Self::key_eq`]'s exception on its own: two string keys at the same
+    /// place in strings that differ only in the unit's line numbers.
+    fn line_only_keys(ka: &Key, kb: &Key, anchors: &[String]) -> bool {
+        match (ka, kb) {
+            (Key::Str(sa, at_a), Key::Str(sb, at_b)) => {
+                at_a == at_b && crate::model::line_numbers_only(sa, sb, anchors)
+            }
+            _ => false,
+        }
+    }
+
+    /// The strings two relocations reach, when they differ only in the unit's
+    /// line numbers (for `--explain`).
+    pub fn line_only_string(&self, osec: usize, a: &Rela, psec: usize, b: &Rela) -> Option<(String, String)> {
+        let ka: Key = self.o.key(self.o.target(osec, a), a.rtype, osec);
+        let kb: Key = self.p.key(self.p.target(psec, b), b.rtype, psec);
+        match (&ka, &kb) {
+            (Key::Str(sa, _), Key::Str(sb, _)) if Self::line_only_keys(&ka, &kb, &self.line_anchors) => {
+                Some((String::from_utf8_lossy(sa).into_owned(), String::from_utf8_lossy(sb).into_owned()))
+            }
+            _ => None,
+        }
     }
 }
 

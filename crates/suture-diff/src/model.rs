@@ -455,6 +455,68 @@ pub enum Key<'a> {
     Bytes(&'a [u8]),
 }
 
+/// The names a line number of the unit's own source file follows in a string
+/// literal: the file name as STT_FILE spells it (`x86.c`, the end of
+/// `__FILE__`, `arch/x86/kvm/x86.c`) and its stem (`x86`, `KBUILD_BASENAME`).
+/// Only the unit's own file: suture patches `.c` files, so header line numbers
+/// never move.
+pub fn line_number_anchors(files: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for f in files {
+        let base = f.rsplit('/').next().unwrap_or(f);
+        let stem = base.strip_suffix(".c");
+        for n in [Some(f.as_str()), Some(base), stem].into_iter().flatten() {
+            if n.len() >= 2 && !v.iter().any(|x| x == n) {
+                v.push(n.to_string());
+            }
+        }
+    }
+    v
+}
+
+/// Whether `text` (what precedes a run of digits) ends with `ANCHOR:`, the
+/// anchor not glued to a longer identifier (`/x86.c:`, `"x86:`, but not `ax86:`).
+fn ends_with_anchor(text: &[u8], anchors: &[String]) -> bool {
+    let Some(text) = text.strip_suffix(b":") else { return false };
+    anchors.iter().any(|a| {
+        text.ends_with(a.as_bytes())
+            && !matches!(text[..text.len() - a.len()].last(), Some(&c) if c.is_ascii_alphanumeric() || c == b'_')
+    })
+}
+
+/// Whether two strings differ only in line numbers of the unit's source file
+/// (see [`line_number_anchors`]): `__FILE__ ":" __stringify(__LINE__)` in
+/// fortify's field-spanning `memcpy` warning (`field "run->x" at
+/// arch/x86/kvm/x86.c:8493`) or in timer lockdep names, `KBUILD_BASENAME ":"
+/// __stringify(__LINE__)` in lockdep names of regmap and v4l2 locks. A line
+/// moved by an edit elsewhere in the file changes nothing the code does.
+/// Equal strings are not "line numbers only" (false).
+pub fn line_numbers_only(a: &[u8], b: &[u8], anchors: &[String]) -> bool {
+    let digits = |x: &[u8]| x.iter().take_while(|c| c.is_ascii_digit()).count();
+    let (mut i, mut j, mut any) = (0, 0, false);
+    loop {
+        match (a.get(i), b.get(j)) {
+            (None, None) => return any,
+            (Some(x), Some(y))
+                if x.is_ascii_digit()
+                    && y.is_ascii_digit()
+                    && ends_with_anchor(&a[..i], anchors)
+                    && ends_with_anchor(&b[..j], anchors) =>
+            {
+                let (m, n) = (digits(&a[i..]), digits(&b[j..]));
+                any |= a[i..i + m] != b[j..j + n];
+                i += m;
+                j += n;
+            }
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,5 +530,25 @@ mod tests {
         assert_eq!(mangle("x€U.12"), "x€U");
         assert_eq!(mangle("é__UNIQUE_ID_x7"), "é__UNIQUE_ID_x7");
         assert!(!has_unique_id("a€U"));
+    }
+
+    #[test]
+    fn only_line_numbers_after_the_units_own_file_name_may_differ() {
+        let anchors = line_number_anchors(&["".into(), "x86.c".into()]);
+        assert_eq!(anchors, vec!["x86.c", "x86"]);
+        let only = |a: &str, b: &str| line_numbers_only(a.as_bytes(), b.as_bytes(), &anchors);
+        assert!(only("field \"p\" at arch/x86/kvm/x86.c:8493", "field \"p\" at arch/x86/kvm/x86.c:8494"));
+        assert!(only("x86.c:9", "x86.c:10"), "the number may grow a digit");
+        assert!(only("x86:12:(hdl)->_lock", "x86:13:(hdl)->_lock"), "KBUILD_BASENAME");
+        assert!(only("at x86.c:1 and x86.c:2", "at x86.c:3 and x86.c:4"));
+        assert!(!only("x86.c:12", "x86.c:12"), "equal is not a line-number difference");
+        assert!(!only("other.c:12", "other.c:13"), "another file's line");
+        assert!(!only("ax86.c:12", "ax86.c:13"), "a longer name ending in the unit's");
+        assert!(!only("size 12", "size 13"), "a number that is no line");
+        assert!(!only("x86.c 12", "x86.c 13"));
+        assert!(!only("x86.c:12a", "x86.c:13b"), "the rest must match");
+        assert!(!only("x86.c:12", "x86.c:13 "));
+        assert!(!only("x86.c:12", "x86.c:"), "a number cannot vanish");
+        assert!(!line_numbers_only(b"x86.c:1", b"x86.c:2", &[]), "no FILE symbol: no exception");
     }
 }

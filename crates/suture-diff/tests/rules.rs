@@ -718,3 +718,128 @@ fn init_only_change_has_its_own_outcome_and_a_true_reason() {
     let p = compile("initmixed-patched", &mixed);
     assert!(matches!(diff(&o, &p, &Options::default()).unwrap(), Outcome::Refused(_)));
 }
+
+// ---- line numbers only (issue 12.10) ----
+
+/// What a kernel function with WARN/BUG sites carries of `__LINE__`, the way
+/// x86-64 6.1 spells it: `__might_sleep(__FILE__, __LINE__)` (an immediate),
+/// `WARN_ON_ONCE()` (`ud2` and a `__bug_table` entry holding the line), and
+/// fortify's field-spanning `memcpy` warning, whose argument is the string
+/// `"field \"p\" at " __FILE__ ":" __stringify(__LINE__)` (what made
+/// `prepare_emulation_failure_exit` in arch/x86/kvm/x86.c count as changed
+/// after a blank line at the top of the file). `stop()` passes `__FILE__,
+/// __LINE__` in arguments 3 and 4 to a function that is no known line callee
+/// (XFS's `assfail()`), and `__LINE__` to ext4's `__ext4_journal_stop()` in a
+/// tail call. SRCFILE stands for `__FILE__`, which kbuild makes the same
+/// relative path on both sides.
+const LINES: &str = r#"
+#define __stringify_1(x) #x
+#define __stringify(x) __stringify_1(x)
+#define SRCFILE "arch/x86/unit.c"
+#define BUG_FLAGS(flags) asm volatile("1:\tud2\n" \
+    ".pushsection __bug_table,\"aw\"\n" \
+    "2:\t.long 1b - .\n\t.long %c0 - .\n\t.word %c1\n\t.word %c2\n\t.org 2b+%c3\n" \
+    ".popsection" : : "i"(SRCFILE), "i"(__LINE__), "i"(flags), "i"(12))
+#define WARN_ON_ONCE(c) ({ int __ret = !!(c); if (__builtin_expect(__ret, 0)) BUG_FLAGS(2); __ret; })
+extern void __might_sleep(const char *file, int line);
+extern void __warn_printk(const char *fmt, ...);
+struct run { unsigned char insn[16]; int n; };
+int fill(struct run *r, int n, unsigned long size) {
+    __might_sleep(SRCFILE, __LINE__);
+    if (WARN_ON_ONCE(n > 4))
+        n = 4;
+    if (__builtin_expect(size > sizeof(r->insn), 0)) {
+        __warn_printk("memcpy: detected field-spanning write (size %zu) of single %s (size %zu)\n",
+                      size, "field \"r->insn\" at " SRCFILE ":" __stringify(__LINE__), 16UL);
+        BUG_FLAGS(3);
+    }
+    r->n = n;
+    return n;
+}
+int other(int a) { return a * 5; }
+extern void assfail(void *mp, const char *expr, const char *file, int line);
+extern int __ext4_journal_stop(const char *where, unsigned int line, void *handle);
+int stop(void *h) {
+    if (__builtin_expect(!h, 0))
+        assfail(0, "h", SRCFILE, __LINE__);
+    return __ext4_journal_stop(__func__, __LINE__, h);
+}
+"#;
+
+/// The 1-based line of `needle` in `src`.
+fn line_of(src: &str, needle: &str) -> u16 {
+    src.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}")) as u16 + 1
+}
+
+#[test]
+fn line_numbers_only_is_no_change() {
+    let o = compile("lines-orig", LINES);
+    // A blank line at the top: every line number moves, nothing else.
+    let shifted = format!("\n{LINES}");
+    let p = compile("lines-patched", &shifted);
+    // The pair really differs where the line numbers are, and only there.
+    let (oo, po) = (Object::parse(&o).unwrap(), Object::parse(&p).unwrap());
+    let code = |x: &Object| x.section_by_name(".text.fill").unwrap().data.clone();
+    assert_eq!(code(&oo).len(), code(&po).len());
+    assert_ne!(code(&oo), code(&po), "the __might_sleep immediate moved");
+    let bugs = |x: &Object| x.section_by_name("__bug_table").unwrap().data.clone();
+    assert_ne!(bugs(&oo), bugs(&po), "the __bug_table lines moved");
+    let has = |x: &Object, s: &str| x.sections.iter().any(|c| c.data.windows(s.len()).any(|w| w == s.as_bytes()));
+    let at = |src: &str| format!("at arch/x86/unit.c:{}", line_of(src, "field \\\"r->insn"));
+    assert!(has(&oo, &at(LINES)) && has(&po, &at(&shifted)) && at(LINES) != at(&shifted));
+    match diff(&o, &p, &Options::default()).unwrap() {
+        Outcome::NoChange(r) => assert!(r.changed.is_empty(), "{r:?}"),
+        other => panic!("expected no change, got {other:?}"),
+    }
+    let stop = |x: &Object| {
+        let s = x.symbols.iter().find(|s| s.name == "stop").unwrap();
+        x.sections[s.section().unwrap()].data.clone()
+    };
+    assert_ne!(stop(&oo), stop(&po), "stop()'s line immediates moved");
+    // And for a module, as kvm's x86.o (where the wrongly included function
+    // then met its static call site on a kvm key).
+    match diff(&o, &p, &module_target(&["fill", "other", "stop"])).unwrap() {
+        Outcome::NoChange(_) => {}
+        other => panic!("expected no change for a module, got {other:?}"),
+    }
+    let e = explain(&o, &p, "fill", &Options::default()).unwrap();
+    assert!(e.lines.iter().any(|l| l.contains("only line numbers differ in the string")), "{:?}", e.lines);
+    assert!(e.lines.iter().any(|l| l.contains("not a functional change")), "{:?}", e.lines);
+}
+
+#[test]
+fn a_real_change_beside_moved_line_numbers_is_a_change() {
+    let o = compile("lines-real-orig", LINES);
+    // The blank line, and a real change in the function that has the WARN sites.
+    let real = format!("\n{}", LINES.replacen("        n = 4;", "        n = 3;", 1));
+    let p = compile("lines-real-patched", &real);
+    let (patch, out) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["fill"]);
+    assert_eq!(funcs_defined(&out), vec!["fill"]);
+    // The replacement carries PATCHED's line numbers: its bug table entries
+    // and its string say where the patched code is.
+    let bt = out.section_by_name("__bug_table").expect("fill's bug table entries");
+    assert_eq!(bt.data.len(), 24, "two 12-byte entries");
+    let lines: Vec<u16> = bt.data.chunks(12).map(|e| u16::from_le_bytes([e[8], e[9]])).collect();
+    assert_eq!(lines, vec![line_of(&real, "WARN_ON_ONCE(n > 4)"), line_of(&real, "BUG_FLAGS(3)")]);
+    let want = format!("at arch/x86/unit.c:{}", line_of(&real, "field \\\"r->insn"));
+    assert!(out.sections.iter().any(|s| s.data.windows(want.len()).any(|w| w == want.as_bytes())), "{want}");
+    // A changed string is a change even when its line number moved too.
+    let text = format!("\n{}", LINES.replacen("(size %zu) of single", "(bytes %zu) of single", 1));
+    let p = compile("lines-text-patched", &text);
+    let (patch, _) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["fill"]);
+    // And so is a changed line-number immediate passed to a function that
+    // takes no line number.
+    let other = format!("\n{}", LINES.replacen("return a * 5;", "return a * 5 + __LINE__;", 1));
+    let o2 = compile("lines-other-orig", &LINES.replacen("return a * 5;", "return a * 5 + __LINE__;", 1));
+    let p2 = compile("lines-other-patched", &other);
+    let (patch, _) = changes(&o2, &p2, &Options::default());
+    assert_eq!(patch.report.changed, vec!["other"]);
+    // A number after a string that is not the unit's __FILE__ is no line.
+    let lib = LINES.replacen("assfail(0, \"h\", SRCFILE, __LINE__)", "assfail(0, \"h\", \"lib/other.c\", __LINE__)", 1);
+    let o3 = compile("lines-lib-orig", &lib);
+    let p3 = compile("lines-lib-patched", &format!("\n{lib}"));
+    let (patch, _) = changes(&o3, &p3, &Options::default());
+    assert_eq!(patch.report.changed, vec!["stop"]);
+}
