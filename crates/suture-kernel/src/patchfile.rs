@@ -64,7 +64,8 @@ fn strip_prefix_path(raw: &str) -> Option<String> {
 }
 
 fn parse_range(s: &str) -> Option<(usize, usize)> {
-    let s = &s[1..];
+    // Not `&s[1..]`: the first character may be more than one byte.
+    let s = s.get(1..)?;
     match s.split_once(',') {
         Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
         None => Some((s.parse().ok()?, 1)),
@@ -194,7 +195,9 @@ pub fn apply(fp: &FilePatch, old: &str) -> Result<Applied, PatchError> {
                 HunkLine::Add(_) => None,
             })
             .collect();
-        let nominal = (h.old_start.max(1) - 1) as isize;
+        // Saturating: a header line past isize::MAX (`@@ -9223372036854775809`)
+        // wrapped to a negative nominal, and `found - nominal` overflowed.
+        let nominal = isize::try_from(h.old_start.max(1) - 1).unwrap_or(isize::MAX);
         let found = find_hunk(&src, &want, nominal, floor).ok_or_else(|| PatchError {
             file: fp.path.clone(),
             msg: format!(
@@ -355,6 +358,31 @@ mod tests {
         assert!(parse("p", t).unwrap_err().msg.contains("truncated"));
         let esc = "--- a/../etc/passwd\n+++ b/../etc/passwd\n@@ -1 +1 @@\n-a\n+b\n";
         assert!(parse("p", esc).unwrap_err().msg.contains("leaves the source tree"));
+    }
+
+    #[test]
+    fn a_multibyte_character_in_a_hunk_header_is_an_error_not_a_panic() {
+        // Found by the `patch_apply` fuzz target (which reads its input as
+        // lossy UTF-8): the new range began with U+FFFD, three bytes, and
+        // the range parser sliced it at byte 1.
+        let raw = b"--- a/fs/binfmt_misc.c\n+++ b/fs/binfmt_misc.c\n@@ -847,7 \xd5\xc7\xcb\xc8\xd3\xc8\xdf\xba@\n a\n";
+        let p = String::from_utf8_lossy(raw);
+        assert!(parse("p", &p).unwrap_err().msg.contains("bad hunk header"));
+        let p = "--- a/x.c\n+++ b/x.c\n@@ \u{e9}1 +1 @@\n-a\n+b\n";
+        assert!(parse("p", p).unwrap_err().msg.contains("bad hunk header"));
+    }
+
+    #[test]
+    fn a_hunk_header_line_past_isize_max_is_no_overflow() {
+        // `found as isize - nominal` with the line wrapped to isize::MIN:
+        // "attempt to subtract with overflow" in a debug build.
+        let p = "--- a/x.c\n+++ b/x.c\n@@ -9223372036854775809,1 +9223372036854775809,1 @@\n-b\n+B\n";
+        let a = apply(&parse("p", p).unwrap()[0], SRC).unwrap();
+        assert_eq!(a.text, "a\nB\nc\nd\ne\nf\n");
+        assert!(a.offsets[0] < 0, "the hunk moved up from where its header said: {:?}", a.offsets);
+        // usize::MAX had wrapped to -2: the hunk was said to move 3 lines later.
+        let p = "--- a/x.c\n+++ b/x.c\n@@ -18446744073709551615,1 +1,1 @@\n-b\n+B\n";
+        assert!(apply(&parse("p", p).unwrap()[0], SRC).unwrap().offsets[0] < 0);
     }
 
     #[test]
