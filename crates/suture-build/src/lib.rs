@@ -46,6 +46,9 @@ pub struct BuildOptions {
     /// Patch a module built out of tree from this directory (the patch applies
     /// to it) instead of the release's own source.
     pub module_src: Option<PathBuf>,
+    /// Refuse, before compiling anything, a patch that needs more units
+    /// compiled than this (a header that thousands of units include).
+    pub max_units: Option<usize>,
 }
 
 /// `CVE-YYYY-NNNN...`
@@ -136,11 +139,27 @@ struct Plan {
     not_built: Vec<String>,
 }
 
-fn plan_units(tree: &Tree, objects: &[String], progress: &dyn Fn(&str)) -> Result<Plan> {
+fn plan_units(tree: &Tree, changed: &Changed, max_units: Option<usize>, progress: &dyn Fn(&str)) -> Result<Plan> {
     use suture_kernel::kbuild::{including_units, Applicability};
     let release = &tree.release.name.release;
+    let objects = &changed.objects;
     let a = tree.applicability(objects)?;
     let mut plan = Plan { units: Vec::new(), not_built: Vec::new() };
+    if !changed.headers.is_empty() {
+        // Every unit of the configuration that includes a changed header,
+        // directly or not, is compiled before and after; the unchanged ones
+        // drop out in the diff.
+        let graph = tree.include_graph(progress)?;
+        for h in &changed.headers {
+            let units = graph.units_including(h);
+            if units.is_empty() {
+                plan.not_built.push(format!("{h}: no unit {release} builds includes it"));
+                continue;
+            }
+            progress(&format!("{h}: included by {} unit(s) {release} builds", units.len()));
+            plan.units.extend(units.iter().map(|c| format!("{}.o", c.strip_suffix(".c").unwrap_or(c))));
+        }
+    }
     for o in objects {
         let file = format!("{}.c", o.strip_suffix(".o").unwrap_or(o));
         match &a[o] {
@@ -174,6 +193,17 @@ fn plan_units(tree: &Tree, objects: &[String], progress: &dyn Fn(&str)) -> Resul
     }
     plan.units.sort();
     plan.units.dedup();
+    if let Some(max) = max_units {
+        if plan.units.len() > max {
+            bail!(
+                "the patch needs {} units compiled before and after the patch (more than --max-units {max}); raise --max-units to build it anyway (each unit costs about two compiles)",
+                plan.units.len()
+            );
+        }
+    }
+    if plan.units.len() > 1 {
+        progress(&format!("{} units to compile before and after the patch", plan.units.len()));
+    }
     Ok(plan)
 }
 
@@ -193,33 +223,46 @@ fn format_refusals(r: &[(String, Refusal)]) -> String {
     s
 }
 
-/// What the patch asks to change, checked before any work: only C translation
-/// units can be live-patched from a source diff.
-pub fn objects_of(patches: &[FilePatch]) -> Result<Vec<String>> {
-    let mut objs = Vec::new();
+/// What the patch changes, checked before any work: C translation units
+/// (`fs/proc/cmdline.c` as `fs/proc/cmdline.o`) and headers, whose
+/// including units are found once the tree is open.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub objects: Vec<String>,
+    pub headers: Vec<String>,
+}
+
+/// Only C sources and headers can be live-patched from a source diff.
+pub fn objects_of(patches: &[FilePatch]) -> Result<Changed> {
+    let mut c = Changed::default();
     for fp in patches {
         let p = &fp.path;
         if let Some(stem) = p.strip_suffix(".c") {
             match fp.kind {
-                FileKind::Modified => objs.push(format!("{stem}.o")),
+                FileKind::Modified => c.objects.push(format!("{stem}.o")),
                 FileKind::Created => bail!(
                     "{p}: the patch adds a new source file; a livepatch can only change translation units the running kernel already has. Put the new code into an existing file."
                 ),
                 FileKind::Deleted => bail!("{p}: the patch deletes a source file; that cannot be live-patched"),
             }
         } else if p.ends_with(".h") {
-            bail!(
-                "{p}: changes to headers are not supported yet: a header change may alter every object that includes it (and data layouts). Move the change into the .c files that need it."
-            );
+            match fp.kind {
+                FileKind::Modified => c.headers.push(p.clone()),
+                // Only what includes it can use it, and that is changed too.
+                FileKind::Created => {}
+                FileKind::Deleted => bail!("{p}: the patch deletes a header; that cannot be live-patched"),
+            }
         } else if p.ends_with(".S") || p.ends_with(".s") {
             bail!("{p}: assembly cannot be live-patched safely (no ftrace entry, no per-function sections)");
         } else {
-            bail!("{p}: only C source files (.c) can be live-patched; this file is not one");
+            bail!("{p}: only C source files (.c) and headers (.h) can be live-patched; this file is not one");
         }
     }
-    objs.sort();
-    objs.dedup();
-    Ok(objs)
+    c.objects.sort();
+    c.objects.dedup();
+    c.headers.sort();
+    c.headers.dedup();
+    Ok(c)
 }
 
 pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport> {
@@ -229,7 +272,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
             fs::read_to_string(p).with_context(|| format!("reading patch {}", p.display()))?;
         patches.extend(patchfile::parse(&p.display().to_string(), &text)?);
     }
-    let objects = objects_of(&patches)?;
+    let changed = objects_of(&patches)?;
     for c in &opts.cves {
         check_cve(c)?;
     }
@@ -261,10 +304,15 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     // Which changed files the release builds, and as what, before anything
     // is compiled. An out-of-tree module's files are its own kbuild's.
     let plan = match &opts.module_src {
-        Some(_) => Plan { units: objects.clone(), not_built: vec![] },
+        Some(dir) => {
+            if let Some(h) = changed.headers.first() {
+                bail!("{h}: header changes are not supported for an out-of-tree module ({}): move the change into its .c files", dir.display());
+            }
+            Plan { units: changed.objects.clone(), not_built: vec![] }
+        }
         None => {
             tree.check_files(&patches)?;
-            plan_units(&tree, &objects, progress)?
+            plan_units(&tree, &changed, opts.max_units, progress)?
         }
     };
     if plan.units.is_empty() {
@@ -552,6 +600,15 @@ fn build_in(
     })
 }
 
+/// A list of objects for a progress line: all of them when few.
+fn shown(objects: &[String]) -> String {
+    if objects.len() <= 8 {
+        objects.join(" ")
+    } else {
+        format!("{} ... ({} units)", objects[..4].join(" "), objects.len())
+    }
+}
+
 /// Both sides of the patched translation units, compiled in the release's tree.
 fn tree_objects(
     progress: &dyn Fn(&str),
@@ -563,15 +620,15 @@ fn tree_objects(
     // A file the release lacks is said as such (not applicable), not as a
     // failure to read it.
     tree.check_files(patches)?;
-    progress(&format!("original objects: {}", objects.join(" ")));
-    let pairs = tree.original_objects(objects)?;
+    progress(&format!("original objects: {}", shown(objects)));
+    let pairs = tree.original_objects_with(objects, progress)?;
     progress("applying the patch");
     let applied = tree.apply(patches)?;
     for n in &applied.notes {
         progress(n);
     }
-    progress(&format!("compiling {} after the patch", objects.join(" ")));
-    let compiled = tree.compile_with(objects, &format!("-I{}", include.display()));
+    progress(&format!("compiling {} after the patch", shown(objects)));
+    let compiled = tree.compile_batched(objects, &format!("-I{}", include.display()), "patched", progress);
     let mut patched = Vec::new();
     if compiled.is_ok() {
         for o in objects {
@@ -852,9 +909,12 @@ mod tests {
             fp("fs/proc/cmdline.c", FileKind::Modified),
         ])
         .unwrap();
-        assert_eq!(ok, vec!["fs/proc/cmdline.o"]);
+        assert_eq!(ok.objects, vec!["fs/proc/cmdline.o"]);
+        let h = objects_of(&[fp("include/linux/x.h", FileKind::Modified), fp("fs/proc/internal.h", FileKind::Modified), fp("include/linux/new.h", FileKind::Created)]).unwrap();
+        assert_eq!(h.headers, ["fs/proc/internal.h", "include/linux/x.h"]);
+        assert!(h.objects.is_empty());
         for (p, k, want) in [
-            ("include/linux/x.h", FileKind::Modified, "headers"),
+            ("include/linux/x.h", FileKind::Deleted, "deletes a header"),
             ("arch/x86/entry/entry_64.S", FileKind::Modified, "assembly"),
             ("fs/new.c", FileKind::Created, "new source file"),
             ("fs/Makefile", FileKind::Modified, "only C source"),

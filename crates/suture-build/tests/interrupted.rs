@@ -41,6 +41,7 @@ fn options(release: &str, patch: PathBuf, output: PathBuf) -> BuildOptions {
         cves: vec![],
         description: None,
         module_src: None,
+        max_units: None,
     }
 }
 

@@ -382,6 +382,48 @@ pub fn including_units(src: &Path, file: &str) -> std::io::Result<Vec<String>> {
     Ok(found)
 }
 
+/// Every object the configuration builds, with the directory whose Makefile
+/// lists it, from a walk of the whole tree: round by round, each directory
+/// kbuild descends into is evaluated ([`query`]), starting at the root.
+/// `query_round` runs one round (a list of directories) and returns its
+/// lists; the walk itself is pure.
+pub fn walk_units(
+    mut query_round: impl FnMut(&[String]) -> Result<HashMap<String, DirLists>>,
+) -> Result<Vec<(String, String)>> {
+    let mut units = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    // (directory, whether its built-in objects reach vmlinux)
+    let mut round: Vec<(String, bool)> = vec![(".".to_string(), true)];
+    seen.insert(".".to_string());
+    while !round.is_empty() {
+        let dirs: Vec<String> = round.iter().map(|(d, _)| d.clone()).collect();
+        let lists = query_round(&dirs)?;
+        let mut next = Vec::new();
+        for (d, reach) in &round {
+            let Some(l) = lists.get(d) else { continue };
+            for o in &l.modular {
+                units.push((o.clone(), d.clone()));
+            }
+            if *reach {
+                for o in &l.builtin {
+                    units.push((o.clone(), d.clone()));
+                }
+            }
+            let mut subs: Vec<&String> = l.module_dirs.iter().collect();
+            subs.sort();
+            for sub in subs {
+                if seen.insert(sub.clone()) {
+                    next.push((sub.clone(), *reach && l.builtin_dirs.contains(sub)));
+                }
+            }
+        }
+        round = next;
+    }
+    units.sort();
+    units.dedup_by(|a, b| a.0 == b.0);
+    Ok(units)
+}
+
 /// Runs kbuild over `dirs` of the prepared tree at `src` (`make` is the
 /// tree's configured make command) and returns what each lists. Directories
 /// without a Makefile or Kbuild file are skipped: kbuild never reads them.
@@ -530,6 +572,27 @@ y fs/proc/built-in.a
         w("other.c", "#include \"other.h\"\n");
         assert_eq!(including_units(d.path(), "k/core.c").unwrap(), ["k/api.c", "k/build.c"]);
         assert!(including_units(d.path(), "k/other.c").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_walk_follows_what_each_directory_descends_into() {
+        let all = parse_lists(PRINTED);
+        let mut rounds = Vec::new();
+        let units = walk_units(|dirs| {
+            rounds.push(dirs.to_vec());
+            Ok(dirs.iter().filter_map(|d| all.get(d).map(|l| (d.clone(), l.clone()))).collect())
+        })
+        .unwrap();
+        assert_eq!(rounds[0], ["."]);
+        assert!(rounds[1].contains(&"fs".to_string()) && rounds[1].contains(&"drivers".to_string()));
+        let objs: Vec<&str> = units.iter().map(|(o, _)| o.as_str()).collect();
+        for o in ["fs/open.o", "fs/binfmt_misc.o", "drivers/char/mem.o", "drivers/char/ipmi/ipmi_si_intf.o"] {
+            assert!(objs.contains(&o), "{o}: {objs:?}");
+        }
+        assert!(units.contains(&("drivers/char/ipmi/ipmi_si_intf.o".into(), "drivers/char/ipmi".into())));
+        // drivers/char descends into ipmi/ for modules only: its obj-y
+        // objects are not linked into vmlinux.
+        assert!(!objs.contains(&"drivers/char/ipmi/ipmi_dmi.o"), "{objs:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! single translation units with kbuild. The pure parts (release names, unified
 //! diffs, kbuild command files) are unit-tested; the rest drives tar, make and gcc.
 
+pub mod includes;
 pub mod kbuild;
 pub mod patchfile;
 pub mod release;

@@ -284,6 +284,16 @@ impl Tree {
     /// (The tree's headers and config are fixed by the stamp, and header
     /// changes are refused, so the source file decides the object.)
     pub fn original_objects(&self, objects: &[String]) -> Result<Vec<(ObjectInfo, Vec<u8>)>> {
+        self.original_objects_with(objects, &|_| {})
+    }
+
+    /// [`Tree::original_objects`], saying how far the compile got when there
+    /// are many ([`Tree::compile_batched`]).
+    pub fn original_objects_with(
+        &self,
+        objects: &[String],
+        progress: &dyn Fn(&str),
+    ) -> Result<Vec<(ObjectInfo, Vec<u8>)>> {
         use sha2::{Digest, Sha256};
         let store = self.base.join("objs");
         let key_of = |o: &str| -> Result<String> {
@@ -312,7 +322,7 @@ impl Tree {
             .map(|(o, _)| o.clone())
             .collect();
         if !missing.is_empty() {
-            self.compile(&missing)?;
+            self.compile_batched(&missing, "", "original", progress)?;
             for o in &missing {
                 let info = self.object_info(o)?;
                 let obj = fs::read(self.object_path(o))
@@ -335,6 +345,28 @@ impl Tree {
     /// Compiles `objects` (paths like `fs/proc/cmdline.o`) with kbuild.
     pub fn compile(&self, objects: &[String]) -> Result<()> {
         self.compile_objects(self.make(), objects)
+    }
+
+    /// Compiles many objects in a few batches, each one kbuild run with `-jN`,
+    /// saying `compiled N of M units (what)` after each: a header included by
+    /// thousands of units takes minutes, and the batches are few enough (at
+    /// most about 20) that kbuild's start-up does not add up.
+    pub fn compile_batched(&self, objects: &[String], extra_kcflags: &str, what: &str, progress: &dyn Fn(&str)) -> Result<()> {
+        let batch = (objects.len().div_ceil(20)).max(16);
+        if objects.len() <= batch {
+            return if extra_kcflags.is_empty() { self.compile(objects) } else { self.compile_with(objects, extra_kcflags) };
+        }
+        let mut done = 0;
+        for chunk in objects.chunks(batch) {
+            if extra_kcflags.is_empty() {
+                self.compile(chunk)?;
+            } else {
+                self.compile_with(chunk, extra_kcflags)?;
+            }
+            done += chunk.len();
+            progress(&format!("compiled {done} of {} units ({what})", objects.len()));
+        }
+        Ok(())
     }
 
     fn compile_objects(&self, mut make: Command, objects: &[String]) -> Result<()> {
@@ -393,6 +425,84 @@ impl Tree {
         run_in_group(&self.base, cmd)
     }
 
+    /// make for asking kbuild (no -j: the sub-makes are sequential anyway).
+    fn query_make(&self) -> Command {
+        let mut make = Command::new("make");
+        make.arg("-C")
+            .arg(&self.dir)
+            .arg(format!("CC={}", self.release.cc))
+            .arg(format!("KERNELRELEASE={}", self.release.name.release));
+        make
+    }
+
+    /// Every object the release's configuration builds, with the directory
+    /// whose Makefile lists it: kbuild's walk of the whole tree
+    /// ([`crate::kbuild::walk_units`]), done once per prepared tree and kept
+    /// in `RELEASE/units.json` beside it.
+    pub fn all_units(&self, progress: &dyn Fn(&str)) -> Result<Vec<(String, String)>> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Cached {
+            stamp: Stamp,
+            units: Vec<(String, String)>,
+        }
+        let path = self.base.join("units.json");
+        let cached = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+            .filter(|c| c.stamp == self.wanted_stamp());
+        let units = match cached {
+            Some(c) => c.units,
+            None => {
+                progress("asking kbuild for every unit the configuration builds (once per release)");
+                let mut rounds = 0;
+                let units = crate::kbuild::walk_units(|dirs| {
+                    rounds += 1;
+                    crate::kbuild::query(&self.dir, self.query_make(), dirs)
+                })?;
+                progress(&format!("{} units in {rounds} rounds of directories", units.len()));
+                let c = Cached { stamp: self.wanted_stamp(), units };
+                write_atomic(&path, &serde_json::to_vec(&c)?)?;
+                c.units
+            }
+        };
+        let mut listed = self.listed_in.lock().unwrap_or_else(|e| e.into_inner());
+        for (o, d) in &units {
+            listed.entry(o.clone()).or_insert_with(|| d.clone());
+        }
+        Ok(units)
+    }
+
+    /// The include graph of every unit the configuration builds
+    /// ([`crate::includes::IncludeGraph`]), scanned once per prepared tree and
+    /// kept in `RELEASE/includes.json`.
+    pub fn include_graph(&self, progress: &dyn Fn(&str)) -> Result<crate::includes::IncludeGraph> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Cached {
+            stamp: Stamp,
+            graph: crate::includes::IncludeGraph,
+        }
+        let path = self.base.join("includes.json");
+        if let Some(c) = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+            .filter(|c| c.stamp == self.wanted_stamp())
+        {
+            return Ok(c.graph);
+        }
+        let units: Vec<String> = self
+            .all_units(progress)?
+            .into_iter()
+            .map(|(o, _)| format!("{}.c", o.strip_suffix(".o").unwrap_or(&o)))
+            .filter(|c| self.dir.join(c).is_file())
+            .collect();
+        progress(&format!("scanning the includes of {} units (once per release)", units.len()));
+        let graph = crate::includes::IncludeGraph::scan(&self.dir, &units);
+        progress(&format!("include graph: {} files", graph.file_count()));
+        let c = Cached { stamp: self.wanted_stamp(), graph };
+        write_atomic(&path, &serde_json::to_vec(&c)?)?;
+        Ok(c.graph)
+    }
+
     /// Whether and into what the release's configuration builds each object
     /// (`fs/proc/cmdline.o`): kbuild's own answer ([`crate::kbuild`]).
     pub fn applicability(
@@ -401,12 +511,7 @@ impl Tree {
     ) -> Result<std::collections::HashMap<String, crate::kbuild::Applicability>> {
         let config = fs::read_to_string(self.dir.join(".config"))
             .with_context(|| format!("reading {}/.config", self.dir.display()))?;
-        let mut make = Command::new("make");
-        make.arg("-C")
-            .arg(&self.dir)
-            .arg(format!("CC={}", self.release.cc))
-            .arg(format!("KERNELRELEASE={}", self.release.name.release));
-        let a = crate::kbuild::applicability(&self.dir, make, &config, objects)?;
+        let a = crate::kbuild::applicability(&self.dir, self.query_make(), &config, objects)?;
         let mut listed = self.listed_in.lock().unwrap_or_else(|e| e.into_inner());
         for (o, v) in &a {
             if let crate::kbuild::Applicability::Built { dir, .. } = v {

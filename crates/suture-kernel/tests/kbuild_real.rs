@@ -62,3 +62,58 @@ fn kbuild_decides_what_the_release_builds() {
         assert!(inc.iter().any(|i| i == u), "{u} not in {inc:?}");
     }
 }
+
+#[test]
+fn every_unit_of_the_configuration_is_found() {
+    let r = std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into());
+    if !Path::new(&format!("/boot/vmlinuz-{r}")).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install the kernel {r}");
+        return;
+    }
+    let cache = std::env::var_os("SUTURE_CACHE").map_or_else(|| "/var/cache/suture".into(), std::path::PathBuf::from);
+    let rel = Release::find(&r, Path::new("/")).unwrap();
+    let tree = Tree::open(rel, &cache, &|m| eprintln!("{m}")).unwrap();
+    let t0 = std::time::Instant::now();
+    let units = tree.all_units(&|m| eprintln!("{m}")).unwrap();
+    eprintln!("{} units in {:.1?}", units.len(), t0.elapsed());
+    let has = |o: &str, d: &str| units.iter().any(|(u, l)| u == o && l == d);
+    assert!(has("fs/proc/cmdline.o", "fs/proc"));
+    assert!(has("drivers/char/ipmi/ipmi_msghandler.o", "drivers/char/ipmi"));
+    assert!(has("kernel/locking/rtmutex_api.o", "kernel/locking"));
+    assert!(has("fs/btrfs/inode.o", "fs/btrfs"));
+    assert!(!units.iter().any(|(u, _)| u == "drivers/tty/serial/altera_jtaguart.o"));
+    assert!(!units.iter().any(|(u, _)| u == "kernel/locking/rtmutex.o"));
+    // A distribution kernel builds thousands of units.
+    assert!(units.len() > 10_000, "{}", units.len());
+    // The second call reads the cache.
+    let t1 = std::time::Instant::now();
+    assert_eq!(tree.all_units(&|_| {}).unwrap().len(), units.len());
+    eprintln!("cached: {:.1?}", t1.elapsed());
+}
+
+#[test]
+fn the_include_graph_finds_the_units_of_a_header() {
+    let r = std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into());
+    if !Path::new(&format!("/boot/vmlinuz-{r}")).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install the kernel {r}");
+        return;
+    }
+    let cache = std::env::var_os("SUTURE_CACHE").map_or_else(|| "/var/cache/suture".into(), std::path::PathBuf::from);
+    let rel = Release::find(&r, Path::new("/")).unwrap();
+    let tree = Tree::open(rel, &cache, &|m| eprintln!("{m}")).unwrap();
+    let t0 = std::time::Instant::now();
+    let g = tree.include_graph(&|m| eprintln!("{m}")).unwrap();
+    eprintln!("graph of {} files in {:.1?}", g.file_count(), t0.elapsed());
+    let t1 = std::time::Instant::now();
+    let g = tree.include_graph(&|_| {}).unwrap();
+    let proc_units = g.units_including("fs/proc/internal.h");
+    eprintln!("cached graph and one query: {:.1?}", t1.elapsed());
+    assert!(proc_units.iter().any(|u| u == "fs/proc/base.c"), "{proc_units:?}");
+    assert!(proc_units.iter().all(|u| u.starts_with("fs/")), "{proc_units:?}");
+    // rtmutex.c is included by rtmutex_api.c.
+    assert!(g.units_including("kernel/locking/rtmutex.c").iter().any(|u| u == "kernel/locking/rtmutex_api.c"));
+    // A core header: thousands.
+    let n = g.units_including("include/linux/sched.h").len();
+    assert!(n > 3000, "{n}");
+    eprintln!("fs/proc/internal.h: {} units; include/linux/sched.h: {n}", proc_units.len());
+}

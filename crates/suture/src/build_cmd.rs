@@ -47,6 +47,10 @@ pub struct Args {
     /// The X.509 certificate (PEM or DER) that goes with --sign-key.
     #[arg(long, value_name = "CERT.pem", requires = "sign_key")]
     sign_cert: Option<PathBuf>,
+    /// Refuse, before compiling anything, a patch that needs more than N units compiled (a changed
+    /// header is compiled in every unit of the release that includes it).
+    #[arg(long, value_name = "N")]
+    max_units: Option<usize>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -90,6 +94,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         cves: a.cves,
         description: a.description,
         module_src: a.module_src,
+        max_units: a.max_units,
     };
     let start = Instant::now();
     if releases.len() > 1 {

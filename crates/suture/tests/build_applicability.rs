@@ -178,3 +178,58 @@ fn an_object_listed_by_a_grandparent_directory_builds() {
     assert_eq!(doc["replaced"][0]["objname"], "ipmi_msghandler", "{doc}");
     assert_eq!(doc["replaced"][0]["function"], "ipmi_set_gets_events", "{doc}");
 }
+
+/// A static inline of a subsystem header: every unit that includes it is
+/// compiled before and after (issue 12.3); only inode.c's use changes.
+const PROC_HEADER: &str = r#"--- a/fs/proc/internal.h
++++ b/fs/proc/internal.h
+@@ -100,7 +100,7 @@
+ 
+ static inline bool pde_has_proc_lseek(const struct proc_dir_entry *pde)
+ {
+-	return pde->flags & PROC_ENTRY_proc_lseek;
++	return pde && (pde->flags & PROC_ENTRY_proc_lseek);
+ }
+ 
+ extern struct kmem_cache *proc_dir_entry_cache;
+"#;
+
+#[test]
+fn a_header_change_is_compiled_in_every_unit_that_includes_it() {
+    let Some(r) = common::ready_61() else { return };
+    // --max-units refuses before anything is compiled.
+    let tmp = tempfile::tempdir().unwrap();
+    let patch = tmp.path().join("hdr.patch");
+    std::fs::write(&patch, PROC_HEADER).unwrap();
+    let o = Command::new(common::suture())
+        .arg("build")
+        .arg(&patch)
+        .args(["--kernel", &r, "--max-units", "5", "-o"])
+        .arg(tmp.path().join("x.ko"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("more than --max-units 5") && !err.contains("compiling"), "{err}");
+
+    let (status, doc, err, written) = build(PROC_HEADER, &["--kernel", &r]);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(written);
+    assert!(err.contains("fs/proc/internal.h: included by "), "{err}");
+    let n: usize = err
+        .split("fs/proc/internal.h: included by ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(n > 10, "{err}");
+    assert!(err.contains(&format!("compiled {n} of {n} units (patched)")), "{err}");
+    let replaced: Vec<(&str, &str)> = doc["replaced"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["function"].as_str().unwrap(), f["source_file"].as_str().unwrap()))
+        .collect();
+    // The units that only include the header dropped out as unchanged.
+    assert!(!replaced.is_empty() && replaced.iter().all(|(_, f)| *f == "fs/proc/inode.c"), "{replaced:?}");
+}
