@@ -27,4 +27,5 @@ if [ ! -f "$corpus/EXPECTED.tsv" ]; then
 fi
 
 cargo build --workspace --all-targets
-cargo test --workspace -- --test-threads=2
+# Every failing test is reported, not only the first binary's.
+cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -375,7 +375,8 @@ fn format_installed(
     loaded: &[suture_host::PatchState],
 ) -> String {
     if installed.is_empty() {
-        return "no patches installed\n".into();
+        // Loaded patches are listed above: this is about boot-time loading.
+        return "no patches installed for boot (`suture install FILE.ko` keeps one and loads it at every boot)\n".into();
     }
     let mut rows = vec![["INSTALLED", "RELEASE", "LOADED", "GUARD", "CVES"].map(String::from)];
     for i in installed {

@@ -366,7 +366,7 @@ echo "== done"
         b4.contains("console=ttyS0")
             && b4.contains("\nactive\n")
             && b4.contains("no livepatches loaded")
-            && b4.contains("no patches installed"),
+            && b4.contains("no patches installed for boot"),
         "{b4}"
     );
 }

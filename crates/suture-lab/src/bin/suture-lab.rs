@@ -1,9 +1,11 @@
 //! `suture-lab`: boot a Debian kernel release in QEMU with a busybox initramfs,
-//! run one shell script in it and print what the guest printed. The demo uses it;
-//! so can anyone who wants to try a patch without touching a real host.
+//! run one shell script in it and print what the script printed (kernel
+//! messages printed meanwhile included; the firmware's screen and banners
+//! not: `--verbose` echoes the whole serial console as it comes). The demo
+//! uses it; so can anyone who wants to try a patch without touching a real host.
 //!
 //! suture-lab --kernel RELEASE [--exec HOST:GUEST]... [--file HOST:GUEST]...
-//!            [--module REL_PATH]... [--timeout SECS] SCRIPT
+//!            [--module REL_PATH]... [--timeout SECS] [--verbose] SCRIPT
 //!
 //! Exit status: the script's.
 
@@ -31,6 +33,7 @@ fn run() -> Result<i32> {
     let mut release = None;
     let mut script = None;
     let mut timeout = 300u64;
+    let mut verbose = false;
     let mut adds: Vec<(char, String)> = Vec::new();
     while let Some(a) = args.next() {
         let mut val = || args.next().with_context(|| format!("{a} needs a value"));
@@ -40,8 +43,9 @@ fn run() -> Result<i32> {
             "--file" => adds.push(('f', val()?)),
             "--module" => adds.push(('m', val()?)),
             "--timeout" => timeout = val()?.parse().context("--timeout takes seconds")?,
+            "--verbose" => verbose = true,
             "-h" | "--help" => {
-                println!("usage: suture-lab --kernel RELEASE [--exec HOST:GUEST]... [--file HOST:GUEST]... [--module REL_PATH]... [--timeout SECS] SCRIPT");
+                println!("usage: suture-lab --kernel RELEASE [--exec HOST:GUEST]... [--file HOST:GUEST]... [--module REL_PATH]... [--timeout SECS] [--verbose] SCRIPT");
                 return Ok(0);
             }
             s if s.starts_with('-') => bail!("unknown option {s} (see --help)"),
@@ -53,7 +57,7 @@ fn run() -> Result<i32> {
     let text = std::fs::read_to_string(&script).with_context(|| format!("reading {script}"))?;
     let mut vm = suture_lab::Vm::new(&release)?
         .timeout(Duration::from_secs(timeout))
-        .verbose(true);
+        .verbose(verbose);
     for (kind, a) in &adds {
         match kind {
             'x' => {
@@ -69,7 +73,14 @@ fn run() -> Result<i32> {
             }
         }
     }
+    if !verbose {
+        eprintln!("suture-lab: booting {release} in QEMU (TCG: well under a minute); the script's output follows when it ends");
+    }
     let out = vm.run(&text)?;
+    if !verbose {
+        // The script's own lines only: no firmware escape codes or banners.
+        print!("{}", out.script_output());
+    }
     eprintln!("suture-lab: guest ran {:.1}s, script exit status {}", out.duration.as_secs_f64(), out.exit_status);
     Ok(out.exit_status)
 }

@@ -77,7 +77,7 @@ def modinfo(ko_bytes):
             raise SutureError("section %d runs past the end of the file" % i)
         return name, data[s_off:s_off + s_size]
 
-    _, names = section(shstrndx)
+    dummy, names = section(shstrndx)
     for i in range(shnum):
         name_off, body = section(i)
         end = names.find(b"\0", name_off)

@@ -90,7 +90,7 @@ def check(module, base, status, allowed_taint, probe, soak):
     extra = unexpected_taint(before, now["taint"], allowed_taint)
     gates.append(dict(gate="taint", ok=not extra,
                       detail="taint %s -> %s%s" % (taint_letters(before) or "-", taint_letters(now["taint"]) or "-",
-                                                  "; unexpected: " + extra if extra else "")))
+                                                   "; unexpected: " + extra if extra else "")))
 
     if probe:
         t = time.time()

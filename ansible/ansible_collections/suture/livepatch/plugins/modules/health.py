@@ -19,7 +19,7 @@ description:
     O(probe) command exits 0.
   - Never changes the host.
 version_added: "0.1.0"
-author: suture developers
+author: suture developers (@suture)
 options:
   mode:
     description: Record the baseline, or check against it.
@@ -108,7 +108,7 @@ def main():
 
     try:
         if p["mode"] == "baseline":
-            base, _ = snapshot()
+            base, dummy = snapshot()
             module.exit_json(changed=False, baseline=base, ansible_facts=dict(suture_health_baseline=base))
         gates, now = check(module, p["baseline"], status, p["allowed_taint"], p["probe"], p["soak"])
     except (IOError, OSError, SutureError, ValueError) as e:

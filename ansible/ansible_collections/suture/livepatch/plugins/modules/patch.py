@@ -16,7 +16,7 @@ description:
   - With O(state=absent) it unloads and uninstalls the patch.
   - Idempotent. A patch whose exact build (srcversion) is already applied is left alone.
 version_added: "0.1.0"
-author: suture developers
+author: suture developers (@suture)
 options:
   src:
     description:
@@ -173,7 +173,7 @@ def deb_identity(module, deb):
 
 
 def installed_version(module, package):
-    rc, out, _ = module.run_command(["dpkg-query", "-W", "-f=${Status} ${Version}", package])
+    rc, out, dummy = module.run_command(["dpkg-query", "-W", "-f=${Status} ${Version}", package])
     if rc != 0 or not out.startswith("install ok installed"):
         return None
     return out.split()[-1]
@@ -219,7 +219,7 @@ def main():
     elif src:
         try:
             with open(src, "rb") as f:
-                name_from_src, srcversion, _ = patch_identity(modinfo(f.read()))
+                name_from_src, srcversion, dummy = patch_identity(modinfo(f.read()))
         except (IOError, OSError, SutureError) as e:
             module.fail_json(msg="%s: %s" % (src, e))
     if src:
@@ -261,7 +261,7 @@ def main():
 
     if gates is not None:
         try:
-            result["gates"], _ = suture_health.check(
+            result["gates"], dummy = suture_health.check(
                 module, baseline, lambda: status(module, suture), gates["allowed_taint"], gates["probe"], gates["soak"]
             )
         except (IOError, OSError, ValueError) as e:

@@ -13,7 +13,7 @@ description:
   - Runs C(suture status --json) and reads the boot id. Never changes the host.
   - Sets the facts C(suture_release), C(suture_boot_id), C(suture_patch_level) and C(suture_applied_patches).
 version_added: "0.1.0"
-author: suture developers
+author: suture developers (@suture)
 options:
   suture:
     description: The suture command on the host.

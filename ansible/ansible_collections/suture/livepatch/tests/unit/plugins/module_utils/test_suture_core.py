@@ -20,13 +20,13 @@ def elf_with_sections(sections):
     plus the null section and .shstrtab: enough for modinfo()."""
     names = b"\0"
     offs = []
-    for name, _ in sections + [(".shstrtab", b"")]:
+    for name, dummy in sections + [(".shstrtab", b"")]:
         offs.append(len(names))
         names += name.encode() + b"\0"
     body = b""
     placed = []
     base = 64
-    for (_, data) in sections:
+    for (dummy, data) in sections:
         placed.append((base + len(body), len(data)))
         body += data
     placed.append((base + len(body), len(names)))
