@@ -409,6 +409,23 @@ fn build_in(
     let mut init_exit: Vec<(String, Refusal)> = Vec::new();
     let mut verified = 0;
     for ((info, orig), patched) in pairs.iter().zip(&patched) {
+        // A struct or union whose layout the patch changes (issue 12.4):
+        // refused by name, once per declaring file (a header's type shows in
+        // every unit that includes it).
+        match suture_layout::compare(orig, patched) {
+            Ok(changed) if !changed.is_empty() => {
+                for c in changed {
+                    let file = c.file.clone().unwrap_or_else(|| info.object.replace(".o", ".c"));
+                    let r = Refusal { subject: c.subject(), reason: c.reason() };
+                    if !refusals.iter().any(|(f, x): &(String, Refusal)| *f == file && x.subject == r.subject) {
+                        refusals.push((file, r));
+                    }
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => warnings.push(format!("{}: struct layouts not checked: {e}", info.object)),
+        }
         let mut report = symbols.target(&info.objname, orig)?;
         warnings.extend(report.warnings.iter().map(|w| format!("{}: {w}", info.object)));
         symbols.add_new_references(&info.objname, patched, &mut report.target)?;
