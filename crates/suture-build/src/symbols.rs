@@ -181,18 +181,19 @@ impl SymbolSource {
     /// ORIG, does not know them. A vmlinux symbol that is not exported but has
     /// a unique name is reached through a livepatch relocation (with its
     /// `__pfx_` padding, for calls, when it has one); exported ones stay
-    /// normal references. Only vmlinux: a module's patch reaches vmlinux
-    /// through exports.
+    /// normal references. A module's patch reaches vmlinux through exports,
+    /// and other modules' exports through livepatch relocations of the module
+    /// (new ones added here), placed in those modules' kallsyms from their `.ko`.
     pub fn add_new_references(
         &self,
         objname: &str,
         patched: &[u8],
         target: &mut suture_diff::Target,
     ) -> Result<()> {
-        if objname != "vmlinux" {
-            return Ok(());
-        }
         let o = suture_elf::Object::parse(patched).context("reading the patched object")?;
+        if objname != "vmlinux" {
+            return self.other_modules(objname, &o, target);
+        }
         for s in &o.symbols {
             if !s.is_undef()
                 || s.bind != suture_elf::STB_GLOBAL
@@ -212,6 +213,47 @@ impl SymbolSource {
                         .or_insert(suture_diff::TargetSym::Unexported { sympos: 0 });
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Module `objname`'s references to other modules' exports, ORIG's and
+    /// PATCHED's, with their positions in those modules.
+    fn other_modules(
+        &self,
+        objname: &str,
+        patched: &suture_elf::Object,
+        target: &mut suture_diff::Target,
+    ) -> Result<()> {
+        for s in &patched.symbols {
+            if s.is_undef() && s.bind == suture_elf::STB_GLOBAL && !s.name.is_empty() {
+                if let Some(m) = self.exports.exporting_module(objname, &s.name) {
+                    target.symbols.entry(s.name.to_string()).or_insert(
+                        suture_diff::TargetSym::OtherModule { module: m.to_string(), sympos: 0 },
+                    );
+                }
+            }
+        }
+        let mut modules: Vec<String> = target
+            .symbols
+            .values()
+            .filter_map(|t| match t {
+                suture_diff::TargetSym::OtherModule { module, .. } => Some(module.clone()),
+                _ => None,
+            })
+            .collect();
+        modules.sort();
+        modules.dedup();
+        for m in modules {
+            let ko = match self.built_modules.get(&m) {
+                Some(ko) => ko.clone(),
+                None => {
+                    let path = self.module_path(&m)?;
+                    fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
+            };
+            suture_symbols::place_module_exports(target, &m, &ko)
+                .with_context(|| format!("placing the exports of module {m} that {objname} uses"))?;
         }
         Ok(())
     }

@@ -19,6 +19,15 @@ use suture_elf::*;
 use crate::model::{Key, Obj, Target};
 use crate::{EntrySize, Error, Explanation, Options, Outcome, Refusal, Report, TargetSym};
 
+/// Where a livepatch relocation finds a symbol: the object whose kallsyms
+/// holds it (the target, or for a module target another module the target
+/// depends on) and the position among that object's same-named symbols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KlpRef<'t> {
+    pub obj: &'t str,
+    pub sympos: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Status {
     Same,
@@ -858,6 +867,13 @@ impl<'a> Diff<'a> {
             Some(t) => match t.symbols.get(name) {
                 Some(TargetSym::Exported) => Ok(None),
                 Some(TargetSym::Unexported { sympos }) => Ok(Some(*sympos)),
+                // What ORIG defines is the target's own, whatever another
+                // module exports under that name.
+                Some(TargetSym::OtherModule { module, .. }) if defined => Err(format!(
+                    "{name} is defined in ORIG, but the symbols of {} list it as an export of module {module}",
+                    t.objname
+                )),
+                Some(TargetSym::OtherModule { .. }) => Ok(None),
                 // A weak default (`void __weak release_thread()`) is usually
                 // overridden elsewhere: the running kernel has one global of
                 // that name, not this object's copy, so reach it by name.
@@ -871,21 +887,44 @@ impl<'a> Diff<'a> {
         }
     }
 
-    /// How the output reaches a PATCHED symbol it does not define: `Some(pos)`
-    /// through `.klp.sym.OBJ.NAME,POS`, `None` by plain name (the module loader
-    /// resolves it). A symbol with no section is the target's own only when the
-    /// target table lists it unexported; a defined one is decided by [`Self::lookup`].
+    /// How the output reaches a PATCHED symbol it does not define: `Some` through
+    /// a livepatch relocation (`.klp.sym.OBJ.NAME,POS`, OBJ the target or, for a
+    /// module target, another module that exports the symbol), `None` by plain
+    /// name (the module loader resolves it). A symbol with no section is the
+    /// target's own only when the target table lists it unexported; a defined
+    /// one is decided by [`Self::lookup`].
     /// The one rule both for writing references and for checking what a kept
     /// special-section entry would need.
-    pub fn reach(&self, pi: usize) -> Result<Option<u32>, String> {
+    pub fn reach(&self, pi: usize) -> Result<Option<KlpRef<'_>>, String> {
         let s = self.p.sym(pi);
+        let obj = self.objname();
         if s.section().is_some() {
-            return self.lookup(pi);
+            return Ok(self.lookup(pi)?.map(|sympos| KlpRef { obj, sympos }));
         }
         Ok(match self.opts.target.as_ref().and_then(|t| t.symbols.get(s.name.as_str())) {
-            Some(TargetSym::Unexported { sympos }) => Some(*sympos),
+            Some(TargetSym::Unexported { sympos }) => Some(KlpRef { obj, sympos: *sympos }),
+            // vmlinux reaches no module's symbol, and a module's klp relocations
+            // may not name vmlinux: those stay plain.
+            Some(TargetSym::OtherModule { module, sympos })
+                if obj != "vmlinux" && module != "vmlinux" && module != obj =>
+            {
+                Some(KlpRef { obj: module, sympos: *sympos })
+            }
             _ => None,
         })
+    }
+
+    /// The undefined symbol a livepatch relocation to `name` (as
+    /// [`Self::reach`] found it) is written against: `.klp.sym.OBJ.NAME,POS` for
+    /// the target's own symbol, `.klp.xsym.TARGET.OBJ.NAME,POS` for another
+    /// module's (see the crate docs).
+    pub fn klp_symbol(&self, k: KlpRef<'_>, name: &str) -> String {
+        let target = self.objname();
+        if k.obj == target {
+            format!(".klp.sym.{}.{},{}", k.obj, name, k.sympos)
+        } else {
+            format!(".klp.xsym.{}.{}.{},{}", target, k.obj, name, k.sympos)
+        }
     }
 
     /// The name a reference to PATCHED symbol `pi` is written under before the

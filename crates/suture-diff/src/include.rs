@@ -241,13 +241,16 @@ impl<'d, 'a> Inc<'d, 'a> {
     /// Undefined symbols count too: a key defined in another unit of the same
     /// module (btrfs's tracepoint keys live in `super.o`) is just as much the
     /// module's.
-    fn module_klp_target(&self, sec: usize, r: &Rela) -> Option<String> {
+    /// Another module's exports count as well: their klp relocations are
+    /// applied when the target loads, like the target's own. Returns the
+    /// symbol's name and the module that holds it.
+    fn module_klp_target(&self, sec: usize, r: &Rela) -> Option<(String, String)> {
         let Target::Sym { sym, .. } = self.d.p.target(sec, r) else { return None };
         if self.defs.contains(&sym) || self.must_define(sym) {
             return None;
         }
         match self.d.reach(sym) {
-            Ok(Some(_)) => Some(self.d.reference_name(sym).to_string()),
+            Ok(Some(k)) => Some((self.d.reference_name(sym).to_string(), k.obj.to_string())),
             _ => None,
         }
     }
@@ -266,13 +269,18 @@ impl<'d, 'a> Inc<'d, 'a> {
         if self.d.objname() == "vmlinux" {
             return true;
         }
-        let Some(kname) = group.iter().find_map(|r| self.module_klp_target(sec, r)) else { return true };
+        let Some((kname, owner)) = group.iter().find_map(|r| self.module_klp_target(sec, r)) else { return true };
         let tracepoint = kname.starts_with("__tracepoint_") || kname.starts_with("__SCK__tp_func_");
+        // Whose symbol it is, and when its relocation is applied.
+        let whose = if owner == self.d.objname() {
+            format!("module {owner}")
+        } else {
+            format!("module {owner}, reached from {}", self.d.objname())
+        };
         if matches!(name, ".static_call_sites" | ".printk_index") || (name == "__jump_table" && tracepoint) {
             let what = if tracepoint { "tracepoint" } else { "symbol" };
             let w = format!(
-                "{name}: entry using {kname} dropped ({what} of module {}, whose klp relocations are applied after the entry is read)",
-                self.d.objname()
+                "{name}: entry using {kname} dropped ({what} of {whose}, whose klp relocations are applied after the entry is read)"
             );
             if !self.d.report.warnings.contains(&w) {
                 self.d.report.warnings.push(w);
@@ -281,8 +289,7 @@ impl<'d, 'a> Inc<'d, 'a> {
             self.refusals.push(Refusal {
                 subject: kname.clone(),
                 reason: format!(
-                    "{name} entry of changed code uses {kname} of module {}: module special sections are initialised before klp relocations are applied",
-                    self.d.objname()
+                    "{name} entry of changed code uses {kname} of {whose}: module special sections are initialised before klp relocations are applied"
                 ),
             });
         }
@@ -926,7 +933,7 @@ impl<'x, 'a> Out<'x, 'a> {
         let s = self.d.p.sym(pi);
         let plain = self.d.reference_name(pi).to_string();
         let (name, typ, bind) = match self.d.reach(pi) {
-            Ok(Some(pos)) => (format!(".klp.sym.{}.{},{}", self.d.objname(), plain, pos), s.typ, STB_GLOBAL),
+            Ok(Some(k)) => (self.d.klp_symbol(k, &plain), s.typ, STB_GLOBAL),
             // An external symbol keeps its binding (a weak reference stays weak).
             Ok(None) if s.section().is_none() => (plain, s.typ, s.bind.max(STB_GLOBAL)),
             Ok(None) => (plain, s.typ, STB_GLOBAL),
@@ -963,12 +970,15 @@ impl<'x, 'a> Out<'x, 'a> {
             return None;
         }
         let t = self.d.opts.target.as_ref()?;
-        if !matches!(self.d.reach(sym), Ok(Some(_))) {
-            return None;
-        }
+        let Ok(Some(k)) = self.d.reach(sym) else { return None };
         let name = self.d.reference_name(sym).to_string();
-        let Some(crate::TargetSym::Unexported { sympos }) = t.symbols.get(&format!("__pfx_{name}")) else { return None };
-        let full = format!(".klp.sym.{}.__pfx_{name},{sympos}", self.d.objname());
+        // The padding is in the same object as the function.
+        let pfx = match t.symbols.get(&format!("__pfx_{name}")) {
+            Some(crate::TargetSym::Unexported { sympos }) if k.obj == self.d.objname() => *sympos,
+            Some(crate::TargetSym::OtherModule { module, sympos }) if k.obj == module => *sympos,
+            _ => return None,
+        };
+        let full = self.d.klp_symbol(crate::imp::KlpRef { obj: k.obj, sympos: pfx }, &format!("__pfx_{name}"));
         if let Some(&c) = self.refs.get(&full) {
             return Some(c);
         }

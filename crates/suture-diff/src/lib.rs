@@ -18,7 +18,15 @@
 //!   undefined GLOBAL symbol named `.klp.sym.<objname>.<name>,<pos>`; the module
 //!   stage (suture-klp) turns those into `SHN_LIVEPATCH` symbols and moves their
 //!   relocations into `.klp.rela.<objname>.<section>` sections after linking,
-//!   because linkers do not preserve either.
+//!   because linkers do not preserve either;
+//! - for a module target, a reference to a symbol another module exports is an
+//!   undefined GLOBAL symbol named `.klp.xsym.<objname>.<module>.<name>,<pos>`:
+//!   the module stage turns it into the `SHN_LIVEPATCH` symbol
+//!   `.klp.sym.<module>.<name>,<pos>` and moves its relocations into the
+//!   target's `.klp.rela.<objname>.<section>`, applied when the target loads
+//!   (after `<module>`, which it depends on), so that the patch module itself
+//!   depends on no module. vmlinux exports stay plain names: the kernel
+//!   forbids vmlinux symbols in a module's klp relocation sections.
 
 // The workspace's rust-version (1.80) predates `is_multiple_of` (1.87).
 #![allow(unknown_lints, clippy::manual_is_multiple_of)]
@@ -43,13 +51,20 @@ pub struct Target {
     pub symbols: HashMap<String, TargetSym>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSym {
     /// Exported to modules (`EXPORT_SYMBOL*` of vmlinux): a normal relocation.
     Exported,
     /// Reached through kallsyms: a livepatch relocation. `sympos` is the position
     /// among same-named symbols of the object in kallsyms order, 0 when unique.
     Unexported { sympos: u32 },
+    /// For a module target: exported by another module, `module` (its name as
+    /// the kernel spells it). Reached through a livepatch relocation of the
+    /// target (`.klp.sym.MODULE.NAME,POS` in `.klp.rela.OBJNAME.*`), resolved
+    /// when the target loads, rather than through a normal one that would make
+    /// the patch module depend on, and load, `module`. `sympos` is the position
+    /// among `module`'s same-named symbols, 0 when unique.
+    OtherModule { module: String, sympos: u32 },
 }
 
 /// What the differ may not infer by itself.

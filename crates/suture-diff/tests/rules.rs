@@ -843,3 +843,160 @@ fn a_real_change_beside_moved_line_numbers_is_a_change() {
     let (patch, _) = changes(&o3, &p3, &Options::default());
     assert_eq!(patch.report.changed, vec!["stop"]);
 }
+
+// ---- patches that span objects (issue 12.6) ----
+
+/// Module code (`mymod`, think vfat) calling what another module exports
+/// (`fat`: a function, a static key) and what vmlinux exports (`printk`).
+const XMOD: &str = r#"
+extern int printk(const char *, ...);
+extern int fat_thing(int);
+extern int fat_table[4];
+extern struct static_key fat_key;
+extern void __SCT__tp_func_fat_ev(int);
+extern int __SCK__tp_func_fat_ev;
+static inline __attribute__((always_inline)) void trace_fat_ev(int a) {
+    asm volatile("1: call __SCT__tp_func_fat_ev\n"
+                 ".pushsection .static_call_sites, \"aw\"\n.balign 4\n"
+                 ".long 1b - .\n.long %c0 - .\n.popsection" : : "i"(&__SCK__tp_func_fat_ev) : "memory");
+}
+static inline __attribute__((always_inline)) int fat_key_on(void) {
+    asm goto("1: .byte 0x0f,0x1f,0x44,0x00,0x00\n"
+             ".pushsection __jump_table, \"aw\"\n.balign 8\n"
+             ".long 1b - ., %l[yes] - .\n.quad %c0 - .\n.popsection"
+             : : "i"(&fat_key) : : yes);
+    return 0;
+yes:
+    return 1;
+}
+__attribute__((noinline)) static int own(int x) { return x * 7; }
+int look(int a) { return fat_thing(a) + own(a) + printk("look %d\n", a) + fat_table[a & 3]; }
+int ev(int a) { trace_fat_ev(a); return a + 1; }
+int keyed(int a) { if (fat_key_on()) printk("keyed %d\n", a); return a + 1; }
+"#;
+
+/// The differ's view of module `mymod` whose unit references `fat`'s
+/// exports: what suture-symbols' `build_target` makes of Module.symvers.
+fn cross_target() -> Options {
+    let mut opts = module_target(&["look", "ev", "keyed", "own"]);
+    let t = opts.target.as_mut().unwrap();
+    t.symbols.insert("printk".into(), TargetSym::Exported);
+    for n in ["fat_thing", "fat_table", "fat_key", "__SCK__tp_func_fat_ev", "__SCT__tp_func_fat_ev"] {
+        t.symbols.insert(n.into(), TargetSym::OtherModule { module: "fat".into(), sympos: 0 });
+    }
+    opts
+}
+
+fn xmod_pair(name: &str, from: &str, to: &str) -> (Vec<u8>, Vec<u8>) {
+    assert!(XMOD.contains(from), "{from}");
+    (compile(&format!("{name}-orig"), XMOD), compile(&format!("{name}-patched"), &XMOD.replacen(from, to, 1)))
+}
+
+#[test]
+fn another_modules_export_becomes_a_klp_relocation_of_the_patched_module() {
+    let (o, p) = xmod_pair("xmod", "printk(\"look %d\\n\", a)", "printk(\"look2 %d\\n\", a)");
+    let (patch, out) = changes(&o, &p, &cross_target());
+    assert_eq!(patch.report.changed, vec!["look"]);
+    let r = reloc_targets(&out, ".text.look");
+    let names: Vec<&str> = r.iter().map(|x| x.0.as_str()).collect();
+    // fat's function and data: relocations the patched module's klp section
+    // carries, resolved against fat when mymod loads.
+    assert!(names.contains(&".klp.xsym.mymod.fat.fat_thing,0"), "{names:?}");
+    assert!(names.contains(&".klp.xsym.mymod.fat.fat_table,0"), "{names:?}");
+    // The module's own static: its own klp symbol; vmlinux's export: plain.
+    assert!(names.contains(&".klp.sym.mymod.own,0"), "{names:?}");
+    assert!(names.contains(&"printk"), "{names:?}");
+    // Nothing is left for the module loader to find in fat (no dependency).
+    assert!(!names.iter().any(|n| *n == "fat_thing" || *n == "fat_table"), "{names:?}");
+    for s in out.symbols.iter().filter(|s| s.name.starts_with(".klp.")) {
+        assert_eq!(s.bind, STB_GLOBAL, "{}", s.name);
+        assert!(s.section().is_none(), "{}", s.name);
+    }
+    // The position comes from the table (fat's kallsyms).
+    let mut opts = cross_target();
+    opts.target.as_mut().unwrap().symbols.insert("fat_thing".into(), TargetSym::OtherModule { module: "fat".into(), sympos: 2 });
+    let (_, out) = changes(&o, &p, &opts);
+    assert!(reloc_targets(&out, ".text.look").iter().any(|x| x.0 == ".klp.xsym.mymod.fat.fat_thing,2"));
+}
+
+#[test]
+fn vmlinux_never_reaches_a_module_through_a_klp_relocation() {
+    // A table that says so anyway (a vmlinux global that shares a module
+    // export's name): vmlinux's klp relocations are for vmlinux, so the
+    // reference stays plain rather than naming a module.
+    let (o, p) = xmod_pair("xmod-vm", "printk(\"look %d\\n\", a)", "printk(\"look3 %d\\n\", a)");
+    let mut opts = cross_target();
+    opts.target.as_mut().unwrap().objname = "vmlinux".into();
+    let (_, out) = changes(&o, &p, &opts);
+    let r = reloc_targets(&out, ".text.look");
+    assert!(r.iter().any(|x| x.0 == "fat_thing"), "{r:?}");
+    assert!(!r.iter().any(|x| x.0.contains("fat.fat_thing")), "{r:?}");
+    // And a module's table naming the module itself, or vmlinux, as the
+    // exporter: the module's own symbols are `.klp.sym.MOD`, vmlinux's plain.
+    let mut opts = cross_target();
+    let t = opts.target.as_mut().unwrap();
+    t.symbols.insert("fat_thing".into(), TargetSym::OtherModule { module: "vmlinux".into(), sympos: 0 });
+    t.symbols.insert("fat_table".into(), TargetSym::OtherModule { module: "mymod".into(), sympos: 0 });
+    let (_, out) = changes(&o, &p, &opts);
+    let r = reloc_targets(&out, ".text.look");
+    assert!(r.iter().any(|x| x.0 == "fat_thing"), "{r:?}");
+    assert!(r.iter().any(|x| x.0 == "fat_table"), "{r:?}");
+    assert!(!r.iter().any(|x| x.0.starts_with(".klp.xsym.")), "{r:?}");
+}
+
+#[test]
+fn a_call_into_another_module_goes_through_its_padding_when_it_has_one() {
+    let (o, p) = xmod_pair("xmod-pfx", "printk(\"look %d\\n\", a)", "printk(\"look4 %d\\n\", a)");
+    let mut opts = cross_target();
+    opts.target.as_mut().unwrap().symbols.insert("__pfx_fat_thing".into(), TargetSym::OtherModule { module: "fat".into(), sympos: 0 });
+    let (_, out) = changes(&o, &p, &opts);
+    let r = reloc_targets(&out, ".text.look");
+    assert!(r.iter().any(|x| x.0 == ".klp.xsym.mymod.fat.__pfx_fat_thing,0" && x.2 == -4), "{r:?}");
+    // Data is never reached through a padding.
+    assert!(r.iter().any(|x| x.0 == ".klp.xsym.mymod.fat.fat_table,0"), "{r:?}");
+    // Padding another module owns does not stand in for the callee of another.
+    let mut opts = cross_target();
+    opts.target.as_mut().unwrap().symbols.insert("__pfx_fat_thing".into(), TargetSym::OtherModule { module: "ext4".into(), sympos: 0 });
+    let (_, out) = changes(&o, &p, &opts);
+    let r = reloc_targets(&out, ".text.look");
+    assert!(r.iter().any(|x| x.0 == ".klp.xsym.mymod.fat.fat_thing,0"), "{r:?}");
+    assert!(!r.iter().any(|x| x.0.contains("__pfx_")), "{r:?}");
+}
+
+#[test]
+fn special_section_entries_never_need_another_modules_symbol() {
+    // A static call site on fat's tracepoint key: dropped, as for the
+    // module's own keys; the call through the trampoline stays.
+    let (o, p) = xmod_pair("xmod-sc", "trace_fat_ev(a); return a + 1;", "trace_fat_ev(a); return a + 2;");
+    let (patch, out) = changes(&o, &p, &cross_target());
+    assert_eq!(patch.report.changed, vec!["ev"]);
+    assert!(out.section_by_name(".static_call_sites").map_or(true, |s| s.data.is_empty()));
+    assert!(
+        patch.report.warnings.iter().any(|w| w.contains("__SCK__tp_func_fat_ev") && w.contains("dropped") && w.contains("module fat")),
+        "{:?}",
+        patch.report.warnings
+    );
+    assert!(reloc_targets(&out, ".text.ev").iter().any(|r| r.0 == ".klp.xsym.mymod.fat.__SCT__tp_func_fat_ev,0"));
+    // A jump label on fat's key: refused, naming the key and its module.
+    let (o, p) = xmod_pair("xmod-jl", "printk(\"keyed %d\\n\", a); return a + 1;", "printk(\"keyed %d\\n\", a); return a + 3;");
+    match diff(&o, &p, &cross_target()).unwrap() {
+        Outcome::Refused(r) => assert!(
+            r.refusals.iter().any(|x| x.subject == "fat_key" && x.reason.contains("module fat") && x.reason.contains("mymod")),
+            "{r:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_symbol_orig_defines_is_never_another_modules() {
+    // `own` is ORIG's: a table calling it fat's export is contradictory, and
+    // the changed `look` that calls it cannot be written.
+    let (o, p) = xmod_pair("xmod-def", "printk(\"look %d\\n\", a)", "printk(\"look5 %d\\n\", a)");
+    let mut opts = cross_target();
+    opts.target.as_mut().unwrap().symbols.insert("own".into(), TargetSym::OtherModule { module: "fat".into(), sympos: 0 });
+    match diff(&o, &p, &opts) {
+        Err(e) => assert!(e.to_string().contains("own") && e.to_string().contains("fat"), "{e}"),
+        Ok(other) => panic!("{other:?}"),
+    }
+}

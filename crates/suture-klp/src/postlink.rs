@@ -8,7 +8,11 @@
 //!   `.klp.sym.OBJ.NAME,POS` symbols become `SHN_LIVEPATCH` symbols, and every
 //!   relocation against them moves into a `.klp.rela.OBJ.SECTION` section
 //!   flagged `SHF_RELA_LIVEPATCH | SHF_INFO_LINK | SHF_ALLOC`. Linkers preserve
-//!   neither, which is why this runs last, on the final file.
+//!   neither, which is why this runs last, on the final file. A patched
+//!   module's reference to another module's export comes as
+//!   `.klp.xsym.OBJ.MODULE.NAME,POS`: renamed `.klp.sym.MODULE.NAME,POS`, its
+//!   relocations go to `.klp.rela.OBJ.SECTION`, applied when OBJ loads (the
+//!   kernel allows another module's symbols there, never vmlinux's).
 
 use crate::elf::{self, Elf, Rela, Shdr};
 use anyhow::{bail, ensure, Context, Result};
@@ -25,7 +29,11 @@ pub struct KlpSym<'a> {
 /// Parses a klp symbol name with the limits the kernel's `sscanf` applies
 /// (`.klp.sym.%55[^.].%511[^,],%lu`), so that what we emit is what it accepts.
 pub fn parse_klp_sym(s: &str) -> Option<KlpSym<'_>> {
-    let rest = s.strip_prefix(".klp.sym.")?;
+    parse_klp_body(s.strip_prefix(".klp.sym.")?)
+}
+
+/// `OBJ.NAME,POS`, the part of a klp symbol name after `.klp.sym.`.
+fn parse_klp_body(rest: &str) -> Option<KlpSym<'_>> {
     let (objname, rest) = rest.split_once('.')?;
     let (name, pos) = rest.rsplit_once(',')?;
     if objname.is_empty() || objname.len() > 55 || name.is_empty() || name.len() > 511 {
@@ -39,6 +47,22 @@ pub fn parse_klp_sym(s: &str) -> Option<KlpSym<'_>> {
 
 pub fn klp_sym_name(objname: &str, name: &str, pos: u32) -> String {
     format!(".klp.sym.{objname}.{name},{pos}")
+}
+
+/// A parsed `.klp.xsym.OBJ.MODULE.NAME,POS`, the differ's name for a reference
+/// of object OBJ's patched code to module MODULE's symbol: OBJ, whose
+/// `.klp.rela` sections carry the relocations, and the symbol
+/// `.klp.sym.MODULE.NAME,POS` it becomes. Refused unless OBJ and MODULE are
+/// two modules: the kernel forbids vmlinux symbols in a module's klp
+/// relocation sections, and a module's own symbols are `.klp.sym.OBJ.*`.
+pub fn parse_klp_xsym(s: &str) -> Option<(&str, KlpSym<'_>)> {
+    let rest = s.strip_prefix(".klp.xsym.")?;
+    let (obj, rest) = rest.split_once('.')?;
+    let sym = parse_klp_body(rest)?;
+    if obj.is_empty() || obj.len() > 55 || obj == "vmlinux" || sym.objname == "vmlinux" || sym.objname == obj {
+        return None;
+    }
+    Some((obj, sym))
 }
 
 /// Adds a GLOBAL FUNC alias for each `(existing symbol, alias)` pair.
@@ -96,25 +120,43 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
     ensure!(strtab < e.shdrs.len(), "symbol table links to a missing string table");
     let mut syms = e.syms(symtab)?;
     let mut report = PostLink::default();
-    // symbol index → objname of its klp symbol
+    // symbol index → the object whose `.klp.rela` sections get its relocations
     let mut klp_obj: HashMap<usize, String> = HashMap::new();
+    // `.klp.xsym.*` symbols: index and the `.klp.sym.*` name they take.
+    let mut renamed: Vec<(usize, String)> = Vec::new();
     for (i, s) in syms.iter_mut().enumerate() {
         let name = e.str_at(strtab, s.name)?;
-        if !name.starts_with(".klp.sym.") {
+        let (obj, final_name) = if name.starts_with(".klp.xsym.") {
+            let (obj, k) = parse_klp_xsym(name).with_context(|| {
+                format!("malformed livepatch symbol name {name:?} (expected .klp.xsym.MODULE.OTHER_MODULE.NAME,POS)")
+            })?;
+            let n = format!(".klp.sym.{}.{},{}", k.objname, k.name, k.pos);
+            renamed.push((i, n.clone()));
+            (obj.to_string(), n)
+        } else if name.starts_with(".klp.sym.") {
+            let k = parse_klp_sym(name)
+                .with_context(|| format!("malformed livepatch symbol name {name:?}"))?;
+            (k.objname.to_string(), name.to_string())
+        } else {
             continue;
-        }
-        let k = parse_klp_sym(name)
-            .with_context(|| format!("malformed livepatch symbol name {name:?}"))?;
+        };
         ensure!(
             s.shndx == elf::SHN_UNDEF || s.shndx == elf::SHN_LIVEPATCH,
             "livepatch symbol {name} is defined in the module; it must refer to the target"
         );
-        klp_obj.insert(i, k.objname.to_string());
-        report.klp_syms.push(name.to_string());
+        klp_obj.insert(i, obj);
+        report.klp_syms.push(final_name);
         s.shndx = elf::SHN_LIVEPATCH;
     }
     if klp_obj.is_empty() {
         return Ok((ko.to_vec(), report));
+    }
+    if !renamed.is_empty() {
+        let names: Vec<String> = renamed.iter().map(|(_, n)| n.clone()).collect();
+        let offs = e.add_strings(strtab, &names)?;
+        for ((i, _), off) in renamed.iter().zip(offs) {
+            syms[*i].name = off;
+        }
     }
     // Rewrite the symbol table in place: same size, same order.
     let st_off = e.shdrs[symtab].offset as usize;
@@ -286,5 +328,25 @@ mod tests {
         assert!(parse_klp_sym(".klp.sym.vmlinux.foo,x").is_none());
         assert!(parse_klp_sym(&format!(".klp.sym.{}.f,0", "m".repeat(56))).is_none());
         assert!(parse_klp_sym(".klp.sym..f,0").is_none());
+    }
+
+    #[test]
+    fn cross_module_symbols_name_both_objects() {
+        let (obj, k) = parse_klp_xsym(".klp.xsym.vfat.fat.fat_build_inode,0").unwrap();
+        assert_eq!((obj, k.objname, k.name, k.pos), ("vfat", "fat", "fat_build_inode", 0));
+        let (obj, k) = parse_klp_xsym(".klp.xsym.nfsd.sunrpc.svc_foo.isra.0,2").unwrap();
+        assert_eq!((obj, k.objname, k.name, k.pos), ("nfsd", "sunrpc", "svc_foo.isra.0", 2));
+        // vmlinux on either side, the module's own symbol, bad shapes.
+        for bad in [
+            ".klp.xsym.vfat.vmlinux.printk,0",
+            ".klp.xsym.vmlinux.fat.fat_build_inode,0",
+            ".klp.xsym.vfat.vfat.vfat_lookup,0",
+            ".klp.xsym.vfat.fat_build_inode,0",
+            ".klp.xsym..fat.x,0",
+            ".klp.xsym.vfat.fat.x",
+        ] {
+            assert!(parse_klp_xsym(bad).is_none(), "{bad}");
+        }
+        assert!(parse_klp_xsym(&format!(".klp.xsym.{}.fat.x,0", "m".repeat(56))).is_none());
     }
 }

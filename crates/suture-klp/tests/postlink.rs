@@ -96,3 +96,60 @@ fn late_relocatable_sections() {
         assert!(!late_relocatable(s), "{s}");
     }
 }
+
+/// A patched module's reference to another module's export: its relocation
+/// goes to the patched module's `.klp.rela` section, against a `.klp.sym`
+/// symbol of the other module (applied when the patched module loads, after
+/// the module it depends on).
+fn cross(section: &str) -> String {
+    format!(
+        r#"extern int other asm("\".klp.xsym.vfat.fat.fat_build_inode,0\"");
+__attribute__((used, section("{section}"))) static void *entry = &other;
+"#
+    )
+}
+
+#[test]
+fn another_modules_symbol_is_relocated_with_the_patched_module() {
+    use suture_klp::elf::{Elf, SHF_RELA_LIVEPATCH, SHN_LIVEPATCH};
+    let (ko, r) = post_link(&object(&cross(".data.entry"))).unwrap();
+    assert_eq!(r.klp_syms, vec![".klp.sym.fat.fat_build_inode,0".to_string()]);
+    assert_eq!(r.klp_relas, vec![(".klp.rela.vfat..data.entry".to_string(), 1)]);
+    let e = Elf::parse(ko).unwrap();
+    let symtab = e.symtab().unwrap();
+    let strtab = e.shdrs[symtab].link as usize;
+    let syms = e.syms(symtab).unwrap();
+    let named: Vec<(&str, u16)> = syms
+        .iter()
+        .map(|s| (e.str_at(strtab, s.name).unwrap(), s.shndx))
+        .filter(|(n, _)| n.starts_with(".klp."))
+        .collect();
+    // Renamed in place: the symbol index the relocation names is unchanged.
+    assert_eq!(named, vec![(".klp.sym.fat.fat_build_inode,0", SHN_LIVEPATCH)]);
+    let sec = (0..e.shdrs.len())
+        .find(|&i| e.section_name(i).unwrap() == ".klp.rela.vfat..data.entry")
+        .unwrap();
+    assert_ne!(e.shdrs[sec].flags & SHF_RELA_LIVEPATCH, 0);
+    let rel = e.relas(sec).unwrap();
+    assert_eq!(
+        e.str_at(strtab, syms[rel[0].sym()].name).unwrap(),
+        ".klp.sym.fat.fat_build_inode,0"
+    );
+}
+
+#[test]
+fn another_modules_symbol_in_a_special_section_is_refused() {
+    for sec in [".static_call_sites", "__jump_table", "__ex_table", ".altinstructions"] {
+        let err = post_link(&object(&cross(sec))).unwrap_err().to_string();
+        assert!(
+            err.contains(sec) && err.contains("vfat") && err.contains("fat_build_inode"),
+            "{sec}: {err}"
+        );
+    }
+    // The kernel refuses vmlinux symbols in a module's klp relocation sections.
+    let src = r#"extern int other asm("\".klp.xsym.vfat.vmlinux.printk,0\"");
+__attribute__((used, section(".data.entry"))) static void *entry = &other;
+"#;
+    let err = post_link(&object(src)).unwrap_err().to_string();
+    assert!(err.contains("malformed") && err.contains("vmlinux.printk"), "{err}");
+}

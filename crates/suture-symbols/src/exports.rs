@@ -149,14 +149,27 @@ impl Exports {
         self.map.is_empty()
     }
 
-    /// Whether code of `objname` reaches `name` through a normal relocation: it
-    /// is exported by someone other than `objname` itself (a module's own
-    /// exports are still reached through kallsyms, since the patch may load
-    /// before the module).
-    pub fn reachable_from(&self, objname: &str, name: &str) -> bool {
+    /// Whether code of `objname` reaches `name` through a normal relocation:
+    /// vmlinux exports it. A module's own exports are still reached through
+    /// kallsyms, since the patch may load before the module; another module's
+    /// through a klp relocation of `objname` (see [`Self::exporting_module`]).
+    pub fn reachable_from(&self, _objname: &str, name: &str) -> bool {
+        self.map.get(name).is_some_and(|e| e.owner == "vmlinux")
+    }
+
+    /// The module, other than `objname`, that exports `name`, when code of
+    /// module `objname` can reach it: the module `objname` depends on for it.
+    /// `None` for vmlinux's exports, for `objname`'s own, for a name nobody
+    /// exports, and for any name when `objname` is vmlinux (vmlinux reaches
+    /// no module's symbols).
+    pub fn exporting_module(&self, objname: &str, name: &str) -> Option<&str> {
+        if objname == "vmlinux" {
+            return None;
+        }
         self.map
             .get(name)
-            .is_some_and(|e| e.owner == "vmlinux" || e.owner != objname)
+            .map(|e| e.owner.as_str())
+            .filter(|o| *o != "vmlinux" && *o != objname)
     }
 }
 
@@ -180,9 +193,36 @@ mod tests {
         assert_eq!(e.get("ext4_thing").unwrap().owner, "ext4");
         assert_eq!(e.get("snd_x").unwrap().owner, "snd_pcm");
         assert!(e.reachable_from("vmlinux", "phys_base"));
-        assert!(e.reachable_from("snd_pcm", "ext4_thing"));
+        assert!(e.reachable_from("ext4", "phys_base"));
+        // Another module's export is no normal relocation: the patch module
+        // would depend on that module.
+        assert!(!e.reachable_from("snd_pcm", "ext4_thing"));
         assert!(!e.reachable_from("ext4", "ext4_thing"));
         assert!(!e.reachable_from("vmlinux", "not_exported"));
+    }
+
+    /// The module column says who exports a symbol: the differ reaches another
+    /// module's export through a klp relocation of the patched module.
+    #[test]
+    fn the_module_column_names_the_exporting_module() {
+        let t = "0xab507ec4\tfat_search_long\tfs/fat/fat\tEXPORT_SYMBOL_GPL\t\n\
+                 0x1d586ebe\tfat_build_inode\tfs/fat/fat\tEXPORT_SYMBOL_GPL\t\n\
+                 0x00000002\tsvc_x\tnet/sunrpc/sunrpc\tEXPORT_SYMBOL_GPL\tSUNRPC\n\
+                 0x00000003\tsnd_y\tsound/core/snd-pcm\tEXPORT_SYMBOL\t\n\
+                 0x4c9d28b0\tphys_base\tvmlinux\tEXPORT_SYMBOL\t\n";
+        let e = Exports::parse(t).unwrap();
+        assert_eq!(e.get("fat_build_inode").unwrap().owner, "fat");
+        assert_eq!(e.exporting_module("vfat", "fat_build_inode"), Some("fat"));
+        assert_eq!(e.exporting_module("msdos", "fat_search_long"), Some("fat"));
+        assert_eq!(e.exporting_module("nfsd", "svc_x"), Some("sunrpc"));
+        // Basename, dashes turned into underscores.
+        assert_eq!(e.exporting_module("snd_seq", "snd_y"), Some("snd_pcm"));
+        // The module's own export, vmlinux's, nobody's; and vmlinux never
+        // reaches a module.
+        assert_eq!(e.exporting_module("fat", "fat_build_inode"), None);
+        assert_eq!(e.exporting_module("vfat", "phys_base"), None);
+        assert_eq!(e.exporting_module("vfat", "nothing"), None);
+        assert_eq!(e.exporting_module("vmlinux", "fat_build_inode"), None);
     }
 
     #[test]

@@ -56,8 +56,8 @@ pub use kallsyms::{
 pub use module::{module_name, module_symbols};
 pub use runtime::runtime_rewritten_sites;
 pub use target::{
-    build_target, build_target_report, verify_function, Decision, Mismatch, TargetImage,
-    TargetReport, Unresolved,
+    build_target, build_target_report, place_module_exports, verify_function, Decision, Mismatch,
+    TargetImage, TargetReport, Unresolved,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -210,6 +210,71 @@ impl<'a> ModuleSpace<'a> {
     }
 }
 
+/// Where the exports of `module` that `target` reaches ([`TargetSym::OtherModule`])
+/// are in that module's kallsyms, from its `.ko` (compressed or not): the
+/// position of the exported (global) symbol among its same-named ones (0 when
+/// the name is unique, as the kernel requires then), and its `__pfx_` padding
+/// symbol when it has one (CALL_PADDING kernels), for calls. An export the
+/// `.ko` does not define is an error: Module.symvers and the module disagree.
+pub fn place_module_exports(target: &mut Target, module: &str, ko: &[u8]) -> Result<()> {
+    let names: Vec<String> = target
+        .symbols
+        .iter()
+        .filter(|(n, t)| {
+            matches!(t, TargetSym::OtherModule { module: m, .. } if m == module)
+                && !n.starts_with("__pfx_")
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let plain = crate::decompress_module(ko)?;
+    let buf = Aligned::new(&plain);
+    let md = ModuleSpace::new(buf.bytes())?;
+    let sym_of = |i: &Instance| &md.obj.symbols[md.kept[i.index]];
+    let pos = |inst: &[Instance], at: usize| if inst.len() == 1 { 0 } else { inst[at].sympos };
+    for name in names {
+        let inst = md.instances(&name);
+        let Some(at) = inst.iter().position(|i| sym_of(i).bind == elf::STB_GLOBAL) else {
+            return Err(Error::Object {
+                file: format!("{module}.ko"),
+                msg: format!(
+                    "does not define {name}, which Module.symvers says {module} exports: \
+                     the module and Module.symvers come from different builds"
+                ),
+            });
+        };
+        let func = sym_of(&inst[at]);
+        target.symbols.insert(
+            name.clone(),
+            TargetSym::OtherModule {
+                module: module.to_string(),
+                sympos: pos(&inst, at),
+            },
+        );
+        // The padding ends where the function starts, in its section.
+        let pfx_name = format!("__pfx_{name}");
+        if target.symbols.contains_key(&pfx_name) {
+            continue;
+        }
+        let pfx = md.instances(&pfx_name);
+        if let Some(p) = pfx.iter().position(|i| {
+            let s = sym_of(i);
+            s.shn == func.shn && s.value.wrapping_add(s.size) == func.value && s.value < func.value
+        }) {
+            target.symbols.insert(
+                pfx_name,
+                TargetSym::OtherModule {
+                    module: module.to_string(),
+                    sympos: pos(&pfx, p),
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Space for ModuleSpace<'_> {
     fn instances(&self, name: &str) -> Vec<Instance> {
         let Some(v) = self.by_name.get(name) else {
@@ -731,6 +796,25 @@ fn resolve(
         }
         let local = s.bind == elf::STB_LOCAL;
         let inst = space.instances(&s.name);
+        // A module's reference to another module's export (that the module
+        // does not define itself): reached through a klp relocation of this
+        // module, applied when it loads, so that the patch module need not
+        // depend on the other one. Its position among the other module's
+        // symbols is [`place_module_exports`]'s to find; 0 until then.
+        // (A weak reference stays a normal one: it may go unresolved, which a
+        // klp relocation may not.)
+        if s.bind == elf::STB_GLOBAL && s.shn == Shn::Undef && inst.is_empty() {
+            if let Some(m) = exports.exporting_module(objname, &s.name) {
+                rep.target.symbols.insert(
+                    s.name.clone(),
+                    TargetSym::OtherModule {
+                        module: m.to_string(),
+                        sympos: 0,
+                    },
+                );
+                continue;
+            }
+        }
         // An exported function ORIG defines whose name other (static) symbols
         // share needs its position anyway: klp_func.old_sympos must pick it
         // out, and a klp relocation reaches an exported symbol as well as a
@@ -1417,6 +1501,7 @@ mod tests {
             .unwrap()
             .target
             .symbols["helper"]
+            .clone()
         };
         assert_eq!(t(&k), TargetSym::Exported);
         // A static variable elsewhere is also called helper: klp_func.old_sympos
