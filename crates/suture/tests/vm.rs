@@ -159,6 +159,68 @@ fn a_module_function_is_patched_whether_the_module_loads_before_or_after() {
     assert_eq!(field(out, "GONE_PATCHED"), "0", "{out}");
 }
 
+/// Issue 12.0: a patch of a btrfs function that fires btrfs's own tracepoint
+/// (`trace_btrfs_inode_new`). Its module used to keep `.static_call_sites`
+/// and `__jump_table` entries on btrfs's tracepoint keys through klp
+/// relocations that the kernel applies only when btrfs loads, while it reads
+/// those sections when the livepatch loads: `suture unload` oopsed in
+/// `static_call_del_module` with btrfs absent. Now the entries are dropped
+/// (the call through the trampoline is still right): the patch loads and
+/// unloads with btrfs absent, and again with btrfs loaded after it, its
+/// tracepoint enabled and disabled (every site of its static call and jump
+/// label rewritten) in between; the kernel log shows no oops or warning.
+#[test]
+fn a_module_patch_on_the_modules_own_tracepoint_loads_and_unloads_cleanly() {
+    if !ready() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ko = build_ok("btrfs-tracepoint.patch", tmp.path());
+    let _g = VM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut vm = vm();
+    vm.add_file(&ko, "/root/p.ko").unwrap();
+    let mods = [
+        "kernel/crypto/crc32c_generic.ko",
+        "kernel/crypto/xor.ko",
+        "kernel/lib/raid6/raid6_pq.ko",
+        "kernel/lib/zstd/zstd_compress.ko",
+        "kernel/lib/libcrc32c.ko",
+        "kernel/fs/btrfs/btrfs.ko",
+    ];
+    for m in mods {
+        vm.add_release_module(m).unwrap();
+    }
+    let lib = format!("/lib/modules/{}", release());
+    let deps: String = mods[..5].iter().map(|m| format!("insmod {lib}/{m} || exit 9\n")).collect();
+    let lp = "/sys/kernel/livepatch/livepatch_btrfs_tracepoint";
+    let script = format!(
+        "{deps}\
+         suture load /root/p.ko || exit 10\n\
+         echo ABSENT_PATCHED:$(cat {lp}/btrfs/patched)\n\
+         suture unload livepatch_btrfs_tracepoint || exit 11\n\
+         suture load /root/p.ko || exit 12\n\
+         insmod {lib}/kernel/fs/btrfs/btrfs.ko || exit 13\n\
+         echo LATE_PATCHED:$(cat {lp}/btrfs/patched)\n\
+         mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null\n\
+         ev=/sys/kernel/tracing/events/btrfs/btrfs_inode_new/enable\n\
+         echo 1 > $ev || exit 14\n\
+         echo TRACING:$(cat $ev)\n\
+         echo 0 > $ev || exit 15\n\
+         suture unload livepatch_btrfs_tracepoint || exit 16\n\
+         rmmod btrfs || exit 17\n\
+         echo COMPLAINTS:$(dmesg | grep -cE 'Oops|BUG:|WARNING:|general protection|Call Trace')\n\
+         dmesg | grep -E 'Oops|BUG:|WARNING:|general protection|Call Trace' | head -5\n"
+    );
+    let run = vm.run(&script).unwrap();
+    let out = run.script_output();
+    assert_eq!(run.exit_status, 0, "{out}");
+    // A livepatch object's `patched` reads 0 until its module is loaded.
+    assert_eq!(field(out, "ABSENT_PATCHED"), "0", "{out}");
+    assert_eq!(field(out, "LATE_PATCHED"), "1", "{out}");
+    assert_eq!(field(out, "TRACING"), "1", "{out}");
+    assert_eq!(field(out, "COMPLAINTS"), "0", "{out}");
+}
+
 #[test]
 fn refusals_name_the_problem_and_leave_nothing_behind() {
     if !ready() {
