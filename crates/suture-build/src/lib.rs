@@ -573,6 +573,7 @@ fn build_in(
         replace: opts.replace,
         objects: Vec::new(),
         states: opts.states.clone(),
+        clear_module_relocs: !kernel_clears_module_relocs(tree)?,
     };
     let mut klp_objects = Vec::new();
     for (objname, (funcs, objs, cbs)) in by_obj {
@@ -615,6 +616,15 @@ fn build_in(
         replace: opts.replace,
         not_built: vec![],
     })
+}
+
+/// Whether the release's livepatch core clears a module object's relocations
+/// when the module goes away (`klp_clear_object_relocs`, Linux 6.3; Debian's
+/// 6.1 lacks it): otherwise the hook does it (see suture-klp).
+fn kernel_clears_module_relocs(tree: &Tree) -> Result<bool> {
+    let core = tree.dir.join("kernel/livepatch/core.c");
+    let text = fs::read_to_string(&core).with_context(|| format!("reading {}", core.display()))?;
+    Ok(text.contains("klp_clear_object_relocs"))
 }
 
 /// A list of objects for a progress line: all of them when few.

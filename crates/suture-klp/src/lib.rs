@@ -70,6 +70,10 @@ pub struct ModuleSpec {
     pub objects: Vec<Object>,
     /// `klp_patch.states`.
     pub states: Vec<State>,
+    /// The kernel leaves a module object's livepatch relocations written
+    /// when that module goes away (before Linux 6.3's
+    /// `klp_clear_object_relocs`): the hook clears them itself.
+    pub clear_module_relocs: bool,
 }
 
 /// A name the kernel accepts for a module (and so for the livepatch directory).
@@ -125,6 +129,72 @@ fn c_string(s: &str) -> String {
     out
 }
 
+/// Before Linux 6.3 the livepatch core leaves a module object's relocations
+/// written in the patch module when that module goes away, and x86's
+/// `apply_relocate_add` refuses to write a non-zero field when it comes back
+/// ("existing value is nonzero"): the module could not be loaded again while
+/// the patch is (measured on 6.1.0-57: "refusing to load module
+/// 'binfmt_misc'"). The hook clears them at the object's post_unpatch, which
+/// runs when the module goes away (and when the patch is disabled), the way
+/// later kernels' `klp_clear_object_relocs` does: every field of the
+/// object's `.klp.rela` sections, kept in memory (`SHF_ALLOC`) and listed in
+/// `THIS_MODULE->klp_info`, zeroed with `text_poke` under `text_mutex`.
+/// Neither is exported: they are livepatch relocations to vmlinux
+/// (`__suture_klp_vmlinux__NAME`, renamed by [`postlink`]).
+const CLEAR_RELOCS_C: &str = r#"#include <linux/elf.h>
+#include <linux/mutex.h>
+#include <linux/string.h>
+
+extern void *__suture_klp_vmlinux__text_poke(void *addr, const void *opcode, size_t len);
+extern void __suture_klp_vmlinux__text_poke_sync(void);
+extern struct mutex __suture_klp_vmlinux__text_mutex;
+
+static void suture_clear_relocs(const char *objname)
+{
+	static const u64 zero;
+	struct klp_modinfo *info = THIS_MODULE->klp_info;
+	char prefix[MODULE_NAME_LEN + 12];
+	size_t plen;
+	unsigned int i, j;
+
+	if (!info)
+		return;
+	plen = snprintf(prefix, sizeof(prefix), ".klp.rela.%s.", objname);
+	mutex_lock(&__suture_klp_vmlinux__text_mutex);
+	for (i = 1; i < info->hdr.e_shnum; i++) {
+		Elf64_Shdr *sec = &info->sechdrs[i];
+		Elf64_Rela *rel = (void *)sec->sh_addr;
+
+		if (!(sec->sh_flags & SHF_RELA_LIVEPATCH) ||
+		    strncmp(info->secstrings + sec->sh_name, prefix, plen))
+			continue;
+		for (j = 0; j < sec->sh_size / sizeof(*rel); j++) {
+			void *loc = (void *)info->sechdrs[sec->sh_info].sh_addr + rel[j].r_offset;
+			size_t size;
+
+			switch (ELF64_R_TYPE(rel[j].r_info)) {
+			case R_X86_64_64:
+			case R_X86_64_PC64:
+				size = 8;
+				break;
+			case R_X86_64_32:
+			case R_X86_64_32S:
+			case R_X86_64_PC32:
+			case R_X86_64_PLT32:
+				size = 4;
+				break;
+			default:
+				continue;
+			}
+			__suture_klp_vmlinux__text_poke(loc, &zero, size);
+		}
+	}
+	__suture_klp_vmlinux__text_poke_sync();
+	mutex_unlock(&__suture_klp_vmlinux__text_mutex);
+}
+
+"#;
+
 /// The C source of the patch module's hook. Pure.
 pub fn hook_source(spec: &ModuleSpec) -> String {
     let mut s = String::new();
@@ -142,6 +212,26 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
         }
     }
     s.push('\n');
+    let clear = spec.clear_module_relocs && spec.objects.iter().any(|o| o.objname != "vmlinux");
+    if clear {
+        s.push_str(CLEAR_RELOCS_C);
+        for (o, obj) in spec.objects.iter().enumerate() {
+            if obj.objname == "vmlinux" {
+                continue;
+            }
+            let user = obj
+                .callbacks
+                .iter()
+                .any(|(k, _)| k == "post_unpatch")
+                .then(|| format!("\t{}(obj);\n", callback_alias(o, "post_unpatch")))
+                .unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "static void suture_post_unpatch_{o}(struct klp_object *obj)\n{{\n{user}\tsuture_clear_relocs({});\n}}\n",
+                c_string(&obj.objname)
+            );
+        }
+    }
     for (o, obj) in spec.objects.iter().enumerate() {
         let _ = writeln!(s, "static struct klp_func suture_funcs_{o}[] = {{");
         for (i, f) in obj.funcs.iter().enumerate() {
@@ -164,7 +254,10 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
         };
         let mut cbs = String::new();
         for kind in CALLBACK_KINDS {
-            if obj.callbacks.iter().any(|(k, _)| k == kind) {
+            if clear && kind == "post_unpatch" && obj.objname != "vmlinux" {
+                // Calls the patch author's own, then clears.
+                let _ = write!(cbs, " .post_unpatch = suture_post_unpatch_{o},");
+            } else if obj.callbacks.iter().any(|(k, _)| k == kind) {
                 let _ = write!(cbs, " .{kind} = {},", callback_alias(o, kind));
             }
         }
@@ -296,7 +389,12 @@ pub fn build_module(
 fn check_modpost(log: &str) -> Result<()> {
     let bad: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("undefined!") && !l.contains("\".klp.sym.") && !l.contains("\".klp.xsym."))
+        .filter(|l| {
+            l.contains("undefined!")
+                && !l.contains("\".klp.sym.")
+                && !l.contains("\".klp.xsym.")
+                && !l.contains(&format!("\"{}", postlink::HOOK_VMLINUX_PREFIX))
+        })
         .collect();
     if !bad.is_empty() {
         bail!(
@@ -386,6 +484,7 @@ mod tests {
                 },
             ],
             states: vec![],
+            clear_module_relocs: false,
         };
         let c = hook_source(&spec);
         assert!(c.contains(".old_name = \"type_show\", .new_func = __suture_new_0_0, .old_sympos = 3"), "{c}");
@@ -402,12 +501,35 @@ mod tests {
     }
 
     #[test]
+    fn module_objects_clear_their_relocations_where_the_kernel_does_not() {
+        let objects = vec![
+            Object { objname: "vmlinux".into(), funcs: vec![], callbacks: vec![] },
+            Object { objname: "binfmt_misc".into(), funcs: vec![], callbacks: vec![("post_unpatch".into(), "post".into())] },
+            Object { objname: "vfat".into(), funcs: vec![], callbacks: vec![] },
+        ];
+        let spec = |clear| ModuleSpec { name: "lp".into(), replace: true, objects: objects.clone(), states: vec![], clear_module_relocs: clear };
+        let c = hook_source(&spec(true));
+        // The author's callback still runs, first.
+        assert!(
+            c.contains("static void suture_post_unpatch_1(struct klp_object *obj)\n{\n\t__suture_cb_1_post_unpatch(obj);\n\tsuture_clear_relocs(\"binfmt_misc\");\n}"),
+            "{c}"
+        );
+        assert!(c.contains("static void suture_post_unpatch_2(struct klp_object *obj)\n{\n\tsuture_clear_relocs(\"vfat\");\n}"), "{c}");
+        assert!(c.contains("{ .name = \"vfat\", .funcs = suture_funcs_2, .callbacks = { .post_unpatch = suture_post_unpatch_2, } }"), "{c}");
+        assert!(c.contains("{ .name = NULL, .funcs = suture_funcs_0 }"), "vmlinux never goes away: {c}");
+        assert!(c.contains("__suture_klp_vmlinux__text_poke(loc, &zero, size);"), "{c}");
+        let plain = hook_source(&spec(false));
+        assert!(!plain.contains("suture_clear_relocs") && plain.contains(".post_unpatch = __suture_cb_1_post_unpatch,"), "{plain}");
+    }
+
+    #[test]
     fn states_are_listed_and_parsed() {
         let spec = ModuleSpec {
             name: "livepatch_s".into(),
             replace: true,
             objects: vec![Object { objname: "vmlinux".into(), funcs: vec![], callbacks: vec![] }],
             states: vec![parse_state("7:2").unwrap(), parse_state("0x10:1").unwrap()],
+            clear_module_relocs: false,
         };
         let c = hook_source(&spec);
         assert!(c.contains("{ .id = 7UL, .version = 2 },\n\t{ .id = 16UL, .version = 1 },\n\t{ }"), "{c}");
@@ -431,5 +553,6 @@ mod tests {
         assert!(check_modpost("WARNING: modpost: \".klp.sym.vmlinux.x,0\" [/t/m.ko] undefined!\n").is_ok());
         assert!(check_modpost("WARNING: modpost: \".klp.xsym.vfat.fat.fat_build_inode,0\" [/t/m.ko] undefined!\n").is_ok());
         assert!(check_modpost("WARNING: modpost: \"foo\" [/t/m.ko] undefined!\n").is_err());
+        assert!(check_modpost("WARNING: modpost: \"__suture_klp_vmlinux__text_poke\" [/t/m.ko] undefined!\n").is_ok());
     }
 }

@@ -18,6 +18,10 @@ use crate::elf::{self, Elf, Rela, Shdr};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// The hook's name for an unexported vmlinux symbol `NAME` it needs:
+/// `__suture_klp_vmlinux__NAME` becomes `.klp.sym.vmlinux.NAME,0`.
+pub const HOOK_VMLINUX_PREFIX: &str = "__suture_klp_vmlinux__";
+
 /// A parsed `.klp.sym.OBJ.NAME,POS` symbol name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KlpSym<'a> {
@@ -133,6 +137,13 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
             let n = format!(".klp.sym.{}.{},{}", k.objname, k.name, k.pos);
             renamed.push((i, n.clone()));
             (obj.to_string(), n)
+        } else if let Some(n) = name.strip_prefix(HOOK_VMLINUX_PREFIX) {
+            // The hook's own references to unexported vmlinux symbols (a C
+            // name cannot carry `.klp.sym.vmlinux.NAME,0`'s dots and comma).
+            let n = klp_sym_name("vmlinux", n, 0);
+            ensure!(parse_klp_sym(&n).is_some(), "malformed hook symbol name {name:?}");
+            renamed.push((i, n.clone()));
+            ("vmlinux".to_string(), n)
         } else if name.starts_with(".klp.sym.") {
             let k = parse_klp_sym(name)
                 .with_context(|| format!("malformed livepatch symbol name {name:?}"))?;

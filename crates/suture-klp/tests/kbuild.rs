@@ -60,6 +60,7 @@ fn links_a_livepatch_module_in_klp_format() {
             callbacks: vec![],
         }],
         states: vec![],
+        clear_module_relocs: false,
     };
     let (ko, report) = build_module(&spec, &[(0, obj)], &headers, tmp.path()).unwrap();
     assert_eq!(report.klp_syms, vec![".klp.sym.vmlinux.saved_command_line,0".to_string()]);

@@ -153,3 +153,15 @@ __attribute__((used, section(".data.entry"))) static void *entry = &other;
     let err = post_link(&object(src)).unwrap_err().to_string();
     assert!(err.contains("malformed") && err.contains("vmlinux.printk"), "{err}");
 }
+
+#[test]
+fn the_hooks_vmlinux_references_become_livepatch_symbols() {
+    let src = "extern void *__suture_klp_vmlinux__text_poke(void *, const void *, unsigned long);\n\
+               extern int __suture_klp_vmlinux__text_mutex;\n\
+               void f(void) { __suture_klp_vmlinux__text_poke(&__suture_klp_vmlinux__text_mutex, 0, 0); }\n";
+    let (_, r) = post_link(&object(src)).unwrap();
+    let mut syms = r.klp_syms.clone();
+    syms.sort();
+    assert_eq!(syms, [".klp.sym.vmlinux.text_mutex,0", ".klp.sym.vmlinux.text_poke,0"]);
+    assert_eq!(r.klp_relas, vec![(".klp.rela.vmlinux..text".to_string(), 2)]);
+}

@@ -144,7 +144,12 @@ fn a_module_function_is_patched_whether_the_module_loads_before_or_after() {
          echo LATE_PATCHED:$(cat /sys/kernel/livepatch/livepatch_binfmt_misc_status/binfmt_misc/patched)\n\
          umount /bm; rmmod binfmt_misc || exit 17\n\
          echo GONE_PATCHED:$(cat /sys/kernel/livepatch/livepatch_binfmt_misc_status/binfmt_misc/patched)\n\
-         suture unload livepatch_binfmt_misc_status || exit 18\n"
+         insmod {bm} || exit 19\n\
+         mount -t binfmt_misc none /bm || exit 20\n\
+         echo RELOADED:$(cat /bm/status)\n\
+         umount /bm; rmmod binfmt_misc || exit 21\n\
+         suture unload livepatch_binfmt_misc_status || exit 18\n\
+         echo COMPLAINTS:$(dmesg | grep -cE 'Oops|BUG:|WARNING:|nonzero|refusing to load')\n"
     );
     let run = vm.run(&script).unwrap();
     let out = run.script_output();
@@ -157,6 +162,12 @@ fn a_module_function_is_patched_whether_the_module_loads_before_or_after() {
     assert_eq!(field(out, "LATE"), "enabled (suture)", "{out}");
     assert_eq!(field(out, "LATE_PATCHED"), "1", "{out}");
     assert_eq!(field(out, "GONE_PATCHED"), "0", "{out}");
+    // Loaded again while the patch stays: on 6.1 the kernel leaves the
+    // module's livepatch relocations written when it goes away and refused
+    // to write them again ("existing value is nonzero", "refusing to load
+    // module"); the hook clears them at post_unpatch.
+    assert_eq!(field(out, "RELOADED"), "enabled (suture)", "{out}");
+    assert_eq!(field(out, "COMPLAINTS"), "0", "{out}");
 }
 
 /// Issue 12.0: a patch of a btrfs function that fires btrfs's own tracepoint
