@@ -636,6 +636,9 @@ fn shown(objects: &[String]) -> String {
     }
 }
 
+/// Each unit's object description and its original object.
+type Pairs = Vec<(suture_kernel::ObjectInfo, Vec<u8>)>;
+
 /// Both sides of the patched translation units, compiled in the release's tree.
 fn tree_objects(
     progress: &dyn Fn(&str),
@@ -643,7 +646,7 @@ fn tree_objects(
     patches: &[FilePatch],
     objects: &[String],
     include: &Path,
-) -> Result<(Vec<(suture_kernel::ObjectInfo, Vec<u8>)>, Vec<Vec<u8>>)> {
+) -> Result<(Pairs, Vec<Vec<u8>>)> {
     // A file the release lacks is said as such (not applicable), not as a
     // failure to read it.
     tree.check_files(patches)?;
@@ -677,6 +680,9 @@ fn tree_objects(
     Ok((pairs, patched))
 }
 
+/// The functions kept, and (dropped alias, kept function) pairs.
+type KeptAndAliases<'a> = (Vec<&'a suture_diff::ReplacedFunc>, Vec<(String, String)>);
+
 /// Replaced functions, one per address of ORIG. Aliases (`__x64_sys_getppid`
 /// and `__ia32_sys_getppid` are one function under SYSCALL_DEFINE0) would give
 /// the livepatch core two `klp_func`s on one address in one patch, which its
@@ -685,7 +691,7 @@ fn tree_objects(
 fn one_per_address<'a>(
     orig: &[u8],
     replaced: &'a [suture_diff::ReplacedFunc],
-) -> Result<(Vec<&'a suture_diff::ReplacedFunc>, Vec<(String, String)>)> {
+) -> Result<KeptAndAliases<'a>> {
     let obj = suture_elf::Object::parse(orig).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut at: HashMap<&str, (u32, u64)> = HashMap::new();
     for s in &obj.symbols {

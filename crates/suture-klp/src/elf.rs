@@ -175,9 +175,9 @@ impl Elf {
 
     /// Appends `data` at the end of the file, aligned; returns its offset.
     pub fn append(&mut self, data: &[u8], align: usize) -> u64 {
-        while self.bytes.len() % align.max(1) != 0 {
-            self.bytes.push(0);
-        }
+        let align = align.max(1);
+        let padded = self.bytes.len().div_ceil(align) * align;
+        self.bytes.resize(padded, 0);
         let at = self.bytes.len() as u64;
         self.bytes.extend_from_slice(data);
         at

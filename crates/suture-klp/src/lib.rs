@@ -219,12 +219,11 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
             if obj.objname == "vmlinux" {
                 continue;
             }
-            let user = obj
-                .callbacks
-                .iter()
-                .any(|(k, _)| k == "post_unpatch")
-                .then(|| format!("\t{}(obj);\n", callback_alias(o, "post_unpatch")))
-                .unwrap_or_default();
+            let user = if obj.callbacks.iter().any(|(k, _)| k == "post_unpatch") {
+                format!("\t{}(obj);\n", callback_alias(o, "post_unpatch"))
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
                 "static void suture_post_unpatch_{o}(struct klp_object *obj)\n{{\n{user}\tsuture_clear_relocs({});\n}}\n",

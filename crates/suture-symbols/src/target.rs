@@ -934,9 +934,9 @@ fn resolve(
                     if let Some(&first) = hits.first() {
                         // Byte-check a function found by reference before using it.
                         let ok = !s.is_func()
-                            || !byte_matches
+                            || byte_matches
                                 .get(&i)
-                                .is_some_and(|m| !m.iter().any(|(c, _)| c.addr == a));
+                                .is_none_or(|m| m.iter().any(|(c, _)| c.addr == a));
                         if ok {
                             decided = Some((first, from.to_string()));
                         }

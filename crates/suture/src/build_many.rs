@@ -12,7 +12,7 @@ use suture_build::{BuildError, BuildOptions, BuildReport, NotApplicable};
 #[derive(Debug, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum PerRelease {
-    Built { report: BuildReport },
+    Built { report: Box<BuildReport> },
     Refused { reasons: Vec<String> },
     NoChange { detail: String },
     /// Only init/exit code changed: nothing in the running kernel to patch.
@@ -42,7 +42,7 @@ pub fn output_for(dir: &Path, name: &str, release: &str) -> PathBuf {
 
 pub fn classify(r: Result<BuildReport>) -> PerRelease {
     match r {
-        Ok(report) => PerRelease::Built { report },
+        Ok(report) => PerRelease::Built { report: Box::new(report) },
         Err(e) => {
             if let Some(BuildError::Refused(v)) = e.downcast_ref::<BuildError>() {
                 let reasons = v.iter().map(|(f, x)| format!("{f}: {}: {}", x.subject, x.reason)).collect();

@@ -366,9 +366,11 @@ mod tests {
 
     #[test]
     fn control_values_cannot_add_fields() {
-        let mut meta = suture_host::modinfo::SutureMeta::default();
-        meta.description = Some("fix\nPre-Depends: evil".into());
-        meta.cves = vec!["CVE-2024-1\nEssential: yes".into()];
+        let meta = suture_host::modinfo::SutureMeta {
+            description: Some("fix\nPre-Depends: evil".into()),
+            cves: vec!["CVE-2024-1\nEssential: yes".into()],
+            ..Default::default()
+        };
         let info = suture_host::ModuleInfo {
             name: "fix".into(),
             vermagic: Some("6.1.0-56-amd64 SMP".into()),

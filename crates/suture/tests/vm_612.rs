@@ -186,9 +186,12 @@ fn check_module_layout(ko: &Path, funcs: &[(&str, bool)]) {
     }
 }
 
+/// (section index, offset) pairs.
+type Sites = Vec<(u32, u64)>;
+
 /// The call sites `.call_sites` lists in the module, as (section, offset of the
 /// call instruction), and the fields livepatch relocates, as (section, offset).
-fn call_sites_and_klp_fields(ko: &Path) -> (Vec<(u32, u64)>, Vec<(u32, u64)>) {
+fn call_sites_and_klp_fields(ko: &Path) -> (Sites, Sites) {
     use suture_klp::elf::{Elf, SHF_RELA_LIVEPATCH, SHT_RELA};
     let elf = Elf::parse(std::fs::read(ko).unwrap()).unwrap();
     let symtab = elf.symtab().unwrap();
