@@ -50,6 +50,9 @@ struct Inc<'d, 'a> {
     /// and of `.altinstr_replacement` (where `.altinstructions` entries point),
     /// sorted, by section.
     stub_starts: HashMap<usize, Vec<u64>>,
+    /// PATCHED symbols whose address some allocated data holds (a relocation
+    /// of a non-code section reaches them): see [`Inc::copyable_rodata`].
+    held_by_data: HashSet<usize>,
 }
 
 impl<'d, 'a> Inc<'d, 'a> {
@@ -101,8 +104,64 @@ impl<'d, 'a> Inc<'d, 'a> {
         match d.status[sym] {
             Status::New => matches!(s.typ, STT_FUNC | STT_OBJECT | STT_TLS) || d.twin_p[sym].is_none(),
             Status::Changed => s.typ == STT_FUNC || !d.p.sec(sec).is_write(),
-            Status::Same => false,
+            Status::Same => self.copyable_rodata(sym),
         }
+    }
+
+    /// Whether an unchanged object may travel with the patch as its own copy
+    /// instead of being reached in the running kernel (which needs the unit's
+    /// instance among same-named ones decided, and fails for names many units
+    /// share). A copy is another address with the same bytes: sound only for
+    /// data nobody writes and whose address nothing can hold on to as "the"
+    /// object. Already copied elsewhere in [`Self::must_define`] and
+    /// [`Self::visit`]: the special statics (`__func__.N`, `__FUNCTION__.N`,
+    /// `CSWTCH.N`, ...), string literals (SHF_MERGE|SHF_STRINGS) and anonymous
+    /// constants (`.LC*`, unnamed `.rodata`). Here, a named object, when all of:
+    /// - local (a global may be compared with, or aliased by, another unit),
+    ///   an STT_OBJECT of nonzero size;
+    /// - in `.rodata` or `.rodata.*`, not writable: never `.data*`/`.bss*`,
+    ///   `.data..ro_after_init` (written at boot, then read-only: its content
+    ///   is the kernel's, not the compiler's), `.init.rodata`, special tables;
+    /// - its bytes hold no pointer but to string literals: an ops table
+    ///   (`file_operations`, `attribute_group`, `seq_operations`, ...) holds
+    ///   function or object pointers, so it is never copied, whether it is
+    ///   registered with the kernel or compared by address (`f_op == &x_fops`);
+    /// - no allocated data section of the unit holds its address (a driver's
+    ///   `id_table`, `MODULE_DEVICE_TABLE`, a registration struct), and no other
+    ///   symbol names its address (an alias such as `__mod_*_device_table`):
+    ///   only code reads it, through the address it computes each time.
+    ///
+    /// What is left is tables read by value (`static const u8 x[]`, enum
+    /// arrays, `const char *const names[]`): the patched code reads its copy,
+    /// the rest of the kernel the original, and both hold the same bytes. A
+    /// pointer into the copy the patched code hands out lives as long as the
+    /// patch module, as a pointer to one of its string literals does.
+    fn copyable_rodata(&self, sym: usize) -> bool {
+        let d = &*self.d;
+        let s = d.p.sym(sym);
+        let Some(sec) = s.section() else { return false };
+        let x = d.p.sec(sec);
+        if s.bind != STB_LOCAL
+            || s.typ != STT_OBJECT
+            || s.size == 0
+            || !(x.name == ".rodata" || x.name.starts_with(".rodata."))
+            || !x.is_alloc()
+            || x.is_write()
+            || x.is_exec()
+            || x.is_nobits()
+            || self.held_by_data.contains(&sym)
+        {
+            return false;
+        }
+        let end = s.value.saturating_add(s.size);
+        if d.p.relas_in(sec, s.value, end).iter().any(|r| !matches!(d.p.target(sec, &r), Target::Sec { sec: t, .. } if d.p.sec(t).is_strings())) {
+            return false;
+        }
+        // Another name for (some of) the same bytes.
+        !d.p.syms_of(sec).iter().any(|&o| {
+            let o = d.p.sym(o);
+            o.index != sym && o.value < end && s.value < o.value.saturating_add(o.size.max(1))
+        })
     }
 
     /// IBT: a function pointer the patch takes to a changed function points to
@@ -397,7 +456,9 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         kept: BTreeMap::new(),
         refusals: Vec::new(),
         stub_starts: HashMap::default(),
+        held_by_data: HashSet::default(),
     };
+    inc.held_by_data = held_by_data(&inc.d.p);
 
     // Changed functions (except __init/__exit code, which is refused) and new globals.
     let mut roots = Vec::new();
@@ -582,6 +643,28 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     }
     let (object, replaced) = write(d, &defs, &pieces, &kept, &func_defs)?;
     Ok(Outcome::Changes(Patch { object, report: std::mem::take(&mut d.report), replaced, callbacks }))
+}
+
+/// PATCHED local objects in `.rodata*` some allocated non-code section holds
+/// the address of (see [`Inc::copyable_rodata`]; other symbols are never
+/// copied by that rule, and keeping them out keeps the set small).
+fn held_by_data(p: &crate::model::Obj) -> HashSet<usize> {
+    let mut v = HashSet::default();
+    for sec in p.elf.relocated_sections() {
+        let x = p.sec(sec);
+        if !x.is_alloc() || x.is_exec() {
+            continue;
+        }
+        for r in p.elf.relas_of(sec) {
+            if let Target::Sym { sym, .. } = p.target(sec, &r) {
+                let s = p.sym(sym);
+                if s.bind == STB_LOCAL && s.typ == STT_OBJECT && s.section().is_some_and(|t| p.sec(t).name.starts_with(".rodata")) {
+                    v.insert(sym);
+                }
+            }
+        }
+    }
+    v
 }
 
 /// What is true of a changed `__init`/`__exit` function, by where it lives.

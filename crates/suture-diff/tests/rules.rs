@@ -1000,3 +1000,66 @@ fn a_symbol_orig_defines_is_never_another_modules() {
         Ok(other) => panic!("{other:?}"),
     }
 }
+
+/// Read-only data of the unit a changed function uses: `__func__`, a table
+/// read by value and a table of string pointers go into the patch as copies
+/// (no klp relocation, so no instance of them in the running kernel needs to
+/// be decided); an ops table passed to a register function (it holds function
+/// pointers: the kernel may keep and compare its address), a constant table a
+/// writable structure points to, and a writable static stay the running
+/// kernel's.
+const RODATA: &str = r#"
+extern int printk(const char *, ...);
+struct ops { int (*open)(int); int (*close)(int); };
+extern int register_ops(const struct ops *);
+static int my_open(int a) { return a + 1; }
+static int my_close(int a) { return a - 1; }
+static const struct ops my_ops = { my_open, my_close };
+static const unsigned char weights[8] = { 3, 1, 4, 1, 5, 9, 2, 6 };
+static const char *const names[] = { "zero", "one" };
+static const unsigned short ids[4] = { 1, 2, 3, 4 };
+struct drv { const unsigned short *ids; };
+struct drv the_drv = { ids };
+static int counter;
+int use(int a) {
+    counter += a;
+    printk("%s: %d %s %d\n", __func__, weights[a & 7], names[a & 1], ids[a & 3]);
+    return register_ops(&my_ops) + counter;
+}
+"#;
+
+#[test]
+fn read_only_local_data_is_copied_unless_its_address_can_matter() {
+    let o = compile("rodata-orig", RODATA);
+    let p = compile("rodata-patched", &RODATA.replace("counter += a;", "counter += a + 1;"));
+    // The target table names only what must be reached: the copied data is
+    // absent from it, as an instance suture-symbols could not decide would be.
+    let mut t = Target { objname: "vmlinux".into(), symbols: Default::default() };
+    for n in ["use", "my_ops", "ids", "counter", "my_open", "my_close", "the_drv"] {
+        t.symbols.insert(n.into(), TargetSym::Unexported { sympos: 0 });
+    }
+    t.symbols.insert("printk".into(), TargetSym::Exported);
+    t.symbols.insert("register_ops".into(), TargetSym::Exported);
+    let opts = Options { target: Some(t), ..Default::default() };
+    let (patch, out) = changes(&o, &p, &opts);
+    assert_eq!(patch.report.changed, vec!["use"]);
+    let names: Vec<String> = reloc_targets(&out, ".text.use").into_iter().map(|x| x.0).collect();
+    for copied in ["weights", "names"] {
+        let s = defined(&out, copied).unwrap_or_else(|| panic!("{copied} is copied: {names:?}"));
+        assert_eq!(s.bind, STB_LOCAL);
+        assert!(!names.iter().any(|n| n.starts_with(".klp.") && n.contains(copied)), "{names:?}");
+    }
+    let f = out.symbols.iter().find(|s| s.name.starts_with("__func__")).expect("__func__ is referenced");
+    assert!(f.section().is_some(), "__func__ is a copy in the patch");
+    assert!(!out.symbols.iter().any(|s| s.name.starts_with(".klp.") && s.name.contains("__func__")));
+    // The copy holds the same bytes: "use" and the strings `names` points to.
+    let fsec = &out.sections[f.section().unwrap()];
+    assert_eq!(&fsec.data[f.value as usize..(f.value + f.size) as usize], b"use\0");
+    assert!(!reloc_targets(&out, ".rodata.names").iter().any(|r| r.0.starts_with(".klp.")));
+    for kept in [".klp.sym.vmlinux.my_ops,0", ".klp.sym.vmlinux.ids,0", ".klp.sym.vmlinux.counter,0"] {
+        assert!(names.iter().any(|n| n == kept), "{kept} stays a reference: {names:?}");
+    }
+    for name in ["my_ops", "ids", "counter"] {
+        assert!(defined(&out, name).is_none(), "{name} must not be copied");
+    }
+}
