@@ -26,6 +26,24 @@ if [ ! -f "$corpus/EXPECTED.tsv" ]; then
   exit 1
 fi
 
+# Lints first: they take a minute and say what to fix.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt clippy >&2
+  else
+    echo "test.sh: cargo fmt and cargo clippy are needed (rustup component add rustfmt clippy)" >&2
+    exit 1
+  fi
+fi
+cargo fmt --all --check || { echo "test.sh: run cargo fmt --all" >&2; exit 1; }
+(cd fuzz && cargo fmt --check) || { echo "test.sh: run (cd fuzz && cargo fmt)" >&2; exit 1; }
+cargo clippy --workspace --all-targets -- -D warnings
+if ! command -v cargo-machete >/dev/null 2>&1; then
+  cargo install --locked cargo-machete >&2
+fi
+cargo machete
+(cd fuzz && cargo machete)
+
 cargo build --workspace --all-targets
 # Every failing test is reported, not only the first binary's.
 cargo test --workspace --no-fail-fast -- --test-threads=2

@@ -11,7 +11,9 @@ fuzz_target!(|data: &[u8]| {
     }
     let split = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize % (data.len() - 8);
     let (orig, patched) = data[8..].split_at(split);
-    if let Ok(suture_diff::Outcome::Changes(p)) = suture_diff::diff(orig, patched, &Default::default()) {
+    if let Ok(suture_diff::Outcome::Changes(p)) =
+        suture_diff::diff(orig, patched, &Default::default())
+    {
         suture_elf::Object::parse(&p.object).expect("the differ's output must parse");
     }
 });

@@ -13,13 +13,20 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
     };
-    let (patch, orig) = (String::from_utf8_lossy(patch), String::from_utf8_lossy(orig));
+    let (patch, orig) = (
+        String::from_utf8_lossy(patch),
+        String::from_utf8_lossy(orig),
+    );
     let Ok(fps) = patchfile::parse("fuzz.patch", &patch) else {
         return;
     };
     for fp in &fps {
         assert!(!fp.hunks.is_empty());
-        let old = if fp.kind == FileKind::Created { "" } else { &orig };
+        let old = if fp.kind == FileKind::Created {
+            ""
+        } else {
+            &orig
+        };
         if let Ok(a) = patchfile::apply(fp, old) {
             assert_eq!(a.offsets.len(), fp.hunks.len());
         }

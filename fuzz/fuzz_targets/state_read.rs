@@ -32,17 +32,28 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let st = StateDir(dir().join("state"));
-    let installed = st.installed(REL).expect("the release directory is listable");
+    let installed = st
+        .installed(REL)
+        .expect("the release directory is listable");
     assert_eq!(installed.len(), 1);
     let i = &installed[0];
     if i.guard != Guard::Unreadable {
         assert!(i.unreadable.is_empty());
-        assert!(serde_json::from_slice::<InstallRecord>(parts[0]).is_ok(), "loaded without a valid record");
+        assert!(
+            serde_json::from_slice::<InstallRecord>(parts[0]).is_ok(),
+            "loaded without a valid record"
+        );
         if !parts[1].is_empty() {
-            assert!(serde_json::from_slice::<Pending>(parts[1]).is_ok(), "a damaged crash marker was ignored");
+            assert!(
+                serde_json::from_slice::<Pending>(parts[1]).is_ok(),
+                "a damaged crash marker was ignored"
+            );
         }
         if !parts[2].is_empty() {
-            assert!(serde_json::from_slice::<Skipped>(parts[2]).is_ok(), "a damaged skip was ignored");
+            assert!(
+                serde_json::from_slice::<Skipped>(parts[2]).is_ok(),
+                "a damaged skip was ignored"
+            );
         }
     } else {
         assert!(!i.unreadable.is_empty());

@@ -28,7 +28,11 @@ pub struct NameError {
 
 impl fmt::Display for NameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?} is not valid: {}", self.what, self.value, self.rule)
+        write!(
+            f,
+            "{} {:?} is not valid: {}",
+            self.what, self.value, self.rule
+        )
     }
 }
 
@@ -61,7 +65,10 @@ pub fn check_module_name(name: &str) -> Result<(), NameError> {
 /// as a whole name, spaces and shell metacharacters are all outside the rule.
 pub fn check_release(release: &str) -> Result<(), NameError> {
     let ok = release.len() <= RELEASE_LEN
-        && release.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && release
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && release
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._+~-_".contains(&b));

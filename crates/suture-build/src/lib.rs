@@ -139,12 +139,20 @@ struct Plan {
     not_built: Vec<String>,
 }
 
-fn plan_units(tree: &Tree, changed: &Changed, max_units: Option<usize>, progress: &dyn Fn(&str)) -> Result<Plan> {
+fn plan_units(
+    tree: &Tree,
+    changed: &Changed,
+    max_units: Option<usize>,
+    progress: &dyn Fn(&str),
+) -> Result<Plan> {
     use suture_kernel::kbuild::{including_units, Applicability};
     let release = &tree.release.name.release;
     let objects = &changed.objects;
     let a = tree.applicability(objects)?;
-    let mut plan = Plan { units: Vec::new(), not_built: Vec::new() };
+    let mut plan = Plan {
+        units: Vec::new(),
+        not_built: Vec::new(),
+    };
     if !changed.headers.is_empty() {
         // Every unit of the configuration that includes a changed header,
         // directly or not, is compiled before and after; the unchanged ones
@@ -153,11 +161,19 @@ fn plan_units(tree: &Tree, changed: &Changed, max_units: Option<usize>, progress
         for h in &changed.headers {
             let units = graph.units_including(h);
             if units.is_empty() {
-                plan.not_built.push(format!("{h}: no unit {release} builds includes it"));
+                plan.not_built
+                    .push(format!("{h}: no unit {release} builds includes it"));
                 continue;
             }
-            progress(&format!("{h}: included by {} unit(s) {release} builds", units.len()));
-            plan.units.extend(units.iter().map(|c| format!("{}.o", c.strip_suffix(".c").unwrap_or(c))));
+            progress(&format!(
+                "{h}: included by {} unit(s) {release} builds",
+                units.len()
+            ));
+            plan.units.extend(
+                units
+                    .iter()
+                    .map(|c| format!("{}.o", c.strip_suffix(".c").unwrap_or(c))),
+            );
         }
     }
     for o in objects {
@@ -202,13 +218,18 @@ fn plan_units(tree: &Tree, changed: &Changed, max_units: Option<usize>, progress
         }
     }
     if plan.units.len() > 1 {
-        progress(&format!("{} units to compile before and after the patch", plan.units.len()));
+        progress(&format!(
+            "{} units to compile before and after the patch",
+            plan.units.len()
+        ));
     }
     Ok(plan)
 }
 
 fn format_init_exit(r: &[(String, Refusal)]) -> String {
-    let mut s = String::from("the patch changes only init/exit code: nothing in the running kernel to patch");
+    let mut s = String::from(
+        "the patch changes only init/exit code: nothing in the running kernel to patch",
+    );
     for (file, x) in r {
         s.push_str(&format!("\n  {file}: {}: {}", x.subject, x.reason));
     }
@@ -250,7 +271,9 @@ pub fn objects_of(patches: &[FilePatch]) -> Result<Changed> {
                 FileKind::Modified => c.headers.push(p.clone()),
                 // Only what includes it can use it, and that is changed too.
                 FileKind::Created => {}
-                FileKind::Deleted => bail!("{p}: the patch deletes a header; that cannot be live-patched"),
+                FileKind::Deleted => {
+                    bail!("{p}: the patch deletes a header; that cannot be live-patched")
+                }
             }
         } else if p.ends_with(".S") || p.ends_with(".s") {
             bail!("{p}: assembly cannot be live-patched safely (no ftrace entry, no per-function sections)");
@@ -308,7 +331,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
             if let Some(h) = changed.headers.first() {
                 bail!("{h}: header changes are not supported for an out-of-tree module ({}): move the change into its .c files", dir.display());
             }
-            Plan { units: changed.objects.clone(), not_built: vec![] }
+            Plan {
+                units: changed.objects.clone(),
+                not_built: vec![],
+            }
         }
         None => {
             tree.check_files(&patches)?;
@@ -323,7 +349,14 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     }
     let objects = plan.units;
     // A kept directory has its own prefix: no later build removes it.
-    let work = tempdir_in(&base, if opts.keep_work { KEPT_PREFIX } else { WORK_PREFIX })?;
+    let work = tempdir_in(
+        &base,
+        if opts.keep_work {
+            KEPT_PREFIX
+        } else {
+            WORK_PREFIX
+        },
+    )?;
     let result = build_in(
         opts,
         progress,
@@ -373,15 +406,7 @@ fn build_in(
     fs::write(include.join("suture.h"), SUTURE_H)?;
     let (pairs, patched, oot_modules) = match &opts.module_src {
         Some(dir) => {
-            let o = oot::build_objects(
-                dir,
-                patches,
-                objects,
-                tree,
-                &include,
-                work,
-                progress,
-            )?;
+            let o = oot::build_objects(dir, patches, objects, tree, &include, work, progress)?;
             (o.pairs, o.patched, o.modules)
         }
         None => {
@@ -415,9 +440,18 @@ fn build_in(
         match suture_layout::compare(orig, patched) {
             Ok(changed) if !changed.is_empty() => {
                 for c in changed {
-                    let file = c.file.clone().unwrap_or_else(|| info.object.replace(".o", ".c"));
-                    let r = Refusal { subject: c.subject(), reason: c.reason() };
-                    if !refusals.iter().any(|(f, x): &(String, Refusal)| *f == file && x.subject == r.subject) {
+                    let file = c
+                        .file
+                        .clone()
+                        .unwrap_or_else(|| info.object.replace(".o", ".c"));
+                    let r = Refusal {
+                        subject: c.subject(),
+                        reason: c.reason(),
+                    };
+                    if !refusals
+                        .iter()
+                        .any(|(f, x): &(String, Refusal)| *f == file && x.subject == r.subject)
+                    {
                         refusals.push((file, r));
                     }
                 }
@@ -427,7 +461,12 @@ fn build_in(
             Err(e) => warnings.push(format!("{}: struct layouts not checked: {e}", info.object)),
         }
         let mut report = symbols.target(&info.objname, orig)?;
-        warnings.extend(report.warnings.iter().map(|w| format!("{}: {w}", info.object)));
+        warnings.extend(
+            report
+                .warnings
+                .iter()
+                .map(|w| format!("{}: {w}", info.object)),
+        );
         symbols.add_new_references(&info.objname, patched, &mut report.target)?;
         let undecided: Vec<String> = report
             .unresolved
@@ -541,7 +580,11 @@ fn build_in(
             }
             Outcome::NoChange(_) => unchanged.push(info.object.clone()),
             Outcome::InitExitOnly(r) => {
-                init_exit.extend(r.refusals.into_iter().map(|x| (info.object.replace(".o", ".c"), x)));
+                init_exit.extend(
+                    r.refusals
+                        .into_iter()
+                        .map(|x| (info.object.replace(".o", ".c"), x)),
+                );
             }
             Outcome::Refused(r) => {
                 refusals.extend(
@@ -564,7 +607,10 @@ fn build_in(
         return Err(BuildError::NoChange(unchanged).into());
     }
     for (file, x) in &init_exit {
-        warnings.push(format!("{file}: {}: not in the module: {}", x.subject, x.reason));
+        warnings.push(format!(
+            "{file}: {}: not in the module: {}",
+            x.subject, x.reason
+        ));
     }
 
     progress("linking the livepatch module with the release's kbuild");
@@ -658,7 +704,12 @@ fn tree_objects(
         progress(n);
     }
     progress(&format!("compiling {} after the patch", shown(objects)));
-    let compiled = tree.compile_batched(objects, &format!("-I{}", include.display()), "patched", progress);
+    let compiled = tree.compile_batched(
+        objects,
+        &format!("-I{}", include.display()),
+        "patched",
+        progress,
+    );
     let mut patched = Vec::new();
     if compiled.is_ok() {
         for o in objects {
@@ -673,7 +724,11 @@ fn tree_objects(
             .and_then(|c| c.first_error.clone())
         {
             let file = first.split(':').next().unwrap_or("").to_string();
-            return Err(BuildError::NeedsOtherChanges { file, first_error: first }.into());
+            return Err(BuildError::NeedsOtherChanges {
+                file,
+                first_error: first,
+            }
+            .into());
         }
         return Err(e.context("the patched source does not compile"));
     }
@@ -856,9 +911,13 @@ pub fn stale_work_dirs<'a>(
 /// Whether `pid` is a live process (not a zombie) whose name starts with
 /// `suture` (the binary, or a test binary of its crates).
 fn is_live_suture(pid: u32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // `PID (COMM) STATE ...`
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
     let comm = &stat[open + 1..close];
     let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
     !matches!(state, "Z" | "X") && comm.starts_with("suture")
@@ -872,11 +931,20 @@ fn remove_stale_work_dirs(base: &Path, progress: &dyn Fn(&str)) {
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    let stale = stale_work_dirs(names.iter().map(String::as_str), std::process::id(), is_live_suture);
+    let stale = stale_work_dirs(
+        names.iter().map(String::as_str),
+        std::process::id(),
+        is_live_suture,
+    );
     for n in stale {
         match fs::remove_dir_all(base.join(n)) {
-            Ok(()) => progress(&format!("removed {n}, the work directory of an interrupted build")),
-            Err(e) => progress(&format!("warning: could not remove {}: {e}", base.join(n).display())),
+            Ok(()) => progress(&format!(
+                "removed {n}, the work directory of an interrupted build"
+            )),
+            Err(e) => progress(&format!(
+                "warning: could not remove {}: {e}",
+                base.join(n).display()
+            )),
         }
     }
 }
@@ -943,7 +1011,12 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(ok.objects, vec!["fs/proc/cmdline.o"]);
-        let h = objects_of(&[fp("include/linux/x.h", FileKind::Modified), fp("fs/proc/internal.h", FileKind::Modified), fp("include/linux/new.h", FileKind::Created)]).unwrap();
+        let h = objects_of(&[
+            fp("include/linux/x.h", FileKind::Modified),
+            fp("fs/proc/internal.h", FileKind::Modified),
+            fp("include/linux/new.h", FileKind::Created),
+        ])
+        .unwrap();
         assert_eq!(h.headers, ["fs/proc/internal.h", "include/linux/x.h"]);
         assert!(h.objects.is_empty());
         for (p, k, want) in [
@@ -960,13 +1033,26 @@ mod tests {
     #[test]
     fn work_dirs_of_dead_builds_are_stale() {
         let names = [
-            "work-100", "work-200", "work-300", "work-42", "kept-100", "src", "objs", "work-", "work-12x",
-            "work-1-2", "working-100", "work-99999999999",
+            "work-100",
+            "work-200",
+            "work-300",
+            "work-42",
+            "kept-100",
+            "src",
+            "objs",
+            "work-",
+            "work-12x",
+            "work-1-2",
+            "working-100",
+            "work-99999999999",
         ];
         // 200 is a live suture build, 300 a live process that is not suture
         // (the PID was reused), 42 is us, 100 is dead.
         let live_suture = |pid: u32| pid == 200;
-        assert_eq!(stale_work_dirs(names, 42, live_suture), ["work-100", "work-300"]);
+        assert_eq!(
+            stale_work_dirs(names, 42, live_suture),
+            ["work-100", "work-300"]
+        );
     }
 
     #[test]
@@ -980,7 +1066,10 @@ mod tests {
         dead.wait().unwrap();
         let dead = dead.id();
         // A live process that is not suture.
-        let mut other = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+        let mut other = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
         let own = std::process::id();
         let dirs = [
             format!("work-{dead}"),
@@ -996,11 +1085,18 @@ mod tests {
         remove_stale_work_dirs(base, &|m| notes.borrow_mut().push(m.to_string()));
         other.kill().unwrap();
         other.wait().unwrap();
-        let mut left: Vec<String> = fs::read_dir(base).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<String> = fs::read_dir(base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         left.sort();
         // This test binary is `suture_build-HASH`: a live suture process.
         assert!(is_live_suture(own));
-        let mut want = vec![format!("kept-{dead}"), "src".to_string(), format!("work-{own}")];
+        let mut want = vec![
+            format!("kept-{dead}"),
+            "src".to_string(),
+            format!("work-{own}"),
+        ];
         want.sort();
         assert_eq!(left, want, "{:?}", notes.borrow());
         assert_eq!(notes.borrow().len(), 2, "{:?}", notes.borrow());

@@ -24,7 +24,9 @@ pub struct OotObjects {
 /// Build products, never copied from the user's directory.
 fn is_artefact(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".cmd")
-        || [".o", ".ko", ".mod", ".mod.c", ".order", ".symvers", ".a"].iter().any(|s| name.ends_with(s))
+        || [".o", ".ko", ".mod", ".mod.c", ".order", ".symvers", ".a"]
+            .iter()
+            .any(|s| name.ends_with(s))
 }
 
 fn copy_sources(from: &Path, to: &Path) -> Result<()> {
@@ -75,7 +77,11 @@ fn find_kos(dir: &Path, out: &mut HashMap<String, PathBuf>) {
         let p = e.path();
         if p.is_dir() {
             find_kos(&p, out);
-        } else if let Some(stem) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
+        } else if let Some(stem) = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".ko"))
+        {
             out.insert(stem.replace('-', "_"), p);
         }
     }
@@ -91,7 +97,10 @@ pub fn build_objects(
     progress: &dyn Fn(&str),
 ) -> Result<OotObjects> {
     if !src.join("Kbuild").exists() && !src.join("Makefile").exists() {
-        bail!("{} has no Kbuild or Makefile: --module-src takes the module's source directory", src.display());
+        bail!(
+            "{} has no Kbuild or Makefile: --module-src takes the module's source directory",
+            src.display()
+        );
     }
     let (orig_dir, patched_dir) = (work.join("oot-orig"), work.join("oot-patched"));
     copy_sources(src, &orig_dir)?;
@@ -101,32 +110,57 @@ pub fn build_objects(
         let old = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(_) if fp.kind == FileKind::Created => String::new(),
-            Err(e) => bail!("{}: the patch changes this file, but {} has no such file ({e})", fp.path, src.display()),
+            Err(e) => bail!(
+                "{}: the patch changes this file, but {} has no such file ({e})",
+                fp.path,
+                src.display()
+            ),
         };
         fs::write(&path, patchfile::apply(fp, &old)?.text)?;
     }
-    progress(&format!("building the out-of-tree module from {} before the patch", src.display()));
+    progress(&format!(
+        "building the out-of-tree module from {} before the patch",
+        src.display()
+    ));
     kbuild(tree, &orig_dir, KCFLAGS)?;
     progress("building it after the patch");
-    kbuild(tree, &patched_dir, &format!("{KCFLAGS} -I{}", include.display()))
-        .context("the patched source does not compile")?;
+    kbuild(
+        tree,
+        &patched_dir,
+        &format!("{KCFLAGS} -I{}", include.display()),
+    )
+    .context("the patched source does not compile")?;
     let mut kos = HashMap::new();
     find_kos(&orig_dir, &mut kos);
-    let mut out = OotObjects { pairs: Vec::new(), patched: Vec::new(), modules: HashMap::new() };
+    let mut out = OotObjects {
+        pairs: Vec::new(),
+        patched: Vec::new(),
+        modules: HashMap::new(),
+    };
     for o in objects {
         let p = Path::new(o);
         let cmd = orig_dir
             .join(p.parent().unwrap_or(Path::new("")))
-            .join(format!(".{}.cmd", p.file_name().and_then(|s| s.to_str()).unwrap_or("")));
-        let text = fs::read_to_string(&cmd)
-            .with_context(|| format!("{o} was not built by the module's Kbuild (is it part of the module?)"))?;
+            .join(format!(
+                ".{}.cmd",
+                p.file_name().and_then(|s| s.to_str()).unwrap_or("")
+            ));
+        let text = fs::read_to_string(&cmd).with_context(|| {
+            format!("{o} was not built by the module's Kbuild (is it part of the module?)")
+        })?;
         let objname = objname_from_cmd(&text)
             .with_context(|| format!("{o} is not compiled as part of a module"))?;
         let ko = kos
             .get(&objname)
             .with_context(|| format!("the module build produced no {objname}.ko"))?;
         out.modules.entry(objname.clone()).or_insert(fs::read(ko)?);
-        out.pairs.push((ObjectInfo { object: o.clone(), objname }, fs::read(orig_dir.join(o))?));
+        out.pairs.push((
+            ObjectInfo {
+                object: o.clone(),
+                objname,
+            },
+            fs::read(orig_dir.join(o))?,
+        ));
         out.patched.push(fs::read(patched_dir.join(o))?);
     }
     Ok(out)
@@ -138,7 +172,14 @@ mod tests {
 
     #[test]
     fn build_products_are_not_copied() {
-        for a in ["x.o", "x.ko", ".x.o.cmd", "x.mod.c", "modules.order", "Module.symvers"] {
+        for a in [
+            "x.o",
+            "x.ko",
+            ".x.o.cmd",
+            "x.mod.c",
+            "modules.order",
+            "Module.symvers",
+        ] {
             assert!(is_artefact(a), "{a}");
         }
         for s in ["x.c", "x.h", "Kbuild", "Makefile", ".gitignore"] {

@@ -229,7 +229,10 @@ impl SymbolSource {
             if s.is_undef() && s.bind == suture_elf::STB_GLOBAL && !s.name.is_empty() {
                 if let Some(m) = self.exports.exporting_module(objname, &s.name) {
                     target.symbols.entry(s.name.to_string()).or_insert(
-                        suture_diff::TargetSym::OtherModule { module: m.to_string(), sympos: 0 },
+                        suture_diff::TargetSym::OtherModule {
+                            module: m.to_string(),
+                            sympos: 0,
+                        },
                     );
                 }
             }
@@ -252,8 +255,9 @@ impl SymbolSource {
                     fs::read(&path).with_context(|| format!("reading {}", path.display()))?
                 }
             };
-            suture_symbols::place_module_exports(target, &m, &ko)
-                .with_context(|| format!("placing the exports of module {m} that {objname} uses"))?;
+            suture_symbols::place_module_exports(target, &m, &ko).with_context(|| {
+                format!("placing the exports of module {m} that {objname} uses")
+            })?;
         }
         Ok(())
     }

@@ -901,17 +901,30 @@ impl<'a> Diff<'a> {
         if s.section().is_some() {
             return Ok(self.lookup(pi)?.map(|sympos| KlpRef { obj, sympos }));
         }
-        Ok(match self.opts.target.as_ref().and_then(|t| t.symbols.get(s.name.as_str())) {
-            Some(TargetSym::Unexported { sympos }) => Some(KlpRef { obj, sympos: *sympos }),
-            // vmlinux reaches no module's symbol, and a module's klp relocations
-            // may not name vmlinux: those stay plain.
-            Some(TargetSym::OtherModule { module, sympos })
-                if obj != "vmlinux" && module != "vmlinux" && module != obj =>
+        Ok(
+            match self
+                .opts
+                .target
+                .as_ref()
+                .and_then(|t| t.symbols.get(s.name.as_str()))
             {
-                Some(KlpRef { obj: module, sympos: *sympos })
-            }
-            _ => None,
-        })
+                Some(TargetSym::Unexported { sympos }) => Some(KlpRef {
+                    obj,
+                    sympos: *sympos,
+                }),
+                // vmlinux reaches no module's symbol, and a module's klp relocations
+                // may not name vmlinux: those stay plain.
+                Some(TargetSym::OtherModule { module, sympos })
+                    if obj != "vmlinux" && module != "vmlinux" && module != obj =>
+                {
+                    Some(KlpRef {
+                        obj: module,
+                        sympos: *sympos,
+                    })
+                }
+                _ => None,
+            },
+        )
     }
 
     /// The undefined symbol a livepatch relocation to `name` (as
@@ -979,12 +992,23 @@ impl<'a> Diff<'a> {
 
     /// The strings two relocations reach, when they differ only in the unit's
     /// line numbers (for `--explain`).
-    pub fn line_only_string(&self, osec: usize, a: &Rela, psec: usize, b: &Rela) -> Option<(String, String)> {
+    pub fn line_only_string(
+        &self,
+        osec: usize,
+        a: &Rela,
+        psec: usize,
+        b: &Rela,
+    ) -> Option<(String, String)> {
         let ka: Key = self.o.key(self.o.target(osec, a), a.rtype, osec);
         let kb: Key = self.p.key(self.p.target(psec, b), b.rtype, psec);
         match (&ka, &kb) {
-            (Key::Str(sa, _), Key::Str(sb, _)) if Self::line_only_keys(&ka, &kb, &self.line_anchors) => {
-                Some((String::from_utf8_lossy(sa).into_owned(), String::from_utf8_lossy(sb).into_owned()))
+            (Key::Str(sa, _), Key::Str(sb, _))
+                if Self::line_only_keys(&ka, &kb, &self.line_anchors) =>
+            {
+                Some((
+                    String::from_utf8_lossy(sa).into_owned(),
+                    String::from_utf8_lossy(sb).into_owned(),
+                ))
             }
             _ => None,
         }

@@ -29,11 +29,20 @@ const SLICED: &[&str] = &[
 
 /// Sections objtool writes and, when it runs at module link, writes again
 /// for the whole module (see `Options::objtool_at_link`).
-const OBJTOOL_LINK_MADE: &[&str] = &[".orc_unwind_ip", ".return_sites", ".retpoline_sites", ".call_sites", ".ibt_endbr_seal"];
+const OBJTOOL_LINK_MADE: &[&str] = &[
+    ".orc_unwind_ip",
+    ".return_sites",
+    ".retpoline_sites",
+    ".call_sites",
+    ".ibt_endbr_seal",
+];
 
 /// Sections that only make sense whole and only when a kept entry uses them.
 fn whole_on_demand(name: &str) -> bool {
-    matches!(name, ".fixup" | ".altinstr_replacement" | ".altinstr_aux" | ".text..refcount")
+    matches!(
+        name,
+        ".fixup" | ".altinstr_replacement" | ".altinstr_aux" | ".text..refcount"
+    )
 }
 
 struct Inc<'d, 'a> {
@@ -102,7 +111,9 @@ impl<'d, 'a> Inc<'d, 'a> {
             return true;
         }
         match d.status[sym] {
-            Status::New => matches!(s.typ, STT_FUNC | STT_OBJECT | STT_TLS) || d.twin_p[sym].is_none(),
+            Status::New => {
+                matches!(s.typ, STT_FUNC | STT_OBJECT | STT_TLS) || d.twin_p[sym].is_none()
+            }
             Status::Changed => s.typ == STT_FUNC || !d.p.sec(sec).is_write(),
             Status::Same => self.copyable_rodata(sym),
         }
@@ -203,7 +214,10 @@ impl<'d, 'a> Inc<'d, 'a> {
         match t {
             Target::Sym { sym, .. } => {
                 if self.d.p.sym(sym).section().is_some() && self.must_define(sym) {
-                    if !self.defs.contains(&sym) && self.d.p.is_static_local(sym) && self.d.twin_p[sym].is_none() {
+                    if !self.defs.contains(&sym)
+                        && self.d.p.is_static_local(sym)
+                        && self.d.twin_p[sym].is_none()
+                    {
                         self.d.report.warnings.push(format!(
                             "static local variable {} has no counterpart in ORIG: assuming it is new (it starts from its initial value)",
                             self.d.p.sym(sym).name
@@ -221,9 +235,19 @@ impl<'d, 'a> Inc<'d, 'a> {
                     self.stub(sec, off, Some(".altinstructions"));
                 } else if s.name == ".altinstr_aux" {
                     // Reached by a `jmp` whose field ends the instruction.
-                    let adj = if rela_is_pcrel(r.rtype) && self.d.p.sec(in_sec).is_exec() { 4 } else { 0 };
+                    let adj = if rela_is_pcrel(r.rtype) && self.d.p.sec(in_sec).is_exec() {
+                        4
+                    } else {
+                        0
+                    };
                     self.stub(sec, off.saturating_add(adj), None);
-                } else if crate::model::is_special_section(&s.name) || s.is_strings() || !s.is_write() || s.is_exec() || new_section || whole_on_demand(&s.name) {
+                } else if crate::model::is_special_section(&s.name)
+                    || s.is_strings()
+                    || !s.is_write()
+                    || s.is_exec()
+                    || new_section
+                    || whole_on_demand(&s.name)
+                {
                     self.whole(sec);
                 } else {
                     self.refusals.push(Refusal {
@@ -247,14 +271,23 @@ impl<'d, 'a> Inc<'d, 'a> {
             let p = &self.d.p;
             let mut v = Vec::new();
             let from: Vec<usize> = match table {
-                Some(t) => p.elf.section_by_name(t).map(|s| s.index).into_iter().collect(),
+                Some(t) => p
+                    .elf
+                    .section_by_name(t)
+                    .map(|s| s.index)
+                    .into_iter()
+                    .collect(),
                 None => p.elf.relocated_sections().filter(|&t| t != sec).collect(),
             };
             for t in from {
                 let exec = p.sec(t).is_exec();
                 for r in p.elf.relas_of(t) {
                     if let Target::Sec { sec: s2, off } = p.target(t, &r) {
-                        let off = if table.is_none() && exec && rela_is_pcrel(r.rtype) { off.saturating_add(4) } else { off };
+                        let off = if table.is_none() && exec && rela_is_pcrel(r.rtype) {
+                            off.saturating_add(4)
+                        } else {
+                            off
+                        };
                         if s2 == sec && off >= 0 {
                             v.push(off as u64);
                         }
@@ -290,7 +323,9 @@ impl<'d, 'a> Inc<'d, 'a> {
 
     fn included_code(&self, t: Target) -> bool {
         match t {
-            Target::Sym { sym, .. } => self.defs.contains(&sym) && self.d.p.sym(sym).typ == STT_FUNC,
+            Target::Sym { sym, .. } => {
+                self.defs.contains(&sym) && self.d.p.sym(sym).typ == STT_FUNC
+            }
             Target::Sec { .. } => false,
         }
     }
@@ -304,7 +339,9 @@ impl<'d, 'a> Inc<'d, 'a> {
     /// applied when the target loads, like the target's own. Returns the
     /// symbol's name and the module that holds it.
     fn module_klp_target(&self, sec: usize, r: &Rela) -> Option<(String, String)> {
-        let Target::Sym { sym, .. } = self.d.p.target(sec, r) else { return None };
+        let Target::Sym { sym, .. } = self.d.p.target(sec, r) else {
+            return None;
+        };
         if self.defs.contains(&sym) || self.must_define(sym) {
             return None;
         }
@@ -328,7 +365,9 @@ impl<'d, 'a> Inc<'d, 'a> {
         if self.d.objname() == "vmlinux" {
             return true;
         }
-        let Some((kname, owner)) = group.iter().find_map(|r| self.module_klp_target(sec, r)) else { return true };
+        let Some((kname, owner)) = group.iter().find_map(|r| self.module_klp_target(sec, r)) else {
+            return true;
+        };
         let tracepoint = kname.starts_with("__tracepoint_") || kname.starts_with("__SCK__tp_func_");
         // Whose symbol it is, and when its relocation is applied.
         let whose = if owner == self.d.objname() {
@@ -336,7 +375,9 @@ impl<'d, 'a> Inc<'d, 'a> {
         } else {
             format!("module {owner}, reached from {}", self.d.objname())
         };
-        if matches!(name, ".static_call_sites" | ".printk_index") || (name == "__jump_table" && tracepoint) {
+        if matches!(name, ".static_call_sites" | ".printk_index")
+            || (name == "__jump_table" && tracepoint)
+        {
             let what = if tracepoint { "tracepoint" } else { "symbol" };
             let w = format!(
                 "{name}: entry using {kname} dropped ({what} of {whose}, whose klp relocations are applied after the entry is read)"
@@ -358,29 +399,43 @@ impl<'d, 'a> Inc<'d, 'a> {
     /// One pass over the sliced sections; returns whether anything new was kept.
     fn slice_pass(&mut self) -> bool {
         let mut grew = false;
-        let names: Vec<(usize, String)> =
-            self.d.p.elf.sections.iter().filter(|s| SLICED.contains(&s.name.as_str())).map(|s| (s.index, s.name.to_string())).collect();
+        let names: Vec<(usize, String)> = self
+            .d
+            .p
+            .elf
+            .sections
+            .iter()
+            .filter(|s| SLICED.contains(&s.name.as_str()))
+            .map(|s| (s.index, s.name.to_string()))
+            .collect();
         for (sec, name) in names {
             let size = self.d.p.sec(sec).size;
             let es = match self.kept.get(&sec) {
                 Some((e, _)) => *e,
-                None => match self.d.entry_size(&name, sec) {
-                    Some(e) if e > 0 => {
-                        self.kept.insert(sec, (e, Default::default()));
-                        e
-                    }
-                    other => {
-                        let _ = other;
-                        let msg = "no entry size fits the layout of its relocations (give --entry-size)".to_string();
-                        if name == ".printk_index" {
-                            self.d.report.warnings.push(format!("{name}: {msg}; the printk index of the patch is dropped"));
-                        } else if !self.refusals.iter().any(|r| r.subject == name) {
-                            self.refusals.push(Refusal { subject: name.clone(), reason: format!("cannot slice: {msg}") });
+                None => {
+                    match self.d.entry_size(&name, sec) {
+                        Some(e) if e > 0 => {
+                            self.kept.insert(sec, (e, Default::default()));
+                            e
                         }
-                        self.kept.insert(sec, (0, Default::default()));
-                        0
+                        other => {
+                            let _ = other;
+                            let msg = "no entry size fits the layout of its relocations (give --entry-size)".to_string();
+                            if name == ".printk_index" {
+                                self.d.report.warnings.push(format!(
+                                    "{name}: {msg}; the printk index of the patch is dropped"
+                                ));
+                            } else if !self.refusals.iter().any(|r| r.subject == name) {
+                                self.refusals.push(Refusal {
+                                    subject: name.clone(),
+                                    reason: format!("cannot slice: {msg}"),
+                                });
+                            }
+                            self.kept.insert(sec, (0, Default::default()));
+                            0
+                        }
                     }
-                },
+                }
             };
             if es == 0 {
                 continue;
@@ -401,7 +456,11 @@ impl<'d, 'a> Inc<'d, 'a> {
                 group.extend(relas.slice(a..k));
                 let group = &group[..];
                 let already = self.kept[&sec].1.contains(&start);
-                if !already && group.iter().any(|r| self.included_code(self.d.p.target(sec, r))) {
+                if !already
+                    && group
+                        .iter()
+                        .any(|r| self.included_code(self.d.p.target(sec, r)))
+                {
                     if !self.module_key_ok(&name, sec, group) {
                         start = end;
                         continue;
@@ -416,12 +475,16 @@ impl<'d, 'a> Inc<'d, 'a> {
             }
         }
         // ORC: entry i of .orc_unwind belongs to the code .orc_unwind_ip entry i points at.
-        if let (Some(ip), Some(_)) = (self.d.p.elf.section_by_name(".orc_unwind_ip"), self.d.p.elf.section_by_name(".orc_unwind")) {
+        if let (Some(ip), Some(_)) = (
+            self.d.p.elf.section_by_name(".orc_unwind_ip"),
+            self.d.p.elf.section_by_name(".orc_unwind"),
+        ) {
             let ip = ip.index;
             self.kept.entry(ip).or_insert((4, Default::default()));
             for r in self.d.p.elf.relas_of(ip) {
                 let start = r.offset - r.offset % 4;
-                if !self.kept[&ip].1.contains(&start) && self.included_code(self.d.p.target(ip, &r)) {
+                if !self.kept[&ip].1.contains(&start) && self.included_code(self.d.p.target(ip, &r))
+                {
                     self.kept.get_mut(&ip).unwrap().1.insert(start);
                     grew = true;
                 }
@@ -442,7 +505,9 @@ impl Layout {
     fn locate(&self, sec: usize, off: i64) -> Option<(usize, i64)> {
         let v = self.map.get(&sec)?;
         let o = off.max(0) as u64;
-        v.iter().find(|&&(a, b, _)| a <= o && o <= b).map(|&(a, _, out)| (self.out_of[&sec], out as i64 + (off - a as i64)))
+        v.iter()
+            .find(|&&(a, b, _)| a <= o && o <= b)
+            .map(|&(a, _, out)| (self.out_of[&sec], out as i64 + (off - a as i64)))
     }
 }
 
@@ -470,8 +535,15 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         let init = secname.starts_with(".init.") || secname.starts_with(".exit.");
         match (inc.d.status[i], s.typ) {
             (Status::Changed, STT_FUNC) if init => {
-                let reason = init_exit_reason(secname.starts_with(".init."), inc.d.objname() == "vmlinux", &secname);
-                init_exit.push(Refusal { subject: inc.d.orig_name(i).to_string(), reason });
+                let reason = init_exit_reason(
+                    secname.starts_with(".init."),
+                    inc.d.objname() == "vmlinux",
+                    &secname,
+                );
+                init_exit.push(Refusal {
+                    subject: inc.d.orig_name(i).to_string(),
+                    reason,
+                });
             }
             (Status::Changed, STT_FUNC) => roots.push(i),
             (Status::Changed, _) => {
@@ -517,7 +589,10 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         let sec = format!(".suture.callbacks.{kind}");
         let fns = inc.d.annotated_functions(&sec);
         if fns.len() > 1 {
-            let names: Vec<String> = fns.iter().map(|&f| inc.d.p.sym(f).name.to_string()).collect();
+            let names: Vec<String> = fns
+                .iter()
+                .map(|&f| inc.d.p.sym(f).name.to_string())
+                .collect();
             inc.refusals.push(Refusal {
                 subject: sec.clone(),
                 reason: format!(
@@ -530,12 +605,26 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         }
         for f in fns {
             inc.define(f);
-            inc.d.report.callbacks.push(format!("{kind}: {}", inc.d.p.sym(f).name));
-            callbacks.push(crate::Callback { kind: kind.to_string(), symbol: inc.d.p.sym(f).name.to_string() });
+            inc.d
+                .report
+                .callbacks
+                .push(format!("{kind}: {}", inc.d.p.sym(f).name));
+            callbacks.push(crate::Callback {
+                kind: kind.to_string(),
+                symbol: inc.d.p.sym(f).name.to_string(),
+            });
         }
     }
     // Callbacks (KPATCH_PRE_PATCH_CALLBACK()...) travel with the patch.
-    let cb: Vec<usize> = inc.d.p.elf.sections.iter().filter(|s| s.name.starts_with(".kpatch.callbacks.")).map(|s| s.index).collect();
+    let cb: Vec<usize> = inc
+        .d
+        .p
+        .elf
+        .sections
+        .iter()
+        .filter(|s| s.name.starts_with(".kpatch.callbacks."))
+        .map(|s| s.index)
+        .collect();
     for sec in cb {
         inc.whole(sec);
     }
@@ -572,13 +661,18 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         let mut stale: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for sec in inc.d.p.elf.sections.iter().filter(|s| s.is_exec()) {
             for r in inc.d.p.elf.relas_of(sec.index) {
-                let Target::Sym { sym, .. } = inc.d.p.target(sec.index, &r) else { continue };
+                let Target::Sym { sym, .. } = inc.d.p.target(sec.index, &r) else {
+                    continue;
+                };
                 if !copied.contains(&sym) {
                     continue;
                 }
                 if let Some(f) = inc.d.p.containing(sec.index, r.offset as i64) {
                     if !inc.defs.contains(&f) {
-                        stale.entry(inc.d.orig_name(sym).to_string()).or_default().push(inc.d.orig_name(f).to_string());
+                        stale
+                            .entry(inc.d.orig_name(sym).to_string())
+                            .or_default()
+                            .push(inc.d.orig_name(f).to_string());
                     }
                 }
             }
@@ -605,9 +699,14 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         .map(|f| inc.d.orig_name(f).to_string())
         .collect();
     if !forced.is_empty() {
-        let (unsafe_ok, rest): (Vec<Refusal>, Vec<Refusal>) = refusals.into_iter().partition(|r| forced.contains(&r.subject));
+        let (unsafe_ok, rest): (Vec<Refusal>, Vec<Refusal>) = refusals
+            .into_iter()
+            .partition(|r| forced.contains(&r.subject));
         for r in unsafe_ok {
-            inc.d.report.warnings.push(format!("UNSAFE, forced by SUTURE_FORCE_UNSAFE({}): {}", r.subject, r.reason));
+            inc.d.report.warnings.push(format!(
+                "UNSAFE, forced by SUTURE_FORCE_UNSAFE({}): {}",
+                r.subject, r.reason
+            ));
         }
         refusals = rest;
     }
@@ -616,7 +715,11 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     let kept = inc.kept;
     let d = inc.d;
 
-    let mut func_defs: Vec<usize> = defs.iter().copied().filter(|&i| d.p.sym(i).typ == STT_FUNC).collect();
+    let mut func_defs: Vec<usize> = defs
+        .iter()
+        .copied()
+        .filter(|&i| d.p.sym(i).typ == STT_FUNC)
+        .collect();
     func_defs.sort();
     let mut changed = Vec::new();
     let mut new = Vec::new();
@@ -629,7 +732,11 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
     }
     d.report.changed = changed;
     d.report.new = new;
-    if refusals.is_empty() && !init_exit.is_empty() && d.report.changed.is_empty() && d.report.new.is_empty() {
+    if refusals.is_empty()
+        && !init_exit.is_empty()
+        && d.report.changed.is_empty()
+        && d.report.new.is_empty()
+    {
         d.report.refusals = init_exit;
         return Ok(Outcome::InitExitOnly(std::mem::take(&mut d.report)));
     }
@@ -642,7 +749,12 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         return Ok(Outcome::NoChange(std::mem::take(&mut d.report)));
     }
     let (object, replaced) = write(d, &defs, &pieces, &kept, &func_defs)?;
-    Ok(Outcome::Changes(Patch { object, report: std::mem::take(&mut d.report), replaced, callbacks }))
+    Ok(Outcome::Changes(Patch {
+        object,
+        report: std::mem::take(&mut d.report),
+        replaced,
+        callbacks,
+    }))
 }
 
 /// PATCHED local objects in `.rodata*` some allocated non-code section holds
@@ -658,7 +770,11 @@ fn held_by_data(p: &crate::model::Obj) -> HashSet<usize> {
         for r in p.elf.relas_of(sec) {
             if let Target::Sym { sym, .. } = p.target(sec, &r) {
                 let s = p.sym(sym);
-                if s.bind == STB_LOCAL && s.typ == STT_OBJECT && s.section().is_some_and(|t| p.sec(t).name.starts_with(".rodata")) {
+                if s.bind == STB_LOCAL
+                    && s.typ == STT_OBJECT
+                    && s.section()
+                        .is_some_and(|t| p.sec(t).name.starts_with(".rodata"))
+                {
                     v.insert(sym);
                 }
             }
@@ -715,7 +831,10 @@ fn write(
     func_defs: &[usize],
 ) -> Result<(Vec<u8>, Vec<ReplacedFunc>), Error> {
     let dd: &Diff = d;
-    let mut layout = Layout { out_of: HashMap::default(), map: HashMap::default() };
+    let mut layout = Layout {
+        out_of: HashMap::default(),
+        map: HashMap::default(),
+    };
     let mut b = Builder::default();
     let mut src_of_out: Vec<Option<usize>> = Vec::new();
     for (&sec, v) in pieces {
@@ -743,7 +862,10 @@ fn write(
             m.push((a, e, at));
             if !s.is_nobits() {
                 data.resize(at as usize, 0);
-                let (a2, e2) = ((a as usize).min(s.data.len()), (e as usize).min(s.data.len()));
+                let (a2, e2) = (
+                    (a as usize).min(s.data.len()),
+                    (e as usize).min(s.data.len()),
+                );
                 data.extend_from_slice(&s.data[a2..e2]);
                 data.resize((at + (e - a)) as usize, 0);
             }
@@ -768,10 +890,27 @@ fn write(
         }
     }
 
-    let mut out = Out { d: dd, b, secsym: HashMap::default(), def_sym: HashMap::default(), refs: HashMap::default(), locals: Vec::new(), globals: Vec::new(), errors: Vec::new() };
+    let mut out = Out {
+        d: dd,
+        b,
+        secsym: HashMap::default(),
+        def_sym: HashMap::default(),
+        refs: HashMap::default(),
+        locals: Vec::new(),
+        globals: Vec::new(),
+        errors: Vec::new(),
+    };
     // Symbols: FILE, section symbols, local definitions, then globals.
     if let Some(f) = dd.p.elf.symbols.iter().find(|s| s.typ == STT_FILE) {
-        out.locals.push(OutSymbol { name: f.name.to_string(), bind: STB_LOCAL, typ: STT_FILE, other: 0, section: SymSection::Reserved(SHN_ABS), value: 0, size: 0 });
+        out.locals.push(OutSymbol {
+            name: f.name.to_string(),
+            bind: STB_LOCAL,
+            typ: STT_FILE,
+            other: 0,
+            section: SymSection::Reserved(SHN_ABS),
+            value: 0,
+            size: 0,
+        });
     }
     let mut defs_sorted: Vec<usize> = defs.iter().copied().collect();
     defs_sorted.sort();
@@ -779,16 +918,30 @@ fn write(
     for &i in &defs_sorted {
         let s = dd.p.sym(i);
         let sec = s.section().unwrap();
-        let Some((osec, off)) = layout.locate(sec, s.value as i64) else { continue };
+        let Some((osec, off)) = layout.locate(sec, s.value as i64) else {
+            continue;
+        };
         let (name, bind) = match dd.twin_p[i] {
             Some(_) => (dd.orig_name(i).to_string(), STB_LOCAL),
             None => (s.name.to_string(), s.bind),
         };
-        let sym = OutSymbol { name, bind, typ: s.typ, other: s.other, section: SymSection::Section(osec), value: off as u64, size: s.size };
+        let sym = OutSymbol {
+            name,
+            bind,
+            typ: s.typ,
+            other: s.other,
+            section: SymSection::Section(osec),
+            value: off as u64,
+            size: s.size,
+        };
         pending_defs.push((i, sym));
     }
     for (i, sym) in pending_defs {
-        let r = if sym.bind == STB_LOCAL { SymRef::Local(out.locals.len()) } else { SymRef::Global(out.globals.len()) };
+        let r = if sym.bind == STB_LOCAL {
+            SymRef::Local(out.locals.len())
+        } else {
+            SymRef::Global(out.globals.len())
+        };
         if sym.bind == STB_LOCAL {
             out.locals.push(sym);
         } else {
@@ -807,10 +960,15 @@ fn write(
                 if let Some(mut rr) = out.reloc(sec, &r, offset, &layout, true) {
                     // -mnop-mcount objects carry a NOP and an R_X86_64_NONE where the
                     // ftrace call goes; the module loader's ftrace expects the call.
-                    if r.rtype == R_X86_64_NONE && dd.p.sym(r.sym).name == "__fentry__" && dd.p.sec(sec).is_exec() {
+                    if r.rtype == R_X86_64_NONE
+                        && dd.p.sym(r.sym).name == "__fentry__"
+                        && dd.p.sec(sec).is_exec()
+                    {
                         let d = &mut out.b.sections[oidx].data;
                         let o = offset as usize;
-                        if o >= 1 && d.get(o - 1..o + 4) == Some(&[0x0f, 0x1f, 0x44, 0x00, 0x00][..]) {
+                        if o >= 1
+                            && d.get(o - 1..o + 4) == Some(&[0x0f, 0x1f, 0x44, 0x00, 0x00][..])
+                        {
                             d[o - 1..o + 4].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
                             rr.rtype = R_X86_64_PLT32;
                             rr.addend = -4;
@@ -851,7 +1009,17 @@ fn write(
             }
         }
         specials.push((
-            OutSection { name: s.name.to_string(), sh_type: s.sh_type, flags: s.flags & !SHF_GROUP, addralign: s.addralign, entsize: s.entsize, data, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+            OutSection {
+                name: s.name.to_string(),
+                sh_type: s.sh_type,
+                flags: s.flags & !SHF_GROUP,
+                addralign: s.addralign,
+                entsize: s.entsize,
+                data,
+                nobits_size: 0,
+                relas: Vec::new(),
+                rela_flags: 0,
+            },
             relas,
         ));
         if Some(sec) == orc_ip {
@@ -864,7 +1032,17 @@ fn write(
                     }
                 }
                 specials.push((
-                    OutSection { name: u.name.to_string(), sh_type: u.sh_type, flags: u.flags & !SHF_GROUP, addralign: u.addralign, entsize: u.entsize, data: od, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+                    OutSection {
+                        name: u.name.to_string(),
+                        sh_type: u.sh_type,
+                        flags: u.flags & !SHF_GROUP,
+                        addralign: u.addralign,
+                        entsize: u.entsize,
+                        data: od,
+                        nobits_size: 0,
+                        relas: Vec::new(),
+                        rela_flags: 0,
+                    },
                     Vec::new(),
                 ));
             }
@@ -872,20 +1050,34 @@ fn write(
     }
     // -mnop-mcount without a relocation: the call to __fentry__ is put back.
     for &f in func_defs {
-        let Some(off) = Diff::fentry_offset(&dd.p, f) else { continue };
+        let Some(off) = Diff::fentry_offset(&dd.p, f) else {
+            continue;
+        };
         let s = dd.p.sym(f);
         let sec = s.section().unwrap();
         let site = s.value + off;
-        if dd.p.relas_in(sec, site, site + 4).iter().any(|r| dd.p.sym(r.sym).name == "__fentry__") {
+        if dd
+            .p
+            .relas_in(sec, site, site + 4)
+            .iter()
+            .any(|r| dd.p.sym(r.sym).name == "__fentry__")
+        {
             continue;
         }
-        let Some((oidx, o)) = layout.locate(sec, site as i64) else { continue };
+        let Some((oidx, o)) = layout.locate(sec, site as i64) else {
+            continue;
+        };
         let o = o as usize;
         let d = &mut out.b.sections[oidx].data;
         if o >= 1 && d.get(o - 1..o + 4) == Some(&[0x0f, 0x1f, 0x44, 0x00, 0x00][..]) {
             d[o - 1..o + 4].copy_from_slice(&[0xe8, 0, 0, 0, 0]);
             let sym = out.plain("__fentry__");
-            all_relas[oidx].push(OutRela { offset: o as u64, sym, rtype: R_X86_64_PLT32, addend: -4 });
+            all_relas[oidx].push(OutRela {
+                offset: o as u64,
+                sym,
+                rtype: R_X86_64_PLT32,
+                addend: -4,
+            });
             all_relas[oidx].sort_by_key(|r| r.offset);
         }
     }
@@ -894,14 +1086,31 @@ fn write(
     let mut mcount_relas = Vec::new();
     for &f in func_defs {
         if let Some(off) = Diff::fentry_offset(&dd.p, f) {
-            let Some(&target) = out.def_sym.get(&f) else { continue };
-            mcount_relas.push(OutRela { offset: mcount.len() as u64, sym: target, rtype: R_X86_64_64, addend: off as i64 - 1 });
+            let Some(&target) = out.def_sym.get(&f) else {
+                continue;
+            };
+            mcount_relas.push(OutRela {
+                offset: mcount.len() as u64,
+                sym: target,
+                rtype: R_X86_64_64,
+                addend: off as i64 - 1,
+            });
             mcount.extend_from_slice(&[0u8; 8]);
         }
     }
     if !mcount.is_empty() {
         specials.push((
-            OutSection { name: "__mcount_loc".into(), sh_type: SHT_PROGBITS, flags: SHF_ALLOC, addralign: 8, entsize: 0, data: mcount, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+            OutSection {
+                name: "__mcount_loc".into(),
+                sh_type: SHT_PROGBITS,
+                flags: SHF_ALLOC,
+                addralign: 8,
+                entsize: 0,
+                data: mcount,
+                nobits_size: 0,
+                relas: Vec::new(),
+                rela_flags: 0,
+            },
             mcount_relas,
         ));
     }
@@ -920,13 +1129,33 @@ fn write(
         }
         if !data.is_empty() {
             specials.push((
-                OutSection { name: ".modinfo".into(), sh_type: SHT_PROGBITS, flags: mi.flags & !SHF_GROUP, addralign: 1, entsize: 0, data, nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+                OutSection {
+                    name: ".modinfo".into(),
+                    sh_type: SHT_PROGBITS,
+                    flags: mi.flags & !SHF_GROUP,
+                    addralign: 1,
+                    entsize: 0,
+                    data,
+                    nobits_size: 0,
+                    relas: Vec::new(),
+                    rela_flags: 0,
+                },
                 Vec::new(),
             ));
         }
     }
     specials.push((
-        OutSection { name: ".note.GNU-stack".into(), sh_type: SHT_PROGBITS, flags: 0, addralign: 1, entsize: 0, data: Vec::new(), nobits_size: 0, relas: Vec::new(), rela_flags: 0 },
+        OutSection {
+            name: ".note.GNU-stack".into(),
+            sh_type: SHT_PROGBITS,
+            flags: 0,
+            addralign: 1,
+            entsize: 0,
+            data: Vec::new(),
+            nobits_size: 0,
+            relas: Vec::new(),
+            rela_flags: 0,
+        },
         Vec::new(),
     ));
     for (s, r) in specials {
@@ -934,7 +1163,10 @@ fn write(
         all_relas.push(r);
     }
     if !out.errors.is_empty() {
-        return Err(Error::Other(format!("cannot build the patch object: {}", out.errors.join("; "))));
+        return Err(Error::Other(format!(
+            "cannot build the patch object: {}",
+            out.errors.join("; ")
+        )));
     }
 
     // Final symbol order: FILE and other locals, section symbols, globals.
@@ -960,7 +1192,15 @@ fn write(
     }
     let mut symbols = std::mem::take(&mut out.locals);
     for (sec, _) in &secsyms {
-        symbols.push(OutSymbol { name: String::new(), bind: STB_LOCAL, typ: STT_SECTION, other: 0, section: SymSection::Section(*sec), value: 0, size: 0 });
+        symbols.push(OutSymbol {
+            name: String::new(),
+            bind: STB_LOCAL,
+            typ: STT_SECTION,
+            other: 0,
+            section: SymSection::Section(*sec),
+            value: 0,
+            size: 0,
+        });
     }
     symbols.append(&mut out.globals);
     out.b.symbols = symbols;
@@ -981,7 +1221,11 @@ fn write(
             Ok(Some(p)) => p,
             _ => 0,
         };
-        replaced.push(ReplacedFunc { name: name.clone(), sympos, symbol: name });
+        replaced.push(ReplacedFunc {
+            name: name.clone(),
+            sympos,
+            symbol: name,
+        });
     }
     let _ = src_of_out;
     Ok((bytes, replaced))
@@ -1029,7 +1273,15 @@ impl<'x, 'a> Out<'x, 'a> {
             return Some(c);
         }
         let code = encode(SymRef::Global(self.globals.len()));
-        self.globals.push(OutSymbol { name: name.clone(), bind, typ, other: 0, section: SymSection::Undef, value: 0, size: 0 });
+        self.globals.push(OutSymbol {
+            name: name.clone(),
+            bind,
+            typ,
+            other: 0,
+            section: SymSection::Undef,
+            value: 0,
+            size: 0,
+        });
         self.refs.insert(name, code);
         Some(code)
     }
@@ -1041,7 +1293,14 @@ impl<'x, 'a> Out<'x, 'a> {
     /// module's calls into it, but not the calls livepatch relocates only later
     /// (suture-klp's post-link drops those from `.call_sites`). Jumps (tail
     /// calls) keep the function itself: they must not be counted twice.
-    fn call_through_padding(&mut self, in_sec: usize, r: &Rela, sym: usize, addend: i64, code: bool) -> Option<usize> {
+    fn call_through_padding(
+        &mut self,
+        in_sec: usize,
+        r: &Rela,
+        sym: usize,
+        addend: i64,
+        code: bool,
+    ) -> Option<usize> {
         let sec = self.d.p.sec(in_sec);
         let is_call = code
             && sec.is_exec()
@@ -1053,7 +1312,9 @@ impl<'x, 'a> Out<'x, 'a> {
             return None;
         }
         let t = self.d.opts.target.as_ref()?;
-        let Ok(Some(k)) = self.d.reach(sym) else { return None };
+        let Ok(Some(k)) = self.d.reach(sym) else {
+            return None;
+        };
         let name = self.d.reference_name(sym).to_string();
         // The padding is in the same object as the function.
         let pfx = match t.symbols.get(&format!("__pfx_{name}")) {
@@ -1061,7 +1322,13 @@ impl<'x, 'a> Out<'x, 'a> {
             Some(crate::TargetSym::OtherModule { module, sympos }) if k.obj == module => *sympos,
             _ => return None,
         };
-        let full = self.d.klp_symbol(crate::imp::KlpRef { obj: k.obj, sympos: pfx }, &format!("__pfx_{name}"));
+        let full = self.d.klp_symbol(
+            crate::imp::KlpRef {
+                obj: k.obj,
+                sympos: pfx,
+            },
+            &format!("__pfx_{name}"),
+        );
         if let Some(&c) = self.refs.get(&full) {
             return Some(c);
         }
@@ -1071,7 +1338,14 @@ impl<'x, 'a> Out<'x, 'a> {
         Some(code)
     }
 
-    fn reloc(&mut self, in_sec: usize, r: &Rela, offset: u64, layout: &Layout, code_or_data: bool) -> Option<OutRela> {
+    fn reloc(
+        &mut self,
+        in_sec: usize,
+        r: &Rela,
+        offset: u64,
+        layout: &Layout,
+        code_or_data: bool,
+    ) -> Option<OutRela> {
         let t = self.d.p.target(in_sec, r);
         let (sym, addend) = match t {
             Target::Sym { sym, addend } => {
@@ -1086,7 +1360,9 @@ impl<'x, 'a> Out<'x, 'a> {
                     && !self.d.orig_name(sym).contains('.');
                 if let (Some(&c), false) = (self.def_sym.get(&sym), fptr) {
                     (c, addend)
-                } else if let Some(c) = self.call_through_padding(in_sec, r, sym, addend, code_or_data) {
+                } else if let Some(c) =
+                    self.call_through_padding(in_sec, r, sym, addend, code_or_data)
+                {
                     (c, addend)
                 } else {
                     (self.reference(sym)?, addend)
@@ -1097,7 +1373,10 @@ impl<'x, 'a> Out<'x, 'a> {
             // bytes before the stub's first byte, outside the copied piece.
             Target::Sec { sec, off } => match layout.locate(sec, off).or_else(|| {
                 let pcrel_code = rela_is_pcrel(r.rtype) && self.d.p.sec(in_sec).is_exec();
-                layout.locate(sec, off.saturating_add(4)).filter(|_| pcrel_code).map(|(s, o)| (s, o - 4))
+                layout
+                    .locate(sec, off.saturating_add(4))
+                    .filter(|_| pcrel_code)
+                    .map(|(s, o)| (s, o - 4))
             }) {
                 Some((osec, o)) => (self.section_symbol(osec), o),
                 None => {
@@ -1110,6 +1389,11 @@ impl<'x, 'a> Out<'x, 'a> {
                 }
             },
         };
-        Some(OutRela { offset, sym, rtype: r.rtype, addend })
+        Some(OutRela {
+            offset,
+            sym,
+            rtype: r.rtype,
+            addend,
+        })
     }
 }

@@ -113,16 +113,26 @@ fn callee_at(x: &Obj, f: usize, insn: &Instruction) -> Option<String> {
 /// Whether relocation `r` of section `sec` points to the string `__FILE__`
 /// of the unit: one that is, or ends in `/` and, the unit's file name.
 fn is_file_string(x: &Obj, sec: usize, r: &Rela, anchors: &[String]) -> bool {
-    let Key::Str(st, 0) = x.key(x.target(sec, r), r.rtype, sec) else { return false };
+    let Key::Str(st, 0) = x.key(x.target(sec, r), r.rtype, sec) else {
+        return false;
+    };
     anchors.iter().filter(|a| a.contains('.')).any(|a| {
         st == a.as_bytes()
-            || st.strip_suffix(a.as_bytes()).is_some_and(|h| h.ends_with(b"/"))
+            || st
+                .strip_suffix(a.as_bytes())
+                .is_some_and(|h| h.ends_with(b"/"))
     })
 }
 
 /// Whether one of `insns` loads `__FILE__` of the unit into one of `regs`
 /// (`mov $.LC0, %rdx`, `lea .LC0(%rip), %rdx`).
-fn loads_file(x: &Obj, f: usize, insns: &[Instruction], regs: [Register; 2], anchors: &[String]) -> bool {
+fn loads_file(
+    x: &Obj,
+    f: usize,
+    insns: &[Instruction],
+    regs: [Register; 2],
+    anchors: &[String],
+) -> bool {
     let s = x.sym(f);
     let Some(sec) = s.section() else { return false };
     insns.iter().any(|i| {
@@ -168,7 +178,9 @@ pub fn line_macro_only(o: &Obj, oi: usize, p: &Obj, pi: usize, anchors: &[String
     let s = o.sym(oi);
     let Some(sec) = s.section() else { return false };
     let relas = o.relas_in(sec, s.value, s.value.saturating_add(s.size));
-    let candidate = relas.iter().any(|r| line_callee(&o.sym(r.sym).name).is_some())
+    let candidate = relas
+        .iter()
+        .any(|r| line_callee(&o.sym(r.sym).name).is_some())
         || relas.iter().any(|r| is_file_string(o, sec, &r, anchors));
     if !candidate {
         return false;
@@ -190,7 +202,9 @@ pub fn line_macro_only(o: &Obj, oi: usize, p: &Obj, pi: usize, anchors: &[String
         if ob[r.clone()] == pb[r] {
             continue;
         }
-        let Some(arg) = line_load_arg(a) else { return false };
+        let Some(arg) = line_load_arg(a) else {
+            return false;
+        };
         if a.code() != b.code() || a.op0_register() != b.op0_register() {
             return false;
         }

@@ -477,7 +477,9 @@ pub fn line_number_anchors(files: &[String]) -> Vec<String> {
 /// Whether `text` (what precedes a run of digits) ends with `ANCHOR:`, the
 /// anchor not glued to a longer identifier (`/x86.c:`, `"x86:`, but not `ax86:`).
 fn ends_with_anchor(text: &[u8], anchors: &[String]) -> bool {
-    let Some(text) = text.strip_suffix(b":") else { return false };
+    let Some(text) = text.strip_suffix(b":") else {
+        return false;
+    };
     anchors.iter().any(|a| {
         text.ends_with(a.as_bytes())
             && !matches!(text[..text.len() - a.len()].last(), Some(&c) if c.is_ascii_alphanumeric() || c == b'_')
@@ -537,18 +539,33 @@ mod tests {
         let anchors = line_number_anchors(&["".into(), "x86.c".into()]);
         assert_eq!(anchors, vec!["x86.c", "x86"]);
         let only = |a: &str, b: &str| line_numbers_only(a.as_bytes(), b.as_bytes(), &anchors);
-        assert!(only("field \"p\" at arch/x86/kvm/x86.c:8493", "field \"p\" at arch/x86/kvm/x86.c:8494"));
+        assert!(only(
+            "field \"p\" at arch/x86/kvm/x86.c:8493",
+            "field \"p\" at arch/x86/kvm/x86.c:8494"
+        ));
         assert!(only("x86.c:9", "x86.c:10"), "the number may grow a digit");
-        assert!(only("x86:12:(hdl)->_lock", "x86:13:(hdl)->_lock"), "KBUILD_BASENAME");
+        assert!(
+            only("x86:12:(hdl)->_lock", "x86:13:(hdl)->_lock"),
+            "KBUILD_BASENAME"
+        );
         assert!(only("at x86.c:1 and x86.c:2", "at x86.c:3 and x86.c:4"));
-        assert!(!only("x86.c:12", "x86.c:12"), "equal is not a line-number difference");
+        assert!(
+            !only("x86.c:12", "x86.c:12"),
+            "equal is not a line-number difference"
+        );
         assert!(!only("other.c:12", "other.c:13"), "another file's line");
-        assert!(!only("ax86.c:12", "ax86.c:13"), "a longer name ending in the unit's");
+        assert!(
+            !only("ax86.c:12", "ax86.c:13"),
+            "a longer name ending in the unit's"
+        );
         assert!(!only("size 12", "size 13"), "a number that is no line");
         assert!(!only("x86.c 12", "x86.c 13"));
         assert!(!only("x86.c:12a", "x86.c:13b"), "the rest must match");
         assert!(!only("x86.c:12", "x86.c:13 "));
         assert!(!only("x86.c:12", "x86.c:"), "a number cannot vanish");
-        assert!(!line_numbers_only(b"x86.c:1", b"x86.c:2", &[]), "no FILE symbol: no exception");
+        assert!(
+            !line_numbers_only(b"x86.c:1", b"x86.c:2", &[]),
+            "no FILE symbol: no exception"
+        );
     }
 }

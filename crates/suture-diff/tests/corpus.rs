@@ -1,6 +1,9 @@
 //! Conformance: the 55 x86_64 object pairs of kpatch's unit tests, with the
 //! verdict, function count and extra property listed in EXPECTED.tsv.
 
+// Tests and tools of a pure crate do their own I/O.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -61,7 +64,11 @@ fn read_pair(name: &str) -> (Vec<u8>, Vec<u8>) {
     let dir = corpus_dir();
     let orig = std::fs::read(dir.join(format!("{name}.ORIG.o"))).unwrap();
     let p = dir.join(format!("{name}.PATCHED.o"));
-    let p = if p.exists() { p } else { dir.join(format!("{name}.PATCHED.FAIL.o")) };
+    let p = if p.exists() {
+        p
+    } else {
+        dir.join(format!("{name}.PATCHED.FAIL.o"))
+    };
     (orig, std::fs::read(p).unwrap())
 }
 
@@ -72,34 +79,61 @@ fn nm_text_count(o: &Object) -> usize {
         .iter()
         .filter(|s| s.index != 0 && s.typ != STT_SECTION && s.typ != STT_FILE)
         .filter(|s| matches!(s.bind, STB_LOCAL | STB_GLOBAL))
-        .filter(|s| s.section().map(|x| o.sections[x].is_exec()).unwrap_or(false))
+        .filter(|s| {
+            s.section()
+                .map(|x| o.sections[x].is_exec())
+                .unwrap_or(false)
+        })
         .count()
 }
 
 fn relas_named<'a>(o: &'a Object, sec: &str) -> Vec<(&'a str, u32, i64)> {
-    let Some(s) = o.section_by_name(sec) else { return Vec::new() };
-    o.relas_of(s.index).iter().map(|r| (o.symbols[r.sym].name.as_str(), r.rtype, r.addend)).collect()
+    let Some(s) = o.section_by_name(sec) else {
+        return Vec::new();
+    };
+    o.relas_of(s.index)
+        .iter()
+        .map(|r| (o.symbols[r.sym].name.as_str(), r.rtype, r.addend))
+        .collect()
 }
 
 fn check(case: &Case, out: &Object) -> Result<(), String> {
     match case.name.as_str() {
         "convert-global-local" => {
-            let s = out.symbols.iter().find(|s| s.name == "__kmalloc" && s.section().is_some()).ok_or("__kmalloc not defined")?;
+            let s = out
+                .symbols
+                .iter()
+                .find(|s| s.name == "__kmalloc" && s.section().is_some())
+                .ok_or("__kmalloc not defined")?;
             if s.bind != STB_LOCAL || s.typ != STT_FUNC {
                 return Err(format!("__kmalloc bind {} type {}", s.bind, s.typ));
             }
         }
         "dynamic-debug-jump-label-issue-1253" => {
-            if let Some(s) = out.symbols.iter().find(|s| s.index != 0 && s.typ == STT_SECTION && s.is_undef()) {
+            if let Some(s) = out
+                .symbols
+                .iter()
+                .find(|s| s.index != 0 && s.typ == STT_SECTION && s.is_undef())
+            {
                 return Err(format!("undefined section symbol #{}", s.index));
             }
         }
         "import-ns" => {
             let mi = out.section_by_name(".modinfo").ok_or("no .modinfo")?;
-            let n = mi.data.split(|&c| c == 0).filter(|e| e.starts_with(b"import_ns=")).count();
-            let others = mi.data.split(|&c| c == 0).filter(|e| !e.is_empty() && !e.starts_with(b"import_ns=")).count();
+            let n = mi
+                .data
+                .split(|&c| c == 0)
+                .filter(|e| e.starts_with(b"import_ns="))
+                .count();
+            let others = mi
+                .data
+                .split(|&c| c == 0)
+                .filter(|e| !e.is_empty() && !e.starts_with(b"import_ns="))
+                .count();
             if n != 4 || others != 0 {
-                return Err(format!("{n} import_ns= entries and {others} others in .modinfo"));
+                return Err(format!(
+                    "{n} import_ns= entries and {others} others in .modinfo"
+                ));
             }
         }
         "mcount_loc-issue-1102" => {
@@ -107,15 +141,24 @@ fn check(case: &Case, out: &Object) -> Result<(), String> {
             if !r.contains(&("netlbl_catmap_getlong", R_X86_64_64, 0)) {
                 return Err(format!("__mcount_loc relocations: {r:?}"));
             }
-            let f = out.symbols.iter().find(|s| s.name == "netlbl_catmap_getlong").ok_or("no symbol")?;
+            let f = out
+                .symbols
+                .iter()
+                .find(|s| s.name == "netlbl_catmap_getlong")
+                .ok_or("no symbol")?;
             if f.section().is_none() {
                 return Err("netlbl_catmap_getlong is not defined in the output".into());
             }
         }
         "zero-page-rela-issue-1064" => {
-            let found = out.relocated_sections().flat_map(|s| out.relas_of(s)).any(|r| {
-                out.symbols[r.sym].name == "empty_zero_page" && r.rtype == R_X86_64_64 && r.addend == 0x8000_0000
-            });
+            let found = out
+                .relocated_sections()
+                .flat_map(|s| out.relas_of(s))
+                .any(|r| {
+                    out.symbols[r.sym].name == "empty_zero_page"
+                        && r.rtype == R_X86_64_64
+                        && r.addend == 0x8000_0000
+                });
             if !found {
                 return Err("no R_X86_64_64 empty_zero_page+0x80000000".into());
             }
@@ -132,7 +175,12 @@ fn links(name: &str, bytes: &[u8]) -> Result<(), String> {
     let inp = dir.join(format!("{name}.o"));
     let outp = dir.join(format!("{name}.ld.o"));
     std::fs::write(&inp, bytes).unwrap();
-    let r = std::process::Command::new("ld").arg("-r").arg("-o").arg(&outp).arg(&inp).output();
+    let r = std::process::Command::new("ld")
+        .arg("-r")
+        .arg("-o")
+        .arg(&outp)
+        .arg(&inp)
+        .output();
     match r {
         Ok(o) if o.status.success() && o.stderr.is_empty() => Ok(()),
         Ok(o) => Err(format!("ld -r: {}", String::from_utf8_lossy(&o.stderr))),
@@ -173,11 +221,15 @@ fn corpus() {
         let res = diff(&o, &p, &options(c.jump));
         let r: Result<(), String> = match (&res, c.expect.as_str()) {
             (Ok(Outcome::Changes(patch)), "changes") => (|| {
-                let out = Object::parse(&patch.object).map_err(|e| format!("output does not parse: {e}"))?;
+                let out = Object::parse(&patch.object)
+                    .map_err(|e| format!("output does not parse: {e}"))?;
                 let n = nm_text_count(&out);
                 if let Some(want) = c.functions {
                     if n != want {
-                        return Err(format!("{n} functions, expected {want} (changed {:?}, new {:?})", patch.report.changed, patch.report.new));
+                        return Err(format!(
+                            "{n} functions, expected {want} (changed {:?}, new {:?})",
+                            patch.report.changed, patch.report.new
+                        ));
                     }
                 }
                 if n == 0 {
@@ -190,10 +242,17 @@ fn corpus() {
             // so with its own outcome (nothing in the running kernel to patch).
             (Ok(Outcome::Refused(rep) | Outcome::InitExitOnly(rep)), "refuse") => {
                 if c.name.starts_with("meminfo-init") {
-                    if rep.refusals.iter().any(|r| r.subject == "proc_meminfo_init" && r.reason.contains("__init")) {
+                    if rep
+                        .refusals
+                        .iter()
+                        .any(|r| r.subject == "proc_meminfo_init" && r.reason.contains("__init"))
+                    {
                         Ok(())
                     } else {
-                        Err(format!("refusals do not name the __init function: {:?}", rep.refusals))
+                        Err(format!(
+                            "refusals do not name the __init function: {:?}",
+                            rep.refusals
+                        ))
                     }
                 } else {
                     Ok(())
@@ -206,7 +265,10 @@ fn corpus() {
                     Err(format!("{rep:?}"))
                 }
             }
-            (Ok(Outcome::Changes(p)), _) => Err(format!("patch produced: changed {:?} new {:?}", p.report.changed, p.report.new)),
+            (Ok(Outcome::Changes(p)), _) => Err(format!(
+                "patch produced: changed {:?} new {:?}",
+                p.report.changed, p.report.new
+            )),
             (Ok(Outcome::Refused(r)), _) => Err(format!("refused: {:?}", r.refusals)),
             (Ok(Outcome::NoChange(_)), _) => Err("no change".into()),
             (Ok(Outcome::InitExitOnly(r)), _) => Err(format!("init/exit only: {:?}", r.refusals)),
@@ -275,19 +337,32 @@ fn corrupted_pairs_never_panic() {
 #[test]
 fn altinstr_aux_sliced_to_the_included_stubs() {
     let (o, p) = read_pair("altinstr_aux");
-    let Outcome::Changes(patch) = diff(&o, &p, &options(24)).unwrap() else { panic!("expected changes") };
+    let Outcome::Changes(patch) = diff(&o, &p, &options(24)).unwrap() else {
+        panic!("expected changes")
+    };
     let out = Object::parse(&patch.object).unwrap();
-    let aux = out.section_by_name(".altinstr_aux").expect(".altinstr_aux kept for dummy_function");
+    let aux = out
+        .section_by_name(".altinstr_aux")
+        .expect(".altinstr_aux kept for dummy_function");
     // testb $bit, cap(%rip) (7 bytes); jnz yes (6); jmp no (5)
     assert_eq!(aux.size, 18, "one stub, not the whole section (0xc6 bytes)");
     assert_eq!(&aux.data[..2], &[0xf6, 0x05]);
     let targets: Vec<(&str, u32, i64)> = relas_named(&out, ".altinstr_aux");
     assert_eq!(targets.len(), 3, "{targets:?}");
-    assert!(targets.iter().all(|t| t.0 == "boot_cpu_data" || t.0 == "dummy_function"), "{targets:?}");
+    assert!(
+        targets
+            .iter()
+            .all(|t| t.0 == "boot_cpu_data" || t.0 == "dummy_function"),
+        "{targets:?}"
+    );
     let into_aux: Vec<i64> = relas_named(&out, ".text.dummy_function")
         .into_iter()
         .filter(|t| t.0 == ".altinstr_aux")
         .map(|t| t.2)
         .collect();
-    assert_eq!(into_aux, vec![-4], "the jmp's field ends the instruction: stub start - 4");
+    assert_eq!(
+        into_aux,
+        vec![-4],
+        "the jmp's field ends the instruction: stub start - 4"
+    );
 }

@@ -2,6 +2,9 @@
 //! kernel objects get (-ffunction-sections -fdata-sections, ftrace's __fentry__
 //! call, the kernel code model).
 
+// Tests and tools of a pure crate do their own I/O.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -15,7 +18,9 @@ fn compile(name: &str, src: &str) -> Vec<u8> {
 fn compile_with(name: &str, src: &str, extra: &[&str]) -> Vec<u8> {
     // One directory per object, one source name for all: the STT_FILE symbol
     // must match across a before/after pair.
-    let dir = std::env::temp_dir().join(format!("suture-rules-{}", std::process::id())).join(name);
+    let dir = std::env::temp_dir()
+        .join(format!("suture-rules-{}", std::process::id()))
+        .join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let c = dir.join("unit.c");
     let o: PathBuf = dir.join("unit.o");
@@ -41,7 +46,11 @@ fn compile_with(name: &str, src: &str, extra: &[&str]) -> Vec<u8> {
         .arg(&c)
         .output()
         .expect("gcc is needed to build the test objects");
-    assert!(out.status.success(), "gcc: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::read(&o).unwrap()
 }
 
@@ -72,7 +81,10 @@ fn variant(from: &str, to: &str) -> String {
 }
 
 fn pair(name: &str, patched: &str) -> (Vec<u8>, Vec<u8>) {
-    (compile(&format!("{name}-orig"), BASE), compile(&format!("{name}-patched"), patched))
+    (
+        compile(&format!("{name}-orig"), BASE),
+        compile(&format!("{name}-patched"), patched),
+    )
 }
 
 fn changes(o: &[u8], p: &[u8], opts: &Options) -> (Patch, Object) {
@@ -93,30 +105,47 @@ fn refused(o: &[u8], p: &[u8]) -> Report {
 }
 
 fn defined<'a>(o: &'a Object, name: &str) -> Option<&'a Symbol> {
-    o.symbols.iter().find(|s| s.name == name && s.section().is_some())
+    o.symbols
+        .iter()
+        .find(|s| s.name == name && s.section().is_some())
 }
 
 fn funcs_defined(o: &Object) -> Vec<String> {
-    let mut v: Vec<String> =
-        o.symbols.iter().filter(|s| s.typ == STT_FUNC && s.section().is_some()).map(|s| s.name.to_string()).collect();
+    let mut v: Vec<String> = o
+        .symbols
+        .iter()
+        .filter(|s| s.typ == STT_FUNC && s.section().is_some())
+        .map(|s| s.name.to_string())
+        .collect();
     v.sort();
     v
 }
 
 fn reloc_targets(o: &Object, sec: &str) -> Vec<(String, u32, i64)> {
-    let s = o.section_by_name(sec).unwrap_or_else(|| panic!("no section {sec}"));
-    o.relas_of(s.index).iter().map(|r| (o.symbols[r.sym].name.to_string(), r.rtype, r.addend)).collect()
+    let s = o
+        .section_by_name(sec)
+        .unwrap_or_else(|| panic!("no section {sec}"));
+    o.relas_of(s.index)
+        .iter()
+        .map(|r| (o.symbols[r.sym].name.to_string(), r.rtype, r.addend))
+        .collect()
 }
 
 #[test]
 fn identical_objects_are_no_change() {
     let o = compile("same", BASE);
-    assert!(matches!(diff(&o, &o, &Options::default()).unwrap(), Outcome::NoChange(_)));
+    assert!(matches!(
+        diff(&o, &o, &Options::default()).unwrap(),
+        Outcome::NoChange(_)
+    ));
 }
 
 #[test]
 fn changed_function_is_local_and_references_become_klp_symbols() {
-    let (o, p) = pair("changed", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let (o, p) = pair(
+        "changed",
+        &variant("return helper(a) + count;", "return helper(a) + count * 2;"),
+    );
     let (patch, out) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.changed, vec!["f"]);
     assert!(patch.report.new.is_empty());
@@ -129,36 +158,84 @@ fn changed_function_is_local_and_references_become_klp_symbols() {
     let r = reloc_targets(&out, ".text.f");
     let names: Vec<&str> = r.iter().map(|x| x.0.as_str()).collect();
     assert!(names.contains(&".klp.sym.vmlinux.helper,0"), "{names:?}");
-    assert!(names.contains(&"__fentry__"), "an external symbol stays a plain reference: {names:?}");
+    assert!(
+        names.contains(&"__fentry__"),
+        "an external symbol stays a plain reference: {names:?}"
+    );
     // The static local is the running kernel's: a klp reference to ORIG's name.
-    let count = names.iter().find(|n| n.starts_with(".klp.sym.vmlinux.count.")).expect("reference to count");
+    let count = names
+        .iter()
+        .find(|n| n.starts_with(".klp.sym.vmlinux.count."))
+        .expect("reference to count");
     let orig = Object::parse(&o).unwrap();
-    let orig_count = orig.symbols.iter().filter(|s| s.name.starts_with("count.")).map(|s| s.name.clone()).collect::<Vec<_>>();
-    assert!(orig_count.iter().any(|c| *count == format!(".klp.sym.vmlinux.{c},0")), "{count} vs {orig_count:?}");
-    for s in out.symbols.iter().filter(|s| s.name.starts_with(".klp.sym.")) {
-        assert!(s.is_undef() && s.bind == STB_GLOBAL, "{} must be an undefined global", s.name);
+    let orig_count = orig
+        .symbols
+        .iter()
+        .filter(|s| s.name.starts_with("count."))
+        .map(|s| s.name.clone())
+        .collect::<Vec<_>>();
+    assert!(
+        orig_count
+            .iter()
+            .any(|c| *count == format!(".klp.sym.vmlinux.{c},0")),
+        "{count} vs {orig_count:?}"
+    );
+    for s in out
+        .symbols
+        .iter()
+        .filter(|s| s.name.starts_with(".klp.sym."))
+    {
+        assert!(
+            s.is_undef() && s.bind == STB_GLOBAL,
+            "{} must be an undefined global",
+            s.name
+        );
     }
-    assert!(!out.symbols.iter().any(|s| s.index != 0 && s.typ == STT_SECTION && s.is_undef()));
+    assert!(!out
+        .symbols
+        .iter()
+        .any(|s| s.index != 0 && s.typ == STT_SECTION && s.is_undef()));
 }
 
 #[test]
 fn mcount_loc_is_regenerated_for_the_included_function() {
-    let (o, p) = pair("mcount", &variant("return helper(a) + count;", "return helper(a) - count;"));
+    let (o, p) = pair(
+        "mcount",
+        &variant("return helper(a) + count;", "return helper(a) - count;"),
+    );
     let (_, out) = changes(&o, &p, &Options::default());
-    assert_eq!(reloc_targets(&out, "__mcount_loc"), vec![("f".to_string(), R_X86_64_64, 0)]);
+    assert_eq!(
+        reloc_targets(&out, "__mcount_loc"),
+        vec![("f".to_string(), R_X86_64_64, 0)]
+    );
 }
 
 #[test]
 fn nop_mcount_slot_becomes_a_call_to_fentry() {
     let flags = ["-mrecord-mcount", "-mnop-mcount"];
     let o = compile_with("nop-orig", BASE, &flags);
-    let p = compile_with("nop-patched", &variant("return helper(a) + count;", "return helper(a) ^ count;"), &flags);
+    let p = compile_with(
+        "nop-patched",
+        &variant("return helper(a) + count;", "return helper(a) ^ count;"),
+        &flags,
+    );
     let (_, out) = changes(&o, &p, &Options::default());
     let text = out.section_by_name(".text.f").unwrap();
-    let r = out.relas_of(text.index).iter().find(|r| out.symbols[r.sym].name == "__fentry__").unwrap();
+    let r = out
+        .relas_of(text.index)
+        .iter()
+        .find(|r| out.symbols[r.sym].name == "__fentry__")
+        .unwrap();
     assert_eq!(r.rtype, R_X86_64_PLT32);
-    assert_eq!(text.data[r.offset as usize - 1], 0xe8, "a call instruction, not the NOP");
-    assert_eq!(reloc_targets(&out, "__mcount_loc"), vec![("f".to_string(), R_X86_64_64, 0)]);
+    assert_eq!(
+        text.data[r.offset as usize - 1],
+        0xe8,
+        "a call instruction, not the NOP"
+    );
+    assert_eq!(
+        reloc_targets(&out, "__mcount_loc"),
+        vec![("f".to_string(), R_X86_64_64, 0)]
+    );
 }
 
 #[test]
@@ -169,8 +246,20 @@ fn new_function_is_included_with_its_binding() {
     let (patch, out) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.new, vec!["added"]);
     assert_eq!(funcs_defined(&out), vec!["added", "f"]);
-    assert_eq!(patch.replaced.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["f"], "new functions replace nothing");
-    assert!(out.section_by_name(".rodata.added.str1.1").is_some() || out.sections.iter().any(|s| s.is_strings()), "its string literal comes along");
+    assert_eq!(
+        patch
+            .replaced
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["f"],
+        "new functions replace nothing"
+    );
+    assert!(
+        out.section_by_name(".rodata.added.str1.1").is_some()
+            || out.sections.iter().any(|s| s.is_strings()),
+        "its string literal comes along"
+    );
 }
 
 #[test]
@@ -182,17 +271,33 @@ fn moved_line_numbers_in_warn_calls_are_no_change() {
         other => panic!("expected no change, got {other:?}"),
     }
     // The same immediate passed to a function that is not WARN-like is a change.
-    let src = BASE.replace("warn_slowpath_fmt(\"a.c\", __LINE__, \"big\")", "warn_other(\"a.c\", __LINE__, \"big\")")
-        .replace("extern int exported_thing", "extern void warn_other(const char *, int, const char *);\nextern int exported_thing");
+    let src = BASE
+        .replace(
+            "warn_slowpath_fmt(\"a.c\", __LINE__, \"big\")",
+            "warn_other(\"a.c\", __LINE__, \"big\")",
+        )
+        .replace(
+            "extern int exported_thing",
+            "extern void warn_other(const char *, int, const char *);\nextern int exported_thing",
+        );
     let o2 = compile("line2-orig", &src);
-    let p2 = compile("line2-patched", &src.replacen("int w(int a) {", "\n\nint w(int a) {", 1));
-    assert!(matches!(diff(&o2, &p2, &Options::default()).unwrap(), Outcome::Changes(_)));
+    let p2 = compile(
+        "line2-patched",
+        &src.replacen("int w(int a) {", "\n\nint w(int a) {", 1),
+    );
+    assert!(matches!(
+        diff(&o2, &p2, &Options::default()).unwrap(),
+        Outcome::Changes(_)
+    ));
 }
 
 #[test]
 fn static_locals_correlate_through_their_functions() {
     // A new static before f renumbers gcc's count.N; g's count must not be taken for f's.
-    let src = variant("int f(int a) {\n    static int count;", "int f(int a) {\n    static int before;\n    static int count;\n    before++;");
+    let src = variant(
+        "int f(int a) {\n    static int count;",
+        "int f(int a) {\n    static int before;\n    static int count;\n    before++;",
+    );
     let (o, p) = pair("statics", &src);
     let (_, out) = changes(&o, &p, &Options::default());
     let orig = Object::parse(&o).unwrap();
@@ -202,101 +307,215 @@ fn static_locals_correlate_through_their_functions() {
         .relas_of(ftext)
         .iter()
         .map(|r| &orig.symbols[r.sym])
-        .map(|s| if s.typ == STT_SECTION { orig.sections[s.section().unwrap()].name.trim_start_matches(".bss.").to_string() } else { s.name.to_string() })
+        .map(|s| {
+            if s.typ == STT_SECTION {
+                orig.sections[s.section().unwrap()]
+                    .name
+                    .trim_start_matches(".bss.")
+                    .to_string()
+            } else {
+                s.name.to_string()
+            }
+        })
         .find(|n| n.starts_with("count."))
         .unwrap();
-    let names: Vec<String> = reloc_targets(&out, ".text.f").into_iter().map(|x| x.0).collect();
-    assert!(names.contains(&format!(".klp.sym.vmlinux.{f_count},0")), "{names:?} should use {f_count}");
+    let names: Vec<String> = reloc_targets(&out, ".text.f")
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+    assert!(
+        names.contains(&format!(".klp.sym.vmlinux.{f_count},0")),
+        "{names:?} should use {f_count}"
+    );
     // The new static is new state: defined in the patch.
-    assert!(out.symbols.iter().any(|s| s.name.starts_with("before.") && s.section().is_some()));
+    assert!(out
+        .symbols
+        .iter()
+        .any(|s| s.name.starts_with("before.") && s.section().is_some()));
 }
 
 #[test]
 fn removed_static_local_reference_is_refused() {
-    let src = variant("    count++;\n    return helper(a) + count;", "    return helper(a);");
+    let src = variant(
+        "    count++;\n    return helper(a) + count;",
+        "    return helper(a);",
+    );
     let (o, p) = pair("rmstatic", &src);
     let r = refused(&o, &p);
-    assert!(r.refusals.iter().any(|x| x.subject == "f" && x.reason.contains("static local") && x.reason.contains("count")), "{r:?}");
+    assert!(
+        r.refusals.iter().any(|x| x.subject == "f"
+            && x.reason.contains("static local")
+            && x.reason.contains("count")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn changed_data_is_refused() {
     let (o, p) = pair("data", &variant("int data_x = 1;", "int data_x = 2;"));
     let r = refused(&o, &p);
-    assert!(r.refusals.iter().any(|x| x.subject == "data_x" && x.reason.contains("data")), "{r:?}");
+    assert!(
+        r.refusals
+            .iter()
+            .any(|x| x.subject == "data_x" && x.reason.contains("data")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn changed_init_code_beside_running_code_is_refused() {
-    let both = variant("printk(\"init\\n\")", "printk(\"init!\\n\")").replace("return helper(a) + count;", "return helper(a) + count + 1;");
+    let both = variant("printk(\"init\\n\")", "printk(\"init!\\n\")")
+        .replace("return helper(a) + count;", "return helper(a) + count + 1;");
     let (o, p) = pair("init", &both);
     let r = refused(&o, &p);
-    assert!(r.refusals.iter().any(|x| x.subject == "ini" && x.reason.contains("__init")), "{r:?}");
+    assert!(
+        r.refusals
+            .iter()
+            .any(|x| x.subject == "ini" && x.reason.contains("__init")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn changed_notrace_function_is_refused() {
     let (o, p) = pair("notrace", &variant("return a + 1;", "return a + 2;"));
     let r = refused(&o, &p);
-    assert!(r.refusals.iter().any(|x| x.subject == "nt" && x.reason.contains("__fentry__")), "{r:?}");
+    assert!(
+        r.refusals
+            .iter()
+            .any(|x| x.subject == "nt" && x.reason.contains("__fentry__")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn function_moved_to_another_section_is_refused() {
-    let (o, p) = pair("moved", &variant("int g(int a) {", "__attribute__((section(\".sched.text\"))) int g(int a) {"));
+    let (o, p) = pair(
+        "moved",
+        &variant(
+            "int g(int a) {",
+            "__attribute__((section(\".sched.text\"))) int g(int a) {",
+        ),
+    );
     let r = refused(&o, &p);
-    assert!(r.refusals.iter().any(|x| x.subject == "g" && x.reason.contains("moved")), "{r:?}");
+    assert!(
+        r.refusals
+            .iter()
+            .any(|x| x.subject == "g" && x.reason.contains("moved")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn special_statics_are_copied_not_correlated() {
     let src = BASE.replace("int g(int a) { static int count;", "int g(int a) { static int __warned; if (!__warned) { __warned = 1; printk(\"once\\n\"); } static int count;");
     let o = compile("special-orig", &src);
-    let p = compile("special-patched", &src.replace("count += a;", "count += a + 1;"));
+    let p = compile(
+        "special-patched",
+        &src.replace("count += a;", "count += a + 1;"),
+    );
     let (_, out) = changes(&o, &p, &Options::default());
-    let w = out.symbols.iter().find(|s| s.name.starts_with("__warned")).expect("__warned referenced");
-    assert!(w.section().is_some(), "a special static is a new copy in the patch, not a klp reference");
+    let w = out
+        .symbols
+        .iter()
+        .find(|s| s.name.starts_with("__warned"))
+        .expect("__warned referenced");
+    assert!(
+        w.section().is_some(),
+        "a special static is a new copy in the patch, not a klp reference"
+    );
 }
 
 #[test]
 fn target_table_decides_normal_or_klp_references() {
-    let (o, p) = pair("target", &variant("count += a; return count + exported_thing(a);", "count += a * 2; return count + exported_thing(a);"));
-    let mut t = Target { objname: "vmlinux".into(), symbols: Default::default() };
-    t.symbols.insert("g".into(), TargetSym::Unexported { sympos: 2 });
-    t.symbols.insert("exported_thing".into(), TargetSym::Exported);
+    let (o, p) = pair(
+        "target",
+        &variant(
+            "count += a; return count + exported_thing(a);",
+            "count += a * 2; return count + exported_thing(a);",
+        ),
+    );
+    let mut t = Target {
+        objname: "vmlinux".into(),
+        symbols: Default::default(),
+    };
+    t.symbols
+        .insert("g".into(), TargetSym::Unexported { sympos: 2 });
+    t.symbols
+        .insert("exported_thing".into(), TargetSym::Exported);
     let orig = Object::parse(&o).unwrap();
     for s in orig.symbols.iter().filter(|s| s.name.starts_with("count.")) {
-        t.symbols.insert(s.name.to_string(), TargetSym::Unexported { sympos: 3 });
+        t.symbols
+            .insert(s.name.to_string(), TargetSym::Unexported { sympos: 3 });
     }
-    let opts = Options { target: Some(t), ..Default::default() };
+    let opts = Options {
+        target: Some(t),
+        ..Default::default()
+    };
     let (patch, out) = changes(&o, &p, &opts);
     assert_eq!(patch.replaced[0].name, "g");
     assert_eq!(patch.replaced[0].sympos, 2);
-    let names: Vec<String> = reloc_targets(&out, ".text.g").into_iter().map(|x| x.0).collect();
+    let names: Vec<String> = reloc_targets(&out, ".text.g")
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
     assert!(names.contains(&"exported_thing".to_string()), "{names:?}");
-    assert!(names.iter().any(|n| n.starts_with(".klp.sym.vmlinux.count.") && n.ends_with(",3")), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with(".klp.sym.vmlinux.count.") && n.ends_with(",3")),
+        "{names:?}"
+    );
     // A target table lacking a symbol ORIG defines is an error, not a guess.
-    let opts = Options { target: Some(Target { objname: "vmlinux".into(), symbols: Default::default() }), ..Default::default() };
+    let opts = Options {
+        target: Some(Target {
+            objname: "vmlinux".into(),
+            symbols: Default::default(),
+        }),
+        ..Default::default()
+    };
     assert!(diff(&o, &p, &opts).is_err());
 }
 
 #[test]
 fn function_pointer_to_a_replaced_function_points_to_the_original() {
-    let src = BASE.replace("int data_x = 1;", "int data_x = 1;\nextern void take(int (*)(int));\nint h(int a) { take(g); return a; }");
+    let src = BASE.replace(
+        "int data_x = 1;",
+        "int data_x = 1;\nextern void take(int (*)(int));\nint h(int a) { take(g); return a; }",
+    );
     let o = compile("fptr-orig", &src);
-    let p = compile("fptr-patched", &src.replace("count += a;", "count -= a;").replace("return a; }", "return a + 1; }"));
+    let p = compile(
+        "fptr-patched",
+        &src.replace("count += a;", "count -= a;")
+            .replace("return a; }", "return a + 1; }"),
+    );
     let (_, out) = changes(&o, &p, &Options::default());
     let r = reloc_targets(&out, ".text.h");
-    assert!(r.iter().any(|x| x.0 == ".klp.sym.vmlinux.g,0" && x.1 == R_X86_64_32S), "{r:?}");
+    assert!(
+        r.iter()
+            .any(|x| x.0 == ".klp.sym.vmlinux.g,0" && x.1 == R_X86_64_32S),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn explain_names_the_first_difference() {
-    let (o, p) = pair("explain", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let (o, p) = pair(
+        "explain",
+        &variant("return helper(a) + count;", "return helper(a) + count * 2;"),
+    );
     let e = explain(&o, &p, "f", &Options::default()).unwrap();
-    assert!(e.lines.iter().any(|l| l.contains("first differing")), "{:?}", e.lines);
+    assert!(
+        e.lines.iter().any(|l| l.contains("first differing")),
+        "{:?}",
+        e.lines
+    );
     let e = explain(&o, &p, "g", &Options::default()).unwrap();
-    assert!(e.lines.iter().any(|l| l.contains("no difference")), "{:?}", e.lines);
+    assert!(
+        e.lines.iter().any(|l| l.contains("no difference")),
+        "{:?}",
+        e.lines
+    );
 }
 
 const JUMP: &str = r#"
@@ -319,7 +538,10 @@ int j2(int a) { if (key_on()) printk("j2 %d\n", a); return a + 2; }
 #[test]
 fn jump_table_is_sliced_to_the_included_functions() {
     let o = compile("jump-orig", JUMP);
-    let p = compile("jump-patched", &JUMP.replace("return a + 1;", "return a + 3;"));
+    let p = compile(
+        "jump-patched",
+        &JUMP.replace("return a + 1;", "return a + 3;"),
+    );
     let (patch, out) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.changed, vec!["j1"]);
     let jt = out.section_by_name("__jump_table").expect("the kept entry");
@@ -327,22 +549,43 @@ fn jump_table_is_sliced_to_the_included_functions() {
     let r = reloc_targets(&out, "__jump_table");
     assert_eq!(r.len(), 3);
     assert_eq!(r[0].0, "j1");
-    assert_eq!(r[2].0, ".klp.sym.vmlinux.mykey,0", "the key is the running kernel's");
+    assert_eq!(
+        r[2].0, ".klp.sym.vmlinux.mykey,0",
+        "the key is the running kernel's"
+    );
     assert_eq!(patch.report.entry_sizes["__jump_table"].size, 16);
-    assert_eq!(patch.report.entry_sizes["__jump_table"].source, "relocations");
+    assert_eq!(
+        patch.report.entry_sizes["__jump_table"].source,
+        "relocations"
+    );
 }
 
 #[test]
 fn module_static_key_in_kept_jump_entry_is_refused() {
     let o = compile("jumpmod-orig", JUMP);
-    let p = compile("jumpmod-patched", &JUMP.replace("return a + 1;", "return a + 3;"));
-    let mut t = Target { objname: "mymod".into(), symbols: Default::default() };
+    let p = compile(
+        "jumpmod-patched",
+        &JUMP.replace("return a + 1;", "return a + 3;"),
+    );
+    let mut t = Target {
+        objname: "mymod".into(),
+        symbols: Default::default(),
+    };
     for n in ["mykey", "j1", "j2"] {
-        t.symbols.insert(n.into(), TargetSym::Unexported { sympos: 0 });
+        t.symbols
+            .insert(n.into(), TargetSym::Unexported { sympos: 0 });
     }
-    let opts = Options { target: Some(t), ..Default::default() };
+    let opts = Options {
+        target: Some(t),
+        ..Default::default()
+    };
     match diff(&o, &p, &opts).unwrap() {
-        Outcome::Refused(r) => assert!(r.refusals.iter().any(|x| x.subject == "mykey" && x.reason.contains("mymod")), "{r:?}"),
+        Outcome::Refused(r) => assert!(
+            r.refusals
+                .iter()
+                .any(|x| x.subject == "mykey" && x.reason.contains("mymod")),
+            "{r:?}"
+        ),
         other => panic!("{other:?}"),
     }
 }
@@ -378,7 +621,10 @@ fn wrong_machine_is_an_error() {
 
 #[test]
 fn garbage_is_an_error() {
-    input_error(diff(b"not an object at all", b"", &Options::default()), "ORIG");
+    input_error(
+        diff(b"not an object at all", b"", &Options::default()),
+        "ORIG",
+    );
     let o = compile("garbage", BASE);
     let mut seed = 88172645463325252u64;
     for _ in 0..300 {
@@ -399,10 +645,17 @@ fn garbage_is_an_error() {
 fn unrelated_pair_is_an_error() {
     let o = compile("one", BASE);
     let p = {
-        let dir = std::env::temp_dir().join(format!("suture-rules-{}", std::process::id())).join("two");
+        let dir = std::env::temp_dir()
+            .join(format!("suture-rules-{}", std::process::id()))
+            .join("two");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("other.c"), "int other(int a) { return a; }\n").unwrap();
-        let st = Command::new("gcc").args(["-c", "-O2", "-o"]).arg(dir.join("other.o")).arg(dir.join("other.c")).status().unwrap();
+        let st = Command::new("gcc")
+            .args(["-c", "-O2", "-o"])
+            .arg(dir.join("other.o"))
+            .arg(dir.join("other.c"))
+            .status()
+            .unwrap();
         assert!(st.success());
         std::fs::read(dir.join("other.o")).unwrap()
     };
@@ -421,14 +674,29 @@ int t1(int i) { return table[i & 3] + 1; }
 int t2(int i) { return table[i & 3] + 2; }
 "#;
     let o = compile("const-orig", src);
-    let p = compile("const-patched", &src.replace("{ 1, 2, 3, 4 }", "{ 1, 2, 3, 5 }").replace("+ 1; }", "+ 7; }"));
+    let p = compile(
+        "const-patched",
+        &src.replace("{ 1, 2, 3, 4 }", "{ 1, 2, 3, 5 }")
+            .replace("+ 1; }", "+ 7; }"),
+    );
     let (patch, out) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.changed, vec!["t1"]);
     let t = defined(&out, "table").expect("a new copy of the table");
     assert_eq!(t.bind, STB_LOCAL);
-    assert!(patch.report.warnings.iter().any(|w| w.contains("table") && w.contains("t2")), "{:?}", patch.report.warnings);
+    assert!(
+        patch
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("table") && w.contains("t2")),
+        "{:?}",
+        patch.report.warnings
+    );
     // Changing only the constant leaves no function to carry it: refused.
-    let p2 = compile("const-only", &src.replace("{ 1, 2, 3, 4 }", "{ 1, 2, 3, 5 }"));
+    let p2 = compile(
+        "const-only",
+        &src.replace("{ 1, 2, 3, 4 }", "{ 1, 2, 3, 5 }"),
+    );
     let r = refused(&o, &p2);
     assert!(r.refusals.iter().any(|x| x.subject == "table"), "{r:?}");
 }
@@ -450,11 +718,22 @@ fn callbacks_are_included_and_reported_by_kind() {
     );
     let (o, p) = pair("callbacks", &src);
     let (patch, out) = changes(&o, &p, &Options::default());
-    let kinds: Vec<(&str, &str)> = patch.callbacks.iter().map(|c| (c.kind.as_str(), c.symbol.as_str())).collect();
+    let kinds: Vec<(&str, &str)> = patch
+        .callbacks
+        .iter()
+        .map(|c| (c.kind.as_str(), c.symbol.as_str()))
+        .collect();
     assert_eq!(kinds, vec![("pre_patch", "pre"), ("post_unpatch", "post")]);
-    assert!(defined(&out, "pre").is_some() && defined(&out, "post").is_some(), "{:?}", funcs_defined(&out));
+    assert!(
+        defined(&out, "pre").is_some() && defined(&out, "post").is_some(),
+        "{:?}",
+        funcs_defined(&out)
+    );
     // The pointer sections stay out of the module: the hook refers to the functions.
-    assert!(out.sections.iter().all(|s| !s.name.starts_with(".suture")), "annotation sections leaked");
+    assert!(
+        out.sections.iter().all(|s| !s.name.starts_with(".suture")),
+        "annotation sections leaked"
+    );
 }
 
 #[test]
@@ -465,23 +744,40 @@ fn two_callbacks_of_one_kind_are_refused() {
     );
     let (o, p) = pair("twocb", &src);
     let r = refused(&o, &p);
-    assert!(r.refusals.iter().any(|x| x.subject == ".suture.callbacks.pre_patch" && x.reason.contains("a1") && x.reason.contains("a2")), "{r:?}");
+    assert!(
+        r.refusals
+            .iter()
+            .any(|x| x.subject == ".suture.callbacks.pre_patch"
+                && x.reason.contains("a1")
+                && x.reason.contains("a2")),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn force_unsafe_turns_refusals_about_the_function_into_warnings() {
-    let removed = variant("    count++;\n    return helper(a) + count;", "    return helper(a);");
+    let removed = variant(
+        "    count++;\n    return helper(a) + count;",
+        "    return helper(a);",
+    );
     let src = format!("{SUTURE_MACROS}{removed}\nPTR(\".suture.force_unsafe\", force, f);\n");
     let (o, p) = pair("forced", &src);
     let (patch, out) = changes(&o, &p, &Options::default());
     assert!(defined(&out, "f").is_some());
     assert!(
-        patch.report.warnings.iter().any(|w| w.contains("SUTURE_FORCE_UNSAFE(f)") && w.contains("count")),
+        patch
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("SUTURE_FORCE_UNSAFE(f)") && w.contains("count")),
         "{:?}",
         patch.report.warnings
     );
     // Without the annotation the same change is refused (the test above).
-    let r = refused(&o, &compile("forced-not", &format!("{SUTURE_MACROS}{removed}")));
+    let r = refused(
+        &o,
+        &compile("forced-not", &format!("{SUTURE_MACROS}{removed}")),
+    );
     assert!(r.refusals.iter().any(|x| x.subject == "f"));
 }
 
@@ -489,40 +785,82 @@ fn force_unsafe_turns_refusals_about_the_function_into_warnings() {
 fn ignored_function_is_left_out_with_a_warning() {
     let src = format!(
         "{SUTURE_MACROS}{}\nPTR(\".suture.ignore.functions\", ignore, g);\n",
-        variant("return count + exported_thing(a);", "return count + exported_thing(a + 1);")
-            .replace("return helper(a) + count;", "return helper(a) + count * 2;")
+        variant(
+            "return count + exported_thing(a);",
+            "return count + exported_thing(a + 1);"
+        )
+        .replace("return helper(a) + count;", "return helper(a) + count * 2;")
     );
     let (o, p) = pair("ignored", &src);
     let (patch, _) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.changed, vec!["f"]);
-    assert!(patch.report.warnings.iter().any(|w| w.contains("g: changes ignored (SUTURE_IGNORE_FUNCTION)")), "{:?}", patch.report.warnings);
+    assert!(
+        patch
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("g: changes ignored (SUTURE_IGNORE_FUNCTION)")),
+        "{:?}",
+        patch.report.warnings
+    );
 }
 
 #[test]
 fn a_weak_default_missing_from_the_target_is_reached_by_name() {
     // `void __weak release_thread()` in kernel/exit.c is overridden by x86's own:
     // vmlinux has one release_thread, not this object's copy.
-    let weak = "__attribute__((weak, noinline)) void wk(int a) { asm volatile(\"\" :: \"r\"(a)); }\n";
-    let o = compile("weak-orig", &format!("{weak}{BASE}").replace("return count + exported_thing(a);", "wk(a); return count + exported_thing(a);"));
-    let p = compile("weak-patched", &format!("{weak}{BASE}").replace("return count + exported_thing(a);", "wk(a); return count * 2 + exported_thing(a);"));
-    let mut t = Target { objname: "vmlinux".into(), symbols: Default::default() };
-    t.symbols.insert("g".into(), TargetSym::Unexported { sympos: 0 });
-    t.symbols.insert("exported_thing".into(), TargetSym::Exported);
+    let weak =
+        "__attribute__((weak, noinline)) void wk(int a) { asm volatile(\"\" :: \"r\"(a)); }\n";
+    let o = compile(
+        "weak-orig",
+        &format!("{weak}{BASE}").replace(
+            "return count + exported_thing(a);",
+            "wk(a); return count + exported_thing(a);",
+        ),
+    );
+    let p = compile(
+        "weak-patched",
+        &format!("{weak}{BASE}").replace(
+            "return count + exported_thing(a);",
+            "wk(a); return count * 2 + exported_thing(a);",
+        ),
+    );
+    let mut t = Target {
+        objname: "vmlinux".into(),
+        symbols: Default::default(),
+    };
+    t.symbols
+        .insert("g".into(), TargetSym::Unexported { sympos: 0 });
+    t.symbols
+        .insert("exported_thing".into(), TargetSym::Exported);
     let orig = Object::parse(&o).unwrap();
     for s in orig.symbols.iter().filter(|s| s.name.starts_with("count.")) {
-        t.symbols.insert(s.name.to_string(), TargetSym::Unexported { sympos: 0 });
+        t.symbols
+            .insert(s.name.to_string(), TargetSym::Unexported { sympos: 0 });
     }
-    let opts = Options { target: Some(t), ..Default::default() };
+    let opts = Options {
+        target: Some(t),
+        ..Default::default()
+    };
     let (_, out) = changes(&o, &p, &opts);
-    let names: Vec<String> = reloc_targets(&out, ".text.g").into_iter().map(|x| x.0).collect();
-    assert!(names.contains(&".klp.sym.vmlinux.wk,0".to_string()), "{names:?}");
+    let names: Vec<String> = reloc_targets(&out, ".text.g")
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+    assert!(
+        names.contains(&".klp.sym.vmlinux.wk,0".to_string()),
+        "{names:?}"
+    );
 }
 
 /// Found by `cargo fuzz run diff_pair`: a PATCHED section with a corrupt
 /// 2^31 alignment made the writer pad the output to gigabytes (out of memory).
 #[test]
 fn absurd_section_alignment_is_an_error_not_gigabytes_of_padding() {
-    let (o, mut p) = pair("align", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let (o, mut p) = pair(
+        "align",
+        &variant("return helper(a) + count;", "return helper(a) + count * 2;"),
+    );
     let obj = Object::parse(&p).unwrap();
     let idx = obj.section_by_name(".text.f").unwrap().index;
     let shoff = u64::from_le_bytes(p[40..48].try_into().unwrap()) as usize;
@@ -539,14 +877,21 @@ fn absurd_section_alignment_is_an_error_not_gigabytes_of_padding() {
 /// to section 0, which nothing could parse. Now bad input, named.
 #[test]
 fn a_symbol_inside_a_relocation_table_is_bad_input() {
-    let (o, mut p) = pair("symrela", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let (o, mut p) = pair(
+        "symrela",
+        &variant("return helper(a) + count;", "return helper(a) + count * 2;"),
+    );
     let obj = Object::parse(&p).unwrap();
     let rela = obj.section_by_name(".rela.text.f").unwrap().index as u16;
     let f = obj.symbols.iter().find(|s| s.name == "f").unwrap().index;
     let st = obj.symtab.unwrap();
     let symoff = {
         let shoff = u64::from_le_bytes(p[40..48].try_into().unwrap()) as usize;
-        u64::from_le_bytes(p[shoff + st * 64 + 24..shoff + st * 64 + 32].try_into().unwrap()) as usize
+        u64::from_le_bytes(
+            p[shoff + st * 64 + 24..shoff + st * 64 + 32]
+                .try_into()
+                .unwrap(),
+        ) as usize
     };
     let at = symoff + f * 24 + 6;
     p[at..at + 2].copy_from_slice(&rela.to_le_bytes());
@@ -558,11 +903,22 @@ fn a_symbol_inside_a_relocation_table_is_bad_input() {
 /// string sliced inside the character).
 #[test]
 fn a_name_with_multibyte_characters_is_no_panic() {
-    let (o, mut p) = pair("utf8name", &variant("return helper(a) + count;", "return helper(a) + count * 2;"));
+    let (o, mut p) = pair(
+        "utf8name",
+        &variant("return helper(a) + count;", "return helper(a) + count * 2;"),
+    );
     // "helper" -> "h€Ur": same length, '€' is three bytes, then 'U'.
-    let at = p.windows(8).position(|w| w == b"\0helper\0").expect("helper in the string table") + 1;
+    let at = p
+        .windows(8)
+        .position(|w| w == b"\0helper\0")
+        .expect("helper in the string table")
+        + 1;
     p[at..at + 6].copy_from_slice("h€Ur".as_bytes());
-    assert!(Object::parse(&p).unwrap().symbols.iter().any(|s| s.name == "h€Ur"));
+    assert!(Object::parse(&p)
+        .unwrap()
+        .symbols
+        .iter()
+        .any(|s| s.name == "h€Ur"));
     // The renamed static is a new function, and f, which calls it, changed.
     let (patch, out) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.changed, vec!["f"]);
@@ -580,7 +936,15 @@ fn ignored_section_is_left_out_with_a_warning() {
     let (o, p) = pair("ignsec", &src);
     let (patch, _) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.changed, vec!["f"]);
-    assert!(patch.report.warnings.iter().any(|w| w.contains(".text.g: changes ignored (SUTURE_IGNORE_SECTION)")), "{:?}", patch.report.warnings);
+    assert!(
+        patch
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains(".text.g: changes ignored (SUTURE_IGNORE_SECTION)")),
+        "{:?}",
+        patch.report.warnings
+    );
 }
 
 /// The btrfs shape: the key is defined in another unit of the same module, so
@@ -641,7 +1005,7 @@ fn module_static_call_site_of_another_unit_is_dropped() {
     assert_eq!(patch.report.changed, vec!["s1"]);
     assert!(
         out.section_by_name(".static_call_sites")
-            .map_or(true, |s| s.data.is_empty()),
+            .is_none_or(|s| s.data.is_empty()),
         "the entry needing .klp.sym.mymod.__SCK__tp_func_foo must not reach the module"
     );
     assert!(
@@ -699,7 +1063,10 @@ fn module_jump_label_on_a_key_of_another_unit_is_refused() {
 
 #[test]
 fn init_only_change_has_its_own_outcome_and_a_true_reason() {
-    let (o, p) = pair("initonly", &variant("printk(\"init\\n\")", "printk(\"init2\\n\")"));
+    let (o, p) = pair(
+        "initonly",
+        &variant("printk(\"init\\n\")", "printk(\"init2\\n\")"),
+    );
     match diff(&o, &p, &Options::default()).unwrap() {
         Outcome::InitExitOnly(r) => {
             assert_eq!(r.refusals.len(), 1, "{r:?}");
@@ -714,9 +1081,13 @@ fn init_only_change_has_its_own_outcome_and_a_true_reason() {
         other => panic!("{other:?}"),
     }
     // Mixed with a change of running code, the whole object is still refused.
-    let mixed = variant("printk(\"init\\n\")", "printk(\"init2\\n\")").replace("return a + 1; }", "return a + 2; }");
+    let mixed = variant("printk(\"init\\n\")", "printk(\"init2\\n\")")
+        .replace("return a + 1; }", "return a + 2; }");
     let p = compile("initmixed-patched", &mixed);
-    assert!(matches!(diff(&o, &p, &Options::default()).unwrap(), Outcome::Refused(_)));
+    assert!(matches!(
+        diff(&o, &p, &Options::default()).unwrap(),
+        Outcome::Refused(_)
+    ));
 }
 
 // ---- line numbers only (issue 12.10) ----
@@ -768,7 +1139,10 @@ int stop(void *h) {
 
 /// The 1-based line of `needle` in `src`.
 fn line_of(src: &str, needle: &str) -> u16 {
-    src.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}")) as u16 + 1
+    src.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle}")) as u16
+        + 1
 }
 
 #[test]
@@ -784,7 +1158,11 @@ fn line_numbers_only_is_no_change() {
     assert_ne!(code(&oo), code(&po), "the __might_sleep immediate moved");
     let bugs = |x: &Object| x.section_by_name("__bug_table").unwrap().data.clone();
     assert_ne!(bugs(&oo), bugs(&po), "the __bug_table lines moved");
-    let has = |x: &Object, s: &str| x.sections.iter().any(|c| c.data.windows(s.len()).any(|w| w == s.as_bytes()));
+    let has = |x: &Object, s: &str| {
+        x.sections
+            .iter()
+            .any(|c| c.data.windows(s.len()).any(|w| w == s.as_bytes()))
+    };
     let at = |src: &str| format!("at arch/x86/unit.c:{}", line_of(src, "field \\\"r->insn"));
     assert!(has(&oo, &at(LINES)) && has(&po, &at(&shifted)) && at(LINES) != at(&shifted));
     match diff(&o, &p, &Options::default()).unwrap() {
@@ -803,41 +1181,86 @@ fn line_numbers_only_is_no_change() {
         other => panic!("expected no change for a module, got {other:?}"),
     }
     let e = explain(&o, &p, "fill", &Options::default()).unwrap();
-    assert!(e.lines.iter().any(|l| l.contains("only line numbers differ in the string")), "{:?}", e.lines);
-    assert!(e.lines.iter().any(|l| l.contains("not a functional change")), "{:?}", e.lines);
+    assert!(
+        e.lines
+            .iter()
+            .any(|l| l.contains("only line numbers differ in the string")),
+        "{:?}",
+        e.lines
+    );
+    assert!(
+        e.lines
+            .iter()
+            .any(|l| l.contains("not a functional change")),
+        "{:?}",
+        e.lines
+    );
 }
 
 #[test]
 fn a_real_change_beside_moved_line_numbers_is_a_change() {
     let o = compile("lines-real-orig", LINES);
     // The blank line, and a real change in the function that has the WARN sites.
-    let real = format!("\n{}", LINES.replacen("        n = 4;", "        n = 3;", 1));
+    let real = format!(
+        "\n{}",
+        LINES.replacen("        n = 4;", "        n = 3;", 1)
+    );
     let p = compile("lines-real-patched", &real);
     let (patch, out) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.changed, vec!["fill"]);
     assert_eq!(funcs_defined(&out), vec!["fill"]);
     // The replacement carries PATCHED's line numbers: its bug table entries
     // and its string say where the patched code is.
-    let bt = out.section_by_name("__bug_table").expect("fill's bug table entries");
+    let bt = out
+        .section_by_name("__bug_table")
+        .expect("fill's bug table entries");
     assert_eq!(bt.data.len(), 24, "two 12-byte entries");
-    let lines: Vec<u16> = bt.data.chunks(12).map(|e| u16::from_le_bytes([e[8], e[9]])).collect();
-    assert_eq!(lines, vec![line_of(&real, "WARN_ON_ONCE(n > 4)"), line_of(&real, "BUG_FLAGS(3)")]);
+    let lines: Vec<u16> = bt
+        .data
+        .chunks(12)
+        .map(|e| u16::from_le_bytes([e[8], e[9]]))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            line_of(&real, "WARN_ON_ONCE(n > 4)"),
+            line_of(&real, "BUG_FLAGS(3)")
+        ]
+    );
     let want = format!("at arch/x86/unit.c:{}", line_of(&real, "field \\\"r->insn"));
-    assert!(out.sections.iter().any(|s| s.data.windows(want.len()).any(|w| w == want.as_bytes())), "{want}");
+    assert!(
+        out.sections
+            .iter()
+            .any(|s| s.data.windows(want.len()).any(|w| w == want.as_bytes())),
+        "{want}"
+    );
     // A changed string is a change even when its line number moved too.
-    let text = format!("\n{}", LINES.replacen("(size %zu) of single", "(bytes %zu) of single", 1));
+    let text = format!(
+        "\n{}",
+        LINES.replacen("(size %zu) of single", "(bytes %zu) of single", 1)
+    );
     let p = compile("lines-text-patched", &text);
     let (patch, _) = changes(&o, &p, &Options::default());
     assert_eq!(patch.report.changed, vec!["fill"]);
     // And so is a changed line-number immediate passed to a function that
     // takes no line number.
-    let other = format!("\n{}", LINES.replacen("return a * 5;", "return a * 5 + __LINE__;", 1));
-    let o2 = compile("lines-other-orig", &LINES.replacen("return a * 5;", "return a * 5 + __LINE__;", 1));
+    let other = format!(
+        "\n{}",
+        LINES.replacen("return a * 5;", "return a * 5 + __LINE__;", 1)
+    );
+    let o2 = compile(
+        "lines-other-orig",
+        &LINES.replacen("return a * 5;", "return a * 5 + __LINE__;", 1),
+    );
     let p2 = compile("lines-other-patched", &other);
     let (patch, _) = changes(&o2, &p2, &Options::default());
     assert_eq!(patch.report.changed, vec!["other"]);
     // A number after a string that is not the unit's __FILE__ is no line.
-    let lib = LINES.replacen("assfail(0, \"h\", SRCFILE, __LINE__)", "assfail(0, \"h\", \"lib/other.c\", __LINE__)", 1);
+    let lib = LINES.replacen(
+        "assfail(0, \"h\", SRCFILE, __LINE__)",
+        "assfail(0, \"h\", \"lib/other.c\", __LINE__)",
+        1,
+    );
     let o3 = compile("lines-lib-orig", &lib);
     let p3 = compile("lines-lib-patched", &format!("\n{lib}"));
     let (patch, _) = changes(&o3, &p3, &Options::default());
@@ -881,42 +1304,78 @@ fn cross_target() -> Options {
     let mut opts = module_target(&["look", "ev", "keyed", "own"]);
     let t = opts.target.as_mut().unwrap();
     t.symbols.insert("printk".into(), TargetSym::Exported);
-    for n in ["fat_thing", "fat_table", "fat_key", "__SCK__tp_func_fat_ev", "__SCT__tp_func_fat_ev"] {
-        t.symbols.insert(n.into(), TargetSym::OtherModule { module: "fat".into(), sympos: 0 });
+    for n in [
+        "fat_thing",
+        "fat_table",
+        "fat_key",
+        "__SCK__tp_func_fat_ev",
+        "__SCT__tp_func_fat_ev",
+    ] {
+        t.symbols.insert(
+            n.into(),
+            TargetSym::OtherModule {
+                module: "fat".into(),
+                sympos: 0,
+            },
+        );
     }
     opts
 }
 
 fn xmod_pair(name: &str, from: &str, to: &str) -> (Vec<u8>, Vec<u8>) {
     assert!(XMOD.contains(from), "{from}");
-    (compile(&format!("{name}-orig"), XMOD), compile(&format!("{name}-patched"), &XMOD.replacen(from, to, 1)))
+    (
+        compile(&format!("{name}-orig"), XMOD),
+        compile(&format!("{name}-patched"), &XMOD.replacen(from, to, 1)),
+    )
 }
 
 #[test]
 fn another_modules_export_becomes_a_klp_relocation_of_the_patched_module() {
-    let (o, p) = xmod_pair("xmod", "printk(\"look %d\\n\", a)", "printk(\"look2 %d\\n\", a)");
+    let (o, p) = xmod_pair(
+        "xmod",
+        "printk(\"look %d\\n\", a)",
+        "printk(\"look2 %d\\n\", a)",
+    );
     let (patch, out) = changes(&o, &p, &cross_target());
     assert_eq!(patch.report.changed, vec!["look"]);
     let r = reloc_targets(&out, ".text.look");
     let names: Vec<&str> = r.iter().map(|x| x.0.as_str()).collect();
     // fat's function and data: relocations the patched module's klp section
     // carries, resolved against fat when mymod loads.
-    assert!(names.contains(&".klp.xsym.mymod.fat.fat_thing,0"), "{names:?}");
-    assert!(names.contains(&".klp.xsym.mymod.fat.fat_table,0"), "{names:?}");
+    assert!(
+        names.contains(&".klp.xsym.mymod.fat.fat_thing,0"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&".klp.xsym.mymod.fat.fat_table,0"),
+        "{names:?}"
+    );
     // The module's own static: its own klp symbol; vmlinux's export: plain.
     assert!(names.contains(&".klp.sym.mymod.own,0"), "{names:?}");
     assert!(names.contains(&"printk"), "{names:?}");
     // Nothing is left for the module loader to find in fat (no dependency).
-    assert!(!names.iter().any(|n| *n == "fat_thing" || *n == "fat_table"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| *n == "fat_thing" || *n == "fat_table"),
+        "{names:?}"
+    );
     for s in out.symbols.iter().filter(|s| s.name.starts_with(".klp.")) {
         assert_eq!(s.bind, STB_GLOBAL, "{}", s.name);
         assert!(s.section().is_none(), "{}", s.name);
     }
     // The position comes from the table (fat's kallsyms).
     let mut opts = cross_target();
-    opts.target.as_mut().unwrap().symbols.insert("fat_thing".into(), TargetSym::OtherModule { module: "fat".into(), sympos: 2 });
+    opts.target.as_mut().unwrap().symbols.insert(
+        "fat_thing".into(),
+        TargetSym::OtherModule {
+            module: "fat".into(),
+            sympos: 2,
+        },
+    );
     let (_, out) = changes(&o, &p, &opts);
-    assert!(reloc_targets(&out, ".text.look").iter().any(|x| x.0 == ".klp.xsym.mymod.fat.fat_thing,2"));
+    assert!(reloc_targets(&out, ".text.look")
+        .iter()
+        .any(|x| x.0 == ".klp.xsym.mymod.fat.fat_thing,2"));
 }
 
 #[test]
@@ -924,7 +1383,11 @@ fn vmlinux_never_reaches_a_module_through_a_klp_relocation() {
     // A table that says so anyway (a vmlinux global that shares a module
     // export's name): vmlinux's klp relocations are for vmlinux, so the
     // reference stays plain rather than naming a module.
-    let (o, p) = xmod_pair("xmod-vm", "printk(\"look %d\\n\", a)", "printk(\"look3 %d\\n\", a)");
+    let (o, p) = xmod_pair(
+        "xmod-vm",
+        "printk(\"look %d\\n\", a)",
+        "printk(\"look3 %d\\n\", a)",
+    );
     let mut opts = cross_target();
     opts.target.as_mut().unwrap().objname = "vmlinux".into();
     let (_, out) = changes(&o, &p, &opts);
@@ -935,8 +1398,20 @@ fn vmlinux_never_reaches_a_module_through_a_klp_relocation() {
     // exporter: the module's own symbols are `.klp.sym.MOD`, vmlinux's plain.
     let mut opts = cross_target();
     let t = opts.target.as_mut().unwrap();
-    t.symbols.insert("fat_thing".into(), TargetSym::OtherModule { module: "vmlinux".into(), sympos: 0 });
-    t.symbols.insert("fat_table".into(), TargetSym::OtherModule { module: "mymod".into(), sympos: 0 });
+    t.symbols.insert(
+        "fat_thing".into(),
+        TargetSym::OtherModule {
+            module: "vmlinux".into(),
+            sympos: 0,
+        },
+    );
+    t.symbols.insert(
+        "fat_table".into(),
+        TargetSym::OtherModule {
+            module: "mymod".into(),
+            sympos: 0,
+        },
+    );
     let (_, out) = changes(&o, &p, &opts);
     let r = reloc_targets(&out, ".text.look");
     assert!(r.iter().any(|x| x.0 == "fat_thing"), "{r:?}");
@@ -946,20 +1421,46 @@ fn vmlinux_never_reaches_a_module_through_a_klp_relocation() {
 
 #[test]
 fn a_call_into_another_module_goes_through_its_padding_when_it_has_one() {
-    let (o, p) = xmod_pair("xmod-pfx", "printk(\"look %d\\n\", a)", "printk(\"look4 %d\\n\", a)");
+    let (o, p) = xmod_pair(
+        "xmod-pfx",
+        "printk(\"look %d\\n\", a)",
+        "printk(\"look4 %d\\n\", a)",
+    );
     let mut opts = cross_target();
-    opts.target.as_mut().unwrap().symbols.insert("__pfx_fat_thing".into(), TargetSym::OtherModule { module: "fat".into(), sympos: 0 });
+    opts.target.as_mut().unwrap().symbols.insert(
+        "__pfx_fat_thing".into(),
+        TargetSym::OtherModule {
+            module: "fat".into(),
+            sympos: 0,
+        },
+    );
     let (_, out) = changes(&o, &p, &opts);
     let r = reloc_targets(&out, ".text.look");
-    assert!(r.iter().any(|x| x.0 == ".klp.xsym.mymod.fat.__pfx_fat_thing,0" && x.2 == -4), "{r:?}");
+    assert!(
+        r.iter()
+            .any(|x| x.0 == ".klp.xsym.mymod.fat.__pfx_fat_thing,0" && x.2 == -4),
+        "{r:?}"
+    );
     // Data is never reached through a padding.
-    assert!(r.iter().any(|x| x.0 == ".klp.xsym.mymod.fat.fat_table,0"), "{r:?}");
+    assert!(
+        r.iter().any(|x| x.0 == ".klp.xsym.mymod.fat.fat_table,0"),
+        "{r:?}"
+    );
     // Padding another module owns does not stand in for the callee of another.
     let mut opts = cross_target();
-    opts.target.as_mut().unwrap().symbols.insert("__pfx_fat_thing".into(), TargetSym::OtherModule { module: "ext4".into(), sympos: 0 });
+    opts.target.as_mut().unwrap().symbols.insert(
+        "__pfx_fat_thing".into(),
+        TargetSym::OtherModule {
+            module: "ext4".into(),
+            sympos: 0,
+        },
+    );
     let (_, out) = changes(&o, &p, &opts);
     let r = reloc_targets(&out, ".text.look");
-    assert!(r.iter().any(|x| x.0 == ".klp.xsym.mymod.fat.fat_thing,0"), "{r:?}");
+    assert!(
+        r.iter().any(|x| x.0 == ".klp.xsym.mymod.fat.fat_thing,0"),
+        "{r:?}"
+    );
     assert!(!r.iter().any(|x| x.0.contains("__pfx_")), "{r:?}");
 }
 
@@ -967,21 +1468,41 @@ fn a_call_into_another_module_goes_through_its_padding_when_it_has_one() {
 fn special_section_entries_never_need_another_modules_symbol() {
     // A static call site on fat's tracepoint key: dropped, as for the
     // module's own keys; the call through the trampoline stays.
-    let (o, p) = xmod_pair("xmod-sc", "trace_fat_ev(a); return a + 1;", "trace_fat_ev(a); return a + 2;");
+    let (o, p) = xmod_pair(
+        "xmod-sc",
+        "trace_fat_ev(a); return a + 1;",
+        "trace_fat_ev(a); return a + 2;",
+    );
     let (patch, out) = changes(&o, &p, &cross_target());
     assert_eq!(patch.report.changed, vec!["ev"]);
-    assert!(out.section_by_name(".static_call_sites").map_or(true, |s| s.data.is_empty()));
+    assert!(out
+        .section_by_name(".static_call_sites")
+        .is_none_or(|s| s.data.is_empty()));
     assert!(
-        patch.report.warnings.iter().any(|w| w.contains("__SCK__tp_func_fat_ev") && w.contains("dropped") && w.contains("module fat")),
+        patch
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("__SCK__tp_func_fat_ev")
+                && w.contains("dropped")
+                && w.contains("module fat")),
         "{:?}",
         patch.report.warnings
     );
-    assert!(reloc_targets(&out, ".text.ev").iter().any(|r| r.0 == ".klp.xsym.mymod.fat.__SCT__tp_func_fat_ev,0"));
+    assert!(reloc_targets(&out, ".text.ev")
+        .iter()
+        .any(|r| r.0 == ".klp.xsym.mymod.fat.__SCT__tp_func_fat_ev,0"));
     // A jump label on fat's key: refused, naming the key and its module.
-    let (o, p) = xmod_pair("xmod-jl", "printk(\"keyed %d\\n\", a); return a + 1;", "printk(\"keyed %d\\n\", a); return a + 3;");
+    let (o, p) = xmod_pair(
+        "xmod-jl",
+        "printk(\"keyed %d\\n\", a); return a + 1;",
+        "printk(\"keyed %d\\n\", a); return a + 3;",
+    );
     match diff(&o, &p, &cross_target()).unwrap() {
         Outcome::Refused(r) => assert!(
-            r.refusals.iter().any(|x| x.subject == "fat_key" && x.reason.contains("module fat") && x.reason.contains("mymod")),
+            r.refusals.iter().any(|x| x.subject == "fat_key"
+                && x.reason.contains("module fat")
+                && x.reason.contains("mymod")),
             "{r:?}"
         ),
         other => panic!("{other:?}"),
@@ -992,11 +1513,24 @@ fn special_section_entries_never_need_another_modules_symbol() {
 fn a_symbol_orig_defines_is_never_another_modules() {
     // `own` is ORIG's: a table calling it fat's export is contradictory, and
     // the changed `look` that calls it cannot be written.
-    let (o, p) = xmod_pair("xmod-def", "printk(\"look %d\\n\", a)", "printk(\"look5 %d\\n\", a)");
+    let (o, p) = xmod_pair(
+        "xmod-def",
+        "printk(\"look %d\\n\", a)",
+        "printk(\"look5 %d\\n\", a)",
+    );
     let mut opts = cross_target();
-    opts.target.as_mut().unwrap().symbols.insert("own".into(), TargetSym::OtherModule { module: "fat".into(), sympos: 0 });
+    opts.target.as_mut().unwrap().symbols.insert(
+        "own".into(),
+        TargetSym::OtherModule {
+            module: "fat".into(),
+            sympos: 0,
+        },
+    );
     match diff(&o, &p, &opts) {
-        Err(e) => assert!(e.to_string().contains("own") && e.to_string().contains("fat"), "{e}"),
+        Err(e) => assert!(
+            e.to_string().contains("own") && e.to_string().contains("fat"),
+            "{e}"
+        ),
         Ok(other) => panic!("{other:?}"),
     }
 }
@@ -1031,33 +1565,72 @@ int use(int a) {
 #[test]
 fn read_only_local_data_is_copied_unless_its_address_can_matter() {
     let o = compile("rodata-orig", RODATA);
-    let p = compile("rodata-patched", &RODATA.replace("counter += a;", "counter += a + 1;"));
+    let p = compile(
+        "rodata-patched",
+        &RODATA.replace("counter += a;", "counter += a + 1;"),
+    );
     // The target table names only what must be reached: the copied data is
     // absent from it, as an instance suture-symbols could not decide would be.
-    let mut t = Target { objname: "vmlinux".into(), symbols: Default::default() };
-    for n in ["use", "my_ops", "ids", "counter", "my_open", "my_close", "the_drv"] {
-        t.symbols.insert(n.into(), TargetSym::Unexported { sympos: 0 });
+    let mut t = Target {
+        objname: "vmlinux".into(),
+        symbols: Default::default(),
+    };
+    for n in [
+        "use", "my_ops", "ids", "counter", "my_open", "my_close", "the_drv",
+    ] {
+        t.symbols
+            .insert(n.into(), TargetSym::Unexported { sympos: 0 });
     }
     t.symbols.insert("printk".into(), TargetSym::Exported);
     t.symbols.insert("register_ops".into(), TargetSym::Exported);
-    let opts = Options { target: Some(t), ..Default::default() };
+    let opts = Options {
+        target: Some(t),
+        ..Default::default()
+    };
     let (patch, out) = changes(&o, &p, &opts);
     assert_eq!(patch.report.changed, vec!["use"]);
-    let names: Vec<String> = reloc_targets(&out, ".text.use").into_iter().map(|x| x.0).collect();
+    let names: Vec<String> = reloc_targets(&out, ".text.use")
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
     for copied in ["weights", "names"] {
         let s = defined(&out, copied).unwrap_or_else(|| panic!("{copied} is copied: {names:?}"));
         assert_eq!(s.bind, STB_LOCAL);
-        assert!(!names.iter().any(|n| n.starts_with(".klp.") && n.contains(copied)), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with(".klp.") && n.contains(copied)),
+            "{names:?}"
+        );
     }
-    let f = out.symbols.iter().find(|s| s.name.starts_with("__func__")).expect("__func__ is referenced");
+    let f = out
+        .symbols
+        .iter()
+        .find(|s| s.name.starts_with("__func__"))
+        .expect("__func__ is referenced");
     assert!(f.section().is_some(), "__func__ is a copy in the patch");
-    assert!(!out.symbols.iter().any(|s| s.name.starts_with(".klp.") && s.name.contains("__func__")));
+    assert!(!out
+        .symbols
+        .iter()
+        .any(|s| s.name.starts_with(".klp.") && s.name.contains("__func__")));
     // The copy holds the same bytes: "use" and the strings `names` points to.
     let fsec = &out.sections[f.section().unwrap()];
-    assert_eq!(&fsec.data[f.value as usize..(f.value + f.size) as usize], b"use\0");
-    assert!(!reloc_targets(&out, ".rodata.names").iter().any(|r| r.0.starts_with(".klp.")));
-    for kept in [".klp.sym.vmlinux.my_ops,0", ".klp.sym.vmlinux.ids,0", ".klp.sym.vmlinux.counter,0"] {
-        assert!(names.iter().any(|n| n == kept), "{kept} stays a reference: {names:?}");
+    assert_eq!(
+        &fsec.data[f.value as usize..(f.value + f.size) as usize],
+        b"use\0"
+    );
+    assert!(!reloc_targets(&out, ".rodata.names")
+        .iter()
+        .any(|r| r.0.starts_with(".klp.")));
+    for kept in [
+        ".klp.sym.vmlinux.my_ops,0",
+        ".klp.sym.vmlinux.ids,0",
+        ".klp.sym.vmlinux.counter,0",
+    ] {
+        assert!(
+            names.iter().any(|n| n == kept),
+            "{kept} stays a reference: {names:?}"
+        );
     }
     for name in ["my_ops", "ids", "counter"] {
         assert!(defined(&out, name).is_none(), "{name} must not be copied");

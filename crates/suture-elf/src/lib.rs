@@ -557,12 +557,7 @@ fn rd_u64(b: &[u8], off: usize) -> Result<u64, ElfError> {
         .ok_or_else(|| ElfError::Corrupt(format!("read of 8 bytes at {off:#x} past the end")))
 }
 
-fn slice(
-    b: &[u8],
-    off: u64,
-    size: u64,
-    what: impl Fn() -> String,
-) -> Result<&[u8], ElfError> {
+fn slice(b: &[u8], off: u64, size: u64, what: impl Fn() -> String) -> Result<&[u8], ElfError> {
     let end = off
         .checked_add(size)
         .ok_or_else(|| ElfError::Corrupt(format!("{}: offset overflow", what())))?;

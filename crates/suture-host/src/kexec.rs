@@ -467,6 +467,7 @@ pub fn unload(root: &Path, sys: &dyn KexecSys) -> Result<Unloaded, HostError> {
 /// exited: from here until exit both are ignored, by us and (inherited)
 /// by systemctl, so its status and our report still come out.
 pub fn systemctl_kexec() -> Result<(), HostError> {
+    // SAFETY: SIG_IGN installs no handler, so nothing runs in signal context.
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);

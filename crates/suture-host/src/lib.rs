@@ -3,6 +3,8 @@
 //! `delete_module`, isolated in [`sys`]); the decisions are made on data read
 //! from a configurable root so they are testable against a temporary tree.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod kcore;
 pub mod kexec;
 pub mod modinfo;
@@ -746,7 +748,11 @@ impl Host {
                 "the kernel could not resolve symbol{} of {name}: {} ({})",
                 if unknown.len() == 1 { "" } else { "s" },
                 unknown.join(", "),
-                if errno == libc::ENOENT { "ENOENT".to_string() } else { format!("errno {errno}") }
+                if errno == libc::ENOENT {
+                    "ENOENT".to_string()
+                } else {
+                    format!("errno {errno}")
+                }
             );
         }
         // The kernel's own words decide between causes that share an errno.

@@ -182,7 +182,10 @@ pub fn parse_module(data: &[u8]) -> Result<ModuleInfo, ModinfoError> {
     // script words.
     suture_abi::check_module_name(&name).map_err(ModinfoError::BadField)?;
     let vermagic = get("vermagic");
-    if let Some(release) = vermagic.as_deref().and_then(|v| v.split_whitespace().next()) {
+    if let Some(release) = vermagic
+        .as_deref()
+        .and_then(|v| v.split_whitespace().next())
+    {
         suture_abi::check_release(release).map_err(ModinfoError::BadField)?;
     }
     Ok(ModuleInfo {
@@ -321,7 +324,10 @@ mod tests {
     #[test]
     fn the_two_names_of_a_module_must_agree() {
         let e = parse_module(&ko(b"name=harmless\0livepatch=Y\0", Some("other"))).unwrap_err();
-        assert_eq!(e, ModinfoError::NameMismatch("harmless".into(), "other".into()));
+        assert_eq!(
+            e,
+            ModinfoError::NameMismatch("harmless".into(), "other".into())
+        );
         let m = parse_module(&ko(b"name=same\0livepatch=Y\0", Some("same"))).unwrap();
         assert_eq!(m.name, "same");
     }

@@ -138,7 +138,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
 fn read_state(p: &Path) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let shown = p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let shown = p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let mut f = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -166,7 +169,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(p: &Path) -> Result<Option<T>, String
     let Some(data) = read_state(p)? else {
         return Ok(None);
     };
-    let shown = p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let shown = p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     serde_json::from_slice(&data)
         .map(Some)
         .map_err(|e| format!("{shown} is damaged ({e})"))
@@ -190,9 +196,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     // A random name created with O_EXCL (never a planted file or symlink),
     // removed unless the rename happens.
-    let mut tmp = tempfile::Builder::new().prefix(".suture-state.").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".suture-state.")
+        .tempfile_in(dir)?;
     tmp.write_all(data)?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     // The rename itself must reach the disk before a crash matters.
@@ -278,21 +287,33 @@ impl StateDir {
             })
         }
         let data = note(read_state(&path), &mut unreadable);
-        let record: Option<InstallRecord> =
-            note(read_json(&self.file(release, name, "json")), &mut unreadable);
-        let pending: Option<Pending> =
-            note(read_json(&self.file(release, name, "pending")), &mut unreadable);
-        let skipped: Option<Skipped> =
-            note(read_json(&self.file(release, name, "skipped")), &mut unreadable);
-        let info = data.as_ref().and_then(|d| match crate::modinfo::parse_module(d) {
-            Ok(i) => Some(i),
-            Err(e) => {
-                unreadable.push(format!("{name}.ko: {e}"));
-                None
-            }
-        });
+        let record: Option<InstallRecord> = note(
+            read_json(&self.file(release, name, "json")),
+            &mut unreadable,
+        );
+        let pending: Option<Pending> = note(
+            read_json(&self.file(release, name, "pending")),
+            &mut unreadable,
+        );
+        let skipped: Option<Skipped> = note(
+            read_json(&self.file(release, name, "skipped")),
+            &mut unreadable,
+        );
+        let info = data
+            .as_ref()
+            .and_then(|d| match crate::modinfo::parse_module(d) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    unreadable.push(format!("{name}.ko: {e}"));
+                    None
+                }
+            });
         let recorded = record.as_ref().and_then(|r| r.sha256.as_deref());
-        if record.is_none() && !unreadable.iter().any(|u| u.starts_with(&format!("{name}.json"))) {
+        if record.is_none()
+            && !unreadable
+                .iter()
+                .any(|u| u.starts_with(&format!("{name}.json")))
+        {
             // Every install writes it: without it the install-time hash
             // cannot be checked.
             unreadable.push(format!("{name}.json is missing"));
@@ -682,8 +703,8 @@ impl Host {
         let data = std::fs::read(path)
             .map_err(|e| HostError::io(format!("cannot read {}", path.display()), &e))?;
         self.check_signature(path, &data)?;
-        let info = crate::modinfo::parse_module(&data)
-            .map_err(|e| crate::modinfo_refusal(path, &e))?;
+        let info =
+            crate::modinfo::parse_module(&data).map_err(|e| crate::modinfo_refusal(path, &e))?;
         if !info.livepatch {
             return Err(HostError::new(
                 ErrorKind::NotLivepatch,
@@ -716,7 +737,8 @@ impl Host {
     ) -> Result<(bool, Option<crate::UnloadReport>), HostError> {
         let name = name.replace('-', "_");
         suture_abi::check_module_name(&name).map_err(|e| {
-            HostError::new(ErrorKind::BadInput, e.to_string()).hint("see `suture list` for the names of installed patches")
+            HostError::new(ErrorKind::BadInput, e.to_string())
+                .hint("see `suture list` for the names of installed patches")
         })?;
         let release = self.release()?;
         let installed = state.get(&release, &name).is_some();

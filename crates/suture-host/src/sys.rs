@@ -38,7 +38,9 @@ pub struct SysKernel;
 
 impl Kernel for SysKernel {
     fn release(&self) -> io::Result<String> {
+        // SAFETY: utsname is plain C arrays of chars: all zeroes is a valid value.
         let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: uname writes only into the struct it is given, which lives here.
         if unsafe { libc::uname(&mut u) } != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -54,6 +56,8 @@ impl Kernel for SysKernel {
     fn finit_module(&self, file: &File, params: &str) -> io::Result<()> {
         let params = std::ffi::CString::new(params)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a descriptor open for this call and a NUL-terminated string
+        // that outlives it; the kernel only reads both.
         let r =
             unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
         if r != 0 {
@@ -65,6 +69,7 @@ impl Kernel for SysKernel {
     fn delete_module(&self, name: &str) -> io::Result<()> {
         let name = std::ffi::CString::new(name)
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: a NUL-terminated name that outlives the call; the kernel only reads it.
         let r = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
         if r != 0 {
             return Err(io::Error::last_os_error());
@@ -79,6 +84,7 @@ impl Kernel for SysKernel {
             .custom_flags(libc::O_NONBLOCK)
             .open("/dev/kmsg")
             .ok()
+            // SAFETY: lseek on a descriptor this File owns; no memory is passed.
             .filter(|f| unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_END) } >= 0);
         LogMark { kmsg, index: 0 }
     }
@@ -124,6 +130,7 @@ pub struct SysKexec;
 
 impl crate::kexec::KexecSys for SysKexec {
     fn euid(&self) -> u32 {
+        // SAFETY: geteuid takes nothing and cannot fail.
         unsafe { libc::geteuid() }
     }
 
@@ -134,6 +141,8 @@ impl crate::kexec::KexecSys for SysKexec {
         cmdline: &std::ffi::CString,
     ) -> io::Result<()> {
         let len = cmdline.as_bytes_with_nul().len() as libc::c_ulong;
+        // SAFETY: two descriptors open for this call and a command line of
+        // `len` bytes, NUL included, that outlives it; the kernel only reads.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_kexec_file_load,
@@ -151,6 +160,7 @@ impl crate::kexec::KexecSys for SysKexec {
     }
 
     fn file_unload(&self) -> io::Result<()> {
+        // SAFETY: KEXEC_FILE_UNLOAD reads no descriptor and no command line.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_kexec_file_load,

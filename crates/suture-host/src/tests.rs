@@ -347,7 +347,11 @@ fn kernel_errnos_are_translated() {
             "livepatch: failed to initialize patch"
         ]
     );
-    assert!(e.message.contains("could not resolve symbol of lp_sym: foo_bar"), "{e}");
+    assert!(
+        e.message
+            .contains("could not resolve symbol of lp_sym: foo_bar"),
+        "{e}"
+    );
     // The symbols are named in the message, each once; the module's
     // dependencies that are not loaded are named in the hint.
     let f = fixture(
@@ -362,15 +366,24 @@ fn kernel_errnos_are_translated() {
         ],
     );
     std::fs::create_dir_all(f.fake.0.join("sys/module/loaded_dep")).unwrap();
-    let p = write_ko(&f, "lp.ko", &ko_with("lp_dep", true, REL, "depends=sunrpc,loaded_dep,nfsd\0"));
+    let p = write_ko(
+        &f,
+        "lp.ko",
+        &ko_with("lp_dep", true, REL, "depends=sunrpc,loaded_dep,nfsd\0"),
+    );
     let e = f.host.load(&p, &quick()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnknownSymbol);
     assert!(
-        e.message.contains("symbols of lp_dep: svc_rqst_alloc, xdr_init_decode, nfsd_file_put"),
+        e.message
+            .contains("symbols of lp_dep: svc_rqst_alloc, xdr_init_decode, nfsd_file_put"),
         "{e}"
     );
     let hint = e.hint.as_deref().unwrap();
-    assert!(hint.contains("depends on sunrpc, nfsd, not loaded") && hint.contains("modprobe sunrpc nfsd"), "{hint}");
+    assert!(
+        hint.contains("depends on sunrpc, nfsd, not loaded")
+            && hint.contains("modprobe sunrpc nfsd"),
+        "{hint}"
+    );
     // Callbacks and klp_state refusals share errnos with other causes; the
     // kernel's lines name them.
     for (errno, line, needle) in [
@@ -1184,7 +1197,10 @@ fn module_fields_that_would_leave_the_state_directory_are_refused() {
     }
     let mut after = files_under(&f.fake.0);
     after.retain(|p| !["n.ko", "r.ko", "s.ko"].contains(&p.as_str()));
-    assert_eq!(after, before, "nothing but the three test modules was written");
+    assert_eq!(
+        after, before,
+        "nothing but the three test modules was written"
+    );
     assert!(f.deleted.lock().unwrap().is_empty());
     // A name from the command line is held to the same rule.
     let e = f
@@ -1203,7 +1219,14 @@ fn module_fields_that_would_leave_the_state_directory_are_refused() {
 fn state_that_cannot_be_read_fails_closed() {
     let f = fixture("unreadable", Behaviour::Completes, &[]);
     let st = StateDir(f.fake.0.join("state"));
-    let names = ["json_cut", "skip_cut", "pend_cut", "json_link", "json_gone", "fine"];
+    let names = [
+        "json_cut",
+        "skip_cut",
+        "pend_cut",
+        "json_link",
+        "json_gone",
+        "fine",
+    ];
     for n in names {
         st.store(REL, n, &write_ko(&f, &format!("{n}.ko"), &ko(n, true, REL)))
             .unwrap();
@@ -1223,8 +1246,11 @@ fn state_that_cannot_be_read_fails_closed() {
     };
     let r = f.host.load_all(&st, &opts).unwrap();
     assert_eq!(r.loaded, ["fine"]);
-    let mut failed: Vec<(&str, ErrorKind)> =
-        r.failed.iter().map(|x| (x.name.as_str(), x.error.kind)).collect();
+    let mut failed: Vec<(&str, ErrorKind)> = r
+        .failed
+        .iter()
+        .map(|x| (x.name.as_str(), x.error.kind))
+        .collect();
     failed.sort_by_key(|x| x.0);
     assert_eq!(
         failed,
@@ -1237,12 +1263,30 @@ fn state_that_cannot_be_read_fails_closed() {
         ]
     );
     for n in ["json_cut", "skip_cut", "pend_cut", "json_link", "json_gone"] {
-        assert!(!f.fake.0.join("sys/kernel/livepatch").join(n).exists(), "{n} was loaded");
+        assert!(
+            !f.fake.0.join("sys/kernel/livepatch").join(n).exists(),
+            "{n} was loaded"
+        );
     }
-    let why = |n: &str| r.failed.iter().find(|x| x.name == n).unwrap().error.to_string();
-    assert!(why("json_cut").contains("json_cut.json is damaged"), "{}", why("json_cut"));
+    let why = |n: &str| {
+        r.failed
+            .iter()
+            .find(|x| x.name == n)
+            .unwrap()
+            .error
+            .to_string()
+    };
+    assert!(
+        why("json_cut").contains("json_cut.json is damaged"),
+        "{}",
+        why("json_cut")
+    );
     assert!(why("json_link").contains("symlink"), "{}", why("json_link"));
-    assert!(why("json_gone").contains("json_gone.json is missing"), "{}", why("json_gone"));
+    assert!(
+        why("json_gone").contains("json_gone.json is missing"),
+        "{}",
+        why("json_gone")
+    );
     // The damaged crash marker is kept for the operator, not deleted.
     assert!(file("pend_cut", "pending").exists());
     // list and status say so.
@@ -1253,10 +1297,19 @@ fn state_that_cannot_be_read_fails_closed() {
     let s = f.host.status(Some(&st)).unwrap();
     assert_eq!(s.unreadable.len(), 5);
     let text = crate::report::format_status(&s);
-    assert!(text.contains("UNREADABLE state, not loaded at boot: pend_cut: pend_cut.pending is damaged"), "{text}");
+    assert!(
+        text.contains(
+            "UNREADABLE state, not loaded at boot: pend_cut: pend_cut.pending is damaged"
+        ),
+        "{text}"
+    );
     assert!(crate::report::prometheus_text(&s).contains("suture_patches_unreadable 5\n"));
     let json = serde_json::to_value(&inst).unwrap();
-    assert!(json.as_array().unwrap().iter().any(|i| i["guard"] == "unreadable"));
+    assert!(json
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["guard"] == "unreadable"));
 
     // A release directory that is a file: nothing can be loaded from it,
     // and the boot unit must fail rather than report "nothing installed".
@@ -1267,9 +1320,15 @@ fn state_that_cannot_be_read_fails_closed() {
     assert_eq!(e.kind, ErrorKind::StateUnreadable, "{e}");
     // So is a state directory that is a file.
     std::fs::write(f.fake.0.join("state3"), "x").unwrap();
-    let e = f.host.load_all(&StateDir(f.fake.0.join("state3")), &opts).unwrap_err();
+    let e = f
+        .host
+        .load_all(&StateDir(f.fake.0.join("state3")), &opts)
+        .unwrap_err();
     assert_eq!(e.kind, ErrorKind::StateUnreadable, "{e}");
     // A state directory that does not exist yet is simply empty.
-    let r = f.host.load_all(&StateDir(f.fake.0.join("state4")), &opts).unwrap();
+    let r = f
+        .host
+        .load_all(&StateDir(f.fake.0.join("state4")), &opts)
+        .unwrap();
     assert!(r.loaded.is_empty() && r.failed.is_empty());
 }

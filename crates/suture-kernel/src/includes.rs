@@ -40,8 +40,12 @@ pub fn parse_includes(text: &str) -> Vec<(bool, String)> {
     let mut v = Vec::new();
     for l in text.lines() {
         let l = l.trim_start();
-        let Some(rest) = l.strip_prefix('#') else { continue };
-        let Some(rest) = rest.trim_start().strip_prefix("include") else { continue };
+        let Some(rest) = l.strip_prefix('#') else {
+            continue;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix("include") else {
+            continue;
+        };
         let rest = rest.trim_start();
         let (quoted, close) = match rest.chars().next() {
             Some('"') => (true, '"'),
@@ -75,7 +79,13 @@ pub fn normalize(path: &str) -> Option<String> {
 /// Where `#include` of `name` from tree file `from` lands, given which tree
 /// paths exist: `"..."` looks in `from`'s directory first, then both forms
 /// look in `paths`.
-pub fn resolve(from: &str, quoted: bool, name: &str, paths: &[&str], mut exists: impl FnMut(&str) -> bool) -> Option<String> {
+pub fn resolve(
+    from: &str,
+    quoted: bool,
+    name: &str,
+    paths: &[&str],
+    mut exists: impl FnMut(&str) -> bool,
+) -> Option<String> {
     if quoted {
         let dir = from.rsplit_once('/').map_or("", |(d, _)| d);
         if let Some(p) = normalize(&format!("{dir}/{name}")) {
@@ -108,7 +118,10 @@ impl IncludeGraph {
     /// Scans `units` (tree paths of `.c` files) and everything they include
     /// under `src`.
     pub fn scan(src: &Path, units: &[String]) -> IncludeGraph {
-        let mut g = IncludeGraph { units: units.len(), ..Default::default() };
+        let mut g = IncludeGraph {
+            units: units.len(),
+            ..Default::default()
+        };
         let mut index: HashMap<String, u32> = HashMap::new();
         let mut exists_cache: HashMap<String, bool> = HashMap::new();
         let mut intern = |g: &mut IncludeGraph, f: &str| -> u32 {
@@ -137,7 +150,9 @@ impl IncludeGraph {
                 continue;
             }
             let from = g.files[i as usize].clone();
-            let Ok(text) = std::fs::read(src.join(&from)) else { continue };
+            let Ok(text) = std::fs::read(src.join(&from)) else {
+                continue;
+            };
             for (quoted, name) in parse_includes(&String::from_utf8_lossy(&text)) {
                 let mut exists = |p: &str| {
                     *exists_cache
@@ -210,20 +225,77 @@ mod tests {
         let t = "#include <linux/fs.h>\n  #  include \"internal.h\" // x\n#include MACRO\n#define X\n#include <>\n";
         assert_eq!(
             parse_includes(t),
-            [(false, "linux/fs.h".to_string()), (true, "internal.h".to_string())]
+            [
+                (false, "linux/fs.h".to_string()),
+                (true, "internal.h".to_string())
+            ]
         );
     }
 
     #[test]
     fn resolution_order() {
-        let have = ["fs/proc/internal.h", "include/linux/fs.h", "arch/x86/include/asm/io.h", "include/asm-generic/io.h"];
+        let have = [
+            "fs/proc/internal.h",
+            "include/linux/fs.h",
+            "arch/x86/include/asm/io.h",
+            "include/asm-generic/io.h",
+        ];
         let exists = |p: &str| have.contains(&p);
-        assert_eq!(resolve("fs/proc/base.c", true, "internal.h", X86_INCLUDE_PATHS, exists).as_deref(), Some("fs/proc/internal.h"));
-        assert_eq!(resolve("fs/proc/base.c", true, "linux/fs.h", X86_INCLUDE_PATHS, exists).as_deref(), Some("include/linux/fs.h"));
-        assert_eq!(resolve("fs/proc/base.c", false, "asm/io.h", X86_INCLUDE_PATHS, exists).as_deref(), Some("arch/x86/include/asm/io.h"));
-        assert_eq!(resolve("fs/proc/base.c", true, "../../include/asm-generic/io.h", X86_INCLUDE_PATHS, exists).as_deref(), Some("include/asm-generic/io.h"));
+        assert_eq!(
+            resolve(
+                "fs/proc/base.c",
+                true,
+                "internal.h",
+                X86_INCLUDE_PATHS,
+                exists
+            )
+            .as_deref(),
+            Some("fs/proc/internal.h")
+        );
+        assert_eq!(
+            resolve(
+                "fs/proc/base.c",
+                true,
+                "linux/fs.h",
+                X86_INCLUDE_PATHS,
+                exists
+            )
+            .as_deref(),
+            Some("include/linux/fs.h")
+        );
+        assert_eq!(
+            resolve(
+                "fs/proc/base.c",
+                false,
+                "asm/io.h",
+                X86_INCLUDE_PATHS,
+                exists
+            )
+            .as_deref(),
+            Some("arch/x86/include/asm/io.h")
+        );
+        assert_eq!(
+            resolve(
+                "fs/proc/base.c",
+                true,
+                "../../include/asm-generic/io.h",
+                X86_INCLUDE_PATHS,
+                exists
+            )
+            .as_deref(),
+            Some("include/asm-generic/io.h")
+        );
         // <...> never looks in the including file's directory.
-        assert_eq!(resolve("fs/proc/base.c", false, "internal.h", X86_INCLUDE_PATHS, exists), None);
+        assert_eq!(
+            resolve(
+                "fs/proc/base.c",
+                false,
+                "internal.h",
+                X86_INCLUDE_PATHS,
+                exists
+            ),
+            None
+        );
         assert_eq!(normalize("a/../../b"), None);
     }
 
@@ -236,22 +308,38 @@ mod tests {
             std::fs::write(p, t).unwrap();
         };
         w("include/linux/a.h", "#include <linux/b.h>\n");
-        w("include/linux/b.h", "static inline int b(void) { return 1; }\n");
+        w(
+            "include/linux/b.h",
+            "static inline int b(void) { return 1; }\n",
+        );
         w("include/linux/kconfig.h", "");
         w("fs/x/one.c", "#include <linux/a.h>\n");
         w("fs/x/two.c", "#include \"local.h\"\n");
         w("fs/x/local.h", "#include <linux/b.h>\n");
         w("fs/x/three.c", "#include <linux/kconfig.h>\n");
         w("drivers/y/four.c", "#include \"only_via_minus_I.h\"\n");
-        let units: Vec<String> = ["fs/x/one.c", "fs/x/two.c", "fs/x/three.c", "drivers/y/four.c"].map(String::from).to_vec();
+        let units: Vec<String> = [
+            "fs/x/one.c",
+            "fs/x/two.c",
+            "fs/x/three.c",
+            "drivers/y/four.c",
+        ]
+        .map(String::from)
+        .to_vec();
         let g = IncludeGraph::scan(d.path(), &units);
-        assert_eq!(g.units_including("include/linux/b.h"), ["fs/x/one.c", "fs/x/two.c"]);
+        assert_eq!(
+            g.units_including("include/linux/b.h"),
+            ["fs/x/one.c", "fs/x/two.c"]
+        );
         assert_eq!(g.units_including("fs/x/local.h"), ["fs/x/two.c"]);
         assert_eq!(g.units_including("fs/x/one.c"), ["fs/x/one.c"]);
         // Every unit gets the forced includes.
         assert_eq!(g.units_including("include/linux/kconfig.h").len(), 4);
         // An include no known path resolves counts for a file of that name.
-        assert_eq!(g.units_including("drivers/y/inc/only_via_minus_I.h"), ["drivers/y/four.c"]);
+        assert_eq!(
+            g.units_including("drivers/y/inc/only_via_minus_I.h"),
+            ["drivers/y/four.c"]
+        );
         assert!(g.units_including("include/linux/nothing.h").is_empty());
     }
 }

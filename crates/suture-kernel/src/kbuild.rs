@@ -171,7 +171,10 @@ pub fn decide(object: &str, lists: &HashMap<String, DirLists>) -> Decision {
     let mut builtin_reach = true;
     loop {
         let Some(l) = lists.get(&cur) else {
-            return Decision::NotBuilt { dir: cur, missing: object.to_string() };
+            return Decision::NotBuilt {
+                dir: cur,
+                missing: object.to_string(),
+            };
         };
         let mut targets = Vec::new();
         if builtin_reach && l.builtin.contains(object) {
@@ -189,7 +192,10 @@ pub fn decide(object: &str, lists: &HashMap<String, DirLists>) -> Decision {
             return Decision::Built { targets, dir: cur };
         }
         if cur == dir_of {
-            return Decision::NotBuilt { dir: cur, missing: object.to_string() };
+            return Decision::NotBuilt {
+                dir: cur,
+                missing: object.to_string(),
+            };
         }
         let next = l
             .module_dirs
@@ -203,9 +209,17 @@ pub fn decide(object: &str, lists: &HashMap<String, DirLists>) -> Decision {
             }
             None => {
                 // The next directory on the path is the one left out.
-                let rest = if cur == "." { dir_of } else { &dir_of[cur.len() + 1..] };
+                let rest = if cur == "." {
+                    dir_of
+                } else {
+                    &dir_of[cur.len() + 1..]
+                };
                 let first = rest.split('/').next().unwrap_or(rest);
-                let missing = if cur == "." { format!("{first}/") } else { format!("{cur}/{first}/") };
+                let missing = if cur == "." {
+                    format!("{first}/")
+                } else {
+                    format!("{cur}/{first}/")
+                };
                 return Decision::NotBuilt { dir: cur, missing };
             }
         }
@@ -301,15 +315,25 @@ pub fn explain(src: &Path, config: &str, decision: &Decision) -> Option<String> 
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_default();
     // The Makefile names the object or directory relative to itself.
-    let word = if dir == "." { missing.as_str() } else { &missing[dir.len() + 1..] };
+    let word = if dir == "." {
+        missing.as_str()
+    } else {
+        &missing[dir.len() + 1..]
+    };
     let options = options_for(&text, word);
     let unset = options
         .iter()
         .find(|o| crate::release::config_value(config, o).is_none_or(|v| v == "n"));
-    let shown = if dir == "." { "the top-level Kbuild".to_string() } else { format!("{dir}/Makefile") };
+    let shown = if dir == "." {
+        "the top-level Kbuild".to_string()
+    } else {
+        format!("{dir}/Makefile")
+    };
     Some(match (unset, options.last()) {
         (Some(o), _) => format!("{o} is not set"),
-        (None, Some(o)) => format!("{o} is set, but {shown} does not list {word} in this configuration"),
+        (None, Some(o)) => {
+            format!("{o} is set, but {shown} does not list {word} in this configuration")
+        }
         (None, None) => format!("{shown} does not build {word} in this configuration"),
     })
 }
@@ -331,8 +355,13 @@ pub fn applicability(
     for o in objects {
         let d = decide(o, &lists);
         let a = match &d {
-            Decision::Built { targets, dir } => Applicability::Built { targets: targets.clone(), dir: dir.clone() },
-            Decision::NotBuilt { .. } => Applicability::NotBuilt(explain(src, config, &d).unwrap_or_default()),
+            Decision::Built { targets, dir } => Applicability::Built {
+                targets: targets.clone(),
+                dir: dir.clone(),
+            },
+            Decision::NotBuilt { .. } => {
+                Applicability::NotBuilt(explain(src, config, &d).unwrap_or_default())
+            }
         };
         out.insert(o.clone(), a);
     }
@@ -344,8 +373,12 @@ pub fn applicability(
 pub fn includes_file(text: &str, target: &str) -> bool {
     text.lines().any(|l| {
         let l = l.trim_start();
-        let Some(rest) = l.strip_prefix('#') else { return false };
-        let Some(rest) = rest.trim_start().strip_prefix("include") else { return false };
+        let Some(rest) = l.strip_prefix('#') else {
+            return false;
+        };
+        let Some(rest) = rest.trim_start().strip_prefix("include") else {
+            return false;
+        };
         let rest = rest.trim();
         rest.strip_prefix('"')
             .and_then(|r| r.split_once('"'))
@@ -364,7 +397,10 @@ pub fn including_units(src: &Path, file: &str) -> std::io::Result<Vec<String>> {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".c") && e.file_type()?.is_file() {
-            texts.push((format!("{dir}/{name}"), std::fs::read_to_string(e.path()).unwrap_or_default()));
+            texts.push((
+                format!("{dir}/{name}"),
+                std::fs::read_to_string(e.path()).unwrap_or_default(),
+            ));
         }
     }
     let mut found: Vec<String> = Vec::new();
@@ -438,7 +474,9 @@ pub fn query(src: &Path, mut make: Command, dirs: &[String]) -> Result<HashMap<S
     if dirs.is_empty() {
         return Ok(HashMap::new());
     }
-    let scratch = tempfile::Builder::new().prefix("suture-kbuild.").tempdir()?;
+    let scratch = tempfile::Builder::new()
+        .prefix("suture-kbuild.")
+        .tempdir()?;
     let print = scratch.path().join("print.mk");
     let top = scratch.path().join("top.mk");
     std::fs::write(&print, PRINT_MK)?;
@@ -468,7 +506,10 @@ pub fn query(src: &Path, mut make: Command, dirs: &[String]) -> Result<HashMap<S
         anyhow::bail!(
             "kbuild could not evaluate {}: {}",
             names.join(", "),
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     }
     Ok(lists)
@@ -508,20 +549,41 @@ y fs/proc/built-in.a
     #[test]
     fn objects_go_where_kbuild_links_them() {
         let l = parse_lists(PRINTED);
-        assert_eq!(decide("fs/open.o", &l), Decision::Built { targets: vec![Target::Vmlinux], dir: "fs".into() });
+        assert_eq!(
+            decide("fs/open.o", &l),
+            Decision::Built {
+                targets: vec![Target::Vmlinux],
+                dir: "fs".into()
+            }
+        );
         assert_eq!(
             decide("fs/binfmt_misc.o", &l),
-            Decision::Built { targets: vec![Target::Module("binfmt_misc".into())], dir: "fs".into() }
+            Decision::Built {
+                targets: vec![Target::Module("binfmt_misc".into())],
+                dir: "fs".into()
+            }
         );
         // A composite module's part: the module's name, not the part's.
-        let ipmi = |m: &str| Decision::Built { targets: vec![Target::Module(m.into())], dir: "drivers/char/ipmi".into() };
-        assert_eq!(decide("drivers/char/ipmi/ipmi_si_intf.o", &l), ipmi("ipmi_si"));
-        assert_eq!(decide("drivers/char/ipmi/ipmi_msghandler.o", &l), ipmi("ipmi_msghandler"));
+        let ipmi = |m: &str| Decision::Built {
+            targets: vec![Target::Module(m.into())],
+            dir: "drivers/char/ipmi".into(),
+        };
+        assert_eq!(
+            decide("drivers/char/ipmi/ipmi_si_intf.o", &l),
+            ipmi("ipmi_si")
+        );
+        assert_eq!(
+            decide("drivers/char/ipmi/ipmi_msghandler.o", &l),
+            ipmi("ipmi_msghandler")
+        );
         // The root lists arch/x86/lib itself; its lists were not printed
         // here, so the object is reported as left out there.
         assert_eq!(
             decide("arch/x86/lib/memcpy_64.o", &l),
-            Decision::NotBuilt { dir: "arch/x86/lib".into(), missing: "arch/x86/lib/memcpy_64.o".into() }
+            Decision::NotBuilt {
+                dir: "arch/x86/lib".into(),
+                missing: "arch/x86/lib/memcpy_64.o".into()
+            }
         );
     }
 
@@ -531,16 +593,25 @@ y fs/proc/built-in.a
         // In a descended directory, not listed.
         assert_eq!(
             decide("drivers/char/ipmi/ipmi_ssif.o", &l),
-            Decision::NotBuilt { dir: "drivers/char/ipmi".into(), missing: "drivers/char/ipmi/ipmi_ssif.o".into() }
+            Decision::NotBuilt {
+                dir: "drivers/char/ipmi".into(),
+                missing: "drivers/char/ipmi/ipmi_ssif.o".into()
+            }
         );
         // A directory its parent does not descend into.
         assert_eq!(
             decide("drivers/tty/serial/altera_jtaguart.o", &l),
-            Decision::NotBuilt { dir: "drivers".into(), missing: "drivers/tty/".into() }
+            Decision::NotBuilt {
+                dir: "drivers".into(),
+                missing: "drivers/tty/".into()
+            }
         );
         assert_eq!(
             decide("sound/core/pcm.o", &l),
-            Decision::NotBuilt { dir: ".".into(), missing: "sound/".into() }
+            Decision::NotBuilt {
+                dir: ".".into(),
+                missing: "sound/".into()
+            }
         );
     }
 
@@ -554,10 +625,16 @@ y fs/proc/built-in.a
 
     #[test]
     fn quoted_includes_of_a_c_file() {
-        assert!(includes_file("#include <linux/x.h>\n#include \"rtmutex.c\"\n", "rtmutex.c"));
+        assert!(includes_file(
+            "#include <linux/x.h>\n#include \"rtmutex.c\"\n",
+            "rtmutex.c"
+        ));
         assert!(includes_file("#  include   \"./rt.c\" /* x */", "rt.c"));
         assert!(!includes_file("#include \"rtmutex_common.h\"", "rtmutex.c"));
-        assert!(!includes_file("// #include \"rtmutex.c\" is what rwsem.c does", "rtmutex.c"));
+        assert!(!includes_file(
+            "// #include \"rtmutex.c\" is what rwsem.c does",
+            "rtmutex.c"
+        ));
         assert!(!includes_file("#include <rtmutex.c>", "rtmutex.c"));
     }
 
@@ -570,7 +647,10 @@ y fs/proc/built-in.a
         w("api.c", "#include \"core.c\"\n");
         w("build.c", "#include \"api.c\"\n");
         w("other.c", "#include \"other.h\"\n");
-        assert_eq!(including_units(d.path(), "k/core.c").unwrap(), ["k/api.c", "k/build.c"]);
+        assert_eq!(
+            including_units(d.path(), "k/core.c").unwrap(),
+            ["k/api.c", "k/build.c"]
+        );
         assert!(including_units(d.path(), "k/other.c").unwrap().is_empty());
     }
 
@@ -580,16 +660,29 @@ y fs/proc/built-in.a
         let mut rounds = Vec::new();
         let units = walk_units(|dirs| {
             rounds.push(dirs.to_vec());
-            Ok(dirs.iter().filter_map(|d| all.get(d).map(|l| (d.clone(), l.clone()))).collect())
+            Ok(dirs
+                .iter()
+                .filter_map(|d| all.get(d).map(|l| (d.clone(), l.clone())))
+                .collect())
         })
         .unwrap();
         assert_eq!(rounds[0], ["."]);
-        assert!(rounds[1].contains(&"fs".to_string()) && rounds[1].contains(&"drivers".to_string()));
+        assert!(
+            rounds[1].contains(&"fs".to_string()) && rounds[1].contains(&"drivers".to_string())
+        );
         let objs: Vec<&str> = units.iter().map(|(o, _)| o.as_str()).collect();
-        for o in ["fs/open.o", "fs/binfmt_misc.o", "drivers/char/mem.o", "drivers/char/ipmi/ipmi_si_intf.o"] {
+        for o in [
+            "fs/open.o",
+            "fs/binfmt_misc.o",
+            "drivers/char/mem.o",
+            "drivers/char/ipmi/ipmi_si_intf.o",
+        ] {
             assert!(objs.contains(&o), "{o}: {objs:?}");
         }
-        assert!(units.contains(&("drivers/char/ipmi/ipmi_si_intf.o".into(), "drivers/char/ipmi".into())));
+        assert!(units.contains(&(
+            "drivers/char/ipmi/ipmi_si_intf.o".into(),
+            "drivers/char/ipmi".into()
+        )));
         // drivers/char descends into ipmi/ for modules only: its obj-y
         // objects are not linked into vmlinux.
         assert!(!objs.contains(&"drivers/char/ipmi/ipmi_dmi.o"), "{objs:?}");
@@ -602,7 +695,10 @@ y fs/proc/built-in.a
             ("fs/open.o".into(), "fs".into()),
             ("drivers/char/ipmi/a.o".into(), "drivers/char/ipmi".into()),
         ]);
-        assert_eq!(g, "drivers/char/ipmi:drivers/char/ipmi/b.o:drivers/char/ipmi/a.o fs:fs/open.o");
+        assert_eq!(
+            g,
+            "drivers/char/ipmi:drivers/char/ipmi/b.o:drivers/char/ipmi/a.o fs:fs/open.o"
+        );
     }
 
     #[test]

@@ -148,7 +148,10 @@ pub fn parse(name: &str, text: &str) -> Result<Vec<FilePatch>, PatchError> {
             while i < lines.len() && lines[i].starts_with('\\') {
                 i += 1;
             }
-            hunks.push(Hunk { old_start, lines: hl });
+            hunks.push(Hunk {
+                old_start,
+                lines: hl,
+            });
         }
         if hunks.is_empty() {
             return Err(err(i, format!("no hunks for {path}")));
@@ -217,7 +220,10 @@ pub fn apply(fp: &FilePatch, old: &str) -> Result<Applied, PatchError> {
     }
     result.extend(src[floor..].iter().map(|s| s.to_string()));
     if fp.kind == FileKind::Deleted {
-        return Ok(Applied { text: String::new(), offsets });
+        return Ok(Applied {
+            text: String::new(),
+            offsets,
+        });
     }
     let mut text = result.join("\n");
     if !result.is_empty() && had_final_newline {
@@ -253,7 +259,12 @@ pub fn apply_in_order<E: From<PatchError>>(
             Some(&i) => i,
             None => {
                 let text = read(fp)?;
-                out.push(FileResult { path: fp.path.clone(), existed: text.is_some(), text, notes: Vec::new() });
+                out.push(FileResult {
+                    path: fp.path.clone(),
+                    existed: text.is_some(),
+                    text,
+                    notes: Vec::new(),
+                });
                 at.insert(&fp.path, out.len() - 1);
                 out.len() - 1
             }
@@ -273,12 +284,23 @@ pub fn apply_in_order<E: From<PatchError>>(
         let applied = apply(fp, &old)?;
         for (h, off) in applied.offsets.iter().enumerate() {
             if *off != 0 {
-                let (n, dir) = (off.unsigned_abs(), if *off > 0 { "later" } else { "earlier" });
+                let (n, dir) = (
+                    off.unsigned_abs(),
+                    if *off > 0 { "later" } else { "earlier" },
+                );
                 let lines = if n == 1 { "line" } else { "lines" };
-                r.notes.push(format!("{}: hunk {} applied {n} {lines} {dir}", fp.path, h + 1));
+                r.notes.push(format!(
+                    "{}: hunk {} applied {n} {lines} {dir}",
+                    fp.path,
+                    h + 1
+                ));
             }
         }
-        r.text = if fp.kind == FileKind::Deleted { None } else { Some(applied.text) };
+        r.text = if fp.kind == FileKind::Deleted {
+            None
+        } else {
+            Some(applied.text)
+        };
     }
     Ok(out)
 }
@@ -353,11 +375,17 @@ mod tests {
 
     #[test]
     fn rejects_non_diffs_truncation_and_escaping_paths() {
-        assert!(parse("p", "hello\nworld\n").unwrap_err().msg.contains("not a unified diff"));
+        assert!(parse("p", "hello\nworld\n")
+            .unwrap_err()
+            .msg
+            .contains("not a unified diff"));
         let t = "--- a/x.c\n+++ b/x.c\n@@ -1,3 +1,3 @@\n a\n-b\n";
         assert!(parse("p", t).unwrap_err().msg.contains("truncated"));
         let esc = "--- a/../etc/passwd\n+++ b/../etc/passwd\n@@ -1 +1 @@\n-a\n+b\n";
-        assert!(parse("p", esc).unwrap_err().msg.contains("leaves the source tree"));
+        assert!(parse("p", esc)
+            .unwrap_err()
+            .msg
+            .contains("leaves the source tree"));
     }
 
     #[test]
@@ -376,10 +404,15 @@ mod tests {
     fn a_hunk_header_line_past_isize_max_is_no_overflow() {
         // `found as isize - nominal` with the line wrapped to isize::MIN:
         // "attempt to subtract with overflow" in a debug build.
-        let p = "--- a/x.c\n+++ b/x.c\n@@ -9223372036854775809,1 +9223372036854775809,1 @@\n-b\n+B\n";
+        let p =
+            "--- a/x.c\n+++ b/x.c\n@@ -9223372036854775809,1 +9223372036854775809,1 @@\n-b\n+B\n";
         let a = apply(&parse("p", p).unwrap()[0], SRC).unwrap();
         assert_eq!(a.text, "a\nB\nc\nd\ne\nf\n");
-        assert!(a.offsets[0] < 0, "the hunk moved up from where its header said: {:?}", a.offsets);
+        assert!(
+            a.offsets[0] < 0,
+            "the hunk moved up from where its header said: {:?}",
+            a.offsets
+        );
         // usize::MAX had wrapped to -2: the hunk was said to move 3 lines later.
         let p = "--- a/x.c\n+++ b/x.c\n@@ -18446744073709551615,1 +1,1 @@\n-b\n+B\n";
         assert!(apply(&parse("p", p).unwrap()[0], SRC).unwrap().offsets[0] < 0);
@@ -404,9 +437,16 @@ mod tests {
             Ok(Some(SRC.to_string()))
         })
         .unwrap();
-        assert_eq!(reads, 1, "the second section sees the first one's result, not the file again");
+        assert_eq!(
+            reads, 1,
+            "the second section sees the first one's result, not the file again"
+        );
         assert_eq!(r.len(), 1);
-        assert_eq!(r[0].text.as_deref(), Some("a\nB\nc\nd\ne\nF\n"), "both changes are kept");
+        assert_eq!(
+            r[0].text.as_deref(),
+            Some("a\nB\nc\nd\ne\nF\n"),
+            "both changes are kept"
+        );
         assert_eq!(r[0].notes, vec!["x.c: hunk 1 applied 15 lines earlier"]);
         // The second section must match the first one's output: a conflicting
         // second change to the same line is refused, not silently won.

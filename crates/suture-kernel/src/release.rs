@@ -29,8 +29,14 @@ impl ReleaseName {
         }
         let (upstream, rest) = release.split_once('-').ok_or_else(bad)?;
         let mut nums = upstream.split(['.', '+']);
-        let major = nums.next().filter(|s| s.parse::<u32>().is_ok()).ok_or_else(bad)?;
-        let minor = nums.next().filter(|s| s.parse::<u32>().is_ok()).ok_or_else(bad)?;
+        let major = nums
+            .next()
+            .filter(|s| s.parse::<u32>().is_ok())
+            .ok_or_else(bad)?;
+        let minor = nums
+            .next()
+            .filter(|s| s.parse::<u32>().is_ok())
+            .ok_or_else(bad)?;
         if rest.is_empty() {
             return Err(bad());
         }
@@ -77,7 +83,11 @@ impl Release {
                 "kernel release {r} is not installed here ({} missing).\n\
                  Install it with: apt-get install linux-image-{r} linux-headers-{r}\n\
                  (`apt-cache search linux-image-` lists the releases Debian has)",
-                if image.exists() { config.display() } else { image.display() }
+                if image.exists() {
+                    config.display()
+                } else {
+                    image.display()
+                }
             );
         }
         if !headers.join("Module.symvers").exists() {
@@ -145,7 +155,14 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "amd64", "6.1.0", "x.y-1", "6.1.0-56 amd64", "../../etc-1"] {
+        for bad in [
+            "",
+            "amd64",
+            "6.1.0",
+            "x.y-1",
+            "6.1.0-56 amd64",
+            "../../etc-1",
+        ] {
             assert!(ReleaseName::parse(bad).is_err(), "{bad}");
         }
     }
@@ -153,9 +170,14 @@ mod tests {
     #[test]
     fn unknown_release_says_how_to_install() {
         let dir = std::env::temp_dir();
-        let e = Release::find("6.1.0-999-amd64", &dir).unwrap_err().to_string();
+        let e = Release::find("6.1.0-999-amd64", &dir)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not installed"), "{e}");
-        assert!(e.contains("apt-get install linux-image-6.1.0-999-amd64"), "{e}");
+        assert!(
+            e.contains("apt-get install linux-image-6.1.0-999-amd64"),
+            "{e}"
+        );
     }
 
     #[test]

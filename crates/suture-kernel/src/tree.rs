@@ -144,11 +144,20 @@ impl Tree {
     pub fn open(release: Release, cache: &Path, progress: &dyn Fn(&str)) -> Result<Tree> {
         let base = cache.join(&release.name.release);
         fs::create_dir_all(&base).with_context(|| {
-            format!("creating the cache {} (run as root, or set SUTURE_CACHE)", base.display())
+            format!(
+                "creating the cache {} (run as root, or set SUTURE_CACHE)",
+                base.display()
+            )
         })?;
         let lock = lock_tree(&base, progress)?;
         let dir = base.join("src");
-        let tree = Tree { release, dir, base, _lock: lock, listed_in: Default::default() };
+        let tree = Tree {
+            release,
+            dir,
+            base,
+            _lock: lock,
+            listed_in: Default::default(),
+        };
         tree.recover()?;
         tree.prepare(cache, progress)?;
         Ok(tree)
@@ -169,7 +178,10 @@ impl Tree {
             // kernel.release file says 6.1.192, its UTS_RELEASE 6.1.0-56-amd64);
             // doing the same reproduces UTS_RELEASE and so every object using it.
             .arg(format!("KERNELRELEASE={}", self.release.name.release))
-            .arg(format!("KCFLAGS={KCFLAGS}{}{extra}", if extra.is_empty() { "" } else { " " }));
+            .arg(format!(
+                "KCFLAGS={KCFLAGS}{}{extra}",
+                if extra.is_empty() { "" } else { " " }
+            ));
         c
     }
 
@@ -208,14 +220,22 @@ impl Tree {
         if tarball.extension().is_some_and(|e| e == "xz") {
             tar.arg("--use-compress-program=xz -T0");
         }
-        tar.arg("-xf").arg(&tarball).arg("-C").arg(&self.dir).arg("--strip-components=1");
+        tar.arg("-xf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&self.dir)
+            .arg("--strip-components=1");
         self.run(&mut tar, "extracting the kernel source")?;
         fs::copy(&r.config, self.dir.join(".config"))
             .with_context(|| format!("copying {}", r.config.display()))?;
         progress("configuring the tree with the release's config");
-        self.run(self.make().arg("-s").arg("olddefconfig"), "make olddefconfig")?;
+        self.run(
+            self.make().arg("-s").arg("olddefconfig"),
+            "make olddefconfig",
+        )?;
         let cfg = fs::read_to_string(self.dir.join(".config"))?;
-        let cc_text = crate::release::config_value(&cfg, "CONFIG_CC_VERSION_TEXT").unwrap_or_default();
+        let cc_text =
+            crate::release::config_value(&cfg, "CONFIG_CC_VERSION_TEXT").unwrap_or_default();
         if cc_text != r.cc_version_text {
             bail!(
                 "the compiler here is `{cc_text}`, but {} was built with `{}`: objects would not match the running kernel.\n\
@@ -232,8 +252,10 @@ impl Tree {
         }
         prepared?;
         self.collect_probe(Ok(()))?;
-        let ours = fs::read_to_string(self.dir.join("include/generated/utsrelease.h")).unwrap_or_default();
-        let theirs = fs::read_to_string(r.headers.join("include/generated/utsrelease.h")).unwrap_or_default();
+        let ours =
+            fs::read_to_string(self.dir.join("include/generated/utsrelease.h")).unwrap_or_default();
+        let theirs = fs::read_to_string(r.headers.join("include/generated/utsrelease.h"))
+            .unwrap_or_default();
         if ours.trim() != theirs.trim() {
             bail!(
                 "the prepared tree's UTS_RELEASE ({}) differs from the release's headers ({}): the source package does not match this release",
@@ -275,7 +297,10 @@ impl Tree {
         let _ = fs::remove_dir_all(&probe);
         compiled.context("measuring special-section entry sizes")?;
         let sizes = symbol_sizes(&obj?, "suture_size_")?;
-        write_atomic(&self.dir.join(SIZES_CACHE), &serde_json::to_vec_pretty(&sizes)?)?;
+        write_atomic(
+            &self.dir.join(SIZES_CACHE),
+            &serde_json::to_vec_pretty(&sizes)?,
+        )?;
         Ok(sizes)
     }
 
@@ -312,9 +337,18 @@ impl Tree {
             }
             let objname = fs::read_to_string(dir.join("objname")).ok()?;
             let obj = fs::read(dir.join("object.o")).ok()?;
-            Some((ObjectInfo { object: o.to_string(), objname }, obj))
+            Some((
+                ObjectInfo {
+                    object: o.to_string(),
+                    objname,
+                },
+                obj,
+            ))
         };
-        let keys = objects.iter().map(|o| key_of(o)).collect::<Result<Vec<_>>>()?;
+        let keys = objects
+            .iter()
+            .map(|o| key_of(o))
+            .collect::<Result<Vec<_>>>()?;
         let missing: Vec<String> = objects
             .iter()
             .zip(&keys)
@@ -325,8 +359,9 @@ impl Tree {
             self.compile_batched(&missing, "", "original", progress)?;
             for o in &missing {
                 let info = self.object_info(o)?;
-                let obj = fs::read(self.object_path(o))
-                    .with_context(|| format!("kbuild did not produce {o}: is it part of this kernel's config?"))?;
+                let obj = fs::read(self.object_path(o)).with_context(|| {
+                    format!("kbuild did not produce {o}: is it part of this kernel's config?")
+                })?;
                 let dir = store.join(o);
                 fs::create_dir_all(&dir)?;
                 write_atomic(&dir.join("object.o"), &obj)?;
@@ -338,7 +373,9 @@ impl Tree {
         objects
             .iter()
             .zip(&keys)
-            .map(|(o, k)| cached(o, k).with_context(|| format!("the cached original of {o} vanished")))
+            .map(|(o, k)| {
+                cached(o, k).with_context(|| format!("the cached original of {o} vanished"))
+            })
             .collect()
     }
 
@@ -351,10 +388,20 @@ impl Tree {
     /// saying `compiled N of M units (what)` after each: a header included by
     /// thousands of units takes minutes, and the batches are few enough (at
     /// most about 20) that kbuild's start-up does not add up.
-    pub fn compile_batched(&self, objects: &[String], extra_kcflags: &str, what: &str, progress: &dyn Fn(&str)) -> Result<()> {
+    pub fn compile_batched(
+        &self,
+        objects: &[String],
+        extra_kcflags: &str,
+        what: &str,
+        progress: &dyn Fn(&str),
+    ) -> Result<()> {
         let batch = (objects.len().div_ceil(20)).max(16);
         if objects.len() <= batch {
-            return if extra_kcflags.is_empty() { self.compile(objects) } else { self.compile_with(objects, extra_kcflags) };
+            return if extra_kcflags.is_empty() {
+                self.compile(objects)
+            } else {
+                self.compile_with(objects, extra_kcflags)
+            };
         }
         let mut done = 0;
         for chunk in objects.chunks(batch) {
@@ -364,7 +411,10 @@ impl Tree {
                 self.compile_with(chunk, extra_kcflags)?;
             }
             done += chunk.len();
-            progress(&format!("compiled {done} of {} units ({what})", objects.len()));
+            progress(&format!(
+                "compiled {done} of {} units ({what})",
+                objects.len()
+            ));
         }
         Ok(())
     }
@@ -380,7 +430,11 @@ impl Tree {
         for d in &dirs {
             remove_kbuild_temporaries(d);
         }
-        let listed = self.listed_in.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let listed = self
+            .listed_in
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let groups: Option<Vec<(String, String)>> = objects
             .iter()
             .map(|o| listed.get(o).map(|d| (o.clone(), d.clone())))
@@ -389,7 +443,9 @@ impl Tree {
         let _scratch;
         match groups {
             Some(g) => {
-                let scratch = tempfile::Builder::new().prefix("suture-kbuild.").tempdir()?;
+                let scratch = tempfile::Builder::new()
+                    .prefix("suture-kbuild.")
+                    .tempdir()?;
                 let top = scratch.path().join("top.mk");
                 fs::write(&top, crate::kbuild::TOP_MK)?;
                 make.arg("--no-print-directory")
@@ -397,7 +453,10 @@ impl Tree {
                     .arg("Makefile")
                     .arg("-f")
                     .arg(&top)
-                    .arg(format!("SUTURE_GROUPS={}", crate::kbuild::compile_groups(&g)))
+                    .arg(format!(
+                        "SUTURE_GROUPS={}",
+                        crate::kbuild::compile_groups(&g)
+                    ))
                     .arg("suture-compile")
                     .env("KBUILD_MODULES", "1")
                     .env("KBUILD_BUILTIN", "1");
@@ -453,14 +512,22 @@ impl Tree {
         let units = match cached {
             Some(c) => c.units,
             None => {
-                progress("asking kbuild for every unit the configuration builds (once per release)");
+                progress(
+                    "asking kbuild for every unit the configuration builds (once per release)",
+                );
                 let mut rounds = 0;
                 let units = crate::kbuild::walk_units(|dirs| {
                     rounds += 1;
                     crate::kbuild::query(&self.dir, self.query_make(), dirs)
                 })?;
-                progress(&format!("{} units in {rounds} rounds of directories", units.len()));
-                let c = Cached { stamp: self.wanted_stamp(), units };
+                progress(&format!(
+                    "{} units in {rounds} rounds of directories",
+                    units.len()
+                ));
+                let c = Cached {
+                    stamp: self.wanted_stamp(),
+                    units,
+                };
                 write_atomic(&path, &serde_json::to_vec(&c)?)?;
                 c.units
             }
@@ -495,10 +562,16 @@ impl Tree {
             .map(|(o, _)| format!("{}.c", o.strip_suffix(".o").unwrap_or(&o)))
             .filter(|c| self.dir.join(c).is_file())
             .collect();
-        progress(&format!("scanning the includes of {} units (once per release)", units.len()));
+        progress(&format!(
+            "scanning the includes of {} units (once per release)",
+            units.len()
+        ));
         let graph = crate::includes::IncludeGraph::scan(&self.dir, &units);
         progress(&format!("include graph: {} files", graph.file_count()));
-        let c = Cached { stamp: self.wanted_stamp(), graph };
+        let c = Cached {
+            stamp: self.wanted_stamp(),
+            graph,
+        };
         write_atomic(&path, &serde_json::to_vec(&c)?)?;
         Ok(c.graph)
     }
@@ -537,8 +610,13 @@ impl Tree {
     /// fixed place in the release's cache instead, which keeps the flags equal
     /// from one build to the next. Other flags pass through unchanged.
     fn stable_includes(&self, extra: &str) -> Result<String> {
-        let dirs: Vec<&str> = extra.split_whitespace().filter_map(|f| f.strip_prefix("-I")).collect();
-        let [dir] = dirs.as_slice() else { return Ok(extra.to_string()) };
+        let dirs: Vec<&str> = extra
+            .split_whitespace()
+            .filter_map(|f| f.strip_prefix("-I"))
+            .collect();
+        let [dir] = dirs.as_slice() else {
+            return Ok(extra.to_string());
+        };
         let stable = self.base.join("include");
         let _ = fs::remove_dir_all(&stable);
         fs::create_dir_all(&stable)?;
@@ -550,7 +628,13 @@ impl Tree {
         }
         Ok(extra
             .split_whitespace()
-            .map(|f| if f.starts_with("-I") { format!("-I{}", stable.display()) } else { f.to_string() })
+            .map(|f| {
+                if f.starts_with("-I") {
+                    format!("-I{}", stable.display())
+                } else {
+                    f.to_string()
+                }
+            })
             .collect::<Vec<_>>()
             .join(" "))
     }
@@ -558,10 +642,13 @@ impl Tree {
     /// What kbuild decided about an object it compiled: part of vmlinux or of a module.
     pub fn object_info(&self, object: &str) -> Result<ObjectInfo> {
         let p = Path::new(object);
-        let cmd = self.dir.join(p.parent().unwrap_or(Path::new(""))).join(format!(
-            ".{}.cmd",
-            p.file_name().and_then(|s| s.to_str()).unwrap_or("")
-        ));
+        let cmd = self
+            .dir
+            .join(p.parent().unwrap_or(Path::new("")))
+            .join(format!(
+                ".{}.cmd",
+                p.file_name().and_then(|s| s.to_str()).unwrap_or("")
+            ));
         let text = fs::read_to_string(&cmd)
             .with_context(|| format!("kbuild left no command file {}", cmd.display()))?;
         Ok(ObjectInfo {
@@ -593,18 +680,29 @@ impl Tree {
         // leaves the tree untouched. Several sections for one file (several
         // patch files) apply in order, each on the previous one's result.
         let release = self.release.name.release.clone();
-        let not_applicable =
-            |detail: String| NotApplicable { release: release.clone(), detail, kind: NotApplicableKind::DoesNotApply };
+        let not_applicable = |detail: String| NotApplicable {
+            release: release.clone(),
+            detail,
+            kind: NotApplicableKind::DoesNotApply,
+        };
         self.check_files(patches)?;
         let results = patchfile::apply_in_order::<anyhow::Error>(patches, |fp| {
             no_symlink_below(&self.dir, &fp.path)?;
             match fs::read(self.dir.join(&fp.path)) {
-                Ok(b) => Ok(Some(String::from_utf8(b).with_context(|| format!("{} is not UTF-8 text", fp.path))?)),
+                Ok(b) => {
+                    Ok(Some(String::from_utf8(b).with_context(|| {
+                        format!("{} is not UTF-8 text", fp.path)
+                    })?))
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fp.kind {
                     FileKind::Created => Ok(None),
-                    _ => Err(NotApplicable::no_such_file(&release, std::slice::from_ref(&fp.path)).into()),
+                    _ => Err(
+                        NotApplicable::no_such_file(&release, std::slice::from_ref(&fp.path))
+                            .into(),
+                    ),
                 },
-                Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", self.dir.join(&fp.path).display()))),
+                Err(e) => Err(anyhow::Error::new(e)
+                    .context(format!("reading {}", self.dir.join(&fp.path).display()))),
             }
         })
         .map_err(|e| match e.downcast::<patchfile::PatchError>() {
@@ -623,8 +721,17 @@ impl Tree {
             }
             journal.files.push((r.path.clone(), r.existed));
         }
-        write_atomic(&self.base.join("journal.json"), &serde_json::to_vec(&journal)?)?;
-        let guard = Applied { tree: self, notes: results.iter().flat_map(|r| r.notes.iter().cloned()).collect() };
+        write_atomic(
+            &self.base.join("journal.json"),
+            &serde_json::to_vec(&journal)?,
+        )?;
+        let guard = Applied {
+            tree: self,
+            notes: results
+                .iter()
+                .flat_map(|r| r.notes.iter().cloned())
+                .collect(),
+        };
         for r in &results {
             let path = self.dir.join(&r.path);
             match &r.text {
@@ -641,7 +748,9 @@ impl Tree {
 
     fn recover(&self) -> Result<()> {
         let jp = self.base.join("journal.json");
-        let Ok(bytes) = fs::read(&jp) else { return Ok(()) };
+        let Ok(bytes) = fs::read(&jp) else {
+            return Ok(());
+        };
         let journal: Journal = serde_json::from_slice(&bytes).unwrap_or_default();
         for (rel, existed) in &journal.files {
             let dst = self.dir.join(rel);
@@ -688,7 +797,11 @@ impl NotApplicable {
             .map(|f| format!("{f}: {release} has no such file (the patch changes a file this release's source does not have)"))
             .collect::<Vec<_>>()
             .join("\n");
-        NotApplicable { release: release.to_string(), detail, kind: NotApplicableKind::NoSuchFile }
+        NotApplicable {
+            release: release.to_string(),
+            detail,
+            kind: NotApplicableKind::NoSuchFile,
+        }
     }
 }
 
@@ -818,7 +931,11 @@ pub fn run_in_group(base: &Path, cmd: &mut Command) -> std::io::Result<Output> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let token = format!("{}-{nanos}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed));
+    let token = format!(
+        "{}-{nanos}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     cmd.env(TOKEN_ENV, &token)
@@ -830,7 +947,14 @@ pub fn run_in_group(base: &Path, cmd: &mut Command) -> std::io::Result<Output> {
     // calls (prctl, getppid) and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGINT as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             // suture died before the prctl: no signal will come.
@@ -843,7 +967,11 @@ pub fn run_in_group(base: &Path, cmd: &mut Command) -> std::io::Result<Output> {
     let child = cmd.spawn()?;
     let pgid = child.id() as i32;
     let record = base.join(RUNNING);
-    let rec = serde_json::to_vec(&Running { pgid, token: token.clone() }).map_err(std::io::Error::other);
+    let rec = serde_json::to_vec(&Running {
+        pgid,
+        token: token.clone(),
+    })
+    .map_err(std::io::Error::other);
     if let Err(e) = rec.and_then(|r| write_atomic(&record, &r).map_err(std::io::Error::other)) {
         // SAFETY: the group is the child's, which has not been waited for.
         unsafe { libc::kill(-pgid, libc::SIGKILL) };
@@ -863,7 +991,9 @@ pub fn run_in_group(base: &Path, cmd: &mut Command) -> std::io::Result<Output> {
 /// still running, and removes the record.
 fn stop_leftover(base: &Path, progress: &dyn Fn(&str)) -> Result<()> {
     let record = base.join(RUNNING);
-    let Ok(bytes) = fs::read(&record) else { return Ok(()) };
+    let Ok(bytes) = fs::read(&record) else {
+        return Ok(());
+    };
     if let Ok(r) = serde_json::from_slice::<Running>(&bytes) {
         stop_group(r.pgid, &r.token, progress)?;
     }
@@ -875,18 +1005,28 @@ fn stop_leftover(base: &Path, progress: &dyn Fn(&str)) -> Result<()> {
 /// environment) and not yet dead (zombies do not count: they touch nothing).
 fn group_members(pgid: i32, token: &str) -> Vec<i32> {
     let want = format!("{TOKEN_ENV}={token}");
-    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // `PID (COMM) STATE PPID PGRP ...`; COMM may hold spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         if f.len() < 3 || f[2].parse::<i32>().ok() != Some(pgid) || matches!(f[0], "Z" | "X") {
             continue;
         }
-        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
         if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
             out.push(pid);
         }
@@ -953,7 +1093,10 @@ pub fn remove_kbuild_temporaries(dir: &Path) -> usize {
 }
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     // A random name created with O_EXCL (never a planted file or symlink),
     // removed unless the rename happens.
     let mut tmp = tempfile::Builder::new()
@@ -962,7 +1105,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -1013,7 +1158,9 @@ fn source_tarball(r: &Release, cache: &Path, progress: &dyn Fn(&str)) -> Result<
             }
         }
     }
-    let dir = cache.join("debs").join(format!("{pkg}_{}", r.source_version));
+    let dir = cache
+        .join("debs")
+        .join(format!("{pkg}_{}", r.source_version));
     let tarball = dir.join("usr/src").join(&file);
     if tarball.exists() {
         return Ok(tarball);
@@ -1151,7 +1298,9 @@ mod tests {
         fs::write(root.join("fs/proc/base.c"), "x").unwrap();
         assert!(no_symlink_below(&root, "fs/proc/base.c").is_ok());
         assert!(no_symlink_below(&root, "fs/proc/new_file.c").is_ok());
-        let e = no_symlink_below(&root, "fs/proc/cmdline.c").unwrap_err().to_string();
+        let e = no_symlink_below(&root, "fs/proc/cmdline.c")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("symbolic link"), "{e}");
         assert!(no_symlink_below(&root, "fs/linked/victim").is_err());
         assert!(write_nofollow(&root.join("fs/proc/cmdline.c"), b"patched").is_err());
@@ -1169,10 +1318,20 @@ mod tests {
         write_atomic(&target, b"{}").unwrap();
         assert_eq!(fs::read_to_string(t.path().join("victim")).unwrap(), "keep");
         assert_eq!(fs::read(&target).unwrap(), b"{}");
-        assert!(!fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
-        let mut left: Vec<_> = fs::read_dir(t.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(!fs::symlink_metadata(&target)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let mut left: Vec<_> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         left.sort();
-        let want = ["journal.json".into(), tmp.file_name().unwrap().to_os_string(), "victim".into()];
+        let want = [
+            "journal.json".into(),
+            tmp.file_name().unwrap().to_os_string(),
+            "victim".into(),
+        ];
         assert_eq!(left, want, "no temporary left");
         // Onto a directory: fails and leaves no temporary behind.
         fs::create_dir(t.path().join("d")).unwrap();
@@ -1184,16 +1343,21 @@ mod tests {
         patchfile::parse("p", text).unwrap()
     }
 
-    const CHANGE_MISSING: &str = "--- a/fs/proc/no_such_file.c\n+++ b/fs/proc/no_such_file.c\n@@ -1,1 +1,1 @@\n-a\n+b\n";
+    const CHANGE_MISSING: &str =
+        "--- a/fs/proc/no_such_file.c\n+++ b/fs/proc/no_such_file.c\n@@ -1,1 +1,1 @@\n-a\n+b\n";
     const CREATE_NEW: &str = "--- /dev/null\n+++ b/fs/proc/new_file.c\n@@ -0,0 +1,1 @@\n+int x;\n";
-    const CHANGE_NEW: &str = "--- a/fs/proc/new_file.c\n+++ b/fs/proc/new_file.c\n@@ -1,1 +1,1 @@\n-int x;\n+int y;\n";
+    const CHANGE_NEW: &str =
+        "--- a/fs/proc/new_file.c\n+++ b/fs/proc/new_file.c\n@@ -1,1 +1,1 @@\n-int x;\n+int y;\n";
 
     #[test]
     fn missing_files_are_the_changed_files_the_tree_lacks() {
         let in_tree = |p: &str| p == "fs/proc/cmdline.c";
         let changed = "--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1,1 +1,1 @@\n-a\n+b\n";
         assert!(missing_files(&patches(changed), in_tree).is_empty());
-        assert_eq!(missing_files(&patches(CHANGE_MISSING), in_tree), ["fs/proc/no_such_file.c"]);
+        assert_eq!(
+            missing_files(&patches(CHANGE_MISSING), in_tree),
+            ["fs/proc/no_such_file.c"]
+        );
         let deleted = "--- a/fs/gone.c\n+++ /dev/null\n@@ -1,1 +0,0 @@\n-a\n";
         assert_eq!(missing_files(&patches(deleted), in_tree), ["fs/gone.c"]);
         // A created file is not missing, nor is a later change to it.
@@ -1222,7 +1386,13 @@ mod tests {
             cc_version_text: "gcc-12".into(),
         };
         let lock = lock_tree(&base, &|_| {}).unwrap();
-        Tree { release, dir: base.join("src"), base, _lock: lock, listed_in: Default::default() }
+        Tree {
+            release,
+            dir: base.join("src"),
+            base,
+            _lock: lock,
+            listed_in: Default::default(),
+        }
     }
 
     #[test]
@@ -1230,16 +1400,29 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let tree = fake_tree(t.path());
         let e = tree.check_files(&patches(CHANGE_MISSING)).unwrap_err();
-        let na = e.downcast_ref::<NotApplicable>().expect("not applicable, not an I/O error");
+        let na = e
+            .downcast_ref::<NotApplicable>()
+            .expect("not applicable, not an I/O error");
         assert_eq!(na.kind, NotApplicableKind::NoSuchFile);
-        assert!(na.detail.starts_with("fs/proc/no_such_file.c: 6.1.0-57-amd64 has no such file"), "{na}");
+        assert!(
+            na.detail
+                .starts_with("fs/proc/no_such_file.c: 6.1.0-57-amd64 has no such file"),
+            "{na}"
+        );
         let e = tree.apply(&patches(CHANGE_MISSING)).err().unwrap();
-        assert_eq!(e.downcast_ref::<NotApplicable>().map(|n| n.kind), Some(NotApplicableKind::NoSuchFile), "{e:#}");
+        assert_eq!(
+            e.downcast_ref::<NotApplicable>().map(|n| n.kind),
+            Some(NotApplicableKind::NoSuchFile),
+            "{e:#}"
+        );
         // --- /dev/null: the file is created, and removed again on restore.
         let both = patches(&format!("{CREATE_NEW}{CHANGE_NEW}"));
         tree.check_files(&both).unwrap();
         let applied = tree.apply(&both).unwrap();
-        assert_eq!(fs::read_to_string(tree.dir.join("fs/proc/new_file.c")).unwrap(), "int y;\n");
+        assert_eq!(
+            fs::read_to_string(tree.dir.join("fs/proc/new_file.c")).unwrap(),
+            "int y;\n"
+        );
         applied.restore().unwrap();
         assert!(!tree.dir.join("fs/proc/new_file.c").exists());
     }
@@ -1257,9 +1440,21 @@ mod tests {
             fs::write(d.join(keep), "x").unwrap();
         }
         assert_eq!(remove_kbuild_temporaries(d), 3);
-        let mut left: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut left: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         left.sort();
-        assert_eq!(left, [".config", ".suture-prepared", ".tmp", "outside", "tmp_not_hidden"]);
+        assert_eq!(
+            left,
+            [
+                ".config",
+                ".suture-prepared",
+                ".tmp",
+                "outside",
+                "tmp_not_hidden"
+            ]
+        );
         // The tree's top level is cleaned when the next build takes the lock.
         let tree = fake_tree(d);
         fs::create_dir_all(tree.dir.join(".tmp_99999")).unwrap();
@@ -1273,8 +1468,12 @@ mod tests {
     fn running_in_group(pgid: i32) -> Vec<i32> {
         let mut out = Vec::new();
         for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
             let rest = &stat[stat.rfind(')').unwrap() + 1..];
             let f: Vec<&str> = rest.split_whitespace().collect();
             if f[2].parse::<i32>().ok() == Some(pgid) && !matches!(f[0], "Z" | "X") {
@@ -1291,10 +1490,15 @@ mod tests {
     #[test]
     #[ignore]
     fn helper_build_killed_while_compiling() {
-        let Some(base) = std::env::var_os(HELPER_BASE).map(PathBuf::from) else { return };
+        let Some(base) = std::env::var_os(HELPER_BASE).map(PathBuf::from) else {
+            return;
+        };
         let _lock = lock_tree(&base, &|_| {}).unwrap();
         let mut sh = Command::new("sh");
-        sh.current_dir(&base).args(["-c", "echo $$ > started.tmp && mv started.tmp started; sleep 600; echo done"]);
+        sh.current_dir(&base).args([
+            "-c",
+            "echo $$ > started.tmp && mv started.tmp started; sleep 600; echo done",
+        ]);
         let _ = run_in_group(&base, &mut sh);
     }
 
@@ -1306,7 +1510,12 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let base = t.path().to_path_buf();
         let mut helper = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "tree::tests::helper_build_killed_while_compiling", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "tree::tests::helper_build_killed_while_compiling",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(HELPER_BASE, &base)
             .stdout(Stdio::null())
             .spawn()
@@ -1314,23 +1523,44 @@ mod tests {
         let started = base.join("started");
         let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !started.exists() {
-            assert!(std::time::Instant::now() < until, "the helper build did not start its compiler");
+            assert!(
+                std::time::Instant::now() < until,
+                "the helper build did not start its compiler"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let pgid: i32 = fs::read_to_string(&started).unwrap().trim().parse().unwrap();
+        let pgid: i32 = fs::read_to_string(&started)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let cleanup = scopeguard(pgid);
         assert!(base.join(RUNNING).exists(), "the running group is recorded");
         helper.kill().unwrap();
         helper.wait().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(200));
         // The dead build's `sleep` is still in the tree...
-        assert!(!running_in_group(pgid).is_empty(), "nothing was left running: the test proves nothing");
+        assert!(
+            !running_in_group(pgid).is_empty(),
+            "nothing was left running: the test proves nothing"
+        );
         // ...until the next build takes the lock.
         let notes = std::cell::RefCell::new(Vec::new());
         let _lock = lock_tree(&base, &|m| notes.borrow_mut().push(m.to_string())).unwrap();
-        assert_eq!(running_in_group(pgid), Vec::<i32>::new(), "the dead build's compiler still runs");
+        assert_eq!(
+            running_in_group(pgid),
+            Vec::<i32>::new(),
+            "the dead build's compiler still runs"
+        );
         assert!(!base.join(RUNNING).exists());
-        assert!(notes.borrow().iter().any(|n| n.contains(&format!("process group {pgid}"))), "{:?}", notes.borrow());
+        assert!(
+            notes
+                .borrow()
+                .iter()
+                .any(|n| n.contains(&format!("process group {pgid}"))),
+            "{:?}",
+            notes.borrow()
+        );
         drop(cleanup);
     }
 
@@ -1352,9 +1582,16 @@ mod tests {
     fn a_reused_group_number_is_not_killed() {
         use std::os::unix::process::CommandExt;
         let t = tempfile::tempdir().unwrap();
-        let mut other = Command::new("sleep").arg("600").process_group(0).spawn().unwrap();
+        let mut other = Command::new("sleep")
+            .arg("600")
+            .process_group(0)
+            .spawn()
+            .unwrap();
         let pgid = other.id() as i32;
-        let rec = Running { pgid, token: "1-2-3".into() };
+        let rec = Running {
+            pgid,
+            token: "1-2-3".into(),
+        };
         fs::write(t.path().join(RUNNING), serde_json::to_vec(&rec).unwrap()).unwrap();
         let _lock = lock_tree(t.path(), &|_| {}).unwrap();
         let alive = other.try_wait().unwrap().is_none();
@@ -1370,13 +1607,26 @@ mod tests {
         let mut sh = Command::new("sh");
         sh.args(["-c", "while ! [ -e running.json ]; do sleep 0.01; done; echo $SUTURE_BUILD_TOKEN; cut -d' ' -f5 /proc/$$/stat; echo $$; cat running.json"]).current_dir(t.path());
         let out = run_in_group(t.path(), &mut sh).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with(&format!("{}-", std::process::id())), "{text}");
-        assert_eq!(lines[1], lines[2], "the shell leads its own process group: {text}");
+        assert!(
+            lines[0].starts_with(&format!("{}-", std::process::id())),
+            "{text}"
+        );
+        assert_eq!(
+            lines[1], lines[2],
+            "the shell leads its own process group: {text}"
+        );
         let rec: Running = serde_json::from_str(lines[3]).unwrap();
-        assert_eq!((rec.pgid.to_string(), rec.token.as_str()), (lines[2].to_string(), lines[0]));
+        assert_eq!(
+            (rec.pgid.to_string(), rec.token.as_str()),
+            (lines[2].to_string(), lines[0])
+        );
         assert!(!t.path().join(RUNNING).exists());
     }
 }

@@ -56,13 +56,19 @@ impl Rela {
 }
 
 fn u16_at(b: &[u8], o: usize) -> Result<u16> {
-    Ok(u16::from_le_bytes(b.get(o..o + 2).context("truncated ELF")?.try_into()?))
+    Ok(u16::from_le_bytes(
+        b.get(o..o + 2).context("truncated ELF")?.try_into()?,
+    ))
 }
 fn u32_at(b: &[u8], o: usize) -> Result<u32> {
-    Ok(u32::from_le_bytes(b.get(o..o + 4).context("truncated ELF")?.try_into()?))
+    Ok(u32::from_le_bytes(
+        b.get(o..o + 4).context("truncated ELF")?.try_into()?,
+    ))
 }
 fn u64_at(b: &[u8], o: usize) -> Result<u64> {
-    Ok(u64::from_le_bytes(b.get(o..o + 8).context("truncated ELF")?.try_into()?))
+    Ok(u64::from_le_bytes(
+        b.get(o..o + 8).context("truncated ELF")?.try_into()?,
+    ))
 }
 
 /// An ELF file being edited: the bytes, and the section headers decoded from them.
@@ -74,14 +80,26 @@ pub struct Elf {
 
 impl Elf {
     pub fn parse(bytes: Vec<u8>) -> Result<Elf> {
-        ensure!(bytes.len() >= 64 && bytes[..4] == *b"\x7fELF", "not an ELF file");
-        ensure!(bytes[4] == 2 && bytes[5] == 1, "not a 64-bit little-endian ELF file");
+        ensure!(
+            bytes.len() >= 64 && bytes[..4] == *b"\x7fELF",
+            "not an ELF file"
+        );
+        ensure!(
+            bytes[4] == 2 && bytes[5] == 1,
+            "not a 64-bit little-endian ELF file"
+        );
         ensure!(u16_at(&bytes, 18)? == 62, "not an x86_64 object");
         let shoff = u64_at(&bytes, 0x28)? as usize;
-        ensure!(u16_at(&bytes, 0x3a)? as usize == SHDR_SIZE, "unexpected section header size");
+        ensure!(
+            u16_at(&bytes, 0x3a)? as usize == SHDR_SIZE,
+            "unexpected section header size"
+        );
         let shnum = u16_at(&bytes, 0x3c)? as usize;
         let shstrndx = u16_at(&bytes, 0x3e)? as usize;
-        ensure!(shnum > 0 && shnum < SHN_LORESERVE as usize, "unsupported section count {shnum}");
+        ensure!(
+            shnum > 0 && shnum < SHN_LORESERVE as usize,
+            "unsupported section count {shnum}"
+        );
         ensure!(shstrndx < shnum, "section name table index out of range");
         let mut shdrs = Vec::with_capacity(shnum);
         for i in 0..shnum {
@@ -101,7 +119,11 @@ impl Elf {
                 entsize: u64_at(&bytes, o + 56)?,
             });
         }
-        let elf = Elf { bytes, shdrs, shstrndx };
+        let elf = Elf {
+            bytes,
+            shdrs,
+            shstrndx,
+        };
         for (i, s) in elf.shdrs.iter().enumerate() {
             if s.kind != 8 && s.kind != 0 {
                 elf.data(i)?;
@@ -120,8 +142,13 @@ impl Elf {
 
     pub fn str_at(&self, strtab: usize, off: u32) -> Result<&str> {
         let d = self.data(strtab)?;
-        let rest = d.get(off as usize..).context("string offset out of range")?;
-        let end = rest.iter().position(|&b| b == 0).context("unterminated string")?;
+        let rest = d
+            .get(off as usize..)
+            .context("string offset out of range")?;
+        let end = rest
+            .iter()
+            .position(|&b| b == 0)
+            .context("unterminated string")?;
         std::str::from_utf8(&rest[..end]).context("string is not UTF-8")
     }
 
@@ -142,7 +169,10 @@ impl Elf {
 
     pub fn syms(&self, symtab: usize) -> Result<Vec<Sym>> {
         let d = self.data(symtab)?;
-        ensure!(d.len() % SYM_SIZE == 0, "symbol table size is not a multiple of {SYM_SIZE}");
+        ensure!(
+            d.len() % SYM_SIZE == 0,
+            "symbol table size is not a multiple of {SYM_SIZE}"
+        );
         (0..d.len() / SYM_SIZE)
             .map(|i| {
                 let o = i * SYM_SIZE;
@@ -160,7 +190,10 @@ impl Elf {
 
     pub fn relas(&self, sec: usize) -> Result<Vec<Rela>> {
         let d = self.data(sec)?;
-        ensure!(d.len() % RELA_SIZE == 0, "relocation section size is not a multiple of {RELA_SIZE}");
+        ensure!(
+            d.len() % RELA_SIZE == 0,
+            "relocation section size is not a multiple of {RELA_SIZE}"
+        );
         (0..d.len() / RELA_SIZE)
             .map(|i| {
                 let o = i * RELA_SIZE;
@@ -185,7 +218,10 @@ impl Elf {
 
     /// Writes the (possibly grown) section header table at the end of the file.
     pub fn finish(mut self) -> Result<Vec<u8>> {
-        ensure!(self.shdrs.len() < SHN_LORESERVE as usize, "too many sections");
+        ensure!(
+            self.shdrs.len() < SHN_LORESERVE as usize,
+            "too many sections"
+        );
         let mut table = Vec::with_capacity(self.shdrs.len() * SHDR_SIZE);
         for s in &self.shdrs {
             table.extend_from_slice(&s.name.to_le_bytes());

@@ -6,8 +6,8 @@
 //! rewritten into the livepatch ELF format ([`postlink`]).
 
 pub mod elf;
-pub mod postlink;
 pub mod modinfo;
+pub mod postlink;
 pub mod sign;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -56,8 +56,13 @@ pub fn parse_state(s: &str) -> Result<State> {
         None => id.parse(),
     }
     .with_context(|| format!("state {s:?}: the id is not a number"))?;
-    let version: u32 = version.parse().with_context(|| format!("state {s:?}: the version is not a number"))?;
-    ensure!(id != 0, "state {s:?}: the id must not be 0 (0 ends the kernel's list of states)");
+    let version: u32 = version
+        .parse()
+        .with_context(|| format!("state {s:?}: the version is not a number"))?;
+    ensure!(
+        id != 0,
+        "state {s:?}: the id must not be 0 (0 ends the kernel's list of states)"
+    );
     Ok(State { id, version })
 }
 
@@ -208,7 +213,11 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
         }
         for (kind, _) in &obj.callbacks {
             let ret = if kind == "pre_patch" { "int" } else { "void" };
-            let _ = writeln!(s, "extern {ret} {}(struct klp_object *);", callback_alias(o, kind));
+            let _ = writeln!(
+                s,
+                "extern {ret} {}(struct klp_object *);",
+                callback_alias(o, kind)
+            );
         }
     }
     s.push('\n');
@@ -263,7 +272,10 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
         if cbs.is_empty() {
             let _ = writeln!(s, "\t{{ .name = {name}, .funcs = suture_funcs_{o} }},");
         } else {
-            let _ = writeln!(s, "\t{{ .name = {name}, .funcs = suture_funcs_{o}, .callbacks = {{{cbs} }} }},");
+            let _ = writeln!(
+                s,
+                "\t{{ .name = {name}, .funcs = suture_funcs_{o}, .callbacks = {{{cbs} }} }},"
+            );
         }
     }
     s.push_str("\t{ }\n};\n\n");
@@ -285,7 +297,11 @@ pub fn hook_source(spec: &ModuleSpec) -> String {
          module_init(suture_init);\nmodule_exit(suture_exit);\n\
          MODULE_LICENSE(\"GPL\");\nMODULE_INFO(livepatch, \"Y\");\n\
          MODULE_DESCRIPTION(\"suture livepatch {}\");\n",
-        if spec.states.is_empty() { "" } else { "\t.states = suture_states,\n" },
+        if spec.states.is_empty() {
+            ""
+        } else {
+            "\t.states = suture_states,\n"
+        },
         if spec.replace { "true" } else { "false" },
         spec.name
     );
@@ -313,7 +329,10 @@ pub fn build_module(
             );
         }
         for (kind, _) in &obj.callbacks {
-            ensure!(CALLBACK_KINDS.contains(&kind.as_str()), "unknown callback kind {kind}");
+            ensure!(
+                CALLBACK_KINDS.contains(&kind.as_str()),
+                "unknown callback kind {kind}"
+            );
         }
     }
     let mut ids: Vec<u64> = spec.states.iter().map(|s| s.id).collect();
@@ -348,7 +367,9 @@ pub fn build_module(
         // shipped object has none, so say where it came from.
         fs::write(
             dir.join(format!(".{file}.cmd")),
-            format!("cmd_{file} := suture diff\n\nsource_{file} := {file}_shipped\n\ndeps_{file} := \n"),
+            format!(
+                "cmd_{file} := suture diff\n\nsource_{file} := {file}_shipped\n\ndeps_{file} := \n"
+            ),
         )?;
         parts.push(file);
     }
@@ -428,15 +449,23 @@ fn tail(s: &str, n: usize) -> String {
 pub fn write_module(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".suture-module.")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644)))
+        .and_then(|()| {
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+        })
         .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(path.to_path_buf())
 }
 
@@ -473,27 +502,50 @@ mod tests {
             objects: vec![
                 Object {
                     objname: "vmlinux".into(),
-                    funcs: vec![Func { old_name: "type_show".into(), sympos: 3, symbol: "type_show".into() }],
+                    funcs: vec![Func {
+                        old_name: "type_show".into(),
+                        sympos: 3,
+                        symbol: "type_show".into(),
+                    }],
                     callbacks: vec![],
                 },
                 Object {
                     objname: "binfmt_misc".into(),
-                    funcs: vec![Func { old_name: "bm_status_read".into(), sympos: 0, symbol: "bm_status_read".into() }],
-                    callbacks: vec![("pre_patch".into(), "pre".into()), ("post_unpatch".into(), "post".into())],
+                    funcs: vec![Func {
+                        old_name: "bm_status_read".into(),
+                        sympos: 0,
+                        symbol: "bm_status_read".into(),
+                    }],
+                    callbacks: vec![
+                        ("pre_patch".into(), "pre".into()),
+                        ("post_unpatch".into(), "post".into()),
+                    ],
                 },
             ],
             states: vec![],
             clear_module_relocs: false,
         };
         let c = hook_source(&spec);
-        assert!(c.contains(".old_name = \"type_show\", .new_func = __suture_new_0_0, .old_sympos = 3"), "{c}");
-        assert!(c.contains("{ .name = NULL, .funcs = suture_funcs_0 }"), "{c}");
+        assert!(
+            c.contains(".old_name = \"type_show\", .new_func = __suture_new_0_0, .old_sympos = 3"),
+            "{c}"
+        );
+        assert!(
+            c.contains("{ .name = NULL, .funcs = suture_funcs_0 }"),
+            "{c}"
+        );
         assert!(
             c.contains("{ .name = \"binfmt_misc\", .funcs = suture_funcs_1, .callbacks = { .pre_patch = __suture_cb_1_pre_patch, .post_unpatch = __suture_cb_1_post_unpatch, } }"),
             "{c}"
         );
-        assert!(c.contains("extern int __suture_cb_1_pre_patch(struct klp_object *);"), "{c}");
-        assert!(c.contains("extern void __suture_cb_1_post_unpatch(struct klp_object *);"), "{c}");
+        assert!(
+            c.contains("extern int __suture_cb_1_pre_patch(struct klp_object *);"),
+            "{c}"
+        );
+        assert!(
+            c.contains("extern void __suture_cb_1_post_unpatch(struct klp_object *);"),
+            "{c}"
+        );
         assert!(c.contains(".replace = true"));
         assert!(!c.contains("states"), "no states asked for: {c}");
         assert!(c.contains("MODULE_INFO(livepatch, \"Y\");"));
@@ -502,11 +554,29 @@ mod tests {
     #[test]
     fn module_objects_clear_their_relocations_where_the_kernel_does_not() {
         let objects = vec![
-            Object { objname: "vmlinux".into(), funcs: vec![], callbacks: vec![] },
-            Object { objname: "binfmt_misc".into(), funcs: vec![], callbacks: vec![("post_unpatch".into(), "post".into())] },
-            Object { objname: "vfat".into(), funcs: vec![], callbacks: vec![] },
+            Object {
+                objname: "vmlinux".into(),
+                funcs: vec![],
+                callbacks: vec![],
+            },
+            Object {
+                objname: "binfmt_misc".into(),
+                funcs: vec![],
+                callbacks: vec![("post_unpatch".into(), "post".into())],
+            },
+            Object {
+                objname: "vfat".into(),
+                funcs: vec![],
+                callbacks: vec![],
+            },
         ];
-        let spec = |clear| ModuleSpec { name: "lp".into(), replace: true, objects: objects.clone(), states: vec![], clear_module_relocs: clear };
+        let spec = |clear| ModuleSpec {
+            name: "lp".into(),
+            replace: true,
+            objects: objects.clone(),
+            states: vec![],
+            clear_module_relocs: clear,
+        };
         let c = hook_source(&spec(true));
         // The author's callback still runs, first.
         assert!(
@@ -515,10 +585,20 @@ mod tests {
         );
         assert!(c.contains("static void suture_post_unpatch_2(struct klp_object *obj)\n{\n\tsuture_clear_relocs(\"vfat\");\n}"), "{c}");
         assert!(c.contains("{ .name = \"vfat\", .funcs = suture_funcs_2, .callbacks = { .post_unpatch = suture_post_unpatch_2, } }"), "{c}");
-        assert!(c.contains("{ .name = NULL, .funcs = suture_funcs_0 }"), "vmlinux never goes away: {c}");
-        assert!(c.contains("__suture_klp_vmlinux__text_poke(loc, &zero, size);"), "{c}");
+        assert!(
+            c.contains("{ .name = NULL, .funcs = suture_funcs_0 }"),
+            "vmlinux never goes away: {c}"
+        );
+        assert!(
+            c.contains("__suture_klp_vmlinux__text_poke(loc, &zero, size);"),
+            "{c}"
+        );
         let plain = hook_source(&spec(false));
-        assert!(!plain.contains("suture_clear_relocs") && plain.contains(".post_unpatch = __suture_cb_1_post_unpatch,"), "{plain}");
+        assert!(
+            !plain.contains("suture_clear_relocs")
+                && plain.contains(".post_unpatch = __suture_cb_1_post_unpatch,"),
+            "{plain}"
+        );
     }
 
     #[test]
@@ -526,12 +606,19 @@ mod tests {
         let spec = ModuleSpec {
             name: "livepatch_s".into(),
             replace: true,
-            objects: vec![Object { objname: "vmlinux".into(), funcs: vec![], callbacks: vec![] }],
+            objects: vec![Object {
+                objname: "vmlinux".into(),
+                funcs: vec![],
+                callbacks: vec![],
+            }],
             states: vec![parse_state("7:2").unwrap(), parse_state("0x10:1").unwrap()],
             clear_module_relocs: false,
         };
         let c = hook_source(&spec);
-        assert!(c.contains("{ .id = 7UL, .version = 2 },\n\t{ .id = 16UL, .version = 1 },\n\t{ }"), "{c}");
+        assert!(
+            c.contains("{ .id = 7UL, .version = 2 },\n\t{ .id = 16UL, .version = 1 },\n\t{ }"),
+            "{c}"
+        );
         assert!(c.contains(".states = suture_states,"), "{c}");
         assert!(parse_state("0:1").is_err());
         assert!(parse_state("1").is_err());
@@ -540,7 +627,10 @@ mod tests {
 
     #[test]
     fn module_names() {
-        assert_eq!(default_module_name(Path::new("/x/cmdline-fix.patch")), "livepatch_cmdline_fix");
+        assert_eq!(
+            default_module_name(Path::new("/x/cmdline-fix.patch")),
+            "livepatch_cmdline_fix"
+        );
         assert!(check_module_name("livepatch_ok_1").is_ok());
         assert!(check_module_name("bad-name").is_err());
         assert!(check_module_name(&"x".repeat(56)).is_err());
@@ -549,9 +639,18 @@ mod tests {
 
     #[test]
     fn modpost_may_only_leave_klp_symbols_undefined() {
-        assert!(check_modpost("WARNING: modpost: \".klp.sym.vmlinux.x,0\" [/t/m.ko] undefined!\n").is_ok());
-        assert!(check_modpost("WARNING: modpost: \".klp.xsym.vfat.fat.fat_build_inode,0\" [/t/m.ko] undefined!\n").is_ok());
+        assert!(
+            check_modpost("WARNING: modpost: \".klp.sym.vmlinux.x,0\" [/t/m.ko] undefined!\n")
+                .is_ok()
+        );
+        assert!(check_modpost(
+            "WARNING: modpost: \".klp.xsym.vfat.fat.fat_build_inode,0\" [/t/m.ko] undefined!\n"
+        )
+        .is_ok());
         assert!(check_modpost("WARNING: modpost: \"foo\" [/t/m.ko] undefined!\n").is_err());
-        assert!(check_modpost("WARNING: modpost: \"__suture_klp_vmlinux__text_poke\" [/t/m.ko] undefined!\n").is_ok());
+        assert!(check_modpost(
+            "WARNING: modpost: \"__suture_klp_vmlinux__text_poke\" [/t/m.ko] undefined!\n"
+        )
+        .is_ok());
     }
 }

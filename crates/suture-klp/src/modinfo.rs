@@ -14,7 +14,10 @@ pub fn add_modinfo(ko: &[u8], entries: &[(String, String)]) -> Result<Vec<u8>> {
             !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "modinfo key {k:?} must be a C identifier"
         );
-        ensure!(!v.contains('\0'), "modinfo value for {k} contains a NUL byte");
+        ensure!(
+            !v.contains('\0'),
+            "modinfo value for {k} contains a NUL byte"
+        );
     }
     let mut e = Elf::parse(ko.to_vec())?;
     let sec = (0..e.shdrs.len())
@@ -45,7 +48,8 @@ pub fn read_modinfo(ko: &[u8]) -> Result<Vec<(String, String)>> {
         .filter(|s| !s.is_empty())
         .filter_map(|s| {
             let s = String::from_utf8_lossy(s);
-            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect())
 }

@@ -46,7 +46,11 @@ fn parse_klp_body(rest: &str) -> Option<KlpSym<'_>> {
     if name.contains(',') || pos.is_empty() || !pos.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(KlpSym { objname, name, pos: pos.parse().ok()? })
+    Some(KlpSym {
+        objname,
+        name,
+        pos: pos.parse().ok()?,
+    })
 }
 
 pub fn klp_sym_name(objname: &str, name: &str, pos: u32) -> String {
@@ -63,7 +67,12 @@ pub fn parse_klp_xsym(s: &str) -> Option<(&str, KlpSym<'_>)> {
     let rest = s.strip_prefix(".klp.xsym.")?;
     let (obj, rest) = rest.split_once('.')?;
     let sym = parse_klp_body(rest)?;
-    if obj.is_empty() || obj.len() > 55 || obj == "vmlinux" || sym.objname == "vmlinux" || sym.objname == obj {
+    if obj.is_empty()
+        || obj.len() > 55
+        || obj == "vmlinux"
+        || sym.objname == "vmlinux"
+        || sym.objname == obj
+    {
         return None;
     }
     Some((obj, sym))
@@ -74,7 +83,10 @@ pub fn add_aliases(obj: &[u8], aliases: &[(String, String)]) -> Result<Vec<u8>> 
     let mut e = Elf::parse(obj.to_vec())?;
     let symtab = e.symtab()?;
     let strtab = e.shdrs[symtab].link as usize;
-    ensure!(strtab < e.shdrs.len(), "symbol table links to a missing string table");
+    ensure!(
+        strtab < e.shdrs.len(),
+        "symbol table links to a missing string table"
+    );
     let syms = e.syms(symtab)?;
     let mut by_name: HashMap<&str, usize> = HashMap::new();
     for (i, s) in syms.iter().enumerate() {
@@ -121,7 +133,10 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
     let mut e = Elf::parse(ko.to_vec())?;
     let symtab = e.symtab()?;
     let strtab = e.shdrs[symtab].link as usize;
-    ensure!(strtab < e.shdrs.len(), "symbol table links to a missing string table");
+    ensure!(
+        strtab < e.shdrs.len(),
+        "symbol table links to a missing string table"
+    );
     let mut syms = e.syms(symtab)?;
     let mut report = PostLink::default();
     // symbol index → the object whose `.klp.rela` sections get its relocations
@@ -141,7 +156,10 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
             // The hook's own references to unexported vmlinux symbols (a C
             // name cannot carry `.klp.sym.vmlinux.NAME,0`'s dots and comma).
             let n = klp_sym_name("vmlinux", n, 0);
-            ensure!(parse_klp_sym(&n).is_some(), "malformed hook symbol name {name:?}");
+            ensure!(
+                parse_klp_sym(&n).is_some(),
+                "malformed hook symbol name {name:?}"
+            );
             renamed.push((i, n.clone()));
             ("vmlinux".to_string(), n)
         } else if name.starts_with(".klp.sym.") {
@@ -186,8 +204,9 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
             bail!("the module already has livepatch relocation sections: post-link ran twice?");
         }
         let relas = e.relas(sec)?;
-        let (klp, keep): (Vec<Rela>, Vec<Rela>) =
-            relas.into_iter().partition(|r| klp_obj.contains_key(&r.sym()));
+        let (klp, keep): (Vec<Rela>, Vec<Rela>) = relas
+            .into_iter()
+            .partition(|r| klp_obj.contains_key(&r.sym()));
         if klp.is_empty() {
             continue;
         }
@@ -208,7 +227,11 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
     for ((objname, target), relas) in &moved {
         let target_name = e.section_name(*target as usize)?;
         if objname != "vmlinux" && !late_relocatable(target_name) {
-            let sym = relas.first().and_then(|r| syms.get(r.sym())).map(|s| e.str_at(strtab, s.name)).transpose()?;
+            let sym = relas
+                .first()
+                .and_then(|r| syms.get(r.sym()))
+                .map(|s| e.str_at(strtab, s.name))
+                .transpose()?;
             bail!(
                 "{target_name} needs a livepatch relocation for module {objname} ({}): the kernel reads that section when the \
                  patch module loads, before relocations for {objname} are applied; refusing to write a module that would \
@@ -217,8 +240,10 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
             );
         }
     }
-    let klp_fields: HashSet<(u32, u64)> =
-        moved.iter().flat_map(|((_, t), v)| v.iter().map(move |r| (*t, r.offset))).collect();
+    let klp_fields: HashSet<(u32, u64)> = moved
+        .iter()
+        .flat_map(|((_, t), v)| v.iter().map(move |r| (*t, r.offset)))
+        .collect();
     report.dropped_call_sites = drop_klp_call_sites(&mut e, symtab, &syms, &klp_fields)?;
     let mut names = Vec::new();
     let mut new_shdrs = Vec::new();
@@ -280,13 +305,22 @@ pub fn late_relocatable(section: &str) -> bool {
 /// (section, offset) of every field with a livepatch relocation. Shrinks
 /// `.call_sites` and its relocation section in place; returns how many
 /// entries went.
-fn drop_klp_call_sites(e: &mut Elf, symtab: usize, syms: &[elf::Sym], klp_fields: &HashSet<(u32, u64)>) -> Result<usize> {
-    let Some(cs) = (0..e.shdrs.len()).find(|&i| e.section_name(i).is_ok_and(|n| n == ".call_sites")) else {
+fn drop_klp_call_sites(
+    e: &mut Elf,
+    symtab: usize,
+    syms: &[elf::Sym],
+    klp_fields: &HashSet<(u32, u64)>,
+) -> Result<usize> {
+    let Some(cs) =
+        (0..e.shdrs.len()).find(|&i| e.section_name(i).is_ok_and(|n| n == ".call_sites"))
+    else {
         return Ok(0);
     };
-    let Some(rsec) = (0..e.shdrs.len())
-        .find(|&i| e.shdrs[i].kind == elf::SHT_RELA && e.shdrs[i].info as usize == cs && e.shdrs[i].link as usize == symtab)
-    else {
+    let Some(rsec) = (0..e.shdrs.len()).find(|&i| {
+        e.shdrs[i].kind == elf::SHT_RELA
+            && e.shdrs[i].info as usize == cs
+            && e.shdrs[i].link as usize == symtab
+    }) else {
         return Ok(0);
     };
     let mut relas = e.relas(rsec)?;
@@ -299,7 +333,9 @@ fn drop_klp_call_sites(e: &mut Elf, symtab: usize, syms: &[elf::Sym], klp_fields
     );
     let mut keep = Vec::with_capacity(before);
     for r in relas {
-        let s = syms.get(r.sym()).context(".call_sites relocation against a missing symbol")?;
+        let s = syms
+            .get(r.sym())
+            .context(".call_sites relocation against a missing symbol")?;
         // The entry names the call instruction; its displacement follows the
         // one-byte opcode.
         let call = s.value.wrapping_add(r.addend as u64);
@@ -332,7 +368,10 @@ mod tests {
         let n = klp_sym_name("vmlinux", "saved_command_line", 0);
         assert_eq!(n, ".klp.sym.vmlinux.saved_command_line,0");
         let k = parse_klp_sym(&n).unwrap();
-        assert_eq!((k.objname, k.name, k.pos), ("vmlinux", "saved_command_line", 0));
+        assert_eq!(
+            (k.objname, k.name, k.pos),
+            ("vmlinux", "saved_command_line", 0)
+        );
         let k = parse_klp_sym(".klp.sym.binfmt_misc.foo.isra.0,2").unwrap();
         assert_eq!((k.objname, k.name, k.pos), ("binfmt_misc", "foo.isra.0", 2));
         assert!(parse_klp_sym(".klp.sym.vmlinux.foo").is_none());
@@ -344,9 +383,15 @@ mod tests {
     #[test]
     fn cross_module_symbols_name_both_objects() {
         let (obj, k) = parse_klp_xsym(".klp.xsym.vfat.fat.fat_build_inode,0").unwrap();
-        assert_eq!((obj, k.objname, k.name, k.pos), ("vfat", "fat", "fat_build_inode", 0));
+        assert_eq!(
+            (obj, k.objname, k.name, k.pos),
+            ("vfat", "fat", "fat_build_inode", 0)
+        );
         let (obj, k) = parse_klp_xsym(".klp.xsym.nfsd.sunrpc.svc_foo.isra.0,2").unwrap();
-        assert_eq!((obj, k.objname, k.name, k.pos), ("nfsd", "sunrpc", "svc_foo.isra.0", 2));
+        assert_eq!(
+            (obj, k.objname, k.name, k.pos),
+            ("nfsd", "sunrpc", "svc_foo.isra.0", 2)
+        );
         // vmlinux on either side, the module's own symbol, bad shapes.
         for bad in [
             ".klp.xsym.vfat.vmlinux.printk,0",

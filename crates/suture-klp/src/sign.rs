@@ -24,18 +24,36 @@ pub struct Signed<'a> {
 
 /// Splits a signed module; `None` if it carries no signature.
 pub fn split(ko: &[u8]) -> Result<Option<Signed<'_>>> {
-    let Some(body) = ko.strip_suffix(MAGIC) else { return Ok(None) };
+    let Some(body) = ko.strip_suffix(MAGIC) else {
+        return Ok(None);
+    };
     ensure!(body.len() >= TRAILER, "signature trailer truncated");
     let t = &body[body.len() - TRAILER..];
-    ensure!(t[2] == PKEY_ID_PKCS7, "signature is not PKCS#7 (id_type {})", t[2]);
+    ensure!(
+        t[2] == PKEY_ID_PKCS7,
+        "signature is not PKCS#7 (id_type {})",
+        t[2]
+    );
     let len = u32::from_be_bytes(t[8..12].try_into().unwrap()) as usize;
     let rest = &body[..body.len() - TRAILER];
-    ensure!(len <= rest.len(), "signature length {len} exceeds the module");
-    Ok(Some(Signed { module: &rest[..rest.len() - len], signature: &rest[rest.len() - len..] }))
+    ensure!(
+        len <= rest.len(),
+        "signature length {len} exceeds the module"
+    );
+    Ok(Some(Signed {
+        module: &rest[..rest.len() - len],
+        signature: &rest[rest.len() - len..],
+    }))
 }
 
 /// Signs `ko` with `sign_file` (the release's `scripts/sign-file`), SHA-256.
-pub fn sign(ko: &[u8], sign_file: &Path, key: &Path, cert: &Path, workdir: &Path) -> Result<Vec<u8>> {
+pub fn sign(
+    ko: &[u8],
+    sign_file: &Path,
+    key: &Path,
+    cert: &Path,
+    workdir: &Path,
+) -> Result<Vec<u8>> {
     ensure!(split(ko)?.is_none(), "the module is already signed");
     for (what, p) in [("key", key), ("certificate", cert)] {
         ensure!(p.exists(), "signing {what} {} does not exist", p.display());
@@ -48,7 +66,12 @@ pub fn sign(ko: &[u8], sign_file: &Path, key: &Path, cert: &Path, workdir: &Path
         .arg(cert)
         .arg(&tmp)
         .output()
-        .with_context(|| format!("running {} (install linux-kbuild for this release)", sign_file.display()))?;
+        .with_context(|| {
+            format!(
+                "running {} (install linux-kbuild for this release)",
+                sign_file.display()
+            )
+        })?;
     if !out.status.success() {
         bail!(
             "signing failed: {}\n(the key must be a PEM private key, the certificate a PEM or DER X.509 certificate)",

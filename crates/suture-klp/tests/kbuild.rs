@@ -48,7 +48,11 @@ fn links_a_livepatch_module_in_klp_format() {
         .arg("repl.o")
         .output()
         .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let obj = std::fs::read(src.join("repl.o")).unwrap();
 
     let spec = ModuleSpec {
@@ -56,14 +60,21 @@ fn links_a_livepatch_module_in_klp_format() {
         replace: true,
         objects: vec![Object {
             objname: "vmlinux".into(),
-            funcs: vec![Func { old_name: "cmdline_proc_show".into(), sympos: 0, symbol: "cmdline_proc_show".into() }],
+            funcs: vec![Func {
+                old_name: "cmdline_proc_show".into(),
+                sympos: 0,
+                symbol: "cmdline_proc_show".into(),
+            }],
             callbacks: vec![],
         }],
         states: vec![],
         clear_module_relocs: false,
     };
     let (ko, report) = build_module(&spec, &[(0, obj)], &headers, tmp.path()).unwrap();
-    assert_eq!(report.klp_syms, vec![".klp.sym.vmlinux.saved_command_line,0".to_string()]);
+    assert_eq!(
+        report.klp_syms,
+        vec![".klp.sym.vmlinux.saved_command_line,0".to_string()]
+    );
     assert_eq!(report.klp_relas.len(), 1, "{report:?}");
     assert_eq!(report.klp_relas[0].0, ".klp.rela.vmlinux..text");
 
@@ -77,13 +88,17 @@ fn links_a_livepatch_module_in_klp_format() {
         .find(|(_, s)| e.str_at(strtab, s.name).unwrap() == ".klp.sym.vmlinux.saved_command_line,0")
         .unwrap();
     assert_eq!(klp.shndx, elf::SHN_LIVEPATCH);
-    assert!(syms.iter().all(|s| s.shndx != elf::SHN_UNDEF || e.str_at(strtab, s.name).unwrap() != ".klp.sym.vmlinux.saved_command_line,0"));
+    assert!(syms.iter().all(|s| s.shndx != elf::SHN_UNDEF
+        || e.str_at(strtab, s.name).unwrap() != ".klp.sym.vmlinux.saved_command_line,0"));
     // The klp relocation section: right flags, and it points at the klp symbol.
     let sec = (0..e.shdrs.len())
         .find(|&i| e.section_name(i).unwrap() == ".klp.rela.vmlinux..text")
         .unwrap();
     let sh = e.shdrs[sec];
-    assert_eq!(sh.flags, elf::SHF_ALLOC | elf::SHF_INFO_LINK | elf::SHF_RELA_LIVEPATCH);
+    assert_eq!(
+        sh.flags,
+        elf::SHF_ALLOC | elf::SHF_INFO_LINK | elf::SHF_RELA_LIVEPATCH
+    );
     assert_eq!(e.section_name(sh.info as usize).unwrap(), ".text");
     let relas = e.relas(sec).unwrap();
     assert_eq!(relas.len(), 1);
@@ -95,7 +110,9 @@ fn links_a_livepatch_module_in_klp_format() {
         }
     }
     // modinfo carries the livepatch tag and the release's vermagic.
-    let modinfo = (0..e.shdrs.len()).find(|&i| e.section_name(i).unwrap() == ".modinfo").unwrap();
+    let modinfo = (0..e.shdrs.len())
+        .find(|&i| e.section_name(i).unwrap() == ".modinfo")
+        .unwrap();
     let mi = String::from_utf8_lossy(e.data(modinfo).unwrap()).into_owned();
     assert!(mi.contains("livepatch=Y"), "{mi}");
     assert!(mi.contains(&format!("vermagic={RELEASE} ")), "{mi}");

@@ -113,8 +113,14 @@ __attribute__((used, section("{section}"))) static void *entry = &other;
 fn another_modules_symbol_is_relocated_with_the_patched_module() {
     use suture_klp::elf::{Elf, SHF_RELA_LIVEPATCH, SHN_LIVEPATCH};
     let (ko, r) = post_link(&object(&cross(".data.entry"))).unwrap();
-    assert_eq!(r.klp_syms, vec![".klp.sym.fat.fat_build_inode,0".to_string()]);
-    assert_eq!(r.klp_relas, vec![(".klp.rela.vfat..data.entry".to_string(), 1)]);
+    assert_eq!(
+        r.klp_syms,
+        vec![".klp.sym.fat.fat_build_inode,0".to_string()]
+    );
+    assert_eq!(
+        r.klp_relas,
+        vec![(".klp.rela.vfat..data.entry".to_string(), 1)]
+    );
     let e = Elf::parse(ko).unwrap();
     let symtab = e.symtab().unwrap();
     let strtab = e.shdrs[symtab].link as usize;
@@ -125,7 +131,10 @@ fn another_modules_symbol_is_relocated_with_the_patched_module() {
         .filter(|(n, _)| n.starts_with(".klp."))
         .collect();
     // Renamed in place: the symbol index the relocation names is unchanged.
-    assert_eq!(named, vec![(".klp.sym.fat.fat_build_inode,0", SHN_LIVEPATCH)]);
+    assert_eq!(
+        named,
+        vec![(".klp.sym.fat.fat_build_inode,0", SHN_LIVEPATCH)]
+    );
     let sec = (0..e.shdrs.len())
         .find(|&i| e.section_name(i).unwrap() == ".klp.rela.vfat..data.entry")
         .unwrap();
@@ -139,7 +148,12 @@ fn another_modules_symbol_is_relocated_with_the_patched_module() {
 
 #[test]
 fn another_modules_symbol_in_a_special_section_is_refused() {
-    for sec in [".static_call_sites", "__jump_table", "__ex_table", ".altinstructions"] {
+    for sec in [
+        ".static_call_sites",
+        "__jump_table",
+        "__ex_table",
+        ".altinstructions",
+    ] {
         let err = post_link(&object(&cross(sec))).unwrap_err().to_string();
         assert!(
             err.contains(sec) && err.contains("vfat") && err.contains("fat_build_inode"),
@@ -151,7 +165,10 @@ fn another_modules_symbol_in_a_special_section_is_refused() {
 __attribute__((used, section(".data.entry"))) static void *entry = &other;
 "#;
     let err = post_link(&object(src)).unwrap_err().to_string();
-    assert!(err.contains("malformed") && err.contains("vmlinux.printk"), "{err}");
+    assert!(
+        err.contains("malformed") && err.contains("vmlinux.printk"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -162,6 +179,15 @@ fn the_hooks_vmlinux_references_become_livepatch_symbols() {
     let (_, r) = post_link(&object(src)).unwrap();
     let mut syms = r.klp_syms.clone();
     syms.sort();
-    assert_eq!(syms, [".klp.sym.vmlinux.text_mutex,0", ".klp.sym.vmlinux.text_poke,0"]);
-    assert_eq!(r.klp_relas, vec![(".klp.rela.vmlinux..text".to_string(), 2)]);
+    assert_eq!(
+        syms,
+        [
+            ".klp.sym.vmlinux.text_mutex,0",
+            ".klp.sym.vmlinux.text_poke,0"
+        ]
+    );
+    assert_eq!(
+        r.klp_relas,
+        vec![(".klp.rela.vmlinux..text".to_string(), 2)]
+    );
 }

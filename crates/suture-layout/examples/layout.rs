@@ -1,6 +1,9 @@
 //! `layout ORIG.o [PATCHED.o]`: the types of ORIG, or the layout changes
 //! from ORIG to PATCHED, with the time each step took.
 
+// Tests and tools of a pure crate do their own I/O.
+#![allow(clippy::disallowed_methods)]
+
 use std::time::Instant;
 
 fn main() {

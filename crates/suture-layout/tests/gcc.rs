@@ -4,6 +4,9 @@
 //! relocations), the source named relative to the compile directory as
 //! kbuild names it.
 
+// Tests and tools of a pure crate do their own I/O.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -15,17 +15,25 @@ pub const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 /// Addresses of the `endbr64` instructions the kernel seals at boot, sorted;
 /// empty for a kernel without IBT (no seal list in its symbols).
 pub fn ibt_sealed_sites(vmlinux: &[u8], kallsyms: &Kallsyms) -> Result<Vec<u64>> {
-    let (Some(start), Some(end)) = (kallsyms.unique_addr("__ibt_endbr_seal"), kallsyms.unique_addr("__ibt_endbr_seal_end"))
-    else {
+    let (Some(start), Some(end)) = (
+        kallsyms.unique_addr("__ibt_endbr_seal"),
+        kallsyms.unique_addr("__ibt_endbr_seal_end"),
+    ) else {
         return Ok(Vec::new());
     };
     if end < start || (end - start) % 4 != 0 || end - start > 64 << 20 {
-        return Err(Error::Image(format!("the IBT seal list spans {start:#x}..{end:#x}: not a list of 32-bit offsets")));
+        return Err(Error::Image(format!(
+            "the IBT seal list spans {start:#x}..{end:#x}: not a list of 32-bit offsets"
+        )));
     }
     let image = Image::parse(vmlinux)?;
     let list = image
         .bytes_at(start, (end - start) as usize)
-        .ok_or_else(|| Error::Image(format!("the IBT seal list at {start:#x} is not in the image's loaded segments")))?;
+        .ok_or_else(|| {
+            Error::Image(format!(
+                "the IBT seal list at {start:#x} is not in the image's loaded segments"
+            ))
+        })?;
     let mut sites: Vec<u64> = list
         .chunks_exact(4)
         .enumerate()

@@ -491,7 +491,12 @@ fn site_symbol(space: &dyn Space, addr: u64, site: Site, r: &Rel) -> Option<u64>
 /// the copies differ in nothing but where they are. The lowest position.
 /// `None` when any field differs or cannot be read: copies that reference
 /// their own unit's statics are not interchangeable.
-fn interchangeable(space: &dyn Space, orig: &Obj, func: usize, matches: &[(Instance, Vec<Site>)]) -> Option<Instance> {
+fn interchangeable(
+    space: &dyn Space,
+    orig: &Obj,
+    func: usize,
+    matches: &[(Instance, Vec<Site>)],
+) -> Option<Instance> {
     if matches.len() < 2 {
         return None;
     }
@@ -507,7 +512,11 @@ fn interchangeable(space: &dyn Space, orig: &Obj, func: usize, matches: &[(Insta
                 let at = site_symbol(space, c.addr, site, r)?;
                 // A PC-relative reference to the copy itself (a recursive
                 // call, a local jump table) moves with the copy.
-                Some(if at >= c.addr && at < c.addr + f.size.max(1) { at - c.addr } else { at })
+                Some(if at >= c.addr && at < c.addr + f.size.max(1) {
+                    at - c.addr
+                } else {
+                    at
+                })
             })
             .collect()
     };
@@ -983,7 +992,12 @@ fn resolve(
                 inst.len(),
                 c.sympos
             ));
-            rep.decide(&s.name, c.sympos, inst.len(), format!("identical copies ({n} interchangeable)"));
+            rep.decide(
+                &s.name,
+                c.sympos,
+                inst.len(),
+                format!("identical copies ({n} interchangeable)"),
+            );
             continue;
         }
         let why = if !space.can_read() && objname == "vmlinux" {
@@ -1457,7 +1471,9 @@ mod tests {
         assert_eq!(t["twin"], TargetSym::Unexported { sympos: 1 });
         assert_eq!(how["twin"], "identical copies (2 interchangeable)");
         assert!(
-            rep.warnings.iter().any(|w| w.starts_with("twin: 2 of its 2 instances are byte-identical copies")),
+            rep.warnings
+                .iter()
+                .any(|w| w.starts_with("twin: 2 of its 2 instances are byte-identical copies")),
             "{:?}",
             rep.warnings
         );
@@ -1501,7 +1517,7 @@ mod tests {
             .unwrap()
             .target
             .symbols["helper"]
-            .clone()
+                .clone()
         };
         assert_eq!(t(&k), TargetSym::Exported);
         // A static variable elsewhere is also called helper: klp_func.old_sympos
@@ -1588,7 +1604,16 @@ mod tests {
         .unwrap();
         assert_eq!(
             rep.absent,
-            ["counter", "helper", "jumper", "pal", "show", "sysfs_emit", "tally", "twin"]
+            [
+                "counter",
+                "helper",
+                "jumper",
+                "pal",
+                "show",
+                "sysfs_emit",
+                "tally",
+                "twin"
+            ]
         );
     }
 

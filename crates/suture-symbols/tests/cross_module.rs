@@ -11,7 +11,10 @@ use suture_diff::{Target, TargetSym};
 use suture_symbols::*;
 
 fn other(module: &str, sympos: u32) -> TargetSym {
-    TargetSym::OtherModule { module: module.into(), sympos }
+    TargetSym::OtherModule {
+        module: module.into(),
+        sympos,
+    }
 }
 
 /// `m.ko`: two units linked as kbuild links a module (`ld -r`): a static
@@ -33,7 +36,11 @@ fn module_ko(dir: &Path) -> Vec<u8> {
             .arg(dir.join(format!("{n}.c")))
             .output()
             .expect("gcc is needed for this test");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let ko = dir.join("m.ko");
     let out = Command::new("ld")
@@ -44,7 +51,11 @@ fn module_ko(dir: &Path) -> Vec<u8> {
         .arg(&ko)
         .output()
         .expect("ld");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::fs::read(ko).unwrap()
 }
 
@@ -54,7 +65,10 @@ fn exports_of_another_module_are_placed_in_its_kallsyms() {
     std::fs::create_dir_all(&dir).unwrap();
     let ko = module_ko(&dir);
     let _ = std::fs::remove_dir_all(&dir);
-    let mut t = Target { objname: "user".into(), symbols: HashMap::new() };
+    let mut t = Target {
+        objname: "user".into(),
+        symbols: HashMap::new(),
+    };
     t.symbols.insert("dup".into(), other("m", 0));
     t.symbols.insert("padded".into(), other("m", 0));
     t.symbols.insert("use_a".into(), other("n", 0));
@@ -72,7 +86,9 @@ fn exports_of_another_module_are_placed_in_its_kallsyms() {
 
     // An export the module does not define: Module.symvers and the .ko disagree.
     t.symbols.insert("gone".into(), other("m", 0));
-    let e = place_module_exports(&mut t, "m", &ko).unwrap_err().to_string();
+    let e = place_module_exports(&mut t, "m", &ko)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("gone") && e.contains("m.ko"), "{e}");
 }
 
@@ -80,7 +96,8 @@ fn exports_of_another_module_are_placed_in_its_kallsyms() {
 /// `SUTURE_TEST_RELEASE_612` when set; one whose modules or headers are not
 /// installed is skipped, saying why (a failure under `CI`).
 fn releases() -> Vec<String> {
-    let mut v = vec![std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into())];
+    let mut v =
+        vec![std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into())];
     v.extend(std::env::var("SUTURE_TEST_RELEASE_612").ok());
     v.retain(|r| {
         let paths = ReleasePaths::new(Path::new("/"), r);
@@ -116,20 +133,34 @@ fn vfat_and_fat(r: &str) {
     let mut rep =
         build_target_report(TargetImage::Module { ko: &vfat }, &exports, "vfat", &vfat).unwrap();
     let t = &mut rep.target;
-    for n in ["fat_build_inode", "fat_search_long", "fat_add_entries", "fat_time_unix2fat"] {
+    for n in [
+        "fat_build_inode",
+        "fat_search_long",
+        "fat_add_entries",
+        "fat_time_unix2fat",
+    ] {
         assert_eq!(t.symbols.get(n), Some(&other("fat", 0)), "{r}: {n}");
     }
     assert_eq!(t.symbols.get("d_splice_alias"), Some(&TargetSym::Exported));
     assert!(
-        !t.symbols.values().any(|s| matches!(s, TargetSym::OtherModule { module, .. } if module != "fat")),
+        !t.symbols
+            .values()
+            .any(|s| matches!(s, TargetSym::OtherModule { module, .. } if module != "fat")),
         "vfat uses no other module's exports"
     );
     place_module_exports(t, "fat", &fat).unwrap();
     assert_eq!(t.symbols["fat_build_inode"], other("fat", 0));
     // 6.12 pads functions (CALL_PADDING): the padding is fat's too.
     let padded = r.starts_with("6.12.");
-    assert_eq!(t.symbols.get("__pfx_fat_build_inode") == Some(&other("fat", 0)), padded, "{r}");
+    assert_eq!(
+        t.symbols.get("__pfx_fat_build_inode") == Some(&other("fat", 0)),
+        padded,
+        "{r}"
+    );
     // fat's own exports are fat's own symbols for a patch to fat.
     let rep = build_target_report(TargetImage::Module { ko: &fat }, &exports, "fat", &fat).unwrap();
-    assert!(matches!(rep.target.symbols["fat_build_inode"], TargetSym::Unexported { .. }));
+    assert!(matches!(
+        rep.target.symbols["fat_build_inode"],
+        TargetSym::Unexported { .. }
+    ));
 }

@@ -63,12 +63,22 @@ fn parse_state(s: &str) -> Result<suture_build::State, String> {
 /// Checks `-o FILE.ko` before any work: its directory exists and is a
 /// directory, and the file itself is not a directory.
 fn check_output(out: &std::path::Path) -> anyhow::Result<()> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
     if !dir.is_dir() {
-        anyhow::bail!("-o {}: the directory {} does not exist or is not a directory", out.display(), dir.display());
+        anyhow::bail!(
+            "-o {}: the directory {} does not exist or is not a directory",
+            out.display(),
+            dir.display()
+        );
     }
     if out.is_dir() {
-        anyhow::bail!("-o {}: is a directory; give the module's file name (DIR/NAME.ko)", out.display());
+        anyhow::bail!(
+            "-o {}: is a directory; give the module's file name (DIR/NAME.ko)",
+            out.display()
+        );
     }
     Ok(())
 }
@@ -112,11 +122,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 for n in &r.not_built {
                     eprintln!("note: {n}: left out of the module");
                 }
-                println!("built {} in {:.1}s", r.module.display(), start.elapsed().as_secs_f64());
-                println!("  livepatch {} for {} (symbols: {})", r.name, r.release, r.symbol_source);
+                println!(
+                    "built {} in {:.1}s",
+                    r.module.display(),
+                    start.elapsed().as_secs_f64()
+                );
+                println!(
+                    "  livepatch {} for {} (symbols: {})",
+                    r.name, r.release, r.symbol_source
+                );
                 for f in &r.replaced {
-                    let pos = if f.sympos == 0 { String::new() } else { format!(",{}", f.sympos) };
-                    println!("  replaces {}:{}{} ({})", f.objname, f.function, pos, f.source_file);
+                    let pos = if f.sympos == 0 {
+                        String::new()
+                    } else {
+                        format!(",{}", f.sympos)
+                    };
+                    println!(
+                        "  replaces {}:{}{} ({})",
+                        f.objname, f.function, pos, f.source_file
+                    );
                 }
                 for f in &r.new_functions {
                     println!("  adds     {f}");
@@ -141,7 +165,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             };
             eprintln!("{e}");
             let result = crate::build_many::classify(Err(e));
-            let doc = crate::build_many::Outcome { release: opts.release.clone(), result, seconds: start.elapsed().as_secs_f64() };
+            let doc = crate::build_many::Outcome {
+                release: opts.release.clone(),
+                result,
+                seconds: start.elapsed().as_secs_f64(),
+            };
             println!("{}", serde_json::to_string_pretty(&doc)?);
             Ok(exit)
         }
@@ -151,7 +179,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                 eprintln!("nothing was written.");
                 Ok(2)
             }
-            Some(be @ (BuildError::NoChange(_) | BuildError::InitExitOnly(_) | BuildError::NotBuilt(_))) => {
+            Some(
+                be @ (BuildError::NoChange(_)
+                | BuildError::InitExitOnly(_)
+                | BuildError::NotBuilt(_)),
+            ) => {
                 eprintln!("{be}");
                 Ok(3)
             }
@@ -182,35 +214,62 @@ fn is_outcome(e: &anyhow::Error) -> bool {
 }
 
 /// `--kernel R1 --kernel R2 ...`: see [`crate::build_many`].
-fn run_many(opts: &BuildOptions, releases: &[String], json: bool, start: Instant) -> anyhow::Result<i32> {
+fn run_many(
+    opts: &BuildOptions,
+    releases: &[String],
+    json: bool,
+    start: Instant,
+) -> anyhow::Result<i32> {
     let dir = opts.output.clone().unwrap_or_else(|| PathBuf::from("."));
     if dir.extension().is_some_and(|e| e == "ko") {
-        anyhow::bail!("with several --kernel, -o names a directory (one NAME-RELEASE.ko per release), not {}", dir.display());
+        anyhow::bail!(
+            "with several --kernel, -o names a directory (one NAME-RELEASE.ko per release), not {}",
+            dir.display()
+        );
     }
-    let name = opts.name.clone().unwrap_or_else(|| suture_build::default_module_name(&opts.patches[0]));
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| suture_build::default_module_name(&opts.patches[0]));
     let outcomes = crate::build_many::build_all(opts, releases, &dir, &name, start)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "releases": outcomes }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "releases": outcomes }))?
+        );
     } else {
         use crate::build_many::PerRelease::*;
         for o in &outcomes {
             match &o.result {
                 Built { report } => {
-                    println!("{}: built {} ({:.1}s)", o.release, report.module.display(), o.seconds);
+                    println!(
+                        "{}: built {} ({:.1}s)",
+                        o.release,
+                        report.module.display(),
+                        o.seconds
+                    );
                     for n in &report.not_built {
                         println!("{}:   left out: {n}", o.release);
                     }
                 }
                 NotBuilt { files } => println!("{}: not built: {}", o.release, files.join("; ")),
-                NeedsOtherChanges { detail } => println!("{}: needs changes in other files: {detail}", o.release),
+                NeedsOtherChanges { detail } => {
+                    println!("{}: needs changes in other files: {detail}", o.release)
+                }
                 Refused { reasons } => println!("{}: refused: {}", o.release, reasons.join("; ")),
                 NoChange { detail } => println!("{}: no change: {detail}", o.release),
-                InitExitOnly { reasons } => println!("{}: init/exit code only: {}", o.release, reasons.join("; ")),
+                InitExitOnly { reasons } => {
+                    println!("{}: init/exit code only: {}", o.release, reasons.join("; "))
+                }
                 NotApplicable { detail, .. } => println!("{}: not applicable: {detail}", o.release),
                 Error { detail } => println!("{}: error: {detail}", o.release),
             }
         }
-        println!("{} release(s) in {:.1}s", outcomes.len(), start.elapsed().as_secs_f64());
+        println!(
+            "{} release(s) in {:.1}s",
+            outcomes.len(),
+            start.elapsed().as_secs_f64()
+        );
     }
     Ok(crate::build_many::exit_status(&outcomes))
 }

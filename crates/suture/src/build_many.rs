@@ -12,19 +12,36 @@ use suture_build::{BuildError, BuildOptions, BuildReport, NotApplicable};
 #[derive(Debug, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum PerRelease {
-    Built { report: Box<BuildReport> },
-    Refused { reasons: Vec<String> },
-    NoChange { detail: String },
+    Built {
+        report: Box<BuildReport>,
+    },
+    Refused {
+        reasons: Vec<String>,
+    },
+    NoChange {
+        detail: String,
+    },
     /// Only init/exit code changed: nothing in the running kernel to patch.
-    InitExitOnly { reasons: Vec<String> },
+    InitExitOnly {
+        reasons: Vec<String>,
+    },
     /// `kind`: `does_not_apply` (a hunk's context is not there) or
     /// `no_such_file` (the release's source has no such file).
-    NotApplicable { kind: &'static str, detail: String },
+    NotApplicable {
+        kind: &'static str,
+        detail: String,
+    },
     /// No changed file is built by the release's configuration.
-    NotBuilt { files: Vec<String> },
+    NotBuilt {
+        files: Vec<String>,
+    },
     /// The fix needs changes to other files this release lacks.
-    NeedsOtherChanges { detail: String },
-    Error { detail: String },
+    NeedsOtherChanges {
+        detail: String,
+    },
+    Error {
+        detail: String,
+    },
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -42,28 +59,49 @@ pub fn output_for(dir: &Path, name: &str, release: &str) -> PathBuf {
 
 pub fn classify(r: Result<BuildReport>) -> PerRelease {
     match r {
-        Ok(report) => PerRelease::Built { report: Box::new(report) },
+        Ok(report) => PerRelease::Built {
+            report: Box::new(report),
+        },
         Err(e) => {
             if let Some(BuildError::Refused(v)) = e.downcast_ref::<BuildError>() {
-                let reasons = v.iter().map(|(f, x)| format!("{f}: {}: {}", x.subject, x.reason)).collect();
+                let reasons = v
+                    .iter()
+                    .map(|(f, x)| format!("{f}: {}: {}", x.subject, x.reason))
+                    .collect();
                 PerRelease::Refused { reasons }
             } else if let Some(BuildError::InitExitOnly(v)) = e.downcast_ref::<BuildError>() {
-                let reasons = v.iter().map(|(f, x)| format!("{f}: {}: {}", x.subject, x.reason)).collect();
+                let reasons = v
+                    .iter()
+                    .map(|(f, x)| format!("{f}: {}: {}", x.subject, x.reason))
+                    .collect();
                 PerRelease::InitExitOnly { reasons }
             } else if let Some(BuildError::NotBuilt(files)) = e.downcast_ref::<BuildError>() {
-                PerRelease::NotBuilt { files: files.clone() }
-            } else if let Some(n @ BuildError::NeedsOtherChanges { .. }) = e.downcast_ref::<BuildError>() {
-                PerRelease::NeedsOtherChanges { detail: n.to_string() }
+                PerRelease::NotBuilt {
+                    files: files.clone(),
+                }
+            } else if let Some(n @ BuildError::NeedsOtherChanges { .. }) =
+                e.downcast_ref::<BuildError>()
+            {
+                PerRelease::NeedsOtherChanges {
+                    detail: n.to_string(),
+                }
             } else if let Some(nc @ BuildError::NoChange(_)) = e.downcast_ref::<BuildError>() {
-                PerRelease::NoChange { detail: nc.to_string() }
+                PerRelease::NoChange {
+                    detail: nc.to_string(),
+                }
             } else if let Some(na) = e.downcast_ref::<NotApplicable>() {
                 let kind = match na.kind {
                     suture_build::NotApplicableKind::DoesNotApply => "does_not_apply",
                     suture_build::NotApplicableKind::NoSuchFile => "no_such_file",
                 };
-                PerRelease::NotApplicable { kind, detail: na.to_string() }
+                PerRelease::NotApplicable {
+                    kind,
+                    detail: na.to_string(),
+                }
             } else {
-                PerRelease::Error { detail: format!("{e:#}") }
+                PerRelease::Error {
+                    detail: format!("{e:#}"),
+                }
             }
         }
     }
@@ -77,7 +115,12 @@ pub fn exit_status(outcomes: &[Outcome]) -> i32 {
     let any = |f: fn(&PerRelease) -> bool| outcomes.iter().any(|o| f(&o.result));
     if any(|r| matches!(r, PerRelease::Error { .. })) {
         1
-    } else if any(|r| matches!(r, PerRelease::Refused { .. } | PerRelease::NeedsOtherChanges { .. })) {
+    } else if any(|r| {
+        matches!(
+            r,
+            PerRelease::Refused { .. } | PerRelease::NeedsOtherChanges { .. }
+        )
+    }) {
         2
     } else if any(|r| matches!(r, PerRelease::Built { .. })) {
         0
@@ -88,7 +131,13 @@ pub fn exit_status(outcomes: &[Outcome]) -> i32 {
 
 /// Builds `base` for each of `releases` in parallel threads; `out_dir` holds
 /// the modules.
-pub fn build_all(base: &BuildOptions, releases: &[String], out_dir: &Path, name: &str, start: Instant) -> Result<Vec<Outcome>> {
+pub fn build_all(
+    base: &BuildOptions,
+    releases: &[String],
+    out_dir: &Path,
+    name: &str,
+    start: Instant,
+) -> Result<Vec<Outcome>> {
     let mut seen = std::collections::HashSet::new();
     for r in releases {
         if !seen.insert(r) {
@@ -106,9 +155,19 @@ pub fn build_all(base: &BuildOptions, releases: &[String], out_dir: &Path, name:
                 opts.output = Some(output_for(out_dir, name, r));
                 s.spawn(move || {
                     let t = Instant::now();
-                    let progress = |m: &str| eprintln!("[{:5.1}s] {}: {m}", start.elapsed().as_secs_f64(), opts.release);
+                    let progress = |m: &str| {
+                        eprintln!(
+                            "[{:5.1}s] {}: {m}",
+                            start.elapsed().as_secs_f64(),
+                            opts.release
+                        )
+                    };
                     let result = classify(suture_build::build(&opts, &progress));
-                    Outcome { release: opts.release.clone(), result, seconds: t.elapsed().as_secs_f64() }
+                    Outcome {
+                        release: opts.release.clone(),
+                        result,
+                        seconds: t.elapsed().as_secs_f64(),
+                    }
                 })
             })
             .collect();
@@ -118,7 +177,9 @@ pub fn build_all(base: &BuildOptions, releases: &[String], out_dir: &Path, name:
             .map(|(h, r)| {
                 h.join().unwrap_or_else(|_| Outcome {
                     release: r.clone(),
-                    result: PerRelease::Error { detail: "the build thread panicked".into() },
+                    result: PerRelease::Error {
+                        detail: "the build thread panicked".into(),
+                    },
                     seconds: 0.0,
                 })
             })
@@ -132,15 +193,28 @@ mod tests {
     use super::*;
 
     fn o(result: PerRelease) -> Outcome {
-        Outcome { release: "r".into(), result, seconds: 0.0 }
+        Outcome {
+            release: "r".into(),
+            result,
+            seconds: 0.0,
+        }
     }
 
     #[test]
     fn exit_status_orders_error_refused_built() {
-        let na = || o(PerRelease::NotApplicable { kind: "no_such_file", detail: "x".into() });
+        let na = || {
+            o(PerRelease::NotApplicable {
+                kind: "no_such_file",
+                detail: "x".into(),
+            })
+        };
         let nc = || o(PerRelease::NoChange { detail: "x".into() });
         let err = || o(PerRelease::Error { detail: "x".into() });
-        let refused = || o(PerRelease::Refused { reasons: vec!["x".into()] });
+        let refused = || {
+            o(PerRelease::Refused {
+                reasons: vec!["x".into()],
+            })
+        };
         assert_eq!(exit_status(&[na(), nc()]), 3);
         assert_eq!(exit_status(&[na(), refused()]), 2);
         assert_eq!(exit_status(&[refused(), err()]), 1);

@@ -270,7 +270,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)))
+        .and_then(|()| {
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+        })
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     // No fsync: the rename is what keeps readers from seeing a partial
     // object; durability across a power cut is not a build tool's job (gcc

@@ -345,12 +345,19 @@ pub fn list(a: ListArgs) -> anyhow::Result<i32> {
     let release = h.kernel.release().unwrap_or_default();
     match h.list() {
         Ok(patches) => {
-            let installed = match st
-                .releases()
-                .and_then(|rs| rs.iter().map(|r| st.installed(r)).collect::<std::io::Result<Vec<_>>>())
-            {
+            let installed = match st.releases().and_then(|rs| {
+                rs.iter()
+                    .map(|r| st.installed(r))
+                    .collect::<std::io::Result<Vec<_>>>()
+            }) {
                 Ok(v) => v.into_iter().flatten().collect::<Vec<_>>(),
-                Err(e) => return fail("list", suture_host::state::state_unreadable(&st, &e), a.json),
+                Err(e) => {
+                    return fail(
+                        "list",
+                        suture_host::state::state_unreadable(&st, &e),
+                        a.json,
+                    )
+                }
             };
             if a.json {
                 println!(

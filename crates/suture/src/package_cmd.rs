@@ -74,7 +74,11 @@ fn deb_arch(data: &[u8]) -> Option<&'static str> {
 /// A control-file value on one line: a newline in a module's description or
 /// CVE list would start a field of the module's choosing.
 fn one_line(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect::<String>().trim().to_string()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 pub struct Control {
@@ -206,7 +210,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let info = match suture_host::modinfo::parse_module(&data) {
         Ok(i) => i,
-        Err(e) => return fail("package", suture_host::modinfo_refusal(&a.module, &e), a.json),
+        Err(e) => {
+            return fail(
+                "package",
+                suture_host::modinfo_refusal(&a.module, &e),
+                a.json,
+            )
+        }
     };
     if !info.livepatch {
         return fail(
@@ -262,7 +272,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         postinst(&format!("/{ko_rel}"), &release).as_bytes(),
         0o755,
     )?;
-    write(&root.join("DEBIAN/prerm"), prerm(&info.name).as_bytes(), 0o755)?;
+    write(
+        &root.join("DEBIAN/prerm"),
+        prerm(&info.name).as_bytes(),
+        0o755,
+    )?;
     for d in walk_dirs(&root)? {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
     }
@@ -337,7 +351,10 @@ mod tests {
                 && p.contains("suture install --no-load \"$ko\""),
             "{p}"
         );
-        assert!(prerm("x").contains("name='x'") && prerm("x").contains("suture uninstall --missing-ok \"$name\""));
+        assert!(
+            prerm("x").contains("name='x'")
+                && prerm("x").contains("suture uninstall --missing-ok \"$name\"")
+        );
     }
 
     /// Runs a script's assignments with sh and prints the variables back.
@@ -347,20 +364,45 @@ mod tests {
             .filter(|l| vars.iter().any(|v| l.starts_with(&format!("{v}="))))
             .map(|l| format!("{l}\n"))
             .collect();
-        let print: String = vars.iter().map(|v| format!("printf '%s\\n' \"${v}\"\n")).collect();
+        let print: String = vars
+            .iter()
+            .map(|v| format!("printf '%s\\n' \"${v}\"\n"))
+            .collect();
         let dir = tempfile::tempdir().unwrap();
-        let o = std::process::Command::new("sh").arg("-c").arg(format!("{assigns}{print}")).current_dir(dir.path()).output().unwrap();
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{assigns}{print}"))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         assert!(o.status.success());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "the script ran a command");
-        String::from_utf8(o.stdout).unwrap().lines().map(str::to_string).collect()
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the script ran a command"
+        );
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     #[test]
     fn script_values_are_single_shell_words() {
         // Names are validated before they get here; quoting holds even so.
-        for hostile in ["$(id>PWNED)", "a'b", "`touch PWNED`", "x; touch PWNED", "\"$(touch PWNED)\""] {
+        for hostile in [
+            "$(id>PWNED)",
+            "a'b",
+            "`touch PWNED`",
+            "x; touch PWNED",
+            "\"$(touch PWNED)\"",
+        ] {
             assert_eq!(sh_values(&prerm(hostile), &["name"]), [hostile]);
-            assert_eq!(sh_values(&postinst(hostile, hostile), &["release", "ko"]), [hostile, hostile]);
+            assert_eq!(
+                sh_values(&postinst(hostile, hostile), &["release", "ko"]),
+                [hostile, hostile]
+            );
         }
     }
 
@@ -390,7 +432,12 @@ mod tests {
         };
         let c = control(&info, "6.1.0-56-amd64", "amd64", &a);
         for line in c.text.lines() {
-            assert!(line.starts_with(' ') || !line.starts_with("Essential") && !line.starts_with("Pre-Depends"), "{}", c.text);
+            assert!(
+                line.starts_with(' ')
+                    || !line.starts_with("Essential") && !line.starts_with("Pre-Depends"),
+                "{}",
+                c.text
+            );
         }
     }
 }

@@ -63,7 +63,8 @@ fn build(patch_text: &str, args: &[&str]) -> (Option<i32>, serde_json::Value, St
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    let doc = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{err}", String::from_utf8_lossy(&o.stdout)));
+    let doc = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{err}", String::from_utf8_lossy(&o.stdout)));
     (o.status.code(), doc, err, ko.exists())
 }
 
@@ -82,7 +83,10 @@ fn a_file_the_config_leaves_out_is_not_built_and_named_with_its_option() {
 
     // With a file the release does build, that one goes into the module
     // and the other is reported.
-    let both = format!("{ALTERA}{}", std::fs::read_to_string(common::examples().join("cmdline.patch")).unwrap());
+    let both = format!(
+        "{ALTERA}{}",
+        std::fs::read_to_string(common::examples().join("cmdline.patch")).unwrap()
+    );
     let (status, doc, err, written) = build(&both, &["--kernel", &r]);
     assert_eq!(status, Some(0), "{err}");
     assert!(written);
@@ -106,9 +110,17 @@ fn a_c_file_built_only_through_includes_is_compiled_through_them() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["function"].as_str().unwrap(), f["source_file"].as_str().unwrap()))
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap(),
+                f["source_file"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert!(replaced.contains(&("remove_waiter", "kernel/locking/rtmutex_api.c")), "{replaced:?}");
+    assert!(
+        replaced.contains(&("remove_waiter", "kernel/locking/rtmutex_api.c")),
+        "{replaced:?}"
+    );
 }
 
 #[test]
@@ -118,8 +130,15 @@ fn a_fix_that_needs_other_changes_is_said_with_the_first_error() {
     assert_eq!(status, Some(2), "{err}");
     assert_eq!(doc["status"], "needs_other_changes", "{doc}");
     let detail = doc["detail"].as_str().unwrap();
-    assert!(detail.starts_with("fs/proc/cmdline.c: needs changes in other files"), "{detail}");
-    assert!(detail.contains("first error: fs/proc/cmdline.c:10:10: error:") && detail.contains("suture_no_such_member"), "{detail}");
+    assert!(
+        detail.starts_with("fs/proc/cmdline.c: needs changes in other files"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("first error: fs/proc/cmdline.c:10:10: error:")
+            && detail.contains("suture_no_such_member"),
+        "{detail}"
+    );
     assert!(!written);
 }
 
@@ -127,7 +146,10 @@ fn a_fix_that_needs_other_changes_is_said_with_the_first_error() {
 fn several_releases_are_each_decided_by_their_own_config() {
     let Some(r) = common::ready_61() else { return };
     let Ok(r612) = std::env::var("SUTURE_TEST_RELEASE_612") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set SUTURE_TEST_RELEASE_612");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must set SUTURE_TEST_RELEASE_612"
+        );
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -147,7 +169,12 @@ fn several_releases_are_each_decided_by_their_own_config() {
     for (i, rel) in [&r, &r612].into_iter().enumerate() {
         assert_eq!(v["releases"][i]["status"], "not_built", "{v}");
         let line = v["releases"][i]["files"][0].as_str().unwrap();
-        assert!(line.contains(&format!("not built by {rel} (CONFIG_SERIAL_ALTERA_JTAGUART is not set)")), "{line}");
+        assert!(
+            line.contains(&format!(
+                "not built by {rel} (CONFIG_SERIAL_ALTERA_JTAGUART is not set)"
+            )),
+            "{line}"
+        );
     }
 }
 
@@ -176,7 +203,10 @@ fn an_object_listed_by_a_grandparent_directory_builds() {
     assert_eq!(status, Some(0), "{err}");
     assert!(written);
     assert_eq!(doc["replaced"][0]["objname"], "ipmi_msghandler", "{doc}");
-    assert_eq!(doc["replaced"][0]["function"], "ipmi_set_gets_events", "{doc}");
+    assert_eq!(
+        doc["replaced"][0]["function"], "ipmi_set_gets_events",
+        "{doc}"
+    );
 }
 
 /// A static inline of a subsystem header: every unit that includes it is
@@ -210,7 +240,10 @@ fn a_header_change_is_compiled_in_every_unit_that_includes_it() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("more than --max-units 5") && !err.contains("compiling"), "{err}");
+    assert!(
+        err.contains("more than --max-units 5") && !err.contains("compiling"),
+        "{err}"
+    );
 
     let (status, doc, err, written) = build(PROC_HEADER, &["--kernel", &r]);
     assert_eq!(status, Some(0), "{err}");
@@ -223,13 +256,24 @@ fn a_header_change_is_compiled_in_every_unit_that_includes_it() {
         .and_then(|s| s.parse().ok())
         .unwrap();
     assert!(n > 10, "{err}");
-    assert!(err.contains(&format!("compiled {n} of {n} units (patched)")), "{err}");
+    assert!(
+        err.contains(&format!("compiled {n} of {n} units (patched)")),
+        "{err}"
+    );
     let replaced: Vec<(&str, &str)> = doc["replaced"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["function"].as_str().unwrap(), f["source_file"].as_str().unwrap()))
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap(),
+                f["source_file"].as_str().unwrap(),
+            )
+        })
         .collect();
     // The units that only include the header dropped out as unchanged.
-    assert!(!replaced.is_empty() && replaced.iter().all(|(_, f)| *f == "fs/proc/inode.c"), "{replaced:?}");
+    assert!(
+        !replaced.is_empty() && replaced.iter().all(|(_, f)| *f == "fs/proc/inode.c"),
+        "{replaced:?}"
+    );
 }

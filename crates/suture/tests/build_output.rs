@@ -16,7 +16,10 @@ fn refused_early(out: &std::path::Path, patch: &std::path::Path) -> String {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_ne!(o.status.code(), Some(0), "{err}");
-    assert!(!err.contains("no-such-release"), "checked before the kernel: {err}");
+    assert!(
+        !err.contains("no-such-release"),
+        "checked before the kernel: {err}"
+    );
     err
 }
 

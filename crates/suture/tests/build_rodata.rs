@@ -63,7 +63,11 @@ fn build(release: &str, text: &str, name: &str) -> Vec<(String, bool)> {
     std::fs::write(&patch, text).unwrap();
     let ko = tmp.path().join(format!("{name}.ko"));
     let b = common::build(release, &patch, &ko, &[]);
-    assert_eq!(b.status, 0, "suture build {name} failed:\n{}\n{}", b.stdout, b.stderr);
+    assert_eq!(
+        b.status, 0,
+        "suture build {name} failed:\n{}\n{}",
+        b.stdout, b.stderr
+    );
     symbols(&ko)
 }
 
@@ -73,7 +77,9 @@ fn assert_copied(syms: &[(String, bool)], prefix: &str) {
         "{prefix} is a copy in the module: {syms:?}"
     );
     assert!(
-        !syms.iter().any(|(n, _)| n.starts_with(".klp.") && n.contains(prefix)),
+        !syms
+            .iter()
+            .any(|(n, _)| n.starts_with(".klp.") && n.contains(prefix)),
         "{prefix} is not reached in the running kernel: {syms:?}"
     );
 }
@@ -94,7 +100,8 @@ fn constant_tables_read_by_value_are_copied_into_a_module_patch() {
     }
     // The functions it calls are still the running module's.
     assert!(
-        syms.iter().any(|(n, _)| n == ".klp.sym.btrfs.priority_reclaim_metadata_space,0"),
+        syms.iter()
+            .any(|(n, _)| n == ".klp.sym.btrfs.priority_reclaim_metadata_space,0"),
         "{syms:?}"
     );
 }

@@ -13,7 +13,10 @@ fn release() -> Option<String> {
     if Path::new(&format!("/boot/vmlinuz-{r}")).exists() {
         return Some(r);
     }
-    assert!(std::env::var_os("CI").is_none(), "CI must install the kernel {r}");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install the kernel {r}"
+    );
     eprintln!("SKIP: /boot/vmlinuz-{r} is not installed");
     None
 }
@@ -38,13 +41,17 @@ fn a_signed_module_verifies_against_its_certificate() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bytes = std::fs::read(&ko).unwrap();
-    let signed = suture_klp::sign::split(&bytes).unwrap().expect("the module is signed");
+    let signed = suture_klp::sign::split(&bytes)
+        .unwrap()
+        .expect("the module is signed");
     assert_eq!(&signed.module[..4], b"\x7fELF");
     std::fs::write(d.join("sig.der"), signed.signature).unwrap();
     std::fs::write(d.join("mod.bin"), signed.module).unwrap();
     let verify = |content: &Path| {
         Command::new("openssl")
-            .args(["cms", "-verify", "-binary", "-inform", "DER", "-purpose", "any"])
+            .args([
+                "cms", "-verify", "-binary", "-inform", "DER", "-purpose", "any",
+            ])
             .arg("-in")
             .arg(d.join("sig.der"))
             .arg("-content")
@@ -58,7 +65,11 @@ fn a_signed_module_verifies_against_its_certificate() {
             .unwrap()
     };
     let ok = verify(&d.join("mod.bin"));
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // The signature covers the module: one changed byte fails verification.
     let mut tampered = signed.module.to_vec();
     tampered[100] ^= 1;
@@ -87,10 +98,22 @@ fn build_metadata_is_recorded_in_modinfo() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a CVE id"));
     assert!(!ko.exists());
 
-    let o = run(&["--cve", "CVE-2024-12345", "--cve", "CVE-2025-0001", "--description", "mark serial port types"]);
+    let o = run(&[
+        "--cve",
+        "CVE-2024-12345",
+        "--cve",
+        "CVE-2025-0001",
+        "--description",
+        "mark serial port types",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let info = suture_klp::modinfo::read_modinfo(&std::fs::read(&ko).unwrap()).unwrap();
-    let all = |k: &str| info.iter().filter(|(key, _)| key == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    let all = |k: &str| {
+        info.iter()
+            .filter(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(all("suture_cve"), ["CVE-2024-12345", "CVE-2025-0001"]);
     assert_eq!(all("suture_description"), ["mark serial port types"]);
     assert_eq!(all("suture_release"), [r.as_str()]);
@@ -109,14 +132,29 @@ fn build_metadata_is_recorded_in_modinfo() {
     h.make_ascii_lowercase();
     assert_eq!(all("suture_patch_sha256"), [h.as_str()]);
     // modinfo(8) reads the same.
-    let m = Command::new("modinfo").args(["-F", "suture_cve"]).arg(&ko).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&m.stdout), "CVE-2024-12345\nCVE-2025-0001\n");
+    let m = Command::new("modinfo")
+        .args(["-F", "suture_cve"])
+        .arg(&ko)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&m.stdout),
+        "CVE-2024-12345\nCVE-2025-0001\n"
+    );
 }
 
 fn sha2_hex(b: &[u8]) -> String {
-    let o = Command::new("sha256sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let o = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
     o.stdin.as_ref().unwrap().write_all(b).unwrap();
     let out = o.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

@@ -25,7 +25,10 @@ fn package(ko: &Path, out: &Path) -> (Option<i32>, String) {
         .arg(out)
         .output()
         .unwrap();
-    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -70,11 +73,19 @@ fn a_good_module_is_packaged_with_quoted_scripts() {
     let deb = "suture-patch-livepatch-fix-6.1.0-56-amd64_1_amd64.deb";
     assert_eq!(entries(&out), [deb]);
     let x = dir.path().join("x");
-    let st = Command::new("dpkg-deb").arg("-R").arg(out.join(deb)).arg(&x).status().unwrap();
+    let st = Command::new("dpkg-deb")
+        .arg("-R")
+        .arg(out.join(deb))
+        .arg(&x)
+        .status()
+        .unwrap();
     assert!(st.success());
     let postinst = std::fs::read_to_string(x.join("DEBIAN/postinst")).unwrap();
     assert!(postinst.contains("release='6.1.0-56-amd64'"), "{postinst}");
-    assert!(postinst.contains("ko='/usr/lib/suture/patches/6.1.0-56-amd64/livepatch_fix.ko'"), "{postinst}");
+    assert!(
+        postinst.contains("ko='/usr/lib/suture/patches/6.1.0-56-amd64/livepatch_fix.ko'"),
+        "{postinst}"
+    );
     let prerm = std::fs::read_to_string(x.join("DEBIAN/prerm")).unwrap();
     assert!(prerm.contains("name='livepatch_fix'"), "{prerm}");
     assert_eq!(

@@ -202,7 +202,10 @@ fn a_module_patch_on_the_modules_own_tracepoint_loads_and_unloads_cleanly() {
         vm.add_release_module(m).unwrap();
     }
     let lib = format!("/lib/modules/{}", release());
-    let deps: String = mods[..5].iter().map(|m| format!("insmod {lib}/{m} || exit 9\n")).collect();
+    let deps: String = mods[..5]
+        .iter()
+        .map(|m| format!("insmod {lib}/{m} || exit 9\n"))
+        .collect();
     let lp = "/sys/kernel/livepatch/livepatch_btrfs_tracepoint";
     let script = format!(
         "{deps}\

@@ -24,7 +24,12 @@ fn a_module_patch_reaches_another_modules_exports_without_depending_on_it() {
     let Some(release) = ready_61() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let ko = tmp.path().join("vfat-lookup.ko");
-    let b = build(&release, &examples().join("vfat-lookup.patch"), &ko, &["--name", NAME]);
+    let b = build(
+        &release,
+        &examples().join("vfat-lookup.patch"),
+        &ko,
+        &["--name", NAME],
+    );
     assert_eq!(b.status, 0, "{}\n{}", b.stdout, b.stderr);
 
     // What the module says before any guest runs it: no dependency at all,
@@ -38,29 +43,56 @@ fn a_module_patch_reaches_another_modules_exports_without_depending_on_it() {
         let data = std::fs::read(&base)
             .or_else(|_| std::fs::read(format!("{base}.xz")))
             .unwrap_or_else(|e| panic!("{base}: {e}"));
-        suture_symbols::decompress_module(&data).unwrap().into_owned()
+        suture_symbols::decompress_module(&data)
+            .unwrap()
+            .into_owned()
     };
     let vfat_info = suture_host::modinfo::parse_module(&module("fs/fat/vfat.ko")).unwrap();
-    assert_eq!(vfat_info.depends, vec!["fat".to_string()], "vfat itself needs fat");
+    assert_eq!(
+        vfat_info.depends,
+        vec!["fat".to_string()],
+        "vfat itself needs fat"
+    );
     let e = Elf::parse(bytes).unwrap();
     let symtab = e.symtab().unwrap();
     let strtab = e.shdrs[symtab].link as usize;
     let syms = e.syms(symtab).unwrap();
     let name = |s: &suture_klp::elf::Sym| e.str_at(strtab, s.name).unwrap().to_string();
-    let klp: Vec<String> = syms.iter().filter(|s| s.shndx == SHN_LIVEPATCH).map(name).collect();
+    let klp: Vec<String> = syms
+        .iter()
+        .filter(|s| s.shndx == SHN_LIVEPATCH)
+        .map(name)
+        .collect();
     // On CALL_PADDING releases (6.12) the call enters through the padding.
     assert!(
-        klp.iter().any(|n| n == ".klp.sym.fat.fat_build_inode,0" || n == ".klp.sym.fat.__pfx_fat_build_inode,0"),
+        klp.iter().any(|n| n == ".klp.sym.fat.fat_build_inode,0"
+            || n == ".klp.sym.fat.__pfx_fat_build_inode,0"),
         "{klp:?}"
     );
-    assert!(klp.iter().all(|n| n.starts_with(".klp.sym.fat.") || n.starts_with(".klp.sym.vfat.")), "{klp:?}");
-    let undefined: Vec<String> = syms.iter().filter(|s| s.shndx == 0 && s.name != 0).map(name).collect();
-    assert!(!undefined.iter().any(|n| n.starts_with("fat_") || n.contains(".klp.")), "{undefined:?}");
+    assert!(
+        klp.iter()
+            .all(|n| n.starts_with(".klp.sym.fat.") || n.starts_with(".klp.sym.vfat.")),
+        "{klp:?}"
+    );
+    let undefined: Vec<String> = syms
+        .iter()
+        .filter(|s| s.shndx == 0 && s.name != 0)
+        .map(name)
+        .collect();
+    assert!(
+        !undefined
+            .iter()
+            .any(|n| n.starts_with("fat_") || n.contains(".klp.")),
+        "{undefined:?}"
+    );
     let klp_secs: Vec<String> = (0..e.shdrs.len())
         .filter(|&i| e.shdrs[i].flags & SHF_RELA_LIVEPATCH != 0)
         .map(|i| e.section_name(i).unwrap().to_string())
         .collect();
-    assert!(!klp_secs.is_empty() && klp_secs.iter().all(|s| s.starts_with(".klp.rela.vfat.")), "{klp_secs:?}");
+    assert!(
+        !klp_secs.is_empty() && klp_secs.iter().all(|s| s.starts_with(".klp.rela.vfat.")),
+        "{klp_secs:?}"
+    );
 
     let _g = vm_lock();
     let mut vm = vm(&release);
@@ -124,9 +156,17 @@ fn a_module_patch_reaches_another_modules_exports_without_depending_on_it() {
     // resolved as it loaded.
     assert_eq!(field(out, "LATE_PATCHED"), "1", "{out}");
     assert_eq!(field(out, "READ"), "one", "{out}");
-    assert_eq!(field(out, "MARKER"), "1", "the patched vfat_lookup ran:\n{out}");
+    assert_eq!(
+        field(out, "MARKER"),
+        "1",
+        "the patched vfat_lookup ran:\n{out}"
+    );
     assert_eq!(field(out, "READ_UNPATCHED"), "two", "{out}");
-    assert_eq!(field(out, "MARKER_UNPATCHED"), "0", "unloaded, the original runs:\n{out}");
+    assert_eq!(
+        field(out, "MARKER_UNPATCHED"),
+        "0",
+        "unloaded, the original runs:\n{out}"
+    );
     assert_eq!(field(out, "LEFT"), "0", "{out}");
     assert_eq!(field(out, "GONE"), "gone", "{out}");
     assert_eq!(field(out, "BAD"), "0", "{out}");

@@ -598,9 +598,16 @@ fn collection_unit_tests() {
     let built = dir.join("galaxy");
     let _ = std::fs::remove_dir_all(&built);
     let mut c = Command::new(venv_bin("ansible-galaxy"));
-    c.current_dir(&collection).args(["collection", "build", "--output-path"]).arg(&built);
+    c.current_dir(&collection)
+        .args(["collection", "build", "--output-path"])
+        .arg(&built);
     run(&mut c);
-    let tarball = std::fs::read_dir(&built).unwrap().next().unwrap().unwrap().path();
+    let tarball = std::fs::read_dir(&built)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
     let listing = run(Command::new("tar").arg("tzf").arg(&tarball));
     assert!(listing.lines().any(|l| l == "README.md"), "{listing}");
     // ansible-test sanity. Its pip bootstrap comes from a host the build
@@ -614,7 +621,8 @@ fn collection_unit_tests() {
             .unwrap()
     };
     let mut o = sanity();
-    let text = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     if let Some(at) = text.split("manually downloaded and saved to: ").nth(1) {
         let path = at.split_whitespace().next().unwrap();
         std::fs::create_dir_all(Path::new(path).parent().unwrap()).unwrap();

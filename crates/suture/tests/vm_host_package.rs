@@ -131,7 +131,8 @@ fn package_fields_contents_scripts_and_install_in_guest() {
     assert!(postinst.contains("--no-load"), "{postinst}");
     let prerm = std::fs::read_to_string(ctl.join("prerm")).unwrap();
     assert!(
-        prerm.contains("name='pkg_fix'") && prerm.contains("suture uninstall --missing-ok \"$name\""),
+        prerm.contains("name='pkg_fix'")
+            && prerm.contains("suture uninstall --missing-ok \"$name\""),
         "{prerm}"
     );
     use std::os::unix::fs::PermissionsExt;

@@ -81,6 +81,10 @@ fn run() -> Result<i32> {
         // The script's own lines only: no firmware escape codes or banners.
         print!("{}", out.script_output());
     }
-    eprintln!("suture-lab: guest ran {:.1}s, script exit status {}", out.duration.as_secs_f64(), out.exit_status);
+    eprintln!(
+        "suture-lab: guest ran {:.1}s, script exit status {}",
+        out.duration.as_secs_f64(),
+        out.exit_status
+    );
     Ok(out.exit_status)
 }
