@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod klp;
+
 use std::fmt;
 
 /// The kernel's `MODULE_NAME_LEN` (`include/linux/module.h`): the name

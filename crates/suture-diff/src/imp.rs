@@ -934,9 +934,9 @@ impl<'a> Diff<'a> {
     pub fn klp_symbol(&self, k: KlpRef<'_>, name: &str) -> String {
         let target = self.objname();
         if k.obj == target {
-            format!(".klp.sym.{}.{},{}", k.obj, name, k.sympos)
+            suture_abi::klp::klp_sym_name(k.obj, name, k.sympos)
         } else {
-            format!(".klp.xsym.{}.{}.{},{}", target, k.obj, name, k.sympos)
+            suture_abi::klp::klp_xsym_name(target, k.obj, name, k.sympos)
         }
     }
 

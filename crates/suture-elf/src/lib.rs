@@ -35,11 +35,12 @@ pub const SHF_MERGE: u64 = 0x10;
 pub const SHF_STRINGS: u64 = 0x20;
 pub const SHF_INFO_LINK: u64 = 0x40;
 pub const SHF_GROUP: u64 = 0x200;
-pub const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
+pub const SHF_RELA_LIVEPATCH: u64 = suture_abi::klp::SHF_RELA_LIVEPATCH;
 
 pub const SHN_UNDEF: u32 = 0;
 pub const SHN_LORESERVE: u32 = 0xff00;
-pub const SHN_LIVEPATCH: u32 = 0xff20;
+/// As `st_shndx` is read here (widened): see suture-abi.
+pub const SHN_LIVEPATCH: u32 = suture_abi::klp::SHN_LIVEPATCH as u32;
 pub const SHN_ABS: u32 = 0xfff1;
 pub const SHN_COMMON: u32 = 0xfff2;
 pub const SHN_XINDEX: u32 = 0xffff;

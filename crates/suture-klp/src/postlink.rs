@@ -22,61 +22,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// `__suture_klp_vmlinux__NAME` becomes `.klp.sym.vmlinux.NAME,0`.
 pub const HOOK_VMLINUX_PREFIX: &str = "__suture_klp_vmlinux__";
 
-/// A parsed `.klp.sym.OBJ.NAME,POS` symbol name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KlpSym<'a> {
-    pub objname: &'a str,
-    pub name: &'a str,
-    pub pos: u64,
-}
-
-/// Parses a klp symbol name with the limits the kernel's `sscanf` applies
-/// (`.klp.sym.%55[^.].%511[^,],%lu`), so that what we emit is what it accepts.
-pub fn parse_klp_sym(s: &str) -> Option<KlpSym<'_>> {
-    parse_klp_body(s.strip_prefix(".klp.sym.")?)
-}
-
-/// `OBJ.NAME,POS`, the part of a klp symbol name after `.klp.sym.`.
-fn parse_klp_body(rest: &str) -> Option<KlpSym<'_>> {
-    let (objname, rest) = rest.split_once('.')?;
-    let (name, pos) = rest.rsplit_once(',')?;
-    if objname.is_empty() || objname.len() > 55 || name.is_empty() || name.len() > 511 {
-        return None;
-    }
-    if name.contains(',') || pos.is_empty() || !pos.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(KlpSym {
-        objname,
-        name,
-        pos: pos.parse().ok()?,
-    })
-}
-
-pub fn klp_sym_name(objname: &str, name: &str, pos: u32) -> String {
-    format!(".klp.sym.{objname}.{name},{pos}")
-}
-
-/// A parsed `.klp.xsym.OBJ.MODULE.NAME,POS`, the differ's name for a reference
-/// of object OBJ's patched code to module MODULE's symbol: OBJ, whose
-/// `.klp.rela` sections carry the relocations, and the symbol
-/// `.klp.sym.MODULE.NAME,POS` it becomes. Refused unless OBJ and MODULE are
-/// two modules: the kernel forbids vmlinux symbols in a module's klp
-/// relocation sections, and a module's own symbols are `.klp.sym.OBJ.*`.
-pub fn parse_klp_xsym(s: &str) -> Option<(&str, KlpSym<'_>)> {
-    let rest = s.strip_prefix(".klp.xsym.")?;
-    let (obj, rest) = rest.split_once('.')?;
-    let sym = parse_klp_body(rest)?;
-    if obj.is_empty()
-        || obj.len() > 55
-        || obj == "vmlinux"
-        || sym.objname == "vmlinux"
-        || sym.objname == obj
-    {
-        return None;
-    }
-    Some((obj, sym))
-}
+// The livepatch symbol-name formats are a contract with the differ, which
+// writes them: one definition, in suture-abi.
+pub use suture_abi::klp::{klp_sym_name, parse_klp_sym, parse_klp_xsym, KlpSym};
 
 /// Adds a GLOBAL FUNC alias for each `(existing symbol, alias)` pair.
 pub fn add_aliases(obj: &[u8], aliases: &[(String, String)]) -> Result<Vec<u8>> {
