@@ -8,7 +8,18 @@ use std::process::Command;
 use suture_klp::elf::{self, Elf};
 use suture_klp::{build_module, Func, ModuleSpec, Object};
 
-const RELEASE: &str = "6.1.0-56-amd64";
+/// The 6.1 release under test: `SUTURE_TEST_RELEASE` (scripts/test.sh sets
+/// it to the release Debian's linux-image-amd64 installs), else 6.1.0-57;
+/// it prints as its name, so it reads as one in messages and paths.
+struct Release;
+const RELEASE: Release = Release;
+
+impl std::fmt::Display for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into());
+        f.write_str(&r)
+    }
+}
 
 fn headers() -> Option<std::path::PathBuf> {
     let h = Path::new("/usr/src").join(format!("linux-headers-{RELEASE}"));

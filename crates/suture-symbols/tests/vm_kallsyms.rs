@@ -10,7 +10,18 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-const RELEASE: &str = "6.1.0-56-amd64";
+/// The 6.1 release under test: `SUTURE_TEST_RELEASE` (scripts/test.sh sets
+/// it to the release Debian's linux-image-amd64 installs), else 6.1.0-57;
+/// it prints as its name, so it reads as one in messages and paths.
+struct Release;
+const RELEASE: Release = Release;
+
+impl std::fmt::Display for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into());
+        f.write_str(&r)
+    }
+}
 
 /// The CRC-32 (zlib's, as busybox `crc32` prints it) of `data`.
 fn crc32(data: &[u8]) -> u32 {
@@ -84,7 +95,7 @@ fn decoded_kallsyms_equal_the_running_kernels() {
         eprintln!("SKIPPED: needs qemu-system-x86_64 and a static busybox (apt-get install qemu-system-x86 busybox-static)");
         return;
     };
-    let paths = suture_symbols::ReleasePaths::new(Path::new("/"), RELEASE);
+    let paths = suture_symbols::ReleasePaths::new(Path::new("/"), &RELEASE.to_string());
     let (_, k) = paths.load_vmlinux().unwrap();
     let mut table = String::new();
     for s in k.symbols() {
