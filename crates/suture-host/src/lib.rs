@@ -742,17 +742,26 @@ impl Host {
             _ => HostError::new(ErrorKind::Kernel, format!("loading {name} failed: {e}")).hint("check `dmesg`"),
         };
         let unknown = unknown_symbols(&log);
-        if !unknown.is_empty() {
+        let errno_name = if errno == libc::ENOENT {
+            "ENOENT".to_string()
+        } else {
+            format!("errno {errno}")
+        };
+        if log_has("Unknown symbol") {
+            // The module loader's: symbols no loaded module or vmlinux exports.
             err.kind = ErrorKind::UnknownSymbol;
             err.message = format!(
-                "the kernel could not resolve symbol{} of {name}: {} ({})",
+                "the kernel could not resolve symbol{} of {name}: {} ({errno_name})",
                 if unknown.len() == 1 { "" } else { "s" },
                 unknown.join(", "),
-                if errno == libc::ENOENT {
-                    "ENOENT".to_string()
-                } else {
-                    format!("errno {errno}")
-                }
+            );
+        } else if !unknown.is_empty() {
+            // The livepatch core's lookup (EINVAL): a function the patch
+            // replaces or a symbol its code uses is not in the running
+            // kernel; the kind stays what the errno says.
+            err.message = format!(
+                "the livepatch core found no {} in the running kernel for {name} ({errno_name}): a function it replaces or a symbol its code uses",
+                unknown.join(", "),
             );
         }
         // The kernel's own words decide between causes that share an errno.
