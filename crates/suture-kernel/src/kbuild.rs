@@ -371,19 +371,11 @@ pub fn applicability(
 /// Whether C source `text` includes `target` (a file name in the same
 /// directory, `rtmutex.c`) with a quoted `#include`.
 pub fn includes_file(text: &str, target: &str) -> bool {
-    text.lines().any(|l| {
-        let l = l.trim_start();
-        let Some(rest) = l.strip_prefix('#') else {
-            return false;
-        };
-        let Some(rest) = rest.trim_start().strip_prefix("include") else {
-            return false;
-        };
-        let rest = rest.trim();
-        rest.strip_prefix('"')
-            .and_then(|r| r.split_once('"'))
-            .is_some_and(|(name, _)| name == target || name.strip_prefix("./") == Some(target))
-    })
+    crate::includes::parse_includes(text)
+        .iter()
+        .any(|(quoted, name)| {
+            *quoted && (name == target || name.strip_prefix("./") == Some(target))
+        })
 }
 
 /// The `.c` files of `file`'s directory that include it, directly or through

@@ -9,8 +9,10 @@ use suture_kernel::kbuild::{applicability, Applicability, Target};
 
 use suture_kernel::{Release, Tree};
 
-#[test]
-fn kbuild_decides_what_the_release_builds() {
+/// The release under test (`SUTURE_TEST_RELEASE`, else 6.1.0-57) and its
+/// prepared tree from the cache; `None` (a failure under CI) when the
+/// release is not installed.
+fn tree() -> Option<(String, Tree)> {
     let r = std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into());
     if !Path::new(&format!("/boot/vmlinuz-{r}")).exists() {
         assert!(
@@ -18,12 +20,19 @@ fn kbuild_decides_what_the_release_builds() {
             "CI must install the kernel {r}"
         );
         eprintln!("SKIP: /boot/vmlinuz-{r} is not installed");
-        return;
+        return None;
     }
-    let cache = std::env::var_os("SUTURE_CACHE")
-        .map_or_else(|| "/var/cache/suture".into(), std::path::PathBuf::from);
     let rel = Release::find(&r, Path::new("/")).unwrap();
-    let tree = Tree::open(rel, &cache, &|m| eprintln!("{m}")).unwrap();
+    let tree = Tree::open(rel, &suture_kernel::tree::cache_root(), &|m| {
+        eprintln!("{m}")
+    })
+    .unwrap();
+    Some((r, tree))
+}
+
+#[test]
+fn kbuild_decides_what_the_release_builds() {
+    let Some((r, tree)) = tree() else { return };
     let config = std::fs::read_to_string(&tree.release.config).unwrap();
     let mut make = Command::new("make");
     make.arg("-C")
@@ -98,18 +107,7 @@ fn kbuild_decides_what_the_release_builds() {
 
 #[test]
 fn every_unit_of_the_configuration_is_found() {
-    let r = std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into());
-    if !Path::new(&format!("/boot/vmlinuz-{r}")).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install the kernel {r}"
-        );
-        return;
-    }
-    let cache = std::env::var_os("SUTURE_CACHE")
-        .map_or_else(|| "/var/cache/suture".into(), std::path::PathBuf::from);
-    let rel = Release::find(&r, Path::new("/")).unwrap();
-    let tree = Tree::open(rel, &cache, &|m| eprintln!("{m}")).unwrap();
+    let Some((_, tree)) = tree() else { return };
     let t0 = std::time::Instant::now();
     let units = tree.all_units(&|m| eprintln!("{m}")).unwrap();
     eprintln!("{} units in {:.1?}", units.len(), t0.elapsed());
@@ -135,18 +133,7 @@ fn every_unit_of_the_configuration_is_found() {
 
 #[test]
 fn the_include_graph_finds_the_units_of_a_header() {
-    let r = std::env::var("SUTURE_TEST_RELEASE").unwrap_or_else(|_| "6.1.0-57-amd64".into());
-    if !Path::new(&format!("/boot/vmlinuz-{r}")).exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install the kernel {r}"
-        );
-        return;
-    }
-    let cache = std::env::var_os("SUTURE_CACHE")
-        .map_or_else(|| "/var/cache/suture".into(), std::path::PathBuf::from);
-    let rel = Release::find(&r, Path::new("/")).unwrap();
-    let tree = Tree::open(rel, &cache, &|m| eprintln!("{m}")).unwrap();
+    let Some((_, tree)) = tree() else { return };
     let t0 = std::time::Instant::now();
     let g = tree.include_graph(&|m| eprintln!("{m}")).unwrap();
     eprintln!("graph of {} files in {:.1?}", g.file_count(), t0.elapsed());
