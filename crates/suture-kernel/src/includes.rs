@@ -211,6 +211,21 @@ impl IncludeGraph {
         v
     }
 
+    /// Whether every file the graph names is a path inside the tree and its
+    /// indices are in range: a graph read back from the cache is used only
+    /// then.
+    pub fn is_well_formed(&self) -> bool {
+        let n = self.files.len();
+        self.units <= n
+            && self.includers.len() == n
+            && self.files.iter().all(|f| crate::kbuild::is_tree_path(f))
+            && self
+                .includers
+                .iter()
+                .chain(self.unresolved.values())
+                .all(|v| v.iter().all(|&i| (i as usize) < n))
+    }
+
     pub fn file_count(&self) -> usize {
         self.files.len()
     }

@@ -97,6 +97,22 @@ fn module_name(object: &str) -> String {
     base.strip_suffix(".o").unwrap_or(base).replace('-', "_")
 }
 
+/// A path kbuild names (`fs/proc/cmdline.o`, `drivers/char/ipmi`, and
+/// `arch/x86/kvm/../../../virt/kvm/eventfd.o` as kvm's Makefile lists it):
+/// relative, never climbing out of the tree, and only characters that stay
+/// one word in a make variable and a shell command. What is read back from the cache
+/// (`units.json`, `includes.json`) must pass it before it becomes a path or
+/// a make argument.
+pub fn is_tree_path(p: &str) -> bool {
+    !p.is_empty()
+        && p != "."
+        && !p.starts_with('/')
+        && p.split('/').all(|c| !c.is_empty())
+        && crate::includes::normalize(p).is_some_and(|n| !n.is_empty())
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-,/".contains(&b))
+}
+
 /// Parses what [`PRINT_MK`] printed for each directory.
 pub fn parse_lists(text: &str) -> HashMap<String, DirLists> {
     let mut out: HashMap<String, DirLists> = HashMap::new();
@@ -691,6 +707,32 @@ y fs/proc/built-in.a
             g,
             "drivers/char/ipmi:drivers/char/ipmi/b.o:drivers/char/ipmi/a.o fs:fs/open.o"
         );
+    }
+
+    #[test]
+    fn tree_paths_stay_in_the_tree_and_one_word() {
+        for ok in [
+            "fs/proc/cmdline.o",
+            "drivers/char/ipmi",
+            "net/ipv4/tcp_input.c",
+            "include/linux/kconfig.h",
+        ] {
+            assert!(is_tree_path(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "/etc/passwd",
+            "../x.o",
+            "fs/../../x",
+            "fs//x.o",
+            "a b.o",
+            "x$(shell id).o",
+            "a:b.o",
+            "x;y.o",
+        ] {
+            assert!(!is_tree_path(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -508,7 +508,13 @@ impl Tree {
         let cached = fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
-            .filter(|c| c.stamp == self.wanted_stamp());
+            .filter(|c| c.stamp == self.wanted_stamp())
+            // The cache is input like any other: only paths inside the tree.
+            .filter(|c| {
+                c.units.iter().all(|(o, d)| {
+                    crate::kbuild::is_tree_path(o) && (d == "." || crate::kbuild::is_tree_path(d))
+                })
+            });
         let units = match cached {
             Some(c) => c.units,
             None => {
@@ -552,7 +558,7 @@ impl Tree {
         if let Some(c) = fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
-            .filter(|c| c.stamp == self.wanted_stamp())
+            .filter(|c| c.stamp == self.wanted_stamp() && c.graph.is_well_formed())
         {
             return Ok(c.graph);
         }
