@@ -4,9 +4,10 @@
 # a static busybox for the test guests, and the kernel build dependencies.
 # Idempotent. Prints the kernel release the demo and the tests use.
 #
-# --with-old: also install an older 6.1 release side by side (its image and
-# headers; suture fetches its own source package version), for the tests that
-# check each release is built from its own source.
+# --with-old: also install two older 6.1 releases side by side (their images
+# and headers; suture fetches their own source package versions), for the
+# tests that check each release is built from its own source and for the
+# triage of a later update.
 #
 # --with-612: also install the newest release of Debian's 6.12 series
 # (linux-image-6.12.N+deb12-amd64, an IBT/CALL_PADDING kernel) whose
@@ -15,6 +16,9 @@
 set -euo pipefail
 
 OLD_RELEASE=6.1.0-47-amd64
+# A second older release for `suture triage` (its source, 6.1.176-1, is
+# older than an update the archive still has).
+TRIAGE_RELEASE=6.1.0-50-amd64
 with_old=false
 with_612=false
 for arg in "$@"; do
@@ -37,14 +41,17 @@ packages=(
   cpio xz-utils zstd kmod dwarves python3 ca-certificates openssl
   debootstrap python3-prometheus-client
   openssh-client python3-venv
+  ccache
 )
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-if $with_old && [ ! -e "/boot/vmlinuz-$OLD_RELEASE" ]; then
-  missing+=("linux-image-$OLD_RELEASE" "linux-headers-$OLD_RELEASE")
-fi
+for r in "$OLD_RELEASE" "$TRIAGE_RELEASE"; do
+  if $with_old && [ ! -e "/boot/vmlinuz-$r" ]; then
+    missing+=("linux-image-$r" "linux-headers-$r")
+  fi
+done
 if $with_612; then
   export LC_ALL=C
   candidates=$(apt-cache search --names-only '^linux-image-6\.12\..*\+deb12-amd64$' | awk '{print $1}')

@@ -10,6 +10,9 @@ export SUTURE_TEST_RELEASE
 # The older release installed side by side (see setup.sh).
 SUTURE_TEST_RELEASE_OLD=6.1.0-47-amd64
 export SUTURE_TEST_RELEASE_OLD
+# The second older release, for the triage of a later Debian update.
+SUTURE_TEST_RELEASE_TRIAGE=6.1.0-50-amd64
+export SUTURE_TEST_RELEASE_TRIAGE
 # The 6.12 release setup.sh installed: the newest one with its headers installed.
 SUTURE_TEST_RELEASE_612=$(dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 'linux-headers-6.12.*+deb12-amd64' 2>/dev/null \
   | awk '$1 == "ii" {sub(/^linux-headers-/, "", $2); print $2}' | sort -V | tail -n1)
@@ -18,7 +21,7 @@ if [ -z "$SUTURE_TEST_RELEASE_612" ]; then
   exit 1
 fi
 export SUTURE_TEST_RELEASE_612
-echo "test.sh: kernel releases under test: $SUTURE_TEST_RELEASE, $SUTURE_TEST_RELEASE_OLD, $SUTURE_TEST_RELEASE_612" >&2
+echo "test.sh: kernel releases under test: $SUTURE_TEST_RELEASE, $SUTURE_TEST_RELEASE_OLD, $SUTURE_TEST_RELEASE_TRIAGE, $SUTURE_TEST_RELEASE_612" >&2
 
 corpus=../shared/kpatch-unit-objs/x86_64
 if [ ! -f "$corpus/EXPECTED.tsv" ]; then

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod klp;
+pub mod modinfo;
 
 use std::fmt;
 

@@ -5,6 +5,7 @@
 //! reports progress and decides the outcome.
 
 mod ibt;
+mod judge;
 mod oot;
 mod symbols;
 
@@ -12,10 +13,11 @@ use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use suture_diff::{Outcome, Refusal};
+pub use suture_diff::Refusal;
 use suture_kernel::patchfile::{self, FileKind, FilePatch};
 use suture_kernel::{Release, Tree};
 
+pub use judge::{Judge, Judged, Judgement, LiveUnit};
 pub use suture_kernel::tree::{cache_root, NotApplicable, NotApplicableKind};
 pub use suture_klp::default_module_name;
 pub use suture_klp::{parse_state, State};
@@ -130,29 +132,28 @@ pub fn not_built_line(file: &str, release: &str, why: &str) -> String {
     format!("{file}: not built by {release} ({why})")
 }
 
-/// The units to compile for the changed objects, as kbuild builds them: an
+/// The units to compile for the changed files, as kbuild builds them: an
 /// object the configuration builds stands for itself; a `.c` file built only
 /// through other units' `#include` (`kernel/locking/rtmutex.c`) stands for
-/// the built units that include it; anything else is not built, with why.
-struct Plan {
-    units: Vec<String>,
-    not_built: Vec<String>,
+/// the built units that include it; a header for every built unit that
+/// includes it; anything else is not built, with why.
+#[derive(Debug, Default)]
+pub struct UnitPlan {
+    /// Each unit to compile (`fs/proc/cmdline.o`), with the changed files
+    /// that make it one (its own `.c`, a `.c` it includes, headers).
+    pub units: BTreeMap<String, Vec<String>>,
+    /// Each changed file the release builds nothing of, with the line that
+    /// says why ([`not_built_line`]).
+    pub not_built: Vec<(String, String)>,
 }
 
-fn plan_units(
-    tree: &Tree,
-    changed: &Changed,
-    max_units: Option<usize>,
-    progress: &dyn Fn(&str),
-) -> Result<Plan> {
+pub fn plan_units(tree: &Tree, changed: &Changed, progress: &dyn Fn(&str)) -> Result<UnitPlan> {
     use suture_kernel::kbuild::{including_units, Applicability};
     let release = &tree.release.name.release;
     let objects = &changed.objects;
     let a = tree.applicability(objects)?;
-    let mut plan = Plan {
-        units: Vec::new(),
-        not_built: Vec::new(),
-    };
+    let mut plan = UnitPlan::default();
+    let unit_of = |c: &str| format!("{}.o", c.strip_suffix(".c").unwrap_or(c));
     if !changed.headers.is_empty() {
         // Every unit of the configuration that includes a changed header,
         // directly or not, is compiled before and after; the unchanged ones
@@ -161,30 +162,30 @@ fn plan_units(
         for h in &changed.headers {
             let units = graph.units_including(h);
             if units.is_empty() {
-                plan.not_built
-                    .push(format!("{h}: no unit {release} builds includes it"));
+                plan.not_built.push((
+                    h.clone(),
+                    format!("{h}: no unit {release} builds includes it"),
+                ));
                 continue;
             }
             progress(&format!(
                 "{h}: included by {} unit(s) {release} builds",
                 units.len()
             ));
-            plan.units.extend(
-                units
-                    .iter()
-                    .map(|c| format!("{}.o", c.strip_suffix(".c").unwrap_or(c))),
-            );
+            for u in units {
+                plan.units.entry(unit_of(&u)).or_default().push(h.clone());
+            }
         }
     }
     for o in objects {
         let file = format!("{}.c", o.strip_suffix(".o").unwrap_or(o));
         match &a[o] {
-            Applicability::Built { .. } => plan.units.push(o.clone()),
+            Applicability::Built { .. } => plan.units.entry(o.clone()).or_default().push(file),
             Applicability::NotBuilt(why) => {
                 let includers: Vec<String> = including_units(&tree.dir, &file)
                     .with_context(|| format!("looking for the units that include {file}"))?
                     .iter()
-                    .map(|c| format!("{}.o", c.strip_suffix(".c").unwrap_or(c)))
+                    .map(|c| unit_of(c))
                     .collect();
                 let built: Vec<String> = if includers.is_empty() {
                     vec![]
@@ -196,32 +197,23 @@ fn plan_units(
                         .collect()
                 };
                 if built.is_empty() {
-                    plan.not_built.push(not_built_line(&file, release, why));
+                    plan.not_built
+                        .push((file.clone(), not_built_line(&file, release, why)));
                 } else {
                     progress(&format!(
                         "{file} is not an object of its own: {} include it; compiling those",
                         built.join(", ")
                     ));
-                    plan.units.extend(built);
+                    for u in built {
+                        plan.units.entry(u).or_default().push(file.clone());
+                    }
                 }
             }
         }
     }
-    plan.units.sort();
-    plan.units.dedup();
-    if let Some(max) = max_units {
-        if plan.units.len() > max {
-            bail!(
-                "the patch needs {} units compiled before and after the patch (more than --max-units {max}); raise --max-units to build it anyway (each unit costs about two compiles)",
-                plan.units.len()
-            );
-        }
-    }
-    if plan.units.len() > 1 {
-        progress(&format!(
-            "{} units to compile before and after the patch",
-            plan.units.len()
-        ));
+    for files in plan.units.values_mut() {
+        files.sort();
+        files.dedup();
     }
     Ok(plan)
 }
@@ -331,23 +323,38 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
             if let Some(h) = changed.headers.first() {
                 bail!("{h}: header changes are not supported for an out-of-tree module ({}): move the change into its .c files", dir.display());
             }
-            Plan {
-                units: changed.objects.clone(),
-                not_built: vec![],
-            }
+            (changed.objects.clone(), vec![])
         }
         None => {
             tree.check_files(&patches)?;
-            plan_units(&tree, &changed, opts.max_units, progress)?
+            let p = plan_units(&tree, &changed, progress)?;
+            (
+                p.units.into_keys().collect(),
+                p.not_built.into_iter().map(|(_, l)| l).collect(),
+            )
         }
     };
-    if plan.units.is_empty() {
-        return Err(BuildError::NotBuilt(plan.not_built).into());
+    let (objects, not_built): (Vec<String>, Vec<String>) = plan;
+    if let Some(max) = opts.max_units {
+        if objects.len() > max {
+            bail!(
+                "the patch needs {} units compiled before and after the patch (more than --max-units {max}); raise --max-units to build it anyway (each unit costs about two compiles)",
+                objects.len()
+            );
+        }
     }
-    for n in &plan.not_built {
+    if objects.len() > 1 {
+        progress(&format!(
+            "{} units to compile before and after the patch",
+            objects.len()
+        ));
+    }
+    if objects.is_empty() {
+        return Err(BuildError::NotBuilt(not_built).into());
+    }
+    for n in &not_built {
         progress(n);
     }
-    let objects = plan.units;
     // A kept directory has its own prefix: no later build removes it.
     let work = tempdir_in(
         &base,
@@ -368,7 +375,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         work.path(),
     )
     .map(|mut r| {
-        r.not_built = plan.not_built;
+        r.not_built = not_built;
         r
     });
     if opts.keep_work {
@@ -377,10 +384,6 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
     }
     result
 }
-
-/// What one klp_object collects across translation units: its functions, the
-/// klp objects that define them, and its callbacks (kind, symbol).
-type ObjectParts = (Vec<suture_klp::Func>, Vec<Vec<u8>>, Vec<(String, String)>);
 
 #[allow(clippy::too_many_arguments)]
 fn build_in(
@@ -393,13 +396,6 @@ fn build_in(
     output: &Path,
     work: &Path,
 ) -> Result<BuildReport> {
-    let entry_sizes = tree.entry_sizes()?;
-    let config = fs::read_to_string(&tree.release.config)
-        .with_context(|| format!("reading {}", tree.release.config.display()))?;
-    let objtool_at_link = objtool_runs_at_module_link(&config);
-    let ibt_kernel = suture_kernel::release::config_value(&config, "CONFIG_X86_KERNEL_IBT")
-        .as_deref()
-        == Some("y");
     // Only the patched side can include suture.h (the original source does not).
     let include = work.join("include");
     fs::create_dir_all(&include)?;
@@ -424,174 +420,33 @@ fn build_in(
         pairs.len(),
         symbols.describe()
     ));
-    let mut refusals = Vec::new();
-    let mut by_obj: BTreeMap<String, ObjectParts> = BTreeMap::new();
-    let mut callbacks = Vec::new();
-    let mut replaced = Vec::new();
-    let mut new_functions = Vec::new();
+    let judge = Judge::new(tree, &symbols)?;
+    let mut refusals: Vec<(String, Refusal)> = Vec::new();
+    let mut live = Vec::new();
     let mut warnings = Vec::new();
     let mut unchanged = Vec::new();
     let mut init_exit: Vec<(String, Refusal)> = Vec::new();
-    let mut verified = 0;
     for ((info, orig), patched) in pairs.iter().zip(&patched) {
-        // A struct or union whose layout the patch changes (issue 12.4):
-        // refused by name, once per declaring file (a header's type shows in
-        // every unit that includes it).
-        match suture_layout::compare(orig, patched) {
-            Ok(changed) if !changed.is_empty() => {
-                for c in changed {
-                    let file = c
-                        .file
-                        .clone()
-                        .unwrap_or_else(|| info.object.replace(".o", ".c"));
-                    let r = Refusal {
-                        subject: c.subject(),
-                        reason: c.reason(),
-                    };
+        let j = judge.unit(info, orig, patched)?;
+        warnings.extend(j.warnings);
+        match j.verdict {
+            Judged::Live(u) => live.push(*u),
+            Judged::NoChange => unchanged.push(info.object.clone()),
+            Judged::InitExitOnly(r) => {
+                let source = info.object.replace(".o", ".c");
+                init_exit.extend(r.into_iter().map(|x| (source.clone(), x)));
+            }
+            // A header's layout change shows in every unit that includes
+            // it: said once.
+            Judged::Refused(r) | Judged::LayoutChanged(r) => {
+                for (file, x) in r {
                     if !refusals
                         .iter()
-                        .any(|(f, x): &(String, Refusal)| *f == file && x.subject == r.subject)
+                        .any(|(f, y)| *f == file && y.subject == x.subject)
                     {
-                        refusals.push((file, r));
+                        refusals.push((file, x));
                     }
                 }
-                continue;
-            }
-            Ok(_) => {}
-            Err(e) => warnings.push(format!("{}: struct layouts not checked: {e}", info.object)),
-        }
-        let mut report = symbols.target(&info.objname, orig)?;
-        warnings.extend(
-            report
-                .warnings
-                .iter()
-                .map(|w| format!("{}: {w}", info.object)),
-        );
-        symbols.add_new_references(&info.objname, patched, &mut report.target)?;
-        let undecided: Vec<String> = report
-            .unresolved
-            .iter()
-            .map(|u| format!("{}: {}", u.name, u.why))
-            .collect();
-        let dopts = suture_diff::Options {
-            entry_sizes: entry_sizes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            target: Some(report.target.clone()),
-            objtool_at_link,
-        };
-        let outcome = suture_diff::diff(orig, patched, &dopts).with_context(|| {
-            let mut c = format!("diffing {}", info.object);
-            if !undecided.is_empty() {
-                c.push_str(&format!(
-                    " (symbols of {} whose instance could not be decided: {})",
-                    info.objname,
-                    undecided.join("; ")
-                ));
-            }
-            c
-        })?;
-        match outcome {
-            Outcome::Changes(p) => {
-                let sealed = if info.objname == "vmlinux" && ibt_kernel {
-                    sealed_pointers(&p.object, &symbols)?
-                } else {
-                    Vec::new()
-                };
-                if !sealed.is_empty() {
-                    let source = info.object.replace(".o", ".c");
-                    refusals.extend(sealed.iter().map(|t| {
-                        (
-                            source.clone(),
-                            Refusal {
-                                subject: t.name.clone(),
-                                reason: ibt::sealed_reason(t),
-                            },
-                        )
-                    }));
-                    continue;
-                }
-                // A copy chosen among interchangeable ones is fine to call or
-                // read, not to replace: the other units' callers would keep
-                // theirs, and which is this unit's is unknown.
-                let copies: Vec<Refusal> = p
-                    .replaced
-                    .iter()
-                    .filter_map(|f| {
-                        let d = report.decisions.iter().find(|d| d.name == f.name && d.how.starts_with("identical copies"))?;
-                        Some(Refusal {
-                            subject: f.name.clone(),
-                            reason: format!(
-                                "the kernel has {} byte-identical copies of it and nothing tells which one is this file's: replacing one would leave this file's callers on another",
-                                d.instances
-                            ),
-                        })
-                    })
-                    .collect();
-                if !copies.is_empty() {
-                    let source = info.object.replace(".o", ".c");
-                    refusals.extend(copies.into_iter().map(|r| (source.clone(), r)));
-                    continue;
-                }
-                let names: Vec<&str> = p.replaced.iter().map(|f| f.name.as_str()).collect();
-                reproduces(&report, &info.object, &info.objname, &names)?;
-                verified += names.len();
-                warnings.extend(
-                    p.report
-                        .warnings
-                        .iter()
-                        .map(|w| format!("{}: {w}", info.object)),
-                );
-                new_functions.extend(p.report.new.iter().cloned());
-                let entry = by_obj.entry(info.objname.clone()).or_default();
-                let (keep, aliases) = one_per_address(orig, &p.replaced)?;
-                for (dropped, kept) in aliases {
-                    warnings.push(format!(
-                        "{}: {dropped} is an alias of {kept} (same code): the patch redirects that code once, to {kept}'s replacement",
-                        info.object
-                    ));
-                }
-                for f in keep {
-                    replaced.push(Replaced {
-                        objname: info.objname.clone(),
-                        function: f.name.clone(),
-                        sympos: f.sympos,
-                        source_file: info.object.replace(".o", ".c"),
-                    });
-                    entry.0.push(suture_klp::Func {
-                        old_name: f.name.clone(),
-                        sympos: f.sympos,
-                        symbol: f.symbol.clone(),
-                    });
-                }
-                for c in &p.callbacks {
-                    if let Some((_, other)) = entry.2.iter().find(|(k, _)| *k == c.kind) {
-                        bail!(
-                            "two {} callbacks for {} ({other} and {} in {}): the kernel keeps one per object; call the others from one function",
-                            c.kind,
-                            info.objname,
-                            c.symbol,
-                            info.object.replace(".o", ".c")
-                        );
-                    }
-                    callbacks.push(format!("{} {}: {}", info.objname, c.kind, c.symbol));
-                    entry.2.push((c.kind.clone(), c.symbol.clone()));
-                }
-                fs::write(work.join(info.object.replace('/', "_")), &p.object)?;
-                entry.1.push(p.object);
-            }
-            Outcome::NoChange(_) => unchanged.push(info.object.clone()),
-            Outcome::InitExitOnly(r) => {
-                init_exit.extend(
-                    r.refusals
-                        .into_iter()
-                        .map(|x| (info.object.replace(".o", ".c"), x)),
-                );
-            }
-            Outcome::Refused(r) => {
-                refusals.extend(
-                    r.refusals
-                        .into_iter()
-                        .map(|x| (info.object.replace(".o", ".c"), x)),
-                );
             }
         }
     }
@@ -600,7 +455,7 @@ fn build_in(
     }
     // A patch of callbacks alone (for example one that only sets up state for a
     // later patch) is still a patch.
-    if replaced.is_empty() && callbacks.is_empty() {
+    if live.is_empty() {
         if !init_exit.is_empty() {
             return Err(BuildError::InitExitOnly(init_exit).into());
         }
@@ -612,7 +467,64 @@ fn build_in(
             x.subject, x.reason
         ));
     }
+    let mut report = link_module(
+        opts,
+        tree,
+        &symbols,
+        live,
+        &[],
+        name,
+        output,
+        work,
+        progress,
+    )?;
+    warnings.append(&mut report.warnings);
+    report.warnings = warnings;
+    Ok(report)
+}
 
+/// Links the units judged live into one livepatch module at `output`: the
+/// hook, the release's kbuild, the post-link rewrite, the `.modinfo` record
+/// (with `extra` keys), the signature. Shared by `suture build` and the
+/// cumulative module of `suture triage`.
+#[allow(clippy::too_many_arguments)]
+pub fn link_module(
+    opts: &BuildOptions,
+    tree: &Tree,
+    symbols: &SymbolSource,
+    live: Vec<LiveUnit>,
+    extra: &[(String, String)],
+    name: &str,
+    output: &Path,
+    work: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<BuildReport> {
+    /// What one klp_object collects across translation units: its functions,
+    /// the klp objects that define them, and its callbacks (kind, symbol).
+    type ObjectParts = (Vec<suture_klp::Func>, Vec<Vec<u8>>, Vec<(String, String)>);
+    let mut by_obj: BTreeMap<String, ObjectParts> = BTreeMap::new();
+    let (mut replaced, mut new_functions, mut callbacks) = (Vec::new(), Vec::new(), Vec::new());
+    let mut verified = 0;
+    for u in live {
+        let entry = by_obj.entry(u.objname.clone()).or_default();
+        for (kind, symbol) in &u.callbacks {
+            if let Some((_, other)) = entry.2.iter().find(|(k, _)| k == kind) {
+                bail!(
+                    "two {kind} callbacks for {} ({other} and {symbol} in {}): the kernel keeps one per object; call the others from one function",
+                    u.objname,
+                    u.object.replace(".o", ".c")
+                );
+            }
+            callbacks.push(format!("{} {kind}: {symbol}", u.objname));
+            entry.2.push((kind.clone(), symbol.clone()));
+        }
+        verified += u.verified;
+        entry.0.extend(u.funcs);
+        fs::write(work.join(u.object.replace('/', "_")), &u.klp_object)?;
+        entry.1.push(u.klp_object);
+        replaced.extend(u.replaced);
+        new_functions.extend(u.new_functions);
+    }
     progress("linking the livepatch module with the release's kbuild");
     let mut spec = suture_klp::ModuleSpec {
         name: name.to_string(),
@@ -634,10 +546,9 @@ fn build_in(
     progress(&format!("{verified} replaced function(s) byte-identical to the running kernel's build (relocations masked)"));
     let (mut ko, _post) =
         suture_klp::build_module(&spec, &klp_objects, &tree.release.headers, work)?;
-    ko = suture_klp::modinfo::add_modinfo(
-        &ko,
-        &metadata(opts, &tree.release.name.release, &symbols, &replaced)?,
-    )?;
+    let mut info = metadata(opts, &tree.release.name.release, symbols, &replaced)?;
+    info.extend(extra.iter().cloned());
+    ko = suture_klp::modinfo::add_modinfo(&ko, &info)?;
     if let Some((key, cert)) = &opts.sign {
         progress("signing the module with the release's scripts/sign-file");
         ko = suture_klp::sign::sign(
@@ -656,7 +567,7 @@ fn build_in(
         replaced,
         new_functions,
         symbol_source: symbols.describe(),
-        warnings,
+        warnings: Vec::new(),
         callbacks,
         states: opts.states.clone(),
         replace: opts.replace,
@@ -743,7 +654,7 @@ type KeptAndAliases<'a> = (Vec<&'a suture_diff::ReplacedFunc>, Vec<(String, Stri
 /// the livepatch core two `klp_func`s on one address in one patch, which its
 /// transition cannot handle (every task then looks blocked). Returns the kept
 /// functions and (dropped, kept) pairs.
-fn one_per_address<'a>(
+pub(crate) fn one_per_address<'a>(
     orig: &[u8],
     replaced: &'a [suture_diff::ReplacedFunc],
 ) -> Result<KeptAndAliases<'a>> {
@@ -779,30 +690,31 @@ fn metadata(
     replaced: &[Replaced],
 ) -> Result<Vec<(String, String)>> {
     use sha2::{Digest, Sha256};
+    use suture_abi::modinfo;
     let mut h = Sha256::new();
     for p in &opts.patches {
         h.update(fs::read(p)?);
     }
     let mut m = vec![
-        ("suture_release".to_string(), release.to_string()),
+        (modinfo::RELEASE.to_string(), release.to_string()),
         (
-            "suture_version".to_string(),
+            modinfo::VERSION.to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         ),
         (
-            "suture_patch_sha256".to_string(),
+            modinfo::PATCH_SHA256.to_string(),
             h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
         ),
     ];
     if let Some(id) = symbols.build_id() {
-        m.push(("suture_release_build_id".to_string(), id));
+        m.push((modinfo::RELEASE_BUILD_ID.to_string(), id));
     }
     if let Some(d) = &opts.description {
-        m.push(("suture_description".to_string(), d.replace('\n', " ")));
+        m.push((modinfo::DESCRIPTION.to_string(), d.replace('\n', " ")));
     }
     for c in &opts.cves {
         check_cve(c)?;
-        m.push(("suture_cve".to_string(), c.clone()));
+        m.push((modinfo::CVE.to_string(), c.clone()));
     }
     for f in replaced {
         let mut rec = format!("{} {} {}", f.objname, f.function, f.sympos);
@@ -813,7 +725,7 @@ fn metadata(
                 rec = format!("{rec} {check}");
             }
         }
-        m.push(("suture_func".to_string(), rec));
+        m.push((modinfo::FUNC.to_string(), rec));
     }
     Ok(m)
 }
@@ -959,7 +871,10 @@ fn tempdir_in(base: &Path, prefix: &str) -> Result<TempDir> {
 
 /// The pointers the klp object takes to vmlinux functions whose `endbr64`
 /// the kernel seals at boot.
-fn sealed_pointers(klp_object: &[u8], symbols: &SymbolSource) -> Result<Vec<ibt::AddressTaken>> {
+pub(crate) fn sealed_pointers(
+    klp_object: &[u8],
+    symbols: &SymbolSource,
+) -> Result<Vec<ibt::AddressTaken>> {
     let mut out = Vec::new();
     for t in ibt::addresses_taken(klp_object, "vmlinux")? {
         if symbols.endbr_sealed(&t.name, t.sympos)? {
@@ -973,7 +888,7 @@ fn sealed_pointers(klp_object: &[u8], symbols: &SymbolSource) -> Result<Vec<ibt:
 /// object as it compiles (`delay-objtool` in scripts/Makefile.lib): then it
 /// writes ORC and the call/return-site lists for the whole livepatch module,
 /// hook included, as long as the klp objects bring none of their own.
-fn objtool_runs_at_module_link(config: &str) -> bool {
+pub(crate) fn objtool_runs_at_module_link(config: &str) -> bool {
     ["CONFIG_X86_KERNEL_IBT", "CONFIG_LTO_CLANG"]
         .iter()
         .any(|k| suture_kernel::release::config_value(config, k).as_deref() == Some("y"))

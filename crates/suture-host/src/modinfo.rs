@@ -50,6 +50,19 @@ pub struct SutureMeta {
     /// (space-separated; OBJ is `vmlinux` or a module name).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub functions: Vec<String>,
+    /// `suture_source_version`: for a cumulative module of a distribution
+    /// update (`suture triage --build`), the update's source version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_version: Option<String>,
+    /// `suture_update_live`: how many of the update's objects it carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_live: Option<u32>,
+    /// `suture_update_reboot`: how many need a reboot into the update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_reboot: Option<u32>,
+    /// `suture_object`, one per object of the update it carries.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<String>,
 }
 
 impl SutureMeta {
@@ -62,15 +75,13 @@ impl SutureMeta {
                 plain_description.get_or_insert(v);
                 continue;
             }
-            let Some(key) = k
-                .strip_prefix("suture_")
-                .or_else(|| k.strip_prefix("suture."))
-            else {
+            let Some(key) = suture_abi::modinfo::normalize(k) else {
                 continue;
             };
-            match key {
-                "description" => m.description = Some(v),
-                "cve" => {
+            use suture_abi::modinfo as keys;
+            match key.as_str() {
+                keys::DESCRIPTION => m.description = Some(v),
+                keys::CVE => {
                     // A single key may also carry a comma/space list.
                     for c in v.split([',', ' ']).filter(|c| !c.is_empty()) {
                         if !m.cves.iter().any(|x| x == c) {
@@ -78,11 +89,18 @@ impl SutureMeta {
                         }
                     }
                 }
-                "patch_sha256" => m.patch_sha256 = Some(v.to_ascii_lowercase()),
-                "release" => m.release = Some(v),
-                "release_build_id" => m.release_build_id = Some(v.to_ascii_lowercase()),
-                "version" => m.version = Some(v),
-                "func" => m.functions.push(v),
+                keys::PATCH_SHA256 => m.patch_sha256 = Some(v.to_ascii_lowercase()),
+                keys::RELEASE => m.release = Some(v),
+                keys::RELEASE_BUILD_ID => m.release_build_id = Some(v.to_ascii_lowercase()),
+                keys::VERSION => m.version = Some(v),
+                keys::FUNC => m.functions.push(v),
+                // Shown and exported as a label: a version's characters only.
+                keys::SOURCE_VERSION => {
+                    m.source_version = suture_abi::modinfo::is_version(&v).then_some(v)
+                }
+                keys::UPDATE_LIVE => m.update_live = v.parse().ok(),
+                keys::UPDATE_REBOOT => m.update_reboot = v.parse().ok(),
+                keys::OBJECT => m.objects.push(v),
                 _ => {}
             }
         }

@@ -23,6 +23,10 @@ pub struct Status {
     /// CVE ids fixed by the patches that are applied (enabled, transition
     /// finished), from their build-time metadata.
     pub cves: Vec<String>,
+    /// The distribution update an applied cumulative patch (`suture triage
+    /// --build`) brings the running code to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateStatus>,
     /// Installed for the running release but not loaded.
     pub installed_not_loaded: Vec<String>,
     /// Set aside by the crash-loop guard.
@@ -47,6 +51,19 @@ pub struct PatchStatus {
     /// file does not describe a different loaded build.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<SutureMeta>,
+}
+
+/// What an applied cumulative patch says of its update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpdateStatus {
+    /// The update's source version: the effective source version of the
+    /// running code.
+    pub source_version: String,
+    pub patch: String,
+    /// Of the update's objects for this release: how many are live...
+    pub objects_live: u32,
+    /// ... and how many still need a reboot into the updated release.
+    pub objects_need_reboot: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,7 +138,19 @@ impl Host {
         } else {
             format!("{release}+{}", applied.join("+"))
         };
+        // Replace mode keeps one cumulative patch applied; were there
+        // several, the last loaded is the one in force.
+        let update = patches.iter().rev().filter(|p| p.applied).find_map(|p| {
+            let m = p.meta.as_ref()?;
+            Some(UpdateStatus {
+                source_version: m.source_version.clone()?,
+                patch: p.state.name.clone(),
+                objects_live: m.update_live.unwrap_or(0),
+                objects_need_reboot: m.update_reboot.unwrap_or(0),
+            })
+        });
         Ok(Status {
+            update,
             build_id: sysfs::running_build_id(&self.root),
             effective_version,
             transition,
@@ -222,6 +251,21 @@ pub fn prometheus_text(s: &Status) -> String {
             );
         }
     }
+    if let Some(u) = &s.update {
+        family(
+            &mut o,
+            "suture_update_objects",
+            "Objects of the distribution update an applied cumulative livepatch carries (live) or leaves to a reboot (reboot).",
+        );
+        for (state, n) in [("live", u.objects_live), ("reboot", u.objects_need_reboot)] {
+            let _ = writeln!(
+                o,
+                "suture_update_objects{{source_version=\"{}\",patch=\"{}\",state=\"{state}\"}} {n}",
+                label(&u.source_version),
+                label(&u.patch)
+            );
+        }
+    }
     family(
         &mut o,
         "suture_transition_in_progress",
@@ -283,6 +327,13 @@ pub fn format_status(s: &Status) -> String {
         s.build_id.as_deref().unwrap_or("unknown")
     );
     let _ = writeln!(o, "effective: {}", s.effective_version);
+    if let Some(u) = &s.update {
+        let _ = writeln!(
+            o,
+            "source:    {} (cumulative patch {}): {} object(s) of the update live, {} need a reboot",
+            u.source_version, u.patch, u.objects_live, u.objects_need_reboot
+        );
+    }
     let _ = writeln!(
         o,
         "CVEs fixed: {}",

@@ -1332,3 +1332,46 @@ fn state_that_cannot_be_read_fails_closed() {
         .unwrap();
     assert!(r.loaded.is_empty() && r.failed.is_empty());
 }
+
+/// A cumulative patch of a distribution update (`suture triage --build`):
+/// status reports the update's source version and the object counts, in
+/// every format; a version that is not one is not repeated.
+#[test]
+fn status_reports_the_effective_source_version_of_a_cumulative_patch() {
+    let f = fixture("update", Behaviour::Completes, &[]);
+    boot(&f, "boot-a", 30.0);
+    let st = StateDir(f.fake.0.join("state"));
+    let p = write_ko(
+        &f,
+        "livepatch_linux_6_1_187_1.ko",
+        &ko_with(
+            "livepatch_linux_6_1_187_1",
+            true,
+            REL,
+            "suture_source_version=6.1.187-1\0suture_update_live=41\0suture_update_reboot=3\0suture_object=fs/proc/base.o\0",
+        ),
+    );
+    let opts = LoadOptions {
+        timeout: Duration::from_secs(5),
+        ..quick()
+    };
+    f.host.install(&st, &p, &opts).unwrap();
+    let s = f.host.status(Some(&st)).unwrap();
+    let u = s.update.as_ref().expect("an update");
+    assert_eq!(u.source_version, "6.1.187-1");
+    assert_eq!(u.patch, "livepatch_linux_6_1_187_1");
+    assert_eq!((u.objects_live, u.objects_need_reboot), (41, 3));
+    let text = crate::report::format_status(&s);
+    assert!(
+        text.contains("source:    6.1.187-1 (cumulative patch livepatch_linux_6_1_187_1): 41 object(s) of the update live, 3 need a reboot"),
+        "{text}"
+    );
+    let prom = crate::report::prometheus_text(&s);
+    assert!(prom.contains("suture_update_objects{source_version=\"6.1.187-1\",patch=\"livepatch_linux_6_1_187_1\",state=\"reboot\"} 3"), "{prom}");
+    let j = serde_json::to_value(&s).unwrap();
+    assert_eq!(j["update"]["objects_live"], 41);
+
+    let bad = ko_with("fixv", true, REL, "suture_source_version=6.1\n\x1b[2J\0");
+    let m = crate::modinfo::parse_module(&bad).unwrap();
+    assert_eq!(m.suture.source_version, None);
+}

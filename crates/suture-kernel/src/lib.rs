@@ -5,6 +5,7 @@
 
 pub mod includes;
 pub mod kbuild;
+pub mod launcher;
 pub mod patchfile;
 pub mod release;
 pub mod tree;

@@ -107,6 +107,18 @@ impl Release {
             .next()
             .unwrap_or("gcc")
             .to_string();
+        // It is run by name and becomes a file name (the launcher wrapper).
+        if cc.is_empty()
+            || cc.starts_with(['-', '.'])
+            || !cc
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+        {
+            bail!(
+                "{}: CONFIG_CC_VERSION_TEXT names the compiler {cc:?}, which is not a program name",
+                config.display()
+            );
+        }
         Ok(Release {
             name,
             image,

@@ -6,6 +6,8 @@
 //! ```text
 //! debs/linux-source-SERIES_VERSION/   source tarballs of releases whose source
 //!                                     package is not the installed one
+//! updates/linux-source-SERIES_VERSION/src/  a later update's source, extracted for
+//!                                     `suture triage` (`extracted` stamp written last)
 //! RELEASE/src/                        the tree: extracted, configured, `make prepare`d
 //! RELEASE/src/.suture-prepared        written last: the tree is complete
 //! RELEASE/lock                        flock: one build per release at a time
@@ -65,6 +67,9 @@ pub struct Tree {
     /// [`Tree::applicability`]: such objects are compiled through that
     /// directory's Makefile.
     listed_in: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// A directory to put first in make's PATH: the compiler through a
+    /// launcher ([`crate::launcher`]), when one is used.
+    launcher_dir: Option<PathBuf>,
 }
 
 /// Where the tree's object for a source file ends up in the running kernel.
@@ -151,7 +156,9 @@ impl Tree {
         })?;
         let lock = lock_tree(&base, progress)?;
         let dir = base.join("src");
+        let launcher_dir = setup_launcher(&base, &release.cc, progress)?;
         let tree = Tree {
+            launcher_dir,
             release,
             dir,
             base,
@@ -170,6 +177,14 @@ impl Tree {
     /// `make` with `extra` appended to KCFLAGS (e.g. `-I` of suture's own header).
     fn make_with(&self, extra: &str) -> Command {
         let mut c = Command::new("make");
+        if let Some(d) = &self.launcher_dir {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut dirs = vec![d.clone()];
+            dirs.extend(std::env::split_paths(&path));
+            if let Ok(p) = std::env::join_paths(dirs) {
+                c.env("PATH", p);
+            }
+        }
         c.arg("-C")
             .arg(&self.dir)
             .arg(format!("-j{}", jobs()))
@@ -582,6 +597,53 @@ impl Tree {
         Ok(c.graph)
     }
 
+    /// Every file of the release's source package (tree paths), as its
+    /// tarball lists them: what tells a source file from one kbuild
+    /// generated (`nf_nat_snmp_basic.asn1.c`). Listed once per prepared tree
+    /// and kept in `RELEASE/source-files.json`.
+    pub fn source_files(
+        &self,
+        cache: &Path,
+        progress: &dyn Fn(&str),
+    ) -> Result<std::collections::HashSet<String>> {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Cached {
+            stamp: Stamp,
+            files: Vec<String>,
+        }
+        let path = self.base.join("source-files.json");
+        if let Some(c) = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Cached>(&b).ok())
+            .filter(|c| c.stamp == self.wanted_stamp())
+        {
+            return Ok(c.files.into_iter().collect());
+        }
+        let tarball = source_tarball(&self.release, cache, progress)?;
+        progress(&format!("listing {} (once per release)", tarball.display()));
+        let mut tar = Command::new("tar");
+        tar.arg("--use-compress-program=xz -T0")
+            .arg("-tf")
+            .arg(&tarball);
+        let out = run_in_group(&self.base, &mut tar)
+            .with_context(|| format!("listing {}", tarball.display()))?;
+        if !out.status.success() {
+            bail!("tar -tf {} failed ({})", tarball.display(), out.status);
+        }
+        let files: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.ends_with('/'))
+            .filter_map(|l| l.split_once('/').map(|(_, p)| p.to_string()))
+            .filter(|p| !p.is_empty())
+            .collect();
+        let c = Cached {
+            stamp: self.wanted_stamp(),
+            files,
+        };
+        write_atomic(&path, &serde_json::to_vec(&c)?)?;
+        Ok(c.files.into_iter().collect())
+    }
+
     /// Whether and into what the release's configuration builds each object
     /// (`fs/proc/cmdline.o`): kbuild's own answer ([`crate::kbuild`]).
     pub fn applicability(
@@ -883,6 +945,30 @@ fn which(cmd: &str) -> Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("`{cmd}` not found on PATH"))
 }
 
+/// Writes `base/launcher/CC` when a compiler launcher is chosen
+/// ([`crate::launcher::choose`]) and returns that directory; removes it
+/// otherwise.
+fn setup_launcher(base: &Path, cc: &str, progress: &dyn Fn(&str)) -> Result<Option<PathBuf>> {
+    let dir = base.join("launcher");
+    let setting = std::env::var(crate::launcher::ENV).ok();
+    let chosen = crate::launcher::choose(setting.as_deref(), |p| which(p).ok())?;
+    let _ = fs::remove_dir_all(&dir);
+    let Some(launcher) = chosen else {
+        return Ok(None);
+    };
+    let compiler = which(cc)?;
+    fs::create_dir_all(&dir)?;
+    let script = dir.join(cc);
+    write_atomic(
+        &script,
+        crate::launcher::wrapper(&launcher, &compiler)?.as_bytes(),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
+    progress(&format!("compiling through {}", launcher.display()));
+    Ok(Some(dir))
+}
+
 /// Takes the release's lock (`base/lock`), waiting for another build of it,
 /// then stops whatever a build that died left running in the tree (its
 /// make's process group, recorded in `base/running.json`): the lock covers
@@ -1154,36 +1240,45 @@ fn write_nofollow(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The source tarball of the release's own source package version: the installed
 /// `linux-source-SERIES` if its version matches, else downloaded with apt.
 fn source_tarball(r: &Release, cache: &Path, progress: &dyn Fn(&str)) -> Result<PathBuf> {
-    let pkg = r.source_package();
+    source_tarball_of(&r.source_package(), &r.source_version, cache, progress)
+}
+
+/// The tarball of `pkg` (`linux-source-6.1`) at `version`: the installed one
+/// if its version matches, else downloaded once with `apt-get download` into
+/// `cache/debs/PKG_VERSION/` and kept there.
+pub fn source_tarball_of(
+    pkg: &str,
+    version: &str,
+    cache: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf> {
+    check_package_word(pkg)?;
+    check_package_word(version)?;
     let file = format!("{pkg}.tar.xz");
-    if let Ok(v) = crate::release::package_version(&pkg) {
-        if v == r.source_version {
+    if let Ok(v) = crate::release::package_version(pkg) {
+        if v == version {
             let p = PathBuf::from("/usr/src").join(&file);
             if p.exists() {
                 return Ok(p);
             }
         }
     }
-    let dir = cache
-        .join("debs")
-        .join(format!("{pkg}_{}", r.source_version));
+    let dir = cache.join("debs").join(format!("{pkg}_{version}"));
     let tarball = dir.join("usr/src").join(&file);
     if tarball.exists() {
         return Ok(tarball);
     }
     fs::create_dir_all(&dir)?;
     progress(&format!(
-        "downloading {pkg}={} (the installed {pkg} is another version)",
-        r.source_version
+        "downloading {pkg}={version} (the installed {pkg} is another version)"
     ));
     run(
         Command::new("apt-get")
             .current_dir(&dir)
             .arg("download")
-            .arg(format!("{pkg}={}", r.source_version)),
+            .arg(format!("{pkg}={version}")),
         &format!(
-            "apt-get download {pkg}={} (is it still in the archive? `apt-cache madison {pkg}` lists what is)",
-            r.source_version
+            "apt-get download {pkg}={version} (is it still in the archive? `apt-cache madison {pkg}` lists what is)"
         ),
     )?;
     let deb = fs::read_dir(&dir)?
@@ -1199,6 +1294,66 @@ fn source_tarball(r: &Release, cache: &Path, progress: &dyn Fn(&str)) -> Result<
         bail!("{} does not contain usr/src/{file}", deb.display());
     }
     Ok(tarball)
+}
+
+/// A package name or version as it goes on apt's command line and into a
+/// cache path: Debian's characters only, so it is one word and no path.
+fn check_package_word(w: &str) -> Result<()> {
+    let ok = !w.is_empty()
+        && w.len() <= 128
+        && !w.starts_with(['-', '.'])
+        && w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.~:".contains(&b));
+    if !ok {
+        bail!("{w:?} is not a Debian package name or version");
+    }
+    Ok(())
+}
+
+/// The source of `pkg` at `version` (a later update of the release's
+/// series), extracted once under `cache/updates/PKG_VERSION/src` and kept:
+/// what `suture triage` compares a release's tree with. Locked like a tree;
+/// a stamp written last says the extraction is complete.
+pub fn extracted_source(
+    pkg: &str,
+    version: &str,
+    cache: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf> {
+    check_package_word(pkg)?;
+    check_package_word(version)?;
+    let base = cache.join("updates").join(format!("{pkg}_{version}"));
+    fs::create_dir_all(&base).with_context(|| {
+        format!(
+            "creating {} (run as root, or set SUTURE_CACHE)",
+            base.display()
+        )
+    })?;
+    let _lock = lock_tree(&base, progress)?;
+    let src = base.join("src");
+    let stamp = base.join("extracted");
+    if stamp.is_file() && src.is_dir() {
+        return Ok(src);
+    }
+    let tarball = source_tarball_of(pkg, version, cache, progress)?;
+    let _ = fs::remove_file(&stamp);
+    if src.exists() {
+        fs::remove_dir_all(&src)
+            .with_context(|| format!("removing the partial {}", src.display()))?;
+    }
+    fs::create_dir_all(&src)?;
+    progress(&format!("extracting {}", tarball.display()));
+    let mut tar = Command::new("tar");
+    tar.arg("--use-compress-program=xz -T0")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&src)
+        .arg("--strip-components=1");
+    let out = run_in_group(&base, &mut tar);
+    checked(&tar, out, "extracting the update's source")?;
+    write_atomic(&stamp, version.as_bytes())?;
+    Ok(src)
 }
 
 const PROBE_OBJECT: &str = "suture_probe/sizes.o";
@@ -1398,6 +1553,7 @@ mod tests {
             base,
             _lock: lock,
             listed_in: Default::default(),
+            launcher_dir: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod install_cmd;
 mod kexec_cmd;
 mod package_cmd;
 mod status_cmd;
+mod triage_cmd;
 mod verify_cmd;
 
 #[derive(Parser)]
@@ -50,6 +51,8 @@ enum Cmd {
     Verify(verify_cmd::Args),
     /// Build a Debian package that installs a livepatch on hosts running its release.
     Package(package_cmd::Args),
+    /// Turn a Debian kernel update into per-object verdicts and one cumulative livepatch per release.
+    Triage(triage_cmd::Args),
     /// Boot another installed release with kexec through a clean systemd shutdown (no firmware).
     Kexec(kexec_cmd::Args),
 }
@@ -81,6 +84,7 @@ fn main() {
         Cmd::Verify(a) => verify_cmd::run(a),
         Cmd::Package(a) => package_cmd::run(a),
         Cmd::Kexec(a) => kexec_cmd::run(a),
+        Cmd::Triage(a) => triage_cmd::run(a),
     };
     exit(result);
 }

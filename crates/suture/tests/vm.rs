@@ -222,8 +222,8 @@ fn a_module_patch_on_the_modules_own_tracepoint_loads_and_unloads_cleanly() {
          echo 0 > $ev || exit 15\n\
          suture unload livepatch_btrfs_tracepoint || exit 16\n\
          rmmod btrfs || exit 17\n\
-         echo COMPLAINTS:$(dmesg | grep -cE 'Oops|BUG:|WARNING:|general protection|Call Trace')\n\
-         dmesg | grep -E 'Oops|BUG:|WARNING:|general protection|Call Trace' | head -5\n"
+         {}",
+        common::KERNEL_LOG_CHECK
     );
     let run = vm.run(&script).unwrap();
     let out = run.script_output();

@@ -184,6 +184,12 @@ pub fn build_ok(
     (ko, b)
 }
 
+/// Guest shell lines printing `COMPLAINTS:N`, the oopses, BUGs and warnings
+/// in the kernel log, then the first few of them.
+pub const KERNEL_LOG_CHECK: &str =
+    "echo COMPLAINTS:$(dmesg | grep -cE 'Oops|BUG:|WARNING:|general protection|Call Trace')\n\
+     dmesg | grep -E 'Oops|BUG:|WARNING:|general protection|Call Trace' | head -5\n";
+
 /// The value after `KEY:` on its own line of the guest's output.
 pub fn field<'a>(out: &'a str, key: &str) -> &'a str {
     out.lines()
