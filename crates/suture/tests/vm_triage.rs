@@ -154,37 +154,33 @@ fn a_debian_update_becomes_one_cumulative_livepatch_per_release() {
     vm.add_file(&ko, "/root/update.ko").unwrap();
     let lib = format!("/lib/modules/{old}");
     let mut loads = String::new();
+    // What modprobe would load, in its order; libcrc32c's crc32c comes from
+    // a soft dependency (crc32c_generic), loaded first.
+    let mut files: Vec<String> = vec!["kernel/crypto/crc32c_generic.ko".into()];
     for m in &modules {
         let (path, deps) = &dep[m];
         for p in deps.iter().rev().chain(std::iter::once(path)) {
-            let host = format!("{lib}/{p}");
-            let data = std::fs::read(&host).unwrap();
-            let plain = suture_symbols::decompress_module(&data)
-                .unwrap()
-                .into_owned();
-            let guest = format!(
-                "/root/mods/{}",
-                Path::new(p)
-                    .file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .trim_end_matches(".xz")
-            );
-            vm.add_bytes(&guest, plain, 0o644);
-            loads.push_str(&format!(
-                "insmod {guest} 2>/dev/null || grep -q '^{} ' /proc/modules || exit 20\n",
-                Path::new(p)
-                    .file_name()
-                    .unwrap()
-                    .to_str()
-                    .unwrap()
-                    .split('.')
-                    .next()
-                    .unwrap()
-                    .replace('-', "_")
-            ));
+            if !files.contains(p) {
+                files.push(p.clone());
+            }
         }
+    }
+    for p in &files {
+        let data = std::fs::read(format!("{lib}/{p}")).unwrap();
+        let plain = suture_symbols::decompress_module(&data)
+            .unwrap()
+            .into_owned();
+        let file = Path::new(p)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .trim_end_matches(".xz");
+        let guest = format!("/root/mods/{file}");
+        vm.add_bytes(&guest, plain, 0o644);
+        loads.push_str(&format!("insmod {guest} || exit 20\n"));
+    }
+    for m in &modules {
         loads.push_str(&format!(
             "echo PATCHED_{m}:$(cat /sys/kernel/livepatch/{name}/{m}/patched)\n"
         ));
