@@ -575,6 +575,7 @@ fn collection_unit_tests() {
         ("module", "status"),
         ("filter", "patch_levels"),
         ("filter", "batch_failed"),
+        ("filter", "update_status"),
     ] {
         let mut c = Command::new(venv_bin("ansible-doc"));
         c.current_dir(ansible_dir())

@@ -202,6 +202,42 @@ def patch_levels(hosts):
     return out
 
 
+def update_of(status):
+    """What an applied cumulative patch of a distribution update says
+    (suture status's `update`: source_version, patch, objects_live,
+    objects_need_reboot), or None; a malformed one is None too."""
+    u = status.get("update")
+    if not isinstance(u, dict):
+        return None
+    try:
+        return dict(
+            source_version=str(u["source_version"]),
+            patch=str(u["patch"]),
+            objects_live=int(u["objects_live"]),
+            objects_need_reboot=int(u["objects_need_reboot"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def needs_kexec(update):
+    """Whether a host's update leaves objects to a reboot."""
+    return update is not None and update["objects_need_reboot"] > 0
+
+
+def update_summary(hosts):
+    """{host: line} from (host, update) pairs: the update each host's code
+    is at and what still needs a reboot."""
+    out = {}
+    for host, u in hosts:
+        if u is None:
+            out[host] = "no cumulative update patch applied"
+        else:
+            out[host] = "%s (%s): %d object(s) live, %d need a reboot" % (
+                u["source_version"], u["patch"], u["objects_live"], u["objects_need_reboot"])
+    return out
+
+
 def batch_failed(failed, batch_size, max_fail_percentage):
     """Whether a batch exceeded its failure budget, as Ansible decides it
     (strictly more than the percentage)."""

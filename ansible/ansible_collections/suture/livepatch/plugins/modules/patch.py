@@ -134,6 +134,7 @@ from ansible_collections.suture.livepatch.plugins.module_utils.suture_core impor
     parse_suture_json,
     patch_identity,
     present_is_satisfied,
+    update_of,
 )
 from ansible_collections.suture.livepatch.plugins.module_utils import suture_health
 
@@ -269,7 +270,7 @@ def main():
         msg = suture_health.failure(result["gates"])
         if msg:
             module.fail_json(msg=msg, **result)
-    module.exit_json(ansible_facts=dict(suture_patch_level=level, suture_applied_patches=applied), **result)
+    module.exit_json(ansible_facts=dict(suture_patch_level=level, suture_applied_patches=applied, suture_update=update_of(after)), **result)
 
 
 def change(module, p, suture, src, name, package, version, persist, is_deb, timeout):

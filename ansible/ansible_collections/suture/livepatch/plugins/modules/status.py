@@ -11,7 +11,8 @@ module: status
 short_description: A host's kernel release, boot id and livepatch level as facts
 description:
   - Runs C(suture status --json) and reads the boot id. Never changes the host.
-  - Sets the facts C(suture_release), C(suture_boot_id), C(suture_patch_level) and C(suture_applied_patches).
+  - Sets the facts C(suture_release), C(suture_boot_id), C(suture_patch_level), C(suture_applied_patches) and
+    C(suture_update) (the update an applied cumulative patch brings the code to, with its live and reboot counts; null without one).
 version_added: "0.1.0"
 author: suture developers (@suture)
 options:
@@ -38,6 +39,7 @@ from ansible_collections.suture.livepatch.plugins.module_utils.suture_core impor
     SutureError,
     applied_names,
     parse_suture_json,
+    update_of,
 )
 
 
@@ -58,6 +60,7 @@ def main():
             suture_boot_id=boot_id,
             suture_patch_level=st["effective_version"],
             suture_applied_patches=applied_names(st),
+            suture_update=update_of(st),
         ),
     )
 

@@ -167,6 +167,21 @@ class FleetTest(unittest.TestCase):
         self.assertEqual(core.patch_levels([("g2", "r+fix"), ("g1", "r+fix"), ("g3", "r"), ("g4", None)]),
                          {"r+fix": ["g1", "g2"], "r": ["g3"], "unknown": ["g4"]})
 
+    def test_update_coverage(self):
+        st = {"update": {"source_version": "6.1.187-1", "patch": "livepatch_linux_6_1_187_1",
+                         "objects_live": 6, "objects_need_reboot": 9}}
+        u = core.update_of(st)
+        self.assertEqual(u["objects_need_reboot"], 9)
+        self.assertTrue(core.needs_kexec(u))
+        self.assertFalse(core.needs_kexec(dict(u, objects_need_reboot=0)))
+        self.assertIsNone(core.update_of({}))
+        self.assertIsNone(core.update_of({"update": {"source_version": "x"}}))
+        self.assertFalse(core.needs_kexec(None))
+        self.assertEqual(core.update_summary([("g1", u), ("g2", None)]), {
+            "g1": "6.1.187-1 (livepatch_linux_6_1_187_1): 6 object(s) live, 9 need a reboot",
+            "g2": "no cumulative update patch applied",
+        })
+
     def test_batch_budget(self):
         self.assertTrue(core.batch_failed(1, 1, 0))
         self.assertFalse(core.batch_failed(0, 1, 0))
