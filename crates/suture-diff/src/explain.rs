@@ -1,6 +1,6 @@
 //! `suture diff --explain FUNC`: why a function counts as changed.
 
-use crate::imp::Diff;
+use crate::pipeline::Diff;
 use crate::Explanation;
 
 pub fn explain(d: &Diff, func: &str) -> Explanation {

@@ -6,8 +6,8 @@ use suture_elf::fx::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use suture_elf::*;
 
-use crate::imp::{Diff, Status};
 use crate::model::Target;
+use crate::pipeline::{Diff, Status};
 use crate::{Error, Outcome, Patch, Refusal, ReplacedFunc};
 
 /// Sections sliced entry by entry, keeping entries that point into included code.
@@ -1323,7 +1323,7 @@ impl<'x, 'a> Out<'x, 'a> {
             _ => return None,
         };
         let full = self.d.klp_symbol(
-            crate::imp::KlpRef {
+            crate::pipeline::KlpRef {
                 obj: k.obj,
                 sympos: pfx,
             },

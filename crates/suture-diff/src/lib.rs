@@ -33,13 +33,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+mod compare;
+mod correlate;
+mod entry;
 mod explain;
-mod imp;
 mod include;
 mod insn;
 mod model;
+mod pipeline;
+mod reference;
 
-pub use imp::{diff, diff_shared, diff_shared_keep, explain, explain_shared, run_stages, Model};
+pub use pipeline::{
+    diff, diff_shared, diff_shared_keep, explain, explain_shared, run_stages, Model,
+};
 pub use suture_elf::Shared;
 
 /// How the object the patch targets (vmlinux or one module) exposes its symbols.
