@@ -5,7 +5,10 @@ use super::*;
 use crate::sysfs::testutil::FakeRoot;
 use object::write::{Object as WObject, StandardSection};
 use object::{Architecture, BinaryFormat, Endianness, SectionKind};
+use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use sys::Kernel;
 
 const REL: &str = "6.1.0-56-amd64";
 
