@@ -7,7 +7,6 @@
 mod ibt;
 mod judge;
 mod oot;
-mod symbols;
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +20,7 @@ pub use judge::{Judge, Judged, Judgement, LiveUnit};
 pub use suture_kernel::tree::{cache_root, NotApplicable, NotApplicableKind};
 pub use suture_klp::default_module_name;
 pub use suture_klp::{parse_state, State};
-pub use symbols::SymbolSource;
+pub use suture_symbols::SymbolSource;
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -312,7 +311,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(&str)) -> Result<BuildReport
         release.source_version,
         release.cc
     ));
-    symbols::prefetch_vmlinux(&release.image, &opts.cache.join(&release.name.release));
+    suture_symbols::prefetch_vmlinux(&release.image, &opts.cache.join(&release.name.release));
     let tree = Tree::open(release.clone(), &opts.cache, progress)?;
     let base = opts.cache.join(&release.name.release);
     remove_stale_work_dirs(&base, progress);
@@ -411,7 +410,7 @@ fn build_in(
         }
     };
 
-    let mut symbols = SymbolSource::open(tree, opts.kallsyms.as_deref(), &opts.cache, progress)?;
+    let mut symbols = symbol_source(tree, opts.kallsyms.as_deref(), &opts.cache, progress)?;
     for (objname, ko) in oot_modules {
         symbols.add_module(objname, ko);
     }
@@ -573,6 +572,24 @@ pub fn link_module(
         replace: opts.replace,
         not_built: vec![],
     })
+}
+
+/// The release's symbols ([`SymbolSource`]): its files where the release
+/// found them, the decompressed image cached beside its tree.
+pub fn symbol_source(
+    tree: &Tree,
+    kallsyms: Option<&Path>,
+    cache: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<SymbolSource> {
+    let r = &tree.release;
+    let paths = suture_symbols::ReleasePaths::at(
+        &r.name.release,
+        r.image.clone(),
+        r.headers.join("Module.symvers"),
+        r.modules.clone(),
+    );
+    SymbolSource::open(&paths, kallsyms, &cache.join(&r.name.release), progress)
 }
 
 /// Whether the release's livepatch core clears a module object's relocations

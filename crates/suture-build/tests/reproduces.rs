@@ -52,7 +52,7 @@ fn a_changed_instruction_byte_is_caught() {
         .unwrap();
     let (info, orig) = &objs[0];
     assert_eq!(info.objname, "vmlinux");
-    let symbols = SymbolSource::open(&tree, None, &cache, &|m| eprintln!("{m}")).unwrap();
+    let symbols = suture_build::symbol_source(&tree, None, &cache, &|m| eprintln!("{m}")).unwrap();
 
     check_cmdline(&symbols, orig).unwrap();
 
@@ -139,7 +139,7 @@ fn a_tree_built_with_another_config_option_is_caught() {
         "{WRONG_OPTION} did not change cmdline_proc_show"
     );
 
-    let symbols = SymbolSource::open(&right, None, &cache, &progress).unwrap();
+    let symbols = suture_build::symbol_source(&right, None, &cache, &progress).unwrap();
     // The right build passes: a refusal below is the option's doing.
     check_cmdline(&symbols, &right_obj).unwrap();
     let err = refused(&symbols, &wrong_obj);

@@ -1008,33 +1008,6 @@ fn cached_vmlinux() -> Option<Vec<u8>> {
     std::fs::read(cache.join(release()).join("vmlinux")).ok()
 }
 
-/// The fields of a function that legitimately differ between the image
-/// file and memory: every 5-byte rel32 call/jmp whole (the fentry call is
-/// nopped at boot, return-thunk and retpoline sites are rewritten by
-/// alternatives), and every 32-bit displacement or immediate (relocated
-/// addresses).
-fn runtime_mask(code: &[u8], ip: u64) -> Vec<(usize, usize)> {
-    use iced_x86::{Decoder, DecoderOptions};
-    let mut mask = Vec::new();
-    let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    while d.can_decode() {
-        let off = d.position();
-        let insn = d.decode();
-        let c = d.get_constant_offsets(&insn);
-        if insn.len() == 5 && matches!(code[off], 0xe8 | 0xe9) {
-            mask.push((off, 5));
-            continue;
-        }
-        if c.has_displacement() && c.displacement_size() == 4 {
-            mask.push((off + c.displacement_offset(), 4));
-        }
-        if c.has_immediate() && c.immediate_size() == 4 {
-            mask.push((off + c.immediate_offset(), 4));
-        }
-    }
-    mask
-}
-
 fn sha256_hex(b: &[u8]) -> String {
     // Same hash as suture_host::kcore::masked_sha256 with no mask.
     suture_host::kcore::masked_sha256(b, &[])
@@ -1113,9 +1086,13 @@ fn verify_compares_functions_with_kernel_memory() {
     let (foff, _) = text.file_range().unwrap();
     let start = (foff + static_addr - text.address()) as usize;
     let file = &vmlinux[start..start + mem.len()];
-    let mask = runtime_mask(file, static_addr);
+    // The mask `suture build` records (suture_symbols::runtime_mask), with
+    // the sites the image's own tables say the kernel rewrites.
+    let kallsyms = suture_symbols::kallsyms_from_vmlinux(&vmlinux).unwrap();
+    let rewritten = suture_symbols::runtime_rewritten_sites(&vmlinux, &kallsyms).unwrap();
+    let mask = suture_symbols::runtime_mask(file, static_addr, &rewritten);
     assert!(
-        mask.contains(&(0, 5)),
+        mask.iter().any(|&(o, l)| o == 0 && l >= 5),
         "the fentry call must be the first instruction: {mask:?}"
     );
     let masked = |b: &[u8]| suture_host::kcore::masked_sha256(b, &mask);

@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// The files of one kernel release (`6.1.0-56-amd64`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ReleasePaths {
     pub release: String,
     /// `/boot/vmlinuz-RELEASE`
@@ -18,6 +18,8 @@ pub struct ReleasePaths {
     pub symvers: PathBuf,
     /// `/lib/modules/RELEASE`
     pub modules: PathBuf,
+    /// The module files by name, walked once when first needed.
+    index: std::sync::OnceLock<std::collections::HashMap<String, PathBuf>>,
 }
 
 impl ReleasePaths {
@@ -28,6 +30,19 @@ impl ReleasePaths {
             image: root.join(format!("boot/vmlinuz-{release}")),
             symvers: root.join(format!("usr/src/linux-headers-{release}/Module.symvers")),
             modules: root.join(format!("lib/modules/{release}")),
+            index: Default::default(),
+        }
+    }
+
+    /// The files of `release` where a caller found them (the headers'
+    /// `Module.symvers`, the image, the modules' directory).
+    pub fn at(release: &str, image: PathBuf, symvers: PathBuf, modules: PathBuf) -> Self {
+        ReleasePaths {
+            release: release.to_string(),
+            image,
+            symvers,
+            modules,
+            index: Default::default(),
         }
     }
 
@@ -60,38 +75,54 @@ impl ReleasePaths {
     /// The installed file of module `name` (`-` and `_` are the same to the
     /// kernel), decompressed.
     pub fn load_module(&self, name: &str) -> Result<Vec<u8>> {
+        let p = self.module_path(name)?;
+        let data = std::fs::read(&p).map_err(|e| Error::Image(format!("{}: {e}", p.display())))?;
+        Ok(decompress_module(&data)?.into_owned())
+    }
+
+    /// Where module `name`'s file is, from one walk of the release's module
+    /// directories (`kernel/`, `updates/`, `extra/`; the first found wins),
+    /// `-` and `_` being the same to the kernel.
+    pub fn module_path(&self, name: &str) -> Result<PathBuf> {
         let want = crate::module_name(name);
-        let mut stack = vec![
-            self.modules.join("kernel"),
-            self.modules.join("updates"),
-            self.modules.join("extra"),
-        ];
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for ent in rd.flatten() {
-                let p = ent.path();
-                if ent.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(p);
-                    continue;
-                }
-                let file = ent.file_name().to_string_lossy().into_owned();
-                let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
-                    .iter()
-                    .find_map(|s| file.strip_suffix(s));
-                if stem.is_some_and(|s| crate::module_name(s) == want) {
-                    let data = std::fs::read(&p)
-                        .map_err(|e| Error::Image(format!("{}: {e}", p.display())))?;
-                    return Ok(decompress_module(&data)?.into_owned());
-                }
+        let index = self.index.get_or_init(|| {
+            let mut m = std::collections::HashMap::new();
+            for sub in ["kernel", "updates", "extra"] {
+                walk(&self.modules.join(sub), &mut m);
+            }
+            m
+        });
+        index.get(&want).cloned().ok_or_else(|| {
+            Error::Image(format!(
+                "module {name} not found under {}; install linux-image-{} (its modules), or check the module's name",
+                self.modules.display(),
+                self.release
+            ))
+        })
+    }
+}
+
+/// Every module file under `dir` by its kernel name; symlinks are not
+/// followed.
+fn walk(dir: &Path, out: &mut std::collections::HashMap<String, PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            walk(&p, out);
+        } else if t.is_file() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            // Debian's 6.12 series ships its modules as `.ko.xz`.
+            if let Some(stem) = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+                .iter()
+                .find_map(|s| file.strip_suffix(s))
+            {
+                out.entry(crate::module_name(stem)).or_insert(p);
             }
         }
-        Err(Error::Image(format!(
-            "module {name} not found under {}; install linux-image-{} (its modules), or check the module's name",
-            self.modules.display(),
-            self.release
-        )))
     }
 }
 

@@ -43,6 +43,7 @@ mod kallsyms;
 mod module;
 mod obj;
 mod runtime;
+mod source;
 mod target;
 
 pub use exports::{Export, Exports};
@@ -55,6 +56,7 @@ pub use kallsyms::{
 };
 pub use module::{module_name, module_symbols};
 pub use runtime::runtime_rewritten_sites;
+pub use source::{prefetch_vmlinux, runtime_mask, SymbolSource};
 pub use target::{
     build_target, build_target_report, place_module_exports, verify_function, Decision, Mismatch,
     TargetImage, TargetReport, Unresolved,

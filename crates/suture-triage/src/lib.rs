@@ -404,7 +404,7 @@ fn triage_release(
         let compiled = compiled_with(&tree, &patches, &names, &|m| {
             progress(&format!("{name}: {m}"))
         })?;
-        let symbols = SymbolSource::open(&tree, None, &opts.cache, progress)?;
+        let symbols = suture_build::symbol_source(&tree, None, &opts.cache, progress)?;
         let judge = Judge::new(&tree, &symbols)?;
         let originals: HashMap<&str, &(suture_kernel::ObjectInfo, Vec<u8>)> =
             names.iter().map(String::as_str).zip(&originals).collect();

@@ -1,14 +1,14 @@
-//! Where the target's symbols come from for one build: the release's image
-//! (decompressed once and cached beside the tree) or a `/proc/kallsyms` copy;
-//! modules from their shipped `.ko`; exports from the headers' `Module.symvers`.
+//! Where the target's symbols come from for one build, the one loader every
+//! command uses: the release's image (decompressed once and cached) or a
+//! `/proc/kallsyms` copy; modules from their shipped `.ko`; exports from the
+//! headers' `Module.symvers`; the files found through [`ReleasePaths`].
 
+use crate::{Exports, Kallsyms, ReleasePaths, TargetImage};
 use anyhow::{bail, Context, Result};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use suture_kernel::Tree;
-use suture_symbols::{Exports, Kallsyms, TargetImage};
 
 pub struct SymbolSource {
     kallsyms: Kallsyms,
@@ -16,9 +16,8 @@ pub struct SymbolSource {
     /// between same-named symbols.
     vmlinux: Option<Vec<u8>>,
     exports: Exports,
-    modules_dir: PathBuf,
+    paths: ReleasePaths,
     describe: String,
-    module_index: OnceCell<HashMap<String, PathBuf>>,
     /// Modules built by this build (out of tree), by objname.
     built_modules: HashMap<String, Vec<u8>>,
     /// Addresses of the `endbr64` the kernel seals at boot, read when needed.
@@ -28,25 +27,22 @@ pub struct SymbolSource {
 }
 
 impl SymbolSource {
+    /// The release's symbols: `cache` is the directory that keeps its
+    /// decompressed image (`vmlinux`, keyed by the image's size and time).
     pub fn open(
-        tree: &Tree,
+        r: &ReleasePaths,
         kallsyms: Option<&Path>,
         cache: &Path,
         progress: &dyn Fn(&str),
     ) -> Result<Self> {
-        let r = &tree.release;
-        let symvers = r.headers.join("Module.symvers");
-        let exports = Exports::parse(
-            &fs::read_to_string(&symvers)
-                .with_context(|| format!("reading {}", symvers.display()))?,
-        )?;
+        let exports = r.load_exports()?;
         // The image's bytes decide between same-named symbols either way.
-        let vmlinux = extracted_vmlinux(&r.image, &cache.join(&r.name.release), progress)?;
+        let vmlinux = extracted_vmlinux(&r.image, cache, progress)?;
         let (ks, describe) = match kallsyms {
             Some(p) => {
                 let text =
                     fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-                let ks = suture_symbols::parse_proc_kallsyms(&text)
+                let ks = crate::parse_proc_kallsyms(&text)
                     .with_context(|| format!("{} is not a /proc/kallsyms copy", p.display()))?;
                 if !ks.addresses_known() {
                     bail!(
@@ -58,17 +54,17 @@ impl SymbolSource {
                     format!(
                         "{} does not come from a host running this build of {}",
                         p.display(),
-                        r.name.release
+                        r.release
                     )
                 })?;
                 (ks, format!("kallsyms copy {}", p.display()))
             }
             None => {
-                let ks = suture_symbols::kallsyms_from_vmlinux(&vmlinux).with_context(|| {
+                let ks = crate::kallsyms_from_vmlinux(&vmlinux).with_context(|| {
                     format!(
                         "reading the kallsyms tables of {} (pass --kallsyms FILE with a /proc/kallsyms copy from a host running {} instead)",
                         r.image.display(),
-                        r.name.release
+                        r.release
                     )
                 })?;
                 (
@@ -82,9 +78,8 @@ impl SymbolSource {
             kallsyms: ks,
             vmlinux,
             exports,
-            modules_dir: r.modules.clone(),
+            paths: r.clone(),
             describe,
-            module_index: OnceCell::new(),
             built_modules: HashMap::new(),
             sealed: OnceCell::new(),
             rewritten: OnceCell::new(),
@@ -104,7 +99,7 @@ impl SymbolSource {
     /// immediate (relocated addresses). `None` when the image is not at hand.
     pub fn verify_record(&self, name: &str, sympos: u32) -> Option<String> {
         let vmlinux = self.vmlinux.as_deref()?;
-        let image = suture_symbols::Image::parse(vmlinux).ok()?;
+        let image = crate::Image::parse(vmlinux).ok()?;
         let inst = self.kallsyms.instances("vmlinux", name);
         let addr = match sympos {
             0 if inst.len() == 1 => inst[0].addr,
@@ -125,7 +120,7 @@ impl SymbolSource {
         let rewritten = match self.rewritten.get() {
             Some(r) => r,
             None => {
-                let r = suture_symbols::runtime_rewritten_sites(vmlinux, &self.kallsyms).ok()?;
+                let r = crate::runtime_rewritten_sites(vmlinux, &self.kallsyms).ok()?;
                 self.rewritten.get_or_init(|| r)
             }
         };
@@ -161,7 +156,7 @@ impl SymbolSource {
                     .vmlinux
                     .as_deref()
                     .context("the release's image is needed for its IBT seal list")?;
-                let list = suture_symbols::ibt_sealed_sites(vmlinux, &self.kallsyms)
+                let list = crate::ibt_sealed_sites(vmlinux, &self.kallsyms)
                     .context("reading the IBT seal list of the image")?;
                 self.sealed.get_or_init(|| list.into_iter().collect())
             }
@@ -255,7 +250,7 @@ impl SymbolSource {
                     fs::read(&path).with_context(|| format!("reading {}", path.display()))?
                 }
             };
-            suture_symbols::place_module_exports(target, &m, &ko).with_context(|| {
+            crate::place_module_exports(target, &m, &ko).with_context(|| {
                 format!("placing the exports of module {m} that {objname} uses")
             })?;
         }
@@ -265,7 +260,7 @@ impl SymbolSource {
     /// The GNU build-id of the release's vmlinux: what `suture load` compares
     /// with the running kernel's (`/sys/kernel/notes`).
     pub fn build_id(&self) -> Option<String> {
-        suture_symbols::Image::parse(self.vmlinux.as_deref()?)
+        crate::Image::parse(self.vmlinux.as_deref()?)
             .ok()?
             .build_id()
     }
@@ -281,24 +276,19 @@ impl SymbolSource {
     /// what the comparison of ORIG's code with the image found. Symbols whose
     /// instance could not be decided are left out of the target: they only
     /// matter if the patch references them, which the differ then reports.
-    pub fn target(&self, objname: &str, orig: &[u8]) -> Result<suture_symbols::TargetReport> {
+    pub fn target(&self, objname: &str, orig: &[u8]) -> Result<crate::TargetReport> {
         let report = if objname == "vmlinux" {
             let image = TargetImage::Vmlinux {
                 kallsyms: &self.kallsyms,
                 vmlinux: self.vmlinux.as_deref(),
             };
-            suture_symbols::build_target_report(image, &self.exports, objname, orig)?
+            crate::build_target_report(image, &self.exports, objname, orig)?
         } else if let Some(ko) = self.built_modules.get(objname) {
-            suture_symbols::build_target_report(
-                TargetImage::Module { ko },
-                &self.exports,
-                objname,
-                orig,
-            )?
+            crate::build_target_report(TargetImage::Module { ko }, &self.exports, objname, orig)?
         } else {
             let path = self.module_path(objname)?;
             let ko = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            suture_symbols::build_target_report(
+            crate::build_target_report(
                 TargetImage::Module { ko: &ko },
                 &self.exports,
                 objname,
@@ -309,30 +299,19 @@ impl SymbolSource {
     }
 
     fn module_path(&self, objname: &str) -> Result<PathBuf> {
-        let index = self.module_index.get_or_init(|| {
-            let mut m = HashMap::new();
-            walk(&self.modules_dir.join("kernel"), &mut m);
-            walk(&self.modules_dir.join("updates"), &mut m);
-            m
-        });
-        index.get(objname).cloned().with_context(|| {
-            format!(
-                "the object belongs to module {objname}, but {} has no {objname}.ko",
-                self.modules_dir.display()
-            )
-        })
+        Ok(self.paths.module_path(objname)?)
     }
 }
 
 /// Moves a running kernel's symbol addresses (KASLR slides them) back to the
 /// image's link-time addresses, checked on the symbols both name once.
 fn unslide(copy: Kallsyms, vmlinux: &[u8]) -> Result<Kallsyms> {
-    let image = suture_symbols::kallsyms_from_vmlinux(vmlinux)?;
+    let image = crate::kallsyms_from_vmlinux(vmlinux)?;
     let (Some(ours), Some(theirs)) = (copy.unique_addr("_text"), image.unique_addr("_text")) else {
         bail!("no _text symbol to align the copy with the image");
     };
     let slide = ours.wrapping_sub(theirs);
-    let syms: Vec<suture_symbols::KSym> = copy
+    let syms: Vec<crate::KSym> = copy
         .symbols()
         .iter()
         .map(|s| {
@@ -361,24 +340,6 @@ fn unslide(copy: Kallsyms, vmlinux: &[u8]) -> Result<Kallsyms> {
     Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut HashMap<String, PathBuf>) {
-    let Ok(rd) = fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
-            // Debian's 6.12 series ships its modules as `.ko.xz`.
-            if let Some(stem) = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
-                .iter()
-                .find_map(|s| n.strip_suffix(s))
-            {
-                out.entry(stem.replace('-', "_")).or_insert(p);
-            }
-        }
-    }
-}
-
 /// The ranges of a function's bytes (`code`, at address `ip`) that may differ
 /// in the running kernel's memory without the code being another build's:
 /// every 5-byte rel32 call/jmp and 6-byte rel32 jcc (the fentry call, return
@@ -387,7 +348,7 @@ fn walk(dir: &Path, out: &mut HashMap<String, PathBuf>) {
 /// addresses), and the `rewritten` sites (address, length; sorted) the image's
 /// own tables list: alternatives, static keys, paravirt sites, sealed endbr64.
 /// Sorted and merged.
-fn runtime_mask(code: &[u8], ip: u64, rewritten: &[(u64, usize)]) -> Vec<(usize, usize)> {
+pub fn runtime_mask(code: &[u8], ip: u64, rewritten: &[(u64, usize)]) -> Vec<(usize, usize)> {
     use iced_x86::{Decoder, DecoderOptions};
     let mut mask = Vec::new();
     let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
@@ -473,11 +434,27 @@ fn extracted_vmlinux_now(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> R
     }
     progress(&format!("extracting vmlinux from {}", image.display()));
     let bz = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
-    let v = suture_symbols::extract_vmlinux(&bz)?;
+    let v = crate::extract_vmlinux(&bz)?;
     fs::create_dir_all(dir)?;
-    suture_kernel::tree::write_atomic(&cached, &v)?;
-    suture_kernel::tree::write_atomic(&key_file, key.as_bytes())?;
+    write_atomic(&cached, &v)?;
+    write_atomic(&key_file, key.as_bytes())?;
     Ok(v)
+}
+
+/// Writes through a temporary name in the same directory, then renames: a
+/// reader never sees half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        anyhow::anyhow!("renaming {} to {}: {e}", tmp.display(), path.display())
+    })
 }
 
 #[cfg(test)]
