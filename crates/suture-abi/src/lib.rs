@@ -10,6 +10,7 @@
 
 pub mod klp;
 pub mod modinfo;
+pub mod notes;
 
 use std::fmt;
 

@@ -362,29 +362,9 @@ pub fn running_build_id(root: &Root) -> Option<String> {
     parse_build_id_notes(&std::fs::read(root.0.join("sys/kernel/notes")).ok()?)
 }
 
-/// Walks ELF note records (namesz, descsz, type, name, desc; 4-byte
-/// aligned) for `NT_GNU_BUILD_ID` (3) owned by "GNU".
+/// The GNU build-id in ELF note records ([`suture_abi::notes::gnu_build_id`]).
 pub fn parse_build_id_notes(data: &[u8]) -> Option<String> {
-    const NT_GNU_BUILD_ID: u32 = 3;
-    let u32_at = |o: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(data.get(o..o + 4)?.try_into().ok()?))
-    };
-    let align = |n: usize| (n + 3) & !3;
-    let mut off = 0;
-    while off + 12 <= data.len() {
-        let namesz = u32_at(off)? as usize;
-        let descsz = u32_at(off + 4)? as usize;
-        let ntype = u32_at(off + 8)?;
-        let name_off = off + 12;
-        let desc_off = name_off + align(namesz);
-        let name = data.get(name_off..name_off + namesz)?;
-        let desc = data.get(desc_off..desc_off + descsz)?;
-        if ntype == NT_GNU_BUILD_ID && name == b"GNU\0" && !desc.is_empty() {
-            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
-        }
-        off = desc_off + align(descsz);
-    }
-    None
+    suture_abi::notes::gnu_build_id(data)
 }
 
 /// The current boot's id (`/proc/sys/kernel/random/boot_id`): tells the

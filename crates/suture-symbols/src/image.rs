@@ -112,20 +112,7 @@ impl<'a> Image<'a> {
 /// running kernel's `/sys/kernel/notes`, as lower-case hex. Compare it with the
 /// image's to make sure a `/proc/kallsyms` copy and an image are one build.
 pub fn notes_build_id(notes: &[u8]) -> Option<String> {
-    let mut p = 0usize;
-    while p + 12 <= notes.len() {
-        let namesz = u32_at(notes, p)? as usize;
-        let descsz = u32_at(notes, p + 4)? as usize;
-        let ty = u32_at(notes, p + 8)?;
-        let name = notes.get(p + 12..(p + 12).checked_add(namesz)?)?;
-        let desc_off = (p + 12).checked_add(namesz.div_ceil(4) * 4)?;
-        let desc = notes.get(desc_off..desc_off.checked_add(descsz)?)?;
-        if ty == 3 && name == b"GNU\0" {
-            return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
-        }
-        p = desc_off + descsz.div_ceil(4) * 4;
-    }
-    None
+    suture_abi::notes::gnu_build_id(notes)
 }
 
 #[cfg(test)]
