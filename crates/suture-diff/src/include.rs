@@ -740,6 +740,7 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         d.report.refusals = init_exit;
         return Ok(Outcome::InitExitOnly(std::mem::take(&mut d.report)));
     }
+    refusals.extend(fixed_branches_out(d, &pieces, &func_defs));
     refusals.extend(init_exit);
     if !refusals.is_empty() {
         d.report.refusals = refusals;
@@ -799,6 +800,117 @@ fn init_exit_reason(init: bool, vmlinux: bool, secname: &str) -> String {
             "changed module exit function (in {secname}): exit code is notrace (no ftrace hook) and cannot be redirected; it runs at unload, and the fix takes effect when the module is next loaded from the updated package"
         ),
     }
+}
+
+/// Branches and calls the assembler resolved itself, with no relocation,
+/// that leave the bytes the klp object copies: in a section several
+/// functions share (`__sched` code in `.sched.text`, `noinstr`, an object
+/// built without `-ffunction-sections`) gcc's calls between static
+/// functions are fixed offsets. The writer lays the copied pieces out anew,
+/// so such a call would land wherever the offset now points (a 6.1 guest
+/// oopsed in `__rt_mutex_start_proxy_lock`). Refused, naming the function,
+/// its target and the section, until such branches are turned into
+/// relocations.
+fn fixed_branches_out(
+    d: &Diff<'_>,
+    pieces: &BTreeMap<usize, Vec<(u64, u64)>>,
+    func_defs: &[usize],
+) -> Vec<Refusal> {
+    use iced_x86::{Decoder, DecoderOptions};
+    let mut out: Vec<Refusal> = Vec::new();
+    for (&sec, v) in pieces {
+        let s = d.p.sec(sec);
+        if !s.is_exec() || s.is_nobits() {
+            continue;
+        }
+        // The ranges as the writer merges them: offsets inside one stay.
+        let mut v = v.clone();
+        v.sort();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, e) in v {
+            match merged.last_mut() {
+                Some(l) if a <= l.1 => l.1 = l.1.max(e),
+                _ => merged.push((a, e)),
+            }
+        }
+        let mut relocated: Vec<u64> = d.p.elf.relas_of(sec).iter().map(|r| r.offset).collect();
+        relocated.sort_unstable();
+        let is_relocated = |from: u64, len: u64| {
+            let i = relocated.partition_point(|&o| o < from);
+            relocated.get(i).is_some_and(|&o| o < from + len)
+        };
+        let name_at = |off: u64| -> Option<&str> {
+            let f = func_defs.iter().copied().find(|&f| {
+                let fs = d.p.sym(f);
+                fs.section() == Some(sec) && fs.value <= off && off < fs.value + fs.size.max(1)
+            })?;
+            Some(if d.status[f] == Status::Changed {
+                d.orig_name(f)
+            } else {
+                d.p.sym(f).name.as_str()
+            })
+        };
+        let name_of_target = |off: u64| -> String {
+            (0..d.p.elf.symbols.len())
+                .find(|&i| {
+                    let t = d.p.sym(i);
+                    t.typ == STT_FUNC
+                        && t.section() == Some(sec)
+                        && t.value <= off
+                        && off < t.value + t.size.max(1)
+                })
+                .map(|i| d.p.sym(i).name.to_string())
+                .unwrap_or_else(|| format!("{}+{off:#x}", s.name))
+        };
+        for (a, e) in merged {
+            let (a2, e2) = (
+                (a as usize).min(s.data.len()),
+                (e as usize).min(s.data.len()),
+            );
+            let mut dec = Decoder::with_ip(64, &s.data[a2..e2], a, DecoderOptions::NONE);
+            while dec.can_decode() {
+                let at = dec.ip();
+                let insn = dec.decode();
+                if insn.is_invalid()
+                    || !(insn.is_call_near()
+                        || insn.is_jmp_short_or_near()
+                        || insn.is_jcc_short_or_near()
+                        || insn.is_loop()
+                        || insn.is_jcx_short())
+                {
+                    continue;
+                }
+                let c = dec.get_constant_offsets(&insn);
+                let field = if c.has_immediate() {
+                    (at + c.immediate_offset() as u64, c.immediate_size() as u64)
+                } else {
+                    (at + 1, insn.len() as u64 - 1)
+                };
+                if is_relocated(field.0, field.1) {
+                    continue;
+                }
+                let target = insn.near_branch_target();
+                if (a..e).contains(&target) {
+                    continue;
+                }
+                let Some(func) = name_at(at) else { continue };
+                let subject = func.to_string();
+                if out.iter().any(|r| r.subject == subject) {
+                    continue;
+                }
+                out.push(Refusal {
+                    subject,
+                    reason: format!(
+                        "a {} to {} at a fixed offset in {}, a section it shares with other functions (the assembler left no relocation): the copy in the livepatch module would land elsewhere",
+                        if insn.is_call_near() { "call" } else { "jump" },
+                        name_of_target(target),
+                        s.name
+                    ),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn align_up(x: u64, a: u64) -> u64 {

@@ -1636,3 +1636,38 @@ fn read_only_local_data_is_copied_unless_its_address_can_matter() {
         assert!(defined(&out, name).is_none(), "{name} must not be copied");
     }
 }
+
+/// `__sched` code shares `.sched.text`: gcc's calls between its static
+/// functions are offsets the assembler fixed, with no relocation. Copied
+/// into a klp object laid out anew they would land elsewhere (a real
+/// rtmutex fix built this way oopsed a 6.1 guest), so a changed function
+/// that makes such a call is refused, naming the call's target.
+#[test]
+fn a_call_at_a_fixed_offset_in_a_shared_section_is_refused() {
+    let src = |k: &str| {
+        format!(
+            r#"
+#define __sched __attribute__((section(".sched.text"), noinline))
+static int __sched helper(int a) {{ return a * 3 + 1; }}
+static int __sched other(int a) {{ return a * 5 - 2; }}
+int __sched sched_entry(int a) {{ return helper(a) + other(a) + {k}; }}
+"#
+        )
+    };
+    let o = compile("shared-orig", &src("1"));
+    let p = compile("shared-patched", &src("2"));
+    let r = refused(&o, &p);
+    let x = r
+        .refusals
+        .iter()
+        .find(|x| x.subject == "sched_entry")
+        .unwrap_or_else(|| panic!("{r:?}"));
+    assert!(
+        x.reason.contains(".sched.text") && x.reason.contains("fixed offset"),
+        "{x:?}"
+    );
+    assert!(
+        x.reason.contains("helper") || x.reason.contains("other"),
+        "{x:?}"
+    );
+}
