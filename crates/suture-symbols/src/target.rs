@@ -142,6 +142,15 @@ trait Space {
     /// `rel_off` bytes into the function).
     fn deref(&self, func_addr: u64, rel_off: u64, r: &Rel) -> Option<u64>;
     fn can_read(&self) -> bool;
+    /// For a field [`Space::deref`] cannot place because it refers to a
+    /// symbol the target does not define (a `.ko`'s reference to vmlinux or
+    /// another module, resolved only at load): a key equal for two fields
+    /// exactly when they reach the same symbol at the same offset, `None`
+    /// unless that symbol is named `name` (ORIG's). Only for comparing copies
+    /// with each other ([`interchangeable`]), never an address.
+    fn external_key(&self, _func_addr: u64, _rel_off: u64, _r: &Rel, _name: &str) -> Option<u64> {
+        None
+    }
 }
 
 struct VmlinuxSpace<'a> {
@@ -320,6 +329,18 @@ impl Space for ModuleSpace<'_> {
             base.wrapping_add(kr.addend as u64)
                 .wrapping_sub(r.addend as u64),
         )
+    }
+    fn external_key(&self, func_addr: u64, rel_off: u64, r: &Rel, name: &str) -> Option<u64> {
+        let sec = ((func_addr >> 40) as usize).checked_sub(1)?;
+        let at = (func_addr & ((1 << 40) - 1)) + rel_off;
+        let kr = self.obj.relocs_in(sec, at, at + 1).first()?;
+        let ks = &self.obj.symbols[kr.sym];
+        if kr.ty != r.ty || ks.sec().is_some() || ks.name.is_empty() || ks.name != name {
+            return None;
+        }
+        // One undefined symbol-table entry per name: its index names the
+        // symbol. Above every module_key (section + 1 in bits 40 and up).
+        Some((1 << 63) | ((kr.sym as u64) << 32) | (kr.addend.wrapping_sub(r.addend) as u32 as u64))
     }
 }
 
@@ -509,7 +530,17 @@ fn interchangeable(
         rels.iter()
             .zip(sites)
             .map(|(r, &site)| {
-                let at = site_symbol(space, c.addr, site, r)?;
+                let at = match site_symbol(space, c.addr, site, r) {
+                    Some(at) => at,
+                    // A module's call to vmlinux (`__x86_return_thunk`, an
+                    // export): the same symbol in every copy is the same callee.
+                    None => match site {
+                        Site::Field(off) if off != u64::MAX => {
+                            return space.external_key(c.addr, off, r, &orig.symbols[r.sym].name)
+                        }
+                        _ => return None,
+                    },
+                };
                 // A PC-relative reference to the copy itself (a recursive
                 // call, a local jump table) moves with the copy.
                 Some(if at >= c.addr && at < c.addr + f.size.max(1) {
@@ -987,7 +1018,7 @@ fn resolve(
             // does, so the first stands for ORIG's.
             let n = byte_matches[&i].len();
             rep.warnings.push(format!(
-                "{}: {n} of its {} instances are byte-identical copies that reference the same things;                  using the first (position {}): they are interchangeable",
+                "{}: {n} of its {} instances are byte-identical copies that reference the same things; using the first (position {}): they are interchangeable",
                 s.name,
                 inst.len(),
                 c.sympos
@@ -1498,6 +1529,91 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("pal") && !e.contains("twin"), "{e}");
+    }
+
+    /// A `.ko` with two byte-identical `twin`s, each calling an undefined
+    /// (vmlinux) function: `callee` of the first, of the second `callee` too
+    /// or, with `differ`, `other`.
+    fn module_with_twins(callee: &str, differ: bool) -> Vec<u8> {
+        let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = o.add_section(vec![], b".text".to_vec(), SectionKind::Text);
+        o.append_section_data(text, &[0xe8, 0, 0, 0, 0, 0xc3, 0xcc, 0xcc], 16);
+        o.append_section_data(text, &[0xe8, 0, 0, 0, 0, 0xc3], 8);
+        let mut undef = |name: &str| {
+            o.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 0,
+                size: 0,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section: SymbolSection::Undefined,
+                flags: SymbolFlags::None,
+            })
+        };
+        let first = undef(callee);
+        let second = if differ { undef("other") } else { first };
+        for (value, to) in [(0u64, first), (8, second)] {
+            o.add_symbol(Symbol {
+                name: b"twin".to_vec(),
+                value,
+                size: 6,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Compilation,
+                weak: false,
+                section: SymbolSection::Section(text),
+                flags: SymbolFlags::None,
+            });
+            o.add_relocation(
+                text,
+                Relocation {
+                    offset: value + 1,
+                    symbol: to,
+                    addend: -4,
+                    flags: RelocationFlags::Elf {
+                        r_type: elf::R_X86_64_PLT32,
+                    },
+                },
+            )
+            .unwrap();
+        }
+        o.write().unwrap()
+    }
+
+    #[test]
+    fn identical_copies_in_a_module_calling_the_same_vmlinux_function_are_interchangeable() {
+        let o = orig();
+        let exports = Exports::parse("0x1\tsysfs_emit\tvmlinux\tEXPORT_SYMBOL_GPL\t\n").unwrap();
+        let report =
+            |ko: &[u8]| build_target_report(TargetImage::Module { ko }, &exports, "x", &o).unwrap();
+        // In a .ko a call to vmlinux stays a relocation against an undefined
+        // symbol: the same one in both copies.
+        let rep = report(&module_with_twins("sysfs_emit", false));
+        assert_eq!(
+            rep.target.symbols["twin"],
+            TargetSym::Unexported { sympos: 1 }
+        );
+        assert!(
+            rep.warnings
+                .iter()
+                .any(|w| w.starts_with("twin: 2 of its 2 instances are byte-identical copies")),
+            "{:?}",
+            rep.warnings
+        );
+        // Different callees, or both calling something ORIG does not: not
+        // interchangeable.
+        for ko in [
+            module_with_twins("sysfs_emit", true),
+            module_with_twins("other", false),
+        ] {
+            let rep = report(&ko);
+            assert!(!rep.target.symbols.contains_key("twin"));
+            assert!(
+                rep.unresolved.iter().any(|u| u.name == "twin"),
+                "{:?}",
+                rep.unresolved
+            );
+        }
     }
 
     #[test]
