@@ -157,13 +157,19 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Err(e) if a.json && is_outcome(&e) => {
-            // The same document a multi-release build gives per release.
+        Err(e) if a.json => {
+            // The same document a multi-release build gives per release;
+            // an error (bad input, the environment) is `status: error`.
             let exit = match e.downcast_ref::<BuildError>() {
                 Some(BuildError::Refused(_) | BuildError::NeedsOtherChanges { .. }) => 2,
-                _ => 3,
+                _ if is_outcome(&e) => 3,
+                _ => 1,
             };
-            eprintln!("{e}");
+            if exit == 1 {
+                eprintln!("error: {e:#}");
+            } else {
+                eprintln!("{e}");
+            }
             let result = crate::build_many::classify(Err(e));
             let doc = crate::build_many::Outcome {
                 release: opts.release.clone(),

@@ -49,3 +49,23 @@ fn build_output_onto_directory_fails_fast_and_leaves_nothing() {
     assert_eq!(left, vec!["fix.ko", "fix.patch"]);
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
 }
+
+/// With `--json`, a build that fails for bad input still prints its
+/// document (`status: error`, the message), and exits 1.
+#[test]
+fn a_failed_json_build_prints_an_error_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_suture"))
+        .arg("build")
+        .arg(dir.path().join("missing.patch"))
+        .args(["--kernel", "6.1.0-57-amd64", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "error", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("missing.patch"),
+        "{v}"
+    );
+}
