@@ -221,7 +221,29 @@ impl Diff<'_> {
             return false;
         }
         let (ob, pb) = (self.o.bytes(oi), self.p.bytes(pi));
-        ob == pb || crate::insn::line_macro_only(&self.o, oi, &self.p, pi, &self.line_anchors)
+        ob == pb
+            || self.equal_but_resolved(oi, pi, ob, pb)
+            || crate::insn::line_macro_only(&self.o, oi, &self.p, pi, &self.line_anchors)
+    }
+
+    /// Equal once the fields of branches the assembler resolved in place
+    /// (now relocations, compared as such) are masked on both sides.
+    fn equal_but_resolved(&self, oi: usize, pi: usize, ob: &[u8], pb: &[u8]) -> bool {
+        let mut fields: Vec<u64> = Vec::new();
+        for (x, i) in [(&self.o, oi), (&self.p, pi)] {
+            let s = x.sym(i);
+            let Some(v) = s.section().and_then(|sec| x.resolved.get(&sec)) else {
+                continue;
+            };
+            let from = v.partition_point(|&o| o < s.value);
+            fields.extend(
+                v[from..]
+                    .iter()
+                    .take_while(|&&o| o < s.value + s.size)
+                    .map(|&o| o - s.value),
+            );
+        }
+        !fields.is_empty() && crate::branches::equal_masked(ob, pb, &fields)
     }
 
     pub(crate) fn data_equal(&self, oi: usize, pi: usize) -> bool {

@@ -980,6 +980,17 @@ fn write(
                 );
                 data.extend_from_slice(&s.data[a2..e2]);
                 data.resize((at + (e - a)) as usize, 0);
+                // A branch field given a relocation still holds the
+                // assembler's displacement; the module loader wants 0.
+                if let Some(v) = dd.p.resolved.get(&sec) {
+                    let from = v.partition_point(|&o| o < a);
+                    for &o in v[from..].iter().take_while(|&&o| o + 4 <= e) {
+                        let at = (at + (o - a)) as usize;
+                        if let Some(f) = data.get_mut(at..at + 4) {
+                            f.fill(0);
+                        }
+                    }
+                }
             }
             size = at + (e - a);
         }

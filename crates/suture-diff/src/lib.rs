@@ -33,6 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+mod branches;
 mod compare;
 mod correlate;
 mod entry;

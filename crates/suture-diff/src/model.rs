@@ -27,6 +27,9 @@ pub struct Obj {
     pub special: Vec<bool>,
     /// Call sites `__mcount_loc` records, as (section, offset).
     pub mcount_sites: HashSet<(usize, u64)>,
+    /// Fields of branches the assembler resolved in place that were given a
+    /// relocation ([`crate::branches`]), sorted offsets by section.
+    pub resolved: HashMap<usize, Vec<u64>>,
 }
 
 /// Where a relocation really points once section symbols are resolved.
@@ -202,6 +205,7 @@ impl Obj {
             files,
             special,
             mcount_sites: Default::default(),
+            resolved: Default::default(),
         };
         if let Some(m) = o.elf.section_by_name("__mcount_loc").map(|s| s.index) {
             let mut sites = HashSet::default();

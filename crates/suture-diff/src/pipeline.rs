@@ -67,7 +67,7 @@ fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
     let po = ParseOptions {
         debug_relocations: false,
     };
-    let elf = Object::parse_shared(bytes, &po).map_err(|e| Error::Input {
+    let mut elf = Object::parse_shared(bytes, &po).map_err(|e| Error::Input {
         file,
         msg: e.to_string(),
     })?;
@@ -102,7 +102,10 @@ fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
             }
         }
     }
-    Ok(Obj::new(elf))
+    let resolved = crate::branches::resolve_fixed_branches(&mut elf);
+    let mut obj = Obj::new(elf);
+    obj.resolved = resolved;
+    Ok(obj)
 }
 
 pub fn diff(orig: &[u8], patched: &[u8], opts: &Options) -> Result<Outcome, Error> {

@@ -910,6 +910,23 @@ impl Object {
         })
     }
 
+    /// Adds relocations the caller derived (a branch the assembler resolved
+    /// in place) to section `sec`, kept sorted by offset; `false` when `sec`
+    /// has no relocation section to hold them.
+    pub fn add_relas(&mut self, sec: usize, extra: Vec<Rela>) -> bool {
+        if self.rela_section_of(sec).is_none() {
+            return false;
+        }
+        if extra.is_empty() {
+            return true;
+        }
+        let mut v: Vec<Rela> = self.relas_of(sec).iter().collect();
+        v.extend(extra);
+        v.sort_by_key(|r| r.offset);
+        self.sorted_relas.insert(sec, v);
+        true
+    }
+
     /// Relocations that apply to section `sec` (empty when it has none).
     pub fn relas_of(&self, sec: usize) -> Relas<'_> {
         let Some(rs) = self.rela_section_of(sec) else {

@@ -5,9 +5,10 @@
 //! changes it (`examples/real/`). Each is built for 6.1.0-47-amd64 on the
 //! host, then loaded in a guest booted on Debian's own 6.1.0-47 kernel, used,
 //! and unloaded; after every step the kernel log is searched for an oops or a
-//! warning, and an oops panics the guest (`oops=panic`). One boot: the three
-//! module fixes share it; the rtmutex and nf_queue fixes are refused at
-//! build time.
+//! warning, and an oops panics the guest (`oops=panic`). Two boots: the three
+//! module fixes share one, the vmlinux fix of the PI futex path has its own
+//! (a broken module there takes every later step down with it); the
+//! nf_queue fix is refused at build time.
 //!
 //! The fixes (the upstream subject is the one in Debian's changelog of
 //! 6.1.176-1):
@@ -46,13 +47,14 @@
 //!   guest has no BMC, so the function is patched, not run.
 //! - `rtmutex-remove-waiter.patch`, `kernel/locking/rtmutex.c`: "rtmutex: Use
 //!   waiter::task instead of current in remove_waiter()" (issue 12.1).
-//!   rtmutex.c is compiled only through `rtmutex_api.c`'s `#include`. All the
-//!   functions it changes are `__sched`: gcc puts them in one `.sched.text`
-//!   section despite `-ffunction-sections`, and the assembler resolves their
-//!   calls to the unit's other static `__sched` functions
-//!   (`try_to_take_rt_mutex`, `rt_mutex_adjust_prio_chain`) without
-//!   relocations. A module that kept those displacements oopsed the guest;
-//!   the build is now refused, naming them (no boot).
+//!   rtmutex.c is compiled only through `rtmutex_api.c`'s `#include`. Its
+//!   functions are `__sched`: gcc puts them in one `.sched.text` section
+//!   despite `-ffunction-sections`, and the assembler resolves their calls to
+//!   each other (`try_to_take_rt_mutex`, `rt_mutex_adjust_prio_chain`)
+//!   without relocations; the differ gives those calls relocations, so only
+//!   `remove_waiter` changes. A PI futex lock that times out
+//!   (`examples/real/pi_timeout.c`, built static) runs the patched
+//!   `remove_waiter` through `rt_mutex_cleanup_proxy_lock`.
 //! - `nf-queue-entry.patch`, `include/net/netfilter/nf_queue.h` and
 //!   `net/netfilter/nf_queue.c`: "netfilter: nf_queue: hold bridge skb->dev
 //!   while queued" (CVE-2026-52912) adds `skb_dev` to `struct
@@ -394,40 +396,69 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
     assert_eq!(field(out, "LEFT"), "0", "{out}");
 }
 
-/// (b) The rtmutex fix compiles through `rtmutex_api.c` (issue 12.1), but
-/// every function it changes is `__sched` code in `.sched.text`, whose
-/// calls to the unit's other static `__sched` functions the assembler left
-/// as fixed offsets. Built by an earlier suture, the module loaded, then
-/// oopsed the guest in `__rt_mutex_start_proxy_lock` the first time a PI
-/// futex ran it. Until such calls become relocations the build is refused,
-/// naming each function and the call; nothing is written.
+/// (b) in a boot of its own: the rtmutex fix replaces vmlinux code that
+/// every PI futex runs, so a broken module takes the guest down with it.
+/// Its functions are `__sched` code sharing `.sched.text`, whose calls to
+/// each other the assembler fixed in place: the module (built before the
+/// differ gave those calls relocations) replaced 11 functions and oopsed
+/// in `__rt_mutex_start_proxy_lock`. Now it replaces `remove_waiter` alone,
+/// and a PI lock that times out runs it.
 #[test]
-fn the_real_rtmutex_fix_is_refused_for_calls_at_fixed_offsets() {
+fn the_real_rtmutex_fix_goes_live_in_vmlinux_and_runs() {
     let Some(release) = ready() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join(format!("{RTMUTEX}.ko"));
-    let b = common::build(
-        &release,
-        &real("rtmutex-remove-waiter.patch"),
-        &out,
-        &["--name", RTMUTEX],
+    let started = Instant::now();
+    let (rtmutex, r) = build_real(&release, "rtmutex-remove-waiter.patch", RTMUTEX, tmp.path());
+    assert_eq!(
+        replaced(&r),
+        [("vmlinux".to_string(), "remove_waiter".to_string())],
+        "{r}"
     );
-    assert_eq!(b.status, 2, "{}\n{}", b.stdout, b.stderr);
-    assert!(!out.exists());
-    for f in [
-        "remove_waiter",
-        "rt_mutex_cleanup_proxy_lock",
-        "__rt_mutex_start_proxy_lock",
-    ] {
-        assert!(
-            b.stderr.lines().any(
-                |l| l.contains(&format!("kernel/locking/rtmutex_api.c: {f}: a "))
-                    && l.contains("at a fixed offset in .sched.text")
-            ),
-            "{f}:\n{}",
-            b.stderr
-        );
-    }
+    let pi = tmp.path().join("pi_timeout");
+    common::run(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-pthread", "-o"])
+            .arg(&pi)
+            .arg(real("pi_timeout.c")),
+    );
+
+    let _g = common::vm_lock();
+    let mut vm = guest(&release, Duration::from_secs(300));
+    vm.add_file(&rtmutex, &format!("/root/{RTMUTEX}.ko"))
+        .unwrap();
+    vm.add_file(&pi, "/root/pi_timeout").unwrap();
+    let script = format!(
+        "{HELPERS}\
+         bad START\n\
+         suture load /root/{RTMUTEX}.ko || exit 30\n\
+         echo RT_TRANSITION:$(cat $lp/{RTMUTEX}/transition)\n\
+         echo RT_PATCHED:$(cat $lp/{RTMUTEX}/vmlinux/patched)\n\
+         trace remove_waiter {RTMUTEX} || exit 31\n\
+         /root/pi_timeout || exit 32\n\
+         echo RT_RAN:$(hits remove_waiter)\n\
+         untrace\n\
+         suture unload {RTMUTEX} || exit 33\n\
+         /root/pi_timeout | sed 's/^PI_/UNPATCHED_PI_/' || exit 34\n\
+         bad RT\n\
+         echo LEFT:$(ls $lp | wc -w)\n"
+    );
+    let run = vm
+        .run(&script)
+        .unwrap_or_else(|e| panic!("the guest died (an oops panics it) or hung:\n{e:#}"));
+    let out = run.script_output();
+    eprintln!("whole test {:.1?}", started.elapsed());
+    assert_eq!(run.exit_status, 0, "{out}");
+    assert_eq!(field(out, "OOPS_START"), "0", "{out}");
+    assert_eq!(field(out, "RT_TRANSITION"), "0", "{out}");
+    assert_eq!(field(out, "RT_PATCHED"), "1", "{out}");
+    // Three PI lock attempts timed out, each through the patched
+    // remove_waiter (rt_mutex_cleanup_proxy_lock takes the waiter off).
+    assert_eq!(field(out, "PI_TIMEOUTS"), "3", "{out}");
+    let ran: u64 = field(out, "RT_RAN").parse().unwrap_or(0);
+    assert!(ran >= 3, "the patched remove_waiter ran:\n{out}");
+    assert_eq!(field(out, "UNPATCHED_PI_TIMEOUTS"), "3", "{out}");
+    assert_eq!(field(out, "OOPS_RT"), "0", "{out}");
+    assert_eq!(field(out, "LEFT"), "0", "{out}");
 }
 
 /// The update's real `struct nf_queue_entry` fix (a new member, `skb_dev`,
