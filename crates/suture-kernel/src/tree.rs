@@ -965,7 +965,7 @@ fn setup_launcher(base: &Path, cc: &str, progress: &dyn Fn(&str)) -> Result<Opti
     )?;
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
-    progress(&format!("compiling through {}", launcher.display()));
+    progress(&format!("compiler launcher: {}", launcher.display()));
     Ok(Some(dir))
 }
 

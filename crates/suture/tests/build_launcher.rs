@@ -53,7 +53,7 @@ fn a_named_launcher_runs_every_compile_and_the_build_still_reproduces_the_kernel
     assert_eq!(status, 0, "{err}");
     assert!(out.is_file());
     assert!(
-        err.contains(&format!("compiling through {}", launcher.display())),
+        err.contains(&format!("compiler launcher: {}", launcher.display())),
         "{err}"
     );
     assert!(
@@ -107,7 +107,7 @@ fn ccache_is_used_when_installed_and_hits_on_the_second_build() {
     let out = tmp.path().join("fix.ko");
     let (status, err) = build_with(&release, &env, &out);
     assert_eq!(status, 0, "{err}");
-    assert!(err.contains("compiling through /usr/bin/ccache"), "{err}");
+    assert!(err.contains("compiler launcher: /usr/bin/ccache"), "{err}");
     let (hits0, misses0) = stats();
     assert!(
         misses0 >= 1,
