@@ -117,6 +117,9 @@ fn a_killed_build_does_not_share_the_tree_with_the_next_and_leaves_no_work_dir()
             "--nocapture",
         ])
         .env(HELPER_OUT, tmp.path().join("x.ko"))
+        // The compiler itself must run: ccache would answer from its cache
+        // without a cc1 to kill.
+        .env(suture_kernel::launcher::ENV, "none")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
