@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod kallsyms;
 pub mod klp;
 pub mod modinfo;
 pub mod notes;

@@ -109,21 +109,11 @@ pub fn kallsyms_lookup(
     let mut addrs: Vec<u64> = Vec::new();
     let mut hits = Vec::new();
     for line in text.lines() {
-        let mut w = line.split_whitespace();
-        let (Some(a), Some(_ty), Some(n)) = (w.next(), w.next(), w.next()) else {
+        let Ok(l) = suture_abi::kallsyms::parse_line(line) else {
             continue;
         };
-        let Ok(a) = u64::from_str_radix(a, 16) else {
-            continue;
-        };
-        let module = w
-            .next()
-            .map(|m| m.trim_start_matches('[').trim_end_matches(']'));
-        let in_obj = match module {
-            None => object == "vmlinux",
-            Some(m) => m == object,
-        };
-        if in_obj {
+        let (a, n) = (l.addr, l.name);
+        if l.object() == object {
             addrs.push(a);
             if n == name {
                 hits.push(a);

@@ -123,35 +123,12 @@ pub fn parse_proc_kallsyms(text: &str) -> Result<Kallsyms> {
                 n + 1
             ))
         };
-        let mut it = line.split_whitespace();
-        let (Some(a), Some(t), Some(name)) = (it.next(), it.next(), it.next()) else {
-            return Err(bad("too few fields"));
-        };
-        let addr = u64::from_str_radix(a, 16).map_err(|_| bad("address is not hexadecimal"))?;
-        let mut tc = t.chars();
-        let kind = match (tc.next(), tc.next()) {
-            (Some(c), None) if c.is_ascii_alphabetic() || c == '?' => c,
-            _ => return Err(bad("type is not one letter")),
-        };
-        let module = match it.next() {
-            None => None,
-            Some(m) => {
-                let inner = m
-                    .strip_prefix('[')
-                    .and_then(|m| m.strip_suffix(']'))
-                    .filter(|m| !m.is_empty())
-                    .ok_or_else(|| bad("module field is not `[name]`"))?;
-                Some(inner.to_string())
-            }
-        };
-        if it.next().is_some() {
-            return Err(bad("too many fields"));
-        }
+        let l = suture_abi::kallsyms::parse_line(line).map_err(bad)?;
         syms.push(KSym {
-            addr,
-            kind,
-            name: name.to_string(),
-            module,
+            addr: l.addr,
+            kind: l.kind,
+            name: l.name.to_string(),
+            module: l.module.map(str::to_string),
         });
     }
     if syms.is_empty() {

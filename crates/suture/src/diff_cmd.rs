@@ -214,19 +214,10 @@ pub fn symbols_from_kallsyms(text: &str, objname: &str) -> anyhow::Result<Target
         if l.trim().is_empty() {
             continue;
         }
-        let f: Vec<&str> = l.split_whitespace().collect();
-        anyhow::ensure!(
-            f.len() >= 3 && f[1].len() == 1 && u64::from_str_radix(f[0], 16).is_ok(),
-            "line {}: {l:?}",
-            n + 1
-        );
-        let module = f
-            .get(3)
-            .and_then(|m| m.strip_prefix('['))
-            .and_then(|m| m.strip_suffix(']'));
-        let owner = module.unwrap_or("vmlinux");
-        if owner == objname {
-            lines.push(f[2].to_string());
+        let k = suture_abi::kallsyms::parse_line(l)
+            .map_err(|why| anyhow::anyhow!("line {}: {why}: {l:?}", n + 1))?;
+        if k.object() == objname {
+            lines.push(k.name.to_string());
         }
     }
     let mut count: HashMap<&str, u32> = HashMap::new();
