@@ -824,15 +824,7 @@ fn fixed_branches_out(
             continue;
         }
         // The ranges as the writer merges them: offsets inside one stay.
-        let mut v = v.clone();
-        v.sort();
-        let mut merged: Vec<(u64, u64)> = Vec::new();
-        for (a, e) in v {
-            match merged.last_mut() {
-                Some(l) if a <= l.1 => l.1 = l.1.max(e),
-                _ => merged.push((a, e)),
-            }
-        }
+        let merged = merged_ranges(v);
         let mut relocated: Vec<u64> = d.p.elf.relas_of(sec).iter().map(|r| r.offset).collect();
         relocated.sort_unstable();
         let is_relocated = |from: u64, len: u64| {
@@ -913,6 +905,21 @@ fn fixed_branches_out(
     out
 }
 
+/// A section's copied byte ranges, sorted, overlapping and touching ones
+/// merged: each becomes one contiguous run in the output.
+fn merged_ranges(v: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut v = v.to_vec();
+    v.sort();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, e) in v {
+        match merged.last_mut() {
+            Some(l) if a <= l.1 => l.1 = l.1.max(e),
+            _ => merged.push((a, e)),
+        }
+    }
+    merged
+}
+
 fn align_up(x: u64, a: u64) -> u64 {
     let a = a.max(1);
     x.div_ceil(a) * a
@@ -951,15 +958,7 @@ fn write(
     let mut src_of_out: Vec<Option<usize>> = Vec::new();
     for (&sec, v) in pieces {
         let s = dd.p.sec(sec);
-        let mut v = v.clone();
-        v.sort();
-        let mut merged: Vec<(u64, u64)> = Vec::new();
-        for (a, e) in v {
-            match merged.last_mut() {
-                Some(l) if a <= l.1 => l.1 = l.1.max(e),
-                _ => merged.push((a, e)),
-            }
-        }
+        let merged = merged_ranges(v);
         let whole = merged.len() == 1 && merged[0] == (0, s.size);
         let mut data = Vec::new();
         let mut size = 0u64;

@@ -441,20 +441,27 @@ fn extracted_vmlinux_now(image: &Path, dir: &Path, progress: &dyn Fn(&str)) -> R
     Ok(v)
 }
 
-/// Writes through a temporary name in the same directory, then renames: a
-/// reader never sees half a file.
+/// Writes through a temporary file in the same directory, then renames: a
+/// reader never sees half a file. The temporary name is random and created
+/// with O_EXCL (never a planted file or symlink), and removed unless the
+/// rename happens, as `suture_kernel::tree::write_atomic` does (this crate
+/// does not depend on the kernel tree's).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        anyhow::anyhow!("renaming {} to {}: {e}", tmp.display(), path.display())
-    })
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".suture-cache.")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
