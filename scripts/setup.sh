@@ -41,7 +41,7 @@ packages=(
   cpio xz-utils zstd kmod dwarves python3 ca-certificates openssl
   debootstrap python3-prometheus-client
   openssh-client python3-venv
-  ccache iproute2
+  ccache iproute2 nftables
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -36,6 +36,9 @@ pub enum Judged {
     InitExitOnly(Vec<Refusal>),
     /// Each refusal with the file it is about.
     Refused(Vec<(String, Refusal)>),
+    /// Only new global functions, nothing replaced: live if another unit of
+    /// the patch calls them ([`crate::provides`]), else no change.
+    NewOnly(Box<crate::provides::Provider>),
     /// Refused for struct or union layouts the patch changes (each with the
     /// file declaring it, a header mostly): triage tries such a unit's own
     /// `.c` change alone.
@@ -261,10 +264,17 @@ impl<'a> Judge<'a> {
                     });
                 }
                 unit.klp_object = p.object;
-                // New functions nothing calls are no change; callbacks alone
-                // (state set up for a later patch) are a patch.
+                // New functions nothing in the unit calls may be called by
+                // another unit; callbacks alone (state set up for a later
+                // patch) are a patch.
                 if unit.funcs.is_empty() && unit.callbacks.is_empty() {
-                    Judged::NoChange
+                    let provides =
+                        crate::provides::new_globals(&unit.klp_object, &unit.new_functions)?;
+                    if provides.is_empty() {
+                        Judged::NoChange
+                    } else {
+                        Judged::NewOnly(Box::new(crate::provides::Provider { unit, provides }))
+                    }
                 } else {
                     Judged::Live(Box::new(unit))
                 }

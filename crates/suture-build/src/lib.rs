@@ -7,6 +7,7 @@
 mod ibt;
 mod judge;
 mod oot;
+pub mod provides;
 
 use anyhow::{bail, Context, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -425,11 +426,13 @@ fn build_in(
     let mut warnings = Vec::new();
     let mut unchanged = Vec::new();
     let mut init_exit: Vec<(String, Refusal)> = Vec::new();
+    let mut providers = Vec::new();
     for ((info, orig), patched) in pairs.iter().zip(&patched) {
         let j = judge.unit(info, orig, patched)?;
         warnings.extend(j.warnings);
         match j.verdict {
             Judged::Live(u) => live.push(*u),
+            Judged::NewOnly(p) => providers.push(*p),
             Judged::NoChange => unchanged.push(info.object.clone()),
             Judged::InitExitOnly(r) => {
                 let source = info.object.replace(".o", ".c");
@@ -452,6 +455,14 @@ fn build_in(
     if !refusals.is_empty() {
         return Err(BuildError::Refused(refusals).into());
     }
+    let kept = provides::keep_needed(&mut live, providers)?;
+    for (object, used) in &kept.used {
+        progress(&format!(
+            "{object}: kept for its new function(s) {}, which other units of the patch call",
+            used.join(", ")
+        ));
+    }
+    unchanged.extend(kept.unused);
     // A patch of callbacks alone (for example one that only sets up state for a
     // later patch) is still a patch.
     if live.is_empty() {

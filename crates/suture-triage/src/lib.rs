@@ -473,6 +473,7 @@ fn triage_release(
             }
         }
 
+        keep_providers(&mut judged)?;
         let mut live = Vec::new();
         for (u, (verdict, l)) in in_scope.iter().zip(judged) {
             let (files, note) = match &l {
@@ -532,6 +533,51 @@ struct Live {
     /// The update's files behind it (its own `.c` only, when [`note`] says so).
     files: Vec<String>,
     note: Option<String>,
+    /// For a unit that only adds global functions: their names. It is
+    /// live only if another live unit calls one ([`suture_build::provides`]).
+    provides: Option<std::collections::BTreeSet<String>>,
+}
+
+/// Units that only add global functions become live when a live unit calls
+/// one of them (the update's helper in vmlinux that its module changes
+/// call), and stay no change otherwise.
+fn keep_providers(judged: &mut [(Verdict, Option<Live>)]) -> Result<()> {
+    let live: Vec<&[u8]> = judged
+        .iter()
+        .filter_map(|(v, l)| match (v, l) {
+            (Verdict::Live { .. }, Some(l)) => Some(l.unit.klp_object.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let offered: Vec<(usize, &[u8], &std::collections::BTreeSet<String>)> = judged
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, l))| {
+            let l = l.as_ref()?;
+            Some((i, l.unit.klp_object.as_slice(), l.provides.as_ref()?))
+        })
+        .collect();
+    let pairs: Vec<(&[u8], &std::collections::BTreeSet<String>)> =
+        offered.iter().map(|&(_, o, p)| (o, p)).collect();
+    let decided = suture_build::provides::needed(&live, &pairs)?;
+    let at: Vec<usize> = offered.iter().map(|&(i, _, _)| i).collect();
+    for (i, used) in at.into_iter().zip(decided) {
+        let (verdict, live) = &mut judged[i];
+        match (used, live.as_mut()) {
+            (Some(used), Some(l)) => {
+                *verdict = Verdict::Live {
+                    functions: Vec::new(),
+                    new_functions: l.unit.new_functions.clone(),
+                };
+                l.note = Some(format!(
+                    "live for its new function(s) {}, which other objects of the update call",
+                    used.join(", ")
+                ));
+            }
+            _ => *live = None,
+        }
+    }
+    Ok(())
 }
 
 /// Whether a verdict is a refusal for layout changes alone.
@@ -611,6 +657,18 @@ fn judge_all(
                             warnings: j.warnings,
                             files: u.files.clone(),
                             note: None,
+                            provides: None,
+                        }),
+                    ),
+                    // No change unless a live unit calls what it adds.
+                    Judged::NewOnly(p) => (
+                        Verdict::NoChange,
+                        Some(Live {
+                            unit: p.unit,
+                            warnings: j.warnings,
+                            files: u.files.clone(),
+                            note: None,
+                            provides: Some(p.provides),
                         }),
                     ),
                 },
@@ -822,4 +880,107 @@ fn cumulative(
         Err(e) => entry.error = Some(format!("{e:#}")),
     }
     Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::write::{Object as Out, Symbol, SymbolSection};
+    use object::{SymbolFlags, SymbolKind, SymbolScope};
+
+    /// A klp object defining `def` globally and referencing `uses`.
+    fn klp(def: &str, uses: &str) -> Vec<u8> {
+        let mut o = Out::new(
+            object::BinaryFormat::Elf,
+            object::Architecture::X86_64,
+            object::Endianness::Little,
+        );
+        let text = o.add_section(Vec::new(), b".text".to_vec(), object::SectionKind::Text);
+        o.append_section_data(text, &[0xc3], 1);
+        for (name, section) in [
+            (def, SymbolSection::Section(text)),
+            (uses, SymbolSection::Undefined),
+        ] {
+            o.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value: 0,
+                size: 0,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Linkage,
+                weak: false,
+                section,
+                flags: SymbolFlags::None,
+            });
+        }
+        o.write().unwrap()
+    }
+
+    fn judged(
+        object: &str,
+        klp_object: Vec<u8>,
+        provides: Option<&str>,
+    ) -> (Verdict, Option<Live>) {
+        let verdict = match provides {
+            Some(_) => Verdict::NoChange,
+            None => Verdict::Live {
+                functions: vec!["patched".into()],
+                new_functions: vec![],
+            },
+        };
+        let unit = suture_build::LiveUnit {
+            object: object.into(),
+            objname: "vmlinux".into(),
+            klp_object,
+            funcs: vec![],
+            replaced: vec![],
+            new_functions: provides.into_iter().map(String::from).collect(),
+            callbacks: vec![],
+            verified: 0,
+        };
+        let live = Live {
+            unit,
+            warnings: vec![],
+            files: vec![object.replace(".o", ".c")],
+            note: None,
+            provides: provides.map(|p| [p.to_string()].into()),
+        };
+        (verdict, Some(live))
+    }
+
+    #[test]
+    fn a_unit_that_only_adds_a_function_is_live_when_a_live_unit_calls_it() {
+        let mut j = vec![
+            judged(
+                "net/netfilter/nft_log.o",
+                klp("patched", "audit_log_nf_skb"),
+                None,
+            ),
+            judged(
+                "kernel/audit.o",
+                klp("audit_log_nf_skb", "printk"),
+                Some("audit_log_nf_skb"),
+            ),
+            judged(
+                "lib/unused.o",
+                klp("nobody_calls_me", "printk"),
+                Some("nobody_calls_me"),
+            ),
+        ];
+        keep_providers(&mut j).unwrap();
+        assert_eq!(
+            j[1].0,
+            Verdict::Live {
+                functions: vec![],
+                new_functions: vec!["audit_log_nf_skb".into()]
+            }
+        );
+        let note = j[1].1.as_ref().unwrap().note.as_deref().unwrap();
+        assert!(note.contains("audit_log_nf_skb"), "{note}");
+        assert_eq!(j[2].0, Verdict::NoChange);
+        assert!(
+            j[2].1.is_none(),
+            "a provider nothing calls is not in the module"
+        );
+        assert!(matches!(j[0].0, Verdict::Live { .. }));
+    }
 }

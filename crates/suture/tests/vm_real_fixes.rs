@@ -5,7 +5,7 @@
 //! changes it (`examples/real/`). Each is built for 6.1.0-47-amd64 on the
 //! host, then loaded in a guest booted on Debian's own 6.1.0-47 kernel, used,
 //! and unloaded; after every step the kernel log is searched for an oops or a
-//! warning, and an oops panics the guest (`oops=panic`). Two boots: the three
+//! warning, and an oops panics the guest (`oops=panic`). Two boots: the four
 //! module fixes share one, the vmlinux fix of the PI futex path has its own
 //! (a broken module there takes every later step down with it); the
 //! nf_queue fix is refused at build time.
@@ -59,6 +59,21 @@
 //!   `net/netfilter/nf_queue.c`: "netfilter: nf_queue: hold bridge skb->dev
 //!   while queued" (CVE-2026-52912) adds `skb_dev` to `struct
 //!   nf_queue_entry`: a layout change (issue 12.4), refused by name, no boot.
+//!
+//! - `audit-nf-skb.patch`, from 6.1.187-1 (its three files' contexts are
+//!   the same in 6.1.170-3): "audit: add audit_log_nf_skb helper function"
+//!   (issue 12.6, a module patch calling a new vmlinux function).
+//!   `kernel/audit.c` gains `audit_log_nf_skb()`, which the `nft_log` and
+//!   `xt_AUDIT` modules' audit paths now call instead of their own copies.
+//!   Upstream declares it in `include/linux/audit.h`; here each caller
+//!   declares it, so that three units are compiled rather than the 600
+//!   that include that header (header changes have their own test, (a)).
+//!   Alone, kernel/audit.o replaces nothing (the new function is all it
+//!   adds); it goes into the module because the other two units call it.
+//!   The patch loads while nf_tables, nft_log, x_tables and xt_AUDIT are all
+//!   absent (the module depends on none of them), they load after it, and
+//!   an nftables `log level audit` rule runs the patched `nft_log_eval`
+//!   and the new function (guest booted with `audit=1`).
 //!
 //! That the replacement, not the original, ran is read from the kernel's
 //! function tracer, filtered to the livepatch module's own copy
@@ -153,6 +168,7 @@ const PKT: &str = "livepatch_real_pkt_cls";
 const RTMUTEX: &str = "livepatch_real_rtmutex";
 const VXLAN: &str = "livepatch_real_vxlan";
 const IPMI: &str = "livepatch_real_ipmi";
+const AUDIT: &str = "livepatch_real_audit";
 
 /// Shell helpers of the guest script. `bad STEP` prints `OOPS_STEP:N`, the
 /// count of kernel log lines that tell of an oops or a warning so far;
@@ -204,16 +220,21 @@ fn ready() -> Option<String> {
     Some(release)
 }
 
-/// (a), (c) and (d) in one boot: three module patches, each loaded before
+/// (a), (c), (d) and (e) in one boot: four module patches, each loaded before
 /// its target modules, which come up patched, are used and go away.
 #[test]
 fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_them() {
     let Some(release) = ready() else { return };
     let tc = Path::new("/usr/sbin/tc");
     let ip = Path::new("/usr/sbin/ip");
+    let nft = Path::new("/usr/sbin/nft");
     assert!(
         tc.is_file() && ip.is_file(),
         "the guest needs iproute2's tc and ip: apt-get install iproute2"
+    );
+    assert!(
+        nft.is_file(),
+        "the guest needs nft: apt-get install nftables"
     );
     let tmp = tempfile::tempdir().unwrap();
     let started = Instant::now();
@@ -254,18 +275,39 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
         )],
         "{r}"
     );
-    eprintln!("three modules built in {:.1?}", started.elapsed());
+    // (e) a new vmlinux function that two module patches call.
+    let (audit, r) = build_real(&release, "audit-nf-skb.patch", AUDIT, tmp.path());
+    assert_eq!(
+        replaced(&r),
+        [
+            ("nft_log", "nft_log_eval"),
+            ("xt_AUDIT", "audit_tg"),
+            ("xt_AUDIT", "audit_tg.part.0"),
+        ]
+        .map(|(o, f)| (o.to_string(), f.to_string())),
+        "{r}"
+    );
+    assert_eq!(
+        r["new_functions"],
+        serde_json::json!(["audit_log_nf_skb"]),
+        "{r}"
+    );
+    let info = suture_host::modinfo::parse_module(&std::fs::read(&audit).unwrap()).unwrap();
+    assert!(info.depends.is_empty(), "depends: {:?}", info.depends);
+    eprintln!("four modules built in {:.1?}", started.elapsed());
 
     let _g = common::vm_lock();
     let mut vm = guest(&release, Duration::from_secs(600));
+    vm = vm.append("audit=1");
     vm.add_executable(tc, "/opt/iproute2/tc").unwrap();
+    vm.add_executable(nft, "/opt/nft/nft").unwrap();
     vm.add_executable(ip, "/opt/iproute2/ip").unwrap();
     vm.add_file(
         Path::new("/etc/iproute2/ematch_map"),
         "/etc/iproute2/ematch_map",
     )
     .unwrap();
-    for (ko, n) in [(&pkt, PKT), (&vxlan, VXLAN), (&ipmi, IPMI)] {
+    for (ko, n) in [(&pkt, PKT), (&vxlan, VXLAN), (&ipmi, IPMI), (&audit, AUDIT)] {
         vm.add_file(ko, &format!("/root/{n}.ko")).unwrap();
     }
     for m in [
@@ -278,6 +320,13 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
         "net/ipv6/ip6_udp_tunnel.ko",
         "drivers/net/vxlan/vxlan.ko",
         "drivers/char/ipmi/ipmi_msghandler.ko",
+        "crypto/crc32c_generic.ko",
+        "lib/libcrc32c.ko",
+        "net/netfilter/nfnetlink.ko",
+        "net/netfilter/nf_tables.ko",
+        "net/netfilter/nft_log.ko",
+        "net/netfilter/x_tables.ko",
+        "net/netfilter/xt_AUDIT.ko",
     ] {
         let name = Path::new(m).file_name().unwrap().to_str().unwrap();
         vm.add_bytes(
@@ -348,6 +397,32 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
          suture unload {IPMI} || exit 53\n\
          bad IPMI\n\
          \n\
+         # (e) a new vmlinux function, called from two module patches: the\n\
+         # patch first, every module it patches or they need after it.\n\
+         nfmods() {{ grep -cE '^(nfnetlink|nf_tables|nft_log|x_tables|xt_AUDIT) ' /proc/modules; }}\n\
+         suture load /root/{AUDIT}.ko || exit 60\n\
+         echo AUDIT_TRANSITION:$(cat $lp/{AUDIT}/transition)\n\
+         echo AUDIT_ALONE:$(nfmods)\n\
+         insmod $k/crc32c_generic.ko && insmod $k/libcrc32c.ko || exit 61\n\
+         insmod $k/nfnetlink.ko && insmod $k/nf_tables.ko && insmod $k/nft_log.ko || exit 62\n\
+         insmod $k/x_tables.ko && insmod $k/xt_AUDIT.ko || exit 63\n\
+         echo AUDIT_NFT_LOG:$(cat $lp/{AUDIT}/nft_log/patched)\n\
+         echo AUDIT_XT:$(cat $lp/{AUDIT}/xt_AUDIT/patched)\n\
+         /opt/nft/nft add table ip t || exit 64\n\
+         /opt/nft/nft add chain ip t c '{{ type filter hook output priority 0; }}' || exit 64\n\
+         /opt/nft/nft add rule ip t c ip protocol icmp log level audit || exit 64\n\
+         trace nft_log_eval {AUDIT} || exit 65\n\
+         echo 'audit_log_nf_skb:mod:{AUDIT}' >> $T/set_ftrace_filter || exit 65\n\
+         ping -c 2 127.0.0.1 > /dev/null || exit 66\n\
+         echo AUDIT_EVAL_RAN:$(hits nft_log_eval)\n\
+         echo AUDIT_NEW_RAN:$(hits audit_log_nf_skb)\n\
+         untrace\n\
+         echo AUDIT_RECORDS:$(dmesg | grep -c 'mark=0x0 saddr=127.0.0.1 daddr=127.0.0.1 proto=1')\n\
+         /opt/nft/nft delete table ip t || exit 67\n\
+         rmmod xt_AUDIT x_tables nft_log nf_tables nfnetlink || exit 68\n\
+         suture unload {AUDIT} || exit 69\n\
+         bad AUDIT\n\
+         \n\
          echo LEFT:$(ls $lp | wc -w)\n\
          dmesg | grep -E 'Oops|BUG:|WARNING:|general protection|Call Trace' -A3 | head -40\n"
     );
@@ -393,6 +468,18 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
     assert_eq!(field(out, "IPMI_EARLY"), "0", "{out}");
     assert_eq!(field(out, "IPMI_PATCHED"), "1", "{out}");
     assert_eq!(field(out, "OOPS_IPMI"), "0", "{out}");
+
+    // (e) Loaded alone, pulling in none of the modules it patches; each
+    // came up patched; the rule ran the patched nft_log_eval and, from it,
+    // the new function, whose records the kernel logged.
+    assert_eq!(field(out, "AUDIT_TRANSITION"), "0", "{out}");
+    assert_eq!(field(out, "AUDIT_ALONE"), "0", "{out}");
+    assert_eq!(field(out, "AUDIT_NFT_LOG"), "1", "{out}");
+    assert_eq!(field(out, "AUDIT_XT"), "1", "{out}");
+    assert!(n("AUDIT_EVAL_RAN") >= 2, "{out}");
+    assert!(n("AUDIT_NEW_RAN") >= 2, "{out}");
+    assert!(n("AUDIT_RECORDS") >= 1, "{out}");
+    assert_eq!(field(out, "OOPS_AUDIT"), "0", "{out}");
     assert_eq!(field(out, "LEFT"), "0", "{out}");
 }
 
