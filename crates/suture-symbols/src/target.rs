@@ -151,6 +151,14 @@ trait Space {
     fn external_key(&self, _func_addr: u64, _rel_off: u64, _r: &Rel, _name: &str) -> Option<u64> {
         None
     }
+    /// Where the local symbol at `addr` is in the target's symbol table,
+    /// when that order groups symbols by the object that defined them: a
+    /// `.ko` is an `ld -r` of its units, which keeps each input object's
+    /// local symbols together, in link order. `None` for vmlinux, whose
+    /// kallsyms is sorted by address.
+    fn local_order(&self, _addr: u64) -> Option<usize> {
+        None
+    }
 }
 
 struct VmlinuxSpace<'a> {
@@ -196,6 +204,8 @@ struct ModuleSpace<'a> {
     obj: Obj<'a>,
     kept: Vec<usize>,
     by_name: HashMap<String, Vec<usize>>,
+    /// Symbol-table index of the first local symbol at each key.
+    local_at: HashMap<u64, usize>,
 }
 
 impl<'a> ModuleSpace<'a> {
@@ -210,11 +220,19 @@ impl<'a> ModuleSpace<'a> {
                 .or_default()
                 .push(pos);
         }
+        let mut local_at = HashMap::new();
+        for &i in &kept {
+            let sym = &obj.symbols[i];
+            if let (elf::STB_LOCAL, Some(sec)) = (sym.bind, sym.sec()) {
+                local_at.entry(module_key(sec, sym.value)).or_insert(i);
+            }
+        }
         Ok(ModuleSpace {
             name,
             obj,
             kept,
             by_name,
+            local_at,
         })
     }
 }
@@ -341,6 +359,66 @@ impl Space for ModuleSpace<'_> {
         // One undefined symbol-table entry per name: its index names the
         // symbol. Above every module_key (section + 1 in bits 40 and up).
         Some((1 << 63) | ((kr.sym as u64) << 32) | (kr.addend.wrapping_sub(r.addend) as u32 as u64))
+    }
+    fn local_order(&self, addr: u64) -> Option<usize> {
+        self.local_at.get(&addr).copied()
+    }
+}
+
+/// Of several copies of a local function whose code matches ORIG's (a
+/// static inline gcc did not inline, copied into several units of one
+/// module, each copy calling its own unit's `.cold` part or reading its own
+/// strings), the one placed where ORIG's symbol table puts it: a module's
+/// symbol table keeps each unit's local symbols together and in the unit's
+/// own order ([`Space::local_order`]), so ORIG's copy lies between the
+/// nearest of ORIG's locals already located (by unique name or by code)
+/// before it and after it in ORIG's order; another unit's copy lies outside
+/// ORIG's block, so beyond those neighbours. With a neighbour on one side
+/// only, the copy nearest to it on the open side is ORIG's. `None` without
+/// neighbours, or when the order does not single out one copy.
+fn among_own_locals(
+    space: &dyn Space,
+    orig: &Obj,
+    addr_of: &HashMap<usize, (u64, String)>,
+    func: usize,
+    matches: &[(Instance, Vec<Site>)],
+) -> Option<Instance> {
+    let (mut before, mut after): (Option<(usize, usize)>, Option<(usize, usize)>) = (None, None);
+    for (&j, (a, _)) in addr_of {
+        let s = &orig.symbols[j];
+        if j == func || s.bind != elf::STB_LOCAL || s.sec().is_none() {
+            continue;
+        }
+        let Some(o) = space.local_order(*a) else {
+            continue;
+        };
+        if j < func && before.is_none_or(|(k, _)| j > k) {
+            before = Some((j, o));
+        } else if j > func && after.is_none_or(|(k, _)| j < k) {
+            after = Some((j, o));
+        }
+    }
+    let placed: Vec<(usize, Instance)> = matches
+        .iter()
+        .filter_map(|(c, _)| Some((space.local_order(c.addr)?, *c)))
+        .collect();
+    match (before.map(|b| b.1), after.map(|a| a.1)) {
+        (Some(lo), Some(hi)) if lo < hi => {
+            let mut inside = placed.iter().filter(|(o, _)| lo < *o && *o < hi);
+            let one = inside.next()?.1;
+            inside.next().is_none().then_some(one)
+        }
+        (None, Some(hi)) => placed
+            .iter()
+            .filter(|(o, _)| *o < hi)
+            .max_by_key(|(o, _)| *o)
+            .map(|p| p.1),
+        (Some(lo), None) => placed
+            .iter()
+            .filter(|(o, _)| *o > lo)
+            .min_by_key(|(o, _)| *o)
+            .map(|p| p.1),
+        _ => None,
     }
 }
 
@@ -1028,6 +1106,19 @@ fn resolve(
                 c.sympos,
                 inst.len(),
                 format!("identical copies ({n} interchangeable)"),
+            );
+            continue;
+        }
+        if let Some(c) = byte_matches
+            .get(&i)
+            .and_then(|m| among_own_locals(space, orig, &rv.addr_of, i, m))
+        {
+            let n = byte_matches[&i].len();
+            rep.decide(
+                &s.name,
+                c.sympos,
+                inst.len(),
+                format!("the one of {n} matching copies where this object's own local symbols are in {objname}'s symbol table"),
             );
             continue;
         }

@@ -5,7 +5,7 @@
 //! changes it (`examples/real/`). Each is built for 6.1.0-47-amd64 on the
 //! host, then loaded in a guest booted on Debian's own 6.1.0-47 kernel, used,
 //! and unloaded; after every step the kernel log is searched for an oops or a
-//! warning, and an oops panics the guest (`oops=panic`). Two boots: the four
+//! warning, and an oops panics the guest (`oops=panic`). Two boots: the five
 //! module fixes share one, the vmlinux fix of the PI futex path has its own
 //! (a broken module there takes every later step down with it); the
 //! nf_queue fix is refused at build time.
@@ -35,9 +35,9 @@
 //!   `vxlan_xmit_one` reaches `jhash`, of which vxlan.ko has two byte-identical
 //!   copies (`static inline`, not inlined), told apart by nothing: one is
 //!   used, with a warning. (The issue's other candidates: drbd's
-//!   `drbd_adm_dump_devices` fix still stops on `put_ldev`, whose ten copies
-//!   each call their own `put_ldev.cold` and use their own unit's strings;
-//!   `fs/ext2/inode.c` is not built by Debian's config, CONFIG_EXT2_FS unset.)
+//!   `drbd_adm_dump_devices` fix, whose copies are not interchangeable, is
+//!   (f); `fs/ext2/inode.c` is not built by Debian's config, CONFIG_EXT2_FS
+//!   unset.)
 //!   A vxlan device over `lo` sends through the patched `vxlan_xmit_one`.
 //! - `ipmi-msghandler-srcu.patch`, `drivers/char/ipmi/ipmi_msghandler.c`:
 //!   "ipmi: Fix rcu_read_unlock to srcu_read_unlock in handle_read_event_rsp"
@@ -74,6 +74,22 @@
 //!   absent (the module depends on none of them), they load after it, and
 //!   an nftables `log level audit` rule runs the patched `nft_log_eval`
 //!   and the new function (guest booted with `audit=1`).
+//! - Copies of a static inline in several units of one module, told apart
+//!   by where the module's symbol table puts them (issue 12.5): one module
+//!   from three real fixes. `drbd-nl-rcu.patch` (6.1.176-1,
+//!   `drivers/block/drbd/drbd_nl.c`: the dump functions' error path takes
+//!   the RCU read lock it releases) reaches `put_ldev`, of which drbd.ko has
+//!   ten copies, each calling its own `put_ldev.cold` and using its own
+//!   unit's strings, so neither code nor references tell them apart;
+//!   `drbd-receiver-data-size.patch` (6.1.187-1, `receive_DataReply`
+//!   refuses a negative data size) reaches two copies each of
+//!   `_dec_rs_pending.part.0` and `_dec_unacked.part.0`;
+//!   `qede-fp-build-skb.patch` (6.1.187-1, `drivers/net/ethernet/qlogic/
+//!   qede/qede_fp.c`: a failed `qede_build_skb` is not used) reaches
+//!   `netdev_name`, six copies in qede.ko. A `.ko` keeps each unit's local
+//!   symbols together and in the unit's order, so the copy between ORIG's
+//!   own located neighbours is ORIG's. drbd and qede load after the patch,
+//!   come up patched, and go away (no DRBD device or QLogic NIC to run them).
 //!
 //! That the replacement, not the original, ran is read from the kernel's
 //! function tracer, filtered to the livepatch module's own copy
@@ -136,6 +152,19 @@ fn build_real(release: &str, patch: &str, name: &str, dir: &Path) -> (PathBuf, s
     (ko, serde_json::from_str(&b.stdout).unwrap())
 }
 
+/// The livepatch symbols (`.klp.sym.*`) of a built module.
+fn klp_symbols(ko: &Path) -> Vec<String> {
+    let e = suture_klp::elf::Elf::parse(std::fs::read(ko).unwrap()).unwrap();
+    let symtab = e.symtab().unwrap();
+    let strtab = e.shdrs[symtab].link as usize;
+    e.syms(symtab)
+        .unwrap()
+        .iter()
+        .map(|s| e.str_at(strtab, s.name).unwrap().to_string())
+        .filter(|n| n.starts_with(".klp.sym."))
+        .collect()
+}
+
 /// `(objname, function)` of every function the module replaces.
 fn replaced(report: &serde_json::Value) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = report["replaced"]
@@ -169,6 +198,7 @@ const RTMUTEX: &str = "livepatch_real_rtmutex";
 const VXLAN: &str = "livepatch_real_vxlan";
 const IPMI: &str = "livepatch_real_ipmi";
 const AUDIT: &str = "livepatch_real_audit";
+const COPIES: &str = "livepatch_real_copies";
 
 /// Shell helpers of the guest script. `bad STEP` prints `OOPS_STEP:N`, the
 /// count of kernel log lines that tell of an oops or a warning so far;
@@ -220,7 +250,7 @@ fn ready() -> Option<String> {
     Some(release)
 }
 
-/// (a), (c), (d) and (e) in one boot: four module patches, each loaded before
+/// (a), (c), (d), (e) and (f) in one boot: five module patches, each loaded before
 /// its target modules, which come up patched, are used and go away.
 #[test]
 fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_them() {
@@ -294,7 +324,50 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
     );
     let info = suture_host::modinfo::parse_module(&std::fs::read(&audit).unwrap()).unwrap();
     assert!(info.depends.is_empty(), "depends: {:?}", info.depends);
-    eprintln!("four modules built in {:.1?}", started.elapsed());
+    // (f) copies told apart by their place in the module's symbol table.
+    let copies = tmp.path().join(format!("{COPIES}.ko"));
+    let b = build(
+        &release,
+        &real("drbd-nl-rcu.patch"),
+        &copies,
+        &[
+            real("drbd-receiver-data-size.patch").to_str().unwrap(),
+            real("qede-fp-build-skb.patch").to_str().unwrap(),
+            "--json",
+            "--name",
+            COPIES,
+        ],
+    );
+    assert_eq!(b.status, 0, "{}\n{}", b.stdout, b.stderr);
+    let r: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    let got = replaced(&r);
+    for want in [
+        ("drbd", "drbd_adm_dump_devices"),
+        ("drbd", "drbd_adm_dump_peer_devices"),
+        ("drbd", "receive_DataReply"),
+        ("qede", "qede_poll"),
+    ] {
+        assert!(
+            got.contains(&(want.0.to_string(), want.1.to_string())),
+            "{want:?} not in {got:?}"
+        );
+    }
+    // The copies chosen, as read off the modules' symbol tables by hand:
+    // drbd_nl.c's put_ldev is the 8th (between __disk_conf_from_attrs and
+    // check_net_options, drbd_nl.c's own statics), drbd_receiver.c's is the
+    // 4th and its _dec_* parts the 2nd, qede_fp.c's netdev_name the 2nd
+    // (first of that unit's block, before qede_free_failed_tx_pkt).
+    let klp = klp_symbols(&copies);
+    for want in [
+        ".klp.sym.drbd.put_ldev,8",
+        ".klp.sym.drbd.put_ldev,4",
+        ".klp.sym.drbd._dec_rs_pending.part.0,2",
+        ".klp.sym.drbd._dec_unacked.part.0,2",
+        ".klp.sym.qede.netdev_name,2",
+    ] {
+        assert!(klp.iter().any(|n| n == want), "{want} not in {klp:?}");
+    }
+    eprintln!("five modules built in {:.1?}", started.elapsed());
 
     let _g = common::vm_lock();
     let mut vm = guest(&release, Duration::from_secs(600));
@@ -307,7 +380,13 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
         "/etc/iproute2/ematch_map",
     )
     .unwrap();
-    for (ko, n) in [(&pkt, PKT), (&vxlan, VXLAN), (&ipmi, IPMI), (&audit, AUDIT)] {
+    for (ko, n) in [
+        (&pkt, PKT),
+        (&vxlan, VXLAN),
+        (&ipmi, IPMI),
+        (&audit, AUDIT),
+        (&copies, COPIES),
+    ] {
         vm.add_file(ko, &format!("/root/{n}.ko")).unwrap();
     }
     for m in [
@@ -327,6 +406,11 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
         "net/netfilter/nft_log.ko",
         "net/netfilter/x_tables.ko",
         "net/netfilter/xt_AUDIT.ko",
+        "lib/lru_cache.ko",
+        "drivers/block/drbd/drbd.ko",
+        "lib/crc8.ko",
+        "drivers/net/ethernet/qlogic/qed/qed.ko",
+        "drivers/net/ethernet/qlogic/qede/qede.ko",
     ] {
         let name = Path::new(m).file_name().unwrap().to_str().unwrap();
         vm.add_bytes(
@@ -423,6 +507,17 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
          suture unload {AUDIT} || exit 69\n\
          bad AUDIT\n\
          \n\
+         # (f) copies: drbd and qede after the patch (libcrc32c from (e)).\n\
+         suture load /root/{COPIES}.ko || exit 70\n\
+         echo COPIES_TRANSITION:$(cat $lp/{COPIES}/transition)\n\
+         insmod $k/lru_cache.ko && insmod $k/drbd.ko || exit 71\n\
+         insmod $k/crc8.ko && insmod $k/qed.ko && insmod $k/qede.ko || exit 72\n\
+         echo COPIES_DRBD:$(cat $lp/{COPIES}/drbd/patched)\n\
+         echo COPIES_QEDE:$(cat $lp/{COPIES}/qede/patched)\n\
+         rmmod qede qed crc8 drbd lru_cache || exit 73\n\
+         suture unload {COPIES} || exit 74\n\
+         bad COPIES\n\
+         \n\
          echo LEFT:$(ls $lp | wc -w)\n\
          dmesg | grep -E 'Oops|BUG:|WARNING:|general protection|Call Trace' -A3 | head -40\n"
     );
@@ -480,6 +575,12 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
     assert!(n("AUDIT_NEW_RAN") >= 2, "{out}");
     assert!(n("AUDIT_RECORDS") >= 1, "{out}");
     assert_eq!(field(out, "OOPS_AUDIT"), "0", "{out}");
+
+    // (f)
+    assert_eq!(field(out, "COPIES_TRANSITION"), "0", "{out}");
+    assert_eq!(field(out, "COPIES_DRBD"), "1", "{out}");
+    assert_eq!(field(out, "COPIES_QEDE"), "1", "{out}");
+    assert_eq!(field(out, "OOPS_COPIES"), "0", "{out}");
     assert_eq!(field(out, "LEFT"), "0", "{out}");
 }
 
