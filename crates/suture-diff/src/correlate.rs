@@ -290,11 +290,18 @@ impl Diff<'_> {
             }
         }
         // A use that disappears means the patched code no longer shares the
-        // running kernel's state: refuse rather than guess.
+        // running kernel's state: refuse rather than guess. Read-only data
+        // is no state: the patched code may use its own copy (a constant
+        // table the fix changed, renumbered `.N`), which travels with it.
         for (of, _pf, ou, pu) in uses {
             for os in ou {
                 let ok = self.twin_o[os].map(|ps| pu.contains(&ps)).unwrap_or(false);
-                if !ok {
+                let read_only = self
+                    .o
+                    .sym(os)
+                    .section()
+                    .is_some_and(|sec| !self.o.sec(sec).is_write());
+                if !ok && !read_only {
                     self.report.refusals.push(Refusal {
                         subject: self.o.sym(of).name.to_string(),
                         reason: format!(

@@ -214,9 +214,11 @@ impl<'d, 'a> Inc<'d, 'a> {
         match t {
             Target::Sym { sym, .. } => {
                 if self.d.p.sym(sym).section().is_some() && self.must_define(sym) {
+                    // Read-only data has no value to start from.
                     if !self.defs.contains(&sym)
                         && self.d.p.is_static_local(sym)
                         && self.d.twin_p[sym].is_none()
+                        && self.d.p.sym(sym).section().is_some_and(|s| self.d.p.sec(s).is_write())
                     {
                         self.d.report.warnings.push(format!(
                             "static local variable {} has no counterpart in ORIG: assuming it is new (it starts from its initial value)",
@@ -561,22 +563,68 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
             _ => {}
         }
     }
-    // A changed function needs an ftrace hook in the running kernel to be redirected.
-    for &i in &roots {
-        if inc.d.status[i] != Status::Changed {
-            continue;
-        }
+    // A changed function needs an ftrace hook in the running kernel to be
+    // redirected; a local one that is only called can be reached through
+    // its callers instead, which are then replaced (and so on up, for a
+    // caller that has no hook either).
+    let mut queue: Vec<usize> = roots
+        .iter()
+        .copied()
+        .filter(|&i| inc.d.status[i] == Status::Changed)
+        .collect();
+    let mut queued: HashSet<usize> = queue.iter().copied().collect();
+    while let Some(i) = queue.pop() {
         if let Some(&par) = inc.d.parent_p.get(&i) {
             if inc.d.status[par] == Status::Changed {
                 continue;
             }
         }
-        let o = inc.d.twin_p[i].unwrap();
-        if Diff::fentry_offset(&inc.d.o, o).is_none() {
+        let Some(o) = inc.d.twin_p[i] else { continue };
+        if Diff::fentry_offset(&inc.d.o, o).is_some() {
+            continue;
+        }
+        let callers: Option<Vec<usize>> = crate::callers::only_callers(&inc.d.o, o)
+            .and_then(|cs| {
+                cs.into_iter()
+                    .map(|c| {
+                        let cp = inc.d.twin_o[c]?;
+                        let cp = inc.d.parent_p.get(&cp).copied().unwrap_or(cp);
+                        // Init and exit code is not replaced.
+                        let sec = &inc.d.p.sec(inc.d.p.sym(cp).section()?).name;
+                        (!sec.starts_with(".init.") && !sec.starts_with(".exit.")).then_some(cp)
+                    })
+                    .collect()
+            })
+            // Its own `.cold` part jumping back into it is not a caller.
+            .map(|cs: Vec<usize>| cs.into_iter().filter(|&c| c != i).collect::<Vec<_>>())
+            .filter(|cs| !cs.is_empty());
+        let Some(mut callers) = callers else {
             inc.refusals.push(Refusal {
                 subject: inc.d.orig_name(i).to_string(),
-                reason: "changed, but has no ftrace hook (its first relocation is not a call to __fentry__: notrace or not traced): it cannot be redirected".into(),
+                reason: "changed, but has no ftrace hook (its first relocation is not a call to __fentry__: notrace or not traced): it cannot be redirected, and something other than direct calls refers to it".into(),
             });
+            continue;
+        };
+        callers.sort_unstable();
+        callers.dedup();
+        inc.d.via_callers.insert(i);
+        let names: Vec<String> = callers
+            .iter()
+            .map(|&c| inc.d.orig_name(c).to_string())
+            .collect();
+        inc.d.report.warnings.push(format!(
+            "{}: changed, but has no ftrace hook (notrace); the functions that call it are replaced instead, and their replacements call its new code: {}",
+            inc.d.orig_name(i),
+            names.join(", ")
+        ));
+        for c in callers {
+            if inc.d.status[c] != Status::Changed {
+                inc.d.status[c] = Status::Changed;
+                roots.push(c);
+            }
+            if queued.insert(c) {
+                queue.push(c);
+            }
         }
     }
     for &i in &roots {
@@ -1330,7 +1378,7 @@ fn write(
 
     let mut replaced = Vec::new();
     for &f in func_defs {
-        if dd.status[f] != Status::Changed {
+        if dd.status[f] != Status::Changed || dd.via_callers.contains(&f) {
             continue;
         }
         if let Some(&par) = dd.parent_p.get(&f) {

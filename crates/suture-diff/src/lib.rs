@@ -34,6 +34,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 mod branches;
+mod callers;
 mod compare;
 mod correlate;
 mod entry;

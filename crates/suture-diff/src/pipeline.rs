@@ -60,6 +60,9 @@ pub(crate) struct Diff<'a> {
     /// What a line number of the unit's own source file follows in a string
     /// literal (see [`crate::model::line_number_anchors`]).
     pub line_anchors: Vec<String>,
+    /// Changed PATCHED functions ftrace cannot hook, reached by replacing
+    /// their callers instead ([`crate::callers`]): included, not replaced.
+    pub via_callers: std::collections::BTreeSet<usize>,
 }
 
 fn load(bytes: Shared, file: &'static str) -> Result<Obj, Error> {
@@ -231,6 +234,7 @@ impl<'a> Diff<'a> {
             pad_p: HashMap::default(),
             o_sympos: Vec::new(),
             line_anchors: Vec::new(),
+            via_callers: Default::default(),
         };
         d.o_sympos = local_positions(&d.o.elf.symbols);
         d.line_anchors = crate::model::line_number_anchors(&d.o.files);

@@ -1716,3 +1716,106 @@ int __sched tail(int a) {{
         "{x:?}"
     );
 }
+
+/// A fix that stops using a constant table (the real cxgb4 fix to
+/// t4_sge_decode_idma_state drops its t4_decode/t5_decode tables) drops no
+/// state: the read-only statics it still uses travel with it, renumbered or
+/// not, without a "starts from its initial value" warning.
+#[test]
+fn removed_read_only_static_local_reference_is_allowed() {
+    let orig = r#"extern int printk(const char *, ...);
+int decode(int state, int chip)
+{
+	static const char * const t4_names[] = { "idle", "busy", "wait" };
+	static const char * const t5_names[] = { "IDLE", "BUSY", "WAIT", "DONE" };
+	const char * const *names = chip == 4 ? t4_names : t5_names;
+	return printk("state %s\n", names[state & 1]);
+}
+"#;
+    let patched = r#"extern int printk(const char *, ...);
+int decode(int state, int chip)
+{
+	static const char * const t5_names[] = { "IDLE", "BUSY", "WAIT", "DONE" };
+	return printk("state %s %d\n", t5_names[state & 3], chip);
+}
+"#;
+    let o = compile("rodata-static-orig", orig);
+    let p = compile("rodata-static-patched", patched);
+    let (patch, _) = changes(&o, &p, &Options::default());
+    assert_eq!(patch.report.changed, vec!["decode".to_string()]);
+    assert!(
+        !patch
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("initial value")),
+        "{:?}",
+        patch.report.warnings
+    );
+}
+
+/// A changed local function ftrace cannot hook (a `static inline` gcc kept
+/// out of line is `notrace`) is reached through its callers: they are
+/// replaced, it travels with them, and it is not a replaced function
+/// itself. The real case is `__do_sys_fsmount` behind `SYSCALL_DEFINE`.
+#[test]
+fn changed_local_notrace_function_is_reached_through_its_callers() {
+    let src = |n: &str| {
+        format!(
+            r#"extern int printk(const char *, ...);
+static __attribute__((noinline, no_instrument_function)) int body(int a)
+{{
+	return printk("body %d\n", a + {n});
+}}
+int entry_a(int a) {{ return body(a) + 1; }}
+int entry_b(int a) {{ return body(a * 3) - 1; }}
+"#
+        )
+    };
+    let o = compile("via-callers-orig", &src("1"));
+    let p = compile("via-callers-patched", &src("2"));
+    let (patch, out) = changes(&o, &p, &Options::default());
+    let mut replaced: Vec<&str> = patch.replaced.iter().map(|f| f.name.as_str()).collect();
+    replaced.sort();
+    assert_eq!(replaced, ["entry_a", "entry_b"]);
+    assert!(
+        defined(&out, "body").is_some(),
+        "the new body travels with the callers"
+    );
+    assert!(
+        patch
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("body") && w.contains("no ftrace hook")),
+        "{:?}",
+        patch.report.warnings
+    );
+}
+
+/// The same function with its address in data: a call through that pointer
+/// would still reach the old code, so it stays refused.
+#[test]
+fn changed_local_notrace_function_whose_address_is_taken_is_refused() {
+    let src = |n: &str| {
+        format!(
+            r#"extern int printk(const char *, ...);
+static __attribute__((noinline, no_instrument_function)) int body(int a)
+{{
+	return printk("body %d\n", a + {n});
+}}
+int (*body_ptr)(int) = body;
+int entry_a(int a) {{ return body(a) + 1; }}
+"#
+        )
+    };
+    let o = compile("via-ptr-orig", &src("1"));
+    let p = compile("via-ptr-patched", &src("2"));
+    let r = refused(&o, &p);
+    assert!(
+        r.refusals
+            .iter()
+            .any(|x| x.subject == "body" && x.reason.contains("no ftrace hook")),
+        "{r:?}"
+    );
+}

@@ -383,7 +383,9 @@ fn among_own_locals(
     func: usize,
     matches: &[(Instance, Vec<Site>)],
 ) -> Option<Instance> {
-    let (mut before, mut after): (Option<(usize, usize)>, Option<(usize, usize)>) = (None, None);
+    // (ORIG index, order in the target) of the nearest neighbours.
+    let mut before: Option<(usize, usize)> = None;
+    let mut after: Option<(usize, usize)> = None;
     for (&j, (a, _)) in addr_of {
         let s = &orig.symbols[j];
         if j == func || s.bind != elf::STB_LOCAL || s.sec().is_none() {

@@ -90,6 +90,14 @@
 //!   symbols together and in the unit's order, so the copy between ORIG's
 //!   own located neighbours is ORIG's. drbd and qede load after the patch,
 //!   come up patched, and go away (no DRBD device or QLogic NIC to run them).
+//! - `fsmount-nouser.patch`, 6.1.187-1, `fs/namespace.c`: `fsmount(2)`
+//!   refuses a superblock marked `SB_NOUSER` (pipefs). The change is in
+//!   `__do_sys_fsmount`, the body `SYSCALL_DEFINE` makes a `static inline`:
+//!   `notrace`, no ftrace hook, so livepatch cannot redirect it; its only
+//!   callers, `__x64_sys_fsmount` and `__ia32_sys_fsmount`, are replaced
+//!   instead and call its new code. Shares the vmlinux boot: a static
+//!   program (`examples/real/fsmount_nouser.c`) mounts pipefs before the
+//!   patch, is refused with EINVAL under it, mounts again after.
 //!
 //! That the replacement, not the original, ran is read from the kernel's
 //! function tracer, filtered to the livepatch module's own copy
@@ -199,6 +207,7 @@ const VXLAN: &str = "livepatch_real_vxlan";
 const IPMI: &str = "livepatch_real_ipmi";
 const AUDIT: &str = "livepatch_real_audit";
 const COPIES: &str = "livepatch_real_copies";
+const FSMOUNT: &str = "livepatch_real_fsmount";
 
 /// Shell helpers of the guest script. `bad STEP` prints `OOPS_STEP:N`, the
 /// count of kernel log lines that tell of an oops or a warning so far;
@@ -609,12 +618,39 @@ fn the_real_rtmutex_fix_goes_live_in_vmlinux_and_runs() {
             .arg(&pi)
             .arg(real("pi_timeout.c")),
     );
+    // (g) a notrace function reached through its callers.
+    let (fsmount, r) = build_real(&release, "fsmount-nouser.patch", FSMOUNT, tmp.path());
+    assert_eq!(
+        replaced(&r),
+        [
+            ("vmlinux".to_string(), "__ia32_sys_fsmount".to_string()),
+            ("vmlinux".to_string(), "__x64_sys_fsmount".to_string())
+        ],
+        "{r}"
+    );
+    assert!(
+        r["warnings"].as_array().unwrap().iter().any(|w| {
+            let w = w.as_str().unwrap();
+            w.contains("__do_sys_fsmount") && w.contains("no ftrace hook")
+        }),
+        "{r}"
+    );
+    let fsm = tmp.path().join("fsmount_nouser");
+    common::run(
+        Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&fsm)
+            .arg(real("fsmount_nouser.c")),
+    );
 
     let _g = common::vm_lock();
     let mut vm = guest(&release, Duration::from_secs(300));
     vm.add_file(&rtmutex, &format!("/root/{RTMUTEX}.ko"))
         .unwrap();
     vm.add_file(&pi, "/root/pi_timeout").unwrap();
+    vm.add_file(&fsmount, &format!("/root/{FSMOUNT}.ko"))
+        .unwrap();
+    vm.add_file(&fsm, "/root/fsmount_nouser").unwrap();
     let script = format!(
         "{HELPERS}\
          bad START\n\
@@ -628,6 +664,16 @@ fn the_real_rtmutex_fix_goes_live_in_vmlinux_and_runs() {
          suture unload {RTMUTEX} || exit 33\n\
          /root/pi_timeout | sed 's/^PI_/UNPATCHED_PI_/' || exit 34\n\
          bad RT\n\
+         /root/fsmount_nouser | sed 's/^/BEFORE_/' || exit 40\n\
+         suture load /root/{FSMOUNT}.ko || exit 41\n\
+         echo FS_TRANSITION:$(cat $lp/{FSMOUNT}/transition)\n\
+         trace __x64_sys_fsmount {FSMOUNT} || exit 42\n\
+         /root/fsmount_nouser | sed 's/^/PATCHED_/' || exit 43\n\
+         echo FS_RAN:$(hits __x64_sys_fsmount)\n\
+         untrace\n\
+         suture unload {FSMOUNT} || exit 44\n\
+         /root/fsmount_nouser | sed 's/^/AFTER_/' || exit 45\n\
+         bad FS\n\
          echo LEFT:$(ls $lp | wc -w)\n"
     );
     let run = vm
@@ -646,6 +692,18 @@ fn the_real_rtmutex_fix_goes_live_in_vmlinux_and_runs() {
     assert!(ran >= 3, "the patched remove_waiter ran:\n{out}");
     assert_eq!(field(out, "UNPATCHED_PI_TIMEOUTS"), "3", "{out}");
     assert_eq!(field(out, "OOPS_RT"), "0", "{out}");
+    // (g) pipefs mounts, is refused under the patch (its new check ran in
+    // the included __do_sys_fsmount, called from the replaced syscall
+    // entry), and mounts again once the patch is gone.
+    assert_eq!(field(out, "BEFORE_FSMOUNT_PIPEFS"), "mounted", "{out}");
+    assert_eq!(field(out, "FS_TRANSITION"), "0", "{out}");
+    assert_eq!(field(out, "PATCHED_FSMOUNT_PIPEFS"), "EINVAL", "{out}");
+    assert!(
+        field(out, "FS_RAN").parse::<u64>().unwrap_or(0) >= 1,
+        "{out}"
+    );
+    assert_eq!(field(out, "AFTER_FSMOUNT_PIPEFS"), "mounted", "{out}");
+    assert_eq!(field(out, "OOPS_FS"), "0", "{out}");
     assert_eq!(field(out, "LEFT"), "0", "{out}");
 }
 
