@@ -5,9 +5,11 @@
 //! `__fentry__` call, so livepatch cannot redirect it. When such a function
 //! is local and only ever called directly, replacing its callers reaches it
 //! as well: their replacements call its new code, which travels with the
-//! patch. That holds only if nothing else can get to the old code: no
-//! pointer to it in data, no address taken in code (a `lea`, a `mov` of its
-//! address), no reference from outside a function.
+//! patch. That holds only if nothing else can get to the old code (no
+//! pointer to it in data, no address taken in code, a `lea` or a `mov` of
+//! its address, no reference from outside a function) and if every way in
+//! is a `call`: a task still running the old code then has its caller on
+//! the stack, a replaced function, and the transition waits for it.
 
 use crate::model::Obj;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, OpKind};
@@ -36,11 +38,11 @@ fn describes_code(name: &str) -> bool {
 }
 
 /// Whether the 4-byte field at `field` (an address in the section) is the
-/// rel32 operand of a direct call, jump or conditional jump of the function
+/// rel32 operand of a direct call of the function
 /// whose code `code` starts at `start`: the instruction is decoded from the
 /// function's start, so a displacement of some other instruction (a `lea`
 /// taking the address) is not mistaken for one.
-fn is_branch_operand(code: &[u8], start: u64, field: u64) -> bool {
+fn is_call_operand(code: &[u8], start: u64, field: u64) -> bool {
     let mut d = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
     while d.can_decode() {
         let at = d.ip();
@@ -53,19 +55,16 @@ fn is_branch_operand(code: &[u8], start: u64, field: u64) -> bool {
             return end.checked_sub(4) == Some(field)
                 && insn.op_count() == 1
                 && insn.op0_kind() == OpKind::NearBranch64
-                && matches!(
-                    insn.flow_control(),
-                    FlowControl::Call
-                        | FlowControl::UnconditionalBranch
-                        | FlowControl::ConditionalBranch
-                );
+                && insn.flow_control() == FlowControl::Call;
         }
     }
     false
 }
 
 /// ORIG's functions that call `f` (each once, in symbol order), when direct
-/// calls and jumps from functions are all that refers to it; `None` when
+/// calls from functions are all that refers to it (a tail call would leave
+/// no caller on the stack of a task still running the old `f`, which the
+/// transition would then not wait for); `None` when
 /// `f` is not a local function or anything else refers to it (see the
 /// module comment). References from inside `f` itself (recursion, its own
 /// jumps) do not count.
@@ -118,7 +117,7 @@ pub(crate) fn only_callers(o: &Obj, f: usize) -> Option<Vec<usize>> {
             let code = tsec
                 .data
                 .get(cs.value as usize..cs.value.saturating_add(cs.size) as usize)?;
-            if !is_branch_operand(code, cs.value, r.offset) {
+            if !is_call_operand(code, cs.value, r.offset) {
                 return None;
             }
             if caller != f && !callers.contains(&caller) {
@@ -135,23 +134,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn branch_operands_are_told_from_other_rel32_fields() {
+    fn call_operands_are_told_from_other_rel32_fields() {
         // push %rbp; call rel32; jmp rel32; jne rel32; lea rel32(%rip),%rdi
         let code = [
             0x55, 0xe8, 0, 0, 0, 0, 0xe9, 0, 0, 0, 0, 0x0f, 0x85, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0,
             0, 0, 0, 0xc3,
         ];
         let base = 0x100;
-        assert!(is_branch_operand(&code, base, base + 2), "call");
-        assert!(is_branch_operand(&code, base, base + 7), "jmp");
-        assert!(is_branch_operand(&code, base, base + 13), "jne");
+        assert!(is_call_operand(&code, base, base + 2), "call");
+        // A jump leaves no frame: not a call.
+        assert!(!is_call_operand(&code, base, base + 7), "jmp");
+        assert!(!is_call_operand(&code, base, base + 13), "jne");
         assert!(
-            !is_branch_operand(&code, base, base + 20),
+            !is_call_operand(&code, base, base + 20),
             "lea takes the address"
         );
-        assert!(!is_branch_operand(&code, base, base + 3), "inside a field");
-        assert!(!is_branch_operand(&code, base, base + 100), "past the end");
-        assert!(!is_branch_operand(&[], base, base));
+        assert!(!is_call_operand(&code, base, base + 3), "inside a field");
+        assert!(!is_call_operand(&code, base, base + 100), "past the end");
+        assert!(!is_call_operand(&[], base, base));
     }
 
     #[test]

@@ -1819,3 +1819,33 @@ int entry_a(int a) {{ return body(a) + 1; }}
         "{r:?}"
     );
 }
+
+/// Reached by a tail call (`jmp`), the old code would run with no caller on
+/// the task's stack for the transition to wait on: refused.
+#[test]
+fn changed_local_notrace_function_reached_by_a_tail_call_is_refused() {
+    let src = |n: &str| {
+        format!(
+            r#"extern int printk(const char *, ...);
+static __attribute__((noinline, no_instrument_function)) int body(int a)
+{{
+	return printk("body %d\n", a + {n});
+}}
+int entry_a(int a) {{ return body(a) + 1; }}
+int entry_tail(int a) {{ return body(a); }}
+"#
+        )
+    };
+    let o = compile("via-tail-orig", &src("1"));
+    let p = compile("via-tail-patched", &src("2"));
+    let tail = Object::parse(&o).unwrap();
+    let sec = tail.section_by_name(".text.entry_tail").unwrap();
+    assert!(sec.data.contains(&0xe9), "gcc made entry_tail a tail call");
+    let r = refused(&o, &p);
+    assert!(
+        r.refusals
+            .iter()
+            .any(|x| x.subject == "body" && x.reason.contains("no ftrace hook")),
+        "{r:?}"
+    );
+}
