@@ -12,6 +12,8 @@ pub mod kallsyms;
 pub mod klp;
 pub mod modinfo;
 pub mod notes;
+pub mod target;
+pub mod verify;
 
 use std::fmt;
 

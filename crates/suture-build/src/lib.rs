@@ -745,15 +745,17 @@ fn metadata(
         m.push((modinfo::CVE.to_string(), c.clone()));
     }
     for f in replaced {
-        let mut rec = format!("{} {} {}", f.objname, f.function, f.sympos);
-        // Module code is checked by the host once the module is loaded; the
-        // record carries the image's bytes for vmlinux functions.
-        if f.objname == "vmlinux" {
-            if let Some(check) = symbols.verify_record(&f.function, f.sympos) {
-                rec = format!("{rec} {check}");
-            }
-        }
-        m.push((modinfo::FUNC.to_string(), rec));
+        let rec = suture_abi::verify::FuncRecord {
+            object: f.objname.clone(),
+            name: f.function.clone(),
+            sympos: f.sympos,
+            // Module code is checked by the host once the module is loaded;
+            // the record carries the image's bytes for vmlinux functions.
+            check: (f.objname == "vmlinux")
+                .then(|| symbols.verify_record(&f.function, f.sympos))
+                .flatten(),
+        };
+        m.push((modinfo::FUNC.to_string(), rec.to_string()));
     }
     Ok(m)
 }

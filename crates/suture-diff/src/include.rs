@@ -218,7 +218,12 @@ impl<'d, 'a> Inc<'d, 'a> {
                     if !self.defs.contains(&sym)
                         && self.d.p.is_static_local(sym)
                         && self.d.twin_p[sym].is_none()
-                        && self.d.p.sym(sym).section().is_some_and(|s| self.d.p.sec(s).is_write())
+                        && self
+                            .d
+                            .p
+                            .sym(sym)
+                            .section()
+                            .is_some_and(|s| self.d.p.sec(s).is_write())
                     {
                         self.d.report.warnings.push(format!(
                             "static local variable {} has no counterpart in ORIG: assuming it is new (it starts from its initial value)",
@@ -1414,6 +1419,13 @@ impl<'x, 'a> Out<'x, 'a> {
         *self.secsym.entry(osec).or_insert(n * 4 + 2)
     }
 
+    /// Every relocation to a symbol would repeat its error.
+    fn error_once(&mut self, e: String) {
+        if !self.errors.contains(&e) {
+            self.errors.push(e);
+        }
+    }
+
     /// An undefined global symbol by plain name.
     fn plain(&mut self, name: &str) -> usize {
         if let Some(&c) = self.refs.get(name) {
@@ -1430,7 +1442,13 @@ impl<'x, 'a> Out<'x, 'a> {
         let s = self.d.p.sym(pi);
         let plain = self.d.reference_name(pi).to_string();
         let (name, typ, bind) = match self.d.reach(pi) {
-            Ok(Some(k)) => (self.d.klp_symbol(k, &plain), s.typ, STB_GLOBAL),
+            Ok(Some(k)) => match self.d.klp_symbol(k, &plain) {
+                Ok(n) => (n, s.typ, STB_GLOBAL),
+                Err(e) => {
+                    self.error_once(e);
+                    return None;
+                }
+            },
             // An external symbol keeps its binding (a weak reference stays weak).
             Ok(None) if s.section().is_none() => (plain, s.typ, s.bind.max(STB_GLOBAL)),
             Ok(None) => (plain, s.typ, STB_GLOBAL),
@@ -1492,13 +1510,19 @@ impl<'x, 'a> Out<'x, 'a> {
             Some(crate::TargetSym::OtherModule { module, sympos }) if k.obj == module => *sympos,
             _ => return None,
         };
-        let full = self.d.klp_symbol(
+        let full = match self.d.klp_symbol(
             crate::pipeline::KlpRef {
                 obj: k.obj,
                 sympos: pfx,
             },
             &format!("__pfx_{name}"),
-        );
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error_once(e);
+                return None;
+            }
+        };
         if let Some(&c) = self.refs.get(&full) {
             return Some(c);
         }

@@ -50,30 +50,9 @@ pub use pipeline::{
 };
 pub use suture_elf::Shared;
 
-/// How the object the patch targets (vmlinux or one module) exposes its symbols.
-#[derive(Debug, Clone, Default)]
-pub struct Target {
-    /// `vmlinux`, or the module name as the kernel spells it (`-` turned into `_`).
-    pub objname: String,
-    /// Keyed by the symbol's name as ORIG spells it.
-    pub symbols: HashMap<String, TargetSym>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetSym {
-    /// Exported to modules (`EXPORT_SYMBOL*` of vmlinux): a normal relocation.
-    Exported,
-    /// Reached through kallsyms: a livepatch relocation. `sympos` is the position
-    /// among same-named symbols of the object in kallsyms order, 0 when unique.
-    Unexported { sympos: u32 },
-    /// For a module target: exported by another module, `module` (its name as
-    /// the kernel spells it). Reached through a livepatch relocation of the
-    /// target (`.klp.sym.MODULE.NAME,POS` in `.klp.rela.OBJNAME.*`), resolved
-    /// when the target loads, rather than through a normal one that would make
-    /// the patch module depend on, and load, `module`. `sympos` is the position
-    /// among `module`'s same-named symbols, 0 when unique.
-    OtherModule { module: String, sympos: u32 },
-}
+// Defined with the other contracts in suture-abi; here too so that the
+// differ's users need no second crate for its options.
+pub use suture_abi::target::{Target, TargetSym};
 
 /// What the differ may not infer by itself.
 #[derive(Debug, Clone, Default)]

@@ -102,14 +102,17 @@ impl Diff<'_> {
     /// The undefined symbol a livepatch relocation to `name` (as
     /// [`Self::reach`] found it) is written against: `.klp.sym.OBJ.NAME,POS` for
     /// the target's own symbol, `.klp.xsym.TARGET.OBJ.NAME,POS` for another
-    /// module's (see the crate docs).
-    pub fn klp_symbol(&self, k: KlpRef<'_>, name: &str) -> String {
+    /// module's (see the crate docs). `Err` names a symbol the kernel could
+    /// not resolve under such a name (longer than its `sscanf` reads).
+    pub fn klp_symbol(&self, k: KlpRef<'_>, name: &str) -> Result<String, String> {
         let target = self.objname();
+        let pos = u64::from(k.sympos);
         if k.obj == target {
-            suture_abi::klp::klp_sym_name(k.obj, name, k.sympos)
+            suture_abi::klp::klp_sym_name(k.obj, name, pos)
         } else {
-            suture_abi::klp::klp_xsym_name(target, k.obj, name, k.sympos)
+            suture_abi::klp::klp_xsym_name(target, k.obj, name, pos)
         }
+        .map_err(|e| format!("{name} cannot be reached through a livepatch relocation: {e}"))
     }
 
     /// The name a reference to PATCHED symbol `pi` is written under before the
@@ -149,7 +152,7 @@ pub fn rtype_name(t: u32) -> String {
         R_X86_64_32 => "R_X86_64_32".into(),
         R_X86_64_32S => "R_X86_64_32S".into(),
         R_X86_64_PC64 => "R_X86_64_PC64".into(),
-        9 => "R_X86_64_GOTPCREL".into(),
+        R_X86_64_GOTPCREL => "R_X86_64_GOTPCREL".into(),
         n => format!("type {n}"),
     }
 }

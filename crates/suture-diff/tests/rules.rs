@@ -665,6 +665,31 @@ fn unrelated_pair_is_an_error() {
     }
 }
 
+/// The kernel reads at most 511 bytes of a `.klp.sym` name (KLP_SYMNAME_MAX)
+/// and refuses the module otherwise: such a name is an error of the stage
+/// that would write it, naming the symbol.
+#[test]
+fn too_long_klp_symbol_name_is_an_error() {
+    let long = format!("h{}", "x".repeat(511));
+    assert_eq!(long.len(), 512);
+    let src = |k: i32| {
+        format!(
+            "extern int printk(const char *, ...);\n\
+             __attribute__((noinline)) static int {long}(int x) {{ return x * 3 + printk(\"h %d\\n\", x); }}\n\
+             int f(int a) {{ return {long}(a) + {k}; }}\n"
+        )
+    };
+    let o = compile("long-orig", &src(1));
+    let p = compile("long-patched", &src(2));
+    match diff(&o, &p, &Options::default()) {
+        Err(Error::Other(m)) => {
+            assert!(m.contains(&long), "{m}");
+            assert!(m.contains("KLP_SYMNAME_MAX"), "{m}");
+        }
+        other => panic!("expected an error naming {long}, got {other:?}"),
+    }
+}
+
 #[test]
 fn changed_constant_is_copied_and_other_users_are_named() {
     let src = r#"

@@ -60,9 +60,17 @@ pub const R_X86_64_NONE: u32 = 0;
 pub const R_X86_64_64: u32 = 1;
 pub const R_X86_64_PC32: u32 = 2;
 pub const R_X86_64_PLT32: u32 = 4;
+pub const R_X86_64_GOTPCREL: u32 = 9;
 pub const R_X86_64_32: u32 = 10;
 pub const R_X86_64_32S: u32 = 11;
+pub const R_X86_64_16: u32 = 12;
+pub const R_X86_64_PC16: u32 = 13;
+pub const R_X86_64_8: u32 = 14;
+pub const R_X86_64_PC8: u32 = 15;
 pub const R_X86_64_PC64: u32 = 24;
+pub const R_X86_64_GOTOFF64: u32 = 25;
+pub const R_X86_64_GOTPCRELX: u32 = 41;
+pub const R_X86_64_REX_GOTPCRELX: u32 = 42;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ElfError {
@@ -964,22 +972,40 @@ fn name_hash(name: &str) -> u64 {
     fx::hash_one(name)
 }
 
-/// Size in bytes of the field a relocation patches, for the types met in kernel objects.
-pub fn rela_width(rtype: u32) -> usize {
-    match rtype {
-        R_X86_64_64 | R_X86_64_PC64 => 8,
-        R_X86_64_NONE => 0,
-        _ => 4,
-    }
+/// The field an x86-64 relocation type patches, from the psABI's table: its
+/// width in bytes and whether the value written is relative to the field's
+/// own address (`P` in the psABI's calculation). `None` for a type suture
+/// does not handle. The one rule for the differ and suture-symbols.
+pub fn rela_field(rtype: u32) -> Option<(usize, bool)> {
+    Some(match rtype {
+        R_X86_64_NONE => (0, false),
+        R_X86_64_64 | R_X86_64_GOTOFF64 => (8, false),
+        R_X86_64_PC64 => (8, true),
+        R_X86_64_32 | R_X86_64_32S => (4, false),
+        R_X86_64_PC32
+        | R_X86_64_PLT32
+        | R_X86_64_GOTPCREL
+        | R_X86_64_GOTPCRELX
+        | R_X86_64_REX_GOTPCRELX => (4, true),
+        R_X86_64_16 => (2, false),
+        R_X86_64_PC16 => (2, true),
+        R_X86_64_8 => (1, false),
+        R_X86_64_PC8 => (1, true),
+        _ => return None,
+    })
 }
 
-/// Whether a relocation type is PC-relative (the addend then compensates for the
-/// distance between the field and the end of the instruction).
+/// Size in bytes of the field a relocation patches ([`rela_field`]); a type
+/// outside it is taken as a 4-byte field, the width of most.
+pub fn rela_width(rtype: u32) -> usize {
+    rela_field(rtype).map_or(4, |(w, _)| w)
+}
+
+/// Whether a relocation type is PC-relative ([`rela_field`]; the addend then
+/// compensates for the distance between the field and the end of the
+/// instruction). A type outside it is taken as absolute.
 pub fn rela_is_pcrel(rtype: u32) -> bool {
-    matches!(
-        rtype,
-        R_X86_64_PC32 | R_X86_64_PLT32 | R_X86_64_PC64 | 9 /* GOTPCREL */ | 41 | 42
-    )
+    rela_field(rtype).is_some_and(|(_, pc)| pc)
 }
 
 #[cfg(test)]

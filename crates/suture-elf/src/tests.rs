@@ -252,3 +252,36 @@ fn names_point_into_the_string_table() {
     let set: std::collections::HashSet<Name> = o.symbols.iter().map(|s| s.name.clone()).collect();
     assert!(set.contains("f") && set.contains(".text.f") && set.contains("__fentry__"));
 }
+
+/// Every relocation type suture handles, as the x86-64 psABI defines its
+/// field (word64, word32, word16, word8) and calculation (`- P` or not).
+#[test]
+fn relocation_fields_follow_the_psabi() {
+    let table: [(u32, usize, bool); 15] = [
+        (R_X86_64_NONE, 0, false),
+        (R_X86_64_64, 8, false),
+        (R_X86_64_PC32, 4, true),
+        (R_X86_64_PLT32, 4, true),
+        (R_X86_64_GOTPCREL, 4, true),
+        (R_X86_64_32, 4, false),
+        (R_X86_64_32S, 4, false),
+        (R_X86_64_16, 2, false),
+        (R_X86_64_PC16, 2, true),
+        (R_X86_64_8, 1, false),
+        (R_X86_64_PC8, 1, true),
+        (R_X86_64_PC64, 8, true),
+        (R_X86_64_GOTOFF64, 8, false),
+        (R_X86_64_GOTPCRELX, 4, true),
+        (R_X86_64_REX_GOTPCRELX, 4, true),
+    ];
+    for (t, width, pc) in table {
+        assert_eq!(rela_field(t), Some((width, pc)), "type {t}");
+        assert_eq!((rela_width(t), rela_is_pcrel(t)), (width, pc), "type {t}");
+    }
+    for t in 0..64 {
+        if !table.iter().any(|e| e.0 == t) {
+            assert_eq!(rela_field(t), None, "type {t}");
+            assert_eq!((rela_width(t), rela_is_pcrel(t)), (4, false), "type {t}");
+        }
+    }
+}

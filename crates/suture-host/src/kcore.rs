@@ -4,10 +4,9 @@
 //! built from other sources, another config or another compiler replaces
 //! functions whose bytes differ from what runs, and is refused.
 //!
-//! What to compare comes from the module: one `suture_func` string per
-//! replaced function, `OBJ NAME SYMPOS LEN SHA256 MASK`, where LEN bytes
-//! from the function's start, with the MASK ranges (`OFF+LEN,...`, or `-`)
-//! zeroed, hash to SHA256 (hex). The build masks what legitimately differs
+//! What to compare comes from the module: one `suture_func` record per
+//! replaced function ([`suture_abi::verify::FuncRecord`], where its format
+//! is defined and checked). The build masks what legitimately differs
 //! in memory: relocated fields and the sites the kernel rewrites at boot or
 //! at run time (the fentry call, alternatives, retpoline and return-thunk
 //! sites, jump labels, static calls).
@@ -17,8 +16,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::io;
 use std::os::unix::fs::FileExt;
+use suture_abi::verify::FuncRecord;
 
-/// One `suture_func` record.
+/// One `suture_func` record, as `suture verify` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FuncSpec {
     pub object: String,
@@ -36,49 +36,27 @@ pub struct FuncCheck {
     pub mask: Vec<(usize, usize)>,
 }
 
-/// Parses `OBJ NAME SYMPOS [LEN SHA256 MASK]`.
-pub fn parse_func(s: &str) -> Result<FuncSpec, String> {
-    let w: Vec<&str> = s.split_whitespace().collect();
-    let bad = || format!("malformed suture_func {s:?}: want `OBJ NAME SYMPOS [LEN SHA256 MASK]`");
-    if w.len() != 3 && w.len() != 6 {
-        return Err(bad());
+impl From<FuncRecord> for FuncSpec {
+    fn from(r: FuncRecord) -> Self {
+        FuncSpec {
+            object: r.object,
+            name: r.name,
+            sympos: r.sympos,
+            check: r.check.map(|c| FuncCheck {
+                len: c.len,
+                sha256: c.sha256_hex(),
+                mask: c.mask,
+            }),
+        }
     }
-    let sympos = w[2].parse().map_err(|_| bad())?;
-    let check = if w.len() == 6 {
-        let len = w[3].parse().map_err(|_| bad())?;
-        let sha = w[4].to_ascii_lowercase();
-        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        let mut mask = Vec::new();
-        if w[5] != "-" {
-            for r in w[5].split(',') {
-                let (o, l) = r.split_once('+').ok_or_else(bad)?;
-                let (o, l): (usize, usize) =
-                    (o.parse().map_err(|_| bad())?, l.parse().map_err(|_| bad())?);
-                if o + l > len {
-                    return Err(format!(
-                        "{}: mask {o}+{l} reaches past the function's {len} bytes",
-                        bad()
-                    ));
-                }
-                mask.push((o, l));
-            }
-        }
-        Some(FuncCheck {
-            len,
-            sha256: sha,
-            mask,
-        })
-    } else {
-        None
-    };
-    Ok(FuncSpec {
-        object: w[0].to_string(),
-        name: w[1].to_string(),
-        sympos,
-        check,
-    })
+}
+
+/// Parses `OBJ NAME SYMPOS [LEN SHA256 MASK]`; the module is untrusted, so
+/// every field is checked ([`FuncRecord`]'s `FromStr`).
+pub fn parse_func(s: &str) -> Result<FuncSpec, String> {
+    s.parse::<FuncRecord>()
+        .map(FuncSpec::from)
+        .map_err(|e| e.to_string())
 }
 
 /// Zeroes the masked ranges and hashes.
@@ -159,39 +137,74 @@ pub fn kallsyms_lookup(
 pub fn read_kcore(root: &Root, addr: u64, len: usize) -> io::Result<Vec<u8>> {
     let path = root.proc_dir().join("kcore");
     let f = std::fs::File::open(&path)?;
-    let mut eh = [0u8; 64];
-    f.read_exact_at(&mut eh, 0)?;
-    if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("{} is not a 64-bit little-endian ELF core", path.display()),
+    // The file is as large as the kernel's address space: only the header and
+    // the program headers are read (object reads what it is asked for, no
+    // more), then the one range.
+    let headers = object::ReadCache::new(&f);
+    let offset = load_offset(&headers, addr, len)
+        .map_err(|why| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {why}", path.display()),
+            )
+        })?
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{addr:#x}+{len} is in no PT_LOAD segment of {}",
+                    path.display()
+                ),
+            )
+        })?;
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// The file offset of `addr` in the core's `PT_LOAD` segment that holds all of
+/// `addr..addr+len`; `None` when none does.
+fn load_offset<'d, R: object::ReadRef<'d>>(
+    core: R,
+    addr: u64,
+    len: usize,
+) -> Result<Option<u64>, String> {
+    use object::elf::{FileHeader64, ProgramHeader64, PN_XNUM, PT_LOAD};
+    use object::read::elf::{FileHeader, ProgramHeader};
+    use object::LittleEndian as LE;
+    let not_core = |why: String| format!("not a 64-bit little-endian ELF core ({why})");
+    let header = FileHeader64::<LE>::parse(core).map_err(|e| not_core(e.to_string()))?;
+    if !header.is_little_endian() {
+        return Err(not_core("big-endian".into()));
+    }
+    // The table is read into memory: no larger than e_phnum itself can count
+    // (extended numbering could claim 2^32 entries).
+    let phnum = header
+        .phnum(LE, core)
+        .map_err(|e| format!("program header count: {e}"))?;
+    if phnum > usize::from(PN_XNUM) {
+        return Err(format!("{phnum} program headers"));
+    }
+    if usize::from(header.e_phentsize(LE)) != size_of::<ProgramHeader64<LE>>() {
+        return Err(format!(
+            "program headers of {} bytes, not {}",
+            header.e_phentsize(LE),
+            size_of::<ProgramHeader64<LE>>()
         ));
     }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-    let (phoff, phentsize, phnum) = (u64_at(&eh, 0x20), u16_at(&eh, 0x36), u16_at(&eh, 0x38));
-    let mut ph = vec![0u8; (phentsize * phnum) as usize];
-    f.read_exact_at(&mut ph, phoff)?;
-    for i in 0..phnum as usize {
-        let p = &ph[i * phentsize as usize..];
-        if u32_at(p, 0) != 1 {
-            continue; // PT_LOAD only
-        }
-        let (off, vaddr, filesz) = (u64_at(p, 8), u64_at(p, 16), u64_at(p, 32));
+    let phdrs = header
+        .program_headers(LE, core)
+        .map_err(|e| format!("truncated program headers ({e})"))?;
+    for ph in phdrs.iter().filter(|ph| ph.p_type(LE) == PT_LOAD) {
+        let (off, vaddr, filesz) = (ph.p_offset(LE), ph.p_vaddr(LE), ph.p_filesz(LE));
         if addr >= vaddr && addr.saturating_add(len as u64) <= vaddr.saturating_add(filesz) {
-            let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, off + (addr - vaddr))?;
-            return Ok(buf);
+            return off
+                .checked_add(addr - vaddr)
+                .map(Some)
+                .ok_or_else(|| format!("segment at {vaddr:#x} has offset {off:#x} past any file"));
         }
     }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!(
-            "{addr:#x}+{len} is in no PT_LOAD segment of {}",
-            path.display()
-        ),
-    ))
+    Ok(None)
 }
 
 /// What `verify` found for one function.
@@ -261,6 +274,7 @@ mod tests {
         f[..4].copy_from_slice(b"\x7fELF");
         f[4] = 2;
         f[5] = 1;
+        f[6] = 1;
         f[0x10..0x12].copy_from_slice(&4u16.to_le_bytes()); // ET_CORE
         f[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
         f[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
@@ -275,6 +289,76 @@ mod tests {
     }
 
     #[test]
+    fn malformed_cores_are_errors() {
+        let vaddr = 0xffff_ffff_8100_0000u64;
+        let good = fake_kcore(vaddr, &[0x90; 16]);
+        assert_eq!(load_offset(&good[..], vaddr + 4, 8), Ok(Some(124)));
+        assert_eq!(load_offset(&good[..], vaddr + 12, 8), Ok(None));
+        let err = |core: &[u8]| load_offset(core, vaddr, 4).unwrap_err();
+        for cut in [0, 4, 63] {
+            assert!(err(&good[..cut]).contains("not a 64-bit"), "cut at {cut}");
+        }
+        for cut in [64, 100, 119] {
+            assert!(
+                err(&good[..cut]).contains("truncated program headers"),
+                "cut at {cut}"
+            );
+        }
+        let with = |at: usize, bytes: &[u8]| {
+            let mut c = good.clone();
+            c[at..at + bytes.len()].copy_from_slice(bytes);
+            c
+        };
+        assert!(err(&with(4, &[1])).contains("not a 64-bit"));
+        assert!(err(&with(5, &[2])).contains("big-endian"));
+        assert!(err(&with(0x36, &[40, 0])).contains("of 40 bytes"));
+        // A table that claims more entries than the file holds is not read.
+        assert!(err(&with(0x38, &[0xfe, 0xff])).contains("truncated"));
+        // Extended numbering: the count in section 0's sh_info, here 2^24.
+        let mut x = with(0x38, &[0xff, 0xff]);
+        let shoff = x.len() as u64;
+        x[0x28..0x30].copy_from_slice(&shoff.to_le_bytes());
+        x[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        let mut sh0 = [0u8; 64];
+        sh0[0x2c..0x30].copy_from_slice(&(1u32 << 24).to_le_bytes());
+        x.extend_from_slice(&sh0);
+        assert!(err(&x).contains("16777216 program headers"));
+        let far = with(64 + 8, &u64::MAX.to_le_bytes());
+        assert!(load_offset(&far[..], vaddr + 4, 4)
+            .unwrap_err()
+            .contains("past any file"));
+    }
+
+    /// /proc/kcore's size is the kernel's address space: only its headers and
+    /// the range asked for are read.
+    #[test]
+    fn reads_a_sparse_kcore_in_two_places() {
+        let f = FakeRoot::new("kcore-sparse");
+        let vaddr = 0xffff_ffff_8100_0000u64;
+        let far = 1u64 << 36;
+        let mut core = fake_kcore(vaddr, &[]);
+        core[64 + 8..64 + 16].copy_from_slice(&far.to_le_bytes());
+        core[64 + 32..64 + 40].copy_from_slice(&(1u64 << 30).to_le_bytes());
+        let path = f.0.join("proc/kcore");
+        std::fs::write(&path, &core).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(far + (1 << 30)).unwrap();
+        file.write_all_at(b"\x0f\x1f\x44\x00\x00", far + 0x40)
+            .unwrap();
+        let got = read_kcore(&f.root(), vaddr + 0x40, 5).unwrap();
+        assert_eq!(got, b"\x0f\x1f\x44\x00\x00");
+    }
+
+    #[test]
+    fn a_short_kcore_is_an_error_naming_it() {
+        let f = FakeRoot::new("kcore-short");
+        f.write("proc/kcore", "\x7fELF\x02\x01\x01");
+        let e = read_kcore(&f.root(), 0xffff_ffff_8100_0000, 4).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("proc/kcore: not a 64-bit"), "{e}");
+    }
+
+    #[test]
     fn parses_func_records() {
         let s = parse_func("vmlinux cmdline_proc_show 0").unwrap();
         assert_eq!((s.object.as_str(), s.sympos, s.check), ("vmlinux", 0, None));
@@ -286,6 +370,8 @@ mod tests {
             .unwrap_err()
             .contains("past"));
         assert!(parse_func("vmlinux f 0 8 nothex -").is_err());
+        // OBJ names a sysfs directory.
+        assert!(parse_func("../../tmp f 0").is_err());
     }
 
     #[test]

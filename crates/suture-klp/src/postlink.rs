@@ -97,17 +97,15 @@ pub fn post_link(ko: &[u8]) -> Result<(Vec<u8>, PostLink)> {
             let (obj, k) = parse_klp_xsym(name).with_context(|| {
                 format!("malformed livepatch symbol name {name:?} (expected .klp.xsym.MODULE.OTHER_MODULE.NAME,POS)")
             })?;
-            let n = format!(".klp.sym.{}.{},{}", k.objname, k.name, k.pos);
+            let n = klp_sym_name(k.objname, k.name, k.pos)
+                .with_context(|| format!("livepatch symbol {name:?}"))?;
             renamed.push((i, n.clone()));
             (obj.to_string(), n)
         } else if let Some(n) = name.strip_prefix(HOOK_VMLINUX_PREFIX) {
             // The hook's own references to unexported vmlinux symbols (a C
             // name cannot carry `.klp.sym.vmlinux.NAME,0`'s dots and comma).
-            let n = klp_sym_name("vmlinux", n, 0);
-            ensure!(
-                parse_klp_sym(&n).is_some(),
-                "malformed hook symbol name {name:?}"
-            );
+            let n = klp_sym_name("vmlinux", n, 0)
+                .with_context(|| format!("malformed hook symbol name {name:?}"))?;
             renamed.push((i, n.clone()));
             ("vmlinux".to_string(), n)
         } else if name.starts_with(".klp.sym.") {
@@ -313,7 +311,7 @@ mod tests {
 
     #[test]
     fn klp_sym_names_round_trip_with_kernel_limits() {
-        let n = klp_sym_name("vmlinux", "saved_command_line", 0);
+        let n = klp_sym_name("vmlinux", "saved_command_line", 0).unwrap();
         assert_eq!(n, ".klp.sym.vmlinux.saved_command_line,0");
         let k = parse_klp_sym(&n).unwrap();
         assert_eq!(

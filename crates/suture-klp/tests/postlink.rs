@@ -191,3 +191,19 @@ fn the_hooks_vmlinux_references_become_livepatch_symbols() {
         vec![(".klp.rela.vmlinux..text".to_string(), 2)]
     );
 }
+
+/// A name the kernel's `sscanf` would cut (more than KLP_SYMNAME_MAX, 511
+/// bytes) is refused when the rewrite makes it, naming it.
+#[test]
+fn a_hook_reference_beyond_the_kernels_name_limit_is_refused() {
+    let long = format!("t{}", "x".repeat(511));
+    let src = format!(
+        "extern int __suture_klp_vmlinux__{long};\n\
+         int f(void) {{ return __suture_klp_vmlinux__{long}; }}\n"
+    );
+    let err = format!("{:#}", post_link(&object(&src)).unwrap_err());
+    assert!(
+        err.contains(&long) && err.contains("KLP_SYMNAME_MAX"),
+        "{err}"
+    );
+}

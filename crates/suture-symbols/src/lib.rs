@@ -5,10 +5,12 @@
 //!   [`kallsyms_from_vmlinux`] decodes the kallsyms tables compiled into it;
 //! - a copy of `/proc/kallsyms` ([`parse_proc_kallsyms`]);
 //! - a module's own symbol table ([`module_symbols`]);
-//! - `Module.symvers` for what is exported ([`Exports`]).
+//! - `Module.symvers` for what is exported ([`Exports`]);
+//! - for `suture diff --symbols`, one file: an object's own symbol table or a
+//!   kallsyms copy, positions in file order ([`symbols_from_file`]).
 //!
 //! [`build_target`] turns those and the original object of one translation unit
-//! into the differ's [`suture_diff::Target`], deciding which of several
+//! into the differ's [`Target`](suture_abi::target::Target), deciding which of several
 //! same-named symbols belongs to that translation unit by comparing code bytes
 //! with the image ([`verify_function`] is the same comparison, used to refuse
 //! builds that do not reproduce the running kernel).
@@ -44,12 +46,13 @@ mod module;
 mod obj;
 mod runtime;
 mod source;
+mod symbol_file;
 mod target;
 
 pub use exports::{Export, Exports};
 pub use extract::{decompress_module, extract_vmlinux};
 pub use ibt::{ibt_sealed_sites, ENDBR64};
-pub use image::{notes_build_id, Image};
+pub use image::Image;
 pub use io::{load_proc_kallsyms, ReleasePaths};
 pub use kallsyms::{
     decode_tables, kallsyms_from_vmlinux, parse_proc_kallsyms, Instance, KSym, Kallsyms,
@@ -57,6 +60,7 @@ pub use kallsyms::{
 pub use module::{module_name, module_symbols};
 pub use runtime::runtime_rewritten_sites;
 pub use source::{prefetch_vmlinux, runtime_mask, SymbolSource};
+pub use symbol_file::{symbols_from_elf, symbols_from_file, symbols_from_kallsyms};
 pub use target::{
     build_target, build_target_report, place_module_exports, verify_function, Decision, Mismatch,
     TargetImage, TargetReport, Unresolved,

@@ -60,23 +60,10 @@ pub(crate) struct Rel {
 impl Rel {
     /// Width of the relocated field in bytes.
     pub fn width(&self) -> usize {
-        match self.ty {
-            elf::R_X86_64_64 | elf::R_X86_64_PC64 | elf::R_X86_64_GOTOFF64 => 8,
-            elf::R_X86_64_16 | elf::R_X86_64_PC16 => 2,
-            elf::R_X86_64_8 | elf::R_X86_64_PC8 => 1,
-            elf::R_X86_64_NONE => 0,
-            _ => 4,
-        }
+        suture_elf::rela_width(self.ty)
     }
     pub fn pc_relative(&self) -> bool {
-        matches!(
-            self.ty,
-            elf::R_X86_64_PC32
-                | elf::R_X86_64_PLT32
-                | elf::R_X86_64_PC64
-                | elf::R_X86_64_PC16
-                | elf::R_X86_64_PC8
-        )
+        suture_elf::rela_is_pcrel(self.ty)
     }
     /// Whether the linker writes `S + A` (or `S + A - P`) verbatim, so that the
     /// symbol's address can be read back from the linked field.

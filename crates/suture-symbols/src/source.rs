@@ -9,6 +9,8 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use suture_abi::target::{Target, TargetSym};
+use suture_abi::verify::{FuncCheck, MAX_FUNC_LEN};
 
 pub struct SymbolSource {
     kallsyms: Kallsyms,
@@ -90,14 +92,15 @@ impl SymbolSource {
         self.describe.clone()
     }
 
-    /// What `suture verify` compares on a host for a replaced vmlinux function:
-    /// `LEN SHA256 MASK` of the function as the image has it, LEN running to
+    /// What `suture verify` compares on a host for a replaced vmlinux function
+    /// (the check part of its [`suture_abi::verify::FuncRecord`]): LEN, SHA256
+    /// and MASK of the function as the image has it, LEN running to
     /// the next symbol (as the host measures it from /proc/kallsyms), MASK
     /// covering what the kernel legitimately changes in memory: every 5-byte
     /// rel32 call/jmp (the fentry call is nopped at boot, return-thunk and
     /// retpoline sites are rewritten) and every 32-bit displacement or
     /// immediate (relocated addresses). `None` when the image is not at hand.
-    pub fn verify_record(&self, name: &str, sympos: u32) -> Option<String> {
+    pub fn verify_record(&self, name: &str, sympos: u32) -> Option<FuncCheck> {
         let vmlinux = self.vmlinux.as_deref()?;
         let image = crate::Image::parse(vmlinux).ok()?;
         let inst = self.kallsyms.instances("vmlinux", name);
@@ -115,7 +118,7 @@ impl SymbolSource {
             .min()?;
         let len = usize::try_from(next - addr)
             .ok()
-            .filter(|&l| l <= 1 << 20)?;
+            .filter(|&l| l <= MAX_FUNC_LEN)?;
         let code = image.bytes_at(addr, len)?;
         let rewritten = match self.rewritten.get() {
             Some(r) => r,
@@ -131,19 +134,11 @@ impl SymbolSource {
             b[o..end].fill(0);
         }
         use sha2::{Digest, Sha256};
-        let sha: String = Sha256::digest(&b)
-            .iter()
-            .map(|x| format!("{x:02x}"))
-            .collect();
-        let m = if mask.is_empty() {
-            "-".to_string()
-        } else {
-            mask.iter()
-                .map(|(o, l)| format!("{o}+{l}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        Some(format!("{len} {sha} {m}"))
+        Some(FuncCheck {
+            len,
+            sha256: Sha256::digest(&b).into(),
+            mask,
+        })
     }
 
     /// Whether the kernel seals the `endbr64` at the start of vmlinux function
@@ -183,7 +178,7 @@ impl SymbolSource {
         &self,
         objname: &str,
         patched: &[u8],
-        target: &mut suture_diff::Target,
+        target: &mut Target,
     ) -> Result<()> {
         let o = suture_elf::Object::parse(patched).context("reading the patched object")?;
         if objname != "vmlinux" {
@@ -205,7 +200,7 @@ impl SymbolSource {
                     target
                         .symbols
                         .entry(name)
-                        .or_insert(suture_diff::TargetSym::Unexported { sympos: 0 });
+                        .or_insert(TargetSym::Unexported { sympos: 0 });
                 }
             }
         }
@@ -218,17 +213,18 @@ impl SymbolSource {
         &self,
         objname: &str,
         patched: &suture_elf::Object,
-        target: &mut suture_diff::Target,
+        target: &mut Target,
     ) -> Result<()> {
         for s in &patched.symbols {
             if s.is_undef() && s.bind == suture_elf::STB_GLOBAL && !s.name.is_empty() {
                 if let Some(m) = self.exports.exporting_module(objname, &s.name) {
-                    target.symbols.entry(s.name.to_string()).or_insert(
-                        suture_diff::TargetSym::OtherModule {
+                    target
+                        .symbols
+                        .entry(s.name.to_string())
+                        .or_insert(TargetSym::OtherModule {
                             module: m.to_string(),
                             sympos: 0,
-                        },
-                    );
+                        });
                 }
             }
         }
@@ -236,7 +232,7 @@ impl SymbolSource {
             .symbols
             .values()
             .filter_map(|t| match t {
-                suture_diff::TargetSym::OtherModule { module, .. } => Some(module.clone()),
+                TargetSym::OtherModule { module, .. } => Some(module.clone()),
                 _ => None,
             })
             .collect();

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use object::elf;
-use suture_diff::{Target, TargetSym};
+use suture_abi::target::{Target, TargetSym};
 
 use crate::exports::Exports;
 use crate::image::{u32_at, u64_at, Image};

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use suture_diff::{Target, TargetSym};
+use suture_abi::target::{Target, TargetSym};
 use suture_symbols::*;
 
 fn other(module: &str, sympos: u32) -> TargetSym {

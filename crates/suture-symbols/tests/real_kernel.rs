@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use suture_diff::TargetSym;
+use suture_abi::target::TargetSym;
 use suture_symbols::*;
 
 /// The 6.1 release under test: `SUTURE_TEST_RELEASE` (scripts/test.sh sets

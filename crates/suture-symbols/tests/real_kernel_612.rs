@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use suture_diff::TargetSym;
+use suture_abi::target::TargetSym;
 use suture_symbols::*;
 
 struct Real {

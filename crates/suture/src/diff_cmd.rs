@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use suture_diff::{Options, Outcome, Report, Target, TargetSym};
+use suture_diff::{Options, Outcome, Report};
 
 #[derive(clap::Args)]
 #[command(after_help = "\
@@ -55,63 +55,6 @@ struct JsonOut<'a> {
     error: Option<String>,
 }
 
-/// `suture diff` as scripts run it, once per object and often thousands of
-/// times: the plain forms of its arguments parsed by hand, before clap builds
-/// the whole command tree (a quarter of the instructions of diffing a small
-/// object). `args` is the command line after the program name. `None`
-/// whenever the line uses anything else (help, `--`, `-oFILE`, an option
-/// twice, a value that starts with `-`, non-UTF-8 text): clap then parses it
-/// and gives its usual answer or error, so the result is the same either way.
-pub fn parse_fast(args: &[std::ffi::OsString]) -> Option<Args> {
-    let mut it = args.iter();
-    if it.next()?.to_str()? != "diff" {
-        return None;
-    }
-    let mut a = Args {
-        orig: PathBuf::new(),
-        patched: PathBuf::new(),
-        output: None,
-        symbols: None,
-        objname: None,
-        entry_size: Vec::new(),
-        json: false,
-        explain: None,
-    };
-    let mut positional = 0;
-    while let Some(arg) = it.next() {
-        let text = arg.to_str()?;
-        let (flag, inline) = match text.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
-            _ => (text, None),
-        };
-        let mut value = || -> Option<String> {
-            let v = match inline {
-                Some(v) => v.to_string(),
-                None => it.next()?.to_str()?.to_string(),
-            };
-            (!v.starts_with('-') && !v.is_empty()).then_some(v)
-        };
-        match flag {
-            "-o" | "--output" if a.output.is_none() => a.output = Some(PathBuf::from(value()?)),
-            "--symbols" if a.symbols.is_none() => a.symbols = Some(PathBuf::from(value()?)),
-            "--objname" if a.objname.is_none() => a.objname = Some(value()?),
-            "--explain" if a.explain.is_none() => a.explain = Some(value()?),
-            "--entry-size" => a.entry_size.push(value()?),
-            "--json" if !a.json && inline.is_none() => a.json = true,
-            _ if text.starts_with('-') || text.is_empty() => return None,
-            _ => {
-                match positional {
-                    0 => a.orig = PathBuf::from(text),
-                    1 => a.patched = PathBuf::from(text),
-                    _ => return None,
-                }
-                positional += 1;
-            }
-        }
-    }
-    (positional == 2).then_some(a)
-}
-
 /// Replaces this process with `suture-diff` from the directory of the running
 /// executable, with `args` (the command line after `diff`). Returns only when
 /// that cannot be done (not installed there, not executable), and then
@@ -140,104 +83,6 @@ fn parse_entry_sizes(v: &[String]) -> anyhow::Result<HashMap<String, usize>> {
         m.insert(k.to_string(), n);
     }
     Ok(m)
-}
-
-/// Symbols of the target from an ELF object/module or a kallsyms text copy.
-pub fn load_symbols(path: &Path, objname: Option<&str>) -> anyhow::Result<Target> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if bytes.starts_with(b"\x7fELF") {
-        symbols_from_elf(&bytes, path, objname)
-    } else {
-        let text = String::from_utf8(bytes)
-            .with_context(|| format!("{}: neither ELF nor text", path.display()))?;
-        symbols_from_kallsyms(&text, objname.unwrap_or("vmlinux"))
-            .with_context(|| format!("{}: not a kallsyms copy", path.display()))
-    }
-}
-
-fn symbols_from_elf(bytes: &[u8], path: &Path, objname: Option<&str>) -> anyhow::Result<Target> {
-    let o =
-        suture_elf::Object::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let objname = match objname {
-        Some(n) => n.to_string(),
-        None if path.extension().is_some_and(|e| e == "ko") => path
-            .file_stem()
-            .unwrap()
-            .to_string_lossy()
-            .replace('-', "_"),
-        None => "vmlinux".to_string(),
-    };
-    // Exports are visible as __ksymtab_<name> entries.
-    let exported: std::collections::HashSet<&str> = o
-        .symbols
-        .iter()
-        .filter_map(|s| s.name.strip_prefix("__ksymtab_"))
-        .collect();
-    let mut count: HashMap<&str, u32> = HashMap::new();
-    for s in o
-        .symbols
-        .iter()
-        .filter(|s| s.bind == suture_elf::STB_LOCAL && s.section().is_some())
-    {
-        *count.entry(s.name.as_str()).or_default() += 1;
-    }
-    let mut seen: HashMap<&str, u32> = HashMap::new();
-    let mut symbols = HashMap::new();
-    for s in &o.symbols {
-        if s.name.is_empty()
-            || s.section().is_none()
-            || matches!(s.typ, suture_elf::STT_SECTION | suture_elf::STT_FILE)
-        {
-            continue;
-        }
-        let ts = if s.bind == suture_elf::STB_LOCAL {
-            let k = seen.entry(s.name.as_str()).or_default();
-            *k += 1;
-            TargetSym::Unexported {
-                sympos: if count[s.name.as_str()] > 1 { *k } else { 0 },
-            }
-        } else if exported.contains(s.name.as_str()) {
-            TargetSym::Exported
-        } else {
-            TargetSym::Unexported { sympos: 0 }
-        };
-        symbols.entry(s.name.to_string()).or_insert(ts);
-    }
-    Ok(Target { objname, symbols })
-}
-
-/// `ADDR TYPE NAME [mod]` lines; positions count same-named symbols of the
-/// object in file order.
-pub fn symbols_from_kallsyms(text: &str, objname: &str) -> anyhow::Result<Target> {
-    let mut lines = Vec::new();
-    for (n, l) in text.lines().enumerate() {
-        if l.trim().is_empty() {
-            continue;
-        }
-        let k = suture_abi::kallsyms::parse_line(l)
-            .map_err(|why| anyhow::anyhow!("line {}: {why}: {l:?}", n + 1))?;
-        if k.object() == objname {
-            lines.push(k.name.to_string());
-        }
-    }
-    let mut count: HashMap<&str, u32> = HashMap::new();
-    for n in &lines {
-        *count.entry(n.as_str()).or_default() += 1;
-    }
-    let mut seen: HashMap<&str, u32> = HashMap::new();
-    let mut symbols = HashMap::new();
-    for n in &lines {
-        let k = seen.entry(n.as_str()).or_default();
-        *k += 1;
-        let pos = if count[n.as_str()] > 1 { *k } else { 0 };
-        symbols
-            .entry(n.clone())
-            .or_insert(TargetSym::Unexported { sympos: pos });
-    }
-    Ok(Target {
-        objname: objname.to_string(),
-        symbols,
-    })
 }
 
 fn default_output(patched: &Path) -> PathBuf {
@@ -395,7 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         ..Default::default()
     };
     if let Some(s) = &args.symbols {
-        match load_symbols(s, args.objname.as_deref()) {
+        match suture_symbols::symbols_from_file(s, args.objname.as_deref()) {
             Ok(t) => opts.target = Some(t),
             Err(e) => return fail(args.json, format!("{e:#}")),
         }
@@ -475,145 +320,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kallsyms_positions_and_modules() {
-        let t = symbols_from_kallsyms(
-            "ffffffff81000000 T _stext\nffffffff81001000 t foo\nffffffff81002000 t foo\nffffffffc0000000 t foo\t[ext4]\nffffffff81003000 t bar\n",
-            "vmlinux",
-        )
-        .unwrap();
-        assert_eq!(t.symbols["foo"], TargetSym::Unexported { sympos: 1 });
-        assert_eq!(t.symbols["bar"], TargetSym::Unexported { sympos: 0 });
-        let m = symbols_from_kallsyms("ffffffffc0000000 t foo\t[ext4]\n", "ext4").unwrap();
-        assert_eq!(m.symbols["foo"], TargetSym::Unexported { sympos: 0 });
-        assert!(symbols_from_kallsyms("garbage\n", "vmlinux").is_err());
-    }
-
-    #[test]
     fn entry_size_arguments() {
         let m = parse_entry_sizes(&["__jump_table=16".into()]).unwrap();
         assert_eq!(m["__jump_table"], 16);
         assert!(parse_entry_sizes(&["__jump_table".into()]).is_err());
         assert!(parse_entry_sizes(&["x=0".into()]).is_err());
-    }
-
-    #[test]
-    fn elf_symbols_locals_positions_and_exports() {
-        let dir = std::env::temp_dir().join(format!("suture-diffcmd-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let c = dir.join("t.c");
-        std::fs::write(
-            &c,
-            "static int dup(void) { return 1; }\nint use1(void) { return dup(); }\nint expd(void) { return 2; }\nint unexp(void) { return 3; }\nint __ksymtab_expd;\n",
-        )
-        .unwrap();
-        let c2 = dir.join("u.c");
-        std::fs::write(
-            &c2,
-            "static int dup(void) { return 4; }\nint use2(void) { return dup(); }\n",
-        )
-        .unwrap();
-        let o1 = dir.join("t.o");
-        let o2 = dir.join("u.o");
-        let o = dir.join("both.o");
-        for (src, obj) in [(&c, &o1), (&c2, &o2)] {
-            let st = std::process::Command::new("gcc")
-                .args(["-c", "-O0", "-o"])
-                .arg(obj)
-                .arg(src)
-                .status()
-                .unwrap();
-            assert!(st.success());
-        }
-        let st = std::process::Command::new("ld")
-            .arg("-r")
-            .arg("-o")
-            .arg(&o)
-            .arg(&o1)
-            .arg(&o2)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let t = load_symbols(&o, None).unwrap();
-        assert_eq!(t.objname, "vmlinux");
-        assert_eq!(
-            t.symbols["dup"],
-            TargetSym::Unexported { sympos: 1 },
-            "two local dups: positions from 1"
-        );
-        assert_eq!(t.symbols["expd"], TargetSym::Exported);
-        assert_eq!(t.symbols["unexp"], TargetSym::Unexported { sympos: 0 });
-        let t = load_symbols(&o, Some("my_mod")).unwrap();
-        assert_eq!(t.objname, "my_mod");
-    }
-
-    #[test]
-    fn fast_parse_agrees_with_clap() {
-        use clap::Parser;
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(subcommand)]
-            cmd: Cmd,
-        }
-        #[derive(clap::Subcommand)]
-        enum Cmd {
-            Diff(Args),
-        }
-        let os = |l: &[&str]| l.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
-        let key = |a: &Args| {
-            format!(
-                "{:?} {:?} {:?} {:?} {:?} {:?} {} {:?}",
-                a.orig, a.patched, a.output, a.symbols, a.objname, a.entry_size, a.json, a.explain
-            )
-        };
-        let accepted: &[&[&str]] = &[
-            &["diff", "a.o", "b.o"],
-            &["diff", "a.o", "b.o", "-o", "out.o", "--json"],
-            &[
-                "diff",
-                "--entry-size",
-                "__jump_table=16",
-                "a.o",
-                "--entry-size=.altinstructions=13",
-                "b.o",
-                "--output=x.o",
-            ],
-            &[
-                "diff",
-                "a.o",
-                "b.o",
-                "--symbols",
-                "k.txt",
-                "--objname",
-                "ext4",
-                "--explain",
-                "f",
-            ],
-        ];
-        for l in accepted {
-            let fast =
-                parse_fast(&os(l)).unwrap_or_else(|| panic!("{l:?} should take the fast path"));
-            let mut full = vec!["suture"];
-            full.extend_from_slice(l);
-            let Cmd::Diff(slow) = Cli::try_parse_from(full).unwrap().cmd;
-            assert_eq!(key(&fast), key(&slow), "{l:?}");
-        }
-        // Left to clap: its help and errors stay what they are.
-        let declined: &[&[&str]] = &[
-            &["diff", "--help"],
-            &["diff", "a.o"],
-            &["diff", "a.o", "b.o", "c.o"],
-            &["diff", "a.o", "b.o", "--json", "--json"],
-            &["diff", "a.o", "b.o", "-o", "x", "-o", "y"],
-            &["diff", "a.o", "b.o", "-ox.o"],
-            &["diff", "a.o", "b.o", "-o"],
-            &["diff", "a.o", "b.o", "-o", "--json"],
-            &["diff", "--", "a.o", "b.o"],
-            &["diff", "a.o", "b.o", "--unknown"],
-            &["build", "a.patch"],
-        ];
-        for l in declined {
-            assert!(parse_fast(&os(l)).is_none(), "{l:?} should go to clap");
-        }
     }
 
     #[test]

@@ -19,11 +19,6 @@ struct Cli {
 }
 
 fn main() {
-    let mut argv = vec![std::ffi::OsString::from("diff")];
-    argv.extend(std::env::args_os().skip(1));
-    if let Some(a) = diff_cmd::parse_fast(&argv) {
-        suture::exit(diff_cmd::run(a));
-    }
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let _ = e.print();
         std::process::exit(if e.use_stderr() { 1 } else { 0 })

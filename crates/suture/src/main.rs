@@ -62,9 +62,6 @@ fn main() {
     if argv.first().is_some_and(|a| a == "diff") {
         diff_cmd::exec_suture_diff(&argv[1..]);
     }
-    if let Some(a) = diff_cmd::parse_fast(&argv) {
-        exit(diff_cmd::run(a));
-    }
     // clap exits 2 on a usage error, which suture reserves for refusals: a
     // bad command line is bad input (1); help and --version stay 0.
     let cli = Cli::try_parse().unwrap_or_else(|e| {

@@ -1,5 +1,5 @@
-//! `suture diff` as a command: the hand-parsed fast path and clap's parse give
-//! the same object, report and exit status; usage errors are bad input (1).
+//! `suture diff` as a command: each spelling of its options gives the same
+//! object, report and exit status; usage errors are bad input (1).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -18,15 +18,14 @@ fn suture(args: &[&std::ffi::OsStr]) -> Output {
 }
 
 #[test]
-fn fast_path_and_clap_agree() {
+fn option_spellings_agree() {
     let dir = tempfile::tempdir().unwrap();
     let (orig, patched) = (
         corpus("meminfo-string.ORIG.o"),
         corpus("meminfo-string.PATCHED.o"),
     );
     let (a, b) = (dir.path().join("a.o"), dir.path().join("b.o"));
-    // Plain form: parsed by hand.
-    let fast = suture(&[
+    let plain = suture(&[
         "diff".as_ref(),
         orig.as_os_str(),
         patched.as_os_str(),
@@ -35,10 +34,10 @@ fn fast_path_and_clap_agree() {
         "--entry-size".as_ref(),
         "__jump_table=16".as_ref(),
     ]);
-    // `--` before the files: only clap takes that form.
+    // `--output=FILE`, the files after `--`, options before them.
     let mut b_arg = std::ffi::OsString::from("--output=");
     b_arg.push(&b);
-    let slow = suture(&[
+    let spelled = suture(&[
         "diff".as_ref(),
         "--entry-size".as_ref(),
         "__jump_table=16".as_ref(),
@@ -48,21 +47,21 @@ fn fast_path_and_clap_agree() {
         patched.as_os_str(),
     ]);
     assert_eq!(
-        fast.status.code(),
+        plain.status.code(),
         Some(0),
         "{}",
-        String::from_utf8_lossy(&fast.stderr)
+        String::from_utf8_lossy(&plain.stderr)
     );
     assert_eq!(
-        slow.status.code(),
+        spelled.status.code(),
         Some(0),
         "{}",
-        String::from_utf8_lossy(&slow.stderr)
+        String::from_utf8_lossy(&spelled.stderr)
     );
     let report = |o: &Output, p: &PathBuf| {
         String::from_utf8_lossy(&o.stdout).replace(&*p.to_string_lossy(), "OUT")
     };
-    assert_eq!(report(&fast, &a), report(&slow, &b));
+    assert_eq!(report(&plain, &a), report(&spelled, &b));
     assert_eq!(
         std::fs::read(&a).unwrap(),
         std::fs::read(&b).unwrap(),
@@ -89,6 +88,48 @@ fn usage_errors_are_bad_input() {
     let help = suture(&["diff".as_ref(), "--help".as_ref()]);
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: suture diff"));
+}
+
+/// A `--symbols` file that is neither ELF nor a kallsyms copy is bad input,
+/// named, in the report's JSON too.
+#[test]
+fn a_bad_symbols_file_is_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let syms = dir.path().join("kallsyms");
+    std::fs::write(&syms, "not kallsyms\n").unwrap();
+    let out = dir.path().join("x.o");
+    let run = |json: bool| {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "diff".into(),
+            corpus("meminfo-string.ORIG.o").into_os_string(),
+            corpus("meminfo-string.PATCHED.o").into_os_string(),
+            "-o".into(),
+            out.clone().into_os_string(),
+            "--symbols".into(),
+            syms.clone().into_os_string(),
+        ];
+        if json {
+            args.push("--json".into());
+        }
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        suture(&args)
+    };
+    let plain = run(false);
+    assert_eq!(plain.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        err.contains("not a kallsyms copy") && err.contains("line 1"),
+        "{err}"
+    );
+    let json = run(true);
+    assert_eq!(json.status.code(), Some(1));
+    let j: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(j["outcome"], "error");
+    assert!(
+        j["error"].as_str().unwrap().contains("not a kallsyms copy"),
+        "{j}"
+    );
+    assert!(!out.exists(), "nothing written");
 }
 
 /// `suture diff` runs in `suture-diff` when it is beside `suture`, and in
