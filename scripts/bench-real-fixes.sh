@@ -2,7 +2,7 @@
 # The real-fix benchmark (issue 12): every .c file a Debian stable update
 # changed, as its own patch, built for an older release and loaded in it.
 #
-#   bash scripts/bench-real-fixes.sh [--sample N] [--minutes M] [--no-vm | --load-only] [--fresh]
+#   bash scripts/bench-real-fixes.sh [--sample N] [--minutes M] [--no-vm | --load-only] [--redo STATUS]... [--fresh]
 #
 # Downloads linux-source-6.1 FROM and TO (apt-get download), makes one diff
 # per changed .c file under the directories below, builds each with
@@ -18,6 +18,8 @@
 # row names the suture commit that built it. --minutes M stops starting new
 # builds after M minutes (the modules built so far are still loaded);
 # --load-only builds nothing and loads what is built but not loaded yet;
+# --redo STATUS measures again the files that ended in STATUS (error,
+# refused, ...: after a fix to suture), dropping their modules' load results;
 # --fresh starts the run over. --sample N builds N patches spread evenly over
 # the list instead, in a run directory of its own.
 set -euo pipefail
@@ -33,6 +35,7 @@ vm=1
 build=1
 minutes=0
 fresh=0
+redo=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --sample) sample=$2; shift 2 ;;
@@ -40,7 +43,8 @@ while [ $# -gt 0 ]; do
     --no-vm) vm=0; shift ;;
     --load-only) build=0; shift ;;
     --fresh) fresh=1; shift ;;
-    *) echo "usage: $0 [--sample N] [--minutes M] [--no-vm | --load-only] [--fresh]" >&2; exit 2 ;;
+    --redo) redo+=("$2"); shift 2 ;;
+    *) echo "usage: $0 [--sample N] [--minutes M] [--no-vm | --load-only] [--redo STATUS]... [--fresh]" >&2; exit 2 ;;
   esac
 done
 case "$sample$minutes" in *[!0-9]*) echo "$0: --sample and --minutes take whole numbers" >&2; exit 2 ;; esac
@@ -99,6 +103,36 @@ if [ "$sample" -gt 0 ]; then out=$work/sample-$sample-$release-$from-$to; else o
 mkdir -p "$out/ko" "$out/log"
 results=$out/results.tsv
 [ -f "$results" ] || printf 'file\texit\tstatus\tseconds\trev\tdetail\n' > "$results"
+if [ ${#redo[@]} -gt 0 ]; then
+  # Rows to measure again go, with their logs, modules and load results.
+  python3 - "$results" "$out" "${redo[@]}" <<'PY'
+import hashlib, os, sys
+results, out, statuses = sys.argv[1], sys.argv[2], set(sys.argv[3:])
+rows = open(results).read().splitlines()
+keep, gone = [rows[0]], []
+for r in rows[1:]:
+    f = r.split("\t")
+    if f[2] in statuses:
+        gone.append(f[0])
+    else:
+        keep.append(r)
+def name(f):
+    return "bench_" + "".join(c if c.isalnum() else "_" for c in f)[:30] + "_" + hashlib.md5(f.encode()).hexdigest()[:6]
+names = {name(f) for f in gone}
+for n in names:
+    for p in (f"{out}/ko/{n}.ko", f"{out}/log/{n}.json", f"{out}/log/{n}.err"):
+        if os.path.exists(p):
+            os.remove(p)
+vm = f"{out}/vm.tsv"
+if os.path.exists(vm):
+    v = open(vm).read().splitlines()
+    open(vm + ".new", "w").write("\n".join([v[0]] + [l for l in v[1:] if l.split("\t")[0] not in names]) + "\n")
+    os.replace(vm + ".new", vm)
+open(results + ".new", "w").write("\n".join(keep) + "\n")
+os.replace(results + ".new", results)
+print(f"bench: measuring {len(gone)} files again ({', '.join(sorted(statuses))})", file=sys.stderr)
+PY
+fi
 declare -A done_files=()
 while IFS=$'\t' read -r f _; do done_files[$f]=1; done < <(tail -n +2 "$results")
 say "${#done_files[@]} of ${#files[@]} measured before; results in $out"

@@ -64,16 +64,17 @@ fn is_call_operand(code: &[u8], start: u64, field: u64) -> bool {
 /// ORIG's functions that call `f` (each once, in symbol order), when direct
 /// calls from functions are all that refers to it (a tail call would leave
 /// no caller on the stack of a task still running the old `f`, which the
-/// transition would then not wait for); `None` when
-/// `f` is not a local function or anything else refers to it (see the
-/// module comment). References from inside `f` itself (recursion, its own
-/// jumps) do not count.
-pub(crate) fn only_callers(o: &Obj, f: usize) -> Option<Vec<usize>> {
+/// transition would then not wait for); else why not (see the module
+/// comment). References from inside `f` itself (recursion, its own jumps)
+/// do not count.
+pub(crate) fn only_callers(o: &Obj, f: usize) -> Result<Vec<usize>, String> {
     let fs = o.sym(f);
     if fs.typ != STT_FUNC || fs.bind != STB_LOCAL {
-        return None;
+        return Err("it is not static: other objects may call it, and their callers cannot be replaced from this one".into());
     }
-    let fsec = fs.section()?;
+    let Some(fsec) = fs.section() else {
+        return Err("it is not defined here".into());
+    };
     let (start, end) = (fs.value, fs.value.saturating_add(fs.size.max(1)));
     let mut callers = Vec::new();
     for t in 0..o.elf.sections.len() {
@@ -103,22 +104,40 @@ pub(crate) fn only_callers(o: &Obj, f: usize) -> Option<Vec<usize>> {
             if describes_code(&tsec.name) {
                 continue;
             }
-            if !tsec.is_exec() || !pc32 {
-                return None;
+            if !tsec.is_exec() {
+                return Err(format!("its address is in {}", tsec.name));
             }
-            let caller = (0..o.elf.symbols.len()).find(|&c| {
+            let Some(caller) = (0..o.elf.symbols.len()).find(|&c| {
                 let cs = o.sym(c);
                 cs.typ == STT_FUNC
                     && cs.section() == Some(t)
                     && cs.value <= r.offset
                     && r.offset < cs.value.saturating_add(cs.size)
-            })?;
+            }) else {
+                return Err(format!(
+                    "{} refers to it from outside a function",
+                    tsec.name
+                ));
+            };
             let cs = o.sym(caller);
+            // Its own cold part jumps back into it: part of it, not a caller.
+            let own_part = cs
+                .name
+                .as_str()
+                .strip_prefix(fs.name.as_str())
+                .is_some_and(|rest| rest == ".cold" || rest.starts_with(".cold."));
+            if own_part {
+                continue;
+            }
             let code = tsec
                 .data
-                .get(cs.value as usize..cs.value.saturating_add(cs.size) as usize)?;
-            if !is_call_operand(code, cs.value, r.offset) {
-                return None;
+                .get(cs.value as usize..cs.value.saturating_add(cs.size) as usize)
+                .unwrap_or_default();
+            if !pc32 || !is_call_operand(code, cs.value, r.offset) {
+                return Err(format!(
+                    "{} reaches it other than by a call (a tail call, or its address taken)",
+                    cs.name.as_str()
+                ));
             }
             if caller != f && !callers.contains(&caller) {
                 callers.push(caller);
@@ -126,7 +145,7 @@ pub(crate) fn only_callers(o: &Obj, f: usize) -> Option<Vec<usize>> {
         }
     }
     callers.sort_unstable();
-    Some(callers)
+    Ok(callers)
 }
 
 #[cfg(test)]

@@ -588,27 +588,46 @@ pub fn run(d: &mut Diff) -> Result<Outcome, Error> {
         if Diff::fentry_offset(&inc.d.o, o).is_some() {
             continue;
         }
-        let callers: Option<Vec<usize>> = crate::callers::only_callers(&inc.d.o, o)
-            .and_then(|cs| {
-                cs.into_iter()
-                    .map(|c| {
-                        let cp = inc.d.twin_o[c]?;
-                        let cp = inc.d.parent_p.get(&cp).copied().unwrap_or(cp);
-                        // Init and exit code is not replaced.
-                        let sec = &inc.d.p.sec(inc.d.p.sym(cp).section()?).name;
-                        (!sec.starts_with(".init.") && !sec.starts_with(".exit.")).then_some(cp)
-                    })
-                    .collect()
-            })
-            // Its own `.cold` part jumping back into it is not a caller.
-            .map(|cs: Vec<usize>| cs.into_iter().filter(|&c| c != i).collect::<Vec<_>>())
-            .filter(|cs| !cs.is_empty());
-        let Some(mut callers) = callers else {
-            inc.refusals.push(Refusal {
-                subject: inc.d.orig_name(i).to_string(),
-                reason: "changed, but has no ftrace hook (its first relocation is not a call to __fentry__: notrace or not traced): it cannot be redirected, and something other than direct calls refers to it".into(),
-            });
-            continue;
+        let callers = crate::callers::only_callers(&inc.d.o, o).and_then(|cs| {
+            let mut out = Vec::new();
+            for c in cs {
+                let Some(cp) = inc.d.twin_o[c] else {
+                    return Err(format!(
+                        "its caller {} is gone from PATCHED",
+                        inc.d.o.sym(c).name.as_str()
+                    ));
+                };
+                let cp = inc.d.parent_p.get(&cp).copied().unwrap_or(cp);
+                let sec = match inc.d.p.sym(cp).section() {
+                    Some(sec) => inc.d.p.sec(sec).name.as_str(),
+                    None => "",
+                };
+                // Init and exit code is not replaced.
+                if sec.starts_with(".init.") || sec.starts_with(".exit.") {
+                    return Err(format!(
+                        "its caller {} is init or exit code",
+                        inc.d.orig_name(cp)
+                    ));
+                }
+                // Its own `.cold` part jumping back into it is not a caller.
+                if cp != i {
+                    out.push(cp);
+                }
+            }
+            if out.is_empty() {
+                return Err("nothing in this object calls it".into());
+            }
+            Ok(out)
+        });
+        let mut callers = match callers {
+            Ok(c) => c,
+            Err(why) => {
+                inc.refusals.push(Refusal {
+                    subject: inc.d.orig_name(i).to_string(),
+                    reason: format!("changed, but has no ftrace hook (its first relocation is not a call to __fentry__: notrace or not traced): it cannot be redirected, nor reached through its callers: {why}"),
+                });
+                continue;
+            }
         };
         callers.sort_unstable();
         callers.dedup();

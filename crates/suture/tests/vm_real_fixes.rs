@@ -5,10 +5,10 @@
 //! changes it (`examples/real/`). Each is built for 6.1.0-47-amd64 on the
 //! host, then loaded in a guest booted on Debian's own 6.1.0-47 kernel, used,
 //! and unloaded; after every step the kernel log is searched for an oops or a
-//! warning, and an oops panics the guest (`oops=panic`). Two boots: the five
+//! warning, and an oops panics the guest (`oops=panic`). Two boots: the six
 //! module fixes share one, the vmlinux fix of the PI futex path has its own
 //! (a broken module there takes every later step down with it); the
-//! nf_queue fix is refused at build time.
+//! nf_queue and fsmount fixes are refused at build time.
 //!
 //! The fixes (the upstream subject is the one in Debian's changelog of
 //! 6.1.176-1):
@@ -90,14 +90,21 @@
 //!   symbols together and in the unit's order, so the copy between ORIG's
 //!   own located neighbours is ORIG's. drbd and qede load after the patch,
 //!   come up patched, and go away (no DRBD device or QLogic NIC to run them).
+//! - `ext4-inline-size.patch`, 6.1.187-1, `fs/ext4/inline.c`:
+//!   `ext4_read_inline_page` refuses an inline size beyond a page. gcc's
+//!   out-of-line copy of the `static inline` `zero_user_segments` (a
+//!   `.constprop` clone, `notrace`, no ftrace hook) changes with it; livepatch
+//!   cannot redirect it, so its only callers, which call it,
+//!   `ext4_read_inline_page` and `ext4_readpage_inline`, are replaced
+//!   instead, and their replacements call its new code. In the module boot:
+//!   ext4 loads after the patch, and reading a file whose data is inline in
+//!   its inode (an image made with `mkfs.ext4 -O inline_data -d`) runs them.
 //! - `fsmount-nouser.patch`, 6.1.187-1, `fs/namespace.c`: `fsmount(2)`
-//!   refuses a superblock marked `SB_NOUSER` (pipefs). The change is in
-//!   `__do_sys_fsmount`, the body `SYSCALL_DEFINE` makes a `static inline`:
-//!   `notrace`, no ftrace hook, so livepatch cannot redirect it; its only
-//!   callers, `__x64_sys_fsmount` and `__ia32_sys_fsmount`, are replaced
-//!   instead and call its new code. Shares the vmlinux boot: a static
-//!   program (`examples/real/fsmount_nouser.c`) mounts pipefs before the
-//!   patch, is refused with EINVAL under it, mounts again after.
+//!   refuses an `SB_NOUSER` superblock, in `__do_sys_fsmount`, the
+//!   `notrace` body `SYSCALL_DEFINE` makes; its caller `__x64_sys_fsmount`
+//!   reaches it by a tail call, which leaves no caller on the stack of a
+//!   task still in the old code for the transition to wait on: refused,
+//!   saying so, no boot.
 //!
 //! That the replacement, not the original, ran is read from the kernel's
 //! function tracer, filtered to the livepatch module's own copy
@@ -207,7 +214,7 @@ const VXLAN: &str = "livepatch_real_vxlan";
 const IPMI: &str = "livepatch_real_ipmi";
 const AUDIT: &str = "livepatch_real_audit";
 const COPIES: &str = "livepatch_real_copies";
-const FSMOUNT: &str = "livepatch_real_fsmount";
+const EXT4: &str = "livepatch_real_ext4_inline";
 
 /// Shell helpers of the guest script. `bad STEP` prints `OOPS_STEP:N`, the
 /// count of kernel log lines that tell of an oops or a warning so far;
@@ -259,7 +266,7 @@ fn ready() -> Option<String> {
     Some(release)
 }
 
-/// (a), (c), (d), (e) and (f) in one boot: five module patches, each loaded before
+/// (a), (c), (d), (e), (f) and (g) in one boot: six module patches, each loaded before
 /// its target modules, which come up patched, are used and go away.
 #[test]
 fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_them() {
@@ -376,11 +383,40 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
     ] {
         assert!(klp.iter().any(|n| n == want), "{want} not in {klp:?}");
     }
-    eprintln!("five modules built in {:.1?}", started.elapsed());
+    // (g) a notrace function reached through the functions that call it.
+    let (ext4, r) = build_real(&release, "ext4-inline-size.patch", EXT4, tmp.path());
+    assert_eq!(
+        replaced(&r),
+        [
+            ("ext4".to_string(), "ext4_read_inline_page".to_string()),
+            ("ext4".to_string(), "ext4_readpage_inline".to_string())
+        ],
+        "{r}"
+    );
+    assert!(
+        r["warnings"].as_array().unwrap().iter().any(|w| {
+            let w = w.as_str().unwrap();
+            w.contains("zero_user_segments") && w.contains("no ftrace hook")
+        }),
+        "{r}"
+    );
+    let img = tmp.path().join("inline.img");
+    let files = tmp.path().join("inline");
+    std::fs::create_dir(&files).unwrap();
+    std::fs::write(files.join("small.txt"), "inline data\n").unwrap();
+    common::run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "inline_data,^has_journal", "-d"])
+            .arg(&files)
+            .arg(&img)
+            .arg("4M"),
+    );
+    eprintln!("six modules built in {:.1?}", started.elapsed());
 
     let _g = common::vm_lock();
     let mut vm = guest(&release, Duration::from_secs(600));
     vm = vm.append("audit=1");
+    vm.add_file(&img, "/root/inline.img").unwrap();
     vm.add_executable(tc, "/opt/iproute2/tc").unwrap();
     vm.add_executable(nft, "/opt/nft/nft").unwrap();
     vm.add_executable(ip, "/opt/iproute2/ip").unwrap();
@@ -395,6 +431,7 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
         (&ipmi, IPMI),
         (&audit, AUDIT),
         (&copies, COPIES),
+        (&ext4, EXT4),
     ] {
         vm.add_file(ko, &format!("/root/{n}.ko")).unwrap();
     }
@@ -420,6 +457,11 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
         "lib/crc8.ko",
         "drivers/net/ethernet/qlogic/qed/qed.ko",
         "drivers/net/ethernet/qlogic/qede/qede.ko",
+        "drivers/block/loop.ko",
+        "lib/crc16.ko",
+        "fs/mbcache.ko",
+        "fs/jbd2/jbd2.ko",
+        "fs/ext4/ext4.ko",
     ] {
         let name = Path::new(m).file_name().unwrap().to_str().unwrap();
         vm.add_bytes(
@@ -527,6 +569,24 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
          suture unload {COPIES} || exit 74\n\
          bad COPIES\n\
          \n\
+         # (g) ext4 after the patch (crc32c from (e)); a file inline in its inode.\n\
+         suture load /root/{EXT4}.ko || exit 80\n\
+         echo EXT4_TRANSITION:$(cat $lp/{EXT4}/transition)\n\
+         insmod $k/loop.ko && insmod $k/crc16.ko && insmod $k/mbcache.ko || exit 81\n\
+         insmod $k/jbd2.ko && insmod $k/ext4.ko || exit 81\n\
+         echo EXT4_PATCHED:$(cat $lp/{EXT4}/ext4/patched)\n\
+         mkdir -p /mnt/inl && mount -t ext4 -o loop,ro /root/inline.img /mnt/inl || exit 82\n\
+         trace ext4_readpage_inline {EXT4} || exit 83\n\
+         echo 'ext4_read_inline_page:mod:{EXT4}' >> $T/set_ftrace_filter || exit 83\n\
+         echo EXT4_READ:$(cat /mnt/inl/small.txt)\n\
+         echo EXT4_RAN:$(hits ext4_readpage_inline)\n\
+         echo EXT4_PAGE_RAN:$(hits ext4_read_inline_page)\n\
+         untrace\n\
+         umount /mnt/inl || exit 84\n\
+         rmmod ext4 jbd2 mbcache crc16 loop || exit 85\n\
+         suture unload {EXT4} || exit 86\n\
+         bad EXT4\n\
+         \n\
          echo LEFT:$(ls $lp | wc -w)\n\
          dmesg | grep -E 'Oops|BUG:|WARNING:|general protection|Call Trace' -A3 | head -40\n"
     );
@@ -590,6 +650,15 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
     assert_eq!(field(out, "COPIES_DRBD"), "1", "{out}");
     assert_eq!(field(out, "COPIES_QEDE"), "1", "{out}");
     assert_eq!(field(out, "OOPS_COPIES"), "0", "{out}");
+
+    // (g) The inline file read through the replaced ext4_readpage_inline
+    // and ext4_read_inline_page, which call the new zero_user_segments copy.
+    assert_eq!(field(out, "EXT4_TRANSITION"), "0", "{out}");
+    assert_eq!(field(out, "EXT4_PATCHED"), "1", "{out}");
+    assert_eq!(field(out, "EXT4_READ"), "inline data", "{out}");
+    assert!(n("EXT4_RAN") >= 1, "{out}");
+    assert!(n("EXT4_PAGE_RAN") >= 1, "{out}");
+    assert_eq!(field(out, "OOPS_EXT4"), "0", "{out}");
     assert_eq!(field(out, "LEFT"), "0", "{out}");
 }
 
@@ -618,39 +687,11 @@ fn the_real_rtmutex_fix_goes_live_in_vmlinux_and_runs() {
             .arg(&pi)
             .arg(real("pi_timeout.c")),
     );
-    // (g) a notrace function reached through its callers.
-    let (fsmount, r) = build_real(&release, "fsmount-nouser.patch", FSMOUNT, tmp.path());
-    assert_eq!(
-        replaced(&r),
-        [
-            ("vmlinux".to_string(), "__ia32_sys_fsmount".to_string()),
-            ("vmlinux".to_string(), "__x64_sys_fsmount".to_string())
-        ],
-        "{r}"
-    );
-    assert!(
-        r["warnings"].as_array().unwrap().iter().any(|w| {
-            let w = w.as_str().unwrap();
-            w.contains("__do_sys_fsmount") && w.contains("no ftrace hook")
-        }),
-        "{r}"
-    );
-    let fsm = tmp.path().join("fsmount_nouser");
-    common::run(
-        Command::new("gcc")
-            .args(["-static", "-O2", "-o"])
-            .arg(&fsm)
-            .arg(real("fsmount_nouser.c")),
-    );
-
     let _g = common::vm_lock();
     let mut vm = guest(&release, Duration::from_secs(300));
     vm.add_file(&rtmutex, &format!("/root/{RTMUTEX}.ko"))
         .unwrap();
     vm.add_file(&pi, "/root/pi_timeout").unwrap();
-    vm.add_file(&fsmount, &format!("/root/{FSMOUNT}.ko"))
-        .unwrap();
-    vm.add_file(&fsm, "/root/fsmount_nouser").unwrap();
     let script = format!(
         "{HELPERS}\
          bad START\n\
@@ -664,16 +705,6 @@ fn the_real_rtmutex_fix_goes_live_in_vmlinux_and_runs() {
          suture unload {RTMUTEX} || exit 33\n\
          /root/pi_timeout | sed 's/^PI_/UNPATCHED_PI_/' || exit 34\n\
          bad RT\n\
-         /root/fsmount_nouser | sed 's/^/BEFORE_/' || exit 40\n\
-         suture load /root/{FSMOUNT}.ko || exit 41\n\
-         echo FS_TRANSITION:$(cat $lp/{FSMOUNT}/transition)\n\
-         trace __x64_sys_fsmount {FSMOUNT} || exit 42\n\
-         /root/fsmount_nouser | sed 's/^/PATCHED_/' || exit 43\n\
-         echo FS_RAN:$(hits __x64_sys_fsmount)\n\
-         untrace\n\
-         suture unload {FSMOUNT} || exit 44\n\
-         /root/fsmount_nouser | sed 's/^/AFTER_/' || exit 45\n\
-         bad FS\n\
          echo LEFT:$(ls $lp | wc -w)\n"
     );
     let run = vm
@@ -692,18 +723,6 @@ fn the_real_rtmutex_fix_goes_live_in_vmlinux_and_runs() {
     assert!(ran >= 3, "the patched remove_waiter ran:\n{out}");
     assert_eq!(field(out, "UNPATCHED_PI_TIMEOUTS"), "3", "{out}");
     assert_eq!(field(out, "OOPS_RT"), "0", "{out}");
-    // (g) pipefs mounts, is refused under the patch (its new check ran in
-    // the included __do_sys_fsmount, called from the replaced syscall
-    // entry), and mounts again once the patch is gone.
-    assert_eq!(field(out, "BEFORE_FSMOUNT_PIPEFS"), "mounted", "{out}");
-    assert_eq!(field(out, "FS_TRANSITION"), "0", "{out}");
-    assert_eq!(field(out, "PATCHED_FSMOUNT_PIPEFS"), "EINVAL", "{out}");
-    assert!(
-        field(out, "FS_RAN").parse::<u64>().unwrap_or(0) >= 1,
-        "{out}"
-    );
-    assert_eq!(field(out, "AFTER_FSMOUNT_PIPEFS"), "mounted", "{out}");
-    assert_eq!(field(out, "OOPS_FS"), "0", "{out}");
     assert_eq!(field(out, "LEFT"), "0", "{out}");
 }
 
@@ -727,6 +746,20 @@ fn the_real_nf_queue_entry_fix_is_refused_naming_the_struct() {
             && why.contains("first member moved: id")
             && why.contains("shadow variables"),
         "{why}"
+    );
+    assert!(!ko.exists());
+
+    // A notrace function behind a tail call: refused, the reason says why
+    // its caller cannot stand in for it.
+    let b = build(&release, &real("fsmount-nouser.patch"), &ko, &["--json"]);
+    assert_eq!(b.status, 2, "{}\n{}", b.stdout, b.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&b.stdout).unwrap();
+    let why = doc["reasons"][0].as_str().unwrap_or_default();
+    assert!(
+        why.contains("__do_sys_fsmount")
+            && why.contains("no ftrace hook")
+            && why.contains("__x64_sys_fsmount reaches it other than by a call"),
+        "{doc}"
     );
     assert!(!ko.exists());
 }
