@@ -108,7 +108,7 @@ if [ ${#redo[@]} -gt 0 ]; then
   python3 - "$results" "$out" "${redo[@]}" <<'PY'
 import hashlib, os, sys
 results, out, statuses = sys.argv[1], sys.argv[2], set(sys.argv[3:])
-rows = open(results).read().splitlines()
+rows = open(results, encoding="utf-8", errors="surrogateescape").read().splitlines()
 keep, gone = [rows[0]], []
 for r in rows[1:]:
     f = r.split("\t")
@@ -125,10 +125,10 @@ for n in names:
             os.remove(p)
 vm = f"{out}/vm.tsv"
 if os.path.exists(vm):
-    v = open(vm).read().splitlines()
-    open(vm + ".new", "w").write("\n".join([v[0]] + [l for l in v[1:] if l.split("\t")[0] not in names]) + "\n")
+    v = open(vm, encoding="utf-8", errors="surrogateescape").read().splitlines()
+    open(vm + ".new", "w", encoding="utf-8", errors="surrogateescape").write("\n".join([v[0]] + [l for l in v[1:] if l.split("\t")[0] not in names]) + "\n")
     os.replace(vm + ".new", vm)
-open(results + ".new", "w").write("\n".join(keep) + "\n")
+open(results + ".new", "w", encoding="utf-8", errors="surrogateescape").write("\n".join(keep) + "\n")
 os.replace(results + ".new", results)
 print(f"bench: measuring {len(gone)} files again ({', '.join(sorted(statuses))})", file=sys.stderr)
 PY
@@ -173,7 +173,7 @@ else:
     print("failed")
 PY
 )
-  detail=$( (grep -v '^\[' "$out/log/$name.err" || true) | (grep -v '^nothing was written' || true) | head -n 2 | tr '\t\n' '  ' | cut -c1-300)
+  detail=$( (grep -v '^\[' "$out/log/$name.err" || true) | (grep -v '^nothing was written' || true) | head -n 2 | tr '\t\n' '  ' | cut -c1-300 | (iconv -f utf-8 -t utf-8 -c || true))
   printf '%s\t%s\t%s\t%.1f\t%s\t%s\n' "$f" "$rc" "$status" "$secs" "$rev" "$detail" >> "$results"
   say "[$n/${#files[@]}] $f: $status (${secs%.*} s)"
 done
@@ -233,7 +233,7 @@ fi
 # The table.
 python3 - "$results" "$vmres" "${#files[@]}" <<'PY'
 import collections, hashlib, sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1], encoding="utf-8", errors="replace")][1:]
 vm = {}
 for l in list(open(sys.argv[2]))[1:]:
     n, r, bad, _ = l.rstrip("\n").split("\t")
