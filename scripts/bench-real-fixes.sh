@@ -134,7 +134,7 @@ print(f"bench: measuring {len(gone)} files again ({', '.join(sorted(statuses))})
 PY
 fi
 declare -A done_files=()
-while IFS=$'\t' read -r f _; do done_files[$f]=1; done < <(tail -n +2 "$results")
+while IFS=$'\t' LC_ALL=C read -r f _; do done_files[$f]=1; done < <(tail -n +2 "$results")
 say "${#done_files[@]} of ${#files[@]} measured before; results in $out"
 n=0
 for f in "${files[@]}"; do
@@ -200,7 +200,7 @@ if [ "$vm" = 1 ]; then
   boot=0
   while :; do
     declare -A tested=()
-    while IFS=$'\t' read -r m _; do tested[$m]=1; done < <(tail -n +2 "$vmres")
+    while IFS=$'\t' LC_ALL=C read -r m _; do tested[$m]=1; done < <(tail -n +2 "$vmres")
     todo=()
     for ko in "$out/ko"/*.ko; do
       [ -e "$ko" ] || continue
