@@ -228,6 +228,7 @@ impl SymbolSource {
                 }
             }
         }
+        self.own_globals(objname, patched, target)?;
         let mut modules: Vec<String> = target
             .symbols
             .values()
@@ -249,6 +250,63 @@ impl SymbolSource {
             crate::place_module_exports(target, &m, &ko).with_context(|| {
                 format!("placing the exports of module {m} that {objname} uses")
             })?;
+        }
+        Ok(())
+    }
+
+    /// PATCHED's references to module `objname`'s own globals that ORIG did
+    /// not make (a fix to `nf_conntrack_proto_sctp.c` newly calling
+    /// `nf_ct_l4proto_log_invalid`, which `nf_conntrack_proto.c` of the same
+    /// module defines and exports): the module's own symbols, reached through
+    /// klp relocations of the module, resolved when it loads. A normal
+    /// relocation would make the patch depend on the very module it patches,
+    /// and fail to load while that module is not loaded.
+    fn own_globals(
+        &self,
+        objname: &str,
+        patched: &suture_elf::Object,
+        target: &mut Target,
+    ) -> Result<()> {
+        let wanted: Vec<&str> = patched
+            .symbols
+            .iter()
+            .filter(|s| s.is_undef() && s.bind == suture_elf::STB_GLOBAL && !s.name.is_empty())
+            .map(|s| s.name.as_str())
+            .filter(|n| {
+                !target.symbols.contains_key(*n) && !self.exports.reachable_from(objname, n)
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let data = match self.built_modules.get(objname) {
+            Some(ko) => ko.clone(),
+            None => {
+                let path = self.module_path(objname)?;
+                fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+            }
+        };
+        let ko = crate::decompress_module(&data)?;
+        let obj = crate::obj::Obj::parse("target module", &ko)?;
+        let kept = crate::module::kept_symbols(&obj);
+        for name in wanted {
+            let same: Vec<usize> = kept
+                .iter()
+                .copied()
+                .filter(|&i| obj.symbols[i].name == name)
+                .collect();
+            // Position among same-named symbols in the module's kallsyms
+            // order, as for its other symbols; 0 when the name is unique.
+            let Some(pos) = same
+                .iter()
+                .position(|&i| obj.symbols[i].bind == suture_elf::STB_GLOBAL)
+            else {
+                continue;
+            };
+            let sympos = if same.len() == 1 { 0 } else { pos as u32 + 1 };
+            target
+                .symbols
+                .insert(name.to_string(), TargetSym::Unexported { sympos });
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 //! changes it (`examples/real/`). Each is built for 6.1.0-47-amd64 on the
 //! host, then loaded in a guest booted on Debian's own 6.1.0-47 kernel, used,
 //! and unloaded; after every step the kernel log is searched for an oops or a
-//! warning, and an oops panics the guest (`oops=panic`). Two boots: the six
+//! warning, and an oops panics the guest (`oops=panic`). Two boots: the seven
 //! module fixes share one, the vmlinux fix of the PI futex path has its own
 //! (a broken module there takes every later step down with it); the
 //! nf_queue and fsmount fixes are refused at build time.
@@ -99,6 +99,13 @@
 //!   instead, and their replacements call its new code. In the module boot:
 //!   ext4 loads after the patch, and reading a file whose data is inline in
 //!   its inode (an image made with `mkfs.ext4 -O inline_data -d`) runs them.
+//! - `conntrack-sctp-state.patch`, 6.1.187-1,
+//!   `net/netfilter/nf_conntrack_proto_sctp.c` (issue 12.6, a module's own
+//!   export): the fix newly calls `nf_ct_l4proto_log_invalid`, which
+//!   another unit of nf_conntrack defines and exports. A normal relocation
+//!   would make the patch depend on nf_conntrack itself (the real-fix
+//!   bench's load failed: "Unknown symbol"); it is a klp relocation of
+//!   nf_conntrack. Loaded before nf_conntrack, which comes up patched.
 //! - `fsmount-nouser.patch`, 6.1.187-1, `fs/namespace.c`: `fsmount(2)`
 //!   refuses an `SB_NOUSER` superblock, in `__do_sys_fsmount`, the
 //!   `notrace` body `SYSCALL_DEFINE` makes; its caller `__x64_sys_fsmount`
@@ -215,6 +222,7 @@ const IPMI: &str = "livepatch_real_ipmi";
 const AUDIT: &str = "livepatch_real_audit";
 const COPIES: &str = "livepatch_real_copies";
 const EXT4: &str = "livepatch_real_ext4_inline";
+const SCTP: &str = "livepatch_real_conntrack_sctp";
 
 /// Shell helpers of the guest script. `bad STEP` prints `OOPS_STEP:N`, the
 /// count of kernel log lines that tell of an oops or a warning so far;
@@ -266,7 +274,7 @@ fn ready() -> Option<String> {
     Some(release)
 }
 
-/// (a), (c), (d), (e), (f) and (g) in one boot: six module patches, each loaded before
+/// (a), (c), (d), (e), (f), (g) and (h) in one boot: seven module patches, each loaded before
 /// its target modules, which come up patched, are used and go away.
 #[test]
 fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_them() {
@@ -411,7 +419,28 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
             .arg(&img)
             .arg("4M"),
     );
-    eprintln!("six modules built in {:.1?}", started.elapsed());
+    // (h) a new reference to the module's own export.
+    let (sctp, r) = build_real(&release, "conntrack-sctp-state.patch", SCTP, tmp.path());
+    assert_eq!(
+        replaced(&r),
+        [
+            (
+                "nf_conntrack".to_string(),
+                "nf_conntrack_sctp_packet".to_string()
+            ),
+            ("nf_conntrack".to_string(), "sctp_new_state".to_string())
+        ],
+        "{r}"
+    );
+    let info = suture_host::modinfo::parse_module(&std::fs::read(&sctp).unwrap()).unwrap();
+    assert!(info.depends.is_empty(), "depends: {:?}", info.depends);
+    let klp = klp_symbols(&sctp);
+    assert!(
+        klp.iter()
+            .any(|n| n == ".klp.sym.nf_conntrack.nf_ct_l4proto_log_invalid,0"),
+        "{klp:?}"
+    );
+    eprintln!("seven modules built in {:.1?}", started.elapsed());
 
     let _g = common::vm_lock();
     let mut vm = guest(&release, Duration::from_secs(600));
@@ -432,6 +461,7 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
         (&audit, AUDIT),
         (&copies, COPIES),
         (&ext4, EXT4),
+        (&sctp, SCTP),
     ] {
         vm.add_file(ko, &format!("/root/{n}.ko")).unwrap();
     }
@@ -462,6 +492,9 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
         "fs/mbcache.ko",
         "fs/jbd2/jbd2.ko",
         "fs/ext4/ext4.ko",
+        "net/ipv4/netfilter/nf_defrag_ipv4.ko",
+        "net/ipv6/netfilter/nf_defrag_ipv6.ko",
+        "net/netfilter/nf_conntrack.ko",
     ] {
         let name = Path::new(m).file_name().unwrap().to_str().unwrap();
         vm.add_bytes(
@@ -587,6 +620,16 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
          suture unload {EXT4} || exit 86\n\
          bad EXT4\n\
          \n\
+         # (h) nf_conntrack after the patch (libcrc32c from (e)).\n\
+         suture load /root/{SCTP}.ko || exit 90\n\
+         echo SCTP_TRANSITION:$(cat $lp/{SCTP}/transition)\n\
+         insmod $k/nf_defrag_ipv4.ko && insmod $k/nf_defrag_ipv6.ko || exit 91\n\
+         insmod $k/nf_conntrack.ko || exit 92\n\
+         echo SCTP_PATCHED:$(cat $lp/{SCTP}/nf_conntrack/patched)\n\
+         rmmod nf_conntrack nf_defrag_ipv6 nf_defrag_ipv4 || exit 93\n\
+         suture unload {SCTP} || exit 94\n\
+         bad SCTP\n\
+         \n\
          echo LEFT:$(ls $lp | wc -w)\n\
          dmesg | grep -E 'Oops|BUG:|WARNING:|general protection|Call Trace' -A3 | head -40\n"
     );
@@ -659,6 +702,11 @@ fn real_module_fixes_of_a_debian_stable_update_go_live_in_modules_loaded_after_t
     assert!(n("EXT4_RAN") >= 1, "{out}");
     assert!(n("EXT4_PAGE_RAN") >= 1, "{out}");
     assert_eq!(field(out, "OOPS_EXT4"), "0", "{out}");
+
+    // (h)
+    assert_eq!(field(out, "SCTP_TRANSITION"), "0", "{out}");
+    assert_eq!(field(out, "SCTP_PATCHED"), "1", "{out}");
+    assert_eq!(field(out, "OOPS_SCTP"), "0", "{out}");
     assert_eq!(field(out, "LEFT"), "0", "{out}");
 }
 
